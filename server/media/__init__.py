@@ -1,0 +1,42 @@
+"""Media-forwarding core of the SFU: encoded frames in, encoded frames out, no decoding.
+
+Public API (see each module for details):
+
+* :class:`MediaRoom`, :class:`MediaConfig` - per-room registry of publishers and viewers.
+* :func:`handle_publish_offer`, :func:`create_subscribe_offer`,
+  :func:`handle_subscribe_answer`, :func:`handle_subscribe_offer` - SDP signaling.
+* :class:`MediaError` (``.code``), :class:`MediaLimitError` - refusals for the protocol.
+* :func:`check_compatible` - call at startup; raises if aiortc internals changed.
+* :func:`use_loopback_candidates` / :func:`loopback_candidates` - ICE on 127.0.0.1 only.
+"""
+
+from .errors import MediaError, MediaLimitError
+from .fanout import ForwardedTrack
+from .forward import COUNTERS, AiortcCompatibilityError, check_compatible
+from .loopback import loopback_candidates, use_loopback_candidates
+from .room import MediaConfig, MediaRoom, Publication, Subscription
+from .signaling import (
+    create_subscribe_offer,
+    handle_publish_offer,
+    handle_subscribe_answer,
+    handle_subscribe_offer,
+)
+
+__all__ = [
+    "COUNTERS",
+    "AiortcCompatibilityError",
+    "ForwardedTrack",
+    "MediaConfig",
+    "MediaError",
+    "MediaLimitError",
+    "MediaRoom",
+    "Publication",
+    "Subscription",
+    "check_compatible",
+    "create_subscribe_offer",
+    "handle_publish_offer",
+    "handle_subscribe_answer",
+    "handle_subscribe_offer",
+    "loopback_candidates",
+    "use_loopback_candidates",
+]
