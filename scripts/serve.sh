@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install (venv + package) and run one node with the in-memory broker; prints the demo URL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e .
+exec .venv/bin/liveroom serve "$@"

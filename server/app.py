@@ -1,0 +1,92 @@
+"""Wiring: build the broker and node, serve WebSocket + HTTP on one port, shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from server.broker.base import Broker
+from server.broker.memory import MemoryBroker
+from server.client import Client
+from server.config import Config, ConfigError
+from server.http import HttpRoutes
+from server.node import Node
+
+log = logging.getLogger("liveroom")
+
+
+def make_broker(config: Config) -> Broker:
+    node_id = config.node_id or f"node-{secrets.token_hex(3)}"
+    if config.redis_url:
+        raise ConfigError("the Redis broker is not available in this build; omit --redis")
+    return MemoryBroker(node_id=node_id, history_size=config.history_size, recent_size=config.recent_size)
+
+
+class App:
+    """One node's server; used by `liveroom serve` and, in-process, by the tests."""
+
+    def __init__(self, config: Config, broker: Broker | None = None) -> None:
+        self.config = config
+        self.broker = broker or make_broker(config)
+        self.node = Node(config, self.broker)
+        self.server: Server | None = None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if self.node.draining:
+            await ws.close(1012, "server restarting, reconnect")
+            return
+        await Client(self.node, ws).run()
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self.server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=HttpRoutes(self.node),
+            compression=None,  # per-connection deflate would defeat encode-once fan-out
+            max_size=self.config.max_frame,
+            max_queue=64,
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_timeout,
+            open_timeout=self.config.join_timeout,
+            server_header=None,
+        )
+        self.node.start()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop accepting, flush pending batches, close clients with 1012, close the broker."""
+        if self.server is not None:
+            self.server.close(close_connections=False)
+        await self.node.stop()
+        if self.server is not None:
+            await self.server.wait_closed()
+        await self.broker.close()
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    app = App(config)
+    await app.start()
+    url = f"http://{config.host}:{app.port}"
+    print(
+        f"liveroom listening on {url} (node {app.node.node_id}, broker {type(app.broker).__name__})",
+        flush=True,
+    )
+    print(f"demo page: {url}/room/demo", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await app.stop()

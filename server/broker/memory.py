@@ -1,0 +1,112 @@
+"""In-memory broker: one node, no Redis. The default for `serve` and the demo."""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+
+from server import protocol
+from server.broker.base import BatchHandler, Broker, Event, RoomState, UserHandler
+from server.rooms import Room, system_event
+
+
+@dataclass
+class _Channel:
+    view: Room[None]
+    history: deque[Event]
+    handler: BatchHandler | None = None
+    presence: dict[str, int] = field(default_factory=dict)
+
+
+class MemoryBroker(Broker):
+    def __init__(
+        self, node_id: str = "local", history_size: int = 1000, recent_size: int = 50, dm_keep: int = 100
+    ) -> None:
+        self.node_id = node_id
+        self._history_size = history_size
+        self._recent_size = recent_size
+        self._dm_keep = dm_keep
+        self._rooms: dict[str, _Channel] = {}
+        self._users: dict[str, UserHandler] = {}
+        self._offline: dict[str, deque[bytes]] = {}
+
+    def _channel(self, room_id: str) -> _Channel:
+        channel = self._rooms.get(room_id)
+        if channel is None:
+            view: Room[None] = Room(room_id, recent_size=self._recent_size)
+            view.epoch = secrets.token_hex(4)
+            channel = _Channel(view=view, history=deque(maxlen=self._history_size))
+            self._rooms[room_id] = channel
+        return channel
+
+    async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
+        channel = self._channel(room_id)
+        channel.handler = handler
+        view = channel.view
+        return RoomState(
+            epoch=view.epoch,
+            seq=view.seq,
+            likes_total=view.likes_total,
+            online=view.online,
+            hosts=dict(view.hosts),
+            recent=list(view.recent),
+        )
+
+    async def unsubscribe(self, room_id: str) -> None:
+        channel = self._rooms.get(room_id)
+        if channel is not None:
+            channel.handler = None
+
+    async def publish(
+        self,
+        room_id: str,
+        events: list[Event],
+        likes_delta: int,
+        local_online: int | None,
+        now: int,
+    ) -> None:
+        channel = self._channel(room_id)
+        view = channel.view
+        if likes_delta:
+            events.append(system_event("likes", now, total=view.likes_total + likes_delta, delta=likes_delta))
+        if local_online is not None:
+            channel.presence[self.node_id] = local_online
+            events.append(system_event("presence", now, online=sum(channel.presence.values())))
+        seq = view.seq
+        for event in events:
+            seq += 1
+            event["seq"] = seq
+        view.apply(view.epoch, events)
+        channel.history.extend(events)
+        if channel.handler is not None:
+            channel.handler(room_id, view.epoch, protocol.batch_frame(room_id, events), events)
+
+    async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
+        channel = self._rooms.get(room_id)
+        if channel is None or channel.view.epoch != epoch or seq > channel.view.seq:
+            return None
+        if seq == channel.view.seq:
+            return []
+        history = channel.history
+        if not history or history[0]["seq"] > seq + 1:
+            return None  # the oldest missed event was already dropped
+        return [e for e in history if e["seq"] > seq]
+
+    async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
+        self._users[user_id] = handler
+        return list(self._offline.pop(user_id, ()))
+
+    async def unsubscribe_user(self, user_id: str) -> None:
+        self._users.pop(user_id, None)
+
+    async def send_dm(self, user_id: str, frame: bytes) -> bool:
+        handler = self._users.get(user_id)
+        if handler is not None:
+            handler(user_id, frame)
+            return True
+        kept = self._offline.get(user_id)
+        if kept is None:
+            kept = self._offline[user_id] = deque(maxlen=self._dm_keep)
+        kept.append(frame)
+        return False

@@ -1,0 +1,58 @@
+"""`liveroom serve` and `liveroom token` (also `python -m server`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from server import auth
+from server.config import ConfigError, add_serve_arguments, from_args, from_env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="liveroom", description="Real-time live-room server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a server node")
+    add_serve_arguments(serve)
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+    token = sub.add_parser("token", help="print a signed join token")
+    token.add_argument("--room", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--name", help="display name (default: the user id)")
+    token.add_argument("--role", choices=auth.ROLES, default="viewer")
+    token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL, help="seconds (default 6 h)")
+    token.add_argument("--secret", help="signing secret (default: LIVEROOM_SECRET or the dev secret)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "token":
+            secret = args.secret or from_env().secret
+            print(
+                auth.mint(
+                    secret, room=args.room, user=args.user, role=args.role, name=args.name, ttl=args.ttl
+                )
+            )
+            return 0
+        config = from_args(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"liveroom: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    import uvloop
+
+    from server.app import run
+
+    try:
+        uvloop.run(run(config))
+    except ConfigError as exc:
+        print(f"liveroom: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""A node: the rooms with local viewers, the tick that batches them, and the fan-out.
+
+Clients call into the node (join, danmaku, like, dm); once per tick the node
+drains every room that changed and hands the events to the broker, which
+sequences them and delivers one encoded batch back to every subscribed node;
+the node then writes those same bytes to each local viewer of the room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import defaultdict
+
+import websockets
+
+from server import metrics, protocol
+from server.broker.base import Broker, Event, RoomState
+from server.client import Client
+from server.config import Config
+from server.protocol import ErrorCode, ProtocolError
+from server.rooms import Room
+
+log = logging.getLogger("liveroom.node")
+
+
+class Node:
+    def __init__(self, config: Config, broker: Broker) -> None:
+        self.config = config
+        self.broker = broker
+        self.node_id = config.node_id or broker.node_id
+        self.rooms: dict[str, Room[Client]] = {}
+        self.users: dict[str, set[Client]] = {}
+        self._dirty: set[str] = set()
+        self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._user_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._ticker: asyncio.Task[None] | None = None
+        self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
+        self.draining = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        """Flush what is queued, then tell every client to reconnect elsewhere (1012)."""
+        self.draining = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.tick()
+        clients = [c for room in self.rooms.values() for c in room.members]
+        closing = [c.ws.close(1012, "server restarting, reconnect") for c in clients]
+        if closing:
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 10)
+
+    @property
+    def ready(self) -> bool:
+        return self.broker.ready and not self.draining
+
+    # -- membership ------------------------------------------------------------------
+
+    async def join(self, client: Client, resume: tuple[str, int] | None) -> None:
+        """Register the client and write its snapshot (or its missed events) first."""
+        who = client.identity
+        assert who is not None and client.room_id is not None
+        room = await self._open_room(client.room_id)
+        now = protocol.now_ms()
+        snapshot = room.snapshot(who, self.node_id, self.config.tick_ms, self.limits)
+        if resume is not None:
+            missed = await self.broker.history_since(room.room_id, *resume)
+            snapshot["recovered"] = missed is not None
+            if missed is not None:
+                snapshot["missed"] = missed
+        client.send(protocol.pack(snapshot))
+        room.add_member(client, who, now)
+        self._dirty.add(room.room_id)
+        await self._open_user(client)
+
+    async def leave(self, client: Client) -> None:
+        room = self.rooms.get(client.room_id or "")
+        if room is not None and client in room.members:
+            room.remove_member(client, protocol.now_ms())
+            self._dirty.add(room.room_id)
+        who = client.identity
+        if who is not None:
+            async with self._user_locks[who.uid]:
+                local = self.users.get(who.uid)
+                if local is not None:
+                    local.discard(client)
+                    if not local:
+                        del self.users[who.uid]
+                        await self.broker.unsubscribe_user(who.uid)
+
+    async def _open_room(self, room_id: str) -> Room[Client]:
+        async with self._room_locks[room_id]:
+            room = self.rooms.get(room_id)
+            if room is None:
+                room = Room(room_id, recent_size=self.config.recent_size)
+                state = await self.broker.subscribe(room_id, self._on_batch)
+                _load(room, state)
+                self.rooms[room_id] = room
+                metrics.rooms.set(len(self.rooms))
+            return room
+
+    async def _close_room_if_empty(self, room_id: str) -> None:
+        async with self._room_locks[room_id]:
+            room = self.rooms.get(room_id)
+            if room is not None and room.empty and not room.dirty:
+                del self.rooms[room_id]
+                metrics.rooms.set(len(self.rooms))
+                await self.broker.unsubscribe(room_id)
+
+    async def _open_user(self, client: Client) -> None:
+        who = client.identity
+        assert who is not None
+        async with self._user_locks[who.uid]:
+            local = self.users.get(who.uid)
+            if local is None:
+                self.users[who.uid] = {client}
+                kept = await self.broker.subscribe_user(who.uid, self._on_user_frame)
+                for frame in kept:
+                    client.send(frame)
+            else:
+                local.add(client)
+
+    # -- client actions ------------------------------------------------------------------
+
+    def danmaku(self, client: Client, message: protocol.Danmaku) -> None:
+        who = client.identity
+        assert who is not None and client.room_id is not None
+        text = protocol.clean_text(message.text, self.config.danmaku_max_len, message.cid)
+        self.rooms[client.room_id].add_danmaku(who, text, message.cid, protocol.now_ms())
+        self._dirty.add(client.room_id)
+
+    def like(self, client: Client, message: protocol.Like) -> None:
+        assert client.room_id is not None
+        self.rooms[client.room_id].add_likes(message.count)
+        self._dirty.add(client.room_id)
+
+    async def direct_message(self, client: Client, message: protocol.DirectMessage) -> None:
+        who = client.identity
+        assert who is not None
+        if message.to == who.uid:
+            raise ProtocolError(ErrorCode.BAD_RECIPIENT, "cannot DM yourself", message.cid)
+        text = protocol.clean_text(message.text, self.config.dm_max_len, message.cid)
+        now = protocol.now_ms()
+        dm_id = f"{now:x}-{secrets.token_hex(4)}"
+        frame = protocol.pack(
+            {
+                "t": "dm",
+                "id": dm_id,
+                "from": who.uid,
+                "name": who.name,
+                "to": message.to,
+                "text": text,
+                "ts": now,
+            }
+        )
+        delivered = await self.broker.send_dm(message.to, frame)
+        metrics.dms.labels(delivery="live" if delivered else "kept").inc()
+        ack = {"t": "dm_ack", "id": dm_id, "to": message.to, "ts": now, "delivered": delivered}
+        if message.cid is not None:
+            ack["cid"] = message.cid
+        client.send(protocol.pack(ack))
+
+    # -- tick and fan-out -------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.config.tick_ms / 1000
+        deadline = loop.time()
+        while True:
+            deadline += period
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            if loop.time() - deadline > period:  # fell behind: skip, don't burst
+                deadline = loop.time()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("tick failed")
+
+    async def tick(self) -> None:
+        """Publish one batch for every room that changed since the last tick."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        now = protocol.now_ms()
+        for room_id in dirty:
+            room = self.rooms.get(room_id)
+            if room is None:
+                continue
+            out = room.drain()
+            await self.broker.publish(room_id, out.events, out.likes_delta, out.local_online, now)
+            if room.empty:
+                await self._close_room_if_empty(room_id)
+
+    def _on_batch(self, room_id: str, epoch: str, frame: bytes, events: list[Event]) -> None:
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        room.apply(epoch, events)
+        metrics.batches.inc()
+        metrics.batch_events.observe(len(events))
+        self.fanout(room.members, frame)
+
+    def fanout(self, clients: dict[Client, object] | set[Client], frame: bytes) -> None:
+        """Write one encoded frame to many sockets, skipping those that cannot keep up."""
+        limit = self.config.write_buffer_limit
+        ready = []
+        for client in clients:
+            if client.buffered() > limit:
+                client.dropped += 1
+                metrics.dropped_batches.inc()
+                if client.dropped == self.config.max_dropped_batches:
+                    metrics.slow_consumer_closes.inc()
+                    client.close(int(ErrorCode.SLOW_CONSUMER), "too slow: reconnect")
+                continue
+            if client.dropped:
+                client.send(protocol.dropped_frame(client.dropped))
+                client.dropped = 0
+            ready.append(client.ws)
+        websockets.broadcast(ready, frame)
+        metrics.fanout_writes.inc(len(ready))
+
+    def _on_user_frame(self, user_id: str, frame: bytes) -> None:
+        # DMs are rare and must not be skipped like danmaku batches: write them directly.
+        for client in self.users.get(user_id, ()):
+            client.send(frame)
+
+
+def _load(room: Room[Client], state: RoomState) -> None:
+    room.epoch = state.epoch
+    room.seq = state.seq
+    room.likes_total = state.likes_total
+    room.online = state.online
+    room.hosts = dict(state.hosts)
+    room.recent.extend(state.recent)

@@ -1,0 +1,293 @@
+"""Wire protocol: msgpack frames, validation and error codes, with no I/O.
+
+Everything that crosses the WebSocket is defined here so that the transport
+(`server.client`) only moves bytes and the room logic only sees validated
+values. Documented field by field in docs/PROTOCOL.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+# Limits applied while *decoding*, before any field is looked at, so that a
+# hostile frame cannot make the unpacker allocate much (see docs/PROTOCOL.md).
+MAX_STR_LEN = 4096
+MAX_BIN_LEN = 64 * 1024  # SDP offers travel as str, binary stays small
+MAX_ARRAY_LEN = 64
+MAX_MAP_LEN = 32
+MAX_DEPTH = 4
+
+MAX_ID_LEN = 64
+MAX_CID_LEN = 64
+MAX_LIKE_COUNT = 100
+SYSTEM_UID = "sys"
+
+
+class ErrorCode(IntEnum):
+    """Stable numeric error codes; also used as WebSocket close codes."""
+
+    BAD_FRAME = 4000
+    UNKNOWN_TYPE = 4001
+    BAD_FIELD = 4002
+    NOT_JOINED = 4003
+    ALREADY_JOINED = 4004
+    UNSUPPORTED_VERSION = 4005
+    AUTH_REQUIRED = 4100
+    TOKEN_INVALID = 4101
+    TOKEN_EXPIRED = 4102
+    WRONG_ROOM = 4103
+    AUTH_TIMEOUT = 4104
+    FORBIDDEN = 4200
+    TEXT_EMPTY = 4201
+    TEXT_TOO_LONG = 4202
+    BAD_RECIPIENT = 4203
+    RATE_LIMITED = 4300
+    SLOW_CONSUMER = 4400
+    SHUTTING_DOWN = 4500
+    INTERNAL = 4999
+
+
+# Codes after which the server closes the connection with the same code.
+FATAL_CODES = frozenset(
+    {
+        ErrorCode.AUTH_REQUIRED,
+        ErrorCode.TOKEN_INVALID,
+        ErrorCode.TOKEN_EXPIRED,
+        ErrorCode.WRONG_ROOM,
+        ErrorCode.AUTH_TIMEOUT,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.SLOW_CONSUMER,
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A client mistake: carries the code and message sent back in an error frame."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: Any = None) -> None:
+        super().__init__(f"{code.name} ({int(code)}): {message}")
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+    @property
+    def fatal(self) -> bool:
+        return self.code in FATAL_CODES
+
+
+# --- client -> server messages -------------------------------------------------
+
+
+@dataclass(slots=True)
+class Join:
+    token: str | None
+    room: str | None
+    resume_epoch: str | None = None
+    resume_seq: int | None = None
+
+
+@dataclass(slots=True)
+class Leave:
+    pass
+
+
+@dataclass(slots=True)
+class Danmaku:
+    text: str
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Like:
+    count: int
+
+
+@dataclass(slots=True)
+class DirectMessage:
+    to: str
+    text: str
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Ping:
+    ts: int | float | None
+
+
+ClientMessage = Join | Leave | Danmaku | Like | DirectMessage | Ping
+
+
+def _depth_ok(obj: Any, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(obj, dict):
+        return all(_depth_ok(v, depth + 1) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_depth_ok(v, depth + 1) for v in obj)
+    return True
+
+
+def unpack(data: bytes | str) -> dict[str, Any]:
+    """Decode one frame into a map, raising only ProtocolError."""
+    if isinstance(data, str):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frames must be binary msgpack")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_STR_LEN,
+            max_bin_len=MAX_BIN_LEN,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; all mean "bad frame"
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"invalid msgpack: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a msgpack map")
+    if not _depth_ok(obj):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame nested too deeply")
+    return obj
+
+
+def _cid(obj: dict[str, Any]) -> str | int | None:
+    cid = obj.get("cid")
+    if cid is None:
+        return None
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "cid must be a string or integer")
+    if isinstance(cid, str) and len(cid) > MAX_CID_LEN:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "cid too long")
+    if isinstance(cid, int) and not -(2**53) < cid < 2**53:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "cid out of range")
+    return cid
+
+
+def _str(obj: dict[str, Any], key: str, ref: Any, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"'{key}' must be a string", ref)
+    return value
+
+
+def parse_client_message(data: bytes | str) -> ClientMessage:
+    """Decode and validate one client frame (see docs/PROTOCOL.md)."""
+    obj = unpack(data)
+    kind = obj.get("t")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'t' (message type) must be a string")
+    if kind == "danmaku":
+        cid = _cid(obj)
+        return Danmaku(text=_str(obj, "text", cid), cid=cid)  # type: ignore[arg-type]
+    if kind == "like":
+        count = obj.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_LIKE_COUNT:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"'count' must be an integer 1..{MAX_LIKE_COUNT}")
+        return Like(count=count)
+    if kind == "dm":
+        cid = _cid(obj)
+        to = _str(obj, "to", cid)
+        assert to is not None
+        if not valid_id(to):
+            raise ProtocolError(ErrorCode.BAD_RECIPIENT, "'to' is not a valid user id", cid)
+        return DirectMessage(to=to, text=_str(obj, "text", cid), cid=cid)  # type: ignore[arg-type]
+    if kind == "ping":
+        ts = obj.get("ts")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "'ts' must be a number")
+        return Ping(ts=ts)
+    if kind == "join":
+        version = obj.get("v", PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {PROTOCOL_VERSION} only")
+        room = _str(obj, "room", None, required=False)
+        if room is not None and not valid_id(room):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "'room' is not a valid room id")
+        resume = obj.get("resume")
+        epoch = seq = None
+        if resume is not None:
+            if not isinstance(resume, dict):
+                raise ProtocolError(ErrorCode.BAD_FIELD, "'resume' must be a map")
+            epoch, seq = resume.get("epoch"), resume.get("seq")
+            if not isinstance(epoch, str) or isinstance(seq, bool) or not isinstance(seq, int):
+                raise ProtocolError(ErrorCode.BAD_FIELD, "'resume' needs epoch (str) and seq (int)")
+        return Join(
+            token=_str(obj, "token", None, required=False),
+            room=room,
+            resume_epoch=epoch,
+            resume_seq=seq,
+        )
+    if kind == "leave":
+        return Leave()
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:32]!r}")
+
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+
+def valid_id(value: str) -> bool:
+    """Room and user ids: short, printable ASCII, safe as Redis keys and URL parts."""
+    return 0 < len(value) <= MAX_ID_LEN and _ID_CHARS.issuperset(value)
+
+
+# C0/C1 controls, DEL, bidi overrides and isolates, line/paragraph separators:
+# danmaku is one line of plain text, and these are how people break layouts.
+_CONTROL_TABLE = dict.fromkeys(
+    [*range(0, 32), 127, *range(128, 160), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)],
+    None,
+)
+
+
+def clean_text(text: str, max_len: int, ref: Any = None) -> str:
+    """Strip control characters and surrounding space; enforce non-empty and max length."""
+    cleaned = text.translate(_CONTROL_TABLE).strip()
+    if not cleaned:
+        raise ProtocolError(ErrorCode.TEXT_EMPTY, "text is empty", ref)
+    if len(cleaned) > max_len:
+        raise ProtocolError(ErrorCode.TEXT_TOO_LONG, f"text longer than {max_len} characters", ref)
+    return cleaned
+
+
+# --- server -> client frames ------------------------------------------------------
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(obj: dict[str, Any]) -> bytes:
+    return _packer.pack(obj)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def error_frame(code: ErrorCode, message: str, ref: Any = None, retry_after: float | None = None) -> bytes:
+    frame: dict[str, Any] = {"t": "error", "code": int(code), "msg": message}
+    if ref is not None:
+        frame["ref"] = ref
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
+    return pack(frame)
+
+
+def batch_frame(room: str, events: list[dict[str, Any]]) -> bytes:
+    """One tick of a room's events, encoded once and written to every viewer."""
+    return pack({"t": "batch", "room": room, "events": events})
+
+
+def pong_frame(ts: int | float | None) -> bytes:
+    return pack({"t": "pong", "ts": ts, "server_ts": now_ms()})
+
+
+def dropped_frame(count: int) -> bytes:
+    return pack({"t": "dropped", "count": count})

@@ -1,0 +1,152 @@
+"""Room logic with no I/O: what a room holds, what a tick produces, what a joiner sees.
+
+A room on a node has two halves:
+- the *outbox*: what local clients did since the last tick (danmaku, likes,
+  presence changes), drained once per tick into a list of events that the
+  broker sequences and publishes;
+- the *view*: what the node has seen on the room's broker channel (sequence,
+  recent danmaku, like total, online count, hosts), so a join snapshot is
+  served from memory without asking anyone.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from server.auth import Identity
+from server.protocol import PROTOCOL_VERSION, SYSTEM_UID
+
+Member = TypeVar("Member")
+Event = dict[str, Any]
+
+
+@dataclass(slots=True)
+class TickOutput:
+    """What one tick of one room asks the broker to do."""
+
+    events: list[Event]
+    likes_delta: int
+    local_online: int | None  # set when the local member count changed
+
+
+@dataclass
+class Room(Generic[Member]):
+    room_id: str
+    recent_size: int = 50
+    members: dict[Member, Identity] = field(default_factory=dict)
+
+    # outbox
+    _outbox: list[Event] = field(default_factory=list)
+    _pending_likes: int = 0
+    _presence_dirty: bool = False
+
+    # view of the room's channel
+    epoch: str = ""
+    seq: int = 0
+    likes_total: int = 0
+    online: int = 0
+    hosts: dict[str, str] = field(default_factory=dict)
+    recent: deque[Event] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recent = deque(maxlen=self.recent_size)
+
+    # -- membership ------------------------------------------------------------
+
+    def add_member(self, member: Member, who: Identity, now: int) -> None:
+        self.members[member] = who
+        self._presence_dirty = True
+        if who.role == "host" and not self._has_local_host(who.uid, exclude=member):
+            self._outbox.append(_event("host", who, now, live=True))
+
+    def remove_member(self, member: Member, now: int) -> None:
+        who = self.members.pop(member, None)
+        if who is None:
+            return
+        self._presence_dirty = True
+        if who.role == "host" and not self._has_local_host(who.uid):
+            self._outbox.append(_event("host", who, now, live=False))
+
+    def _has_local_host(self, uid: str, exclude: Member | None = None) -> bool:
+        return any(m is not exclude and w.uid == uid for m, w in self.members.items())
+
+    @property
+    def empty(self) -> bool:
+        return not self.members
+
+    # -- outbox ------------------------------------------------------------------
+
+    def add_danmaku(self, who: Identity, text: str, cid: str | int | None, now: int) -> None:
+        event = _event("danmaku", who, now, text=text)
+        if cid is not None:
+            event["cid"] = cid
+        self._outbox.append(event)
+
+    def add_likes(self, count: int) -> None:
+        self._pending_likes += count
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._outbox or self._pending_likes or self._presence_dirty)
+
+    def drain(self) -> TickOutput:
+        """Take everything queued since the last tick (sequence numbers come later)."""
+        out = TickOutput(
+            events=self._outbox,
+            likes_delta=self._pending_likes,
+            local_online=len(self.members) if self._presence_dirty else None,
+        )
+        self._outbox = []
+        self._pending_likes = 0
+        self._presence_dirty = False
+        return out
+
+    # -- view ----------------------------------------------------------------------
+
+    def apply(self, epoch: str, events: list[Event]) -> None:
+        """Update the view from a sequenced batch seen on the room's channel."""
+        self.epoch = epoch
+        for event in events:
+            self.seq = max(self.seq, event["seq"])
+            kind = event["t"]
+            if kind == "danmaku":
+                self.recent.append(event)
+            elif kind == "likes":
+                self.likes_total = event["total"]
+            elif kind == "presence":
+                self.online = event["online"]
+            elif kind == "host":
+                if event["live"]:
+                    self.hosts[event["uid"]] = event["name"]
+                else:
+                    self.hosts.pop(event["uid"], None)
+
+    def snapshot(self, you: Identity, node: str, tick_ms: int, limits: dict[str, int]) -> Event:
+        """The first frame a joiner receives: everything needed to draw the room."""
+        return {
+            "t": "snapshot",
+            "v": PROTOCOL_VERSION,
+            "node": node,
+            "room": self.room_id,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "you": {"uid": you.uid, "name": you.name, "role": you.role},
+            "recent": list(self.recent),
+            "likes": self.likes_total,
+            "online": self.online,
+            "hosts": [{"uid": u, "name": n} for u, n in self.hosts.items()],
+            "live": False,  # media publishing arrives with server.media
+            "tick_ms": tick_ms,
+            "limits": limits,
+        }
+
+
+def _event(kind: str, who: Identity, now: int, **fields: Any) -> Event:
+    return {"t": kind, "uid": who.uid, "name": who.name, "ts": now, **fields}
+
+
+def system_event(kind: str, now: int, **fields: Any) -> Event:
+    """Events the room itself originates (like totals, presence) carry the system sender."""
+    return {"t": kind, "uid": SYSTEM_UID, "name": SYSTEM_UID, "ts": now, **fields}

@@ -1,0 +1,123 @@
+"""Shared fixtures: a real server on a free loopback port, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgpack
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from server import auth
+from server.app import App
+from server.config import DEFAULT_SECRET, Config
+
+SECRET = DEFAULT_SECRET
+TIMEOUT = 20.0  # generous: tests must pass on a loaded 2-core machine
+
+
+class WsClient:
+    """A test client speaking the msgpack protocol over a real WebSocket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.snapshot: dict[str, Any] | None = None
+        self._leftover: list[dict[str, Any]] = []  # batch events received but not yet asked for
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(msgpack.packb(frame))
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        return msgpack.unpackb(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def recv_until(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """Receive frames until one matches; fail on timeout."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                if pred(frame):
+                    return frame
+
+    async def events(self, pred: Callable[[dict[str, Any]], bool], count: int) -> list[dict[str, Any]]:
+        """Collect `count` batch events matching pred, in arrival order."""
+        found: list[dict[str, Any]] = []
+        async with asyncio.timeout(TIMEOUT):
+            while len(found) < count:
+                if not self._leftover:
+                    frame = await self.recv()
+                    if frame["t"] == "batch":
+                        self._leftover = list(frame["events"])
+                    continue
+                event = self._leftover.pop(0)
+                if pred(event):
+                    found.append(event)
+        return found
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def token(room: str = "r1", user: str = "alice", role: auth.Role = "viewer", **kw: Any) -> str:
+    return auth.mint(SECRET, room=room, user=user, role=role, **kw)
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config(port=0, tick_ms=20, node_id="test-node", join_timeout=2.0)
+
+
+@pytest.fixture
+async def app(config: Config) -> AsyncIterator[App]:
+    app = App(config)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+@pytest.fixture
+def url(app: App) -> str:
+    return f"ws://127.0.0.1:{app.port}/ws"
+
+
+@pytest.fixture
+async def join(url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Connect with a token in the query string and read the snapshot."""
+    opened: list[WsClient] = []
+
+    async def _join(user: str = "alice", room: str = "r1", role: auth.Role = "viewer", **kw: Any) -> WsClient:
+        ws = await connect(f"{url}?token={token(room, user, role)}", **kw)
+        client = WsClient(ws)
+        client.snapshot = await client.recv()
+        assert client.snapshot["t"] == "snapshot", client.snapshot
+        opened.append(client)
+        return client
+
+    yield _join
+    await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
+
+
+def start_server_process(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    """Run `python -m server serve --port 0` and read the port it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the server printed its address
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    port = int(line.split("http://127.0.0.1:")[1].split()[0])
+    return proc, port
