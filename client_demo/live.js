@@ -1,0 +1,259 @@
+// One live-room connection: join with a token, keep the room's sequence, reconnect with
+// backoff and resume from the last sequence seen (docs/PROTOCOL.md, "join" and "snapshot").
+import { decode, encode } from "./mp.js";
+
+// Close codes after which retrying with the same token cannot succeed.
+// 4307 abusive, 4402 kicked, 4403 banned: the page explains; a reload tries again.
+const NO_RETRY = new Set([4005, 4100, 4101, 4103, 4307, 4402, 4403]);
+const FRESH_TOKEN = new Set([4102, 4306]); // expired, or a one-time token already used
+const PING_EVERY_MS = 10000;
+
+export class LiveConnection {
+  /**
+   * @param {{room: string, getToken: (fresh: boolean) => Promise<string>, wsUrl?: string}} opts
+   */
+  constructor({ room, getToken, wsUrl }) {
+    this.room = room;
+    this.getToken = getToken;
+    this.wsUrl = wsUrl || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    this.ws = null;
+    this.state = "idle"; // idle | connecting | live | reconnecting | failed | closed
+    this.epoch = null;
+    this.seq = 0;
+    this.attempt = 0;
+    this.connects = 0; // successful joins, so the first is 1
+    this.rtt = null;
+    this.handlers = new Map();
+    this.stopReason = null; // set when the server told us not to come back
+    this._timer = null;
+    this._ping = null;
+    this._freshToken = false;
+    this._retryAfter = 0;
+  }
+
+  on(type, fn) {
+    if (!this.handlers.has(type)) this.handlers.set(type, []);
+    this.handlers.get(type).push(fn);
+    return this;
+  }
+
+  emit(type, ...args) {
+    for (const fn of this.handlers.get(type) || []) {
+      try {
+        fn(...args);
+      } catch (err) {
+        console.error(`handler for ${type} failed`, err);
+      }
+    }
+  }
+
+  setState(state, detail = "") {
+    this.state = state;
+    this.emit("state", state, detail);
+  }
+
+  start() {
+    this.stopReason = null;
+    this._open();
+  }
+
+  close() {
+    this.stopReason = "closed";
+    clearTimeout(this._timer);
+    clearInterval(this._ping);
+    if (this.ws) {
+      try {
+        this.ws.send(encode({ t: "leave" }));
+      } catch {}
+      this.ws.close(1000, "bye");
+    }
+    this.setState("closed");
+  }
+
+  /** Stop for good (ban, bad token): no more reconnects. */
+  stop(reason) {
+    this.stopReason = reason;
+    clearTimeout(this._timer);
+    this.setState("failed", reason);
+  }
+
+  send(frame) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN || this.state !== "live") return false;
+    this.ws.send(encode(frame));
+    return true;
+  }
+
+  async _open() {
+    clearTimeout(this._timer);
+    this.setState(this.connects ? "reconnecting" : "connecting", this.attempt ? `attempt ${this.attempt + 1}` : "");
+    let token;
+    try {
+      token = await this.getToken(this._freshToken);
+      this._freshToken = false;
+    } catch (err) {
+      if (err && err.fatal) {
+        this.stop(err.message);
+        return;
+      }
+      this._retry(`token: ${err && err.message ? err.message : err}`);
+      return;
+    }
+    const ws = new WebSocket(this.wsUrl);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      const join = { t: "join", v: 1, token, room: this.room };
+      if (this.epoch) join.resume = { epoch: this.epoch, seq: this.seq };
+      ws.send(encode(join));
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== this.ws) return;
+      let frame;
+      try {
+        frame = decode(ev.data);
+      } catch (err) {
+        console.warn("undecodable frame", err);
+        return;
+      }
+      this._frame(frame);
+    };
+    ws.onclose = (ev) => {
+      if (ws !== this.ws) return;
+      clearInterval(this._ping);
+      this.ws = null;
+      this.emit("closed", ev.code, ev.reason);
+      if (this.stopReason) return;
+      if (NO_RETRY.has(ev.code)) {
+        this.stop(ev.reason || `closed (${ev.code})`);
+        return;
+      }
+      if (FRESH_TOKEN.has(ev.code)) this._freshToken = true;
+      const soon = ev.code === 1012 || ev.code === 3000;
+      const wait = this._retryAfter; // the error frame before the close may say how long
+      this._retryAfter = 0;
+      this._retry(ev.code === 1012 ? "server restarting" : `connection lost (${ev.code})`, soon, wait);
+    };
+  }
+
+  _retry(why, soon = false, minSeconds = 0) {
+    if (this.stopReason) return;
+    const base = soon && this.attempt === 0 ? 250 : Math.min(8000, 500 * 2 ** this.attempt);
+    const delay = Math.max(minSeconds * 1000, Math.round(base * (0.6 + Math.random() * 0.4)));
+    this.attempt += 1;
+    this.setState("reconnecting", `${why}; retrying in ${(delay / 1000).toFixed(1)} s`);
+    this._timer = setTimeout(() => this._open(), delay);
+  }
+
+  _frame(frame) {
+    switch (frame.t) {
+      case "snapshot":
+        return this._snapshot(frame);
+      case "batch":
+        return this._events(frame.events || []);
+      case "pong":
+        if (typeof frame.ts === "number") this.rtt = Math.max(0, performance.now() - frame.ts);
+        return this.emit("pong", this.rtt);
+      case "error":
+        if (frame.retry_after && [4301, 4302, 4308].includes(frame.code)) this._retryAfter = frame.retry_after;
+        return this.emit("error", frame);
+      case "dropped":
+        return this.resync(`the server skipped ${frame.count} batches`);
+      default:
+        return this.emit(frame.t, frame);
+    }
+  }
+
+  /** We missed events: reconnect at once and resume from the last sequence we have. */
+  resync(why) {
+    if (!this.ws || this.state !== "live") return;
+    console.info("resync:", why);
+    this.ws.close(3000, "resync");
+  }
+
+  _snapshot(snap) {
+    const resumed = this.connects > 0;
+    const recovered = snap.recovered === true;
+    const sameEpoch = snap.epoch === this.epoch;
+    this.attempt = 0;
+    this.connects += 1;
+    this.state = "live"; // joined: handlers of the snapshot may send (the event follows)
+    if (recovered) {
+      this.emit("snapshot", snap, { resumed, recovered });
+      this._events(snap.missed || []);
+    } else {
+      const since = sameEpoch ? this.seq : 0;
+      this.epoch = snap.epoch;
+      this.seq = snap.seq;
+      this.emit("snapshot", snap, { resumed, recovered, since });
+    }
+    this.seq = Math.max(this.seq, snap.seq);
+    this.setState("live");
+    clearInterval(this._ping);
+    this._ping = setInterval(() => this.send({ t: "ping", ts: performance.now() }), PING_EVERY_MS);
+    this.send({ t: "ping", ts: performance.now() });
+  }
+
+  _events(events) {
+    const fresh = [];
+    for (const ev of events) {
+      if (typeof ev.seq === "number") {
+        if (ev.seq <= this.seq) continue; // already seen (overlap after a resume)
+        if (this.seq && ev.seq > this.seq + 1 && this.state === "live") {
+          if (fresh.length) this.emit("events", fresh);
+          this.resync(`sequence gap ${this.seq} -> ${ev.seq}`);
+          return;
+        }
+        this.seq = ev.seq;
+      }
+      fresh.push(ev);
+    }
+    if (fresh.length) this.emit("events", fresh);
+  }
+}
+
+/** Read the room id from /room/<id>, ?room=, or fall back to "demo". */
+export function roomFromLocation(loc = location) {
+  const m = loc.pathname.match(/^\/room\/([A-Za-z0-9_.:-]{1,64})\/?$/);
+  if (m) return m[1];
+  const q = new URLSearchParams(loc.search).get("room");
+  return q && /^[A-Za-z0-9_.:-]{1,64}$/.test(q) ? q : "demo";
+}
+
+export class TokenError extends Error {
+  constructor(message, fatal = false) {
+    super(message);
+    this.fatal = fatal;
+  }
+}
+
+/**
+ * A token source: ?token= in the URL, a pasted one (sessionStorage), or the dev endpoint.
+ * Returns null when none is available (the page then asks for one).
+ */
+export async function devToken({ room, user, name, role }) {
+  const q = new URLSearchParams({ room, user, name: name || user, role });
+  let res;
+  try {
+    res = await fetch(`/api/dev/token?${q}`, { cache: "no-store" });
+  } catch (err) {
+    throw new TokenError(`cannot reach the server (${err.message})`);
+  }
+  if (res.status === 404) return null; // dev tokens disabled: paste one
+  if (!res.ok) throw new TokenError(`token endpoint: HTTP ${res.status}`, res.status === 400);
+  return (await res.json()).token;
+}
+
+export function randomId(prefix) {
+  const bytes = crypto.getRandomValues(new Uint8Array(3));
+  return prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Decode a JWT's claims without checking it (display only; the server checks). */
+export function tokenClaims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(decodeURIComponent(escape(atob(part))));
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,419 @@
+// WebRTC for the demo pages over the room's WebSocket (docs/PROTOCOL.md, media signaling):
+// - viewer: {"t":"subscribe"} -> server {"t":"offer"} (now, or whenever a publisher appears)
+//   -> {"t":"answer"}; the server re-offers on the same connection when tracks change;
+// - host: {"t":"publish", sdp} -> server {"t":"answer"}; {"t":"unpublish"} to stop.
+// All SDP is complete (no trickle ICE): we wait for ICE gathering before sending ours.
+
+const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle" };
+const GATHER_TIMEOUT_MS = 3000;
+
+function waitForGathering(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, GATHER_TIMEOUT_MS); // loopback gathers fast; never hang
+    function done() {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    }
+    function check() {
+      if (pc.iceGatheringState === "complete") done();
+    }
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+function fmtRate(bps) {
+  if (!Number.isFinite(bps)) return "–";
+  return bps >= 1e6 ? `${(bps / 1e6).toFixed(2)} Mbps` : `${Math.round(bps / 1000)} kbps`;
+}
+
+export function isMediaError(frame) {
+  return frame.code >= 4600 && frame.code < 4700;
+}
+
+/** Receives the room's media into a <video> and measures time to first frame. */
+export class ViewerMedia {
+  constructor({ conn, video, onStatus }) {
+    this.conn = conn;
+    this.video = video;
+    this.onStatus = onStatus || (() => {});
+    this.pc = null;
+    this.stream = new MediaStream();
+    this.publishers = new Map();
+    this.live = false;
+    this.subscribed = false;
+    this.playing = false;
+    this.t0 = null; // when we started waiting for pictures
+    this.firstFrameMs = null;
+    this.detail = "";
+    this.stats = "";
+    this.negotiations = 0;
+    this.stopped = false;
+    this._seq = 0;
+    this._statsTimer = null;
+    this._last = null;
+    video.addEventListener("playing", () => this._maybePlaying());
+    video.addEventListener("resize", () => this._maybePlaying());
+    this.status();
+  }
+
+  get supported() {
+    return typeof RTCPeerConnection === "function";
+  }
+
+  status() {
+    this.onStatus({
+      live: this.live,
+      playing: this.playing,
+      firstFrameMs: this.firstFrameMs,
+      detail: this.detail,
+      stats: this.stats,
+    });
+  }
+
+  onSnapshot(snap, resumed) {
+    this.publishers = new Map((snap.publishers || []).map((p) => [p.uid, p.name]));
+    this.live = Boolean(snap.live) || this.publishers.size > 0;
+    if (resumed) this._reset(); // the old peer connection belongs to a gone WebSocket
+    if (!this.stopped && this.supported && !this.subscribed) this._subscribe();
+    this.status();
+  }
+
+  onEvent(ev) {
+    if (ev.t !== "live") return;
+    if (ev.on) this.publishers.set(ev.uid, ev.name);
+    else this.publishers.delete(ev.uid);
+    const wasLive = this.live;
+    this.live = this.publishers.size > 0;
+    if (this.live && !wasLive) {
+      this.t0 = performance.now(); // first frame counts from the moment the host went live
+      this.firstFrameMs = null;
+      this.detail = "The host just went live.";
+    }
+    if (!this.live) {
+      this.playing = false;
+      this.detail = "";
+    }
+    if (!this.stopped && this.supported && !this.subscribed) this._subscribe();
+    this.status();
+  }
+
+  onFrame(frame) {
+    if (this.stopped) return;
+    if (frame.t === "offer") this._onOffer(frame).catch((err) => this._fail(err));
+    else if (frame.t === "subscribed") {
+      this.detail = frame.live ? "" : "Waiting for the host to start the stream.";
+      this.status();
+    }
+  }
+
+  onError(frame) {
+    this.detail = `Video unavailable: ${frame.msg || frame.code}`;
+    if (frame.code === 4606 && /already subscribed/.test(frame.msg || "")) return;
+    this.subscribed = false;
+    this.status();
+  }
+
+  stop() {
+    this.stopped = true;
+    this._reset();
+  }
+
+  _subscribe() {
+    this.subscribed = this.conn.send({ t: "subscribe", cid: `m${++this._seq}` });
+    if (this.subscribed && this.t0 === null) this.t0 = performance.now();
+    if (this.subscribed && this.live) this.detail = "Negotiating video…";
+  }
+
+  _reset() {
+    if (this.pc) this.pc.close();
+    this.pc = null;
+    this.subscribed = false;
+    this.playing = false;
+    this.firstFrameMs = null;
+    this.t0 = null;
+    for (const t of this.stream.getTracks()) this.stream.removeTrack(t);
+    clearInterval(this._statsTimer);
+    this._statsTimer = null;
+    this.stats = "";
+  }
+
+  _ensurePc() {
+    if (this.pc) return this.pc;
+    const pc = new RTCPeerConnection(RTC_CONFIG);
+    pc.ontrack = (ev) => {
+      // A renegotiation may bring a fresh track of a kind we already show: replace it.
+      for (const old of this.stream.getTracks()) {
+        if (old.kind === ev.track.kind && old !== ev.track) this.stream.removeTrack(old);
+      }
+      this.stream.addTrack(ev.track);
+      if (this.video.srcObject !== this.stream) this.video.srcObject = this.stream;
+      this.video.play().catch(() => {}); // muted autoplay is allowed
+      if (ev.track.kind === "video") this._watchFirstFrame();
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc !== this.pc) return;
+      if (pc.connectionState === "failed") {
+        this._fail(new Error("the media connection failed"));
+        this.conn.send({ t: "unsubscribe" });
+        setTimeout(() => {
+          if (!this.stopped && !this.subscribed && this.conn.state === "live") this._subscribe();
+        }, 1000);
+      }
+    };
+    this.pc = pc;
+    this._statsTimer = setInterval(() => this._sampleStats(), 1000);
+    return pc;
+  }
+
+  async _onOffer(frame) {
+    const pc = this._ensurePc();
+    await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    await waitForGathering(pc);
+    if (pc !== this.pc) return;
+    const answer = { t: "answer", sdp: pc.localDescription.sdp };
+    if (frame.cid !== undefined) answer.cid = frame.cid;
+    this.conn.send(answer);
+    this.negotiations += 1;
+    this.detail = "Starting video…";
+    this.status();
+  }
+
+  _watchFirstFrame() {
+    const v = this.video;
+    const mark = () => {
+      if (this.firstFrameMs === null && this.t0 !== null) {
+        this.firstFrameMs = performance.now() - this.t0;
+      }
+      this._maybePlaying();
+    };
+    if (typeof v.requestVideoFrameCallback === "function") v.requestVideoFrameCallback(mark);
+    else v.addEventListener("loadeddata", mark, { once: true });
+  }
+
+  _maybePlaying() {
+    const playing = this.video.videoWidth > 0 && this.live;
+    if (playing && this.firstFrameMs === null && this.t0 !== null) {
+      this.firstFrameMs = performance.now() - this.t0;
+    }
+    if (playing !== this.playing) {
+      this.playing = playing;
+      this.status();
+    } else if (playing) {
+      this.status();
+    }
+  }
+
+  _fail(err) {
+    console.warn("media:", err);
+    this.detail = `Video problem: ${err.message || err}`;
+    this.subscribed = false;
+    if (this.pc) this.pc.close();
+    this.pc = null;
+    this.status();
+  }
+
+  async _sampleStats() {
+    const pc = this.pc;
+    if (!pc) return;
+    let report;
+    try {
+      report = await pc.getStats();
+    } catch {
+      return;
+    }
+    let video = null;
+    let bytes = 0;
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp") {
+        bytes += s.bytesReceived || 0;
+        if (s.kind === "video") video = s;
+      }
+    });
+    const now = performance.now();
+    const last = this._last;
+    this._last = { now, bytes };
+    if (!video || !last) return;
+    const bps = ((bytes - last.bytes) * 8 * 1000) / (now - last.now);
+    const parts = [];
+    if (video.frameHeight) parts.push(`${video.frameWidth}×${video.frameHeight}`);
+    if (video.framesPerSecond !== undefined) parts.push(`${Math.round(video.framesPerSecond)} fps`);
+    parts.push(fmtRate(bps));
+    if (video.packetsLost) parts.push(`${video.packetsLost} lost`);
+    this.stats = parts.join(" · ");
+    this.status();
+  }
+}
+
+/** Publishes a local camera/microphone (or screen) stream into the room. */
+export class Publisher {
+  constructor({ conn, preview, onStatus }) {
+    this.conn = conn;
+    this.preview = preview;
+    this.onStatus = onStatus || (() => {});
+    this.stream = null;
+    this.pc = null;
+    this.state = "off"; // off | starting | negotiating | live | error
+    this.detail = "";
+    this.stats = {};
+    this._seq = 0;
+    this._cid = null;
+    this._timer = null;
+    this._last = null;
+    this.needsSend = false; // an offer is ready but the room connection was not
+  }
+
+  status() {
+    this.onStatus({ state: this.state, detail: this.detail, stats: this.stats });
+  }
+
+  async start(source = "camera") {
+    if (this.state !== "off" && this.state !== "error") return;
+    this.state = "starting";
+    this.detail = "Opening your camera…";
+    this.status();
+    try {
+      this.stream =
+        source === "screen"
+          ? await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 30 }, audio: true })
+          : await navigator.mediaDevices.getUserMedia({
+              video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+              audio: true,
+            });
+    } catch (err) {
+      this.state = "error";
+      this.detail = `Cannot open ${source}: ${err.message || err}`;
+      this.status();
+      return;
+    }
+    this.preview.srcObject = this.stream;
+    this.preview.muted = true;
+    this.preview.play().catch(() => {});
+    for (const track of this.stream.getTracks()) track.addEventListener("ended", () => this.stop());
+    await this._publish();
+  }
+
+  /** (Re)publish the current stream on a new peer connection (also after a reconnect). */
+  async _publish() {
+    if (!this.stream) return;
+    if (this.pc) this.pc.close();
+    const pc = new RTCPeerConnection(RTC_CONFIG);
+    this.pc = pc;
+    for (const track of this.stream.getTracks()) {
+      const tr = pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
+      if (track.kind === "video" && RTCRtpSender.getCapabilities) {
+        const codecs = RTCRtpSender.getCapabilities("video").codecs;
+        const vp8 = codecs.filter((c) => /vp8|rtx/i.test(c.mimeType));
+        try {
+          if (vp8.length) tr.setCodecPreferences(vp8); // the room forwards VP8 as is
+        } catch {}
+      }
+    }
+    pc.onconnectionstatechange = () => {
+      if (pc !== this.pc) return;
+      if (pc.connectionState === "connected") {
+        this.state = "live";
+        this.detail = "";
+        this.status();
+      } else if (pc.connectionState === "failed") {
+        this.state = "error";
+        this.detail = "The media connection failed; retrying…";
+        this.status();
+        setTimeout(() => this.stream && this.conn.state === "live" && this._publish(), 1500);
+      }
+    };
+    this.state = "negotiating";
+    this.detail = "Connecting to the room…";
+    this.status();
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForGathering(pc);
+    if (pc !== this.pc) return;
+    this._cid = `p${++this._seq}`;
+    this.needsSend = !this.conn.send({ t: "publish", sdp: pc.localDescription.sdp, cid: this._cid });
+    if (this.needsSend) {
+      this.detail = "Waiting for the room connection…";
+      this.status();
+    }
+    clearInterval(this._timer);
+    this._timer = setInterval(() => this._sampleStats(), 1000);
+  }
+
+  onAnswer(frame) {
+    if (!this.pc || (frame.cid !== undefined && frame.cid !== this._cid)) return;
+    this.pc.setRemoteDescription({ type: "answer", sdp: frame.sdp }).catch((err) => {
+      this.state = "error";
+      this.detail = `Publishing failed: ${err.message}`;
+      this.status();
+    });
+  }
+
+  onError(frame) {
+    if (frame.ref !== undefined && frame.ref !== this._cid) return;
+    this.state = "error";
+    this.detail = `Publishing refused: ${frame.msg} (${frame.code})`;
+    if (this.pc) this.pc.close();
+    this.pc = null;
+    this.status();
+  }
+
+  /** The room connection came back: the server forgot our publication, so offer again. */
+  onReconnected() {
+    if (this.stream) this._publish();
+  }
+
+  stop() {
+    clearInterval(this._timer);
+    if (this.pc) {
+      this.conn.send({ t: "unpublish" });
+      this.pc.close();
+    }
+    this.pc = null;
+    if (this.stream) for (const t of this.stream.getTracks()) t.stop();
+    this.stream = null;
+    this.preview.srcObject = null;
+    this.state = "off";
+    this.detail = "";
+    this.stats = {};
+    this._last = null;
+    this.status();
+  }
+
+  async _sampleStats() {
+    const pc = this.pc;
+    if (!pc) return;
+    let report;
+    try {
+      report = await pc.getStats();
+    } catch {
+      return;
+    }
+    let bytes = 0;
+    let video = null;
+    let remote = null;
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === "outbound-rtp") {
+        bytes += s.bytesSent || 0;
+        if (s.kind === "video") video = s;
+      } else if (s.type === "remote-inbound-rtp" && s.kind === "video") remote = s;
+      else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
+    });
+    const now = performance.now();
+    const last = this._last;
+    this._last = { now, bytes, sent: video?.packetsSent || 0, lost: remote?.packetsLost || 0 };
+    if (!last) return;
+    const sent = (video?.packetsSent || 0) - last.sent;
+    const lost = (remote?.packetsLost || 0) - last.lost;
+    const rtt = remote?.roundTripTime ?? pair?.currentRoundTripTime;
+    this.stats = {
+      bitrate: fmtRate(((bytes - last.bytes) * 8 * 1000) / (now - last.now)),
+      fps: video?.framesPerSecond !== undefined ? Math.round(video.framesPerSecond) : "–",
+      resolution: video?.frameWidth ? `${video.frameWidth}×${video.frameHeight}` : "–",
+      loss: sent + lost > 0 ? `${((100 * Math.max(0, lost)) / (sent + lost)).toFixed(1)}%` : "0%",
+      rtt: rtt !== undefined ? `${Math.round(rtt * 1000)} ms` : "–",
+    };
+    this.status();
+  }
+}

@@ -1,0 +1,529 @@
+// The viewer page: join a room, watch the host, chat (danmaku), like, and DM.
+import { DanmakuLayer } from "./danmaku.js";
+import { friendlyError, isBan, isKick } from "./errors.js";
+import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
+import { ViewerMedia, isMediaError } from "./rtc.js";
+import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
+
+const params = new URLSearchParams(location.search);
+const room = roomFromLocation();
+const state = {
+  me: null, // {uid, name, role}
+  limits: {},
+  likes: 0,
+  online: 0,
+  hosts: new Map(),
+  pending: new Map(), // cid -> chat <li> of an own danmaku not yet echoed
+  cidSeq: 0,
+  likeQueue: 0,
+  likeTimer: null,
+  convs: new Map(), // uid -> {uid, name, items: [], unread}
+  openConv: null,
+  tab: "chat",
+};
+
+document.title = `${room} · liveroom`;
+$("#room-title").textContent = room;
+
+// -- identity and token -------------------------------------------------------------
+
+function wantedUser() {
+  const fromUrl = params.get("user");
+  if (fromUrl) return fromUrl;
+  let uid = localStorage.getItem("liveroom.user");
+  if (!uid) {
+    uid = randomId("guest-");
+    localStorage.setItem("liveroom.user", uid);
+  }
+  return uid;
+}
+
+async function getToken(fresh) {
+  // A token from the URL or pasted is reused; the dev endpoint mints one per connection
+  // (so servers that accept each token once, --join-nonce, still let us reconnect).
+  const urlToken = params.get("token");
+  if (urlToken && !fresh) return urlToken;
+  const pasted = sessionStorage.getItem(`liveroom.token.${room}`);
+  if (pasted && !fresh) return pasted;
+  const user = wantedUser();
+  const token = await devToken({ room, user, name: params.get("name") || user, role: "viewer" });
+  if (token) return token;
+  return askForToken();
+}
+
+function askForToken() {
+  const dialog = $("#token-dialog");
+  return new Promise((resolve, reject) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        const token = $("#token-input").value.trim();
+        const claims = tokenClaims(token);
+        if (!claims) return reject(new TokenError("that is not a token", true));
+        sessionStorage.setItem(`liveroom.token.${room}`, token);
+        resolve(token);
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  });
+}
+
+// -- connection ------------------------------------------------------------------------
+
+const conn = new LiveConnection({ room, getToken });
+const danmaku = new DanmakuLayer($("#danmaku"));
+const media = new ViewerMedia({
+  conn,
+  video: $("#video"),
+  onStatus: renderMedia,
+});
+window.liveroom = { conn, danmaku, media, state }; // for the console and the tests
+
+conn.on("state", (s, detail) => {
+  showConnState($("#conn"), s, detail);
+  document.body.dataset.conn = s;
+  $("#chat-send").disabled = s !== "live";
+  if (s === "reconnecting" && conn.connects === 1 && !document.querySelector("#chat-list li.reconnect-note")) {
+    sysLine("Connection lost, reconnecting…", "warn reconnect-note");
+  }
+});
+
+conn.on("snapshot", (snap, { resumed, recovered, since }) => {
+  state.me = snap.you;
+  state.limits = snap.limits || {};
+  $("#me").replaceChildren("Watching as ", el("b", {}, snap.you.name));
+  if (state.limits.danmaku_len) $("#chat-input").maxLength = state.limits.danmaku_len;
+  if (state.limits.dm_len) $("#dm-input").maxLength = state.limits.dm_len;
+  setLikes(snap.likes);
+  setOnline(snap.online);
+  state.hosts = new Map((snap.hosts || []).map((h) => [h.uid, h.name]));
+  renderHost();
+  if (resumed) {
+    document.querySelectorAll("#chat-list li.reconnect-note").forEach((n) => n.remove());
+    sysLine(recovered ? "Reconnected: caught up on what you missed." : "Reconnected.");
+    document.body.dataset.reconnects = String(conn.connects - 1);
+  }
+  if (!recovered) {
+    for (const ev of snap.recent || []) if (!(ev.seq <= since)) chatLine(ev);
+  }
+  // Re-send danmaku that never made it before the connection dropped.
+  for (const [cid, li] of state.pending) {
+    conn.send({ t: "danmaku", text: li.dataset.text, cid });
+  }
+  media.onSnapshot(snap, resumed);
+});
+
+conn.on("events", (events) => {
+  for (const ev of events) {
+    switch (ev.t) {
+      case "danmaku":
+        onDanmaku(ev);
+        break;
+      case "likes":
+        setLikes(ev.total);
+        if (ev.delta && !(state.likeEcho > 0 && ev.delta <= state.likeEcho)) heartBurst($("#hearts"), Math.min(4, ev.delta));
+        state.likeEcho = Math.max(0, (state.likeEcho || 0) - ev.delta);
+        break;
+      case "presence":
+        setOnline(ev.online);
+        break;
+      case "host":
+        if (ev.live) state.hosts.set(ev.uid, ev.name);
+        else state.hosts.delete(ev.uid);
+        renderHost();
+        sysLine(ev.live ? `${ev.name} joined the room` : `${ev.name} left the room`);
+        break;
+      case "delete":
+        markDeleted(ev);
+        break;
+      default:
+        media.onEvent(ev);
+    }
+  }
+});
+
+conn.on("error", (frame) => onServerError(frame));
+conn.on("dm", onDm);
+conn.on("dm_ack", onDmAck);
+conn.on("closed", (code) => {
+  if (code === 4403) block("You are banned from this room", "The host or a moderator banned you.");
+  else if (code === 4402) block("You were removed from this room", "You can come back in a little while.", false);
+});
+conn.on("pong", (rtt) => {
+  if (conn.state === "live") showConnState($("#conn"), "live", "", ` · ${Math.round(rtt)} ms`);
+});
+for (const t of ["offer", "subscribed"]) conn.on(t, (frame) => media.onFrame(frame));
+conn.on("notice", (frame) => onNotice(frame));
+
+// -- room state ----------------------------------------------------------------------------
+
+function setLikes(total) {
+  state.likes = total;
+  $("#like-total").textContent = fmtCount(total);
+  $("#likes-top").textContent = fmtCount(total);
+  $("#like-total").dataset.total = String(total);
+}
+
+function setOnline(n) {
+  state.online = n;
+  $("#online").textContent = fmtCount(n);
+  $("#online").dataset.count = String(n);
+}
+
+function renderHost() {
+  const [uid, name] = state.hosts.entries().next().value || [];
+  $("#host-name").textContent = name ? name : "Waiting for the host";
+  $("#host-avatar").textContent = initials(name || room);
+  if (uid) $("#host-avatar").style.background = userColor(uid);
+  $("#live-badge").hidden = !media.live;
+  media.status(); // the offline card names the host
+}
+
+function renderMedia(status) {
+  $("#live-badge").hidden = !status.live;
+  $("#offline").hidden = status.playing;
+  const hostName = state.hosts.values().next().value;
+  $("#offline-title").textContent = status.live
+    ? "Connecting to the stream…"
+    : hostName
+      ? `${hostName} is here but not streaming yet`
+      : "The host is offline";
+  $("#offline-sub").textContent = status.live
+    ? status.detail || "Negotiating video."
+    : "Stay here: the stream starts by itself when the host goes live.";
+  $("#unmute").hidden = !status.playing || !$("#video").muted;
+  const ff = $("#first-frame");
+  if (status.firstFrameMs !== null && status.firstFrameMs !== undefined) {
+    ff.hidden = false;
+    ff.textContent = `first frame in ${Math.round(status.firstFrameMs)} ms`;
+    ff.dataset.ms = String(Math.round(status.firstFrameMs));
+  }
+  $("#video-stats").textContent = status.stats || "";
+}
+
+$("#unmute").addEventListener("click", () => {
+  const video = $("#video");
+  video.muted = false;
+  video.play().catch(() => {});
+  $("#unmute").hidden = true;
+});
+
+// -- chat and danmaku ------------------------------------------------------------------------
+
+function roleTag(ev) {
+  if (state.hosts.has(ev.uid) || ev.role === "host") return el("span", { class: "role" }, "HOST");
+  if (ev.role === "moderator") return el("span", { class: "role mod" }, "MOD");
+  return null;
+}
+
+function chatLine(ev, extraClass = "") {
+  const mine = state.me && ev.uid === state.me.uid;
+  const who = el(
+    "span",
+    { class: "who", style: `color:${userColor(ev.uid)}`, title: `@${ev.uid}`, onclick: () => openConv(ev.uid, ev.name) },
+    ev.name,
+  );
+  const li = el(
+    "li",
+    { class: `msg${mine ? " mine" : ""}${extraClass ? ` ${extraClass}` : ""}`, dataset: { uid: ev.uid, seq: ev.seq ?? "" } },
+    roleTag(ev),
+    who,
+    el("span", { class: "text" }, ev.text),
+  );
+  appendCapped($("#chat-list"), li);
+  return li;
+}
+
+function sysLine(text, cls = "") {
+  appendCapped($("#chat-list"), el("li", { class: `sys ${cls}` }, text));
+}
+
+function onDanmaku(ev) {
+  const mine = state.me && ev.uid === state.me.uid;
+  const pending = mine && ev.cid !== undefined ? state.pending.get(ev.cid) : null;
+  if (pending) {
+    state.pending.delete(ev.cid);
+    pending.classList.remove("pending");
+    pending.dataset.seq = String(ev.seq);
+  } else {
+    chatLine(ev);
+  }
+  danmaku.add({ text: ev.text, name: ev.name, mine, host: state.hosts.has(ev.uid) });
+}
+
+function markDeleted(ev) {
+  const seq = ev.target;
+  const li = document.querySelector(`#chat-list li[data-seq="${seq}"]`);
+  if (li) {
+    li.classList.add("deleted");
+    li.querySelector(".text").textContent = "message removed by a moderator";
+  }
+}
+
+$("#chat-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = $("#chat-input");
+  const text = input.value.trim();
+  if (!text) return showError("chat", { code: 4201 });
+  const cid = `c${++state.cidSeq}`;
+  if (!conn.send({ t: "danmaku", text, cid })) return showError("chat", { msg: "Not connected yet: wait a moment." });
+  input.value = "";
+  hideError("chat");
+  const li = chatLine({ uid: state.me.uid, name: state.me.name, text }, "pending");
+  li.dataset.text = text;
+  state.pending.set(cid, li);
+});
+
+$("#danmaku-toggle").addEventListener("click", (e) => {
+  const on = e.currentTarget.getAttribute("aria-pressed") !== "true";
+  e.currentTarget.setAttribute("aria-pressed", String(on));
+  e.currentTarget.textContent = on ? "Danmaku on" : "Danmaku off";
+  danmaku.setEnabled(on);
+});
+
+// -- likes ------------------------------------------------------------------------------------
+
+$("#like").addEventListener("click", () => {
+  heartBurst($("#hearts"), 3);
+  setLikes(state.likes + 1); // optimistic; the next likes event carries the real total
+  state.likeQueue += 1;
+  if (!state.likeTimer) {
+    state.likeTimer = setTimeout(flushLikes, 120); // taps within a moment travel as one frame
+  }
+});
+
+function flushLikes() {
+  state.likeTimer = null;
+  const count = Math.min(state.likeQueue, 100);
+  if (!count) return;
+  if (conn.send({ t: "like", count })) {
+    state.likeQueue -= count;
+    state.likeEcho = (state.likeEcho || 0) + count;
+  }
+  if (state.likeQueue) state.likeTimer = setTimeout(flushLikes, 500);
+}
+
+// -- errors ---------------------------------------------------------------------------------------
+
+let errorTimers = {};
+function showError(where, frame) {
+  const box = $(`#${where}-error`);
+  box.textContent = frame.code ? friendlyError(frame, state.limits) : frame.msg;
+  box.dataset.code = String(frame.code || "");
+  box.hidden = false;
+  clearTimeout(errorTimers[where]);
+  const retry = Number(frame.retry_after) || 0;
+  errorTimers[where] = setTimeout(() => hideError(where), Math.max(6000, retry * 1000 + 1500));
+}
+
+function hideError(where) {
+  $(`#${where}-error`).hidden = true;
+}
+
+function onServerError(frame) {
+  if (isBan(frame)) return block("You are banned from this room", "The host or a moderator banned you.");
+  if (isKick(frame)) return block("You were removed from this room", kickText(frame), false);
+  const ref = frame.ref;
+  if (isMediaError(frame) || (typeof ref === "string" && ref.startsWith("m"))) return media.onError(frame);
+  if (ref !== undefined && state.pending.has(ref)) {
+    const li = state.pending.get(ref);
+    state.pending.delete(ref);
+    li.remove();
+    if (!$("#chat-input").value) $("#chat-input").value = li.dataset.text;
+    return showError("chat", frame);
+  }
+  if (ref !== undefined && String(ref).startsWith("d")) {
+    failDm(ref);
+    return showError("dm", { ...frame, kind: "dm" });
+  }
+  if (frame.code >= 4100 && frame.code < 4200) return; // join problems: the state pill says it
+  showError(state.tab === "dm" && state.openConv ? "dm" : "chat", frame);
+}
+
+function kickText(frame) {
+  const secs = Number(frame.retry_after) || 0;
+  return secs ? `You can come back in ${Math.ceil(secs)} s.` : "You can come back in a little while.";
+}
+
+function block(title, text, final = true) {
+  $("#blocked-title").textContent = title;
+  $("#blocked-text").textContent = text || "";
+  $("#blocked").hidden = false;
+  document.body.dataset.blocked = final ? "ban" : "kick";
+  conn.stop(title);
+  media.stop();
+}
+
+function onNotice(frame) {
+  // Moderation notices addressed to this viewer ({"t":"notice","action":"mute"|"unmute",...}).
+  if (frame.action === "mute") {
+    const secs = frame.until ? Math.max(0, (frame.until - Date.now()) / 1000) : 0;
+    showError("chat", { code: 4401, retry_after: secs || undefined });
+    sysLine("A moderator muted you.", "warn");
+  } else if (frame.action === "unmute") {
+    hideError("chat");
+    sysLine("You can chat again.");
+  }
+}
+
+// -- direct messages ------------------------------------------------------------------------------
+
+function conv(uid, name) {
+  let c = state.convs.get(uid);
+  if (!c) {
+    c = { uid, name: name || uid, items: [], unread: 0 };
+    state.convs.set(uid, c);
+  } else if (name) {
+    c.name = name;
+  }
+  return c;
+}
+
+function renderConvs() {
+  const list = $("#dm-convs");
+  const convs = [...state.convs.values()].sort((a, b) => (b.items.at(-1)?.ts || 0) - (a.items.at(-1)?.ts || 0));
+  list.replaceChildren(
+    ...convs.map((c) =>
+      el(
+        "li",
+        { dataset: { uid: c.uid }, onclick: () => openConv(c.uid) },
+        el("span", { class: "avatar small", style: `background:${userColor(c.uid)}` }, initials(c.name)),
+        el(
+          "div",
+          { class: "conv-main" },
+          el("div", { class: "conv-name" }, c.name),
+          el("div", { class: "conv-last" }, c.items.at(-1)?.text || ""),
+        ),
+        c.unread ? el("span", { class: "badge" }, String(c.unread)) : null,
+      ),
+    ),
+  );
+  $("#dm-empty").hidden = convs.length > 0;
+  const unread = convs.reduce((n, c) => n + c.unread, 0);
+  $("#dm-badge").hidden = unread === 0;
+  $("#dm-badge").textContent = String(unread);
+}
+
+function tickFor(item) {
+  if (!item.mine) return null;
+  if (item.status === "failed") return el("span", { class: "tick failed" }, "not sent");
+  if (item.status === "delivered") return el("span", { class: "tick delivered", title: "Delivered" }, "✓✓");
+  if (item.status === "kept") return el("span", { class: "tick sent", title: "Sent; delivered when they connect" }, "✓");
+  return el("span", { class: "tick pending", title: "Sending" }, "…");
+}
+
+function renderThread() {
+  const c = state.convs.get(state.openConv);
+  if (!c) return;
+  $("#dm-peer").textContent = c.name;
+  $("#dm-avatar").textContent = initials(c.name);
+  $("#dm-avatar").style.background = userColor(c.uid);
+  const list = $("#dm-messages");
+  list.replaceChildren(
+    ...c.items.map((item) =>
+      el(
+        "li",
+        { class: item.mine ? "mine" : "", dataset: { id: item.id || "", status: item.status || "" } },
+        el("span", { class: "text" }, item.text),
+        tickFor(item),
+      ),
+    ),
+  );
+  list.scrollTop = list.scrollHeight;
+}
+
+function openConv(uid, name) {
+  if (state.me && uid === state.me.uid) return;
+  const c = conv(uid, name);
+  c.unread = 0;
+  state.openConv = uid;
+  selectTab("dm");
+  $("#dm-home").hidden = true;
+  $("#dm-thread").hidden = false;
+  renderThread();
+  renderConvs();
+  $("#dm-input").focus();
+}
+
+$("#dm-back").addEventListener("click", () => {
+  state.openConv = null;
+  $("#dm-thread").hidden = true;
+  $("#dm-home").hidden = false;
+  renderConvs();
+});
+
+$("#dm-new").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const uid = $("#dm-to").value.trim();
+  if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(uid)) return;
+  $("#dm-to").value = "";
+  openConv(uid);
+});
+
+$("#dm-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = $("#dm-input");
+  const text = input.value.trim();
+  if (!text || !state.openConv) return;
+  const cid = `d${++state.cidSeq}`;
+  if (!conn.send({ t: "dm", to: state.openConv, text, cid })) {
+    return showError("dm", { msg: "Not connected yet: wait a moment." });
+  }
+  input.value = "";
+  hideError("dm");
+  conv(state.openConv).items.push({ cid, mine: true, text, ts: Date.now(), status: "sending" });
+  renderThread();
+  renderConvs();
+});
+
+function findByCid(cid) {
+  for (const c of state.convs.values()) {
+    const item = c.items.find((i) => i.cid === cid);
+    if (item) return item;
+  }
+  return null;
+}
+
+function onDmAck(ack) {
+  const item = findByCid(ack.cid);
+  if (!item) return;
+  item.id = ack.id;
+  item.status = ack.delivered ? "delivered" : "kept";
+  renderThread();
+}
+
+function failDm(cid) {
+  const item = findByCid(cid);
+  if (item) item.status = "failed";
+  renderThread();
+}
+
+function onDm(dm) {
+  if (state.me && dm.from === state.me.uid) return; // our own, echoed to another tab
+  const c = conv(dm.from, dm.name);
+  if (c.items.some((i) => i.id === dm.id)) return;
+  c.items.push({ id: dm.id, mine: false, text: dm.text, ts: dm.ts });
+  if (state.tab !== "dm" || state.openConv !== dm.from) c.unread += 1;
+  renderConvs();
+  if (state.openConv === dm.from) renderThread();
+}
+
+// -- tabs --------------------------------------------------------------------------------------------
+
+function selectTab(tab) {
+  state.tab = tab;
+  for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.tab === tab);
+  $("#panel-chat").hidden = tab !== "chat";
+  $("#panel-dm").hidden = tab !== "dm";
+  if (tab === "dm" && state.openConv) {
+    conv(state.openConv).unread = 0;
+    renderConvs();
+  }
+}
+for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => selectTab(b.dataset.tab));
+
+// -- go ----------------------------------------------------------------------------------------------
+
+renderConvs();
+conn.start();
