@@ -14,7 +14,9 @@ from server.broker.memory import MemoryBroker
 from server.client import Client
 from server.config import Config, ConfigError
 from server.http import HttpRoutes
+from server.media import use_loopback_candidates
 from server.node import Node
+from server.whip import MediaHttp
 
 log = logging.getLogger("liveroom")
 
@@ -34,6 +36,8 @@ class App:
         self.broker = broker or make_broker(config)
         self.node = Node(config, self.broker)
         self.server: Server | None = None
+        self.media_http = MediaHttp(self.node)  # WHIP/WHEP on config.http_port
+        self.http_port = 0
 
     async def _handle(self, ws: ServerConnection) -> None:
         if self.node.draining:
@@ -57,6 +61,11 @@ class App:
             server_header=None,
         )
         self.node.start()
+        if self.config.host in ("127.0.0.1", "localhost"):  # ICE candidates on loopback only
+            use_loopback_candidates()
+        self.http_port = await self.media_http.start(self.config.host, self.config.http_port)
+        self.node.media.url = self.config.media_url or f"http://{self.config.host}:{self.http_port}"
+        self.node.media.start()
 
     @property
     def port(self) -> int:
@@ -68,6 +77,8 @@ class App:
         if self.server is not None:
             self.server.close(close_connections=False)
         await self.node.stop()
+        await self.media_http.stop()
+        await self.node.media.close()
         if self.server is not None:
             await self.server.wait_closed()
         await self.broker.close()
@@ -83,6 +94,7 @@ async def run(config: Config) -> None:
         flush=True,
     )
     print(f"demo page: {url}/room/demo", flush=True)
+    print(f"media (WHIP/WHEP) on http://{config.host}:{app.http_port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -121,6 +121,8 @@ class Client:
                     await node.direct_message(self, message)
                 elif isinstance(message, protocol.Ping):
                     self.send(protocol.pong_frame(message.ts))
+                elif isinstance(message, protocol.MEDIA_MESSAGES):
+                    await node.media.handle(self, message)
                 elif isinstance(message, protocol.Leave):
                     await self.ws.close(1000, "bye")
                     return
@@ -140,4 +142,5 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Like: "like",
     protocol.DirectMessage: "dm",
     protocol.Ping: "ping",
+    **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
 }

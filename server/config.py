@@ -33,6 +33,11 @@ class Config:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     node_id: str = ""
+    http_port: int = 8081  # WHIP/WHEP (aiohttp) next to the WebSocket port; 0: any free port
+    media_url: str = ""  # public base URL of http_port put in snapshots (default http://host:port)
+    media_max_publishers: int = 4  # per room (host + co-hosts)
+    media_max_viewers: int = 200  # media viewers (WS subscribers + WHEP) per node
+    media_stats_interval: float = 5.0  # seconds between media stats samples for /metrics
 
     @property
     def dev_tokens_enabled(self) -> bool:
@@ -49,6 +54,8 @@ class Config:
             raise ConfigError("tick_ms must be between 5 and 1000")
         if self.recent_size < 0 or self.history_size < self.recent_size:
             raise ConfigError("history_size must be >= recent_size >= 0")
+        if self.media_max_publishers < 1 or self.media_max_viewers < 0:
+            raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
 
 
 _BOOL = {
@@ -97,6 +104,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recent-size", dest="recent_size", type=int, help="danmaku in join snapshot")
     parser.add_argument("--redis", dest="redis_url", help="redis://host:port/db (default: in-memory)")
     parser.add_argument("--node-id", dest="node_id", help="node name (default: random)")
+    parser.add_argument(
+        "--http-port", dest="http_port", type=int, help="WHIP/WHEP port, 0 for any free port (default 8081)"
+    )
+    parser.add_argument(
+        "--media-max-publishers", dest="media_max_publishers", type=int, help="publishers per room (4)"
+    )
+    parser.add_argument(
+        "--media-max-viewers", dest="media_max_viewers", type=int, help="media viewers per node (200)"
+    )
     dev = parser.add_mutually_exclusive_group()
     dev.add_argument("--dev-tokens", dest="dev_tokens", action="store_const", const=True)
     dev.add_argument("--no-dev-tokens", dest="dev_tokens", action="store_const", const=False)

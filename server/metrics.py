@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
 
-CLIENT_TYPES = frozenset({"join", "leave", "danmaku", "like", "dm", "ping"})
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+CLIENT_TYPES = frozenset(
+    {
+        "join",
+        "leave",
+        "danmaku",
+        "like",
+        "dm",
+        "ping",
+        "publish",
+        "unpublish",
+        "subscribe",
+        "unsubscribe",
+        "answer",
+        "invite",
+    }
+)
 
 connections = Gauge("liveroom_connections", "Open WebSocket connections")
 rooms = Gauge("liveroom_rooms", "Rooms with at least one local connection")
@@ -28,6 +46,71 @@ slow_consumer_closes = Counter(
     "liveroom_slow_consumer_closes_total", "Connections closed for falling too far behind"
 )
 dms = Counter("liveroom_dms_total", "Direct messages accepted", ["delivery"])
+
+
+# -- media (WebRTC SFU): aggregates only, never a per-user or per-room label -----------------
+media_publishers = Gauge("liveroom_media_publishers", "Publications (hosts, co-hosts) on this node")
+media_viewers = Gauge("liveroom_media_viewers", "Media viewers (WS subscribers + WHEP) on this node")
+media_rooms = Gauge("liveroom_media_rooms", "Rooms with media on this node")
+media_signaling = Counter("liveroom_media_signaling_total", "Media signaling requests", ["op", "result"])
+_BITRATE_BUCKETS = (16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6)
+media_publisher_bitrate = Histogram(
+    "liveroom_media_publisher_bitrate_bps",
+    "Ingest bitrate per published track",
+    ["kind"],
+    buckets=_BITRATE_BUCKETS,
+)
+media_publisher_fps = Histogram(
+    "liveroom_media_publisher_fps",
+    "Frames per second per published video track",
+    buckets=(1, 5, 10, 15, 20, 25, 30, 45, 60),
+)
+media_publisher_loss = Histogram(
+    "liveroom_media_publisher_loss_ratio",
+    "Packets lost / expected from publishers, per sample",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+)
+media_viewer_bitrate = Histogram(
+    "liveroom_media_viewer_bitrate_bps",
+    "Forwarded bitrate per viewer track",
+    ["kind"],
+    buckets=_BITRATE_BUCKETS,
+)
+media_viewer_loss = Histogram(
+    "liveroom_media_viewer_loss_ratio",
+    "Fraction lost reported by viewers (RTCP receiver reports)",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+)
+media_viewer_rtt = Histogram(
+    "liveroom_media_viewer_rtt_seconds",
+    "Round-trip time to viewers (RTCP receiver reports)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+media_viewer_drops = Counter(
+    "liveroom_media_viewer_dropped_frames_total", "Frames dropped for viewers (bounded queues, keyframe gate)"
+)
+
+
+class _ForwardingCollector:
+    """Exports the core's process-wide forwarding counters at scrape time (no copying)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from server.media.forward import COUNTERS
+
+        yield CounterMetricFamily(
+            "liveroom_media_frames_tapped", "Encoded frames taken from publishers", COUNTERS["frames_tapped"]
+        )
+        yield CounterMetricFamily(
+            "liveroom_media_bytes_tapped", "Encoded bytes taken from publishers", COUNTERS["bytes_tapped"]
+        )
+        yield CounterMetricFamily(
+            "liveroom_media_frames_decoded",
+            "Frames that reached an aiortc decoder on the server (must stay 0)",
+            COUNTERS["frames_to_decoder"],
+        )
+
+
+REGISTRY.register(_ForwardingCollector())  # type: ignore[arg-type]
 
 
 def message_type_label(kind: str) -> str:

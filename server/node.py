@@ -20,6 +20,7 @@ from server import metrics, protocol
 from server.broker.base import Broker, Event, RoomState
 from server.client import Client
 from server.config import Config
+from server.media_gateway import MediaGateway
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room
 
@@ -39,6 +40,7 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
         self.draining = False
+        self.media = MediaGateway(self)  # WebRTC publish/subscribe of this node's rooms
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -76,12 +78,14 @@ class Node:
             snapshot["recovered"] = missed is not None
             if missed is not None:
                 snapshot["missed"] = missed
+        self.media.describe(room.room_id, snapshot)
         client.send(protocol.pack(snapshot))
         room.add_member(client, who, now)
         self._dirty.add(room.room_id)
         await self._open_user(client)
 
     async def leave(self, client: Client) -> None:
+        await self.media.leave(client)  # first: the `live` off event rides on this tick
         room = self.rooms.get(client.room_id or "")
         if room is not None and client in room.members:
             room.remove_member(client, protocol.now_ms())
@@ -95,6 +99,13 @@ class Node:
                     if not local:
                         del self.users[who.uid]
                         await self.broker.unsubscribe_user(who.uid)
+
+    async def open_room(self, room_id: str) -> Room[Client]:
+        """Open a room with no local connection yet (a WHIP publisher needs its event channel)."""
+        return await self._open_room(room_id)
+
+    def mark_dirty(self, room_id: str) -> None:
+        self._dirty.add(room_id)
 
     async def _open_room(self, room_id: str) -> Room[Client]:
         async with self._room_locks[room_id]:
@@ -110,7 +121,7 @@ class Node:
     async def _close_room_if_empty(self, room_id: str) -> None:
         async with self._room_locks[room_id]:
             room = self.rooms.get(room_id)
-            if room is not None and room.empty and not room.dirty:
+            if room is not None and room.empty and not room.dirty and not self.media.holds(room_id):
                 del self.rooms[room_id]
                 metrics.rooms.set(len(self.rooms))
                 await self.broker.unsubscribe(room_id)
@@ -240,3 +251,6 @@ def _load(room: Room[Client], state: RoomState) -> None:
     room.online = state.online
     room.hosts = dict(state.hosts)
     room.recent.extend(state.recent)
+    room.publishers = dict(state.publishers)
+    room.media_node = state.media_node
+    room.media_url = state.media_url

@@ -19,6 +19,7 @@ PROTOCOL_VERSION = 1
 # Limits applied while *decoding*, before any field is looked at, so that a
 # hostile frame cannot make the unpacker allocate much (see docs/PROTOCOL.md).
 MAX_STR_LEN = 4096
+MAX_SDP_LEN = 32 * 1024  # the one field allowed past MAX_STR_LEN: a top-level "sdp" string
 MAX_BIN_LEN = 64 * 1024  # SDP offers travel as str, binary stays small
 MAX_ARRAY_LEN = 64
 MAX_MAP_LEN = 32
@@ -51,6 +52,18 @@ class ErrorCode(IntEnum):
     RATE_LIMITED = 4300
     SLOW_CONSUMER = 4400
     SHUTTING_DOWN = 4500
+    # media signaling (publish / subscribe / WHIP / WHEP); none closes the connection
+    MEDIA_UNAVAILABLE = 4600
+    MEDIA_BAD_SDP = 4601
+    MEDIA_UNSUPPORTED = 4602
+    MEDIA_TOO_MANY_TRACKS = 4603
+    MEDIA_FORBIDDEN = 4604
+    MEDIA_ALREADY_PUBLISHING = 4605
+    MEDIA_BAD_STATE = 4606
+    MEDIA_NO_MEDIA = 4607
+    MEDIA_TOO_MANY_PUBLISHERS = 4610
+    MEDIA_TOO_MANY_VIEWERS = 4611
+    MEDIA_WRONG_NODE = 4620
     INTERNAL = 4999
 
 
@@ -121,7 +134,64 @@ class Ping:
     ts: int | float | None
 
 
-ClientMessage = Join | Leave | Danmaku | Like | DirectMessage | Ping
+@dataclass(slots=True)
+class Publish:
+    """Offer to publish (host or invited co-host): complete SDP, candidates included."""
+
+    sdp: str
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Unpublish:
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Subscribe:
+    """Ask to receive the room's media; the server sends the offer (now or when live)."""
+
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Unsubscribe:
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Answer:
+    """The client's answer to a server `offer` (subscribe and renegotiation)."""
+
+    sdp: str
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Invite:
+    """A host invites a user in the room to co-stream (publish next to the host)."""
+
+    uid: str
+    cid: str | int | None
+
+
+# Handled by the node's media gateway (server/media_gateway.py).
+MEDIA_MESSAGES = (Publish, Unpublish, Subscribe, Unsubscribe, Answer, Invite)
+
+ClientMessage = (
+    Join
+    | Leave
+    | Danmaku
+    | Like
+    | DirectMessage
+    | Ping
+    | Publish
+    | Unpublish
+    | Subscribe
+    | Unsubscribe
+    | Answer
+    | Invite
+)
 
 
 def _depth_ok(obj: Any, depth: int = 0) -> bool:
@@ -134,6 +204,17 @@ def _depth_ok(obj: Any, depth: int = 0) -> bool:
     return True
 
 
+def _strings_ok(obj: Any) -> bool:
+    """MAX_STR_LEN for every string (keys too) except the top-level "sdp" value."""
+    if isinstance(obj, str):
+        return len(obj) <= MAX_STR_LEN
+    if isinstance(obj, dict):
+        return all(_strings_ok(k) and _strings_ok(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(_strings_ok(v) for v in obj)
+    return True
+
+
 def unpack(data: bytes | str) -> dict[str, Any]:
     """Decode one frame into a map, raising only ProtocolError."""
     if isinstance(data, str):
@@ -143,7 +224,7 @@ def unpack(data: bytes | str) -> dict[str, Any]:
             data,
             raw=False,
             strict_map_key=True,
-            max_str_len=MAX_STR_LEN,
+            max_str_len=MAX_SDP_LEN,
             max_bin_len=MAX_BIN_LEN,
             max_array_len=MAX_ARRAY_LEN,
             max_map_len=MAX_MAP_LEN,
@@ -155,6 +236,8 @@ def unpack(data: bytes | str) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a msgpack map")
     if not _depth_ok(obj):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame nested too deeply")
+    if not _strings_ok({k: v for k, v in obj.items() if k != "sdp"}):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"string longer than {MAX_STR_LEN} bytes")
     return obj
 
 
@@ -229,7 +312,46 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         )
     if kind == "leave":
         return Leave()
+    if kind in _MEDIA_PARSERS:
+        return _MEDIA_PARSERS[kind](obj)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:32]!r}")
+
+
+def _sdp(obj: dict[str, Any], cid: str | int | None) -> str:
+    """SDP travels as a str of at most MAX_SDP_LEN characters; content is checked by the SFU."""
+    sdp = obj.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'sdp' must be a non-empty string", cid)
+    if len(sdp) > MAX_SDP_LEN:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"'sdp' longer than {MAX_SDP_LEN} characters", cid)
+    return sdp
+
+
+def _invite(obj: dict[str, Any]) -> Invite:
+    cid = _cid(obj)
+    uid = _str(obj, "uid", cid)
+    assert uid is not None
+    if not valid_id(uid):
+        raise ProtocolError(ErrorCode.BAD_RECIPIENT, "'uid' is not a valid user id", cid)
+    return Invite(uid=uid, cid=cid)
+
+
+def _with_sdp(cls: type[Publish] | type[Answer]) -> Any:
+    def parse(obj: dict[str, Any]) -> Publish | Answer:
+        cid = _cid(obj)
+        return cls(sdp=_sdp(obj, cid), cid=cid)
+
+    return parse
+
+
+_MEDIA_PARSERS: dict[str, Any] = {
+    "publish": _with_sdp(Publish),
+    "answer": _with_sdp(Answer),
+    "unpublish": lambda obj: Unpublish(cid=_cid(obj)),
+    "subscribe": lambda obj: Subscribe(cid=_cid(obj)),
+    "unsubscribe": lambda obj: Unsubscribe(cid=_cid(obj)),
+    "invite": _invite,
+}
 
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")

@@ -48,6 +48,9 @@ class Room(Generic[Member]):
     likes_total: int = 0
     online: int = 0
     hosts: dict[str, str] = field(default_factory=dict)
+    publishers: dict[str, str] = field(default_factory=dict)  # uid -> name of who is live
+    media_node: str | None = None  # node holding the room's media, from `live` events
+    media_url: str | None = None  # that node's WHIP/WHEP base URL
     recent: deque[Event] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +86,10 @@ class Room(Generic[Member]):
         if cid is not None:
             event["cid"] = cid
         self._outbox.append(event)
+
+    def set_live(self, who: Identity, on: bool, node: str, url: str | None, now: int) -> None:
+        """A publisher started or stopped: sequenced like any event, so every node's view agrees."""
+        self._outbox.append(_event("live", who, now, on=on, node=node, url=url))
 
     def add_likes(self, count: int) -> None:
         self._pending_likes += count
@@ -122,6 +129,14 @@ class Room(Generic[Member]):
                     self.hosts[event["uid"]] = event["name"]
                 else:
                     self.hosts.pop(event["uid"], None)
+            elif kind == "live":
+                if event["on"]:
+                    self.publishers[event["uid"]] = event["name"]
+                    self.media_node, self.media_url = event.get("node"), event.get("url")
+                else:
+                    self.publishers.pop(event["uid"], None)
+                    if not self.publishers:  # nobody live: any node may take the media next
+                        self.media_node = self.media_url = None
 
     def snapshot(self, you: Identity, node: str, tick_ms: int, limits: dict[str, int]) -> Event:
         """The first frame a joiner receives: everything needed to draw the room."""
@@ -137,7 +152,10 @@ class Room(Generic[Member]):
             "likes": self.likes_total,
             "online": self.online,
             "hosts": [{"uid": u, "name": n} for u, n in self.hosts.items()],
-            "live": False,  # media publishing arrives with server.media
+            "live": bool(self.publishers),
+            "publishers": [{"uid": u, "name": n} for u, n in self.publishers.items()],
+            "media_node": self.media_node,  # None: nobody live; node.join then offers itself
+            "media_url": self.media_url,
             "tick_ms": tick_ms,
             "limits": limits,
         }

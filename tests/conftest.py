@@ -70,7 +70,7 @@ def token(room: str = "r1", user: str = "alice", role: auth.Role = "viewer", **k
 
 @pytest.fixture
 def config() -> Config:
-    return Config(port=0, tick_ms=20, node_id="test-node", join_timeout=2.0)
+    return Config(port=0, http_port=0, tick_ms=20, node_id="test-node", join_timeout=2.0)
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ async def join(url: str) -> AsyncIterator[Callable[..., Any]]:
 def start_server_process(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
     """Run `python -m server serve --port 0` and read the port it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -31,6 +31,9 @@ class RoomState:
     online: int = 0
     hosts: dict[str, str] = field(default_factory=dict)
     recent: list[Event] = field(default_factory=list)
+    publishers: dict[str, str] = field(default_factory=dict)  # uid -> name, from `live` events
+    media_node: str | None = None  # node holding the room's media (last `live` on event)
+    media_url: str | None = None
 
 
 class BrokerUnavailable(Exception):

@@ -51,6 +51,9 @@ class MemoryBroker(Broker):
             online=view.online,
             hosts=dict(view.hosts),
             recent=list(view.recent),
+            publishers=dict(view.publishers),
+            media_node=view.media_node,
+            media_url=view.media_url,
         )
 
     async def unsubscribe(self, room_id: str) -> None:

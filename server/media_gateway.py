@@ -1,0 +1,560 @@
+"""The node's media side: one MediaRoom per room whose media lives on this node.
+
+Why a module of its own: `server.media` is the forwarding core (SDP in, encoded frames out)
+and knows nothing about connections, tokens or a room's event stream, while the node knows
+nothing about WebRTC. The gateway joins them: it maps WebSocket connections and WHIP/WHEP
+resources to publishers and viewers, decides who may publish (hosts, invited co-hosts),
+announces `live` changes through the room outbox (so they are sequenced like every other
+event), re-offers to subscribed viewers when a publisher appears, enforces the node's limits
+and samples stats for /metrics. All SDP is complete (aiortc gathers candidates before it
+answers or offers), so there is no trickle ICE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from server import metrics, protocol
+from server.auth import Identity
+from server.media import (
+    MediaConfig,
+    MediaError,
+    MediaRoom,
+    Publication,
+    Subscription,
+    check_compatible,
+    create_subscribe_offer,
+    handle_publish_offer,
+    handle_subscribe_answer,
+    handle_subscribe_offer,
+)
+from server.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from server.client import Client
+    from server.node import Node
+
+log = logging.getLogger("liveroom.media")
+
+MAX_INVITES_PER_ROOM = 32
+
+# MediaError.code from the core -> stable protocol code.
+_CODES: dict[str, ErrorCode] = {
+    "bad_sdp": ErrorCode.MEDIA_BAD_SDP,
+    "no_media": ErrorCode.MEDIA_NO_MEDIA,
+    "too_many_tracks": ErrorCode.MEDIA_TOO_MANY_TRACKS,
+    "codec_unsupported": ErrorCode.MEDIA_UNSUPPORTED,
+    "too_many_publishers": ErrorCode.MEDIA_TOO_MANY_PUBLISHERS,
+    "too_many_viewers": ErrorCode.MEDIA_TOO_MANY_VIEWERS,
+    "already_publishing": ErrorCode.MEDIA_ALREADY_PUBLISHING,
+    "already_subscribed": ErrorCode.MEDIA_BAD_STATE,
+    "unknown_publisher": ErrorCode.MEDIA_BAD_STATE,
+    "unknown_viewer": ErrorCode.MEDIA_BAD_STATE,
+    "bad_state": ErrorCode.MEDIA_BAD_STATE,
+    "room_closed": ErrorCode.MEDIA_UNAVAILABLE,
+}
+
+
+def media_error(exc: MediaError, ref: Any = None) -> ProtocolError:
+    return ProtocolError(_CODES.get(exc.code, ErrorCode.MEDIA_UNAVAILABLE), exc.message, ref)
+
+
+def check_offer_kinds(sdp: str, ref: Any = None) -> None:
+    """Refuse m-lines other than audio/video (data channels, text...) before aiortc sees them."""
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+            if kind not in ("audio", "video"):
+                raise ProtocolError(
+                    ErrorCode.MEDIA_UNSUPPORTED,
+                    f"unsupported track kind {kind[:16]!r}: audio/video only",
+                    ref,
+                )
+
+
+@dataclass(eq=False)
+class WsViewer:
+    """A WebSocket connection that asked for the room's media (server offers, client answers)."""
+
+    client: Client
+    room_id: str
+    viewer_id: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    renegotiate: bool = False  # a publisher appeared while an offer was pending
+
+
+@dataclass(eq=False)
+class Resource:
+    """A WHIP publication or WHEP playback, addressed by an unguessable id in its URL."""
+
+    kind: Literal["whip", "whep"]
+    room_id: str
+    uid: str
+    peer_id: str  # publisher id (the uid) or viewer id
+    handle: Publication | Subscription
+
+
+@dataclass(eq=False)
+class _Sample:
+    """Counters at the previous stats sample, to turn totals into rates."""
+
+    at: float
+    values: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+
+class MediaGateway:
+    """Owns the MediaRooms of this node and everything that signals into them."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        config = node.config
+        self.media_config = MediaConfig(
+            max_publishers=config.media_max_publishers, max_viewers=max(1, config.media_max_viewers)
+        )
+        self.max_viewers = config.media_max_viewers
+        self.url: str | None = config.media_url or None  # set by App once the HTTP port is known
+        self.rooms: dict[str, MediaRoom] = {}
+        self.identities: dict[tuple[str, str], Identity] = {}  # (room, publisher uid) -> who
+        self.invites: dict[str, set[str]] = {}  # room -> uids invited to co-stream
+        self.ws_publishers: dict[Client, Publication] = {}
+        self.ws_viewers: dict[Client, WsViewer] = {}
+        self.resources: dict[str, Resource] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stats_task: asyncio.Task[None] | None = None
+        self._last = _Sample(at=time.monotonic())
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fail fast if aiortc's internals moved (the tap would silently decode instead)."""
+        check_compatible()
+        if self.node.config.media_stats_interval > 0:
+            self._stats_task = asyncio.get_running_loop().create_task(self._stats_forever())
+
+    async def close(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
+        rooms, self.rooms = list(self.rooms.values()), {}
+        await asyncio.gather(*(r.close() for r in rooms), return_exceptions=True)
+        while pending := [t for t in self._tasks if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._update_gauges()
+
+    def holds(self, room_id: str) -> bool:
+        """The node must keep the room open: its media (e.g. a WHIP publisher) lives here."""
+        return room_id in self.rooms
+
+    def describe(self, room_id: str, snapshot: dict[str, Any]) -> None:
+        """Tell a joiner where the room's media is: the live node, else this node."""
+        if snapshot.get("media_node") is None:
+            snapshot["media_node"] = self.node.node_id
+            snapshot["media_url"] = self.url
+
+    @property
+    def viewer_count(self) -> int:
+        return len(self.ws_viewers) + sum(1 for r in self.resources.values() if r.kind == "whep")
+
+    # -- WebSocket signaling --------------------------------------------------------------
+
+    async def handle(self, client: Client, message: protocol.ClientMessage) -> None:
+        """Dispatch one media message of a joined connection (see docs/PROTOCOL.md)."""
+        op = type(message).__name__.lower()
+        try:
+            if isinstance(message, protocol.Publish):
+                await self._publish(client, message)
+            elif isinstance(message, protocol.Unpublish):
+                await self._unpublish(client, message.cid)
+            elif isinstance(message, protocol.Subscribe):
+                await self._subscribe(client, message.cid)
+            elif isinstance(message, protocol.Answer):
+                await self._answer(client, message)
+            elif isinstance(message, protocol.Unsubscribe):
+                await self._unsubscribe(client)
+            elif isinstance(message, protocol.Invite):
+                await self._invite(client, message)
+        except ProtocolError as error:
+            metrics.media_signaling.labels(op=op, result=error.code.name.lower()).inc()
+            raise
+        metrics.media_signaling.labels(op=op, result="ok").inc()
+
+    async def leave(self, client: Client) -> None:
+        """The connection is gone: end its publication (viewers told at once) and its viewing."""
+        pub = self.ws_publishers.pop(client, None)
+        if pub is not None:
+            await self._end_publication(client.room_id or "", pub)
+        viewer = self.ws_viewers.pop(client, None)
+        if viewer is not None:
+            room = self.rooms.get(viewer.room_id)
+            if room is not None:
+                await room.remove_viewer(viewer.viewer_id)
+            self._maybe_close(viewer.room_id)
+        who = client.identity
+        if who is not None and who.role == "host" and not self._other_host_here(client):
+            self.invites.pop(who.room, None)  # invitations end with the host's session
+        self._update_gauges()
+
+    async def _publish(self, client: Client, message: protocol.Publish) -> None:
+        who, room_id = self._who(client)
+        if client in self.ws_publishers:
+            raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, "this connection publishes", message.cid)
+        pub = await self.publish(who, room_id, message.sdp, message.cid)
+        self.ws_publishers[client] = pub
+        answer = pub.pc.localDescription.sdp
+        frame: dict[str, Any] = {"t": "answer", "sdp": answer}
+        if message.cid is not None:
+            frame["cid"] = message.cid
+        client.send(protocol.pack(frame))
+
+    async def _unpublish(self, client: Client, cid: Any) -> None:
+        pub = self.ws_publishers.pop(client, None)
+        if pub is None:
+            raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "this connection is not publishing", cid)
+        await self._end_publication(client.room_id or "", pub)
+
+    async def _subscribe(self, client: Client, cid: Any) -> None:
+        who, room_id = self._who(client)
+        if client in self.ws_viewers:
+            raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "already subscribed", cid)
+        self._check_node(room_id, cid)
+        self._check_viewer_limit(cid)
+        viewer = WsViewer(client, room_id, f"{who.uid}#{next(self._ids)}")
+        self.ws_viewers[client] = viewer
+        self._room(room_id)
+        self._update_gauges()
+        if not await self._offer(viewer, cid):
+            frame: dict[str, Any] = {"t": "subscribed", "live": False}
+            if cid is not None:
+                frame["cid"] = cid
+            client.send(protocol.pack(frame))
+
+    async def _answer(self, client: Client, message: protocol.Answer) -> None:
+        viewer = self.ws_viewers.get(client)
+        room = self.rooms.get(viewer.room_id) if viewer is not None else None
+        if viewer is None or room is None:
+            raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "no offer to answer: subscribe first", message.cid)
+        async with viewer.lock:
+            try:
+                await handle_subscribe_answer(room, viewer.viewer_id, message.sdp)
+            except MediaError as exc:
+                if exc.code != "bad_state":  # the core dropped the viewer's connection
+                    self.ws_viewers.pop(client, None)
+                    self._update_gauges()
+                raise media_error(exc, message.cid) from None
+            again, viewer.renegotiate = viewer.renegotiate, False
+        if again:
+            self._spawn(self._offer(viewer))
+
+    async def _unsubscribe(self, client: Client) -> None:
+        viewer = self.ws_viewers.pop(client, None)
+        if viewer is None:
+            return
+        room = self.rooms.get(viewer.room_id)
+        if room is not None:
+            await room.remove_viewer(viewer.viewer_id)
+        self._maybe_close(viewer.room_id)
+        self._update_gauges()
+
+    async def _invite(self, client: Client, message: protocol.Invite) -> None:
+        who, room_id = self._who(client)
+        if who.role != "host":
+            raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "only a host may invite co-hosts", message.cid)
+        if message.uid == who.uid:
+            raise ProtocolError(ErrorCode.BAD_RECIPIENT, "cannot invite yourself", message.cid)
+        invited = self.invites.setdefault(room_id, set())
+        if message.uid not in invited and len(invited) >= MAX_INVITES_PER_ROOM:
+            raise ProtocolError(ErrorCode.MEDIA_TOO_MANY_PUBLISHERS, "too many invitations", message.cid)
+        invited.add(message.uid)
+        now = protocol.now_ms()
+        frame = {"t": "invited", "room": room_id, "uid": who.uid, "name": who.name, "ts": now}
+        delivered = await self.node.broker.send_dm(message.uid, protocol.pack(frame))
+        ack: dict[str, Any] = {"t": "invite_ack", "uid": message.uid, "delivered": delivered, "ts": now}
+        if message.cid is not None:
+            ack["cid"] = message.cid
+        client.send(protocol.pack(ack))
+
+    def _who(self, client: Client) -> tuple[Identity, str]:
+        who = client.identity
+        assert who is not None and client.room_id is not None
+        return who, client.room_id
+
+    def _other_host_here(self, client: Client) -> bool:
+        """Another connection of the same host is still in the room on this node."""
+        room = self.node.rooms.get(client.room_id or "")
+        who = client.identity
+        if room is None or who is None:
+            return False
+        return any(c is not client and w.uid == who.uid for c, w in room.members.items())
+
+    # -- publishing (WebSocket and WHIP) -----------------------------------------------------
+
+    def may_publish(self, who: Identity, room_id: str) -> bool:
+        return who.role == "host" or who.uid in self.invites.get(room_id, ())
+
+    async def publish(self, who: Identity, room_id: str, sdp: str, ref: Any = None) -> Publication:
+        """Answer a publisher's offer; raises ProtocolError with a MEDIA_* code."""
+        if not self.may_publish(who, room_id):
+            raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "only hosts and invited co-hosts may publish", ref)
+        self._check_node(room_id, ref)
+        check_offer_kinds(sdp, ref)
+        await self.node.open_room(room_id)  # a WHIP-only room still needs its event channel
+        room = self._room(room_id)
+        if who.uid in room.publications:
+            raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, f"{who.uid!r} already publishes", ref)
+        self.identities[(room_id, who.uid)] = who
+        try:
+            await handle_publish_offer(room, who.uid, sdp)
+        except MediaError as exc:
+            if who.uid not in room.publications:
+                self.identities.pop((room_id, who.uid), None)
+            self._maybe_close(room_id)
+            raise media_error(exc, ref) from None
+        self._update_gauges()
+        return room.publications[who.uid]
+
+    async def _end_publication(self, room_id: str, pub: Publication) -> None:
+        room = self.rooms.get(room_id)
+        if room is not None:
+            await room.remove_publisher(pub.publisher_id, pub)  # "unpublished" -> live off
+        self._maybe_close(room_id)
+        self._update_gauges()
+
+    # -- WHIP / WHEP resources ------------------------------------------------------------------
+
+    async def whip(self, who: Identity, room_id: str, sdp: str) -> tuple[str, str]:
+        """RFC 9725 ingest: returns (resource id, answer SDP)."""
+        pub = await self.publish(who, room_id, sdp)
+        rid = secrets.token_urlsafe(16)
+        self.resources[rid] = Resource("whip", room_id, who.uid, who.uid, pub)
+        return rid, pub.pc.localDescription.sdp
+
+    async def whep(self, who: Identity, room_id: str, sdp: str) -> tuple[str, str]:
+        """WHEP playback: the viewer offers recvonly m-lines; returns (resource id, answer)."""
+        self._check_node(room_id)
+        self._check_viewer_limit()
+        check_offer_kinds(sdp)
+        room = self._room(room_id)
+        viewer_id = f"{who.uid}#whep{next(self._ids)}"
+        try:
+            answer = await handle_subscribe_offer(room, viewer_id, sdp)
+        except MediaError as exc:
+            self._maybe_close(room_id)
+            raise media_error(exc) from None
+        rid = secrets.token_urlsafe(16)
+        self.resources[rid] = Resource("whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id])
+        self._update_gauges()
+        return rid, answer
+
+    async def delete_resource(self, kind: str, room_id: str, rid: str, who: Identity) -> bool:
+        """End a WHIP/WHEP session; only the user who created it may (same token subject)."""
+        res = self.resources.get(rid)
+        if res is None or res.kind != kind or res.room_id != room_id:
+            return False
+        if res.uid != who.uid:
+            raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "not your session")
+        del self.resources[rid]
+        room = self.rooms.get(room_id)
+        if room is not None:
+            if isinstance(res.handle, Publication):
+                await room.remove_publisher(res.peer_id, res.handle)
+            else:
+                await room.remove_viewer(res.peer_id, res.handle)
+        self._maybe_close(room_id)
+        self._update_gauges()
+        return True
+
+    # -- rooms, renegotiation, live events --------------------------------------------------------
+
+    def _room(self, room_id: str) -> MediaRoom:
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = MediaRoom(room_id, self.media_config)
+            room.listeners.append(lambda event, pid: self._on_room_event(room_id, event, pid))
+            self.rooms[room_id] = room
+        return room
+
+    def _maybe_close(self, room_id: str) -> None:
+        """Forget a MediaRoom with nobody in it, so the node may close the room too."""
+        room = self.rooms.get(room_id)
+        if room is None or room.publications or room.subscriptions:
+            return
+        if any(v.room_id == room_id for v in self.ws_viewers.values()):
+            return
+        if any(r.room_id == room_id for r in self.resources.values()):
+            return
+        del self.rooms[room_id]
+        self._spawn(room.close())
+
+    def _on_room_event(self, room_id: str, event: str, publisher_id: str) -> None:
+        who = self.identities.get((room_id, publisher_id))
+        if event == "unpublished":
+            self.identities.pop((room_id, publisher_id), None)
+            for rid, res in list(self.resources.items()):  # the publisher's ICE failed or it left
+                pub = res.handle
+                if res.room_id == room_id and isinstance(pub, Publication) and pub.ended.is_set():
+                    del self.resources[rid]
+            for client, pub in list(self.ws_publishers.items()):
+                if client.room_id == room_id and pub.publisher_id == publisher_id and pub.ended.is_set():
+                    del self.ws_publishers[client]
+            self._maybe_close(room_id)
+            self._update_gauges()
+        if who is not None:
+            self._emit_live(room_id, who, event == "published")
+        if event == "published":
+            for viewer in list(self.ws_viewers.values()):
+                if viewer.room_id == room_id:
+                    self._spawn(self._offer(viewer))
+
+    def _emit_live(self, room_id: str, who: Identity, on: bool) -> None:
+        room = self.node.rooms.get(room_id)
+        if room is None:  # not expected: the room stays open while media is held here
+            log.warning("media: live event for room %s that is not open", room_id)
+            return
+        room.set_live(who, on, self.node.node_id, self.url, protocol.now_ms())
+        self.node.mark_dirty(room_id)
+
+    async def _offer(self, viewer: WsViewer, cid: Any = None) -> bool:
+        """(Re)offer the room's tracks to a WS viewer; False when there is nothing to offer."""
+        async with viewer.lock:
+            if self.ws_viewers.get(viewer.client) is not viewer:
+                return False
+            room = self.rooms.get(viewer.room_id)
+            if room is None:
+                return False
+            sub = room.subscriptions.get(viewer.viewer_id)
+            if sub is not None and sub.pc.signalingState != "stable":
+                viewer.renegotiate = True  # answered later: re-offer then
+                return True
+            new = [
+                (pid, kind)
+                for pid, pub in room.publications.items()
+                for kind in pub.kinds
+                if pub.ready and (sub is None or not sub.has(pid, kind))
+            ]
+            if not new:
+                return False
+            try:
+                sdp = await create_subscribe_offer(
+                    room, viewer.viewer_id, [p.publisher_id for p in room.publications.values() if p.ready]
+                )
+            except MediaError as exc:
+                if cid is None:  # a renegotiation nobody asked for: log, the viewer keeps what it has
+                    log.info("media: re-offer to %s failed: %s", viewer.viewer_id, exc)
+                    return True
+                raise media_error(exc, cid) from None
+            tracks = room.subscriptions[viewer.viewer_id].track_map()
+            frame: dict[str, Any] = {"t": "offer", "sdp": sdp, "tracks": tracks}
+            if cid is not None:
+                frame["cid"] = cid
+            viewer.client.send(protocol.pack(frame))
+            return True
+
+    # -- checks -------------------------------------------------------------------------------------
+
+    def _check_node(self, room_id: str, ref: Any = None) -> None:
+        """Media for a room lives on one node: refuse here if another node holds it."""
+        view = self.node.rooms.get(room_id)
+        owner = view.media_node if view is not None else None
+        if owner is not None and owner != self.node.node_id and room_id not in self.rooms:
+            raise ProtocolError(
+                ErrorCode.MEDIA_WRONG_NODE, f"media of this room is on node {owner} ({view.media_url})", ref
+            )
+
+    def _check_viewer_limit(self, ref: Any = None) -> None:
+        if self.viewer_count >= self.max_viewers:
+            raise ProtocolError(
+                ErrorCode.MEDIA_TOO_MANY_VIEWERS,
+                f"this node serves at most {self.max_viewers} media viewers",
+                ref,
+            )
+
+    def _prune(self) -> None:
+        """Forget WHEP sessions and WS viewers whose connection the core closed (ICE failed)."""
+        for rid, res in list(self.resources.items()):
+            room = self.rooms.get(res.room_id)
+            if res.kind == "whep" and (room is None or room.subscriptions.get(res.peer_id) is not res.handle):
+                del self.resources[rid]
+                self._maybe_close(res.room_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("media: background task failed", exc_info=task.exception())
+
+    # -- stats -> Prometheus ------------------------------------------------------------------------
+
+    def _update_gauges(self) -> None:
+        metrics.media_rooms.set(len(self.rooms))
+        metrics.media_publishers.set(sum(len(r.publications) for r in self.rooms.values()))
+        metrics.media_viewers.set(self.viewer_count)
+
+    async def _stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.node.config.media_stats_interval)
+            try:
+                await self.sample()
+            except Exception:
+                log.exception("media: stats sample failed")
+
+    async def sample(self) -> None:
+        """One stats sample: rates from the core's counters, loss and RTT from aiortc's RTCP stats."""
+        now = time.monotonic()
+        elapsed = max(now - self._last.at, 1e-3)
+        previous, current = self._last.values, {}
+        self._prune()
+        for room in list(self.rooms.values()):
+            for pub in list(room.publications.values()):
+                for kind, fanout in pub.fanouts.items():
+                    key = (f"p:{room.room_id}:{pub.publisher_id}", kind)
+                    current[key] = (fanout.stats.bytes_in, fanout.stats.frames_in)
+                    drops_key = (f"d:{room.room_id}:{pub.publisher_id}", kind)
+                    current[drops_key] = (fanout.stats.viewer_drops, 0)
+                    new_drops = fanout.stats.viewer_drops - previous.get(drops_key, (0, 0))[0]
+                    if new_drops > 0:
+                        metrics.media_viewer_drops.inc(new_drops)
+                    if key in previous:
+                        b0, f0 = previous[key]
+                        metrics.media_publisher_bitrate.labels(kind=kind).observe(
+                            8 * (fanout.stats.bytes_in - b0) / elapsed
+                        )
+                        if kind == "video":
+                            metrics.media_publisher_fps.observe((fanout.stats.frames_in - f0) / elapsed)
+                for kind, transceiver in pub.transceivers.items():
+                    for stat in (await transceiver.receiver.getStats()).values():
+                        if getattr(stat, "type", "") == "inbound-rtp":
+                            key = (f"l:{room.room_id}:{pub.publisher_id}", kind)
+                            current[key] = (stat.packetsLost, stat.packetsReceived)
+                            if key in previous:
+                                lost = stat.packetsLost - previous[key][0]
+                                got = stat.packetsReceived - previous[key][1]
+                                if lost + got > 0:
+                                    metrics.media_publisher_loss.observe(max(0, lost) / (lost + got))
+            for sub in list(room.subscriptions.values()):
+                for t in sub.tracks:
+                    if not t.active:
+                        continue
+                    key = (f"v:{room.room_id}:{sub.viewer_id}:{t.publisher_id}", t.kind)
+                    current[key] = (t.track.stats.bytes_forwarded, 0)
+                    if key in previous:
+                        rate = 8 * (t.track.stats.bytes_forwarded - previous[key][0]) / elapsed
+                        metrics.media_viewer_bitrate.labels(kind=t.kind).observe(rate)
+                    for stat in (await t.transceiver.sender.getStats()).values():
+                        if getattr(stat, "type", "") == "remote-inbound-rtp":
+                            metrics.media_viewer_rtt.observe(stat.roundTripTime)
+                            metrics.media_viewer_loss.observe(stat.fractionLost / 256)
+        self._last = _Sample(at=now, values=current)
+        self._update_gauges()
