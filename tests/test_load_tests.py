@@ -1,0 +1,164 @@
+"""The load tools work: every bench scenario at tiny scale, and the Locust users, against real servers.
+
+No timing is asserted (the machine is shared and slow); what is checked is that a
+run completes, reports every field, loses nothing, and that Locust saw answers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from load_tests import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT = 120  # seconds: a hang fails the test instead of the whole session
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[bench.ServerProcess]:
+    """One server process for the scenarios that take --url (the bench's own env profile)."""
+    proc = bench.start_server(tick_ms=20, extra=[])
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def run_bench(*args: str) -> list[dict[str, Any]]:
+    """Run `python -m load_tests.bench ...`; return its JSON lines (the table follows them)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "load_tests.bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert records, out.stdout
+    assert "| run |" in out.stdout  # the Markdown table
+    return records
+
+
+def against(server: bench.ServerProcess) -> list[str]:
+    return ["--url", f"ws://127.0.0.1:{server.port}/ws", "--server-pid", str(server.proc.pid)]
+
+
+def assert_percentiles(block: dict[str, Any]) -> None:
+    assert set(block) == {"p50", "p90", "p99", "max"}
+    assert all(isinstance(block[k], float | int) for k in block), block
+    assert block["p50"] <= block["p90"] <= block["p99"] <= block["max"]
+
+
+def test_fanout_self_started_server_two_workers() -> None:
+    (rec,) = run_bench(
+        "fanout", "--viewers", "12", "--rate", "40", "--duration", "1", "--drain", "30",
+        "--sample", "3", "--workers", "2", "--tick-ms", "20",
+    )  # fmt: skip
+    assert rec["scenario"] == "fanout" and rec["server"]["self_started"] is True
+    assert rec["failures"] == 0 and rec["publish_errors"] == 0
+    assert rec["sent"] == 40 and rec["expected"] == 12 * 40
+    assert rec["received"] == rec["expected"] and rec["loss"] == 0 and rec["excess"] == 0
+    assert rec["dropped_frames"] == 0
+    assert rec["latency_samples"] == 3 * 40
+    assert_percentiles(rec["e2e_ms"])
+    assert rec["delivered_per_s"] > 0
+    assert rec["server_cpu_s"] is not None and rec["server_rss_per_conn_kib"] is not None
+    assert rec["client_cpu_s"] > 0 and set(rec["tcp"]) <= {"ListenOverflows", "TCPSynRetrans"}
+
+
+def test_join_repeat_sweep_and_plot(server: bench.ServerProcess, tmp_path: Path) -> None:
+    png = tmp_path / "join.png"
+    records = run_bench(
+        "join", *against(server), "--clients", "10", "--sweep", "100,200", "--repeat", "2",
+        "--workers", "1", "--plot", str(png),
+    )  # fmt: skip
+    # per sweep value: two runs, then their median
+    assert [r["run"] for r in records] == [0, 1, "median", 0, 1, "median"]
+    assert [r["rate"] for r in records] == [100, 100, 100, 200, 200, 200]
+    for rec in records:
+        assert rec["joined"] == 10 and rec["failures"] == 0
+        assert_percentiles(rec["join_ms"])
+    assert records[2]["runs"] == 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_likes(server: bench.ServerProcess) -> None:
+    (rec,) = run_bench(
+        "likes", *against(server), "--likers", "4", "--rate", "50", "--burst", "5",
+        "--duration", "1", "--drain", "30", "--workers", "1",
+    )  # fmt: skip
+    assert rec["sent"] == 50 and rec["observed"] == 50 and rec["loss"] == 0
+    assert_percentiles(rec["rtt_ms"])
+    assert rec["likes_per_s"] > 0 and rec["failures"] == 0
+
+
+def test_dm(server: bench.ServerProcess) -> None:
+    (rec,) = run_bench(
+        "dm", *against(server), "--pairs", "3", "--rate", "30", "--duration", "1", "--drain", "30",
+        "--workers", "1",
+    )  # fmt: skip
+    assert rec["sent"] == 30 and rec["acked"] == 30 and rec["delivered"] == 30
+    assert rec["live"] == 30 and rec["loss"] == 0 and rec["dm_errors"] == 0
+    assert_percentiles(rec["ack_ms"])
+    assert_percentiles(rec["delivery_ms"])
+
+
+def test_idle(server: bench.ServerProcess) -> None:
+    (rec,) = run_bench("idle", *against(server), "--connections", "30", "--settle", "0", "--workers", "2")
+    assert rec["joined"] == 30 and rec["alive"] == 30 and rec["failures"] == 0
+    assert rec["server_rss_kib"] > 0 and rec["server_rss_per_conn_kib"] is not None
+
+
+def test_locust_headless(server: bench.ServerProcess, tmp_path: Path) -> None:
+    one_each = [{"user_class_name": n, "fixed_count": 1} for n in ("Viewer", "Chatter", "Liker", "DMer")]
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "locust", "-f", str(ROOT / "load_tests" / "locustfile.py"),
+            "--headless", "-u", "4", "-r", "4", "-t", "5s", "--only-summary", "--loglevel", "WARNING",
+            "--host", f"ws://127.0.0.1:{server.port}", "--csv", str(tmp_path / "loc"),
+            "--config-users", json.dumps(one_each),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env={**os.environ, "LIVEROOM_SECRET": bench.DEFAULT_SECRET},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "loc_stats.csv", newline="") as f:
+        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
+    total = rows[("", "Aggregated")]
+    assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0
+    assert int(rows[("WS", "join")]["Request Count"]) == 4
+    for name in ("danmaku", "like", "dm", "ping"):  # each kind of round trip was answered
+        assert int(rows[("WS", name)]["Request Count"]) >= 1, name
+    assert int(rows[("RECV", "danmaku")]["Request Count"]) >= 1
+
+
+def test_helpers() -> None:
+    assert bench.percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert bench.percentiles([float(i) for i in range(1, 101)]) == {
+        "p50": 50.0,
+        "p90": 90.0,
+        "p99": 99.0,
+        "max": 100.0,
+    }
+    for n in (0, 25, 26, 1_763_900_000_000_000):
+        assert bench.from_letters(bench.letters(n)) == n and bench.letters(n).isalpha()
+    merged = bench.median_record(
+        [{"a": 1, "b": {"c": 3.0}, "s": "x"}, {"a": 5, "b": {"c": 1.0}, "s": "y"}] * 2
+    )
+    assert merged["a"] == 3 and merged["b"]["c"] == 2.0 and merged["s"] == "x" and merged["runs"] == 4
+    assert bench.parse_url("ws://127.0.0.1:9/ws") == ("127.0.0.1", 9)
+    with pytest.raises(SystemExit):
+        bench.parse_url("ws://10.0.0.1:9/ws")
