@@ -99,6 +99,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.node.guard.reload)  # re-read the banned-words file
     await stop.wait()
     log.info("shutting down")
     await app.stop()

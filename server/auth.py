@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -40,8 +41,14 @@ def mint(
     name: str | None = None,
     ttl: int = DEFAULT_TTL,
     now: float | None = None,
+    kid: str | None = None,
+    jti: str | None = None,
 ) -> str:
-    """Create a token; used by the `token` CLI, the dev endpoint and the tests."""
+    """Create a token; used by the `token` CLI, the dev endpoint and the tests.
+
+    `kid` names the signing key (key rotation); every token gets a random `jti`
+    so it can be used as a one-time join nonce (server.abuse.tokens).
+    """
     if not valid_id(room) or not valid_id(user):
         raise ValueError("room and user must be 1-64 chars of [A-Za-z0-9_.:-]")
     if role not in ROLES:
@@ -54,8 +61,9 @@ def mint(
         "role": role,
         "iat": issued,
         "exp": issued + ttl,
+        "jti": jti or secrets.token_urlsafe(12),
     }
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid} if kid else None)
 
 
 def verify(secret: str, token: str | None, room: str | None = None) -> Identity:

@@ -21,6 +21,7 @@ from server import auth, metrics, protocol
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
+    from server.abuse.guard import ConnState
     from server.node import Node
 
 log = logging.getLogger("liveroom.client")
@@ -29,7 +30,7 @@ log = logging.getLogger("liveroom.client")
 class Client:
     """A connected, not yet or already joined, client."""
 
-    __slots__ = ("_closing", "dropped", "identity", "node", "opened", "room_id", "ws")
+    __slots__ = ("_closing", "abuse", "dropped", "identity", "node", "opened", "room_id", "ws")
 
     def __init__(self, node: Node, ws: ServerConnection) -> None:
         self.ws = ws
@@ -39,6 +40,7 @@ class Client:
         self.dropped = 0  # consecutive batches skipped because the socket was full
         self._closing: asyncio.Task[None] | None = None
         self.opened = time.perf_counter()
+        self.abuse: ConnState | None = None  # set by node.guard.connect
 
     # -- writing -------------------------------------------------------------
 
@@ -52,7 +54,8 @@ class Client:
 
     def reject(self, error: ProtocolError) -> None:
         metrics.rejections.labels(reason=error.code.name.lower()).inc()
-        self.send(protocol.error_frame(error.code, error.message, error.ref))
+        if self.node.guard.on_reject(self, error):  # not to clients that do not read them
+            self.send(protocol.error_frame(error.code, error.message, error.ref, error.retry_after))
         if error.fatal:
             self.close(int(error.code), error.message)
 
@@ -74,6 +77,7 @@ class Client:
             if self._closing is not None:  # returning first would close with 1000 instead
                 await self._closing
             metrics.connections.dec()
+            self.node.guard.disconnect(self)
             if self.identity is not None and self.room_id is not None:
                 await self.node.leave(self)
 
@@ -83,6 +87,7 @@ class Client:
         room = query.get("room", [None])[0]
         resume: tuple[str, int] | None = None
         try:
+            self.node.guard.connect(self)  # per-IP connection cap, before anything else
             if token is None:
                 try:
                     first = await asyncio.wait_for(self.ws.recv(), self.node.config.join_timeout)
@@ -96,13 +101,14 @@ class Client:
                     resume = (message.resume_epoch, message.resume_seq)
             elif room is not None and not protocol.valid_id(room):
                 raise ProtocolError(ErrorCode.BAD_FIELD, "'room' is not a valid room id")
-            self.identity = auth.verify(self.node.config.secret, token, room)
+            self.identity = await self.node.guard.admit(self, token, room)
         except ProtocolError as error:
             self.reject(error)
             self.close(int(error.code), error.message)  # no room to stay in without a join
             return False
         self.room_id = self.identity.room
         await self.node.join(self, resume)
+        self.node.guard.joined(self)
         metrics.joins.inc()
         metrics.join_latency.observe(time.perf_counter() - self.opened)
         return True
@@ -111,7 +117,10 @@ class Client:
         node = self.node
         async for data in self.ws:
             try:
-                message = protocol.parse_client_message(data)
+                node.guard.frame(self)  # rate of frames, before decoding
+                message = node.guard.check(self, protocol.parse_client_message(data))
+                if message is None:  # handled by the guard (shadow-dropped)
+                    continue
                 metrics.messages_in.labels(type=_TYPE_NAMES[type(message)]).inc()
                 if isinstance(message, protocol.Danmaku):
                     node.danmaku(self, message)
@@ -119,6 +128,8 @@ class Client:
                     node.like(self, message)
                 elif isinstance(message, protocol.DirectMessage):
                     await node.direct_message(self, message)
+                elif isinstance(message, (protocol.Mod, protocol.Block)):
+                    await node.guard.command(self, message)
                 elif isinstance(message, protocol.Ping):
                     self.send(protocol.pong_frame(message.ts))
                 elif isinstance(message, protocol.MEDIA_MESSAGES):
@@ -142,5 +153,7 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Like: "like",
     protocol.DirectMessage: "dm",
     protocol.Ping: "ping",
+    protocol.Mod: "mod",
+    protocol.Block: "block",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
 }

@@ -38,6 +38,21 @@ class Config:
     media_max_publishers: int = 4  # per room (host + co-hosts)
     media_max_viewers: int = 200  # media viewers (WS subscribers + WHEP) per node
     media_stats_interval: float = 5.0  # seconds between media stats samples for /metrics
+    # abuse resistance (server.abuse; README "Abuse resistance")
+    rate_limits: str = ""  # "action.scope=rate/burst,..." over the defaults; "off" disables
+    max_conns_per_ip: int = 100  # concurrent connections; 0: no cap
+    max_conns_per_user: int = 5
+    max_joins_inflight: int = 200  # joins being served at once before refusing with 4302
+    max_loop_lag: float = 1.0  # seconds of smoothed event-loop lag before refusing joins
+    banned_words: str | None = None  # path of the banned-words file (reloaded on change/SIGHUP)
+    contact_filter: bool = True  # refuse links, phone numbers, WeChat/QQ ids in danmaku
+    repeat_max: int = 3  # same (or near-same) text per user within repeat_window; 0: off
+    repeat_window: float = 15.0  # seconds
+    abuse_strikes: int = 100  # rejections (refilled 2/s) before closing with 4307; 0: never
+    allowed_origins: str = ""  # extra browser origins besides the server's own host; "*": any
+    secret_old: str = ""  # previous secret(s), comma-separated, still accepted (key rotation)
+    secrets: str = ""  # "kid1:secret1,kid2:secret2": key ids and secrets, the first signs
+    join_nonce: bool = False  # one join per token (jti claim), shared through the broker
 
     @property
     def dev_tokens_enabled(self) -> bool:
@@ -113,6 +128,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--media-max-viewers", dest="media_max_viewers", type=int, help="media viewers per node (200)"
     )
+    parser.add_argument("--rate-limits", dest="rate_limits", help="action.scope=rate/burst,... or off")
+    parser.add_argument("--max-conns-per-ip", dest="max_conns_per_ip", type=int, help="default 100")
+    parser.add_argument("--max-conns-per-user", dest="max_conns_per_user", type=int, help="default 5")
+    parser.add_argument("--banned-words", dest="banned_words", help="banned-words file (docs/PROTOCOL.md)")
+    parser.add_argument("--allowed-origins", dest="allowed_origins", help="extra browser origins (a,b)")
+    parser.add_argument("--secret-old", dest="secret_old", help="previous secret still accepted (rotation)")
+    parser.add_argument("--join-nonce", dest="join_nonce", action="store_const", const=True)
     dev = parser.add_mutually_exclusive_group()
     dev.add_argument("--dev-tokens", dest="dev_tokens", action="store_const", const=True)
     dev.add_argument("--no-dev-tokens", dest="dev_tokens", action="store_const", const=False)

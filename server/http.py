@@ -53,6 +53,9 @@ class HttpRoutes:
         url = urlsplit(request.path)
         path = url.path
         if path == WS_PATH:
+            if not self.node.guard.origin_allowed(request):  # cross-site WebSocket hijacking
+                metrics.rejections.labels(reason="origin_forbidden").inc()
+                return _text(HTTPStatus.FORBIDDEN, "origin not allowed\n")
             return None  # the WebSocket handshake proceeds
         if path == "/healthz":
             return _text(HTTPStatus.OK, "ok\n")

@@ -17,6 +17,7 @@ from collections import defaultdict
 import websockets
 
 from server import metrics, protocol
+from server.abuse.guard import Guard
 from server.broker.base import Broker, Event, RoomState
 from server.client import Client
 from server.config import Config
@@ -40,16 +41,19 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
         self.draining = False
+        self.guard = Guard(self)  # abuse checks: rate limits, admission, content, moderation
         self.media = MediaGateway(self)  # WebRTC publish/subscribe of this node's rooms
 
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self.guard.start()
 
     async def stop(self) -> None:
         """Flush what is queued, then tell every client to reconnect elsewhere (1012)."""
         self.draining = True
+        await self.guard.stop()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,11 +157,17 @@ class Node:
         self.rooms[client.room_id].add_likes(message.count)
         self._dirty.add(client.room_id)
 
+    def enqueue(self, room_id: str, event: Event) -> None:
+        """Queue an event (a moderator's `delete`) in a local room's outbox for the next tick."""
+        self.rooms[room_id].add_event(event)
+        self._dirty.add(room_id)
+
     async def direct_message(self, client: Client, message: protocol.DirectMessage) -> None:
         who = client.identity
         assert who is not None
         if message.to == who.uid:
             raise ProtocolError(ErrorCode.BAD_RECIPIENT, "cannot DM yourself", message.cid)
+        await self.guard.dm_allowed(who.uid, message)
         text = protocol.clean_text(message.text, self.config.dm_max_len, message.cid)
         now = protocol.now_ms()
         dm_id = f"{now:x}-{secrets.token_hex(4)}"

@@ -50,7 +50,21 @@ class ErrorCode(IntEnum):
     TEXT_TOO_LONG = 4202
     BAD_RECIPIENT = 4203
     RATE_LIMITED = 4300
+    # abuse resistance (server.abuse): 43xx rate/abuse, 44xx moderation
+    TOO_MANY_CONNECTIONS = 4301
+    NODE_BUSY = 4302
+    CONTENT_REJECTED = 4303
+    CONTACT_SPAM = 4304
+    REPEATED = 4305
+    TOKEN_REPLAYED = 4306
+    ABUSIVE = 4307
+    JOIN_THROTTLED = 4308
     SLOW_CONSUMER = 4400
+    MUTED = 4401
+    KICKED = 4402
+    BANNED = 4403
+    MOD_TARGET = 4404
+    DM_BLOCKED = 4405
     SHUTTING_DOWN = 4500
     # media signaling (publish / subscribe / WHIP / WHEP); none closes the connection
     MEDIA_UNAVAILABLE = 4600
@@ -77,6 +91,13 @@ FATAL_CODES = frozenset(
         ErrorCode.AUTH_TIMEOUT,
         ErrorCode.UNSUPPORTED_VERSION,
         ErrorCode.SLOW_CONSUMER,
+        ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.NODE_BUSY,
+        ErrorCode.TOKEN_REPLAYED,
+        ErrorCode.ABUSIVE,
+        ErrorCode.JOIN_THROTTLED,
+        ErrorCode.KICKED,
+        ErrorCode.BANNED,
     }
 )
 
@@ -84,11 +105,14 @@ FATAL_CODES = frozenset(
 class ProtocolError(Exception):
     """A client mistake: carries the code and message sent back in an error frame."""
 
-    def __init__(self, code: ErrorCode, message: str, ref: Any = None) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, ref: Any = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{code.name} ({int(code)}): {message}")
         self.code = code
         self.message = message
         self.ref = ref
+        self.retry_after = retry_after  # seconds, sent as `retry_after` in the error frame
 
     @property
     def fatal(self) -> bool:
@@ -178,6 +202,28 @@ class Invite:
 # Handled by the node's media gateway (server/media_gateway.py).
 MEDIA_MESSAGES = (Publish, Unpublish, Subscribe, Unsubscribe, Answer, Invite)
 
+
+@dataclass(slots=True)
+class Mod:
+    """A host or moderator acts on a user (uid) or on a danmaku (seq) in their room."""
+
+    action: str
+    uid: str | None
+    seq: int | None
+    duration: float | None  # seconds; None: the action's default
+    reason: str
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Block:
+    """Block (or unblock) DMs from a user."""
+
+    uid: str
+    blocked: bool
+    cid: str | int | None
+
+
 ClientMessage = (
     Join
     | Leave
@@ -191,6 +237,8 @@ ClientMessage = (
     | Unsubscribe
     | Answer
     | Invite
+    | Mod
+    | Block
 )
 
 
@@ -314,6 +362,8 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         return Leave()
     if kind in _MEDIA_PARSERS:
         return _MEDIA_PARSERS[kind](obj)
+    if kind in ("mod", "block", "unblock"):
+        return _parse_moderation(kind, obj)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:32]!r}")
 
 
@@ -352,6 +402,45 @@ _MEDIA_PARSERS: dict[str, Any] = {
     "unsubscribe": lambda obj: Unsubscribe(cid=_cid(obj)),
     "invite": _invite,
 }
+
+
+# -- moderation (server.abuse.moderation) --------------------------------------------------
+
+MOD_ACTIONS = frozenset({"mute", "unmute", "kick", "ban", "unban", "delete"})
+MAX_MOD_DURATION = 30 * 86400  # seconds
+MAX_REASON_LEN = 200
+
+
+def _parse_moderation(kind: str, obj: dict[str, Any]) -> Mod | Block:
+    cid = _cid(obj)
+    if kind != "mod":
+        uid = _str(obj, "uid", cid)
+        assert uid is not None
+        if not valid_id(uid):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "'uid' is not a valid user id", cid)
+        return Block(uid=uid, blocked=kind == "block", cid=cid)
+    action = obj.get("action")
+    if action not in MOD_ACTIONS:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"'action' must be one of {sorted(MOD_ACTIONS)}", cid)
+    uid = seq = duration = None
+    if action == "delete":
+        seq = obj.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < 2**53:
+            raise ProtocolError(ErrorCode.BAD_FIELD, "'seq' must be a positive integer", cid)
+    else:
+        uid = _str(obj, "uid", cid)
+        assert uid is not None
+        if not valid_id(uid):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "'uid' is not a valid user id", cid)
+    raw = obj.get("duration")
+    if raw is not None:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw <= MAX_MOD_DURATION:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"'duration' must be in (0, {MAX_MOD_DURATION}] s", cid)
+        duration = float(raw)
+    reason = obj.get("reason", "")
+    if not isinstance(reason, str):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'reason' must be a string", cid)
+    return Mod(action, uid, seq, duration, reason[:MAX_REASON_LEN], cid)
 
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")

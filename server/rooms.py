@@ -94,6 +94,10 @@ class Room(Generic[Member]):
     def add_likes(self, count: int) -> None:
         self._pending_likes += count
 
+    def add_event(self, event: Event) -> None:
+        """Any other event (e.g. a moderator's `delete`): sequenced in the next tick like the rest."""
+        self._outbox.append(event)
+
     @property
     def dirty(self) -> bool:
         return bool(self._outbox or self._pending_likes or self._presence_dirty)
@@ -124,6 +128,12 @@ class Room(Generic[Member]):
                 self.likes_total = event["total"]
             elif kind == "presence":
                 self.online = event["online"]
+            elif kind == "delete":  # a moderator removed a danmaku: joiners must not see it
+                target = event.get("target")
+                for i, kept in enumerate(self.recent):
+                    if kept.get("seq") == target:
+                        del self.recent[i]
+                        break
             elif kind == "host":
                 if event["live"]:
                     self.hosts[event["uid"]] = event["name"]

@@ -70,7 +70,16 @@ def token(room: str = "r1", user: str = "alice", role: auth.Role = "viewer", **k
 
 @pytest.fixture
 def config() -> Config:
-    return Config(port=0, http_port=0, tick_ms=20, node_id="test-node", join_timeout=2.0)
+    # core tests send bursts far beyond the abuse limits; tests/test_abuse*.py turn them back on
+    return Config(
+        port=0,
+        http_port=0,
+        tick_ms=20,
+        node_id="test-node",
+        join_timeout=2.0,
+        rate_limits="off",
+        repeat_max=0,
+    )
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ many. Modelled on Centrifugo's split of node / broker / history.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,39 @@ class RoomState:
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name, from `live` events
     media_node: str | None = None  # node holding the room's media (last `live` on event)
     media_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sanction:
+    """A moderation decision on a user in a room (server.abuse.moderation), shared by every node.
+
+    kind: "mute" (cannot send danmaku), "ban" (cannot join), "kick" (disconnected,
+    cannot rejoin until `until`). until: ms since the epoch, None for no end.
+    lifted: an unmute/unban, sent to the watchers and removing the stored one.
+    """
+
+    room: str
+    uid: str
+    kind: str
+    until: int | None
+    by: str = ""
+    lifted: bool = False
+
+    def active(self, now_ms: int) -> bool:
+        return not self.lifted and (self.until is None or now_ms < self.until)
+
+
+SanctionHandler = Callable[[Sanction], None]
+
+
+class _LocalAbuseState:
+    """Default (one-process) storage for the abuse methods of Broker; Redis overrides them."""
+
+    def __init__(self) -> None:
+        self.sanctions: dict[tuple[str, str, str], Sanction] = {}
+        self.watchers: list[SanctionHandler] = []
+        self.blocks: dict[str, set[str]] = {}
+        self.nonces: dict[str, float] = {}
 
 
 class BrokerUnavailable(Exception):
@@ -95,3 +129,74 @@ class Broker(ABC):
     @abstractmethod
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         """Deliver or keep a DM frame; True when a connection of the user got it live."""
+
+    # -- abuse: sanctions, DM blocks, join nonces, rate-limit usage (server.abuse) -------------
+    # The defaults keep everything in this process, which is exactly right for one node
+    # (MemoryBroker uses them as they are); a multi-node broker overrides all five so that a
+    # ban on one node applies on every node at once.
+
+    def _abuse(self) -> _LocalAbuseState:
+        state = self.__dict__.get("_abuse_state")
+        if state is None:
+            state = self.__dict__["_abuse_state"] = _LocalAbuseState()
+        return state
+
+    def watch_sanctions(self, handler: SanctionHandler) -> None:
+        """Call handler on this node for every sanction put on any node (lifts too)."""
+        self._abuse().watchers.append(handler)
+
+    async def put_sanction(self, sanction: Sanction) -> None:
+        """Store (or, when lifted, remove) a sanction and tell every node's watchers."""
+        state = self._abuse()
+        key = (sanction.room, sanction.uid, sanction.kind)
+        if sanction.lifted:
+            state.sanctions.pop(key, None)
+        else:
+            state.sanctions[key] = sanction
+        for handler in list(state.watchers):
+            handler(sanction)
+
+    async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
+        """The user's active sanctions in the room (read at join)."""
+        state = self._abuse()
+        now = int(time.time() * 1000)
+        found = []
+        for kind in ("ban", "kick", "mute"):
+            sanction = state.sanctions.get((room_id, user_id, kind))
+            if sanction is not None:
+                if sanction.active(now):
+                    found.append(sanction)
+                else:
+                    del state.sanctions[(room_id, user_id, kind)]
+        return found
+
+    async def set_dm_block(self, user_id: str, other: str, blocked: bool) -> None:
+        """user_id blocks (or unblocks) DMs from `other`."""
+        blocks = self._abuse().blocks
+        if blocked:
+            blocks.setdefault(user_id, set()).add(other)
+        elif user_id in blocks:
+            blocks[user_id].discard(other)
+            if not blocks[user_id]:
+                del blocks[user_id]
+
+    async def dm_blocked(self, recipient: str, sender: str) -> bool:
+        return sender in self._abuse().blocks.get(recipient, ())
+
+    async def claim_nonce(self, nonce: str, ttl: float) -> bool:
+        """True the first time a nonce is claimed within ttl seconds (one-time join tokens)."""
+        nonces = self._abuse().nonces
+        now = time.monotonic()
+        if len(nonces) > 10_000:
+            for key in [k for k, until in nonces.items() if until <= now]:
+                del nonces[key]
+        until = nonces.get(nonce)
+        if until is not None and until > now:
+            return False
+        nonces[nonce] = now + ttl
+        return True
+
+    async def exchange_usage(self, usage: dict[str, float]) -> dict[str, float]:
+        """Report this node's rate-limit spending since the last call (keys `action|uid`);
+        return what the other nodes spent since then. One node: nobody else spends."""
+        return {}

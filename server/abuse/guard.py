@@ -1,0 +1,421 @@
+"""The abuse guard: the one object the connection code calls, in order of cost.
+
+Per frame:   connection frame bucket (before decoding)            -> 4300
+Per message: action buckets: connection, user, IP (after decoding) -> 4300
+             mute (a float compare)                                -> 4401
+             length + control characters (protocol.clean_text)     -> 4201/4202
+             normalise + banned words / contact spam / repeats     -> 4303/4304/4305
+             room budget (danmaku shed, the sender sees its own)   -> no error
+Per join:    IP join bucket, admission gate, token (keys, nonce),
+             user join bucket, user connection cap, ban/kick       -> 4308/4302/41xx/4306/4301/4402/4403
+Per connection: IP connection cap (first thing in the handler)     -> 4301
+
+Every rejection raises ProtocolError; Client.reject sends the error frame,
+counts it, and asks `on_reject` whether a connection that keeps being
+rejected should be closed (4307).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from server import auth, protocol
+from server.abuse import metrics as abuse_metrics
+from server.abuse.admission import ConcurrencyCap, JoinGate, LoopLag, origin_allowed, parse_origins
+from server.abuse.content import (
+    REJECT,
+    SHADOW,
+    RepeatTracker,
+    WordList,
+    fingerprint,
+    has_contact_spam,
+    normalise,
+)
+from server.abuse.moderation import Moderation, sanction_error
+from server.abuse.ratelimit import (
+    BucketTable,
+    Clock,
+    LimitError,
+    TokenBucket,
+    UsageLedger,
+    parse_limits,
+    reconcile,
+)
+from server.abuse.tokens import Keyring, nonce_of
+from server.broker.base import Broker
+from server.config import ConfigError
+from server.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from websockets.http11 import Request
+
+    from server.client import Client
+    from server.node import Node
+
+log = logging.getLogger("liveroom.abuse")
+
+STRIKE_RATE = 2.0  # rejections forgiven per second once a connection has used its strikes
+
+
+class ConnState:
+    """Per-connection abuse state: its own buckets, what it holds, whether it is muted."""
+
+    __slots__ = (
+        "danmaku",
+        "dm",
+        "frames",
+        "inflight",
+        "ip",
+        "ip_held",
+        "like",
+        "mod",
+        "muted_until",
+        "strikes",
+        "uid",
+    )
+
+    def __init__(self, ip: str, buckets: dict[str, TokenBucket | None], strikes: TokenBucket | None) -> None:
+        self.ip = ip
+        self.ip_held = False
+        self.uid: str | None = None  # set once the user cap is held
+        self.inflight = False
+        self.muted_until = 0.0  # epoch seconds (inf: until unmuted)
+        self.frames = buckets.get("frame")
+        self.danmaku = buckets.get("danmaku")
+        self.like = buckets.get("like")
+        self.dm = buckets.get("dm")
+        self.mod = buckets.get("mod")
+        self.strikes = strikes
+
+
+def _remote_ip(client: Client) -> str:
+    """The peer address. Behind a proxy every client shares it: set the caps for that (see README)."""
+    address = client.ws.remote_address
+    return str(address[0]) if address else "?"
+
+
+class Guard:
+    def __init__(self, node: Node, clock: Clock = time.monotonic) -> None:
+        config = node.config
+        self.node = node
+        self.config = config
+        self.clock = clock
+        try:
+            limits = parse_limits(config.rate_limits)
+            self.keyring = Keyring.from_config(config.secret, config.secret_old, config.secrets)
+            self.words = WordList(config.banned_words)
+        except (LimitError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        if config.env == "prod" and any(len(secret) < 32 for _, secret in self.keyring.keys):
+            raise ConfigError("in prod every secret must be at least 32 characters")
+        self._conn_limits = {k.split(".")[0]: v for k, v in limits.items() if k.endswith(".conn")}
+        self._user = {
+            k.split(".")[0]: BucketTable(v, clock) for k, v in limits.items() if k.endswith(".user")
+        }
+        self._ip = {k.split(".")[0]: BucketTable(v, clock) for k, v in limits.items() if k.endswith(".ip")}
+        room = limits.get("danmaku.room")
+        self._room_budget = BucketTable(room, clock) if room is not None else None
+        self._messages = {
+            (action, scope): f"too many {action} messages ({scope} limit)"
+            for action in ("frame", "danmaku", "like", "dm", "join", "mod")
+            for scope in ("conn", "user", "ip")
+        }
+        self._counters = {key: abuse_metrics.rate_limited.labels(*key) for key in self._messages}
+        multi_node = type(node.broker).exchange_usage is not Broker.exchange_usage
+        self._ledger = UsageLedger() if multi_node and self._user else None
+        self.ip_cap = ConcurrencyCap(config.max_conns_per_ip)
+        self.user_cap = ConcurrencyCap(config.max_conns_per_user)
+        self.lag = LoopLag()
+        self.gate = JoinGate(config.max_joins_inflight, config.max_loop_lag, lambda: self.lag.value)
+        self.origins, self.any_origin = parse_origins(config.allowed_origins)
+        self._repeats: dict[str, RepeatTracker] = {}
+        self.moderation = Moderation(node)
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.lag.start()
+        self._task = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def stop(self) -> None:
+        await self.lag.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the banned-words file now."""
+        self.words.reload()
+
+    async def _maintain(self) -> None:
+        """Once a second: cross-node usage exchange; every few seconds: word file, sweeps."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(1.0)
+            ticks += 1
+            try:
+                if self._ledger is not None:
+                    remote = await self.node.broker.exchange_usage(self._ledger.take_all())
+                    reconcile(self._user, remote)
+                if ticks % 3 == 0:
+                    self.words.maybe_reload()
+                if ticks % 10 == 0:
+                    self._sweep()
+            except Exception:
+                log.exception("abuse maintenance failed")
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        tables = [*self._user.values(), *self._ip.values()]
+        if self._room_budget is not None:
+            tables.append(self._room_budget)
+        for table in tables:
+            table.sweep(now)
+        window = self.config.repeat_window
+        stale = [uid for uid, tracker in self._repeats.items() if tracker.idle(now, window)]
+        for uid in stale:
+            del self._repeats[uid]
+
+    # -- connections and joins -----------------------------------------------------------------
+
+    def origin_allowed(self, request: Request) -> bool:
+        """Cross-site WebSocket hijacking: refuse browsers on pages of other sites (HTTP 403)."""
+        headers = request.headers
+        if origin_allowed(headers.get("Origin"), headers.get("Host"), self.origins, self.any_origin):
+            return True
+        abuse_metrics.origin_refused.inc()
+        return False
+
+    def connect(self, client: Client) -> None:
+        """First thing in a connection's handler: the per-IP connection cap."""
+        ip = _remote_ip(client)
+        if not self.ip_cap.acquire(ip):
+            raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
+        now = self.clock()
+        buckets = {action: limit.bucket(now) for action, limit in self._conn_limits.items()}
+        strikes = None
+        if self.config.abuse_strikes:
+            strikes = TokenBucket(STRIKE_RATE, self.config.abuse_strikes, now)
+        state = ConnState(ip, buckets, strikes)
+        state.ip_held = True
+        client.abuse = state
+
+    def disconnect(self, client: Client) -> None:
+        state = client.abuse
+        if state is None:
+            return
+        if state.ip_held:
+            state.ip_held = False
+            self.ip_cap.release(state.ip)
+        if state.uid is not None:
+            self.user_cap.release(state.uid)
+            state.uid = None
+        self.joined(client)
+
+    async def admit(self, client: Client, token: str | None, room: str | None) -> auth.Identity:
+        """Verify a join: cheap refusals first, the signature next, the broker last."""
+        state = client.abuse
+        assert state is not None
+        now = self.clock()
+        self._join_rate("ip", state.ip, now)
+        wait = self.gate.enter()
+        if wait:
+            raise ProtocolError(ErrorCode.NODE_BUSY, "server busy: retry later", retry_after=wait)
+        state.inflight = True
+        who = self.keyring.verify(token, room)
+        self._join_rate("user", who.uid, now)
+        if not self.user_cap.acquire(who.uid):
+            raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
+        state.uid = who.uid
+        if self.config.join_nonce:
+            assert token is not None
+            jti, ttl = nonce_of(token)
+            if not await self.node.broker.claim_nonce(jti, ttl):
+                raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
+        for sanction in await self.node.broker.sanctions(who.room, who.uid):
+            if sanction.kind == "mute":
+                state.muted_until = math.inf if sanction.until is None else sanction.until / 1000
+            else:
+                raise sanction_error(sanction)
+        return who
+
+    def joined(self, client: Client) -> None:
+        """The snapshot is written (or the join failed): the join is no longer in flight."""
+        state = client.abuse
+        if state is not None and state.inflight:
+            state.inflight = False
+            self.gate.leave()
+
+    def _join_rate(self, scope: str, key: str, now: float) -> None:
+        table = (self._ip if scope == "ip" else self._user).get("join")
+        if table is not None:
+            wait = table.take(key, now)
+            if wait:
+                self._counters["join", scope].inc()
+                raise ProtocolError(
+                    ErrorCode.JOIN_THROTTLED, self._messages["join", scope], retry_after=round(wait, 2)
+                )
+
+    # -- messages ------------------------------------------------------------------------
+
+    def frame(self, client: Client) -> None:
+        """Every frame, before it is decoded."""
+        state = client.abuse
+        if state is not None and state.frames is not None:
+            wait = state.frames.take(self.clock())
+            if wait:
+                self._limited("frame", "conn", wait, None)
+
+    def check(self, client: Client, message: protocol.ClientMessage) -> protocol.ClientMessage | None:
+        """Rate, mute and content checks after decoding; None when the message was fully handled."""
+        kind = type(message)
+        if kind is protocol.Danmaku:
+            return self._danmaku(client, message)  # type: ignore[arg-type]
+        state = client.abuse
+        if state is None:
+            return message
+        if kind is protocol.Like:
+            self._rate(client, "like", state.like, None)
+        elif kind is protocol.DirectMessage:
+            return self._dm(client, message)  # type: ignore[arg-type]
+        elif kind is protocol.Mod or kind is protocol.Block:
+            self._rate(client, "mod", state.mod, message.cid)  # type: ignore[union-attr]
+        return message
+
+    async def command(self, client: Client, message: protocol.Mod | protocol.Block) -> None:
+        await self.moderation.handle(client, message)
+
+    async def dm_allowed(self, sender: str, message: protocol.DirectMessage) -> None:
+        """The recipient may have blocked the sender (stored in the broker: any node)."""
+        if await self.node.broker.dm_blocked(message.to, sender):
+            raise ProtocolError(ErrorCode.DM_BLOCKED, "this user does not accept your messages", message.cid)
+
+    def _rate(self, client: Client, action: str, bucket: TokenBucket | None, ref: object) -> float:
+        now = self.clock()
+        if bucket is not None:
+            wait = bucket.take(now)
+            if wait:
+                self._limited(action, "conn", wait, ref)
+        state = client.abuse
+        assert state is not None
+        table = self._user.get(action)
+        if table is not None and state.uid is not None:
+            wait = table.take(state.uid, now)
+            if wait:
+                self._limited(action, "user", wait, ref)
+            if self._ledger is not None:
+                self._ledger.add(f"{action}|{state.uid}")
+        table = self._ip.get(action)
+        if table is not None:
+            wait = table.take(state.ip, now)
+            if wait:
+                self._limited(action, "ip", wait, ref)
+        return now
+
+    def _limited(self, action: str, scope: str, wait: float, ref: object) -> None:
+        self._counters[action, scope].inc()
+        raise ProtocolError(ErrorCode.RATE_LIMITED, self._messages[action, scope], ref, round(wait, 2))
+
+    def _danmaku(self, client: Client, message: protocol.Danmaku) -> protocol.Danmaku | None:
+        state, who = client.abuse, client.identity
+        assert who is not None and client.room_id is not None
+        now = self.clock()
+        if state is not None:
+            now = self._rate(client, "danmaku", state.danmaku, message.cid)
+            if state.muted_until:
+                left = state.muted_until - time.time()
+                if left > 0:
+                    retry = None if left == math.inf else round(left, 1)
+                    raise ProtocolError(ErrorCode.MUTED, "you are muted in this room", message.cid, retry)
+                state.muted_until = 0.0
+        text = protocol.clean_text(message.text, self.config.danmaku_max_len, message.cid)
+        text, shadow = self._content(who, text, message.cid, now, contact=True)
+        if shadow:
+            self._echo(client, text, message.cid)
+            return None
+        budget = self._room_budget
+        if budget is not None and not who.can_moderate and budget.take(client.room_id, now):
+            abuse_metrics.danmaku_shed.inc()
+            self._echo(client, text, message.cid)
+            return None
+        message.text = text
+        return message
+
+    def _dm(self, client: Client, message: protocol.DirectMessage) -> protocol.DirectMessage | None:
+        state, who = client.abuse, client.identity
+        assert state is not None and who is not None
+        now = self._rate(client, "dm", state.dm, message.cid)
+        text = protocol.clean_text(message.text, self.config.dm_max_len, message.cid)
+        text, shadow = self._content(who, text, message.cid, now, contact=False)
+        if shadow:  # the sender is told it was delivered; nobody gets it
+            ts = protocol.now_ms()
+            ack: dict[str, object] = {"t": "dm_ack", "id": f"{ts:x}-{secrets.token_hex(4)}", "to": message.to}
+            ack.update(ts=ts, delivered=True)
+            if message.cid is not None:
+                ack["cid"] = message.cid
+            client.send(protocol.pack(ack))
+            return None
+        message.text = text
+        return message
+
+    def _content(
+        self, who: auth.Identity, text: str, ref: object, now: float, *, contact: bool
+    ) -> tuple[str, bool]:
+        """(text to send, shadow-drop?) after the word filter, contact spam and repeat checks."""
+        norm, index = normalise(text)
+        verdict = self.words.filter.check(text, norm, index)
+        if verdict.policy == REJECT:
+            abuse_metrics.content_filtered.labels(policy="reject").inc()
+            raise ProtocolError(ErrorCode.CONTENT_REJECTED, "message contains a banned word", ref)
+        if not who.can_moderate:
+            if contact and self.config.contact_filter and has_contact_spam(norm):
+                abuse_metrics.content_filtered.labels(policy="contact").inc()
+                raise ProtocolError(ErrorCode.CONTACT_SPAM, "links and contact details are not allowed", ref)
+            if self.config.repeat_max:
+                tracker = self._repeats.get(who.uid)
+                if tracker is None:
+                    tracker = self._repeats[who.uid] = RepeatTracker()
+                wait = tracker.check(
+                    fingerprint(norm), now, self.config.repeat_window, self.config.repeat_max
+                )
+                if wait:
+                    raise ProtocolError(ErrorCode.REPEATED, "you said that already", ref, round(wait, 1))
+        if verdict.policy:
+            abuse_metrics.content_filtered.labels(policy=verdict.name).inc()
+        return verdict.text, verdict.policy == SHADOW
+
+    def _echo(self, client: Client, text: str, cid: str | int | None) -> None:
+        """The sender alone sees its danmaku, in the next tick as if broadcast (no seq: not sequenced)."""
+        who = client.identity
+        assert who is not None and client.room_id is not None
+        event: dict[str, object] = {"t": "danmaku", "uid": who.uid, "name": who.name, "ts": protocol.now_ms()}
+        event["text"] = text
+        if cid is not None:
+            event["cid"] = cid
+        frame = protocol.batch_frame(client.room_id, [event])
+        asyncio.get_running_loop().call_later(self.config.tick_ms / 1000, client.send, frame)
+
+    # -- rejections ------------------------------------------------------------------------
+
+    def on_reject(self, client: Client, error: ProtocolError) -> bool:
+        """Whether to send the error frame; closes (4307) a connection that keeps being refused.
+
+        A client that does not read its errors (write buffer past the limit)
+        gets no more of them: they would only pile up in memory.
+        """
+        state = client.abuse
+        if state is None or error.fatal:
+            return True
+        if state.strikes is not None and state.strikes.take(self.clock()):
+            state.strikes = None  # close once
+            client.reject(ProtocolError(ErrorCode.ABUSIVE, "too many rejected messages"))
+            return False
+        return client.buffered() <= self.config.write_buffer_limit

@@ -1,0 +1,131 @@
+"""Moderation: hosts and moderators mute, kick, ban and delete in their room; users block DMs.
+
+Sanctions are stored in the broker (`Broker.put_sanction`), which tells every
+node's watcher at once: each node applies them to its local connections (a
+muted user's sends fail with 4401 and the remaining time; kicked and banned
+users get an error frame then a close with 4402/4403) and checks them again at
+join, so reconnecting does not shed them. Deleting a danmaku puts a `delete`
+event in the room's outbox, so it is sequenced and replayed like any event.
+Every action is authorised by the token's role and logged as one JSON line
+(logger `liveroom.abuse.mod`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+from server import protocol
+from server.abuse import metrics as abuse_metrics
+from server.broker.base import Sanction
+from server.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from server.client import Client
+    from server.node import Node
+
+log = logging.getLogger("liveroom.abuse.mod")
+
+DEFAULT_DURATION = {"mute": 600.0, "kick": 60.0, "ban": None}  # seconds; None: until unbanned
+_ACTIONS = {
+    "mute": ("mute", False),
+    "unmute": ("mute", True),
+    "kick": ("kick", False),
+    "ban": ("ban", False),
+    "unban": ("ban", True),
+}
+
+
+def _retry_after(until_ms: int | None) -> float | None:
+    return None if until_ms is None else max(0.0, round(until_ms / 1000 - time.time(), 1))
+
+
+def sanction_error(sanction: Sanction) -> ProtocolError:
+    """The error a banned or kicked user gets, at join and when it happens."""
+    if sanction.kind == "ban":
+        code, text = ErrorCode.BANNED, "you are banned from this room"
+    else:
+        code, text = ErrorCode.KICKED, "you were removed from this room"
+    return ProtocolError(code, text, retry_after=_retry_after(sanction.until))
+
+
+class Moderation:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        node.broker.watch_sanctions(self.on_sanction)
+
+    async def handle(self, client: Client, message: protocol.Mod | protocol.Block) -> None:
+        who = client.identity
+        assert who is not None and client.room_id is not None
+        if isinstance(message, protocol.Block):
+            if message.uid == who.uid:
+                raise ProtocolError(ErrorCode.MOD_TARGET, "cannot block yourself", message.cid)
+            await self.node.broker.set_dm_block(who.uid, message.uid, message.blocked)
+            ack = {"t": "block_ack", "uid": message.uid, "blocked": message.blocked}
+            self._ack(client, ack, message.cid)
+            return
+        if not who.can_moderate:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only the host and moderators can moderate", message.cid)
+        room_id = client.room_id
+        room = self.node.rooms.get(room_id)
+        record: dict[str, object] = {
+            "action": message.action,
+            "room": room_id,
+            "by": who.uid,
+            "role": who.role,
+        }
+        if message.action == "delete":
+            assert message.seq is not None
+            if room is None or message.seq > room.seq:
+                raise ProtocolError(ErrorCode.MOD_TARGET, "no such danmaku", message.cid)
+            event = {"t": "delete", "uid": who.uid, "name": who.name, "ts": protocol.now_ms()}
+            event["target"] = message.seq
+            self.node.enqueue(room_id, event)
+            record["seq"] = message.seq
+            ack = {"t": "mod_ack", "action": "delete", "seq": message.seq}
+        else:
+            target = message.uid
+            assert target is not None
+            if target == who.uid:
+                raise ProtocolError(ErrorCode.MOD_TARGET, "cannot moderate yourself", message.cid)
+            if room is not None and target in room.hosts and who.role != "host":
+                raise ProtocolError(ErrorCode.MOD_TARGET, "moderators cannot act on the host", message.cid)
+            kind, lifted = _ACTIONS[message.action]
+            duration = message.duration if message.duration is not None else DEFAULT_DURATION[kind]
+            until = None if lifted or duration is None else protocol.now_ms() + int(duration * 1000)
+            await self.node.broker.put_sanction(Sanction(room_id, target, kind, until, who.uid, lifted))
+            if message.action == "unban":  # an unban also ends a kick's cool-down
+                await self.node.broker.put_sanction(Sanction(room_id, target, "kick", None, who.uid, True))
+            record.update(uid=target, until=until)
+            ack = {"t": "mod_ack", "action": message.action, "uid": target, "until": until}
+        if message.reason:
+            record["reason"] = message.reason
+        log.info("moderation %s", json.dumps(record, separators=(",", ":")))
+        abuse_metrics.moderation_actions.labels(action=message.action).inc()
+        self._ack(client, ack, message.cid)
+
+    @staticmethod
+    def _ack(client: Client, frame: dict[str, object], cid: str | int | None) -> None:
+        if cid is not None:
+            frame["cid"] = cid
+        client.send(protocol.pack(frame))
+
+    def on_sanction(self, sanction: Sanction) -> None:
+        """Apply a sanction (from any node) to this node's connections of the user in the room."""
+        for client in list(self.node.users.get(sanction.uid, ())):
+            state = client.abuse
+            if client.room_id != sanction.room or state is None:
+                continue
+            if sanction.kind == "mute":
+                if sanction.lifted:
+                    state.muted_until = 0.0
+                else:
+                    state.muted_until = math.inf if sanction.until is None else sanction.until / 1000
+                notice = {"t": "notice", "action": "unmute" if sanction.lifted else "mute"}
+                notice.update(until=sanction.until, by=sanction.by)
+                client.send(protocol.pack(notice))
+            elif not sanction.lifted:
+                client.reject(sanction_error(sanction))
