@@ -24,7 +24,20 @@ log = logging.getLogger("liveroom")
 def make_broker(config: Config) -> Broker:
     node_id = config.node_id or f"node-{secrets.token_hex(3)}"
     if config.redis_url:
-        raise ConfigError("the Redis broker is not available in this build; omit --redis")
+        from server.broker.redis import RedisBroker  # imported only when used
+
+        if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("--redis must be a redis://host:port/db URL")
+        return RedisBroker(
+            config.redis_url,
+            node_id,
+            history_size=config.history_size,
+            recent_size=config.recent_size,
+            history_ttl=config.history_ttl,
+            presence_ttl=config.presence_ttl,
+            dm_keep=config.dm_keep,
+            cluster=config.redis_cluster,
+        )
     return MemoryBroker(node_id=node_id, history_size=config.history_size, recent_size=config.recent_size)
 
 

@@ -128,6 +128,8 @@ class Client:
                     node.like(self, message)
                 elif isinstance(message, protocol.DirectMessage):
                     await node.direct_message(self, message)
+                elif isinstance(message, protocol.DmSeen):
+                    await node.dm_seen(self, message)
                 elif isinstance(message, (protocol.Mod, protocol.Block)):
                     await node.guard.command(self, message)
                 elif isinstance(message, protocol.Ping):
@@ -152,6 +154,7 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Danmaku: "danmaku",
     protocol.Like: "like",
     protocol.DirectMessage: "dm",
+    protocol.DmSeen: "dm_seen",
     protocol.Ping: "ping",
     protocol.Mod: "mod",
     protocol.Block: "block",

@@ -23,6 +23,10 @@ class Config:
     history_size: int = 1000  # events kept per room for reconnect recovery
     recent_size: int = 50  # danmaku in the join snapshot
     redis_url: str | None = None
+    redis_cluster: bool = False  # Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH)
+    history_ttl: int = 600  # seconds: a room's history expires this long after its last event
+    presence_ttl: float = 6.0  # seconds: a node that stops heartbeating stops counting online
+    dm_keep: int = 1000  # unacknowledged DMs kept per user
     dev_tokens: bool | None = None  # None: on in dev, off in prod
     max_frame: int = 64 * 1024  # bytes; larger frames close the connection (1009)
     danmaku_max_len: int = 200  # characters
@@ -69,6 +73,8 @@ class Config:
             raise ConfigError("tick_ms must be between 5 and 1000")
         if self.recent_size < 0 or self.history_size < self.recent_size:
             raise ConfigError("history_size must be >= recent_size >= 0")
+        if self.history_ttl < 1 or self.presence_ttl <= 0 or self.dm_keep < 1:
+            raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
 
@@ -118,6 +124,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history-size", dest="history_size", type=int, help="events kept per room")
     parser.add_argument("--recent-size", dest="recent_size", type=int, help="danmaku in join snapshot")
     parser.add_argument("--redis", dest="redis_url", help="redis://host:port/db (default: in-memory)")
+    parser.add_argument(
+        "--redis-cluster", dest="redis_cluster", action="store_const", const=True, help="Redis Cluster mode"
+    )
+    parser.add_argument("--history-ttl", dest="history_ttl", type=int, help="seconds of room history (600)")
+    parser.add_argument(
+        "--presence-ttl", dest="presence_ttl", type=float, help="seconds before a silent node stops counting"
+    )
     parser.add_argument("--node-id", dest="node_id", help="node name (default: random)")
     parser.add_argument(
         "--http-port", dest="http_port", type=int, help="WHIP/WHEP port, 0 for any free port (default 8081)"

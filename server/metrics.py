@@ -14,6 +14,7 @@ CLIENT_TYPES = frozenset(
         "danmaku",
         "like",
         "dm",
+        "dm_seen",
         "ping",
         "publish",
         "unpublish",
@@ -46,6 +47,14 @@ slow_consumer_closes = Counter(
     "liveroom_slow_consumer_closes_total", "Connections closed for falling too far behind"
 )
 dms = Counter("liveroom_dms_total", "Direct messages accepted", ["delivery"])
+
+
+def message_type_label(kind: str) -> str:
+    return kind if kind in CLIENT_TYPES else "other"
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST
 
 
 # -- media (WebRTC SFU): aggregates only, never a per-user or per-room label -----------------
@@ -113,9 +122,14 @@ class _ForwardingCollector:
 REGISTRY.register(_ForwardingCollector())  # type: ignore[arg-type]
 
 
-def message_type_label(kind: str) -> str:
-    return kind if kind in CLIENT_TYPES else "other"
-
-
-def render() -> tuple[bytes, str]:
-    return generate_latest(), CONTENT_TYPE_LATEST
+# -- Redis broker (server/broker/redis.py) --------------------------------------------------
+broker_bad_messages = Counter(
+    "liveroom_broker_bad_messages_total", "Messages from the broker that did not decode (dropped)"
+)
+broker_disconnects = Counter("liveroom_broker_disconnects_total", "Times the broker connection was lost")
+broker_resyncs = Counter(
+    "liveroom_broker_resyncs_total", "Room streams re-read after a gap or reconnect", ["outcome"]
+)
+broker_local_batches = Counter(
+    "liveroom_broker_local_batches_total", "Batches sequenced locally while the broker was unreachable"
+)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections import defaultdict
 
 import websockets
 
 from server import metrics, protocol
 from server.abuse.guard import Guard
-from server.broker.base import Broker, Event, RoomState
+from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
 from server.client import Client
 from server.config import Config
 from server.media_gateway import MediaGateway
@@ -42,6 +41,7 @@ class Node:
         self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
         self.draining = False
         self.guard = Guard(self)  # abuse checks: rate limits, admission, content, moderation
+        broker.on_room_reset = self._on_room_reset
         self.media = MediaGateway(self)  # WebRTC publish/subscribe of this node's rooms
 
     # -- lifecycle -----------------------------------------------------------------
@@ -75,10 +75,11 @@ class Node:
         who = client.identity
         assert who is not None and client.room_id is not None
         room = await self._open_room(client.room_id)
+        # read history first: from here to add_member nothing awaits, so no batch slips between
+        missed = await self._missed(room, *resume) if resume is not None else None
         now = protocol.now_ms()
         snapshot = room.snapshot(who, self.node_id, self.config.tick_ms, self.limits)
         if resume is not None:
-            missed = await self.broker.history_since(room.room_id, *resume)
             snapshot["recovered"] = missed is not None
             if missed is not None:
                 snapshot["missed"] = missed
@@ -87,6 +88,23 @@ class Node:
         room.add_member(client, who, now)
         self._dirty.add(room.room_id)
         await self._open_user(client)
+
+    async def _missed(self, room: Room[Client], epoch: str, seq: int) -> list[Event] | None:
+        """Events after seq up to what this node's viewers have been sent (room.seq), or None.
+
+        Batches keep arriving while history is read, so read again until history reaches
+        room.seq, then cut at room.seq: the live batches carry on from there with no gap and
+        no duplicate. A client ahead of this node's view gets a fresh snapshot instead.
+        """
+        for _ in range(3):
+            if epoch != room.epoch or seq > room.seq:
+                return None
+            events = await self.broker.history_since(room.room_id, epoch, seq)
+            if events is None or epoch != room.epoch:
+                return None
+            if (events[-1]["seq"] if events else seq) >= room.seq:
+                return [e for e in events if e["seq"] <= room.seq]
+        return None
 
     async def leave(self, client: Client) -> None:
         await self.media.leave(client)  # first: the `live` off event rides on this tick
@@ -170,24 +188,29 @@ class Node:
         await self.guard.dm_allowed(who.uid, message)
         text = protocol.clean_text(message.text, self.config.dm_max_len, message.cid)
         now = protocol.now_ms()
-        dm_id = f"{now:x}-{secrets.token_hex(4)}"
-        frame = protocol.pack(
-            {
-                "t": "dm",
-                "id": dm_id,
-                "from": who.uid,
-                "name": who.name,
-                "to": message.to,
-                "text": text,
-                "ts": now,
-            }
-        )
-        delivered = await self.broker.send_dm(message.to, frame)
+        dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": text, "ts": now}
+        try:
+            receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
+        except BrokerUnavailable:
+            metrics.rejections.labels(reason="broker_unavailable").inc()
+            client.send(
+                protocol.error_frame(
+                    ErrorCode.BROKER_UNAVAILABLE, "DM not sent: retry", message.cid, retry_after=1.0
+                )
+            )
+            return
+        delivered = receipt.delivered
         metrics.dms.labels(delivery="live" if delivered else "kept").inc()
-        ack = {"t": "dm_ack", "id": dm_id, "to": message.to, "ts": now, "delivered": delivered}
+        ack = {"t": "dm_ack", "id": receipt.id, "to": message.to, "ts": now, "delivered": delivered}
         if message.cid is not None:
             ack["cid"] = message.cid
         client.send(protocol.pack(ack))
+
+    async def dm_seen(self, client: Client, message: protocol.DmSeen) -> None:
+        """The user has read up to this DM: it and older ones are not sent again on connect."""
+        assert client.identity is not None
+        with contextlib.suppress(BrokerUnavailable):  # a lost ack only means a resend later
+            await self.broker.ack_dm(client.identity.uid, message.id)
 
     # -- tick and fan-out -------------------------------------------------------------------
 
@@ -216,7 +239,9 @@ class Node:
             if room is None:
                 continue
             out = room.drain()
-            await self.broker.publish(room_id, out.events, out.likes_delta, out.local_online, now)
+            await self.broker.publish(
+                room_id, out.events, out.likes_delta, out.local_online, now, joined=out.joined
+            )
             if room.empty:
                 await self._close_room_if_empty(room_id)
 
@@ -248,6 +273,17 @@ class Node:
         websockets.broadcast(ready, frame)
         metrics.fanout_writes.inc(len(ready))
 
+    def _on_room_reset(self, room_id: str, state: RoomState) -> None:
+        """The room's stream restarted (Redis lost it, or this node sequenced alone through an
+        outage): viewers' seqs no longer mean anything, so reload the view and have them rejoin."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        room.recent.clear()
+        _load(room, state)
+        for client in list(room.members):
+            client.close(1012, "room stream reset, rejoin")
+
     def _on_user_frame(self, user_id: str, frame: bytes) -> None:
         # DMs are rare and must not be skipped like danmaku batches: write them directly.
         for client in self.users.get(user_id, ()):
@@ -259,6 +295,7 @@ def _load(room: Room[Client], state: RoomState) -> None:
     room.seq = state.seq
     room.likes_total = state.likes_total
     room.online = state.online
+    room.unique = state.unique
     room.hosts = dict(state.hosts)
     room.recent.extend(state.recent)
     room.publishers = dict(state.publishers)

@@ -66,6 +66,7 @@ class ErrorCode(IntEnum):
     MOD_TARGET = 4404
     DM_BLOCKED = 4405
     SHUTTING_DOWN = 4500
+    BROKER_UNAVAILABLE = 4501  # the shared store (Redis) is unreachable: retry after `retry_after` s
     # media signaling (publish / subscribe / WHIP / WHEP); none closes the connection
     MEDIA_UNAVAILABLE = 4600
     MEDIA_BAD_SDP = 4601
@@ -154,6 +155,13 @@ class DirectMessage:
 
 
 @dataclass(slots=True)
+class DmSeen:
+    """The client has every DM up to and including `id`: stop re-sending them on connect."""
+
+    id: str
+
+
+@dataclass(slots=True)
 class Ping:
     ts: int | float | None
 
@@ -230,6 +238,7 @@ ClientMessage = (
     | Danmaku
     | Like
     | DirectMessage
+    | DmSeen
     | Ping
     | Publish
     | Unpublish
@@ -332,6 +341,11 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         if not valid_id(to):
             raise ProtocolError(ErrorCode.BAD_RECIPIENT, "'to' is not a valid user id", cid)
         return DirectMessage(to=to, text=_str(obj, "text", cid), cid=cid)  # type: ignore[arg-type]
+    if kind == "dm_seen":
+        dm_id = obj.get("id")
+        if not isinstance(dm_id, str) or not valid_dm_id(dm_id):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "'id' must be a DM id (<ms>-<n>)")
+        return DmSeen(id=dm_id)
     if kind == "ping":
         ts = obj.get("ts")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
@@ -444,6 +458,12 @@ def _parse_moderation(kind: str, obj: dict[str, Any]) -> Mod | Block:
 
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+
+def valid_dm_id(value: str) -> bool:
+    """DM ids are Redis stream ids, `<ms>-<n>`: digits only, so safe to pass to XTRIM."""
+    ms, sep, n = value.partition("-")
+    return bool(sep) and 0 < len(ms) <= 20 and 0 < len(n) <= 20 and (ms + n).isascii() and (ms + n).isdigit()
 
 
 def valid_id(value: str) -> bool:

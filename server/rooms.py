@@ -29,6 +29,7 @@ class TickOutput:
     events: list[Event]
     likes_delta: int
     local_online: int | None  # set when the local member count changed
+    joined: list[str] = field(default_factory=list)  # uids that joined (unique-viewer count)
 
 
 @dataclass
@@ -41,12 +42,14 @@ class Room(Generic[Member]):
     _outbox: list[Event] = field(default_factory=list)
     _pending_likes: int = 0
     _presence_dirty: bool = False
+    _joined: list[str] = field(default_factory=list)
 
     # view of the room's channel
     epoch: str = ""
     seq: int = 0
     likes_total: int = 0
     online: int = 0
+    unique: int = 0  # distinct viewers that ever joined, cluster-wide
     hosts: dict[str, str] = field(default_factory=dict)
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name of who is live
     media_node: str | None = None  # node holding the room's media, from `live` events
@@ -61,6 +64,7 @@ class Room(Generic[Member]):
     def add_member(self, member: Member, who: Identity, now: int) -> None:
         self.members[member] = who
         self._presence_dirty = True
+        self._joined.append(who.uid)
         if who.role == "host" and not self._has_local_host(who.uid, exclude=member):
             self._outbox.append(_event("host", who, now, live=True))
 
@@ -108,8 +112,10 @@ class Room(Generic[Member]):
             events=self._outbox,
             likes_delta=self._pending_likes,
             local_online=len(self.members) if self._presence_dirty else None,
+            joined=self._joined,
         )
         self._outbox = []
+        self._joined = []
         self._pending_likes = 0
         self._presence_dirty = False
         return out
@@ -128,6 +134,7 @@ class Room(Generic[Member]):
                 self.likes_total = event["total"]
             elif kind == "presence":
                 self.online = event["online"]
+                self.unique = event.get("unique", self.unique)
             elif kind == "delete":  # a moderator removed a danmaku: joiners must not see it
                 target = event.get("target")
                 for i, kept in enumerate(self.recent):
@@ -161,6 +168,7 @@ class Room(Generic[Member]):
             "recent": list(self.recent),
             "likes": self.likes_total,
             "online": self.online,
+            "unique": self.unique,
             "hosts": [{"uid": u, "name": n} for u, n in self.hosts.items()],
             "live": bool(self.publishers),
             "publishers": [{"uid": u, "name": n} for u, n in self.publishers.items()],

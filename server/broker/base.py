@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,9 @@ Event = dict[str, Any]
 BatchHandler = Callable[[str, str, bytes, list[Event]], None]
 # Called with (user_id, encoded dm frame).
 UserHandler = Callable[[str, bytes], None]
+# Called when a room's shared stream restarted under this node's feet (Redis lost it, or
+# this node sequenced locally during an outage): local viewers must resync (see node.py).
+RoomResetHandler = Callable[[str, "RoomState"], None]
 
 
 @dataclass(slots=True)
@@ -32,6 +35,7 @@ class RoomState:
     online: int = 0
     hosts: dict[str, str] = field(default_factory=dict)
     recent: list[Event] = field(default_factory=list)
+    unique: int = 0  # distinct viewers that ever joined (approximate with Redis: HyperLogLog)
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name, from `live` events
     media_node: str | None = None  # node holding the room's media (last `live` on event)
     media_url: str | None = None
@@ -74,8 +78,24 @@ class BrokerUnavailable(Exception):
     """The broker cannot take a write now; callers answer with a retryable error."""
 
 
+@dataclass(frozen=True, slots=True)
+class DmReceipt:
+    """A stored DM: its id (ordered per recipient, what `dm_seen` acknowledges) and whether
+    some connection of the recipient got it live."""
+
+    id: str
+    delivered: bool
+
+
+def dm_id_key(dm_id: str) -> tuple[int, int]:
+    """DM ids are `<ms>-<n>` (Redis stream ids); compare them as numbers, not strings."""
+    ms, _, n = dm_id.partition("-")
+    return int(ms), int(n or 0)
+
+
 class Broker(ABC):
     node_id: str
+    on_room_reset: RoomResetHandler | None = None  # set by the node
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect; the in-memory broker has nothing to do."""
@@ -104,13 +124,15 @@ class Broker(ABC):
         likes_delta: int,
         local_online: int | None,
         now: int,
+        joined: Sequence[str] = (),
     ) -> None:
         """Sequence and publish one tick of a room.
 
         Adds the like total (after adding likes_delta) and the online count
         (after recording this node's local count) as events, assigns each event
         the room's next sequence number, keeps them in history and delivers the
-        batch, encoded once, to every subscribed node.
+        batch, encoded once, to every subscribed node. `joined`: uids that joined
+        locally this tick, for the room's unique-viewer count.
         """
 
     @abstractmethod
@@ -128,7 +150,18 @@ class Broker(ABC):
 
     @abstractmethod
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
-        """Deliver or keep a DM frame; True when a connection of the user got it live."""
+        """Deliver or keep a frame for a user; True when a connection of the user got it live."""
+
+    @abstractmethod
+    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+        """Store a DM durably, give it its id, then deliver it live; raises BrokerUnavailable.
+
+        Stored DMs come back from subscribe_user (in order) until acknowledged with ack_dm.
+        """
+
+    @abstractmethod
+    async def ack_dm(self, user_id: str, dm_id: str) -> None:
+        """The user has seen every DM up to dm_id: drop them from its backlog."""
 
     # -- abuse: sanctions, DM blocks, join nonces, rate-limit usage (server.abuse) -------------
     # The defaults keep everything in this process, which is exactly right for one node

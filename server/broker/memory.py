@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from server import protocol
-from server.broker.base import BatchHandler, Broker, Event, RoomState, UserHandler
+from server.broker.base import (
+    BatchHandler,
+    Broker,
+    DmReceipt,
+    Event,
+    RoomState,
+    UserHandler,
+    dm_id_key,
+)
 from server.rooms import Room, system_event
 
 
@@ -17,6 +27,7 @@ class _Channel:
     history: deque[Event]
     handler: BatchHandler | None = None
     presence: dict[str, int] = field(default_factory=dict)
+    viewers: set[str] = field(default_factory=set)  # exact here; a HyperLogLog in Redis
 
 
 class MemoryBroker(Broker):
@@ -29,7 +40,9 @@ class MemoryBroker(Broker):
         self._dm_keep = dm_keep
         self._rooms: dict[str, _Channel] = {}
         self._users: dict[str, UserHandler] = {}
-        self._offline: dict[str, deque[bytes]] = {}
+        # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream)
+        self._kept: dict[str, deque[tuple[str, bytes]]] = {}
+        self._dm_counter = itertools.count(1)
 
     def _channel(self, room_id: str) -> _Channel:
         channel = self._rooms.get(room_id)
@@ -51,6 +64,7 @@ class MemoryBroker(Broker):
             online=view.online,
             hosts=dict(view.hosts),
             recent=list(view.recent),
+            unique=len(channel.viewers),
             publishers=dict(view.publishers),
             media_node=view.media_node,
             media_url=view.media_url,
@@ -68,14 +82,17 @@ class MemoryBroker(Broker):
         likes_delta: int,
         local_online: int | None,
         now: int,
+        joined: Sequence[str] = (),
     ) -> None:
         channel = self._channel(room_id)
         view = channel.view
+        channel.viewers.update(joined)
         if likes_delta:
             events.append(system_event("likes", now, total=view.likes_total + likes_delta, delta=likes_delta))
         if local_online is not None:
             channel.presence[self.node_id] = local_online
-            events.append(system_event("presence", now, online=sum(channel.presence.values())))
+            online = sum(channel.presence.values())
+            events.append(system_event("presence", now, online=online, unique=len(channel.viewers)))
         seq = view.seq
         for event in events:
             seq += 1
@@ -98,7 +115,7 @@ class MemoryBroker(Broker):
 
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
         self._users[user_id] = handler
-        return list(self._offline.pop(user_id, ()))
+        return [frame for _, frame in self._kept.get(user_id, ())]
 
     async def unsubscribe_user(self, user_id: str) -> None:
         self._users.pop(user_id, None)
@@ -108,8 +125,33 @@ class MemoryBroker(Broker):
         if handler is not None:
             handler(user_id, frame)
             return True
-        kept = self._offline.get(user_id)
-        if kept is None:
-            kept = self._offline[user_id] = deque(maxlen=self._dm_keep)
-        kept.append(frame)
+        self._keep(user_id, self._next_dm_id(), frame)
         return False
+
+    def _next_dm_id(self) -> str:
+        return f"{protocol.now_ms()}-{next(self._dm_counter)}"
+
+    def _keep(self, user_id: str, dm_id: str, frame: bytes) -> None:
+        kept = self._kept.get(user_id)
+        if kept is None:
+            kept = self._kept[user_id] = deque(maxlen=self._dm_keep)
+        kept.append((dm_id, frame))
+
+    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+        dm_id = self._next_dm_id()
+        frame = protocol.pack({**dm, "id": dm_id})
+        self._keep(user_id, dm_id, frame)
+        handler = self._users.get(user_id)
+        if handler is not None:
+            handler(user_id, frame)
+        return DmReceipt(dm_id, handler is not None)
+
+    async def ack_dm(self, user_id: str, dm_id: str) -> None:
+        kept = self._kept.get(user_id)
+        if kept is None:
+            return
+        upto = dm_id_key(dm_id)
+        while kept and dm_id_key(kept[0][0]) <= upto:
+            kept.popleft()
+        if not kept:
+            del self._kept[user_id]

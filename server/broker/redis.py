@@ -1,0 +1,803 @@
+"""Redis broker: many nodes share rooms, history, presence, likes and DMs through one Redis.
+
+Rooms: a node subscribes to a room's channel while it has local viewers. Each tick it
+runs one script per room (redis_scripts.PUBLISH) that assigns the sequence numbers,
+appends to the room's capped history stream and publishes the batch frame; every
+subscribed node decodes it once (for Room.apply) and writes the same bytes to its
+viewers. A batch that does not follow the last one seen (a gap, a new epoch) makes the
+node re-read the room from history instead of guessing.
+
+Outages: while Redis is unreachable the node keeps its rooms going alone: it numbers
+batches itself under a local epoch, keeps likes owed, and refuses DMs with
+BrokerUnavailable (nothing is acknowledged that is not stored). It reconnects with
+jittered backoff, resubscribes every channel, then re-reads each room: rooms that
+never went local and whose history still covers the gap continue seamlessly; the
+others are reset (node.py has their viewers rejoin for a fresh snapshot).
+
+See docs/ARCHITECTURE.md ("Redis broker") for the keys and the recovery rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from server import metrics, protocol
+from server.broker import redis_scripts as rs
+from server.broker.base import (
+    BatchHandler,
+    Broker,
+    BrokerUnavailable,
+    DmReceipt,
+    Event,
+    RoomState,
+    UserHandler,
+    dm_id_key,
+)
+from server.rooms import Room, system_event
+
+log = logging.getLogger("liveroom.broker.redis")
+
+# Connection failures look like any of these depending on where they happen.
+_DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
+Batch = tuple[str, bytes, list[Event]]  # (epoch, frame, events)
+STICKY_KINDS = {"host": "live", "live": "on"}  # kind -> the boolean field that turns it on
+
+
+@dataclass
+class _RoomSub:
+    handler: BatchHandler
+    view: Room[None]
+    pending: list[Batch] | None = None  # batches held while the room is (re)loaded
+    local: bool = False  # numbered batches alone during an outage: reset on reconnect
+    local_count: int = 0  # last local online count the node reported
+    likes_owed: int = 0  # likes counted locally, not yet added in Redis
+    joined_owed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _UserSub:
+    handler: UserHandler
+    pending: list[tuple[str, bytes]] | None = None  # (id, frame) held while the backlog loads
+    last: tuple[int, int] | None = None  # id of the last stored DM delivered (None: backlog owed)
+
+
+class RedisBroker(Broker):
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        *,
+        history_size: int = 1000,
+        recent_size: int = 50,
+        history_ttl: int = 600,
+        presence_ttl: float = 6.0,
+        dm_keep: int = 1000,
+        dm_ttl: int = 30 * 86400,
+        cluster: bool = False,
+        sharded: bool | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.node_id = node_id
+        self._history_size = history_size
+        self._recent_size = recent_size
+        self._history_ttl = history_ttl
+        self._meta_ttl = max(history_ttl * 2, 86400)  # epoch and top seq outlive the history
+        self._presence_ttl = presence_ttl
+        self._dm_keep = dm_keep
+        self._dm_ttl = dm_ttl
+        self._cluster = cluster
+        self._sharded = cluster if sharded is None else sharded  # SSUBSCRIBE / SPUBLISH
+        self._publish_cmd = "spublish" if self._sharded else "publish"
+        self._connect_timeout = connect_timeout
+        options: dict[str, Any] = {
+            "retry": Retry(NoBackoff(), 0),  # this class owns reconnection and resync
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": 10.0,
+            "socket_keepalive": True,
+        }
+        self._redis: Any = (
+            RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
+        )
+        self._publish_script = self._redis.register_script(rs.PUBLISH)
+        self._load_script = self._redis.register_script(rs.LOAD)
+        self._dm_script = self._redis.register_script(rs.SEND_DM)
+        self._rooms: dict[str, _RoomSub] = {}
+        self._users: dict[str, _UserSub] = {}
+        self._targets: dict[bytes, tuple[str, str]] = {}  # channel -> ("r", room) | ("u", uid)
+        self._waiters: dict[bytes, asyncio.Future[bool]] = {}
+        self._pubsub: Any = None
+        self._connected = False
+        self._up = asyncio.Event()
+        self._broken = asyncio.Event()
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (waiting a little for Redis); the node serves locally until it is up."""
+        loop = asyncio.get_running_loop()
+        self._supervisor = loop.create_task(self._supervise())
+        self._heartbeat = loop.create_task(self._heartbeat_forever())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), self._connect_timeout)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._broken.set()
+        for task in (self._supervisor, self._heartbeat, *self._tasks):
+            if task is not None:
+                task.cancel()
+        for task in (self._supervisor, self._heartbeat):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    @property
+    def ready(self) -> bool:
+        return self._connected
+
+    async def _supervise(self) -> None:
+        """One pub/sub session at a time; after a failure, reconnect with jittered backoff."""
+        delay = 0.1
+        while not self._closed:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._connected or self._up.is_set():
+                    log.warning("redis connection lost: %s", exc or type(exc).__name__)
+                else:
+                    log.debug("redis unreachable: %s", exc)
+            if self._connected:
+                metrics.broker_disconnects.inc()
+                delay = 0.1
+            self._connected = False
+            self._up.clear()
+            if self._closed:
+                return
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    async def _session(self) -> None:
+        self._broken.clear()
+        if not self._cluster:  # pooled connections to a restarted Redis are all dead
+            await self._redis.connection_pool.disconnect()
+        await self._redis.ping()
+        pubsub = self._redis.pubsub()
+        self._pubsub = pubsub
+        reader: asyncio.Task[None] | None = None
+        try:
+            ctl = rs.control_channel(self.node_id)
+            await (pubsub.ssubscribe(ctl) if self._sharded else pubsub.subscribe(ctl))
+            reader = asyncio.get_running_loop().create_task(self._read(pubsub))
+            for sub in self._rooms.values():  # hold batches until each room is re-read
+                if sub.pending is None:
+                    sub.pending = []
+            for user in self._users.values():
+                if user.pending is None:
+                    user.pending = []
+            await self._listen(list(self._targets))
+            self._connected = True
+            self._up.set()
+            await asyncio.gather(
+                *(self._resync(room_id, sub) for room_id, sub in list(self._rooms.items())),
+                *(self._catch_up(uid, user) for uid, user in list(self._users.items())),
+            )
+            broken = asyncio.get_running_loop().create_task(self._broken.wait())
+            try:
+                await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                broken.cancel()
+            if reader.done() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+            raise ConnectionError("redis connection reported broken")
+        finally:
+            self._connected = False
+            self._pubsub = None
+            for fut in self._waiters.values():
+                if not fut.done():
+                    fut.set_result(False)
+            self._waiters.clear()
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 2)
+
+    def _kick(self, exc: BaseException) -> None:
+        """A command failed: treat the connection as lost (the supervisor reconnects)."""
+        if self._connected:
+            log.warning("redis command failed: %s", exc or type(exc).__name__)
+        self._connected = False
+        self._broken.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- pub/sub ---------------------------------------------------------------------
+
+    async def _read(self, pubsub: Any) -> None:
+        while True:
+            if self._cluster:
+                message = await pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=0.01)
+            else:
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=None)
+            if message is None:
+                continue
+            try:
+                self._on_message(message)
+            except Exception:  # one bad message must never stop the reader
+                log.exception("error handling a message from redis")
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        channel = message["channel"]
+        if kind in ("subscribe", "ssubscribe"):
+            fut = self._waiters.pop(channel, None)
+            if fut is not None and not fut.done():
+                fut.set_result(True)
+        elif kind in ("message", "smessage"):
+            target = self._targets.get(channel)
+            if target is None:
+                return
+            if target[0] == "r":
+                self._on_room_message(target[1], message["data"])
+            else:
+                self._on_user_message(target[1], message["data"])
+
+    async def _listen(self, channels: list[bytes]) -> None:
+        """Subscribe and wait for Redis to confirm: only then can state be read without a gap."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise ConnectionError("redis is not connected")
+        if not channels:
+            return
+        loop = asyncio.get_running_loop()
+        waits = []
+        for channel in channels:
+            fut = self._waiters.get(channel)
+            if fut is None:
+                fut = self._waiters[channel] = loop.create_future()
+            waits.append(fut)
+        await (pubsub.ssubscribe(*channels) if self._sharded else pubsub.subscribe(*channels))
+        results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+        if not all(results):
+            raise ConnectionError("redis connection lost while subscribing")
+
+    async def _unlisten(self, channel: bytes) -> None:
+        self._targets.pop(channel, None)
+        pubsub = self._pubsub
+        if pubsub is not None and self._connected:
+            try:
+                await (pubsub.sunsubscribe(channel) if self._sharded else pubsub.unsubscribe(channel))
+            except _DOWN as exc:
+                self._kick(exc)
+
+    # -- rooms -----------------------------------------------------------------------
+
+    async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
+        keys = rs.room_keys(room_id)
+        sub = _RoomSub(handler=handler, view=self._new_view(room_id), pending=[])
+        self._rooms[room_id] = sub
+        channel = keys.channel.encode()
+        self._targets[channel] = ("r", room_id)
+        if self._connected:
+            try:
+                await self._listen([channel])
+                view, _ = await self._load(room_id, since=None)
+            except _DOWN as exc:
+                self._kick(exc)
+            else:
+                sub.view = view
+                # batches that came in while loading: after the node has registered the room
+                asyncio.get_running_loop().call_soon(self._flush, room_id, sub)
+                return _state_of(view)
+        # Redis is down: serve the room alone; it is re-read (and reset) on reconnect
+        sub.pending = None
+        sub.local = True
+        sub.view.epoch = _local_epoch()
+        return _state_of(sub.view)
+
+    async def unsubscribe(self, room_id: str) -> None:
+        if self._rooms.pop(room_id, None) is not None:
+            await self._unlisten(rs.room_keys(room_id).channel.encode())
+
+    async def publish(
+        self,
+        room_id: str,
+        events: list[Event],
+        likes_delta: int,
+        local_online: int | None,
+        now: int,
+        joined: Sequence[str] = (),
+    ) -> None:
+        sub = self._rooms.get(room_id)
+        if sub is None:  # the node publishes only for rooms it holds; keep going regardless
+            sub = _RoomSub(handler=lambda *_: None, view=self._new_view(room_id))
+        previous = sub.local_count
+        if local_online is not None:
+            sub.local_count = local_online
+        likes, sub.likes_owed = sub.likes_owed + likes_delta, 0
+        uids, sub.joined_owed = [*sub.joined_owed, *joined], []
+        if self._connected and not sub.local:
+            try:
+                await self._run_publish(room_id, events, likes, local_online, now, uids)
+                return
+            except _DOWN as exc:
+                self._kick(exc)
+        sub.likes_owed += likes
+        sub.joined_owed = uids[-10_000:]
+        self._publish_locally(room_id, sub, events, likes_delta, local_online, previous, now)
+
+    async def _run_publish(
+        self,
+        room_id: str,
+        events: list[Event],
+        likes: int,
+        local_online: int | None,
+        now: int,
+        joined: Sequence[str],
+        client: Any = None,
+    ) -> Any:
+        keys = rs.room_keys(room_id)
+        args: list[Any] = [
+            _new_epoch(),
+            self._history_size,
+            self._history_ttl,
+            self._meta_ttl,
+            keys.channel,
+            self._publish_cmd,
+            rs.batch_head(room_id),
+            self.node_id,
+            -1 if local_online is None else local_online,
+            int(self._presence_ttl * 1000),
+            likes,
+            self._recent_size,
+            now,
+            len(events),
+            len(joined),
+        ]
+        for event in events:
+            kind, sticky = _classify(event)
+            args += [kind, sticky, rs.open_map(event, "seq")]
+        args += joined
+        return await self._publish_script(keys=keys.script_keys, args=args, client=client)
+
+    def _publish_locally(
+        self,
+        room_id: str,
+        sub: _RoomSub,
+        events: list[Event],
+        likes_delta: int,
+        local_online: int | None,
+        previous: int,
+        now: int,
+    ) -> None:
+        """Redis is unreachable: number the batch here so local viewers still get it."""
+        view = sub.view
+        if not sub.local:
+            sub.local = True
+            view.epoch = _local_epoch()  # a resuming client cannot mix these seqs with Redis'
+        if likes_delta:
+            events.append(system_event("likes", now, total=view.likes_total + likes_delta, delta=likes_delta))
+        if local_online is not None and local_online != previous:
+            online = max(0, view.online + local_online - previous)
+            events.append(system_event("presence", now, online=online, unique=view.unique))
+        if not events:
+            return
+        seq = view.seq
+        for event in events:
+            seq += 1
+            event["seq"] = seq
+        view.apply(view.epoch, events)
+        metrics.broker_local_batches.inc()
+        sub.handler(room_id, view.epoch, protocol.batch_frame(room_id, events), events)
+
+    async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
+        if not self._connected:
+            return None
+        try:
+            view, missed = await self._load(room_id, since=seq, want_state=False)
+        except _DOWN as exc:
+            self._kick(exc)
+            return None
+        return missed if view.epoch == epoch else None
+
+    async def _load(
+        self, room_id: str, since: int | None, want_state: bool = True
+    ) -> tuple[Room[None], list[Event] | None]:
+        """The room's state (one round trip) and, with `since`, the events after it or None."""
+        keys = rs.room_keys(room_id)
+        res = await self._load_script(
+            keys=[keys.meta, keys.hist, keys.recent, keys.sticky],
+            args=[
+                _new_epoch(),
+                -1 if since is None else since,
+                self._history_size,
+                int(want_state),
+                self._meta_ttl,
+            ],
+        )
+        epoch = res[0].decode()
+        top = int(res[1])
+        view = self._new_view(room_id)
+        if want_state:
+            sticky = sorted((_decode_event(raw) for raw in res[6]), key=lambda e: e["seq"])
+            view.apply(epoch, sticky)
+            view.recent.extend(_decode_event(raw) for raw in res[5])
+        view.epoch, view.seq = epoch, top
+        view.likes_total, view.online, view.unique = int(res[2]), int(res[3]), int(res[4])
+        missed = None if since is None else self._contiguous(since, top, res[7])
+        return view, missed
+
+    def _contiguous(self, since: int, top: int, entries: list[Any]) -> list[Event] | None:
+        """Every event after `since` up to `top`, or None when some are no longer kept
+        (trimmed by size, older than the history TTL) or `since` is not of this stream."""
+        if since > top:
+            return None
+        try:
+            # raw script reply: [id, [field, value]] per entry
+            events = [_decode_event(fields[1]) for _, fields in entries]
+        except (ValueError, IndexError):
+            metrics.broker_bad_messages.inc()
+            return None
+        if len(events) != top - since or any(e["seq"] != since + 1 + i for i, e in enumerate(events)):
+            return None
+        if events and events[0].get("ts", 0) < protocol.now_ms() - self._history_ttl * 1000:
+            return None
+        return events
+
+    def _new_view(self, room_id: str) -> Room[None]:
+        return Room(room_id, recent_size=self._recent_size)
+
+    # -- room batches from Redis ---------------------------------------------------------
+
+    def _on_room_message(self, room_id: str, data: bytes) -> None:
+        sub = self._rooms.get(room_id)
+        if sub is None:
+            return
+        try:
+            batch = _parse_batch(room_id, data)
+        except ValueError as exc:
+            metrics.broker_bad_messages.inc()
+            log.warning("dropped an undecodable batch for room %s: %s", room_id, exc)
+            return
+        if sub.pending is not None:
+            sub.pending.append(batch)
+        elif not self._accept(room_id, sub, batch):
+            sub.pending = [batch]  # a gap or a new epoch: re-read the room, hold what follows
+            self._spawn(self._resync(room_id, sub))
+
+    def _accept(self, room_id: str, sub: _RoomSub, batch: Batch) -> bool:
+        """Deliver a batch that follows the last one seen; False when the room must be re-read."""
+        epoch, frame, events = batch
+        if sub.local or epoch != sub.view.epoch:
+            return False
+        if events[-1]["seq"] <= sub.view.seq:
+            return True  # already delivered (history replay overlapped the channel)
+        if events[0]["seq"] != sub.view.seq + 1:
+            return False
+        sub.view.apply(epoch, events)
+        sub.handler(room_id, epoch, frame, events)
+        return True
+
+    def _flush(self, room_id: str, sub: _RoomSub) -> None:
+        """Deliver the batches held during a (re)load, in order, skipping those already seen."""
+        pending, sub.pending = sub.pending or [], None
+        for i, batch in enumerate(pending):
+            if self._rooms.get(room_id) is not sub:
+                return
+            if not self._accept(room_id, sub, batch):
+                sub.pending = pending[i:]
+                self._spawn(self._resync(room_id, sub))
+                return
+
+    async def _resync(self, room_id: str, sub: _RoomSub) -> None:
+        """Re-read a room after a gap or a reconnect: replay what was missed, or reset it."""
+        if sub.pending is None:
+            sub.pending = []
+        try:
+            since = None if sub.local else sub.view.seq
+            view, missed = await self._load(room_id, since=since)
+        except _DOWN as exc:
+            self._kick(exc)
+            sub.pending = None  # re-read again once reconnected
+            return
+        if self._rooms.get(room_id) is not sub:
+            return
+        if not sub.local and missed is not None and view.epoch == sub.view.epoch:
+            metrics.broker_resyncs.labels(outcome="recovered").inc()
+            if missed:
+                sub.view.apply(view.epoch, missed)
+                sub.handler(room_id, view.epoch, protocol.batch_frame(room_id, missed), missed)
+        else:
+            metrics.broker_resyncs.labels(outcome="reset").inc()
+            log.info("room %s restarted from redis (epoch %s)", room_id, view.epoch)
+            sub.view, sub.local = view, False
+            if self.on_room_reset is not None:
+                self.on_room_reset(room_id, _state_of(view))
+        self._flush(room_id, sub)
+
+    async def _heartbeat_forever(self) -> None:
+        """Re-report local online counts (and flush owed likes) before the presence TTL runs out."""
+        while True:
+            await asyncio.sleep(self._presence_ttl / 3)
+            if not self._connected:
+                continue
+            try:
+                await self._heartbeat_once()
+            except _DOWN as exc:
+                self._kick(exc)
+            except Exception:
+                log.exception("presence heartbeat failed")
+
+    async def _heartbeat_once(self) -> None:
+        rooms = [(r, s) for r, s in self._rooms.items() if not s.local and s.pending is None]
+        if not rooms:
+            await self._redis.ping()
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        owed = []
+        for room_id, sub in rooms:
+            likes, sub.likes_owed = sub.likes_owed, 0
+            joined, sub.joined_owed = sub.joined_owed, []
+            owed.append((sub, likes, joined))
+            await self._run_publish(
+                room_id, [], likes, sub.local_count, protocol.now_ms(), joined, client=pipe
+            )
+        try:
+            await pipe.execute()
+        except BaseException:
+            for sub, likes, joined in owed:
+                sub.likes_owed += likes
+                sub.joined_owed[:0] = joined
+            raise
+
+    # -- users (direct messages) ---------------------------------------------------------
+
+    async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
+        keys = rs.user_keys(user_id)
+        user = _UserSub(handler=handler, pending=[])
+        self._users[user_id] = user
+        channel = keys.channel.encode()
+        self._targets[channel] = ("u", user_id)
+        if self._connected:
+            try:
+                await self._listen([channel])
+                entries = await self._redis.xrange(keys.dms, "-", "+", count=self._dm_keep)
+            except _DOWN as exc:
+                self._kick(exc)
+            else:
+                frames = self._backlog(user, entries)
+                asyncio.get_running_loop().call_soon(self._flush_user, user_id, user)
+                return frames
+        user.pending = None  # the backlog is delivered once Redis is back (_catch_up)
+        return []
+
+    async def unsubscribe_user(self, user_id: str) -> None:
+        if self._users.pop(user_id, None) is not None:
+            await self._unlisten(rs.user_keys(user_id).channel.encode())
+
+    async def send_dm(self, user_id: str, frame: bytes) -> bool:
+        keys = rs.user_keys(user_id)
+        if not self._connected:
+            return False  # best effort: these frames (invitations) are not acknowledged DMs
+        try:
+            res = await self._dm_script(
+                keys=[keys.dms],
+                args=["f", frame, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 1],
+            )
+        except _DOWN as exc:
+            self._kick(exc)
+            return False
+        return int(res[1]) > 0
+
+    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+        keys = rs.user_keys(user_id)
+        if not self._connected:
+            raise BrokerUnavailable("redis is unreachable")
+        body = rs.open_map(dm, "id")
+        try:
+            res = await self._dm_script(
+                keys=[keys.dms],
+                args=["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 0],
+            )
+        except _DOWN as exc:
+            self._kick(exc)
+            raise BrokerUnavailable(str(exc)) from exc
+        return DmReceipt(res[0].decode(), int(res[1]) > 0)
+
+    async def ack_dm(self, user_id: str, dm_id: str) -> None:
+        keys = rs.user_keys(user_id)
+        if not self._connected:
+            raise BrokerUnavailable("redis is unreachable")
+        ms, n = dm_id_key(dm_id)
+        try:  # drop every DM up to and including dm_id
+            await self._redis.xtrim(keys.dms, minid=f"{ms}-{n + 1}", approximate=False)
+        except ResponseError:
+            pass  # an id Redis cannot represent: nothing to drop
+        except _DOWN as exc:
+            self._kick(exc)
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def _backlog(self, user: _UserSub, entries: list[Any]) -> list[bytes]:
+        frames = []
+        for raw_id, fields in entries:
+            dm_id = raw_id.decode()
+            key = dm_id_key(dm_id)
+            if user.last is not None and key <= user.last:
+                continue
+            frame = _stored_frame(dm_id, fields)
+            user.last = key
+            if frame is not None:
+                frames.append(frame)
+        if user.last is None:
+            user.last = (0, 0)
+        return frames
+
+    def _flush_user(self, user_id: str, user: _UserSub) -> None:
+        pending, user.pending = user.pending or [], None
+        for dm_id, frame in pending:
+            self._deliver_user(user_id, user, dm_id, frame)
+
+    async def _catch_up(self, user_id: str, user: _UserSub) -> None:
+        """After a reconnect: deliver the DMs stored while this node was not listening."""
+        keys = rs.user_keys(user_id)
+        try:
+            entries = await self._redis.xrange(keys.dms, "-", "+", count=self._dm_keep)
+        except _DOWN as exc:
+            self._kick(exc)
+            user.pending = None
+            return
+        if self._users.get(user_id) is not user:
+            return
+        for frame in self._backlog(user, entries):
+            user.handler(user_id, frame)
+        self._flush_user(user_id, user)
+
+    def _on_user_message(self, user_id: str, data: bytes) -> None:
+        user = self._users.get(user_id)
+        if user is None:
+            return
+        try:
+            dm_id, frame = _parse_user_message(data)
+        except ValueError as exc:
+            metrics.broker_bad_messages.inc()
+            log.warning("dropped an undecodable DM message for %s: %s", user_id, exc)
+            return
+        if user.pending is not None:
+            user.pending.append((dm_id, frame))
+        else:
+            self._deliver_user(user_id, user, dm_id, frame)
+
+    def _deliver_user(self, user_id: str, user: _UserSub, dm_id: str, frame: bytes) -> None:
+        if dm_id:  # stored DMs: at most once per node, in id order
+            key = dm_id_key(dm_id)
+            if user.last is not None and key <= user.last:
+                return
+            user.last = key
+        user.handler(user_id, frame)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(6)
+
+
+def _local_epoch() -> str:
+    return "local-" + secrets.token_hex(6)
+
+
+def _classify(event: Event) -> tuple[str, str]:
+    """How the publish script files an event: d (recent danmaku), s/x (sticky on/off), o."""
+    kind = event.get("t")
+    if kind == "danmaku":
+        return "d", ""
+    flag = STICKY_KINDS.get(kind or "")
+    if flag is not None:
+        return ("s" if event.get(flag) else "x"), f"{kind}:{event.get('uid')}"
+    return "o", ""
+
+
+def _state_of(view: Room[None]) -> RoomState:
+    return RoomState(
+        epoch=view.epoch,
+        seq=view.seq,
+        likes_total=view.likes_total,
+        online=view.online,
+        hosts=dict(view.hosts),
+        recent=list(view.recent),
+        unique=view.unique,
+        publishers=dict(view.publishers),
+        media_node=view.media_node,
+        media_url=view.media_url,
+    )
+
+
+def _decode_event(raw: bytes) -> Event:
+    try:
+        event = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:  # msgpack raises many types; all mean "not an event"
+        raise ValueError(f"undecodable event: {type(exc).__name__}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("seq"), int) or "t" not in event:
+        raise ValueError("not an event")
+    return event
+
+
+def _parse_batch(room_id: str, data: bytes) -> Batch:
+    """`<epoch>|<batch frame>` from the room channel, checked before anyone sees it."""
+    epoch, sep, frame = data.partition(b"|")
+    if not sep or not epoch:
+        raise ValueError("no epoch")
+    try:
+        obj = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:
+        raise ValueError(f"undecodable frame: {type(exc).__name__}") from None
+    if not isinstance(obj, dict) or obj.get("t") != "batch" or obj.get("room") != room_id:
+        raise ValueError("not a batch of this room")
+    events = obj.get("events")
+    if not isinstance(events, list) or not events:
+        raise ValueError("no events")
+    first = events[0].get("seq") if isinstance(events[0], dict) else None
+    if not isinstance(first, int):
+        raise ValueError("bad seq")
+    for i, event in enumerate(events):
+        if (
+            not isinstance(event, dict)
+            or event.get("seq") != first + i
+            or not isinstance(event.get("t"), str)
+        ):
+            raise ValueError("events are not consecutive")
+    return epoch.decode("ascii", "replace"), frame, events
+
+
+def _stored_frame(dm_id: str, fields: dict[bytes, bytes]) -> bytes | None:
+    if b"b" in fields:
+        return rs.close_with(fields[b"b"], dm_id)
+    return fields.get(b"f")
+
+
+def _parse_user_message(data: bytes) -> tuple[str, bytes]:
+    """`b<id>|<body>` (a stored DM) or `f|<frame>` (a frame delivered live only)."""
+    head, sep, payload = data.partition(b"|")
+    if not sep or head[:1] not in (b"b", b"f"):
+        raise ValueError("bad envelope")
+    dm_id = head[1:].decode("ascii", "replace")
+    if head[:1] == b"b":
+        if not protocol.valid_dm_id(dm_id):
+            raise ValueError("bad DM id")
+        frame = rs.close_with(payload, dm_id)
+    else:
+        frame = payload
+    try:
+        obj = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:
+        raise ValueError(f"undecodable frame: {type(exc).__name__}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
+        raise ValueError("not a frame")
+    return dm_id, frame

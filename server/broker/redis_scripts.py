@@ -1,0 +1,263 @@
+"""The Redis data layout of the broker: key names and the Lua scripts that keep them consistent.
+
+Every key of a room shares the hash tag `{r:<room>}` and every key of a user `{u:<uid>}`,
+so one script touches one Redis Cluster slot and the same layout runs on one Redis or on
+a cluster. Ids are checked with protocol.valid_id before they become part of a key.
+
+Scripts run atomically, which is the point: one EVALSHA per room per tick assigns the
+sequence numbers, appends to history and publishes, so every node receives a room's
+batches in sequence order and history never disagrees with what was published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from server.protocol import SYSTEM_UID, valid_id
+
+PREFIX = "lr"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomKeys:
+    meta: str  # hash: e epoch, s top seq, l like total, o online, u unique viewers
+    hist: str  # stream: id `<seq>-0`, field d = one encoded event (capped, expires)
+    recent: str  # list: the last encoded danmaku, for join snapshots
+    sticky: str  # hash: `host:<uid>` / `live:<uid>` -> the event that is still in force
+    pres: str  # hash: node -> local online count
+    beat: str  # zset: node -> heartbeat deadline (ms, Redis clock)
+    uv: str  # HyperLogLog of uids that joined
+    channel: str  # pub/sub channel: `<epoch>|<batch frame>`
+
+    @property
+    def script_keys(self) -> list[str]:
+        return [self.meta, self.hist, self.recent, self.sticky, self.pres, self.beat, self.uv]
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeys:
+    dms: str  # stream: DMs not yet acknowledged (capped, expires); field b (body) or f (frame)
+    channel: str  # pub/sub channel: `b<id>|<body>` or `f|<frame>`
+
+
+def room_keys(room_id: str) -> RoomKeys:
+    if not valid_id(room_id):
+        raise ValueError(f"invalid room id {room_id[:80]!r}")
+    base = f"{PREFIX}:{{r:{room_id}}}"
+    return RoomKeys(
+        meta=f"{base}:meta",
+        hist=f"{base}:hist",
+        recent=f"{base}:recent",
+        sticky=f"{base}:sticky",
+        pres=f"{base}:pres",
+        beat=f"{base}:beat",
+        uv=f"{base}:uv",
+        channel=f"{base}:ch",
+    )
+
+
+def user_keys(user_id: str) -> UserKeys:
+    if not valid_id(user_id):
+        raise ValueError(f"invalid user id {user_id[:80]!r}")
+    base = f"{PREFIX}:{{u:{user_id}}}"
+    return UserKeys(dms=f"{base}:dm", channel=f"{base}:ch")
+
+
+def control_channel(node_id: str) -> str:
+    """A channel of this node alone: keeps the pub/sub connection subscribed to something."""
+    return f"{PREFIX}:{{n:{node_id}}}:ctl"
+
+
+# -- encoding pieces the scripts glue together --------------------------------------------
+# msgpack is concatenative: a map is a header followed by its keys and values. Python
+# encodes each event once, without its sequence number, ending with the key "seq"; the
+# script appends the number it assigns. No JSON, no re-encoding in Lua.
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def map_header(size: int) -> bytes:
+    if size < 16:
+        return bytes([0x80 | size])
+    if size < 1 << 16:
+        return b"\xde" + size.to_bytes(2, "big")
+    return b"\xdf" + size.to_bytes(4, "big")
+
+
+def open_map(fields: dict[str, Any], last_key: str) -> bytes:
+    """The encoding of fields plus one more key, `last_key`, whose value is left to append."""
+    items = [(k, v) for k, v in fields.items() if k != last_key]
+    parts = [map_header(len(items) + 1)]
+    for key, value in items:
+        parts.append(_pack(key))
+        parts.append(_pack(value))
+    parts.append(_pack(last_key))
+    return b"".join(parts)
+
+
+def batch_head(room_id: str) -> bytes:
+    """`{"t": "batch", "room": room, "events": ` — the script appends the array."""
+    return map_header(3) + _pack("t") + _pack("batch") + _pack("room") + _pack(room_id) + _pack("events")
+
+
+def close_with(prefix: bytes, value: Any) -> bytes:
+    return prefix + _pack(value)
+
+
+# -- scripts --------------------------------------------------------------------------------
+
+# KEYS: meta hist recent sticky pres beat uv (RoomKeys.script_keys)
+# ARGV: 1 epoch if new, 2 history size, 3 history ttl s, 4 meta ttl s, 5 channel,
+#       6 publish command, 7 batch head, 8 node, 9 local online (-1: unchanged),
+#       10 presence ttl ms, 11 likes delta, 12 recent size, 13 now ms, 14 event count,
+#       15 joined count, then 3 per event (kind d|s|x|o, sticky field, open map), then joined uids.
+# Returns {epoch, top seq, events published}.
+PUBLISH = r"""
+local meta, hist, recent, sticky, pres, beat, uv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local hist_max, hist_ttl, meta_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local node, local_online, pres_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local likes_delta, recent_max, now = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local n_events, n_joined = tonumber(ARGV[14]), tonumber(ARGV[15])
+
+local m = redis.call('HMGET', meta, 'e', 's', 'o', 'u')
+local epoch = m[1]
+if not epoch then
+  -- the room's history is gone (first use, expiry, a Redis that lost its data): new epoch
+  epoch = ARGV[1]
+  redis.call('DEL', hist, recent, sticky)
+  redis.call('HSET', meta, 'e', epoch, 's', 0)
+  m = {epoch, '0', false, false}
+end
+local seq = tonumber(m[2] or '0')
+local out = {}
+
+local function seal(open)
+  seq = seq + 1
+  local ev = open .. cmsgpack.pack(seq)
+  out[#out + 1] = ev
+  redis.call('XADD', hist, 'MAXLEN', hist_max, string.format('%d-0', seq), 'd', ev)
+  return ev
+end
+
+local function system(kind, a, av, b, bv)
+  return table.concat({string.char(0x80 + 7),
+    cmsgpack.pack('t'), cmsgpack.pack(kind), cmsgpack.pack('uid'), cmsgpack.pack('__SYS__'),
+    cmsgpack.pack('name'), cmsgpack.pack('__SYS__'), cmsgpack.pack('ts'), cmsgpack.pack(now),
+    cmsgpack.pack(a), cmsgpack.pack(av), cmsgpack.pack(b), cmsgpack.pack(bv), cmsgpack.pack('seq')})
+end
+
+local at, pushed, touched = 16, false, false
+for _ = 1, n_events do
+  local kind, field, open = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  at = at + 3
+  local ev = seal(open)
+  if kind == 'd' then
+    if recent_max > 0 then redis.call('RPUSH', recent, ev); pushed = true end
+  elseif kind == 's' then
+    redis.call('HSET', sticky, field, ev); touched = true
+  elseif kind == 'x' then
+    redis.call('HDEL', sticky, field)
+  end
+end
+
+if n_joined > 0 then
+  redis.call('PFADD', uv, unpack(ARGV, at, at + n_joined - 1))
+  redis.call('EXPIRE', uv, meta_ttl)
+end
+
+if likes_delta > 0 then
+  local total = redis.call('HINCRBY', meta, 'l', likes_delta)
+  seal(system('likes', 'total', total, 'delta', likes_delta))
+end
+
+if local_online >= 0 then
+  local t = redis.call('TIME')
+  local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if local_online > 0 then
+    redis.call('HSET', pres, node, local_online)
+    redis.call('ZADD', beat, rnow + pres_ttl, node)
+  else
+    redis.call('HDEL', pres, node)
+    redis.call('ZREM', beat, node)
+  end
+  local dead = redis.call('ZRANGEBYSCORE', beat, '-inf', rnow)
+  if #dead > 0 then
+    redis.call('HDEL', pres, unpack(dead))
+    redis.call('ZREMRANGEBYSCORE', beat, '-inf', rnow)
+  end
+  local online = 0
+  for _, v in ipairs(redis.call('HVALS', pres)) do online = online + tonumber(v) end
+  local unique = redis.call('PFCOUNT', uv)
+  if online ~= tonumber(m[3] or '-1') or unique ~= tonumber(m[4] or '-1') then
+    redis.call('HSET', meta, 'o', online, 'u', unique)
+    seal(system('presence', 'online', online, 'unique', unique))
+  end
+  redis.call('EXPIRE', pres, meta_ttl)
+  redis.call('EXPIRE', beat, meta_ttl)
+end
+
+redis.call('EXPIRE', meta, meta_ttl)
+if #out == 0 then return {epoch, seq, 0} end
+redis.call('HSET', meta, 's', seq)
+redis.call('EXPIRE', hist, hist_ttl)
+if pushed then
+  redis.call('LTRIM', recent, -recent_max, -1)
+  redis.call('EXPIRE', recent, meta_ttl)
+end
+if touched then redis.call('EXPIRE', sticky, meta_ttl) end
+
+local n = #out
+local header
+if n < 16 then header = string.char(0x90 + n)
+elseif n < 65536 then header = string.char(0xdc, math.floor(n / 256), n % 256)
+else header = string.char(0xdd, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+                          math.floor(n / 256) % 256, n % 256) end
+redis.call(ARGV[6], ARGV[5], epoch .. '|' .. ARGV[7] .. header .. table.concat(out))
+return {epoch, seq, n}
+""".replace("__SYS__", SYSTEM_UID)
+
+# KEYS: meta hist recent sticky
+# ARGV: 1 epoch if new, 2 history from seq (-1: none), 3 history size, 4 want state (1/0), 5 meta ttl
+# Returns {epoch, seq, likes, online, unique, recent events, sticky events, history entries}.
+LOAD = r"""
+local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local m = redis.call('HMGET', meta, 'e', 's', 'l', 'o', 'u')
+if not m[1] then
+  redis.call('DEL', hist, recent, sticky)
+  redis.call('HSET', meta, 'e', ARGV[1], 's', 0)
+  redis.call('EXPIRE', meta, ARGV[5])
+  m = {ARGV[1], '0', false, false, false}
+end
+local res = {m[1], m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '0', {}, {}, {}}
+if ARGV[4] == '1' then
+  res[6] = redis.call('LRANGE', recent, 0, -1)
+  res[7] = redis.call('HVALS', sticky)
+end
+local since = tonumber(ARGV[2])
+if since >= 0 then
+  res[8] = redis.call('XRANGE', hist, string.format('%d-0', since + 1), '+', 'COUNT', ARGV[3])
+end
+return res
+"""
+
+# KEYS: the user's DM stream
+# ARGV: 1 field (b: body to complete with its id, f: whole frame), 2 payload, 3 keep,
+#       4 channel, 5 publish command, 6 ttl s, 7 keep only if nobody got it live (1/0)
+# Returns {id or '', live receivers}.
+SEND_DM = r"""
+local stream, field, payload = KEYS[1], ARGV[1], ARGV[2]
+if ARGV[7] == '1' then
+  local n = redis.call(ARGV[5], ARGV[4], 'f|' .. payload)
+  if n > 0 then return {'', n} end
+end
+local id = redis.call('XADD', stream, 'MAXLEN', ARGV[3], '*', field, payload)
+redis.call('EXPIRE', stream, ARGV[6])
+local n = 0
+if ARGV[7] ~= '1' then n = redis.call(ARGV[5], ARGV[4], field .. id .. '|' .. payload) end
+return {id, n}
+"""
