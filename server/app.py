@@ -113,6 +113,13 @@ async def run(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.node.guard.reload)  # re-read the banned-words file
+    demo = None
+    if config.demo:  # a Python host streaming a test pattern into room "demo" (its own process)
+        from client_demo.demo import start_demo_host
+
+        demo = await start_demo_host(config, app.port)
     await stop.wait()
     log.info("shutting down")
+    if demo is not None:
+        await demo.stop()
     await app.stop()

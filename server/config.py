@@ -57,6 +57,7 @@ class Config:
     secret_old: str = ""  # previous secret(s), comma-separated, still accepted (key rotation)
     secrets: str = ""  # "kid1:secret1,kid2:secret2": key ids and secrets, the first signs
     join_nonce: bool = False  # one join per token (jti claim), shared through the broker
+    demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
 
     @property
     def dev_tokens_enabled(self) -> bool:
@@ -148,6 +149,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-origins", dest="allowed_origins", help="extra browser origins (a,b)")
     parser.add_argument("--secret-old", dest="secret_old", help="previous secret still accepted (rotation)")
     parser.add_argument("--join-nonce", dest="join_nonce", action="store_const", const=True)
+    parser.add_argument(
+        "--demo", dest="demo", action="store_const", const=True, help="also stream a test pattern (room demo)"
+    )
     dev = parser.add_mutually_exclusive_group()
     dev.add_argument("--dev-tokens", dest="dev_tokens", action="store_const", const=True)
     dev.add_argument("--no-dev-tokens", dest="dev_tokens", action="store_const", const=False)

@@ -360,3 +360,23 @@ def test_banned_viewer_sees_the_ban(pages: Pages) -> None:
     # reloading does not get around it: the join is refused with the same code
     viewer.reload()
     expect(viewer.locator("#blocked")).to_be_visible(timeout=WAIT_MS)
+
+
+# -- `liveroom serve --demo`: the README's first command -----------------------------------------------
+
+
+def test_serve_demo_streams_test_pattern(browser: Browser) -> None:
+    """`--demo` starts the Python host (aiortc test pattern + tone); the viewer page plays it."""
+    srv = ServerProcess(_free_port(), "--demo")
+    srv.start()
+    opened = Pages(browser, srv.base)
+    try:
+        viewer = opened.viewer("demo", "dee")
+        wait_video_playing(viewer)
+        expect(viewer.locator("#host-name")).to_have_text("Test pattern", timeout=WAIT_MS)
+        expect(viewer.locator("#first-frame")).to_be_visible()
+        shot(viewer, "viewer-demo-pattern")
+    finally:
+        opened.close()
+        srv.stop()
+    assert not opened.errors, opened.errors

@@ -1,0 +1,62 @@
+"""`liveroom serve --demo`: a Python host streams a test pattern into room "demo".
+
+It runs as its own process (`python -m client_demo.host`), so encoding video never
+competes with the server's event loop, and it reconnects by itself if the server restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+
+from server.config import Config
+
+DEMO_ROOM = "demo"
+STATS_INTERVAL = 30  # seconds between the demo host's stats lines in the server's output
+
+
+@dataclass
+class DemoHost:
+    proc: asyncio.subprocess.Process
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def start_demo_host(config: Config, port: int) -> DemoHost:
+    host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    server = f"ws://{host}:{port}"
+    env = dict(os.environ)
+    if not config.secrets:  # without dev tokens the host signs its own with the server's secret
+        env["LIVEROOM_SECRET"] = config.secret
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "client_demo.host",
+        "--room",
+        DEMO_ROOM,
+        "--server",
+        server,
+        "--stats-interval",
+        str(STATS_INTERVAL),
+        "--parent-pid",
+        str(os.getpid()),
+        env=env,
+    )
+    base = f"http://{host}:{port}"
+    print(
+        f"demo: a test pattern is streaming into room {DEMO_ROOM!r} (python -m client_demo.host)", flush=True
+    )
+    print(
+        f"demo: watch at {base}/room/{DEMO_ROOM}   host console: {base}/host.html?room={DEMO_ROOM}",
+        flush=True,
+    )
+    return DemoHost(proc)
