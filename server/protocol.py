@@ -434,7 +434,7 @@ def _parse_moderation(kind: str, obj: dict[str, Any]) -> Mod | Block:
             raise ProtocolError(ErrorCode.BAD_FIELD, "'uid' is not a valid user id", cid)
         return Block(uid=uid, blocked=kind == "block", cid=cid)
     action = obj.get("action")
-    if action not in MOD_ACTIONS:
+    if not isinstance(action, str) or action not in MOD_ACTIONS:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"'action' must be one of {sorted(MOD_ACTIONS)}", cid)
     uid = seq = duration = None
     if action == "delete":

@@ -79,6 +79,7 @@ def config() -> Config:
         join_timeout=2.0,
         rate_limits="off",
         repeat_max=0,
+        max_loop_lag=0,  # tests share the loop with their clients: no lag-based join refusals
     )
 
 
