@@ -34,12 +34,16 @@ export function isMediaError(frame) {
 
 /** Receives the room's media into a <video> and measures time to first frame. */
 export class ViewerMedia {
-  constructor({ conn, video, onStatus }) {
+  constructor({ conn, video, tiles, onStatus, selfId }) {
     this.conn = conn;
     this.video = video;
+    this.tiles = tiles || null; // container for co-hosts' videos (picture in picture)
+    this.selfId = selfId || (() => null); // our uid: our own publication is not shown back
     this.onStatus = onStatus || (() => {});
     this.pc = null;
-    this.stream = new MediaStream();
+    this.streams = new Map(); // publisher uid -> MediaStream
+    this.trackMap = {}; // mid -> {publisher_id, kind}, from the server's offers
+    this.mainId = null;
     this.publishers = new Map();
     this.live = false;
     this.subscribed = false;
@@ -83,7 +87,11 @@ export class ViewerMedia {
   onEvent(ev) {
     if (ev.t !== "live") return;
     if (ev.on) this.publishers.set(ev.uid, ev.name);
-    else this.publishers.delete(ev.uid);
+    else {
+      this.publishers.delete(ev.uid);
+      this.streams.delete(ev.uid);
+    }
+    this._layout();
     const wasLive = this.live;
     this.live = this.publishers.size > 0;
     if (this.live && !wasLive) {
@@ -133,7 +141,9 @@ export class ViewerMedia {
     this.playing = false;
     this.firstFrameMs = null;
     this.t0 = null;
-    for (const t of this.stream.getTracks()) this.stream.removeTrack(t);
+    this.streams.clear();
+    this.trackMap = {};
+    this._layout();
     clearInterval(this._statsTimer);
     this._statsTimer = null;
     this.stats = "";
@@ -143,14 +153,16 @@ export class ViewerMedia {
     if (this.pc) return this.pc;
     const pc = new RTCPeerConnection(RTC_CONFIG);
     pc.ontrack = (ev) => {
-      // A renegotiation may bring a fresh track of a kind we already show: replace it.
-      for (const old of this.stream.getTracks()) {
-        if (old.kind === ev.track.kind && old !== ev.track) this.stream.removeTrack(old);
+      const info = this.trackMap[ev.transceiver?.mid] || {};
+      const pid = info.publisher_id || this.publishers.keys().next().value || "?";
+      let stream = this.streams.get(pid);
+      if (!stream) this.streams.set(pid, (stream = new MediaStream()));
+      // A publisher that came back brings fresh tracks of a kind we already have: replace.
+      for (const old of stream.getTracks()) {
+        if (old.kind === ev.track.kind && old !== ev.track) stream.removeTrack(old);
       }
-      this.stream.addTrack(ev.track);
-      if (this.video.srcObject !== this.stream) this.video.srcObject = this.stream;
-      this.video.play().catch(() => {}); // muted autoplay is allowed
-      if (ev.track.kind === "video") this._watchFirstFrame();
+      stream.addTrack(ev.track);
+      this._layout();
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
@@ -167,8 +179,58 @@ export class ViewerMedia {
     return pc;
   }
 
+  /** The first publisher (the host, normally) fills the stage; co-hosts get tiles. */
+  _layout() {
+    const me = this.selfId();
+    const ids = [...this.publishers.keys()].filter((id) => id !== me && this.streams.has(id));
+    for (const id of this.streams.keys()) if (!ids.includes(id) && id !== me) ids.push(id);
+    const main = ids[0] || null;
+    if (main !== this.mainId || (main && this.video.srcObject !== this.streams.get(main))) {
+      this.mainId = main;
+      this.video.srcObject = main ? this.streams.get(main) : null;
+      if (main) {
+        this.video.play().catch(() => {}); // muted autoplay is allowed
+        this._watchFirstFrame();
+      }
+    }
+    if (!this.tiles) return;
+    const others = ids.slice(1);
+    for (const tile of [...this.tiles.querySelectorAll(".tile[data-uid]")]) {
+      if (!others.includes(tile.dataset.uid)) tile.remove();
+    }
+    for (const id of others) {
+      let tile = this.tiles.querySelector(`.tile[data-uid="${CSS.escape(id)}"]`);
+      if (!tile) {
+        tile = document.createElement("div");
+        tile.className = "tile";
+        tile.dataset.uid = id;
+        const v = document.createElement("video");
+        v.autoplay = v.playsInline = true;
+        v.muted = this.video.muted;
+        const label = document.createElement("span");
+        label.className = "tile-name";
+        tile.append(v, label);
+        this.tiles.append(tile);
+      }
+      tile.querySelector(".tile-name").textContent = this.publishers.get(id) || id;
+      const v = tile.querySelector("video");
+      if (v.srcObject !== this.streams.get(id)) {
+        v.srcObject = this.streams.get(id);
+        v.play().catch(() => {});
+      }
+    }
+  }
+
+  /** Unmute the stage and every co-host tile. */
+  unmute() {
+    this.video.muted = false;
+    this.video.play().catch(() => {});
+    if (this.tiles) for (const v of this.tiles.querySelectorAll(".tile video")) v.muted = false;
+  }
+
   async _onOffer(frame) {
     const pc = this._ensurePc();
+    if (frame.tracks) this.trackMap = { ...this.trackMap, ...frame.tracks };
     await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await waitForGathering(pc);

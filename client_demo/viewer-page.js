@@ -2,7 +2,7 @@
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError, isBan, isKick } from "./errors.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
-import { ViewerMedia, isMediaError } from "./rtc.js";
+import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 
 const params = new URLSearchParams(location.search);
@@ -76,9 +76,12 @@ const danmaku = new DanmakuLayer($("#danmaku"));
 const media = new ViewerMedia({
   conn,
   video: $("#video"),
+  tiles: $("#tiles"),
+  selfId: () => state.me?.uid,
   onStatus: renderMedia,
 });
-window.liveroom = { conn, danmaku, media, state }; // for the console and the tests
+const cohost = new Publisher({ conn, preview: $("#self-video"), onStatus: renderCohost });
+window.liveroom = { conn, danmaku, media, cohost, state }; // for the console and the tests
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
@@ -112,6 +115,7 @@ conn.on("snapshot", (snap, { resumed, recovered, since }) => {
     conn.send({ t: "danmaku", text: li.dataset.text, cid });
   }
   media.onSnapshot(snap, resumed);
+  if (resumed && cohost.stream) cohost.onReconnected();
 });
 
 conn.on("events", (events) => {
@@ -154,6 +158,12 @@ conn.on("pong", (rtt) => {
   if (conn.state === "live") showConnState($("#conn"), "live", "", ` · ${Math.round(rtt)} ms`);
 });
 for (const t of ["offer", "subscribed"]) conn.on(t, (frame) => media.onFrame(frame));
+conn.on("answer", (frame) => cohost.onAnswer(frame));
+conn.on("invited", (frame) => {
+  if (frame.room !== room) return;
+  $("#invite-from").textContent = frame.name || frame.uid;
+  $("#invite-toast").hidden = false;
+});
 conn.on("notice", (frame) => onNotice(frame));
 
 // -- room state ----------------------------------------------------------------------------
@@ -203,11 +213,26 @@ function renderMedia(status) {
 }
 
 $("#unmute").addEventListener("click", () => {
-  const video = $("#video");
-  video.muted = false;
-  video.play().catch(() => {});
+  media.unmute();
   $("#unmute").hidden = true;
 });
+
+// -- co-hosting (after the host's invitation) -------------------------------------------------
+
+$("#cohost-go").addEventListener("click", () => {
+  $("#invite-toast").hidden = true;
+  cohost.start("camera");
+});
+$("#cohost-dismiss").addEventListener("click", () => ($("#invite-toast").hidden = true));
+$("#cohost-stop").addEventListener("click", () => cohost.stop());
+
+function renderCohost({ state: s, detail }) {
+  const on = s !== "off" && s !== "error";
+  $("#self-tile").hidden = !on;
+  $("#cohost-stop").hidden = !on;
+  document.body.dataset.cohost = s;
+  if (s === "error" && detail) showError("chat", { msg: detail });
+}
 
 // -- chat and danmaku ------------------------------------------------------------------------
 
@@ -325,6 +350,7 @@ function onServerError(frame) {
   if (isBan(frame)) return block("You are banned from this room", "The host or a moderator banned you.");
   if (isKick(frame)) return block("You were removed from this room", kickText(frame), false);
   const ref = frame.ref;
+  if (typeof ref === "string" && ref.startsWith("p")) return cohost.onError(frame);
   if (isMediaError(frame) || (typeof ref === "string" && ref.startsWith("m"))) return media.onError(frame);
   if (ref !== undefined && state.pending.has(ref)) {
     const li = state.pending.get(ref);

@@ -267,6 +267,19 @@ def test_host_camera_reaches_viewer_video(pages: Pages) -> None:
     shot(viewer, "viewer-video")
     shot(host, "host-live")
 
+    # co-host: the host invites lea, she goes live from her viewer page, vic sees her tile
+    host.fill("#invite-uid", "lea")
+    host.press("#invite-uid", "Enter")
+    expect(late.locator("#invite-toast")).to_be_visible(timeout=WAIT_MS)
+    late.click("#cohost-go")
+    late.wait_for_function("document.body.dataset.cohost === 'live'", timeout=VIDEO_WAIT_MS)
+    tile = "document.querySelector(\"#tiles .tile[data-uid='lea'] video\")"
+    viewer.wait_for_function(f"{tile} !== null && {tile}.videoWidth > 0", timeout=VIDEO_WAIT_MS)
+    expect(viewer.locator("#tiles .tile[data-uid='lea'] .tile-name")).to_have_text("Lea")
+    wait_video_playing(viewer)  # the host's picture is still on the stage
+    expect(host.locator("#chat-list li.sys", has_text="Lea went live")).to_have_count(1, timeout=WAIT_MS)
+    shot(viewer, "viewer-cohost")
+
 
 # -- reconnect --------------------------------------------------------------------------------------------
 
