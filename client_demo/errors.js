@@ -37,6 +37,7 @@ const TEXT = {
   4610: "Too many people are already live in this room.",
   4611: "Video is full on this server; chat still works.",
   4500: "The server is restarting; reconnecting.",
+  4501: "The server is having trouble right now; try again shortly.",
   4999: "Something went wrong on the server.",
 };
 

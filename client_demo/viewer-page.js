@@ -376,6 +376,7 @@ function block(title, text, final = true) {
   $("#blocked-title").textContent = title;
   $("#blocked-text").textContent = text || "";
   $("#blocked").hidden = false;
+  $("#blocked-retry").hidden = final;
   document.body.dataset.blocked = final ? "ban" : "kick";
   conn.stop(title);
   media.stop();
@@ -429,6 +430,10 @@ function renderConvs() {
   const unread = convs.reduce((n, c) => n + c.unread, 0);
   $("#dm-badge").hidden = unread === 0;
   $("#dm-badge").textContent = String(unread);
+  // Everything received has been read: the server may stop re-sending it on connect.
+  if (unread === 0 && state.newestDm && state.newestDm !== state.seenSent) {
+    if (conn.send({ t: "dm_seen", id: state.newestDm })) state.seenSent = state.newestDm;
+  }
 }
 
 function tickFor(item) {
@@ -525,11 +530,20 @@ function failDm(cid) {
   renderThread();
 }
 
+/** DM ids are "<ms hex or dec>-<n>", ordered per recipient. */
+function dmIdAfter(a, b) {
+  const [am, an] = String(a).split("-");
+  const [bm, bn] = String(b).split("-");
+  const num = (x) => (/^[0-9]+$/.test(x) ? Number(x) : parseInt(x, 16));
+  return num(am) !== num(bm) ? num(am) > num(bm) : num(an) > num(bn);
+}
+
 function onDm(dm) {
   if (state.me && dm.from === state.me.uid) return; // our own, echoed to another tab
   const c = conv(dm.from, dm.name);
   if (c.items.some((i) => i.id === dm.id)) return;
   c.items.push({ id: dm.id, mine: false, text: dm.text, ts: dm.ts });
+  if (!state.newestDm || dmIdAfter(dm.id, state.newestDm)) state.newestDm = dm.id;
   if (state.tab !== "dm" || state.openConv !== dm.from) c.unread += 1;
   renderConvs();
   if (state.openConv === dm.from) renderThread();
@@ -548,6 +562,14 @@ function selectTab(tab) {
   }
 }
 for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => selectTab(b.dataset.tab));
+
+$("#blocked-retry").addEventListener("click", () => location.reload());
+
+$("#room-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const id = $("#room-input").value.trim();
+  if (/^[A-Za-z0-9_.:-]{1,64}$/.test(id)) location.href = `/room/${id}${location.search}`;
+});
 
 // -- go ----------------------------------------------------------------------------------------------
 

@@ -240,6 +240,42 @@ def test_danmaku_likes_and_dm_between_two_viewers(pages: Pages) -> None:
     shot(host, "host-chat")
 
 
+def test_python_viewer_bot_and_page_talk(pages: Pages, server: ServerProcess) -> None:
+    """client_demo.viewer chats into the room the page shows, and prints what the page says."""
+    page = pages.viewer("bots", "pat")
+    args = [
+        "--room",
+        "bots",
+        "--user",
+        "botty",
+        "--say",
+        "beep from the bot",
+        "--say-times",
+        "1",
+        "--count",
+        "2",
+    ]
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "client_demo.viewer", "--server", f"ws://127.0.0.1:{server.port}", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        expect(page.locator("#chat-list li.msg", has_text="beep from the bot")).to_have_count(
+            1, timeout=WAIT_MS
+        )
+        send_chat(page, "hello bot")
+        out, _ = bot.communicate(timeout=WAIT_MS / 1000)  # exits after its 2nd danmaku
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+            bot.wait()
+    assert bot.returncode == 0, out
+    assert "botty (me): beep from the bot" in out and "Pat: hello bot" in out, out
+
+
 # -- video ---------------------------------------------------------------------------------------------
 
 
