@@ -27,7 +27,12 @@ from tests.conftest import WsClient, start_server_process, token
 
 WAIT = 30.0  # seconds: generous, a loaded 2-core machine must pass
 # the core of these tests is throughput across nodes, not the abuse limits
-NODE_ENV = {"LIVEROOM_RATE_LIMITS": "off", "LIVEROOM_REPEAT_MAX": "0"}
+NODE_ENV = {
+    "LIVEROOM_RATE_LIMITS": "off",
+    "LIVEROOM_REPEAT_MAX": "0",
+    "LIVEROOM_CONTACT_FILTER": "off",
+    "LIVEROOM_ABUSE_STRIKES": "0",
+}
 
 requires_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 

@@ -291,3 +291,27 @@ async def test_broker_pair_in_process(redis_server: RedisServer, sharded: bool) 
     finally:
         for broker in brokers:
             await broker.close()
+
+
+async def test_state_loaded_on_subscribe_honours_sticky_and_deletes(redis_server: RedisServer) -> None:
+    """A node opening a room reads hosts, recent danmaku (minus deleted ones) in one round trip."""
+    from server.broker.redis import RedisBroker
+
+    first, second = RedisBroker(redis_server.url, "b0"), RedisBroker(redis_server.url, "b1")
+    try:
+        await first.start()
+        await second.start()
+        await first.subscribe("room", lambda *_: None)
+        said = [{"t": "danmaku", "uid": "u", "name": "u", "ts": 1, "text": f"d{i}"} for i in range(3)]
+        host = {"t": "host", "uid": "h", "name": "Hana", "ts": 1, "live": True}
+        await first.publish("room", [*said, host], 0, 2, 1, joined=["u", "h"])
+        await first.publish(
+            "room", [{"t": "delete", "uid": "h", "name": "Hana", "ts": 2, "target": 2}], 0, None, 2
+        )
+        state = await second.subscribe("room", lambda *_: None)
+        assert [e["text"] for e in state.recent] == ["d0", "d2"]
+        assert state.hosts == {"h": "Hana"} and state.online == 2 and state.unique == 2
+        assert state.seq == 6  # 3 danmaku, host, presence, delete
+    finally:
+        await first.close()
+        await second.close()

@@ -714,10 +714,13 @@ def _local_epoch() -> str:
 
 
 def _classify(event: Event) -> tuple[str, str]:
-    """How the publish script files an event: d (recent danmaku), s/x (sticky on/off), o."""
+    """How the publish script files an event: d (recent danmaku), s/x (sticky on/off),
+    r (a moderator's delete: drop from recent), o (history only)."""
     kind = event.get("t")
     if kind == "danmaku":
         return "d", ""
+    if kind == "delete" and isinstance(event.get("target"), int):
+        return "r", str(event["target"])
     flag = STICKY_KINDS.get(kind or "")
     if flag is not None:
         return ("s" if event.get(flag) else "x"), f"{kind}:{event.get('uid')}"

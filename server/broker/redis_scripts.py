@@ -115,7 +115,8 @@ def close_with(prefix: bytes, value: Any) -> bytes:
 # ARGV: 1 epoch if new, 2 history size, 3 history ttl s, 4 meta ttl s, 5 channel,
 #       6 publish command, 7 batch head, 8 node, 9 local online (-1: unchanged),
 #       10 presence ttl ms, 11 likes delta, 12 recent size, 13 now ms, 14 event count,
-#       15 joined count, then 3 per event (kind d|s|x|o, sticky field, open map), then joined uids.
+#       15 joined count, then 3 per event (kind d|s|x|r|o, field, open map), then joined uids.
+#       kinds: d danmaku (recent list), s/x sticky on/off (field), r delete from recent (field: seq).
 # Returns {epoch, top seq, events published}.
 PUBLISH = r"""
 local meta, hist, recent, sticky, pres, beat, uv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -162,6 +163,15 @@ for _ = 1, n_events do
     redis.call('HSET', sticky, field, ev); touched = true
   elseif kind == 'x' then
     redis.call('HDEL', sticky, field)
+  elseif kind == 'r' then
+    -- a moderator deleted the danmaku with seq `field`: joiners must not see it either
+    local target = tonumber(field)
+    for _, kept in ipairs(redis.call('LRANGE', recent, 0, -1)) do
+      if cmsgpack.unpack(kept).seq == target then
+        redis.call('LREM', recent, 1, kept)
+        break
+      end
+    end
   end
 end
 

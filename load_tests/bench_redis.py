@@ -1,0 +1,252 @@
+"""Fan-out through Redis with 1, 2 and 3 nodes: throughput, end-to-end latency, loss, Redis cost.
+
+    python -m load_tests.bench_redis --nodes 1,2,3 --viewers 120 --rate 200 --duration 8 --repeat 3
+
+Starts its own redis-server (no persistence) on a free loopback port and the node
+processes (`python -m server serve --redis URL`) against it, spreads the viewers
+evenly over the nodes, and has one sender per node post danmaku at --rate in total
+for --duration seconds. Each danmaku carries its send time, so every viewer measures
+end-to-end latency (sender socket -> node -> Redis -> every node -> viewer socket).
+Loss = sent x viewers - received (must be 0). Redis cost = commands executed per
+delivered message (INFO commandstats delta, Lua-internal calls included, / deliveries).
+Bounded: a run stops after --duration plus a drain deadline. Output: one JSON line
+with the medians over --repeat runs, then a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import msgpack
+import redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from server import auth
+from server.config import DEFAULT_SECRET
+
+# the abuse limits off: this measures fan-out, not the guard (same profile as load_tests/bench.py)
+NODE_ENV = {
+    "LIVEROOM_RATE_LIMITS": "off",
+    "LIVEROOM_MAX_CONNS_PER_IP": "0",
+    "LIVEROOM_MAX_CONNS_PER_USER": "0",
+    "LIVEROOM_REPEAT_MAX": "0",
+    "LIVEROOM_CONTACT_FILTER": "off",
+    "LIVEROOM_ABUSE_STRIKES": "0",
+}
+ROOM = "bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with redis.Redis(port=port, socket_timeout=1) as client:
+                client.ping()
+                return proc, port
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
+def _start_node(redis_url: str, node_id: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"),
+            *("--redis", redis_url, "--node-id", node_id, "--log-level", "WARNING"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **NODE_ENV},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"node did not start: {line!r}")
+    return proc, int(line.split("http://127.0.0.1:")[1].split()[0])
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _commands(port: int) -> int:
+    with redis.Redis(port=port) as client:
+        stats = client.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info",))
+
+
+async def _join(port: int, user: str) -> ClientConnection:
+    token = auth.mint(DEFAULT_SECRET, room=ROOM, user=user, role="viewer")
+    ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token}", max_size=None, compression=None)
+    snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
+    assert snapshot["t"] == "snapshot"
+    return ws
+
+
+async def _viewer(ws: ClientConnection, expected: int, latencies: list[float], stop: asyncio.Event) -> int:
+    got = 0
+    while got < expected and not stop.is_set():
+        try:
+            data = await asyncio.wait_for(ws.recv(), 0.5)
+        except TimeoutError:
+            continue
+        except ConnectionClosed:
+            break
+        frame = msgpack.unpackb(data)
+        if frame.get("t") != "batch":
+            continue
+        now = time.perf_counter()
+        for event in frame["events"]:
+            if event["t"] == "danmaku" and event["text"].startswith("b:"):
+                got += 1
+                latencies.append(now - float(event["text"][2:]))
+    return got
+
+
+async def _run_once(nodes: int, viewers: int, rate: float, duration: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as workdir:
+        redis_proc, redis_port = _start_redis(workdir)
+        procs: list[subprocess.Popen[Any]] = []
+        sockets: list[ClientConnection] = []
+        try:
+            url = f"redis://127.0.0.1:{redis_port}/0"
+            ports = []
+            for i in range(nodes):
+                proc, port = _start_node(url, f"bench{i}")
+                procs.append(proc)
+                ports.append(port)
+            watchers = [await _join(ports[i % nodes], f"v{i}") for i in range(viewers)]
+            senders = [await _join(port, f"s{i}") for i, port in enumerate(ports)]
+            sockets = watchers + senders
+            total = int(rate * duration) // nodes * nodes
+            latencies: list[float] = []
+            stop = asyncio.Event()
+            before = _commands(redis_port)
+            readers = [asyncio.create_task(_viewer(ws, total, latencies, stop)) for ws in watchers]
+            drains = [asyncio.create_task(_discard(ws, stop)) for ws in senders]
+            started = time.perf_counter()
+            for n in range(total):
+                due = started + n / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await senders[n % nodes].send(
+                    msgpack.packb({"t": "danmaku", "text": f"b:{time.perf_counter()!r}"})
+                )
+            sent_for = time.perf_counter() - started
+            done, _ = await asyncio.wait(readers, timeout=30)  # drain deadline
+            elapsed = time.perf_counter() - started
+            stop.set()
+            received = sum(t.result() for t in done)
+            await asyncio.gather(*readers, *drains, return_exceptions=True)
+            commands = _commands(redis_port) - before
+        finally:
+            for ws in sockets:
+                await ws.close()
+            for proc in procs:
+                _stop(proc)
+            _stop(redis_proc)
+    latencies.sort()
+    delivered = total * viewers
+    return {
+        "nodes": nodes,
+        "viewers": viewers,
+        "sent": total,
+        "send_rate": round(total / sent_for, 1),
+        "delivered_per_s": round(received / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2) if latencies else None,
+        "loss": delivered - received,
+        "redis_cmds_per_delivered": round(commands / max(received, 1), 4),
+        "redis_cmds_per_sent": round(commands / max(total, 1), 3),
+    }
+
+
+async def _discard(ws: ClientConnection, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(ws.recv(), 0.5)
+        except TimeoutError:
+            continue
+        except ConnectionClosed:
+            return
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and key not in ("nodes", "viewers"):
+            out[key] = statistics.median(r[key] for r in runs if r[key] is not None)
+    out["loss"] = max(r["loss"] for r in runs)  # the worst run: loss must be 0 in every one
+    out["runs"] = len(runs)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", default="1,2,3", help="comma-separated node counts")
+    parser.add_argument("--viewers", type=int, default=120)
+    parser.add_argument("--rate", type=float, default=200.0, help="danmaku per second, all senders")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of sending")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    results = []
+    for nodes in (int(n) for n in args.nodes.split(",")):
+        runs = [
+            asyncio.run(_run_once(nodes, args.viewers, args.rate, args.duration)) for _ in range(args.repeat)
+        ]
+        results.append(_median(runs))
+    print(json.dumps({"bench": "redis_fanout", "results": results}))
+    print()
+    print(
+        "| nodes | viewers | sent | delivered msg/s | e2e p50 ms | e2e p99 ms | loss | Redis cmds / delivered |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['nodes']} | {r['viewers']} | {r['sent']} | {r['delivered_per_s']} | {r['p50_ms']} "
+            f"| {r['p99_ms']} | {r['loss']} | {r['redis_cmds_per_delivered']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
