@@ -808,6 +808,8 @@ def run_once(args: argparse.Namespace, index: int) -> dict[str, Any]:
     # machine-wide, so other processes' connections count too; nonzero explains 1 s / 3 s joins
     record["tcp"] = {k: tcp_after.get(k, 0) - v for k, v in tcp_before.items()}
     record.update(run=index, date=datetime.date.today().isoformat(), commit=git_commit(args.server_dir))
+    # the machine is shared: the 1-minute load average at the end says how quiet it was
+    record["loadavg_1m"] = os.getloadavg()[0]
     return record
 
 
@@ -858,6 +860,9 @@ def aggregate(
         rec["elapsed_s"] = round(last - t0, 3)
         rec["joins_per_s"] = round(len(lat) / (last - t0), 1) if last > t0 else None
         rec["server_rss_per_conn_kib"] = _per_conn_kib(base, end, len(lat))
+        cpu = round(end.cpu_s - joined.cpu_s, 3) if end and joined else None
+        rec["server_cpu_s"] = cpu
+        rec["server_cpu_ms_per_join"] = round(cpu * 1000 / len(lat), 3) if cpu is not None and lat else None
     elif s == "idle":
         alive = sum(d["alive"] for d in done)
         started = min(p["started"] for p in prepared)
@@ -951,6 +956,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("p99 ms", "join_ms.p99"),
         ("max ms", "join_ms.max"),
         ("all joined s", "elapsed_s"),
+        ("CPU ms/join", "server_cpu_ms_per_join"),
         ("RSS/conn KiB", "server_rss_per_conn_kib"),
     ],
     "fanout": [

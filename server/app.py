@@ -72,6 +72,9 @@ class App:
             ping_timeout=self.config.ping_timeout,
             open_timeout=self.config.join_timeout,
             server_header=None,
+            # asyncio's default of 100 overflows in join bursts (docs/BENCHMARKS.md): the kernel
+            # then drops SYNs and clients stall 1-3 s in retransmits; admission control decides instead
+            backlog=4096,
         )
         self.node.start()
         if self.config.host in ("127.0.0.1", "localhost"):  # ICE candidates on loopback only
