@@ -110,10 +110,11 @@ conn.on("snapshot", (snap, { resumed, recovered, since }) => {
   if (!recovered) {
     for (const ev of snap.recent || []) if (!(ev.seq <= since)) chatLine(ev);
   }
-  // Re-send danmaku that never made it before the connection dropped.
-  for (const [cid, li] of state.pending) {
-    conn.send({ t: "danmaku", text: li.dataset.text, cid });
-  }
+  // Re-send danmaku that never made it before the connection dropped (after the replayed
+  // events, which follow this handler, have confirmed the ones that did).
+  setTimeout(() => {
+    for (const [cid, li] of state.pending) conn.send({ t: "danmaku", text: li.dataset.text, cid });
+  }, 0);
   media.onSnapshot(snap, resumed);
   if (resumed && cohost.stream) cohost.onReconnected();
 });

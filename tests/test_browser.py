@@ -303,6 +303,16 @@ def test_host_camera_reaches_viewer_video(pages: Pages) -> None:
     shot(viewer, "viewer-video")
     shot(host, "host-live")
 
+    # the host stops and goes live again: the viewer shows the break, then the new stream
+    negotiations = viewer.evaluate("window.liveroom.media.negotiations")
+    host.click("#stop")
+    expect(viewer.locator("#offline")).to_be_visible(timeout=WAIT_MS)
+    expect(viewer.locator("#offline-title")).to_contain_text("not streaming", timeout=WAIT_MS)
+    host.click("#go-camera")
+    viewer.wait_for_function(f"window.liveroom.media.negotiations > {negotiations}", timeout=VIDEO_WAIT_MS)
+    wait_video_playing(viewer)
+    expect(viewer.locator("#offline")).to_be_hidden()
+
     # co-host: the host invites lea, she goes live from her viewer page, vic sees her tile
     host.fill("#invite-uid", "lea")
     host.press("#invite-uid", "Enter")

@@ -210,7 +210,8 @@ class Subscription:
         self.tracks: list[SubscribedTrack] = []
 
     def has(self, publisher_id: str, kind: str) -> bool:
-        return any(t.publisher_id == publisher_id and t.kind == kind for t in self.tracks)
+        """An active track of this publisher and kind (one that ended is replaced on republish)."""
+        return any(t.active and t.publisher_id == publisher_id and t.kind == kind for t in self.tracks)
 
     def track_map(self) -> dict[str, dict[str, str]]:
         """``{mid: {"publisher_id", "kind"}}`` for negotiated tracks, to tell the client."""
