@@ -31,7 +31,7 @@ export class DanmakuLayer {
     }
   }
 
-  /** @param {{text: string, name?: string, mine?: boolean, host?: boolean}} item */
+  /** @param {{text: string, name?: string, mine?: boolean, host?: boolean, key?: unknown}} item */
   add(item) {
     if (!this.enabled) return;
     const entry = { ...item, at: performance.now() };
@@ -39,6 +39,14 @@ export class DanmakuLayer {
     else this.queue.push(entry);
     if (this.queue.length > MAX_QUEUE) this.queue.splice(this.queue.findLastIndex((e) => !e.mine), 1);
     this._drain();
+  }
+
+  /** Take a comment off the screen (and out of the queue), e.g. deleted by a moderator. */
+  remove(key) {
+    this.queue = this.queue.filter((e) => e.key !== key);
+    for (const node of this.el.querySelectorAll(".dm-item")) {
+      if (node.dataset.key === String(key)) node.getAnimations().forEach((a) => a.cancel());
+    }
   }
 
   _laneCount() {
@@ -74,6 +82,7 @@ export class DanmakuLayer {
     if (width === 0) return true; // not visible: drop silently
     const node = document.createElement("div");
     node.className = "dm-item" + (entry.mine ? " mine" : "") + (entry.host ? " host" : "");
+    if (entry.key !== undefined) node.dataset.key = String(entry.key);
     node.textContent = entry.text;
     node.title = entry.name || "";
     node.style.visibility = "hidden";

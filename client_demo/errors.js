@@ -52,6 +52,13 @@ const KEYWORDS = [
   [/rate|too (fast|many)|slow down/i, "Slow down: you are sending too fast."],
 ];
 
+function fmtWait(seconds) {
+  if (seconds < 10) return `${seconds.toFixed(1).replace(/\.0$/, "")} s`;
+  if (seconds < 120) return `${Math.ceil(seconds)} s`;
+  if (seconds < 7200) return `${Math.ceil(seconds / 60)} min`;
+  return `${Math.ceil(seconds / 3600)} h`;
+}
+
 export function friendlyError(frame, limits = {}) {
   const code = Number(frame.code);
   let text = TEXT[code];
@@ -65,7 +72,7 @@ export function friendlyError(frame, limits = {}) {
     text = hit ? hit[1] : msg || `Error ${code}`;
   }
   const retry = Number(frame.retry_after);
-  if (retry > 0) text += ` Try again in ${retry < 10 ? retry.toFixed(1).replace(/\.0$/, "") : Math.ceil(retry)} s.`;
+  if (retry > 0) text += ` Try again in ${fmtWait(retry)}.`;
   return text;
 }
 

@@ -57,13 +57,14 @@ conn.on("events", (events) => {
   for (const ev of events) {
     if (ev.t === "danmaku") {
       chatLine(ev);
-      danmaku.add({ text: ev.text, name: ev.name, mine: ev.uid === state.me?.uid });
+      danmaku.add({ text: ev.text, name: ev.name, mine: ev.uid === state.me?.uid, key: ev.seq });
     } else if (ev.t === "likes") {
       setLikes(ev.total);
       heartBurst($("#hearts"), Math.min(5, ev.delta || 1));
     } else if (ev.t === "presence") {
       setOnline(ev.online);
     } else if (ev.t === "delete") {
+      danmaku.remove(ev.target);
       const li = document.querySelector(`#chat-list li[data-seq="${ev.target}"]`);
       if (li) {
         li.classList.add("deleted");

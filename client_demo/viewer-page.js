@@ -275,11 +275,12 @@ function onDanmaku(ev) {
   } else {
     chatLine(ev);
   }
-  danmaku.add({ text: ev.text, name: ev.name, mine, host: state.hosts.has(ev.uid) });
+  danmaku.add({ text: ev.text, name: ev.name, mine, host: state.hosts.has(ev.uid), key: ev.seq });
 }
 
 function markDeleted(ev) {
   const seq = ev.target;
+  danmaku.remove(seq);
   const li = document.querySelector(`#chat-list li[data-seq="${seq}"]`);
   if (li) {
     li.classList.add("deleted");

@@ -404,14 +404,35 @@ def test_rate_limit_shows_inline_error(pages: Pages) -> None:
 
 
 @pytest.mark.skipif(not _feature("BANNED", "server.abuse.moderation"), reason="server has no moderation yet")
-def test_banned_viewer_sees_the_ban(pages: Pages) -> None:
+def test_moderation_delete_mute_and_ban(pages: Pages) -> None:
     host = pages.host("strict")
     viewer = pages.viewer("strict", "troll")
+    other = pages.viewer("strict", "olga")
+
+    def mod_button(text: str, label: str) -> None:
+        line = host.locator("#chat-list li.msg", has_text=text)
+        expect(line).to_have_count(1, timeout=WAIT_MS)
+        line.hover()
+        line.locator(".mod button", has_text=label).click()  # confirm() is accepted by the fixture
+
+    # delete: the message is replaced for everyone
     send_chat(viewer, "buy followers now")
-    line = host.locator("#chat-list li.msg", has_text="buy followers now")
-    expect(line).to_have_count(1, timeout=WAIT_MS)
-    line.hover()
-    line.locator(".mod button", has_text="Ban").click()  # confirm() is accepted by the fixture
+    mod_button("buy followers now", "Delete")
+    expect(other.locator("#chat-list li.deleted")).to_contain_text("removed by a moderator", timeout=WAIT_MS)
+    expect(other.locator("#danmaku .dm-item", has_text="buy followers now")).to_have_count(0, timeout=WAIT_MS)
+
+    # mute: the viewer is told, and sending shows the inline error
+    send_chat(viewer, "i am still here")
+    mod_button("i am still here", "Mute 10m")
+    expect(viewer.locator("#chat-list li.sys", has_text="muted you")).to_have_count(1, timeout=WAIT_MS)
+    send_chat(viewer, "can anyone hear me")
+    error = viewer.locator("#chat-error")
+    expect(error).to_have_attribute("data-code", str(int(ErrorCode.MUTED)), timeout=WAIT_MS)
+    expect(error).to_contain_text("muted")
+    shot(viewer, "viewer-muted")
+
+    # ban: the viewer's page shows it and stops reconnecting
+    mod_button("i am still here", "Ban")
     expect(viewer.locator("#blocked")).to_be_visible(timeout=WAIT_MS)
     expect(viewer.locator("#blocked-title")).to_contain_text("banned")
     expect(viewer.locator("#conn")).to_have_attribute("data-state", "failed")
