@@ -143,6 +143,8 @@ class Client:
                     raise ProtocolError(ErrorCode.ALREADY_JOINED, "already joined; open a new connection")
             except ProtocolError as error:
                 self.reject(error)
+                if pause := node.guard.penalty(error):  # stop reading a flooder: TCP pushes back
+                    await asyncio.sleep(pause)
             except Exception:  # a bug must cost one message, never the room
                 log.exception("error handling a frame")
                 self.reject(ProtocolError(ErrorCode.INTERNAL, "internal error"))

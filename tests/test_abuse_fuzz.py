@@ -87,6 +87,7 @@ def config(config: Any) -> Any:
     config.abuse_strikes = 0
     config.repeat_max = 3
     config.max_loop_lag = 0  # drawing examples blocks this (shared) loop for a while
+    config.max_conns_per_user = 0  # a `leave` and the reconnect after it may overlap
     return config
 
 

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("liveroom.abuse")
 
+PENALTY_MAX = 1.0  # seconds a rate-limited connection goes unread, at most
 STRIKE_RATE = 2.0  # rejections forgiven per second once a connection has used its strikes
 
 
@@ -404,6 +405,18 @@ class Guard:
         asyncio.get_running_loop().call_later(self.config.tick_ms / 1000, client.send, frame)
 
     # -- rejections ------------------------------------------------------------------------
+
+    @staticmethod
+    def penalty(error: ProtocolError) -> float:
+        """Seconds to stop reading a connection after a rate-limit refusal.
+
+        While its handler sleeps, the connection's frames queue up to max_queue, then
+        websockets stops reading the socket and TCP flow control holds the flood at the
+        sender: a flood costs a few refusals per retry period, not one per frame sent.
+        """
+        if error.code == ErrorCode.RATE_LIMITED and error.retry_after:
+            return min(error.retry_after, PENALTY_MAX)
+        return 0.0
 
     def on_reject(self, client: Client, error: ProtocolError) -> bool:
         """Whether to send the error frame; closes (4307) a connection that keeps being refused.
