@@ -365,7 +365,11 @@ function onServerError(frame) {
     failDm(ref);
     return showError("dm", { ...frame, kind: "dm" });
   }
-  if (frame.code >= 4100 && frame.code < 4200) return; // join problems: the state pill says it
+  if ([4100, 4101, 4103].includes(frame.code)) {
+    sessionStorage.removeItem(`liveroom.token.${room}`); // a pasted token that cannot work
+    return block("You can't join this room", friendlyError(frame), false);
+  }
+  if (frame.code >= 4100 && frame.code < 4200) return; // expired, slow join: we retry by ourselves
   showError(state.tab === "dm" && state.openConv ? "dm" : "chat", frame);
 }
 
