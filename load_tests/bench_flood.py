@@ -239,7 +239,11 @@ async def run_once(args: argparse.Namespace) -> dict[str, Any]:
             if abusers.is_alive():
                 abusers.kill()
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:  # graceful drain took too long: the numbers are in already
+            proc.kill()
+            proc.wait(5)
 
 
 def main() -> None:
