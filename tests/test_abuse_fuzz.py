@@ -99,22 +99,36 @@ async def test_fuzzing_connection_disturbs_nobody(app: App, join: Any) -> None:
     url = f"ws://127.0.0.1:{app.port}/ws?token={token(user='fuzzer')}"
     fuzzer = WsClient(await connect(url))
     await fuzzer.recv()
-    reconnects = 0
-    for i, frame in enumerate(frames):
+
+    async def send_or_rejoin(fuzzer: WsClient, frame: bytes) -> WsClient:
         try:
             await fuzzer.ws.send(frame)
-        except ConnectionClosed:  # e.g. a generated `leave`: come back and go on
-            reconnects += 1
+            return fuzzer
+        except ConnectionClosed as closed:  # only a generated `leave` may end it (1000)
+            assert closed.rcvd is not None and closed.rcvd.code == 1000, closed
             fuzzer = WsClient(await connect(url))
             await fuzzer.recv()
+            await fuzzer.ws.send(frame)
+            return fuzzer
+
+    for i, frame in enumerate(frames):
+        fuzzer = await send_or_rejoin(fuzzer, frame)
         if i % 50 == 0:  # the room keeps working throughout
             await host.send(t="danmaku", text=f"still live {i}")
             got = await viewer.events(
                 lambda e, i=i: e["t"] == "danmaku" and e["text"] == f"still live {i}", 1
             )
             assert got
-    await fuzzer.send(t="ping")
-    await fuzzer.recv_until(lambda f: f["t"] == "pong")  # the fuzzer's own connection still answers
+    # the fuzzer's connection (or, after a generated `leave`, its next one) still answers
+    ping = msgpack.packb({"t": "ping", "ts": 1})
+    fuzzer = await send_or_rejoin(fuzzer, ping)
+    try:
+        await fuzzer.recv_until(lambda f: f["t"] == "pong")
+    except ConnectionClosed as closed:  # the leave was the last frame before the ping
+        assert closed.rcvd is not None and closed.rcvd.code == 1000, closed
+        fuzzer = await send_or_rejoin(WsClient(await connect(url)), ping)
+        await fuzzer.recv()  # snapshot
+        await fuzzer.recv_until(lambda f: f["t"] == "pong")
     await host.send(t="danmaku", text="the end")
     await viewer.events(lambda e: e["t"] == "danmaku" and e["text"] == "the end", 1)
     fuzzer.ws.transport.abort()
