@@ -20,6 +20,7 @@ class Config:
     env: str = "dev"  # "dev" or "prod"
     secret: str = DEFAULT_SECRET
     tick_ms: int = 50
+    presence_ms: int = 1000  # a room's online count is published at most this often
     history_size: int = 1000  # events kept per room for reconnect recovery
     recent_size: int = 50  # danmaku in the join snapshot
     redis_url: str | None = None
@@ -122,6 +123,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", choices=["dev", "prod"], help="dev (default) or prod")
     parser.add_argument("--secret", help="token signing secret (prefer LIVEROOM_SECRET)")
     parser.add_argument("--tick-ms", dest="tick_ms", type=int, help="batch tick in ms (default 50)")
+    parser.add_argument(
+        "--presence-ms", dest="presence_ms", type=int, help="online-count updates at most this often"
+    )
     parser.add_argument("--history-size", dest="history_size", type=int, help="events kept per room")
     parser.add_argument("--recent-size", dest="recent_size", type=int, help="danmaku in join snapshot")
     parser.add_argument("--redis", dest="redis_url", help="redis://host:port/db (default: in-memory)")

@@ -60,9 +60,16 @@ class Node:
                 await self._ticker
         await self.tick()
         clients = [c for room in self.rooms.values() for c in room.members]
-        closing = [c.ws.close(1012, "server restarting, reconnect") for c in clients]
+        loop = asyncio.get_running_loop()
+        closing = [loop.create_task(c.ws.close(1012, "server restarting, reconnect")) for c in clients]
         if closing:
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 10)
+            # a client that stopped reading never completes the closing handshake: cut it off
+            _, stuck = await asyncio.wait(closing, timeout=5)
+            for client, task in zip(clients, closing, strict=True):
+                if task in stuck:
+                    task.cancel()
+                    if client.ws.transport is not None:
+                        client.ws.transport.abort()
 
     @property
     def ready(self) -> bool:
@@ -238,10 +245,13 @@ class Node:
             room = self.rooms.get(room_id)
             if room is None:
                 continue
-            out = room.drain()
-            await self.broker.publish(
-                room_id, out.events, out.likes_delta, out.local_online, now, joined=out.joined
-            )
+            out = room.drain(now, self.config.presence_ms)
+            if room.presence_pending:
+                self._dirty.add(room_id)  # report the count once its interval has passed
+            if out.events or out.likes_delta or out.local_online is not None:
+                await self.broker.publish(
+                    room_id, out.events, out.likes_delta, out.local_online, now, joined=out.joined
+                )
             if room.empty:
                 await self._close_room_if_empty(room_id)
 

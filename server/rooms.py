@@ -42,6 +42,7 @@ class Room(Generic[Member]):
     _outbox: list[Event] = field(default_factory=list)
     _pending_likes: int = 0
     _presence_dirty: bool = False
+    _presence_due: int = 0  # ms: presence is reported at most once per presence_ms
     _joined: list[str] = field(default_factory=list)
 
     # view of the room's channel
@@ -106,18 +107,30 @@ class Room(Generic[Member]):
     def dirty(self) -> bool:
         return bool(self._outbox or self._pending_likes or self._presence_dirty)
 
-    def drain(self) -> TickOutput:
-        """Take everything queued since the last tick (sequence numbers come later)."""
+    @property
+    def presence_pending(self) -> bool:
+        """A membership change is waiting for its presence interval to pass."""
+        return self._presence_dirty
+
+    def drain(self, now: int, presence_ms: int = 0) -> TickOutput:
+        """Take everything queued since the last tick (sequence numbers come later).
+
+        Membership changes are reported at most once per presence_ms: in a join storm a
+        presence event every tick would cost one socket write per member per tick.
+        """
+        report = self._presence_dirty and now >= self._presence_due
         out = TickOutput(
             events=self._outbox,
             likes_delta=self._pending_likes,
-            local_online=len(self.members) if self._presence_dirty else None,
-            joined=self._joined,
+            local_online=len(self.members) if report else None,
+            joined=self._joined if report else [],
         )
         self._outbox = []
-        self._joined = []
         self._pending_likes = 0
-        self._presence_dirty = False
+        if report:
+            self._joined = []
+            self._presence_dirty = False
+            self._presence_due = now + presence_ms
         return out
 
     # -- view ----------------------------------------------------------------------
