@@ -34,6 +34,7 @@ from typing import Any
 
 import msgpack
 
+from load_tests.bench import from_letters, letters
 from load_tests.wsraw import RawWs, connect
 
 ROOM = "flood"
@@ -50,23 +51,6 @@ def _token(user: str) -> str:
     from server.config import DEFAULT_SECRET
 
     return auth.mint(DEFAULT_SECRET, room=ROOM, user=user)
-
-
-def _letters(n: int) -> str:
-    """A timestamp in letters: digit runs would read as phone numbers to the contact filter."""
-    out = []
-    while True:
-        n, r = divmod(n, 26)
-        out.append(chr(97 + r))
-        if not n:
-            return "".join(reversed(out))
-
-
-def _from_letters(text: str) -> int:
-    n = 0
-    for ch in text:
-        n = n * 26 + ord(ch) - 97
-    return n
 
 
 def start_server(tick_ms: int) -> tuple[subprocess.Popen[str], int]:
@@ -162,7 +146,7 @@ class Viewer:
             for event in frame.get("events", ()):
                 text = event.get("text", "")
                 if text.startswith("HONEST-"):
-                    self.latencies.append(now - _from_letters(text.rsplit("-", 1)[1]) / 1e6)
+                    self.latencies.append(now - from_letters(text.rsplit("-", 1)[1]) / 1e6)
 
 
 async def honest_phase(senders: list[RawWs], seconds: float, tag: str) -> int:
@@ -173,8 +157,8 @@ async def honest_phase(senders: list[RawWs], seconds: float, tag: str) -> int:
         for i, conn in enumerate(senders):
             target = start + k + i / len(senders)
             await asyncio.sleep(max(0.0, target - time.perf_counter()))
-            stamp = _letters(int(time.perf_counter() * 1e6))
-            conn.send({"t": "danmaku", "text": f"HONEST-{tag}-{_letters(i)}-{_letters(k)}-{stamp}"})
+            stamp = letters(int(time.perf_counter() * 1e6))
+            conn.send({"t": "danmaku", "text": f"HONEST-{tag}-{letters(i)}-{letters(k)}-{stamp}"})
             sent += 1
     return sent
 

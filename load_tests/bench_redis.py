@@ -33,18 +33,12 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from load_tests.bench import BENCH_SERVER_ENV
 from server import auth
 from server.config import DEFAULT_SECRET
 
-# the abuse limits off: this measures fan-out, not the guard (same profile as load_tests/bench.py)
-NODE_ENV = {
-    "LIVEROOM_RATE_LIMITS": "off",
-    "LIVEROOM_MAX_CONNS_PER_IP": "0",
-    "LIVEROOM_MAX_CONNS_PER_USER": "0",
-    "LIVEROOM_REPEAT_MAX": "0",
-    "LIVEROOM_CONTACT_FILTER": "off",
-    "LIVEROOM_ABUSE_STRIKES": "0",
-}
+# the abuse limits off: this measures fan-out, not the guard (the profile of load_tests/bench.py)
+NODE_ENV = BENCH_SERVER_ENV
 ROOM = "bench"
 
 

@@ -18,7 +18,7 @@ import aiohttp
 import av
 import msgpack
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -28,6 +28,7 @@ from server.media import COUNTERS, loopback_candidates
 from server.media.forward import tap_of
 from server.protocol import ErrorCode
 from tests.conftest import token
+from tests.media.pattern import PatternTrack
 
 TIMEOUT = 30.0  # generous: a loaded 2-core machine runs encoders, decoders and the SFU
 WIDTH, HEIGHT = 160, 120  # small frames keep the encoders cheap
@@ -52,27 +53,6 @@ def config() -> Config:
         media_max_viewers=4,
         media_stats_interval=0,  # the tests call sample() themselves
     )
-
-
-class PatternTrack(VideoStreamTrack):
-    """Frames with a moving bar, so every frame differs (like a camera)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
-        luma = frame.planes[0]
-        shift = (self.count * 4) % HEIGHT
-        bright, dark = bytes([235]) * luma.line_size, bytes([16]) * luma.line_size
-        luma.update(b"".join(bright if (y + shift) % 30 < 10 else dark for y in range(HEIGHT)))
-        for chroma in frame.planes[1:]:
-            chroma.update(bytes([128]) * chroma.buffer_size)
-        frame.pts, frame.time_base = pts, time_base
-        self.count += 1
-        return frame
 
 
 class Conn:
@@ -125,7 +105,7 @@ class Conn:
 
     async def publish_offer(self, audio: bool = True) -> RTCPeerConnection:
         pc = self.new_pc()
-        pc.addTrack(PatternTrack())
+        pc.addTrack(PatternTrack(WIDTH, HEIGHT))
         if audio:
             pc.addTrack(AudioStreamTrack())
         await pc.setLocalDescription(await pc.createOffer())
@@ -328,7 +308,7 @@ async def test_whip_publish_and_whep_play_round_trip(app: App, member) -> None:
     tracks: list[MediaStreamTrack] = []
     player.on("track", tracks.append)
     try:
-        publisher.addTrack(PatternTrack())
+        publisher.addTrack(PatternTrack(WIDTH, HEIGHT))
         publisher.addTrack(AudioStreamTrack())
         await publisher.setLocalDescription(await publisher.createOffer())
         offer = publisher.localDescription.sdp
@@ -403,8 +383,8 @@ async def test_media_errors_have_codes(app: App, member) -> None:
     assert await host.error() == ErrorCode.MEDIA_UNSUPPORTED
 
     two_videos = host.new_pc()
-    two_videos.addTrack(PatternTrack())
-    two_videos.addTrack(PatternTrack())
+    two_videos.addTrack(PatternTrack(WIDTH, HEIGHT))
+    two_videos.addTrack(PatternTrack(WIDTH, HEIGHT))
     await two_videos.setLocalDescription(await two_videos.createOffer())
     await host.send(t="publish", sdp=two_videos.localDescription.sdp)
     assert await host.error() == ErrorCode.MEDIA_TOO_MANY_TRACKS

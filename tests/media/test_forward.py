@@ -16,7 +16,7 @@ import aioice.ice
 import av
 import pytest
 import pytest_asyncio
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -38,6 +38,7 @@ from server.media.fanout import Fanout, ForwardedTrack
 from server.media.forward import EncodedFrame, tap_of, to_packet
 from server.media.keyframes import KeyframeRequester, is_keyframe
 from server.media.loopback import loopback_host_addresses
+from tests.media.pattern import PatternTrack
 
 TIMEOUT = 30.0
 WIDTH, HEIGHT = 320, 240
@@ -56,27 +57,6 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def client_config() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])  # no public STUN server on this network
-
-
-class PatternTrack(VideoStreamTrack):
-    """320x240 frames with a moving bar, so every frame differs (like a real camera)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
-        luma = frame.planes[0]
-        shift = (self.count * 4) % HEIGHT
-        bright, dark = bytes([235]) * luma.line_size, bytes([16]) * luma.line_size
-        luma.update(b"".join(bright if (y + shift) % 60 < 20 else dark for y in range(HEIGHT)))
-        for chroma in frame.planes[1:]:
-            chroma.update(bytes([128]) * chroma.buffer_size)
-        frame.pts, frame.time_base = pts, time_base
-        self.count += 1
-        return frame
 
 
 class Viewer:
@@ -114,7 +94,7 @@ class Harness:
     async def publish(self, room: MediaRoom, publisher_id: str, audio: bool = True) -> RTCPeerConnection:
         pc = RTCPeerConnection(client_config())
         self.pcs.append(pc)
-        pc.addTrack(PatternTrack())
+        pc.addTrack(PatternTrack(WIDTH, HEIGHT))
         if audio:
             pc.addTrack(AudioStreamTrack())
         await pc.setLocalDescription(await pc.createOffer())
