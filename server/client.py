@@ -121,7 +121,7 @@ class Client:
                 message = node.guard.check(self, protocol.parse_client_message(data))
                 if message is None:  # handled by the guard (shadow-dropped)
                     continue
-                metrics.messages_in.labels(type=_TYPE_NAMES[type(message)]).inc()
+                _COUNTED[type(message)].inc()
                 if isinstance(message, protocol.Danmaku):
                     node.danmaku(self, message)
                 elif isinstance(message, protocol.Like):
@@ -162,3 +162,5 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Block: "block",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
 }
+# label lookups cost a lock and a dict per call: bind each type's counter once
+_COUNTED = {cls: metrics.messages_in.labels(type=name) for cls, name in _TYPE_NAMES.items()}
