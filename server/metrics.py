@@ -133,3 +133,11 @@ broker_resyncs = Counter(
 broker_local_batches = Counter(
     "liveroom_broker_local_batches_total", "Batches sequenced locally while the broker was unreachable"
 )
+broker_abuse_fallbacks = Counter(
+    "liveroom_broker_abuse_fallbacks_total",
+    "Abuse checks answered from this node alone because the broker was unreachable (fail open)",
+    ["op"],
+)
+broker_usage_exchanges = Counter(
+    "liveroom_broker_usage_exchanges_total", "Rate-limit usage exchanges with the other nodes (done)"
+)

@@ -48,7 +48,6 @@ from server.abuse.ratelimit import (
     reconcile,
 )
 from server.abuse.tokens import Keyring, nonce_of
-from server.broker.base import Broker
 from server.config import ConfigError
 from server.protocol import ErrorCode, ProtocolError
 
@@ -128,8 +127,7 @@ class Guard:
             for scope in ("conn", "user", "ip")
         }
         self._counters = {key: abuse_metrics.rate_limited.labels(*key) for key in self._messages}
-        multi_node = type(node.broker).exchange_usage is not Broker.exchange_usage
-        self._ledger = UsageLedger() if multi_node and self._user else None
+        self._ledger = UsageLedger() if node.broker.multi_node and self._user else None
         self.ip_cap = ConcurrencyCap(config.max_conns_per_ip)
         self.user_cap = ConcurrencyCap(config.max_conns_per_user)
         self.lag = LoopLag()
@@ -164,7 +162,7 @@ class Guard:
             ticks += 1
             try:
                 if self._ledger is not None:
-                    remote = await self.node.broker.exchange_usage(self._ledger.take_all())
+                    remote = await self.node.broker.exchange_usage(self._usage())
                     reconcile(self._user, remote)
                 if ticks % 3 == 0:
                     self.words.maybe_reload()
@@ -172,6 +170,17 @@ class Guard:
                     self._sweep()
             except Exception:
                 log.exception("abuse maintenance failed")
+
+    def _usage(self) -> dict[str, float]:
+        """What this node spent since the last exchange, plus 0.0 for every user whose bucket
+        is still here: the other nodes' spending must reach it even while it is quiet here."""
+        assert self._ledger is not None
+        usage = self._ledger.take_all()
+        for action, table in self._user.items():
+            if action != "join":  # joins are counted per node only (they never reach the ledger)
+                for uid in table.active_keys():
+                    usage.setdefault(f"{action}|{uid}", 0.0)
+        return usage
 
     def _sweep(self) -> None:
         now = self.clock()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from server import protocol
 from server.abuse import metrics as abuse_metrics
-from server.broker.base import Sanction
+from server.broker.base import BrokerUnavailable, Sanction
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -52,6 +52,10 @@ def sanction_error(sanction: Sanction) -> ProtocolError:
     return ProtocolError(code, text, retry_after=_retry_after(sanction.until))
 
 
+def _unavailable(cid: str | int | None) -> ProtocolError:
+    return ProtocolError(ErrorCode.BROKER_UNAVAILABLE, "not applied: retry", cid, retry_after=1.0)
+
+
 class Moderation:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -63,7 +67,10 @@ class Moderation:
         if isinstance(message, protocol.Block):
             if message.uid == who.uid:
                 raise ProtocolError(ErrorCode.MOD_TARGET, "cannot block yourself", message.cid)
-            await self.node.broker.set_dm_block(who.uid, message.uid, message.blocked)
+            try:
+                await self.node.broker.set_dm_block(who.uid, message.uid, message.blocked)
+            except BrokerUnavailable:
+                raise _unavailable(message.cid) from None
             ack = {"t": "block_ack", "uid": message.uid, "blocked": message.blocked}
             self._ack(client, ack, message.cid)
             return
@@ -96,9 +103,14 @@ class Moderation:
             kind, lifted = _ACTIONS[message.action]
             duration = message.duration if message.duration is not None else DEFAULT_DURATION[kind]
             until = None if lifted or duration is None else protocol.now_ms() + int(duration * 1000)
-            await self.node.broker.put_sanction(Sanction(room_id, target, kind, until, who.uid, lifted))
-            if message.action == "unban":  # an unban also ends a kick's cool-down
-                await self.node.broker.put_sanction(Sanction(room_id, target, "kick", None, who.uid, True))
+            try:
+                await self.node.broker.put_sanction(Sanction(room_id, target, kind, until, who.uid, lifted))
+                if message.action == "unban":  # an unban also ends a kick's cool-down
+                    await self.node.broker.put_sanction(
+                        Sanction(room_id, target, "kick", None, who.uid, True)
+                    )
+            except BrokerUnavailable:  # not stored: the moderator must not think it applies
+                raise _unavailable(message.cid) from None
             record.update(uid=target, until=until)
             ack = {"t": "mod_ack", "action": message.action, "uid": target, "until": until}
         if message.reason:

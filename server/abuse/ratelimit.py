@@ -8,9 +8,10 @@ buckets are swept, so the tables stay bounded by the active population.
 Cross-node user limits (see docs/ARCHITECTURE.md): each node counts the tokens
 its users spent since the last exchange (`UsageLedger`), swaps the counts with
 the other nodes through the broker (`Broker.exchange_usage`) about once a
-second, and debits the other nodes' spending from its local buckets. Between
-exchanges a user can overspend by at most one interval of burst per node; in
-exchange no check waits on the network.
+second, for every user that still has a bucket here, and debits the other
+nodes' spending from its local buckets. A user can overspend by about one burst
+per node it starts on plus one interval of spending; in exchange no check waits
+on the network.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class BucketTable:
 
     def get(self, key: str) -> TokenBucket | None:
         return self._buckets.get(key)
+
+    def active_keys(self) -> Iterable[str]:
+        """Keys with a bucket that has not been swept (spent recently, maybe not refilled)."""
+        return self._buckets.keys()
 
     def sweep(self, now: float) -> int:
         """Forget buckets that refilled completely: a fresh one is the same thing."""

@@ -9,11 +9,10 @@ many. Modelled on Centrifugo's split of node / broker / history.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 Event = dict[str, Any]
 # Called with (room_id, epoch, encoded batch frame, decoded events).
@@ -62,16 +61,6 @@ class Sanction:
 
 
 SanctionHandler = Callable[[Sanction], None]
-
-
-class _LocalAbuseState:
-    """Default (one-process) storage for the abuse methods of Broker; Redis overrides them."""
-
-    def __init__(self) -> None:
-        self.sanctions: dict[tuple[str, str, str], Sanction] = {}
-        self.watchers: list[SanctionHandler] = []
-        self.blocks: dict[str, set[str]] = {}
-        self.nonces: dict[str, float] = {}
 
 
 class BrokerUnavailable(Exception):
@@ -164,72 +153,46 @@ class Broker(ABC):
         """The user has seen every DM up to dm_id: drop them from its backlog."""
 
     # -- abuse: sanctions, DM blocks, join nonces, rate-limit usage (server.abuse) -------------
-    # The defaults keep everything in this process, which is exactly right for one node
-    # (MemoryBroker uses them as they are); a multi-node broker overrides all five so that a
-    # ban on one node applies on every node at once.
+    # MemoryBroker keeps them in its process (complete for one node); RedisBroker shares them, so
+    # a ban on one node applies on every node at once. None of them may raise on a broker
+    # outage except put_sanction/set_dm_block (BrokerUnavailable: the moderator retries).
 
-    def _abuse(self) -> _LocalAbuseState:
-        state = self.__dict__.get("_abuse_state")
-        if state is None:
-            state = self.__dict__["_abuse_state"] = _LocalAbuseState()
-        return state
+    # True when other nodes share this broker: the guard then reconciles per-user rate limits.
+    multi_node: ClassVar[bool] = False
 
+    @abstractmethod
     def watch_sanctions(self, handler: SanctionHandler) -> None:
         """Call handler on this node for every sanction put on any node (lifts too)."""
-        self._abuse().watchers.append(handler)
 
+    @abstractmethod
     async def put_sanction(self, sanction: Sanction) -> None:
-        """Store (or, when lifted, remove) a sanction and tell every node's watchers."""
-        state = self._abuse()
-        key = (sanction.room, sanction.uid, sanction.kind)
-        if sanction.lifted:
-            state.sanctions.pop(key, None)
-        else:
-            state.sanctions[key] = sanction
-        for handler in list(state.watchers):
-            handler(sanction)
+        """Store (or, when lifted, remove) a sanction and tell every node's watchers.
 
+        Raises BrokerUnavailable when it cannot be stored: a moderator must not be told a ban
+        applies everywhere when it does not.
+        """
+
+    @abstractmethod
     async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
-        """The user's active sanctions in the room (read at join)."""
-        state = self._abuse()
-        now = int(time.time() * 1000)
-        found = []
-        for kind in ("ban", "kick", "mute"):
-            sanction = state.sanctions.get((room_id, user_id, kind))
-            if sanction is not None:
-                if sanction.active(now):
-                    found.append(sanction)
-                else:
-                    del state.sanctions[(room_id, user_id, kind)]
-        return found
+        """The user's active sanctions in the room (read at join, one round trip at most)."""
 
+    @abstractmethod
     async def set_dm_block(self, user_id: str, other: str, blocked: bool) -> None:
-        """user_id blocks (or unblocks) DMs from `other`."""
-        blocks = self._abuse().blocks
-        if blocked:
-            blocks.setdefault(user_id, set()).add(other)
-        elif user_id in blocks:
-            blocks[user_id].discard(other)
-            if not blocks[user_id]:
-                del blocks[user_id]
+        """user_id blocks (or unblocks) DMs from `other`; raises BrokerUnavailable."""
 
+    @abstractmethod
     async def dm_blocked(self, recipient: str, sender: str) -> bool:
-        return sender in self._abuse().blocks.get(recipient, ())
+        """Whether recipient blocked sender (checked before every DM is stored)."""
 
+    @abstractmethod
     async def claim_nonce(self, nonce: str, ttl: float) -> bool:
         """True the first time a nonce is claimed within ttl seconds (one-time join tokens)."""
-        nonces = self._abuse().nonces
-        now = time.monotonic()
-        if len(nonces) > 10_000:
-            for key in [k for k, until in nonces.items() if until <= now]:
-                del nonces[key]
-        until = nonces.get(nonce)
-        if until is not None and until > now:
-            return False
-        nonces[nonce] = now + ttl
-        return True
 
+    @abstractmethod
     async def exchange_usage(self, usage: dict[str, float]) -> dict[str, float]:
-        """Report this node's rate-limit spending since the last call (keys `action|uid`);
-        return what the other nodes spent since then. One node: nobody else spends."""
-        return {}
+        """Swap per-user rate-limit spending with the other nodes (keys `action|uid`).
+
+        `usage`: what this node spent since the last call, plus 0.0 for every key it still
+        cares about (a bucket that has not refilled). Returns, for those keys, what the other
+        nodes spent since this node last asked. Called about once a second, never per message.
+        """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from server.broker.base import (
     DmReceipt,
     Event,
     RoomState,
+    Sanction,
+    SanctionHandler,
     UserHandler,
     dm_id_key,
 )
@@ -43,6 +46,11 @@ class MemoryBroker(Broker):
         # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream)
         self._kept: dict[str, deque[tuple[str, bytes]]] = {}
         self._dm_counter = itertools.count(1)
+        # abuse state: one process is the whole deployment, so plain dicts are complete
+        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
+        self._watchers: list[SanctionHandler] = []
+        self._blocks: dict[str, set[str]] = {}
+        self._nonces: dict[str, float] = {}  # nonce -> monotonic deadline
 
     def _channel(self, room_id: str) -> _Channel:
         channel = self._rooms.get(room_id)
@@ -155,3 +163,57 @@ class MemoryBroker(Broker):
             kept.popleft()
         if not kept:
             del self._kept[user_id]
+
+    # -- abuse ------------------------------------------------------------------------
+
+    def watch_sanctions(self, handler: SanctionHandler) -> None:
+        self._watchers.append(handler)
+
+    async def put_sanction(self, sanction: Sanction) -> None:
+        key = (sanction.room, sanction.uid, sanction.kind)
+        if sanction.lifted:
+            self._sanctions.pop(key, None)
+        else:
+            self._sanctions[key] = sanction
+        for handler in list(self._watchers):
+            handler(sanction)
+
+    async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
+        now = int(time.time() * 1000)
+        found = []
+        for kind in ("ban", "kick", "mute"):
+            sanction = self._sanctions.get((room_id, user_id, kind))
+            if sanction is not None:
+                if sanction.active(now):
+                    found.append(sanction)
+                else:
+                    del self._sanctions[(room_id, user_id, kind)]
+        return found
+
+    async def set_dm_block(self, user_id: str, other: str, blocked: bool) -> None:
+        blocks = self._blocks
+        if blocked:
+            blocks.setdefault(user_id, set()).add(other)
+        elif user_id in blocks:
+            blocks[user_id].discard(other)
+            if not blocks[user_id]:
+                del blocks[user_id]
+
+    async def dm_blocked(self, recipient: str, sender: str) -> bool:
+        return sender in self._blocks.get(recipient, ())
+
+    async def claim_nonce(self, nonce: str, ttl: float) -> bool:
+        nonces = self._nonces
+        now = time.monotonic()
+        if len(nonces) > 10_000:
+            for key in [k for k, until in nonces.items() if until <= now]:
+                del nonces[key]
+        until = nonces.get(nonce)
+        if until is not None and until > now:
+            return False
+        nonces[nonce] = now + ttl
+        return True
+
+    async def exchange_usage(self, usage: dict[str, float]) -> dict[str, float]:
+        """One node: nobody else spends (the guard does not even call this: multi_node is False)."""
+        return {}

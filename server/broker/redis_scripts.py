@@ -11,11 +11,13 @@ batches in sequence order and history never disagrees with what was published.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from server.broker.base import Sanction
 from server.protocol import SYSTEM_UID, valid_id
 
 PREFIX = "lr"
@@ -41,6 +43,7 @@ class RoomKeys:
 class UserKeys:
     dms: str  # stream: DMs not yet acknowledged (capped, expires); field b (body) or f (frame)
     channel: str  # pub/sub channel: `b<id>|<body>` or `f|<frame>`
+    blocks: str  # set: uids whose DMs this user refuses
 
 
 def room_keys(room_id: str) -> RoomKeys:
@@ -63,7 +66,55 @@ def user_keys(user_id: str) -> UserKeys:
     if not valid_id(user_id):
         raise ValueError(f"invalid user id {user_id[:80]!r}")
     base = f"{PREFIX}:{{u:{user_id}}}"
-    return UserKeys(dms=f"{base}:dm", channel=f"{base}:ch")
+    return UserKeys(dms=f"{base}:dm", channel=f"{base}:ch", blocks=f"{base}:blocks")
+
+
+# -- abuse (server/abuse): sanctions, join nonces, rate-limit usage ---------------------------
+
+SANCTION_KINDS = ("ban", "kick", "mute")  # the order sanctions are reported in at join
+# Every node subscribes to this one channel for the whole session: a sanction must reach the
+# user's connections wherever they are, and a node cannot know in advance where that is.
+SANCTIONS_CHANNEL = f"{PREFIX}:{{x:mod}}:ch"
+
+
+def sanction_keys(room_id: str, user_id: str) -> list[str]:
+    """One string per kind (SANCTION_KINDS order), expiring with the sanction; one slot per room."""
+    if not valid_id(room_id) or not valid_id(user_id):
+        raise ValueError("invalid room or user id")
+    return [f"{PREFIX}:{{r:{room_id}}}:sx:{user_id}:{kind}" for kind in SANCTION_KINDS]
+
+
+def nonce_key(nonce: str) -> str:
+    """A claimed join nonce (jti); hashed, since a jti is any string the token issuer chose."""
+    return f"{PREFIX}:jti:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}"
+
+
+def usage_key(action: str, user_id: str) -> str:
+    """A user's cumulative spending of one rate limit over every node (a float, short TTL)."""
+    if not action.isalpha() or not valid_id(user_id):
+        raise ValueError("invalid usage key")
+    return f"{PREFIX}:{{u:{user_id}}}:rl:{action}"
+
+
+def pack_sanction(sanction: Sanction, origin: str) -> bytes:
+    """Stored value and channel message: [room, uid, kind, until, by, lifted, origin node]."""
+    fields = [sanction.room, sanction.uid, sanction.kind, sanction.until, sanction.by, sanction.lifted]
+    return _pack([*fields, origin])
+
+
+def unpack_sanction(data: bytes) -> tuple[Sanction, str]:
+    try:
+        room, uid, kind, until, by, lifted, origin = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises many types; all mean "not a sanction"
+        raise ValueError(f"undecodable sanction: {type(exc).__name__}") from None
+    if (
+        not all(isinstance(v, str) for v in (room, uid, kind, by, origin))
+        or kind not in SANCTION_KINDS
+        or not (until is None or isinstance(until, int))
+        or not isinstance(lifted, bool)
+    ):
+        raise ValueError("not a sanction")
+    return Sanction(room, uid, kind, until, by, lifted), origin
 
 
 def control_channel(node_id: str) -> str:
