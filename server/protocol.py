@@ -90,7 +90,6 @@ FATAL_CODES = frozenset(
         ErrorCode.TOKEN_EXPIRED,
         ErrorCode.WRONG_ROOM,
         ErrorCode.AUTH_TIMEOUT,
-        ErrorCode.UNSUPPORTED_VERSION,
         ErrorCode.SLOW_CONSUMER,
         ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.NODE_BUSY,

@@ -379,23 +379,20 @@ def _feature(member: str, module: str) -> bool:
 )
 def test_rate_limit_shows_inline_error(pages: Pages) -> None:
     viewer = pages.viewer("fast", "flo")
-    words = [
-        "apple",
-        "banana",
-        "cherry",
-        "dragon",
-        "eagle",
-        "falcon",
-        "guitar",
-        "harbor",
-        "island",
-        "jungle",
-        "kettle",
-        "lemon",
-        "mango",
-    ]
-    for i, word in enumerate(words):  # far beyond the danmaku burst of one connection; all different
-        send_chat(viewer, f"{word} {'!' * i}")
+    # far beyond one connection's danmaku burst, submitted through the page's own form in one
+    # go (typing each one could be slow enough on a loaded machine for the bucket to refill)
+    viewer.evaluate(
+        """() => {
+            const form = document.querySelector('#chat-form');
+            const input = document.querySelector('#chat-input');
+            for (const word of ['apple', 'banana', 'cherry', 'dragon', 'eagle', 'falcon', 'guitar',
+                                'harbor', 'island', 'jungle', 'kettle', 'lemon', 'mango', 'nectar',
+                                'olive', 'pepper', 'quince', 'radish', 'salmon', 'tomato']) {
+                input.value = word;
+                form.requestSubmit();
+            }
+        }"""
+    )
     error = viewer.locator("#chat-error")
     expect(error).to_be_visible(timeout=WAIT_MS)
     expect(error).to_have_attribute("data-code", str(int(ErrorCode.RATE_LIMITED)))

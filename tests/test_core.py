@@ -157,6 +157,7 @@ async def test_leave_closes_normally(join) -> None:
         (msgpack.packb({"t": "dm", "to": "bad id!", "text": "x"}), ErrorCode.BAD_RECIPIENT),
         (msgpack.packb({"t": "dm", "to": "a", "text": "me"}), ErrorCode.BAD_RECIPIENT),
         (msgpack.packb({"t": "join", "token": "x"}), ErrorCode.ALREADY_JOINED),
+        (msgpack.packb({"t": "join", "token": "x", "v": 2}), ErrorCode.UNSUPPORTED_VERSION),
         ("text frame", ErrorCode.BAD_FRAME),
     ],
 )
@@ -223,6 +224,16 @@ async def test_first_frame_not_join(url) -> None:
         await ws.send(msgpack.packb({"t": "danmaku", "text": "hi"}))
         err = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
         assert err["code"] == ErrorCode.AUTH_REQUIRED
+
+
+async def test_join_with_unsupported_version_closes(url) -> None:
+    async with connect(url) as ws:
+        await ws.send(msgpack.packb({"t": "join", "token": token(), "v": 2}))
+        err = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        assert err["code"] == ErrorCode.UNSUPPORTED_VERSION
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd.code == ErrorCode.UNSUPPORTED_VERSION
 
 
 async def test_join_timeout(url) -> None:
