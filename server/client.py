@@ -132,6 +132,8 @@ class Client:
                     await node.dm_seen(self, message)
                 elif isinstance(message, (protocol.Mod, protocol.Block)):
                     await node.guard.command(self, message)
+                elif isinstance(message, protocol.Stats):
+                    node.analytics.first_frame(self, message.first_frame_ms)
                 elif isinstance(message, protocol.Ping):
                     self.send(protocol.pong_frame(message.ts))
                 elif isinstance(message, protocol.MEDIA_MESSAGES):
@@ -158,6 +160,7 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.DirectMessage: "dm",
     protocol.DmSeen: "dm_seen",
     protocol.Ping: "ping",
+    protocol.Stats: "stats",
     protocol.Mod: "mod",
     protocol.Block: "block",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},

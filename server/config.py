@@ -58,6 +58,11 @@ class Config:
     secret_old: str = ""  # previous secret(s), comma-separated, still accepted (key rotation)
     secrets: str = ""  # "kid1:secret1,kid2:secret2": key ids and secrets, the first signs
     join_nonce: bool = False  # one join per token (jti claim), shared through the broker
+    analytics_flush: float = 1.0  # seconds between analytics buffer flushes to the store
+    analytics_funnel: str = "joined,watched:30,interacted,dm_host"  # stats funnel steps (docs/API.md)
+    admin_token: str = ""  # Bearer secret of the admin API and any room's stats; empty: admin API off
+    webhook_url: str = ""  # POST target of webhook events; empty: no webhooks
+    webhook_secret: str = ""  # HMAC-SHA256 key signing webhook bodies
     demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
 
     @property
@@ -153,6 +158,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-origins", dest="allowed_origins", help="extra browser origins (a,b)")
     parser.add_argument("--secret-old", dest="secret_old", help="previous secret still accepted (rotation)")
     parser.add_argument("--join-nonce", dest="join_nonce", action="store_const", const=True)
+    parser.add_argument("--analytics-flush", dest="analytics_flush", type=float, help="seconds (1.0)")
+    parser.add_argument("--analytics-funnel", dest="analytics_funnel", help="funnel steps (docs/API.md)")
+    parser.add_argument(
+        "--admin-token", dest="admin_token", help="admin API secret (prefer LIVEROOM_ADMIN_TOKEN)"
+    )
+    parser.add_argument("--webhook-url", dest="webhook_url", help="POST webhook events here")
+    parser.add_argument("--webhook-secret", dest="webhook_secret", help="HMAC-SHA256 webhook signing key")
     parser.add_argument(
         "--demo", dest="demo", action="store_const", const=True, help="also stream a test pattern (room demo)"
     )

@@ -16,6 +16,7 @@ CLIENT_TYPES = frozenset(
         "dm",
         "dm_seen",
         "ping",
+        "stats",
         "publish",
         "unpublish",
         "subscribe",

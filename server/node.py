@@ -17,6 +17,7 @@ import websockets
 
 from server import metrics, protocol
 from server.abuse.guard import Guard
+from server.analytics.recorder import make_analytics
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
 from server.client import Client
 from server.config import Config
@@ -43,12 +44,20 @@ class Node:
         self.guard = Guard(self)  # abuse checks: rate limits, admission, content, moderation
         broker.on_room_reset = self._on_room_reset
         self.media = MediaGateway(self)  # WebRTC publish/subscribe of this node's rooms
+        self.analytics = make_analytics(  # hooks below only buffer; flushed to the store each second
+            config.redis_url,
+            config.redis_cluster,
+            self.node_id,
+            config.analytics_flush,
+            config.analytics_funnel,
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         self.guard.start()
+        self.analytics.start()
 
     async def stop(self) -> None:
         """Flush what is queued, then tell every client to reconnect elsewhere (1012)."""
@@ -59,6 +68,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.tick()
+        await self.analytics.stop()
         clients = [c for room in self.rooms.values() for c in room.members]
         loop = asyncio.get_running_loop()
         closing = [loop.create_task(c.ws.close(1012, "server restarting, reconnect")) for c in clients]
@@ -93,6 +103,7 @@ class Node:
         self.media.describe(room.room_id, snapshot)
         client.send(protocol.pack(snapshot))
         room.add_member(client, who, now)
+        self.analytics.joined(client, room.room_id, who.uid, who.role)
         self._dirty.add(room.room_id)
         await self._open_user(client)
 
@@ -118,6 +129,7 @@ class Node:
         room = self.rooms.get(client.room_id or "")
         if room is not None and client in room.members:
             room.remove_member(client, protocol.now_ms())
+            self.analytics.left(client)
             self._dirty.add(room.room_id)
         who = client.identity
         if who is not None:
@@ -175,11 +187,13 @@ class Node:
         assert who is not None and client.room_id is not None
         text = protocol.clean_text(message.text, self.config.danmaku_max_len, message.cid)
         self.rooms[client.room_id].add_danmaku(who, text, message.cid, protocol.now_ms())
+        self.analytics.danmaku(client.room_id, who.uid)
         self._dirty.add(client.room_id)
 
     def like(self, client: Client, message: protocol.Like) -> None:
         assert client.room_id is not None
         self.rooms[client.room_id].add_likes(message.count)
+        self.analytics.like(client.room_id, client.identity.uid if client.identity else "", message.count)
         self._dirty.add(client.room_id)
 
     def enqueue(self, room_id: str, event: Event) -> None:
@@ -207,6 +221,9 @@ class Node:
             )
             return
         delivered = receipt.delivered
+        self.analytics.direct_message(
+            who.room, who.uid, message.to in getattr(self.rooms.get(who.room), "hosts", ())
+        )
         metrics.dms.labels(delivery="live" if delivered else "kept").inc()
         ack = {"t": "dm_ack", "id": receipt.id, "to": message.to, "ts": now, "delivered": delivered}
         if message.cid is not None:

@@ -28,6 +28,7 @@ MAX_DEPTH = 4
 MAX_ID_LEN = 64
 MAX_CID_LEN = 64
 MAX_LIKE_COUNT = 100
+MAX_FIRST_FRAME_MS = 600_000  # a first frame later than 10 minutes is not a measurement
 SYSTEM_UID = "sys"
 
 
@@ -161,6 +162,13 @@ class DmSeen:
 
 
 @dataclass(slots=True)
+class Stats:
+    """Client-measured playback figures for room analytics (first one per connection kept)."""
+
+    first_frame_ms: int
+
+
+@dataclass(slots=True)
 class Ping:
     ts: int | float | None
 
@@ -239,6 +247,7 @@ ClientMessage = (
     | DirectMessage
     | DmSeen
     | Ping
+    | Stats
     | Publish
     | Unpublish
     | Subscribe
@@ -350,6 +359,13 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
             raise ProtocolError(ErrorCode.BAD_FIELD, "'ts' must be a number")
         return Ping(ts=ts)
+    if kind == "stats":
+        ms = obj.get("first_frame_ms")
+        if isinstance(ms, bool) or not isinstance(ms, int) or not 0 <= ms <= MAX_FIRST_FRAME_MS:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD, f"'first_frame_ms' must be an integer 0..{MAX_FIRST_FRAME_MS}"
+            )
+        return Stats(first_frame_ms=ms)
     if kind == "join":
         version = obj.get("v", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from server import auth, protocol
+from server.admin.routes import add_admin_routes
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class MediaHttp:
             self.app.router.add_route("DELETE", f"/{kind}/{{room}}/{{rid}}", self._delete)
             self.app.router.add_route("PATCH", f"/{kind}/{{room}}/{{rid}}", self._patch)
             self.app.router.add_route("OPTIONS", f"/{kind}/{{room}}/{{rid}}", self._options)
+        add_admin_routes(self.app, node)  # operator API (docs/API.md) on the same port
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 

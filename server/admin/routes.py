@@ -1,0 +1,177 @@
+"""The operator endpoints (docs/API.md), added to the WHIP/WHEP aiohttp app.
+
+Everything here acts through the node: rooms and counts from its view, system messages
+through the room outbox (sequenced like any event), sanctions through the broker (so every
+node applies them), stats through node.analytics.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from server import protocol
+from server.abuse.moderation import DEFAULT_DURATION
+from server.admin.access import SECRET_KEY, require_admin, require_host_or_admin
+from server.broker.base import BrokerUnavailable, Sanction
+
+if TYPE_CHECKING:
+    from server.node import Node
+
+MAX_SYSTEM_TEXT = 500
+_SANCTIONS = {
+    "mute": ("mute", False),
+    "unmute": ("mute", True),
+    "ban": ("ban", False),
+    "unban": ("ban", True),
+}
+ADMIN_UID = "admin"
+
+
+def add_admin_routes(app: web.Application, node: Node) -> None:
+    api = AdminApi(node)
+    app[SECRET_KEY] = node.config.secret
+    app.router.add_get("/api/rooms/{room}/stats", api.stats)
+    app.router.add_get("/api/admin/rooms", api.rooms)
+    app.router.add_post("/api/admin/rooms/{room}/close", api.close_room)
+    app.router.add_post("/api/admin/rooms/{room}/system", api.system)
+    app.router.add_post("/api/admin/users/{uid}/sanction", api.sanction)
+    app.router.add_get("/api/admin/health", api.health)
+
+
+def _room(request: web.Request) -> str:
+    room = request.match_info["room"]
+    if not protocol.valid_id(room):
+        raise web.HTTPBadRequest(text='{"error":"not a valid room id"}', content_type="application/json")
+    return room
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text='{"error":"JSON object body required"}', content_type="application/json"
+        )
+    return body
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f'{{"error":"{message}"}}', content_type="application/json")
+
+
+class AdminApi:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _admin(self, request: web.Request) -> None:
+        require_admin(request, self.node.config.admin_token)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        room = _room(request)
+        config = self.node.config
+        require_host_or_admin(request, config.admin_token, config.secret, room)
+        return web.json_response(await self.node.analytics.stats(room))
+
+    async def rooms(self, request: web.Request) -> web.Response:
+        """This node's rooms (those with a local connection or media) and their counts."""
+        self._admin(request)
+        out = [
+            {
+                "room": room.room_id,
+                "local": len(room.members),
+                "online": room.online,
+                "unique": room.unique,
+                "likes": room.likes_total,
+                "hosts": sorted(room.hosts),
+                "live": sorted(room.publishers),
+                "seq": room.seq,
+            }
+            for room in self.node.rooms.values()
+        ]
+        return web.json_response({"node": self.node.node_id, "rooms": out})
+
+    async def close_room(self, request: web.Request) -> web.Response:
+        """Tell the room it is closed (a sequenced `system` event every node delivers), then
+        close this node's connections of the room (4410). Other nodes' viewers get the event."""
+        self._admin(request)
+        room_id = _room(request)
+        room = await self.node.open_room(room_id)
+        self.node.enqueue(room_id, _system("this room was closed", closed=True))
+        await self.node.tick()  # the event goes out before the sockets close
+        for client in list(room.members):
+            client.close(ROOM_CLOSED, "room closed")
+        return web.json_response({"room": room_id, "closed": len(room.members)})
+
+    async def system(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        room_id = _room(request)
+        text = (await _body(request)).get("text")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_SYSTEM_TEXT:
+            raise _bad(f"'text' must be 1..{MAX_SYSTEM_TEXT} characters")
+        await self.node.open_room(room_id)
+        self.node.enqueue(room_id, _system(text.strip()))
+        return web.json_response({"room": room_id, "queued": True})
+
+    async def sanction(self, request: web.Request) -> web.Response:
+        """Mute/unmute/ban/unban one user in several rooms at once (stored in the broker)."""
+        self._admin(request)
+        uid = request.match_info["uid"]
+        body = await _body(request)
+        action, rooms, duration = body.get("action"), body.get("rooms"), body.get("duration")
+        if action not in _SANCTIONS or not protocol.valid_id(uid):
+            raise _bad(f"'action' must be one of {sorted(_SANCTIONS)}")
+        if (
+            not isinstance(rooms, list)
+            or not rooms
+            or not all(isinstance(r, str) and protocol.valid_id(r) for r in rooms)
+        ):
+            raise _bad("'rooms' must be a non-empty list of room ids")
+        if duration is not None and (
+            isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0
+        ):
+            raise _bad("'duration' must be positive seconds")
+        kind, lifted = _SANCTIONS[action]
+        seconds = duration if duration is not None else DEFAULT_DURATION[kind]
+        until = None if lifted or seconds is None else protocol.now_ms() + int(seconds * 1000)
+        try:
+            for room in rooms:
+                await self.node.broker.put_sanction(Sanction(room, uid, kind, until, ADMIN_UID, lifted))
+        except BrokerUnavailable:
+            return web.json_response(
+                {"error": "broker unavailable: retry"}, status=503, headers={"Retry-After": "1"}
+            )
+        return web.json_response({"uid": uid, "action": action, "rooms": rooms, "until": until})
+
+    async def health(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        node = self.node
+        body = {
+            "node": node.node_id,
+            "ready": node.ready,
+            "draining": node.draining,
+            "broker": type(node.broker).__name__,
+            "broker_ready": node.broker.ready,
+            "rooms": len(node.rooms),
+            "connections": sum(len(r.members) for r in node.rooms.values()),
+            "time": time.time(),
+        }
+        return web.json_response(body, status=200 if node.ready else 503)
+
+
+ROOM_CLOSED = 4410  # close code: an operator closed the room (docs/API.md)
+
+
+def _system(text: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "t": "system",
+        "uid": protocol.SYSTEM_UID,
+        "name": protocol.SYSTEM_UID,
+        "text": text,
+        "ts": protocol.now_ms(),
+        **fields,
+    }

@@ -1,0 +1,167 @@
+"""The node's analytics hooks: one cheap call per join, leave or interaction.
+
+Hooks only append a Record to an in-process list (no I/O, no await on the hot path); a
+background task flushes the list to the store every `flush_interval` seconds and hands
+each flushed batch to listeners (webhooks). The clock is injected so tests script exact
+join/leave times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from server.analytics import aggregate
+from server.analytics.records import DANMAKU, DM, FIRST_FRAME, JOIN, LEAVE, LIKE, Record, day_of
+from server.analytics.store import AnalyticsStore, MemoryStore
+
+log = logging.getLogger("liveroom.analytics")
+
+HOST_JOIN, HOST_LEAVE = "host_join", "host_leave"  # kept for webhooks; not viewer figures
+MAX_BUFFER = 100_000  # records waiting for a flush; beyond this new ones are dropped (store down)
+
+Listener = Callable[[list[Record]], None]
+
+
+class Analytics:
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        node_id: str,
+        clock: Callable[[], float] = time.time,
+        flush_interval: float = 1.0,
+        funnel: Sequence[str] = aggregate.DEFAULT_FUNNEL,
+    ) -> None:
+        aggregate.check_funnel(funnel)
+        self.store = store
+        self.clock = clock
+        self.flush_interval = flush_interval
+        self.funnel = tuple(funnel)
+        self.listeners: list[Listener] = []
+        self.dropped = 0
+        self._buffer: list[Record] = []
+        self._open: dict[Hashable, tuple[str, str, str, str]] = {}  # key -> room, uid, session, kind
+        self._reported: set[str] = set()  # sessions that sent their first-frame time
+        self._prefix = f"{node_id}.{secrets.token_hex(3)}"  # unique across nodes and restarts
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+
+    # -- hooks (hot path: append only) -------------------------------------------------
+
+    def joined(self, key: Hashable, room: str, uid: str, role: str) -> None:
+        """A connection joined; `key` (the client) identifies it again at leave."""
+        kind = HOST_JOIN if role == "host" else JOIN
+        session = f"{self._prefix}.{next(self._ids)}"
+        self._open[key] = (room, uid, session, kind)
+        self._add(Record(kind, room, uid, self.clock(), session))
+
+    def left(self, key: Hashable) -> None:
+        found = self._open.pop(key, None)
+        if found is not None:
+            self._reported.discard(found[2])
+            room, uid, session, kind = found
+            self._add(Record(HOST_LEAVE if kind == HOST_JOIN else LEAVE, room, uid, self.clock(), session))
+
+    def danmaku(self, room: str, uid: str) -> None:
+        self._add(Record(DANMAKU, room, uid, self.clock()))
+
+    def like(self, room: str, uid: str, count: int) -> None:
+        self._add(Record(LIKE, room, uid, self.clock(), value=count))
+
+    def direct_message(self, room: str, uid: str, to_host: bool) -> None:
+        self._add(Record(DM, room, uid, self.clock(), value=int(to_host)))
+
+    def first_frame(self, key: Hashable, ms: int) -> None:
+        """A viewer's time to first video frame; one per connection, so a client cannot skew it."""
+        found = self._open.get(key)
+        if found is not None and found[2] not in self._reported:
+            self._reported.add(found[2])
+            self._add(Record(FIRST_FRAME, found[0], found[1], self.clock(), found[2], ms))
+
+    def _add(self, record: Record) -> None:
+        if len(self._buffer) >= MAX_BUFFER:
+            self.dropped += 1
+            return
+        self._buffer.append(record)
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._open)
+
+    @property
+    def pending(self) -> int:
+        """Records buffered since the last flush (tests wait on this instead of sleeping)."""
+        return len(self._buffer)
+
+    # -- flushing ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for key in list(self._open):  # connections still open at shutdown end here
+            self.left(key)
+        await self.flush()
+        await self.store.close()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what was buffered; a store failure loses this batch, never the room."""
+        async with self._flushing:
+            batch, self._buffer = self._buffer, []
+            if not batch:
+                return
+            try:
+                await self.store.append(batch)
+            except Exception:
+                log.exception("analytics flush failed: %d records dropped", len(batch))
+            for listener in self.listeners:
+                try:
+                    listener(batch)
+                except Exception:
+                    log.exception("analytics listener failed")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def stats(self, room: str) -> dict[str, Any]:
+        """The room's figures now: this node's buffer first, so its own facts are included."""
+        await self.flush()
+        now = self.clock()
+        today = day_of(now)
+        records = await self.store.records(room, [today - 1, today])
+        uids = sorted({r.uid for r in records if r.kind == JOIN})
+        first_seen = await self.store.first_seen(room, uids)
+        out = aggregate.room_stats(records, now, first_seen, self.funnel)
+        out["room"] = room
+        out["day"]["unique_viewers_store"] = await self.store.unique_viewers(room, today)
+        return out
+
+
+def make_analytics(
+    redis_url: str | None, cluster: bool, node_id: str, flush: float, funnel: str
+) -> Analytics:
+    """Memory store on one node, Redis store (shared) when the node uses a Redis broker."""
+    store: AnalyticsStore
+    if redis_url:
+        from server.analytics.redis_store import RedisStore
+
+        store = RedisStore(redis_url, cluster)
+    else:
+        store = MemoryStore()
+    steps = [s.strip() for s in funnel.split(",") if s.strip()]
+    return Analytics(store, node_id, flush_interval=flush, funnel=steps or aggregate.DEFAULT_FUNNEL)

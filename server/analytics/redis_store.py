@@ -1,0 +1,72 @@
+"""Analytics records in Redis, shared by every node (redis.asyncio, its own connection).
+
+Keys carry the room in a hash tag, so one room's keys sit in one cluster slot:
+  an:{<room>}:log:<day>   list of encoded records of that UTC day (expires after KEEP_DAYS)
+  an:{<room>}:uv:<day>    HyperLogLog of the day's viewers (PFADD/PFCOUNT)
+  an:{<room>}:first       hash uid -> first UTC day seen (HSETNX; return rate)
+A flush is one non-transactional pipeline; a failed flush is logged and dropped (analytics
+is best effort: it must never slow or break the room).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from server.analytics.records import DAY, JOIN, Record, day_of
+from server.analytics.store import KEEP_DAYS, AnalyticsStore
+
+FIRST_TTL = 400 * DAY  # seconds: a viewer unseen for this long counts as new again
+
+
+def _key(room: str, part: str) -> str:
+    return f"an:{{{room}}}:{part}"
+
+
+class RedisStore(AnalyticsStore):
+    def __init__(self, url: str, cluster: bool = False) -> None:
+        self._redis: aioredis.Redis | RedisCluster = (
+            RedisCluster.from_url(url, decode_responses=True)
+            if cluster
+            else aioredis.Redis.from_url(url, decode_responses=True)
+        )
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def append(self, records: list[Record]) -> None:
+        grouped: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
+        for r in records:
+            grouped[(r.room, day_of(r.ts))].append(r)
+        pipe = self._redis.pipeline(transaction=False)
+        for (room, day), batch in grouped.items():
+            log_key = _key(room, f"log:{day}")
+            pipe.rpush(log_key, *(r.encode() for r in batch))
+            pipe.expire(log_key, KEEP_DAYS * DAY)
+            joined = sorted({r.uid for r in batch if r.kind == JOIN})
+            if joined:
+                uv_key = _key(room, f"uv:{day}")
+                pipe.pfadd(uv_key, *joined)
+                pipe.expire(uv_key, KEEP_DAYS * DAY)
+                for uid in joined:
+                    pipe.hsetnx(_key(room, "first"), uid, day)
+                pipe.expire(_key(room, "first"), FIRST_TTL)
+        await pipe.execute()
+
+    async def records(self, room: str, days: list[int]) -> list[Record]:
+        pipe = self._redis.pipeline(transaction=False)
+        for day in days:
+            pipe.lrange(_key(room, f"log:{day}"), 0, -1)
+        results = await pipe.execute()
+        return [Record.decode(room, raw) for rows in results for raw in rows]
+
+    async def first_seen(self, room: str, uids: list[str]) -> dict[str, int]:
+        if not uids:
+            return {}
+        values = await self._redis.hmget(_key(room, "first"), uids)
+        return {u: int(v) for u, v in zip(uids, values, strict=True) if v is not None}
+
+    async def unique_viewers(self, room: str, day: int) -> int:
+        return int(await self._redis.pfcount(_key(room, f"uv:{day}")))
