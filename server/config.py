@@ -82,6 +82,8 @@ class Config:
             raise ConfigError("history_size must be >= recent_size >= 0")
         if self.history_ttl < 1 or self.presence_ttl <= 0 or self.dm_keep < 1:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
 

@@ -24,6 +24,7 @@ from server.config import Config
 from server.media_gateway import MediaGateway
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room
+from server.webhooks.sender import make_webhooks
 
 log = logging.getLogger("liveroom.node")
 
@@ -51,6 +52,11 @@ class Node:
             config.analytics_flush,
             config.analytics_funnel,
         )
+        self.webhooks = make_webhooks(  # signed POSTs of room/host/viewer/moderation events, or None
+            config.webhook_url, config.webhook_secret, self.node_id, config.redis_url, config.redis_cluster
+        )
+        if self.webhooks is not None:
+            self.analytics.listeners.append(self.webhooks.on_records)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -58,6 +64,8 @@ class Node:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         self.guard.start()
         self.analytics.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     async def stop(self) -> None:
         """Flush what is queued, then tell every client to reconnect elsewhere (1012)."""
@@ -69,6 +77,8 @@ class Node:
                 await self._ticker
         await self.tick()
         await self.analytics.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         clients = [c for room in self.rooms.values() for c in room.members]
         loop = asyncio.get_running_loop()
         closing = [loop.create_task(c.ws.close(1012, "server restarting, reconnect")) for c in clients]

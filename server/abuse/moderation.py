@@ -116,6 +116,8 @@ class Moderation:
         if message.reason:
             record["reason"] = message.reason
         log.info("moderation %s", json.dumps(record, separators=(",", ":")))
+        if self.node.webhooks is not None:
+            self.node.webhooks.emit("moderation", record)
         abuse_metrics.moderation_actions.labels(action=message.action).inc()
         self._ack(client, ack, message.cid)
 

@@ -145,6 +145,10 @@ class AdminApi:
             return web.json_response(
                 {"error": "broker unavailable: retry"}, status=503, headers={"Retry-After": "1"}
             )
+        if self.node.webhooks is not None:
+            self.node.webhooks.emit(
+                "moderation", {"action": action, "uid": uid, "rooms": rooms, "until": until, "by": ADMIN_UID}
+            )
         return web.json_response({"uid": uid, "action": action, "rooms": rooms, "until": until})
 
     async def health(self, request: web.Request) -> web.Response:

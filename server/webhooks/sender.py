@@ -1,0 +1,187 @@
+"""Signed webhook delivery: a bounded queue and one sender task, so the room never waits.
+
+Analytics hands every flushed batch of records to `on_records` (already off the hot path);
+the sender task turns them into events (room started/ended, host online/offline, viewers
+joined/left batched per flush), claims each event id, and POSTs it as JSON with
+`X-Liveroom-Signature: sha256=<hex HMAC-SHA256 of the body>`; a failure (network or
+non-2xx) is retried with exponential backoff up to `retries` times, then dropped and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from server.analytics.recorder import HOST_JOIN, HOST_LEAVE
+from server.analytics.records import JOIN, LEAVE, Record
+from server.webhooks.claim import LocalClaims
+
+log = logging.getLogger("liveroom.webhooks")
+
+SIGNATURE_HEADER = "X-Liveroom-Signature"
+MAX_QUEUE = 1000  # pending jobs; beyond this new events are dropped (and counted)
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+def _fresh_id(kind: str) -> str:
+    return f"{kind}:{secrets.token_hex(8)}"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Webhooks:
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        node_id: str,
+        claims: LocalClaims,
+        clock: Callable[[], float] = time.time,
+        retries: int = 5,
+        backoff: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.secret = secret
+        self.node_id = node_id
+        self.claims = claims
+        self.clock = clock
+        self.retries = retries
+        self.backoff = backoff  # seconds before the first retry, doubled each time
+        self.dropped = 0
+        self.delivered = 0
+        self._queue: asyncio.Queue[list[Record] | dict[str, Any]] = asyncio.Queue(MAX_QUEUE)
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- producers (never block) -----------------------------------------------------------
+
+    def on_records(self, records: list[Record]) -> None:
+        self._put(records)
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Queue one event (e.g. a moderation action) with a fresh id."""
+        self._put(self._event(kind, data, _fresh_id(kind)))
+
+    def _put(self, job: list[Record] | dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    # -- the sender task ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Send what is queued for up to `grace` seconds, then stop."""
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), grace)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+        await self.claims.close()
+
+    async def _run(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                events = await self._events(job) if isinstance(job, list) else [job]
+                for event in events:
+                    if await self.claims.claim(event["id"]):
+                        await self._deliver(event)
+            except Exception:
+                log.exception("webhook job failed")
+            finally:
+                self._queue.task_done()
+
+    async def _events(self, records: list[Record]) -> list[dict[str, Any]]:
+        """One flush's records as events: per room, started/ended from the shared connection
+        count, host online/offline, and one `viewers` event with who joined and left."""
+        hosts: list[dict[str, Any]] = []
+        joined: defaultdict[str, list[str]] = defaultdict(list)
+        left: defaultdict[str, list[str]] = defaultdict(list)
+        delta: defaultdict[str, int] = defaultdict(int)
+        for r in records:
+            if r.kind in (JOIN, HOST_JOIN):
+                delta[r.room] += 1
+            elif r.kind in (LEAVE, HOST_LEAVE):
+                delta[r.room] -= 1
+            if r.kind == JOIN:
+                joined[r.room].append(r.uid)
+            elif r.kind == LEAVE:
+                left[r.room].append(r.uid)
+            elif r.kind in (HOST_JOIN, HOST_LEAVE):
+                kind = "host.online" if r.kind == HOST_JOIN else "host.offline"
+                hosts.append(self._event(kind, {"room": r.room, "uid": r.uid}, f"{kind}:{r.session}"))
+        started: list[dict[str, Any]] = []
+        ended: list[dict[str, Any]] = []
+        for room, change in delta.items():
+            if not change:
+                continue
+            count = await self.claims.add_connections(room, change)
+            if count - change <= 0 < count:
+                started.append(self._event("room.started", {"room": room}, _fresh_id("room.started")))
+            elif count <= 0 < count - change:
+                ended.append(self._event("room.ended", {"room": room}, _fresh_id("room.ended")))
+        viewers = [
+            self._event(
+                "viewers", {"room": room, "joined": joined[room], "left": left[room]}, _fresh_id("viewers")
+            )
+            for room in sorted(set(joined) | set(left))
+        ]
+        return started + hosts + viewers + ended
+
+    def _event(self, kind: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
+        return {"id": event_id, "type": kind, "ts": self.clock(), "node": self.node_id, "data": data}
+
+    async def _deliver(self, event: dict[str, Any]) -> None:
+        assert self._session is not None
+        body = json.dumps(event, separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.secret, body),
+            "X-Liveroom-Event": event["type"],
+            "X-Liveroom-Delivery": event["id"],
+        }
+        for attempt in range(self.retries + 1):
+            try:
+                async with self._session.post(self.url, data=body, headers=headers) as response:
+                    if 200 <= response.status < 300:
+                        self.delivered += 1
+                        return
+                    reason = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = repr(exc)
+            if attempt < self.retries:
+                await asyncio.sleep(self.backoff * 2**attempt)
+        log.warning("webhook %s dropped after %d attempts: %s", event["id"], self.retries + 1, reason)
+
+
+def make_webhooks(
+    url: str, secret: str, node_id: str, redis_url: str | None, cluster: bool
+) -> Webhooks | None:
+    if not url:
+        return None
+    if redis_url:
+        from server.webhooks.claim import RedisClaims
+
+        return Webhooks(url, secret, node_id, RedisClaims(redis_url, cluster))
+    return Webhooks(url, secret, node_id, LocalClaims())

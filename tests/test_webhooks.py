@@ -1,0 +1,115 @@
+"""Webhooks: signed, retried after a receiver failure, each event delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from server.app import App
+from server.config import Config
+from server.webhooks.sender import SIGNATURE_HEADER
+from tests.conftest import TIMEOUT, WsClient
+
+SECRET = "webhook-secret-for-tests"
+
+
+class Receiver:
+    """A real HTTP receiver on 127.0.0.1 that answers 500 to the first `fail` requests."""
+
+    def __init__(self, fail: int = 1) -> None:
+        self.fail = fail
+        self.attempts: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), expected):
+            return web.Response(status=401)
+        event = json.loads(body)
+        self.attempts.append(event)
+        self.changed.set()
+        if len(self.attempts) <= self.fail:
+            return web.Response(status=500)
+        self.accepted.append(event)
+        return web.Response(status=204)
+
+    async def wait(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    rx = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rx.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield rx, f"http://127.0.0.1:{port}/hook"
+    await runner.cleanup()
+
+
+@pytest.fixture
+def config(config: Config, receiver: tuple[Receiver, str]) -> Config:
+    config.webhook_url = receiver[1]
+    config.webhook_secret = SECRET
+    config.analytics_flush = 3600.0  # flushed by the test
+    return config
+
+
+async def test_signed_retried_delivered_once(
+    app: App, join: Callable[..., Awaitable[WsClient]], receiver: tuple[Receiver, str]
+) -> None:
+    rx, _ = receiver
+    hooks = app.node.webhooks
+    assert hooks is not None
+    hooks.backoff = 0.01  # the retry schedule, not the test, decides when: keep it short
+    host = await join("hank", role="host")
+    await join("alice")
+    await join("bob")
+    await app.node.analytics.flush()
+    await rx.wait(lambda: len(rx.accepted) == 3)
+    kinds = [e["type"] for e in rx.accepted]
+    assert kinds == ["room.started", "host.online", "viewers"]
+    assert rx.attempts[0]["id"] == rx.attempts[1]["id"]  # the first failed, then the same event again
+    assert rx.accepted[2]["data"] == {"room": "r1", "joined": ["alice", "bob"], "left": []}
+    await host.close()
+    await asyncio.wait_for(_until(lambda: app.node.analytics.open_sessions == 2), TIMEOUT)
+    await app.node.analytics.flush()
+    await rx.wait(lambda: len(rx.accepted) == 4)
+    assert rx.accepted[3]["type"] == "host.offline"
+    ids = [e["id"] for e in rx.accepted]
+    assert len(set(ids)) == len(ids)  # each delivered once
+    await asyncio.wait_for(_until(lambda: hooks.delivered == 4), TIMEOUT)  # the sender saw each 2xx
+
+
+async def test_moderation_event(
+    app: App, join: Callable[..., Awaitable[WsClient]], receiver: tuple[Receiver, str]
+) -> None:
+    rx, _ = receiver
+    rx.fail = 0
+    host = await join("hank", role="host")
+    await join("alice")
+    await host.send(t="mod", action="mute", uid="alice", cid=1)
+    await rx.wait(lambda: any(e["type"] == "moderation" for e in rx.accepted))
+    [event] = [e for e in rx.accepted if e["type"] == "moderation"]
+    assert event["data"]["uid"] == "alice" and event["data"]["action"] == "mute"
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
