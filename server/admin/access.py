@@ -4,13 +4,15 @@ stats a host token of that room. No Authorization: 401; a valid token without th
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from aiohttp import web
 
 from server import auth
 from server.protocol import ErrorCode, ProtocolError
 
-SECRET_KEY = web.AppKey("liveroom.secret", str)  # the token secret, to tell room tokens from junk
+Verify = Callable[[str, str | None], auth.Identity]  # the node's keyring: current and rotated keys
+VERIFY_KEY = web.AppKey("liveroom.verify", Verify)  # tells room tokens (403) from junk (401)
 
 
 def bearer(request: web.Request) -> str:
@@ -30,12 +32,12 @@ def require_admin(request: web.Request, admin_token: str) -> None:
         raise _denied(403 if _is_room_token(request, token) else 401, "admin token required")
 
 
-def require_host_or_admin(request: web.Request, admin_token: str, secret: str, room: str) -> None:
+def require_host_or_admin(request: web.Request, admin_token: str, verify: Verify, room: str) -> None:
     token = bearer(request)
     if is_admin(admin_token, token):
         return
     try:
-        who = auth.verify(secret, token, room)
+        who = verify(token, room)
     except ProtocolError as error:
         status = 403 if error.code == ErrorCode.WRONG_ROOM else 401
         raise _denied(status, error.message) from None
@@ -46,7 +48,7 @@ def require_host_or_admin(request: web.Request, admin_token: str, secret: str, r
 def _is_room_token(request: web.Request, token: str) -> bool:
     """A signed room token is a known caller without the admin right (403, not 401)."""
     try:
-        auth.verify(request.app[SECRET_KEY], token)
+        request.app[VERIFY_KEY](token, None)
     except ProtocolError:
         return False
     return True

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server import protocol
 from server.abuse.moderation import DEFAULT_DURATION
-from server.admin.access import SECRET_KEY, require_admin, require_host_or_admin
+from server.admin.access import VERIFY_KEY, require_admin, require_host_or_admin
 from server.broker.base import BrokerUnavailable, Sanction
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ ADMIN_UID = "admin"
 
 def add_admin_routes(app: web.Application, node: Node) -> None:
     api = AdminApi(node)
-    app[SECRET_KEY] = node.config.secret
+    app[VERIFY_KEY] = node.guard.keyring.verify
     app.router.add_get("/api/rooms/{room}/stats", api.stats)
     app.router.add_get("/api/admin/rooms", api.rooms)
     app.router.add_post("/api/admin/rooms/{room}/close", api.close_room)
@@ -74,7 +74,7 @@ class AdminApi:
     async def stats(self, request: web.Request) -> web.Response:
         room = _room(request)
         config = self.node.config
-        require_host_or_admin(request, config.admin_token, config.secret, room)
+        require_host_or_admin(request, config.admin_token, self.node.guard.keyring.verify, room)
         return web.json_response(await self.node.analytics.stats(room))
 
     async def rooms(self, request: web.Request) -> web.Response:
