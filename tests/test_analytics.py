@@ -155,3 +155,29 @@ def test_aggregate_open_leave_before_window() -> None:
 def test_bad_funnel_refused() -> None:
     with pytest.raises(ValueError):
         aggregate.check_funnel(["joined", "bought"])
+
+
+async def _metric(app: App, name: str) -> float:
+    """A sample from the node's /metrics page (0 when not exported yet)."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.port}/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_metrics_follow_joins_and_messages(app: App, join: Callable[..., Awaitable[WsClient]]) -> None:
+    joins = 'liveroom_analytics_records_total{kind="join"}'
+    danmaku = 'liveroom_analytics_records_total{kind="danmaku"}'
+    likes = 'liveroom_analytics_records_total{kind="like"}'
+    before = {name: await _metric(app, name) for name in (joins, danmaku, likes)}
+    alice = await join("alice")
+    await join("bob")
+    await alice.send(t="danmaku", text="hi")
+    await alice.send(t="like", count=2)
+    await _until(lambda: app.node.analytics.pending == 4)
+    await app.node.analytics.flush()
+    assert await _metric(app, joins) == before[joins] + 2
+    assert await _metric(app, danmaku) == before[danmaku] + 1
+    assert await _metric(app, likes) == before[likes] + 1  # one record, value 2

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from server.app import App
 from server.config import Config
@@ -95,6 +96,8 @@ async def test_signed_retried_delivered_once(
     ids = [e["id"] for e in rx.accepted]
     assert len(set(ids)) == len(ids)  # each delivered once
     await asyncio.wait_for(_until(lambda: hooks.delivered == 4), TIMEOUT)  # the sender saw each 2xx
+    retries = REGISTRY.get_sample_value("liveroom_webhook_deliveries_total", {"result": "retry"})
+    assert retries is not None and retries >= 1
 
 
 async def test_moderation_event(

@@ -14,10 +14,12 @@ import itertools
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from server.analytics import aggregate
+from server.analytics import metrics as analytics_metrics
 from server.analytics.records import DANMAKU, DM, FIRST_FRAME, JOIN, LEAVE, LIKE, Record, day_of
 from server.analytics.store import AnalyticsStore, MemoryStore
 
@@ -88,6 +90,7 @@ class Analytics:
     def _add(self, record: Record) -> None:
         if len(self._buffer) >= MAX_BUFFER:
             self.dropped += 1
+            analytics_metrics.dropped.inc()
             return
         self._buffer.append(record)
 
@@ -130,6 +133,12 @@ class Analytics:
                 await self.store.append(batch)
             except Exception:
                 log.exception("analytics flush failed: %d records dropped", len(batch))
+                analytics_metrics.flushes.labels(result="failed").inc()
+                analytics_metrics.dropped.inc(len(batch))
+            else:
+                analytics_metrics.flushes.labels(result="ok").inc()
+                for kind, n in Counter(r.kind for r in batch).items():
+                    analytics_metrics.records.labels(kind=kind).inc(n)
             for listener in self.listeners:
                 try:
                     listener(batch)

@@ -25,6 +25,7 @@ import aiohttp
 
 from server.analytics.recorder import HOST_JOIN, HOST_LEAVE
 from server.analytics.records import JOIN, LEAVE, Record
+from server.webhooks import metrics as webhook_metrics
 from server.webhooks.claim import LocalClaims
 
 log = logging.getLogger("liveroom.webhooks")
@@ -80,6 +81,7 @@ class Webhooks:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self.dropped += 1
+            webhook_metrics.deliveries.labels(result="queue_full").inc()
 
     # -- the sender task ----------------------------------------------------------------------
 
@@ -166,12 +168,15 @@ class Webhooks:
                 async with self._session.post(self.url, data=body, headers=headers) as response:
                     if 200 <= response.status < 300:
                         self.delivered += 1
+                        webhook_metrics.deliveries.labels(result="ok").inc()
                         return
                     reason = f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = repr(exc)
             if attempt < self.retries:
+                webhook_metrics.deliveries.labels(result="retry").inc()
                 await asyncio.sleep(self.backoff * 2**attempt)
+        webhook_metrics.deliveries.labels(result="dropped").inc()
         log.warning("webhook %s dropped after %d attempts: %s", event["id"], self.retries + 1, reason)
 
 
