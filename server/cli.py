@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from server import auth
+from server import auth, logs
 from server.config import ConfigError, add_serve_arguments, from_args, from_env
 
 
@@ -17,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run a server node")
     add_serve_arguments(serve)
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one object a line"
+    )
 
     token = sub.add_parser("token", help="print a signed join token")
     token.add_argument("--room", required=True)
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"liveroom: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(args.log_level, args.log_format)
 
     import uvloop
 

@@ -17,7 +17,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from server import auth, metrics, protocol
+from server import auth, logs, metrics, protocol
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ class Client:
 
     def reject(self, error: ProtocolError) -> None:
         metrics.rejections.labels(reason=error.code.name.lower()).inc()
+        logs.connection_event(
+            "refused", self.ws, logging.INFO if error.fatal else logging.DEBUG, code=int(error.code)
+        )
         if self.node.guard.on_reject(self, error):  # not to clients that do not read them
             self.send(protocol.error_frame(error.code, error.message, error.ref, error.retry_after))
         if error.fatal:
@@ -77,6 +80,7 @@ class Client:
             if self._closing is not None:  # returning first would close with 1000 instead
                 await self._closing
             metrics.connections.dec()
+            logs.connection_event("close", self.ws, logging.DEBUG, code=self.ws.close_code, room=self.room_id)
             self.node.guard.disconnect(self)
             if self.identity is not None and self.room_id is not None:
                 await self.node.leave(self)
@@ -110,6 +114,9 @@ class Client:
         await self.node.join(self, resume)
         self.node.guard.joined(self)
         metrics.joins.inc()
+        logs.connection_event(
+            "join", self.ws, logging.DEBUG, room=self.room_id, uid=self.identity.uid, role=self.identity.role
+        )
         metrics.join_latency.observe(time.perf_counter() - self.opened)
         return True
 
@@ -148,7 +155,9 @@ class Client:
                 if pause := node.guard.penalty(error):  # stop reading a flooder: TCP pushes back
                     await asyncio.sleep(pause)
             except Exception:  # a bug must cost one message, never the room
-                log.exception("error handling a frame")
+                log.exception(
+                    "error handling a frame", extra={"fields": {"request_id": logs.request_id(self.ws)}}
+                )
                 self.reject(ProtocolError(ErrorCode.INTERNAL, "internal error"))
 
 

@@ -1,0 +1,54 @@
+"""Structured logs: JSON lines (one object per record) and one line per connection event.
+
+Joins and closes log at DEBUG (a join storm must not cost a write per connection unless
+asked for with `--log-level DEBUG`), fatal refusals at INFO. Connection events carry the WebSocket's request id (the connection's UUID), so a join, its
+refusals and its close can be put back together from the logs of many nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+conn_log = logging.getLogger("liveroom.conn")
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"ts", "level", "logger", "msg", ...fields, "exc"}` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def configure(level: str, fmt: str) -> None:
+    """Root logging for `liveroom serve`: `fmt` is "text" (human) or "json" (one object a line)."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def request_id(ws: ServerConnection) -> str:
+    return str(ws.id)
+
+
+def connection_event(event: str, ws: ServerConnection, level: int, **fields: Any) -> None:
+    """One line per connection event (join, refused, close); free when the level is off."""
+    if conn_log.isEnabledFor(level):
+        conn_log.log(level, event, extra={"fields": {"event": event, "request_id": request_id(ws), **fields}})
