@@ -117,3 +117,18 @@ async def test_sanction_across_rooms(app: App, join: Callable[..., Awaitable[WsC
         client = WsClient(ws)
         error = await client.recv()
         assert error["t"] == "error" and error["code"] == 4403
+
+
+async def test_cors_for_the_dashboard(app: App) -> None:
+    url = f"http://127.0.0.1:{app.http_port}/api/rooms/r1/stats"
+    async with aiohttp.ClientSession() as http:
+        async with http.options(
+            url, headers={"Origin": "http://x", "Access-Control-Request-Method": "GET"}
+        ) as r:
+            assert r.status == 204 and "Authorization" in r.headers["Access-Control-Allow-Headers"]
+        async with http.get(url) as r:  # an error still carries the header, so the page can show it
+            assert r.status == 401 and r.headers["Access-Control-Allow-Origin"] == "*"
+        async with http.get(url, headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+            assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.port}/dashboard.html") as r:
+        assert r.status == 200 and "uplot.iife.min.js" in await r.text()

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from server import protocol
 from server.abuse.moderation import DEFAULT_DURATION
@@ -39,6 +40,33 @@ def add_admin_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/api/admin/rooms/{room}/system", api.system)
     app.router.add_post("/api/admin/users/{uid}/sanction", api.sanction)
     app.router.add_get("/api/admin/health", api.health)
+    app.router.add_route("OPTIONS", "/api/{tail:.*}", _preflight)
+    app.middlewares.append(_cors)
+
+
+_CORS = {  # Bearer tokens, never cookies: any origin may call (the dashboard is on the WS port)
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+}
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=_CORS)
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS headers on every /api/ answer, errors included, so a browser can read them."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        error.headers.update(_CORS)
+        raise
+    response.headers.update(_CORS)
+    return response
 
 
 def _room(request: web.Request) -> str:

@@ -1,0 +1,84 @@
+// Polls GET /api/rooms/<id>/stats (docs/API.md) every 5 s and draws it with the vendored uPlot.
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+$("api").value = params.get("api") || `${location.protocol}//${location.hostname}:8081`;
+$("room").value = params.get("room") || $("room").value;
+$("token").value = params.get("token") || "";
+
+const FIGURES = [
+  ["concurrent_now", "viewers now"],
+  ["peak_concurrent", "peak viewers"],
+  ["unique_viewers", "unique viewers"],
+  ["watch_time_avg_s", "avg watch time (s)"],
+  ["interaction_rate", "interaction rate"],
+  ["danmaku_per_min", "danmaku / min"],
+  ["likes_per_min", "likes / min"],
+  ["return_rate", "return rate"],
+];
+const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2) : String(v ?? "–"));
+
+let ffLabels = [];
+const times = [];
+const counts = [];
+const viewersChart = new uPlot(
+  { width: 480, height: 220, series: [{}, { label: "viewers", stroke: "#4a7bd0", width: 2 }] },
+  [times, counts],
+  $("viewers"),
+);
+const bars = uPlot.paths.bars({ size: [0.8] });
+const ffChart = new uPlot(
+  {
+    width: 480, height: 220,
+    scales: { x: { time: false } },
+    axes: [{ values: (_, ticks) => ticks.map((i) => ffLabels[i] ?? "") }, {}],
+    series: [{}, { label: "viewers", fill: "#7aa6e8", stroke: "#4a7bd0", paths: bars }],
+  },
+  [[], []],
+  $("firstframe"),
+);
+let timer = null;
+
+function render(stats) {
+  const rows = FIGURES.map(([key, label]) => {
+    const cells = ["live", "hour", "day"].map((w) => `<td>${fmt(stats[w]?.[key])}</td>`).join("");
+    return `<tr><td>${label}</td>${cells}</tr>`;
+  });
+  $("windows").tBodies[0].innerHTML = rows.join("");
+  times.push(stats.now);
+  counts.push(stats.day.concurrent_now);
+  if (times.length > 720) { times.shift(); counts.shift(); }
+  viewersChart.setData([times, counts]);
+  const buckets = stats.day.first_frame.buckets_ms;
+  ffLabels = Object.keys(buckets).map((b) => (b === "+Inf" ? ">5000" : `≤${b}`));
+  ffChart.setData([ffLabels.map((_, i) => i), Object.values(buckets)]);
+  const funnel = $("funnel");
+  funnel.replaceChildren(...stats.day.funnel.map((s) => {
+    const row = document.createElement("p");
+    const bar = document.createElement("div");
+    bar.style.width = `${Math.max(1, s.rate * 100) * 3}px`;
+    row.append(`${s.step}: ${s.users} (${(s.rate * 100).toFixed(0)} %)`, bar);
+    return row;
+  }));
+}
+
+async function poll() {
+  const url = `${$("api").value.replace(/\/$/, "")}/api/rooms/${encodeURIComponent($("room").value)}/stats`;
+  try {
+    const response = await fetch(url, { headers: { Authorization: `Bearer ${$("token").value}` } });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    render(await response.json());
+    $("status").textContent = "";
+  } catch (error) {
+    $("status").textContent = `stats: ${error.message}`;
+  }
+}
+
+$("settings").addEventListener("submit", (event) => {
+  event.preventDefault();
+  times.length = 0;
+  counts.length = 0;
+  clearInterval(timer);
+  poll();
+  timer = setInterval(poll, 5000);
+});
+if ($("token").value) $("settings").requestSubmit();
