@@ -181,3 +181,36 @@ async def test_metrics_follow_joins_and_messages(app: App, join: Callable[..., A
     assert await _metric(app, joins) == before[joins] + 2
     assert await _metric(app, danmaku) == before[danmaku] + 1
     assert await _metric(app, likes) == before[likes] + 1  # one record, value 2
+
+
+async def test_recorder_cache_and_one_first_frame_per_connection() -> None:
+    """Direct use of the recorder: stats are reused for STATS_CACHE seconds of the clock."""
+    from server.analytics.recorder import STATS_CACHE, Analytics
+    from server.analytics.store import MemoryStore
+
+    clock = FakeClock()
+    analytics = Analytics(MemoryStore(), "n", clock=clock)
+    conn = object()
+    analytics.joined(conn, "r", "alice", "viewer")
+    analytics.first_frame(conn, 300)
+    analytics.first_frame(conn, 9000)  # a second report of the same connection is ignored
+    first = await analytics.stats("r")
+    assert first["day"]["first_frame"]["count"] == 1 and first["day"]["concurrent_now"] == 1
+    clock.now += STATS_CACHE / 2
+    analytics.left(conn)
+    assert await analytics.stats("r") is first  # cached
+    clock.now += STATS_CACHE
+    again = await analytics.stats("r")
+    assert again["day"]["concurrent_now"] == 0
+    assert again["day"]["watch_time_total_s"] == STATS_CACHE / 2
+
+
+def test_leave_and_join_at_the_same_instant_do_not_make_a_peak() -> None:
+    records = [
+        Record("join", "r", "a", T0, "s1"),
+        Record("leave", "r", "a", T0 + 10, "s1"),
+        Record("join", "r", "b", T0 + 10, "s2"),
+    ]
+    out = aggregate.window_stats(records, aggregate.sessions(records, T0), T0, T0 + 20, {})
+    assert (out["concurrent_now"], out["peak_concurrent"]) == (1, 1)
+    assert aggregate.live_start(aggregate.sessions(records, T0), T0 + 20) == T0

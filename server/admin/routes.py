@@ -7,6 +7,8 @@ node applies them), stats through node.analytics.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,9 @@ from server.admin.access import VERIFY_KEY, require_admin, require_host_or_admin
 from server.broker.base import BrokerUnavailable, Sanction
 
 if TYPE_CHECKING:
+    from server.client import Client
     from server.node import Node
+    from server.rooms import Room
 
 MAX_SYSTEM_TEXT = 500
 _SANCTIONS = {
@@ -129,11 +133,21 @@ class AdminApi:
         self._admin(request)
         room_id = _room(request)
         room = await self.node.open_room(room_id)
+        seq = room.seq
         self.node.enqueue(room_id, _system("this room was closed", closed=True))
-        await self.node.tick()  # the event goes out before the sockets close
+        await self._sent(room, seq)
         for client in list(room.members):
             client.close(ROOM_CLOSED, "room closed")
         return web.json_response({"room": room_id, "closed": len(room.members)})
+
+    async def _sent(self, room: Room[Client], seq: int) -> None:
+        """Wait (bounded) until the outbox went out and a batch came back, so viewers here get
+        the event before their close; the node's own tick sends it (no second, racing tick)."""
+        period = self.node.config.tick_ms / 1000
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT):
+                while room.dirty or room.seq <= seq:
+                    await asyncio.sleep(period)
 
     async def system(self, request: web.Request) -> web.Response:
         self._admin(request)
@@ -195,6 +209,7 @@ class AdminApi:
         return web.json_response(body, status=200 if node.ready else 503)
 
 
+CLOSE_WAIT = 2.0  # seconds the close waits for its event to go out before closing anyway
 ROOM_CLOSED = 4410  # close code: an operator closed the room (docs/API.md)
 
 

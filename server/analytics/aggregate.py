@@ -72,10 +72,11 @@ def concurrency(all_sessions: Sequence[Session], start: float, end: float) -> tu
 
 
 def live_start(all_sessions: Sequence[Session], now: float) -> float | None:
-    """When the current (or last) run began: the last time the room went from 0 viewers to 1."""
+    """When the current (or last) run began: the last time the room went from 0 viewers to 1.
+    A join at the very instant of the last leave continues the run (no gap, no new run)."""
     points = [(s.start, 1) for s in all_sessions] + [(s.end, -1) for s in all_sessions if s.end is not None]
     count, began = 0, None
-    for ts, delta in sorted(points, key=lambda p: (p[0], p[1])):
+    for ts, delta in sorted(points, key=lambda p: (p[0], -p[1])):
         if ts > now:
             break
         if count == 0 and delta == 1:

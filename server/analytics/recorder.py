@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections import Counter
@@ -26,6 +27,8 @@ from server.analytics.store import AnalyticsStore, MemoryStore
 log = logging.getLogger("liveroom.analytics")
 
 HOST_JOIN, HOST_LEAVE = "host_join", "host_leave"  # kept for webhooks; not viewer figures
+STATS_CACHE = 1.0  # seconds a room's computed stats are served again
+FAILURE_LOG_EVERY = 10.0  # seconds between logged store failures
 MAX_BUFFER = 100_000  # records waiting for a flush; beyond this new ones are dropped (store down)
 
 Listener = Callable[[list[Record]], None]
@@ -54,6 +57,8 @@ class Analytics:
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}  # room -> (computed at, stats)
+        self._failure_logged = -math.inf
 
     # -- hooks (hot path: append only) -------------------------------------------------
 
@@ -132,7 +137,10 @@ class Analytics:
             try:
                 await self.store.append(batch)
             except Exception:
-                log.exception("analytics flush failed: %d records dropped", len(batch))
+                now = time.monotonic()
+                if now - self._failure_logged >= FAILURE_LOG_EVERY:  # a store outage: not one trace a second
+                    self._failure_logged = now
+                    log.exception("analytics flush failed: %d records dropped", len(batch))
                 analytics_metrics.flushes.labels(result="failed").inc()
                 analytics_metrics.dropped.inc(len(batch))
             else:
@@ -148,9 +156,15 @@ class Analytics:
     # -- reading ------------------------------------------------------------------------------
 
     async def stats(self, room: str) -> dict[str, Any]:
-        """The room's figures now: this node's buffer first, so its own facts are included."""
-        await self.flush()
+        """The room's figures now: this node's buffer first, so its own facts are included.
+
+        Reading a busy room's two days of records is the expensive part: dashboards polling
+        the same room within STATS_CACHE seconds (of the injected clock) share one answer."""
         now = self.clock()
+        cached = self._cache.get(room)
+        if cached is not None and 0 <= now - cached[0] < STATS_CACHE:
+            return cached[1]
+        await self.flush()
         today = day_of(now)
         records = await self.store.records(room, [today - 1, today])
         uids = sorted({r.uid for r in records if r.kind == JOIN})
@@ -158,6 +172,8 @@ class Analytics:
         out = aggregate.room_stats(records, now, first_seen, self.funnel)
         out["room"] = room
         out["day"]["unique_viewers_store"] = await self.store.unique_viewers(room, today)
+        self._cache = {r: v for r, v in self._cache.items() if now - v[0] < STATS_CACHE}
+        self._cache[room] = (now, out)
         return out
 
 
