@@ -24,8 +24,9 @@ SECRET = "webhook-secret-for-tests"
 class Receiver:
     """A real HTTP receiver on 127.0.0.1 that answers 500 to the first `fail` requests."""
 
-    def __init__(self, fail: int = 1) -> None:
+    def __init__(self, fail: int = 1, status: int = 500) -> None:
         self.fail = fail
+        self.status = status
         self.attempts: list[dict[str, Any]] = []
         self.accepted: list[dict[str, Any]] = []
         self.changed = asyncio.Event()
@@ -39,7 +40,7 @@ class Receiver:
         self.attempts.append(event)
         self.changed.set()
         if len(self.attempts) <= self.fail:
-            return web.Response(status=500)
+            return web.Response(status=self.status)
         self.accepted.append(event)
         return web.Response(status=204)
 
@@ -116,3 +117,21 @@ async def test_moderation_event(
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_client_error_not_retried(
+    app: App, join: Callable[..., Awaitable[WsClient]], receiver: tuple[Receiver, str]
+) -> None:
+    rx, _ = receiver
+    rx.status = 400  # the first event is refused for good; later ones are accepted
+    hooks = app.node.webhooks
+    assert hooks is not None
+    hooks.backoff = 0.01
+    dropped = REGISTRY.get_sample_value("liveroom_webhook_deliveries_total", {"result": "dropped"}) or 0.0
+    await join("alice")
+    await app.node.analytics.flush()  # room.started (refused with 400), then viewers
+    await rx.wait(lambda: len(rx.accepted) == 1)
+    assert [e["type"] for e in rx.attempts] == ["room.started", "viewers"]  # no second attempt
+    assert (
+        REGISTRY.get_sample_value("liveroom_webhook_deliveries_total", {"result": "dropped"}) == dropped + 1
+    )

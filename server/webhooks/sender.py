@@ -3,8 +3,9 @@
 Analytics hands every flushed batch of records to `on_records` (already off the hot path);
 the sender task turns them into events (room started/ended, host online/offline, viewers
 joined/left batched per flush), claims each event id, and POSTs it as JSON with
-`X-Liveroom-Signature: sha256=<hex HMAC-SHA256 of the body>`; a failure (network or
-non-2xx) is retried with exponential backoff up to `retries` times, then dropped and logged.
+`X-Liveroom-Signature: sha256=<hex HMAC-SHA256 of the body>`; a failure (network, 5xx, 408,
+425, 429) is retried with exponential backoff up to `retries` times, then dropped and logged;
+another 4xx drops the event at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("liveroom.webhooks")
 SIGNATURE_HEADER = "X-Liveroom-Signature"
 MAX_QUEUE = 1000  # pending jobs; beyond this new events are dropped (and counted)
 TIMEOUT = aiohttp.ClientTimeout(total=10)
+RETRY_STATUS = frozenset({408, 425, 429})  # besides 5xx and network errors: worth another try
 
 
 def _fresh_id(kind: str) -> str:
@@ -163,7 +165,9 @@ class Webhooks:
             "X-Liveroom-Event": event["type"],
             "X-Liveroom-Delivery": event["id"],
         }
+        attempts = 0
         for attempt in range(self.retries + 1):
+            attempts += 1
             try:
                 async with self._session.post(self.url, data=body, headers=headers) as response:
                     if 200 <= response.status < 300:
@@ -171,13 +175,15 @@ class Webhooks:
                         webhook_metrics.deliveries.labels(result="ok").inc()
                         return
                     reason = f"HTTP {response.status}"
+                    if response.status not in RETRY_STATUS and response.status < 500:
+                        break  # the receiver refuses this event (bad signature?): retrying won't help
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = repr(exc)
             if attempt < self.retries:
                 webhook_metrics.deliveries.labels(result="retry").inc()
                 await asyncio.sleep(self.backoff * 2**attempt)
         webhook_metrics.deliveries.labels(result="dropped").inc()
-        log.warning("webhook %s dropped after %d attempts: %s", event["id"], self.retries + 1, reason)
+        log.warning("webhook %s dropped after %d attempt(s): %s", event["id"], attempts, reason)
 
 
 def make_webhooks(
