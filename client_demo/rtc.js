@@ -246,20 +246,23 @@ export class ViewerMedia {
   _watchFirstFrame() {
     const v = this.video;
     const mark = () => {
-      if (this.firstFrameMs === null && this.t0 !== null) {
-        this.firstFrameMs = performance.now() - this.t0;
-      }
+      this._markFirstFrame();
       this._maybePlaying();
     };
     if (typeof v.requestVideoFrameCallback === "function") v.requestVideoFrameCallback(mark);
     else v.addEventListener("loadeddata", mark, { once: true });
   }
 
+  _markFirstFrame() {
+    if (this.firstFrameMs !== null || this.t0 === null) return;
+    this.firstFrameMs = performance.now() - this.t0;
+    // room analytics (docs/API.md): the server keeps the first report of each connection
+    this.conn.send({ t: "stats", first_frame_ms: Math.min(600000, Math.round(this.firstFrameMs)) });
+  }
+
   _maybePlaying() {
     const playing = this.video.videoWidth > 0 && this.live;
-    if (playing && this.firstFrameMs === null && this.t0 !== null) {
-      this.firstFrameMs = performance.now() - this.t0;
-    }
+    if (playing) this._markFirstFrame();
     if (playing !== this.playing) {
       this.playing = playing;
       this.status();

@@ -88,7 +88,7 @@ class Analytics:
     def first_frame(self, key: Hashable, ms: int) -> None:
         """A viewer's time to first video frame; one per connection, so a client cannot skew it."""
         found = self._open.get(key)
-        if found is not None and found[2] not in self._reported:
+        if found is not None and found[3] == JOIN and found[2] not in self._reported:  # viewers only
             self._reported.add(found[2])
             self._add(Record(FIRST_FRAME, found[0], found[1], self.clock(), found[2], ms))
 
