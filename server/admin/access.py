@@ -4,6 +4,7 @@ stats a host token of that room. No Authorization: 401; a valid token without th
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
 
 from aiohttp import web
@@ -57,4 +58,4 @@ def _is_room_token(request: web.Request, token: str) -> bool:
 def _denied(status: int, message: str) -> web.HTTPException:
     headers = {"WWW-Authenticate": 'Bearer realm="liveroom"'} if status == 401 else {}
     cls = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
-    return cls(text=f'{{"error":"{message}"}}', content_type="application/json", headers=headers)
+    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from server.rooms import Room
 
 MAX_SYSTEM_TEXT = 500
+MAX_SANCTION_ROOMS = 100  # one broker write each
 _SANCTIONS = {
     "mute": ("mute", False),
     "unmute": ("mute", True),
@@ -93,7 +95,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=f'{{"error":"{message}"}}', content_type="application/json")
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
 class AdminApi:
@@ -136,9 +138,10 @@ class AdminApi:
         seq = room.seq
         self.node.enqueue(room_id, _system("this room was closed", closed=True))
         await self._sent(room, seq)
-        for client in list(room.members):
+        closing = list(room.members)
+        for client in closing:
             client.close(ROOM_CLOSED, "room closed")
-        return web.json_response({"room": room_id, "closed": len(room.members)})
+        return web.json_response({"room": room_id, "closed": len(closing)})
 
     async def _sent(self, room: Room[Client], seq: int) -> None:
         """Wait (bounded) until the outbox went out and a batch came back, so viewers here get
@@ -169,10 +172,10 @@ class AdminApi:
             raise _bad(f"'action' must be one of {sorted(_SANCTIONS)}")
         if (
             not isinstance(rooms, list)
-            or not rooms
+            or not 1 <= len(rooms) <= MAX_SANCTION_ROOMS
             or not all(isinstance(r, str) and protocol.valid_id(r) for r in rooms)
         ):
-            raise _bad("'rooms' must be a non-empty list of room ids")
+            raise _bad(f"'rooms' must be a list of 1..{MAX_SANCTION_ROOMS} room ids")
         if duration is not None and (
             isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0
         ):
