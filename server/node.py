@@ -195,8 +195,8 @@ class Node:
     def danmaku(self, client: Client, message: protocol.Danmaku) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
-        text = protocol.clean_text(message.text, self.config.danmaku_max_len, message.cid)
-        self.rooms[client.room_id].add_danmaku(who, text, message.cid, protocol.now_ms())
+        # message.text was cleaned and filtered by the guard (Guard.check runs before every handler)
+        self.rooms[client.room_id].add_danmaku(who, message.text, message.cid, protocol.now_ms())
         self.analytics.danmaku(client.room_id, who.uid)
         self._dirty.add(client.room_id)
 
@@ -217,9 +217,8 @@ class Node:
         if message.to == who.uid:
             raise ProtocolError(ErrorCode.BAD_RECIPIENT, "cannot DM yourself", message.cid)
         await self.guard.dm_allowed(who.uid, message)
-        text = protocol.clean_text(message.text, self.config.dm_max_len, message.cid)
-        now = protocol.now_ms()
-        dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": text, "ts": now}
+        now = protocol.now_ms()  # message.text was cleaned and filtered by Guard.check
+        dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
         except BrokerUnavailable:

@@ -289,13 +289,13 @@ class Guard:
         kind = type(message)
         if kind is protocol.Danmaku:
             return self._danmaku(client, message)  # type: ignore[arg-type]
+        if kind is protocol.DirectMessage:
+            return self._dm(client, message)  # type: ignore[arg-type]
         state = client.abuse
         if state is None:
             return message
         if kind is protocol.Like:
             self._rate(client, "like", state.like, None)
-        elif kind is protocol.DirectMessage:
-            return self._dm(client, message)  # type: ignore[arg-type]
         elif kind is protocol.Mod or kind is protocol.Block:
             self._rate(client, "mod", state.mod, message.cid)  # type: ignore[union-attr]
         return message
@@ -361,8 +361,8 @@ class Guard:
 
     def _dm(self, client: Client, message: protocol.DirectMessage) -> protocol.DirectMessage | None:
         state, who = client.abuse, client.identity
-        assert state is not None and who is not None
-        now = self._rate(client, "dm", state.dm, message.cid)
+        assert who is not None
+        now = self._rate(client, "dm", state.dm, message.cid) if state is not None else self.clock()
         text = protocol.clean_text(message.text, self.config.dm_max_len, message.cid)
         text, shadow = self._content(who, text, message.cid, now, contact=False)
         if shadow:  # the sender is told it was delivered; nobody gets it
