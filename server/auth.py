@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -91,3 +93,64 @@ def verify(secret: str, token: str | None, room: str | None = None) -> Identity:
     if room is not None and room != token_room:
         raise ProtocolError(ErrorCode.WRONG_ROOM, "token is for another room")
     return Identity(uid=uid, name=name[:MAX_NAME_LEN], room=token_room, role=role)
+
+
+# -- node credentials (cascading media between nodes) -------------------------------------
+
+NODE_AUDIENCE = "liveroom-node"
+NODE_TTL = 60  # seconds: a relay presents it once, when it subscribes
+
+
+def node_key(secret: str) -> bytes:
+    """Key of node-to-node tokens, derived from the shared secret.
+
+    Why derived and not the secret itself: every client-facing endpoint (`token` CLI, dev
+    tokens, a customer's token service) signs with the secret, so none of them can produce
+    a signature under this key; only a process that holds the secret and this code can.
+    """
+    return hmac.new(secret.encode(), b"liveroom node credential v1", hashlib.sha256).digest()
+
+
+def mint_node(secret: str, *, room: str, node: str, ttl: int = NODE_TTL) -> str:
+    """A short-lived credential for `node` to pull `room`'s media from another node."""
+    issued = int(time.time())
+    claims = {
+        "sub": node,
+        "room": room,
+        "role": "node",
+        "aud": NODE_AUDIENCE,
+        "iat": issued,
+        "exp": issued + ttl,
+    }
+    return jwt.encode(claims, node_key(secret), algorithm="HS256")
+
+
+def is_node_token(token: str) -> bool:
+    """Whether a (not yet verified) token claims to be a node credential."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("aud") == NODE_AUDIENCE
+    except jwt.PyJWTError:
+        return False
+
+
+def verify_node(secret: str, token: str, room: str) -> str:
+    """Check a node credential for `room`; returns the calling node's id."""
+    try:
+        claims = jwt.decode(
+            token,
+            node_key(secret),
+            algorithms=["HS256"],
+            audience=NODE_AUDIENCE,
+            leeway=CLOCK_SKEW,
+            options={"require": ["sub", "room", "role", "exp", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise ProtocolError(ErrorCode.TOKEN_EXPIRED, "node credential expired") from None
+    except jwt.PyJWTError as exc:
+        raise ProtocolError(ErrorCode.TOKEN_INVALID, f"node credential invalid: {exc}") from None
+    node = claims.get("sub")
+    if claims.get("role") != "node" or not isinstance(node, str) or not valid_id(node):
+        raise ProtocolError(ErrorCode.TOKEN_INVALID, "node credential malformed")
+    if claims.get("room") != room:
+        raise ProtocolError(ErrorCode.WRONG_ROOM, "node credential is for another room")
+    return node

@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from server import metrics, protocol
+import aiohttp
+
+from server import auth, metrics, protocol
+from server.abuse.tokens import Keyring
 from server.auth import Identity
 from server.media import (
     MediaConfig,
@@ -35,6 +38,7 @@ from server.media import (
     handle_subscribe_answer,
     handle_subscribe_offer,
 )
+from server.media_relay import Relay
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -59,7 +63,10 @@ _CODES: dict[str, ErrorCode] = {
     "unknown_viewer": ErrorCode.MEDIA_BAD_STATE,
     "bad_state": ErrorCode.MEDIA_BAD_STATE,
     "room_closed": ErrorCode.MEDIA_UNAVAILABLE,
+    "relay_refused": ErrorCode.MEDIA_UNAVAILABLE,
+    "relay_closed": ErrorCode.MEDIA_UNAVAILABLE,
 }
+RELAY_RETRY = 1.0  # seconds before an edge pulls again a stream that ended while still live
 
 
 def media_error(exc: MediaError, ref: Any = None) -> ProtocolError:
@@ -99,6 +106,7 @@ class Resource:
     uid: str
     peer_id: str  # publisher id (the uid) or viewer id
     handle: Publication | Subscription
+    relay: bool = False  # a WHEP session of an edge node pulling the room's media
 
 
 @dataclass(eq=False)
@@ -126,6 +134,10 @@ class MediaGateway:
         self.ws_publishers: dict[Client, Publication] = {}
         self.ws_viewers: dict[Client, WsViewer] = {}
         self.resources: dict[str, Resource] = {}
+        self.relays: dict[str, dict[str, Relay]] = {}  # room -> publisher -> stream pulled from its origin
+        self._relay_locks: dict[str, asyncio.Lock] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self.node_secret = Keyring.from_config(config.secret, config.secret_old, config.secrets).signing[1]
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stats_task: asyncio.Task[None] | None = None
@@ -144,10 +156,16 @@ class MediaGateway:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
+        relays = [r for by_pub in self.relays.values() for r in by_pub.values()]
+        self.relays = {}
+        if relays:
+            await asyncio.gather(*(r.close(self._session()) for r in relays), return_exceptions=True)
         rooms, self.rooms = list(self.rooms.values()), {}
         await asyncio.gather(*(r.close() for r in rooms), return_exceptions=True)
         while pending := [t for t in self._tasks if not t.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
         self._update_gauges()
 
     def holds(self, room_id: str) -> bool:
@@ -163,6 +181,81 @@ class MediaGateway:
     @property
     def viewer_count(self) -> int:
         return len(self.ws_viewers) + sum(1 for r in self.resources.values() if r.kind == "whep")
+
+    # -- cascading: this node as an edge of another node's media -----------------------------
+
+    def origin_of(self, room_id: str) -> tuple[str, str] | None:
+        """(node, media URL) of the room's media when another node holds it, else None."""
+        view = self.node.rooms.get(room_id)
+        if view is None or not view.publishers or view.media_node in (None, self.node.node_id):
+            return None
+        if not view.media_url or (room_id in self.rooms and self._local_publishers(room_id)):
+            return None
+        return view.media_node, view.media_url
+
+    def _local_publishers(self, room_id: str) -> bool:
+        room = self.rooms.get(room_id)
+        relayed = self.relays.get(room_id, {})
+        return room is not None and any(pid not in relayed for pid in room.publications)
+
+    def _local_viewers(self, room_id: str) -> bool:
+        return any(v.room_id == room_id for v in self.ws_viewers.values()) or any(
+            r.room_id == room_id and r.kind == "whep" and not r.relay for r in self.resources.values()
+        )
+
+    def view_changed(self, room_id: str) -> None:
+        """The room's `live` state changed (a publisher came, left, or moved): follow it."""
+        if room_id in self.relays or self._local_viewers(room_id):
+            self._spawn(self._sync_relays(room_id))
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def _sync_relays(self, room_id: str, arriving: bool = False) -> None:
+        """Pull every publisher of the origin while this node has viewers; stop otherwise.
+
+        `arriving`: a viewer is about to be added (it is registered once its tracks exist,
+        so its first offer already carries them).
+        """
+        lock = self._relay_locks.setdefault(room_id, asyncio.Lock())
+        async with lock:
+            origin = self.origin_of(room_id)
+            view = self.node.rooms.get(room_id)
+            wanted: set[str] = set()
+            if origin is not None and view is not None and (arriving or self._local_viewers(room_id)):
+                wanted = set(view.publishers)
+            relays = self.relays.setdefault(room_id, {})
+            for pid, relay in list(relays.items()):
+                if pid not in wanted or relay.ended or origin is None or relay.origin_node != origin[0]:
+                    del relays[pid]
+                    await relay.close(self._session())
+            for pid in sorted(wanted - relays.keys()):
+                assert origin is not None
+                room = self._room(room_id)
+                if pid in room.publications:
+                    continue
+                relay = relays[pid] = Relay(room, pid, *origin)
+                token = auth.mint_node(self.node_secret, room=room_id, node=self.node.node_id)
+                try:
+                    await relay.start(self._session(), token)
+                except (TimeoutError, MediaError, aiohttp.ClientError, OSError) as exc:
+                    log.warning("media: relay of %s/%s from %s failed: %s", room_id, pid, origin[0], exc)
+                    relays.pop(pid, None)
+                    metrics.media_relays.labels(event="failed").inc()
+                else:
+                    metrics.media_relays.labels(event="started").inc()
+            if not relays:
+                self.relays.pop(room_id, None)
+                if not self._local_viewers(room_id):
+                    self._relay_locks.pop(room_id, None)
+        self._maybe_close(room_id)
+        self._update_gauges()
+
+    async def _retry_relay(self, room_id: str) -> None:
+        await asyncio.sleep(RELAY_RETRY)
+        await self._sync_relays(room_id)
 
     # -- WebSocket signaling --------------------------------------------------------------
 
@@ -197,6 +290,8 @@ class MediaGateway:
             room = self.rooms.get(viewer.room_id)
             if room is not None:
                 await room.remove_viewer(viewer.viewer_id)
+            if viewer.room_id in self.relays:
+                await self._sync_relays(viewer.room_id)  # the last viewer here stops the pull
             self._maybe_close(viewer.room_id)
         who = client.identity
         if who is not None and who.role == "host" and not self._other_host_here(client):
@@ -225,9 +320,13 @@ class MediaGateway:
         who, room_id = self._who(client)
         if client in self.ws_viewers:
             raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "already subscribed", cid)
-        self._check_node(room_id, cid)
         self._check_viewer_limit(cid)
+        if self.origin_of(room_id) is not None:  # media elsewhere: pull it here (cascade)
+            self._room(room_id)
+            await self._sync_relays(room_id, arriving=True)
         viewer = WsViewer(client, room_id, f"{who.uid}#{next(self._ids)}")
+        if client in self.ws_viewers or client.room_id != room_id:
+            raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "already subscribed", cid)
         self.ws_viewers[client] = viewer
         self._room(room_id)
         self._update_gauges()
@@ -261,6 +360,8 @@ class MediaGateway:
         room = self.rooms.get(viewer.room_id)
         if room is not None:
             await room.remove_viewer(viewer.viewer_id)
+        if viewer.room_id in self.relays:
+            await self._sync_relays(viewer.room_id)  # the last viewer here stops the pull
         self._maybe_close(viewer.room_id)
         self._update_gauges()
 
@@ -337,20 +438,41 @@ class MediaGateway:
         self.resources[rid] = Resource("whip", room_id, who.uid, who.uid, pub)
         return rid, pub.pc.localDescription.sdp
 
-    async def whep(self, who: Identity, room_id: str, sdp: str) -> tuple[str, str]:
-        """WHEP playback: the viewer offers recvonly m-lines; returns (resource id, answer)."""
-        self._check_node(room_id)
+    async def whep(
+        self, who: Identity, room_id: str, sdp: str, publisher: str | None = None, relay: bool = False
+    ) -> tuple[str, str]:
+        """WHEP playback: the viewer offers recvonly m-lines; returns (resource id, answer).
+
+        `publisher`: only that publisher's tracks. `relay`: an edge node pulling the room's
+        media; answered only where the publication itself lives (no relaying of relays).
+        """
         self._check_viewer_limit()
         check_offer_kinds(sdp)
-        room = self._room(room_id)
+        if relay:
+            room = self.rooms.get(room_id)
+            pub = room.publications.get(publisher or "") if room is not None else None
+            if pub is None or publisher in self.relays.get(room_id, {}):
+                raise ProtocolError(
+                    ErrorCode.MEDIA_WRONG_NODE, f"{publisher!r} does not publish on this node"
+                )
+        else:
+            await self.node.open_room(room_id)  # the room's live events tell where its media is
+            if self.origin_of(room_id) is not None:  # media elsewhere: pull it here (cascade)
+                self._room(room_id)
+                await self._sync_relays(room_id, arriving=True)
+            room = self._room(room_id)
         viewer_id = f"{who.uid}#whep{next(self._ids)}"
         try:
-            answer = await handle_subscribe_offer(room, viewer_id, sdp)
+            answer = await handle_subscribe_offer(
+                room, viewer_id, sdp, publisher_ids=[publisher] if publisher else None
+            )
         except MediaError as exc:
             self._maybe_close(room_id)
             raise media_error(exc) from None
         rid = secrets.token_urlsafe(16)
-        self.resources[rid] = Resource("whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id])
+        self.resources[rid] = Resource(
+            "whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id], relay=relay
+        )
         self._update_gauges()
         return rid, answer
 
@@ -368,6 +490,8 @@ class MediaGateway:
                 await room.remove_publisher(res.peer_id, res.handle)
             else:
                 await room.remove_viewer(res.peer_id, res.handle)
+        if room_id in self.relays:
+            await self._sync_relays(room_id)  # the last viewer here stops the pull
         self._maybe_close(room_id)
         self._update_gauges()
         return True
@@ -396,6 +520,9 @@ class MediaGateway:
 
     def _on_room_event(self, room_id: str, event: str, publisher_id: str) -> None:
         who = self.identities.get((room_id, publisher_id))
+        relay = self.relays.get(room_id, {}).get(publisher_id)
+        if event == "unpublished" and relay is not None and relay.ended and not relay.closed:
+            self._spawn(self._retry_relay(room_id))  # the pulled stream broke: pull again if still live
         if event == "unpublished":
             self.identities.pop((room_id, publisher_id), None)
             for rid, res in list(self.resources.items()):  # the publisher's ICE failed or it left
@@ -461,10 +588,10 @@ class MediaGateway:
     # -- checks -------------------------------------------------------------------------------------
 
     def _check_node(self, room_id: str, ref: Any = None) -> None:
-        """Media for a room lives on one node: refuse here if another node holds it."""
+        """A room's publishers share one node: refuse a publisher here if another node holds them."""
         view = self.node.rooms.get(room_id)
         owner = view.media_node if view is not None else None
-        if owner is not None and owner != self.node.node_id and room_id not in self.rooms:
+        if owner is not None and self.origin_of(room_id) is not None:
             raise ProtocolError(
                 ErrorCode.MEDIA_WRONG_NODE, f"media of this room is on node {owner} ({view.media_url})", ref
             )
@@ -483,6 +610,8 @@ class MediaGateway:
             room = self.rooms.get(res.room_id)
             if res.kind == "whep" and (room is None or room.subscriptions.get(res.peer_id) is not res.handle):
                 del self.resources[rid]
+                if res.room_id in self.relays:
+                    self._spawn(self._sync_relays(res.room_id))
                 self._maybe_close(res.room_id)
 
     def _spawn(self, coro: Any) -> None:
@@ -501,6 +630,7 @@ class MediaGateway:
         metrics.media_rooms.set(len(self.rooms))
         metrics.media_publishers.set(sum(len(r.publications) for r in self.rooms.values()))
         metrics.media_viewers.set(self.viewer_count)
+        metrics.media_relayed.set(sum(len(r) for r in self.relays.values()))
 
     async def _stats_forever(self) -> None:
         while True:

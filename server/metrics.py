@@ -62,6 +62,12 @@ def render() -> tuple[bytes, str]:
 media_publishers = Gauge("liveroom_media_publishers", "Publications (hosts, co-hosts) on this node")
 media_viewers = Gauge("liveroom_media_viewers", "Media viewers (WS subscribers + WHEP) on this node")
 media_rooms = Gauge("liveroom_media_rooms", "Rooms with media on this node")
+media_relays = Counter(
+    "liveroom_media_relays_total",
+    "Streams this node pulled from another node (cascading), by outcome",
+    ["event"],
+)
+media_relayed = Gauge("liveroom_media_relayed_streams", "Streams this node currently pulls from origin nodes")
 media_signaling = Counter("liveroom_media_signaling_total", "Media signaling requests", ["op", "result"])
 _BITRATE_BUCKETS = (16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6)
 media_publisher_bitrate = Histogram(

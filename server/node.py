@@ -286,6 +286,8 @@ class Node:
         if room is None:
             return
         room.apply(epoch, events)
+        if any(e["t"] == "live" for e in events):
+            self.media.view_changed(room_id)  # an edge follows the room's publishers
         metrics.batches.inc()
         metrics.batch_events.observe(len(events))
         self.fanout(room.members, frame)

@@ -98,6 +98,10 @@ class MediaHttp:
     # -- handlers ------------------------------------------------------------------------
 
     def _identity(self, request: web.Request) -> auth.Identity:
+        return self._caller(request)[0]
+
+    def _caller(self, request: web.Request) -> tuple[auth.Identity, bool]:
+        """Who calls, and whether it is another node (a cascading edge) rather than a client."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -105,12 +109,18 @@ class MediaHttp:
         room = request.match_info["room"]
         if not protocol.valid_id(room):
             raise ProtocolError(ErrorCode.BAD_FIELD, "not a valid room id")
-        return auth.verify(self.node.config.secret, token.strip(), room)
+        token = token.strip()
+        if auth.is_node_token(token):
+            node = auth.verify_node(self.node.media.node_secret, token, room)
+            return auth.Identity(uid=f"node.{node}", name=node, room=room, role="viewer"), True
+        return auth.verify(self.node.config.secret, token, room), False
 
     async def _post(self, request: web.Request) -> web.Response:
         kind = request.path.split("/", 2)[1]
         try:
-            who = self._identity(request)
+            who, relay = self._caller(request)
+            if relay and kind != "whep":
+                raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "a node credential may only pull media (WHEP)")
             if request.content_type != SDP_TYPE:
                 return web.Response(status=415, text="Content-Type must be application/sdp", headers=_CORS)
             sdp = await request.text()
@@ -120,7 +130,10 @@ class MediaHttp:
             if kind == "whip":
                 rid, answer = await gateway.whip(who, who.room, sdp)
             else:
-                rid, answer = await gateway.whep(who, who.room, sdp)
+                publisher = request.query.get("publisher")
+                if publisher is not None and not protocol.valid_id(publisher):
+                    raise ProtocolError(ErrorCode.BAD_FIELD, "not a valid publisher id")
+                rid, answer = await gateway.whep(who, who.room, sdp, publisher=publisher, relay=relay)
         except ProtocolError as error:
             if error.code == ErrorCode.MEDIA_WRONG_NODE:
                 owner = self._owner_url(request)

@@ -119,7 +119,9 @@ async def handle_subscribe_answer(room: MediaRoom, viewer_id: str, sdp: str) -> 
         raise _sdp_error(exc) from exc
 
 
-async def handle_subscribe_offer(room: MediaRoom, viewer_id: str, sdp: str) -> str:
+async def handle_subscribe_offer(
+    room: MediaRoom, viewer_id: str, sdp: str, publisher_ids: Iterable[str] | None = None
+) -> str:
     """WHEP-style: answer a viewer's recvonly offer with published tracks.
 
     The offer's audio/video m-lines are filled in publication order (first publisher's
@@ -131,7 +133,7 @@ async def handle_subscribe_offer(room: MediaRoom, viewer_id: str, sdp: str) -> s
     kinds = mline_kinds(sdp)
     pc = RTCPeerConnection(room.config.rtc_configuration())
     try:
-        sub = room.subscribe(viewer_id, pc, mline_kinds=kinds)
+        sub = room.subscribe(viewer_id, pc, publisher_ids, mline_kinds=kinds)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for t in list(sub.tracks):
             if t.transceiver.mid is None:  # no m-line for it in the offer

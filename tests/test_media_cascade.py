@@ -1,0 +1,193 @@
+"""Cascading media across nodes: three in-process nodes sharing a real redis-server.
+
+The host publishes on node A (the origin); viewers on nodes B and C (edges) subscribe on the
+node they are connected to. Each edge pulls the stream from A over WHEP with a node
+credential, taps it like a publisher's and forwards it to its own viewers: A carries one
+stream per edge whatever the edges' audiences. Real aiortc peers on 127.0.0.1; every wait
+is on a frame, an event or a decoded frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+from websockets.asyncio.client import connect
+
+from server import auth
+from server.app import App
+from server.config import Config
+from server.media import COUNTERS
+from server.protocol import ErrorCode
+from tests.conftest import SECRET, token
+from tests.redis_fixtures import RedisServer, apoll, requires_redis
+from tests.test_media_signaling import TIMEOUT, Conn, decoded, ended, is_live, loopback  # noqa: F401
+
+pytestmark = requires_redis
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Any:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nodes(redis_url: str) -> AsyncIterator[dict[str, App]]:
+    apps: dict[str, App] = {}
+    for name in ("a", "b", "c"):
+        config = Config(
+            port=0,
+            http_port=0,
+            tick_ms=20,
+            node_id=name,
+            redis_url=redis_url,
+            presence_ttl=2.0,
+            join_timeout=5.0,
+            media_max_viewers=6,
+            media_stats_interval=0,
+        )
+        apps[name] = App(config)
+        await apps[name].start()
+    try:
+        yield apps
+    finally:
+        for app in apps.values():
+            await app.stop()
+
+
+@pytest.fixture
+async def member(nodes: dict[str, App]) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[Conn] = []
+
+    async def _member(node: str, user: str, role: str = "viewer", room: str = "r1") -> Conn:
+        port = nodes[node].port
+        ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token(room, user, role)}")  # type: ignore[arg-type]
+        snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert snapshot["t"] == "snapshot", snapshot
+        conn = Conn(ws, snapshot)
+        opened.append(conn)
+        return conn
+
+    yield _member
+    for conn in opened:
+        await conn.close()
+
+
+def streams_to_nodes(origin: App, room: str = "r1") -> list[str]:
+    """Viewer ids on the origin that are edge nodes' relays."""
+    media_room = origin.node.media.rooms.get(room)
+    return sorted(v for v in media_room.subscriptions if v.startswith("node.")) if media_room else []
+
+
+async def test_three_nodes_origin_carries_one_stream_per_edge(nodes: dict[str, App], member) -> None:
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    decoded_before = COUNTERS["frames_to_decoder"]
+    host = await member("a", "hana", role="host")
+    await host.publish()
+    await host.event(is_live("hana", True))
+
+    viewers = [await member("b", "vb1"), await member("b", "vb2"), await member("c", "vc1")]
+    for viewer in viewers:
+        assert viewer.snapshot["live"] and viewer.snapshot["media_node"] == "a"
+        await viewer.send(t="subscribe", cid=1)
+        offer = await viewer.accept_offer()
+        assert sorted(m["kind"] for m in offer["tracks"].values()) == ["audio", "video"]
+        assert {m["publisher_id"] for m in offer["tracks"].values()} == {"hana"}
+    for viewer in viewers:
+        frame = await decoded(viewer.of_kind("video")[0])
+        assert frame.width > 0
+        await decoded(viewer.of_kind("audio")[0])
+
+    # three viewers on two edges: the origin carries exactly two streams, one per edge
+    assert [v.split("#")[0] for v in streams_to_nodes(a)] == ["node.b", "node.c"]
+    assert len(a.node.media.rooms["r1"].subscriptions) == 2
+    for edge, count in ((b, 2), (c, 1)):
+        relay = edge.node.media.relays["r1"]["hana"]
+        assert relay.origin_node == "a"
+        pub = edge.node.media.rooms["r1"].publications["hana"]
+        assert pub.taps["video"].frames_tapped > 0 and pub.taps["video"].frames_to_decoder == 0
+        assert len(edge.node.media.rooms["r1"].subscriptions) == count
+    assert COUNTERS["frames_to_decoder"] == decoded_before  # no node decoded anything
+
+    # a late viewer on an edge decodes: its keyframe request went edge -> origin -> publisher
+    origin_plis = a.node.media.rooms["r1"].publications["hana"].keyframes.sent
+    late = await member("c", "vc2")
+    await late.send(t="subscribe")
+    await late.accept_offer()
+    await decoded(late.of_kind("video")[0])
+    assert c.node.media.rooms["r1"].publications["hana"].keyframes.sent > 0
+    assert a.node.media.rooms["r1"].publications["hana"].keyframes.sent > origin_plis
+    assert len(streams_to_nodes(a)) == 2
+
+    # the last viewer leaving an edge stops its pull; the other edge keeps its stream
+    await viewers[2].send(t="unsubscribe")
+    await late.send(t="unsubscribe")
+    await apoll(lambda: "r1" not in c.node.media.relays, what="edge c stops pulling")
+    await apoll(lambda: len(streams_to_nodes(a)) == 1, what="origin drops edge c's stream")
+    assert await decoded(viewers[0].of_kind("video")[0])
+
+    # the publication ends: edge viewers' tracks end and the edge lets go of the origin
+    await host.send(t="unpublish")
+    await ended(viewers[0].of_kind("video")[0])
+    await apoll(lambda: "r1" not in b.node.media.relays, what="edge b stops pulling")
+
+
+async def test_cohost_cascades_to_edge_viewer(nodes: dict[str, App], member) -> None:
+    host = await member("a", "hana", role="host")
+    await host.publish()
+    await host.event(is_live("hana", True))
+    viewer = await member("b", "vb")
+    assert viewer.snapshot["live"] and viewer.snapshot["media_node"] == "a"
+    await viewer.send(t="subscribe")
+    await viewer.accept_offer()
+    await decoded(viewer.of_kind("video")[0])
+
+    cohost = await member("a", "kai")
+    await host.send(t="invite", uid="kai")
+    await cohost.next("invited")
+    await cohost.publish(audio=False)
+    offer = await viewer.accept_offer()  # renegotiation on the same connection
+    assert {m["publisher_id"] for m in offer["tracks"].values()} == {"hana", "kai"}
+    await apoll(lambda: len(viewer.of_kind("video")) == 2, what="second video track")
+    await decoded(viewer.of_kind("video")[1])
+    assert sorted(nodes["b"].node.media.relays["r1"]) == ["hana", "kai"]
+
+
+async def test_node_credential_is_required_and_not_mintable_by_clients(nodes: dict[str, App]) -> None:
+    a = nodes["a"]
+    url = f"http://127.0.0.1:{a.http_port}/whep/r1?publisher=hana"
+    offer = "v=0\r\n"
+    client_token = auth.mint(SECRET, room="r1", user="node.b", role="viewer")
+    forged = auth.jwt.encode(
+        {"sub": "b", "room": "r1", "role": "node", "aud": auth.NODE_AUDIENCE, "exp": 2**31}, SECRET
+    )
+    good = auth.mint_node(SECRET, room="r1", node="b")
+    other_room = auth.mint_node(SECRET, room="r2", node="b")
+    async with aiohttp.ClientSession() as http:
+
+        async def post(tok: str, path: str = url) -> tuple[int, dict[str, Any]]:
+            headers = {"Authorization": f"Bearer {tok}", "Content-Type": "application/sdp"}
+            async with http.post(path, data=offer, headers=headers) as resp:
+                return resp.status, (await resp.json() if resp.status >= 400 else {})
+
+        status, body = await post(forged)  # signed with the client secret: refused
+        assert status == 401 and body["code"] == ErrorCode.TOKEN_INVALID
+        status, body = await post(other_room)
+        assert status == 403 and body["code"] == ErrorCode.WRONG_ROOM
+        status, body = await post(good, f"http://127.0.0.1:{a.http_port}/whip/r1")
+        assert status == 403 and body["code"] == ErrorCode.MEDIA_FORBIDDEN
+        # a valid node credential, but nothing published here: no relaying of relays
+        status, body = await post(good, f"http://127.0.0.1:{a.http_port}/whep/r1?publisher=hana")
+        assert status == 421 and body["code"] == ErrorCode.MEDIA_WRONG_NODE
+        # a client token is an ordinary WHEP viewer: it never gets relay treatment
+        assert not auth.is_node_token(client_token)
