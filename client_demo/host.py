@@ -4,7 +4,8 @@
 
 Joins with a host token (the dev endpoint's, --token, or one signed with LIVEROOM_SECRET),
 publishes over the room's WebSocket (docs/PROTOCOL.md: publish -> answer), prints stream
-stats once a second, and reconnects with backoff when the server goes away.
+stats once a second, and reconnects with backoff when the server goes away (to the next of
+several comma-separated --server URLs: the room's media follows the host to that node).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ log = logging.getLogger("liveroom.host")
 
 class Fatal(Exception):
     """The server refused us for good (bad token, banned, not allowed to publish)."""
+
+
+class PublishRefused(ConnectionError):
+    """The node refused to publish for now (e.g. the room's media is still held by a dead node)."""
 
 
 # -- test pattern --------------------------------------------------------------------------------
@@ -345,7 +350,7 @@ async def read_frames(
             if code in FATAL_CODES:
                 raise Fatal(f"{frame.get('msg')} ({code})")
             if frame.get("ref") == "p1":  # publishing refused: retry on a new connection
-                raise ConnectionError(f"publish refused: {frame.get('msg')}")
+                raise PublishRefused(f"publish refused: {frame.get('msg')}")
         elif kind == "batch":
             for event in frame.get("events", []):
                 if event["t"] == "presence":
@@ -400,6 +405,8 @@ async def print_stats(
 
 
 async def run(args: argparse.Namespace) -> int:
+    servers = [s.strip() for s in args.server.split(",") if s.strip()]
+    args.server = servers[0]
     host = urlsplit(ws_url(args.server)).hostname or ""
     if host in ("127.0.0.1", "localhost"):
         from server.media import use_loopback_candidates
@@ -409,16 +416,21 @@ async def run(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().create_task(_exit_with_parent(args.parent_pid))
     backoff = Backoff()
     while True:
+        rotate = True
         try:
             await publish_session(args, backoff)
             why = "connection closed"
+        except PublishRefused as exc:
+            why, rotate = str(exc), False  # the node is up: ask it again
         except Fatal as exc:
             print(f"giving up: {exc}", file=sys.stderr, flush=True)
             return 2
         except (OSError, ConnectionError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
             why = f"{type(exc).__name__}: {exc}"
         delay = backoff.next()
-        print(f"{why}; reconnecting in {delay:.1f} s", flush=True)
+        if rotate and len(servers) > 1:  # failover: the next node (the room's media moves with us)
+            args.server = servers[(servers.index(args.server) + 1) % len(servers)]
+        print(f"{why}; reconnecting to {args.server} in {delay:.1f} s", flush=True)
         await asyncio.sleep(delay)
 
 
@@ -432,7 +444,11 @@ async def _exit_with_parent(pid: int) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m client_demo.host", description=__doc__.split("\n\n")[0])
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"WebSocket URL of the server ({DEFAULT_SERVER})")
+    p.add_argument(
+        "--server",
+        default=DEFAULT_SERVER,
+        help=f"WebSocket URL of the server ({DEFAULT_SERVER}); several, comma-separated: tried in turn on failure",
+    )
     p.add_argument("--room", default="demo")
     p.add_argument("--user", default="pyhost", help="host user id (default pyhost)")
     p.add_argument("--name", default="Test pattern", help="display name")

@@ -43,6 +43,7 @@ class Config:
     media_max_publishers: int = 4  # per room (host + co-hosts)
     media_max_viewers: int = 200  # media viewers (WS subscribers + WHEP) per node
     media_stats_interval: float = 5.0  # seconds between media stats samples for /metrics
+    media_claim_ttl: float = 3.0  # seconds a dead origin keeps its rooms' media claim (renewed every third)
     # abuse resistance (server.abuse; README "Abuse resistance")
     rate_limits: str = ""  # "action.scope=rate/burst,..." over the defaults; "off" disables
     max_conns_per_ip: int = 100  # concurrent connections; 0: no cap
@@ -84,6 +85,8 @@ class Config:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
+        if self.media_claim_ttl <= 0:
+            raise ConfigError("media_claim_ttl must be positive")
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
 
@@ -152,6 +155,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--media-max-viewers", dest="media_max_viewers", type=int, help="media viewers per node (200)"
+    )
+    parser.add_argument(
+        "--media-claim-ttl",
+        dest="media_claim_ttl",
+        type=float,
+        help="seconds before a dead origin's media is dropped (3)",
     )
     parser.add_argument("--rate-limits", dest="rate_limits", help="action.scope=rate/burst,... or off")
     parser.add_argument("--max-conns-per-ip", dest="max_conns_per_ip", type=int, help="default 100")

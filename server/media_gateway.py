@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
+from redis.exceptions import RedisError
 
 from server import auth, metrics, protocol
 from server.abuse.tokens import Keyring
@@ -38,6 +39,7 @@ from server.media import (
     handle_subscribe_answer,
     handle_subscribe_offer,
 )
+from server.media_claim import MediaClaims, RedisMediaClaims
 from server.media_relay import Relay
 from server.protocol import ErrorCode, ProtocolError
 
@@ -137,6 +139,11 @@ class MediaGateway:
         self.relays: dict[str, dict[str, Relay]] = {}  # room -> publisher -> stream pulled from its origin
         self._relay_locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
+        self.claims: MediaClaims = (
+            RedisMediaClaims(config.redis_url, config.redis_cluster) if config.redis_url else MediaClaims()
+        )
+        self.claim_ttl = config.media_claim_ttl
+        self._claims_task: asyncio.Task[None] | None = None
         self.node_secret = Keyring.from_config(config.secret, config.secret_old, config.secrets).signing[1]
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -148,14 +155,16 @@ class MediaGateway:
     def start(self) -> None:
         """Fail fast if aiortc's internals moved (the tap would silently decode instead)."""
         check_compatible()
+        self._claims_task = asyncio.get_running_loop().create_task(self._claims_forever())
         if self.node.config.media_stats_interval > 0:
             self._stats_task = asyncio.get_running_loop().create_task(self._stats_forever())
 
     async def close(self) -> None:
-        if self._stats_task is not None:
-            self._stats_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stats_task
+        for task in (self._stats_task, self._claims_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         relays = [r for by_pub in self.relays.values() for r in by_pub.values()]
         self.relays = {}
         if relays:
@@ -166,6 +175,8 @@ class MediaGateway:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        with contextlib.suppress(RedisError, OSError):
+            await self.claims.close()
         self._update_gauges()
 
     def holds(self, room_id: str) -> bool:
@@ -408,6 +419,7 @@ class MediaGateway:
         self._check_node(room_id, ref)
         check_offer_kinds(sdp, ref)
         await self.node.open_room(room_id)  # a WHIP-only room still needs its event channel
+        await self._claim_room(room_id, ref)
         room = self._room(room_id)
         if who.uid in room.publications:
             raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, f"{who.uid!r} already publishes", ref)
@@ -417,6 +429,7 @@ class MediaGateway:
         except MediaError as exc:
             if who.uid not in room.publications:
                 self.identities.pop((room_id, who.uid), None)
+            self._release_if_unused(room_id)
             self._maybe_close(room_id)
             raise media_error(exc, ref) from None
         self._update_gauges()
@@ -428,6 +441,86 @@ class MediaGateway:
             await room.remove_publisher(pub.publisher_id, pub)  # "unpublished" -> live off
         self._maybe_close(room_id)
         self._update_gauges()
+
+    # -- the media claim: one origin per room, dropped when it dies ------------------------------
+
+    async def _claim_room(self, room_id: str, ref: Any = None) -> None:
+        """Take (or renew) the room's media for this node before a publisher goes live."""
+        try:
+            holder = await self.claims.claim(room_id, self.node.node_id, self.claim_ttl)
+        except (RedisError, OSError) as exc:
+            raise ProtocolError(ErrorCode.MEDIA_UNAVAILABLE, f"media claim unavailable: {exc}", ref) from None
+        if holder != self.node.node_id:
+            raise ProtocolError(
+                ErrorCode.MEDIA_WRONG_NODE, f"media of this room is held by node {holder}, retry later", ref
+            )
+
+    def _release_if_unused(self, room_id: str) -> None:
+        if not self._local_publishers(room_id):
+            self._spawn(self._release(room_id))
+
+    async def _release(self, room_id: str) -> None:
+        if self._local_publishers(room_id):
+            return
+        with contextlib.suppress(RedisError, OSError):  # not released: it expires within the TTL
+            await self.claims.release(room_id, self.node.node_id)
+
+    async def _claims_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.claim_ttl / 4)
+            try:
+                await self.claims_once()
+            except (RedisError, OSError) as exc:
+                log.warning("media: claim renewal failed: %s", exc)
+
+    async def claims_once(self) -> None:
+        """Renew this node's claims (re-announcing its publishers if they were dropped meanwhile),
+        and drop the `live` state of rooms whose origin stopped renewing."""
+        me = self.node.node_id
+        for room_id in [r for r in self.rooms if self._local_publishers(r)]:
+            holder = await self.claims.claim(room_id, me, self.claim_ttl)
+            view = self.node.rooms.get(room_id)
+            if holder != me or view is None:
+                log.warning("media: room %s is claimed by %s while publishing here", room_id, holder)
+                continue
+            for pid, pub in list(self.rooms[room_id].publications.items()):
+                who = self.identities.get((room_id, pid))
+                if pub.ready and who is not None and pid not in view.publishers:
+                    self._emit_live(room_id, who, True)  # a reaper dropped us (e.g. Redis lost the claim)
+        suspects = [
+            room_id
+            for room_id, view in self.node.rooms.items()
+            if view.publishers and view.media_node not in (None, me)
+        ]
+        for room_id, holder in (await self.claims.holders(suspects)).items():
+            if holder is None:
+                self._spawn(self._reap(room_id))
+
+    async def _reap(self, room_id: str) -> None:
+        """The origin stopped renewing: announce its publishers gone, holding the claim meanwhile
+        so that no publisher can go live before the `live` off events are sequenced."""
+        view = self.node.rooms.get(room_id)
+        dead = view.media_node if view is not None else None
+        reaper = f"reaper.{self.node.node_id}"
+        if dead is None or await self.claims.claim(room_id, reaper, self.claim_ttl) != reaper:
+            return
+        try:
+            view = self.node.rooms.get(room_id)
+            if view is None or view.media_node != dead:
+                return
+            log.warning("media: node %s stopped renewing room %s: its publishers are gone", dead, room_id)
+            metrics.media_failovers.inc()
+            now = protocol.now_ms()
+            for uid, name in list(view.publishers.items()):
+                view.set_live(Identity(uid=uid, name=name, room=room_id, role="host"), False, dead, None, now)
+            self.node.mark_dirty(room_id)
+            for _ in range(100):  # until our `live` off events come back sequenced
+                if self.node.rooms.get(room_id) is not view or view.media_node != dead:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self.claims.release(room_id, reaper)
 
     # -- WHIP / WHEP resources ------------------------------------------------------------------
 
@@ -525,6 +618,8 @@ class MediaGateway:
             self._spawn(self._retry_relay(room_id))  # the pulled stream broke: pull again if still live
         if event == "unpublished":
             self.identities.pop((room_id, publisher_id), None)
+            if who is not None:  # one of ours (not a relay): the last one frees the room's claim
+                self._release_if_unused(room_id)
             for rid, res in list(self.resources.items()):  # the publisher's ICE failed or it left
                 pub = res.handle
                 if res.room_id == room_id and isinstance(pub, Publication) and pub.ended.is_set():

@@ -54,6 +54,7 @@ class Relay:
         self.ready = asyncio.Event()
         self.closed = False
         self._token = ""
+        self._deleting: asyncio.Future[None] | None = None
 
     async def start(self, session: aiohttp.ClientSession, token: str) -> None:
         """Offer recvonly m-lines to the origin's WHEP endpoint and tap what it sends.
@@ -122,13 +123,14 @@ class Relay:
         pub = self.publication
         if pub is not None:
             await self.room.remove_publisher(self.publisher_id, pub)
-        await self._delete_session(session)
+        # in the background: a dead origin must not hold up the edge's next relay
+        self._deleting = asyncio.ensure_future(self._delete_session(session))
 
     async def _delete_session(self, session: aiohttp.ClientSession) -> None:
         location, self.location = self.location, None
         if location is None:
             return
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, RuntimeError):
             async with session.delete(
                 self.origin_url + location,
                 headers={"Authorization": f"Bearer {self._token}"},

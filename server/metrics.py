@@ -67,6 +67,10 @@ media_relays = Counter(
     "Streams this node pulled from another node (cascading), by outcome",
     ["event"],
 )
+media_failovers = Counter(
+    "liveroom_media_failovers_total",
+    "Rooms whose origin node stopped renewing its media claim (this node reaped)",
+)
 media_relayed = Gauge("liveroom_media_relayed_streams", "Streams this node currently pulls from origin nodes")
 media_signaling = Counter("liveroom_media_signaling_total", "Media signaling requests", ["op", "result"])
 _BITRATE_BUCKETS = (16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6)
