@@ -27,7 +27,7 @@ async function getToken() {
   return pasted.trim();
 }
 
-const conn = new LiveConnection({ room, getToken });
+const conn = new LiveConnection({ room, getToken, wsUrl: params.get("ws") || undefined });
 const danmaku = new DanmakuLayer($("#danmaku"));
 const publisher = new Publisher({ conn, preview: $("#preview"), onStatus: renderPublisher });
 window.liveroom = { conn, publisher, state };

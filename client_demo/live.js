@@ -10,12 +10,18 @@ const PING_EVERY_MS = 10000;
 
 export class LiveConnection {
   /**
+   * `wsUrl` may list several nodes, comma-separated (`?ws=` on the pages): a reconnect tries
+   * the next one, so a host whose node died republishes on another (media failover).
    * @param {{room: string, getToken: (fresh: boolean) => Promise<string>, wsUrl?: string}} opts
    */
   constructor({ room, getToken, wsUrl }) {
     this.room = room;
     this.getToken = getToken;
-    this.wsUrl = wsUrl || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    this.wsUrls = (wsUrl || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`)
+      .split(",")
+      .map((u) => u.trim())
+      .filter(Boolean);
+    this.wsUrl = this.wsUrls[0];
     this.ws = null;
     this.state = "idle"; // idle | connecting | live | reconnecting | failed | closed
     this.epoch = null;
@@ -140,6 +146,7 @@ export class LiveConnection {
     const base = soon && this.attempt === 0 ? 250 : Math.min(8000, 500 * 2 ** this.attempt);
     const delay = Math.max(minSeconds * 1000, Math.round(base * (0.6 + Math.random() * 0.4)));
     this.attempt += 1;
+    if (this.wsUrls.length > 1) this.wsUrl = this.wsUrls[(this.wsUrls.indexOf(this.wsUrl) + 1) % this.wsUrls.length];
     this.setState("reconnecting", `${why}; retrying in ${(delay / 1000).toFixed(1)} s`);
     this._timer = setTimeout(() => this._open(), delay);
   }

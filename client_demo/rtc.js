@@ -421,6 +421,11 @@ export class Publisher {
     if (this.pc) this.pc.close();
     this.pc = null;
     this.status();
+    // 4620: the room's media is still held by a node that died (its claim runs out within
+    // the claim TTL) or another node: try again by ourselves.
+    if (frame.code === 4620 && this.stream) {
+      setTimeout(() => this.stream && !this.pc && this.conn.state === "live" && this._publish(), 1000);
+    }
   }
 
   /** The room connection came back: the server forgot our publication, so offer again. */

@@ -71,7 +71,7 @@ function askForToken() {
 
 // -- connection ------------------------------------------------------------------------
 
-const conn = new LiveConnection({ room, getToken });
+const conn = new LiveConnection({ room, getToken, wsUrl: params.get("ws") || undefined });
 const danmaku = new DanmakuLayer($("#danmaku"));
 const media = new ViewerMedia({
   conn,

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import connect
 
 from server import auth
@@ -191,3 +192,54 @@ async def test_node_credential_is_required_and_not_mintable_by_clients(nodes: di
         assert status == 421 and body["code"] == ErrorCode.MEDIA_WRONG_NODE
         # a client token is an ordinary WHEP viewer: it never gets relay treatment
         assert not auth.is_node_token(client_token)
+
+
+async def whep_play(http: aiohttp.ClientSession, url: str, user: str) -> tuple[RTCPeerConnection, list[Any]]:
+    """A WHEP player offering recvonly video (and audio); returns its connection and tracks."""
+    player = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    tracks: list[Any] = []
+    player.on("track", tracks.append)
+    player.addTransceiver("video", direction="recvonly")
+    await player.setLocalDescription(await player.createOffer())
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token('r1', user)}"}
+    async with http.post(url, data=player.localDescription.sdp, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        await player.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
+    return player, tracks
+
+
+async def test_whep_viewer_adds_a_cohost_with_a_second_session(nodes: dict[str, App], member) -> None:
+    """WHEP has no server-initiated renegotiation: a WHEP player that learns of a co-host (the
+    room's `live` event) opens one more session for that publisher (`?publisher=`), leaving the
+    first untouched. Here both sessions are on edge node B, which pulls both publishers from A."""
+    host = await member("a", "hana", role="host")
+    await host.publish(audio=False)
+    await host.event(is_live("hana", True))
+    watcher = await member("b", "wendy")
+    base = f"http://127.0.0.1:{nodes['b'].http_port}/whep/r1"
+    players: list[RTCPeerConnection] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            first, first_tracks = await whep_play(http, f"{base}?publisher=hana", "wendy")
+            players.append(first)
+            await decoded(first_tracks[0])
+
+            cohost = await member("a", "kai")
+            await host.send(t="invite", uid="kai")
+            await cohost.next("invited")
+            await cohost.publish(audio=False)
+            live = await watcher.event(is_live("kai", True))  # how the player learns of the co-host
+            second, second_tracks = await whep_play(http, f"{base}?publisher={live['uid']}", "wendy")
+            players.append(second)
+            await decoded(second_tracks[0])
+            await decoded(first_tracks[0])  # the first session never stopped
+            subs = nodes["b"].node.media.rooms["r1"].subscriptions.values()
+            assert sorted(
+                t.publisher_id for s in subs for t in s.tracks if s.viewer_id.startswith("wendy")
+            ) == [
+                "hana",
+                "kai",
+            ]
+        finally:
+            for player in players:
+                await player.close()
