@@ -2,7 +2,7 @@
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError } from "./errors.js";
 import { LiveConnection, devToken, roomFromLocation } from "./live.js";
-import { Publisher, isMediaError } from "./rtc.js";
+import { Publisher, isMediaError, setIceServers } from "./rtc.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 
 const params = new URLSearchParams(location.search);
@@ -41,6 +41,7 @@ conn.on("pong", (rtt) => {
 });
 
 conn.on("snapshot", (snap, { resumed, recovered, since }) => {
+  setIceServers(snap.ice_servers);
   state.me = snap.you;
   state.hosts = new Map((snap.hosts || []).map((h) => [h.uid, h.name]));
   $("#me").replaceChildren("Hosting as ", el("b", {}, snap.you.name), snap.you.role === "host" ? "" : ` (${snap.you.role})`);

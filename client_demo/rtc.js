@@ -4,7 +4,18 @@
 // - host: {"t":"publish", sdp} -> server {"t":"answer"}; {"t":"unpublish"} to stop.
 // All SDP is complete (no trickle ICE): we wait for ICE gathering before sending ours.
 
-const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle" };
+// ICE servers (STUN/TURN, with TURN credentials that expire) come with every snapshot;
+// `?ice=relay` on a page forces relay-only ICE (TURN), e.g. to test a TURN server.
+const ICE = { servers: [], policy: new URLSearchParams(location.search).get("ice") === "relay" ? "relay" : "all" };
+
+/** Keep the latest ICE servers from the server's snapshot for the next peer connection. */
+export function setIceServers(servers) {
+  ICE.servers = Array.isArray(servers) ? servers : [];
+}
+
+function rtcConfig() {
+  return { iceServers: ICE.servers, iceTransportPolicy: ICE.policy, bundlePolicy: "max-bundle" };
+}
 const GATHER_TIMEOUT_MS = 3000;
 
 function waitForGathering(pc) {
@@ -77,6 +88,7 @@ export class ViewerMedia {
   }
 
   onSnapshot(snap, resumed) {
+    setIceServers(snap.ice_servers);
     this.publishers = new Map((snap.publishers || []).map((p) => [p.uid, p.name]));
     this.live = Boolean(snap.live) || this.publishers.size > 0;
     if (resumed) this._reset(); // the old peer connection belongs to a gone WebSocket
@@ -151,7 +163,7 @@ export class ViewerMedia {
 
   _ensurePc() {
     if (this.pc) return this.pc;
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+    const pc = new RTCPeerConnection(rtcConfig());
     pc.ontrack = (ev) => {
       const info = this.trackMap[ev.transceiver?.mid] || {};
       const pid = info.publisher_id || this.publishers.keys().next().value || "?";
@@ -364,7 +376,7 @@ export class Publisher {
   async _publish() {
     if (!this.stream) return;
     if (this.pc) this.pc.close();
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+    const pc = new RTCPeerConnection(rtcConfig());
     this.pc = pc;
     for (const track of this.stream.getTracks()) {
       const tr = pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });

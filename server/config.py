@@ -43,6 +43,11 @@ class Config:
     media_max_publishers: int = 4  # per room (host + co-hosts)
     media_max_viewers: int = 200  # media viewers (WS subscribers + WHEP) per node
     media_stats_interval: float = 5.0  # seconds between media stats samples for /metrics
+    ice_servers: str = ""  # STUN/TURN URLs handed to clients (comma-separated)
+    turn_secret: str = ""  # TURN REST shared secret (coturn static-auth-secret) for time-limited credentials
+    turn_ttl: int = 3600  # seconds a TURN credential stays valid
+    media_public_ip: str = ""  # address advertised in the node's host ICE candidates (1:1 NAT)
+    media_udp_ports: str = ""  # "min-max": UDP ports of the node's ICE candidates (firewall rules)
     media_claim_ttl: float = 3.0  # seconds a dead origin keeps its rooms' media claim (renewed every third)
     # abuse resistance (server.abuse; README "Abuse resistance")
     rate_limits: str = ""  # "action.scope=rate/burst,..." over the defaults; "off" disables
@@ -85,6 +90,12 @@ class Config:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
+        if self.turn_ttl < 60:
+            raise ConfigError("turn_ttl must be at least 60 seconds")
+        if self.media_udp_ports:
+            low, sep, high = self.media_udp_ports.partition("-")
+            if not (sep and low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535):
+                raise ConfigError("media_udp_ports must be MIN-MAX within 1024-65535")
         if self.media_claim_ttl <= 0:
             raise ConfigError("media_claim_ttl must be positive")
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
@@ -156,6 +167,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--media-max-viewers", dest="media_max_viewers", type=int, help="media viewers per node (200)"
     )
+    parser.add_argument("--ice-servers", dest="ice_servers", help="STUN/TURN URLs for clients (a,b)")
+    parser.add_argument(
+        "--turn-secret", dest="turn_secret", help="TURN REST shared secret (prefer the variable)"
+    )
+    parser.add_argument(
+        "--turn-ttl", dest="turn_ttl", type=int, help="seconds a TURN credential lasts (3600)"
+    )
+    parser.add_argument("--media-public-ip", dest="media_public_ip", help="address in host ICE candidates")
+    parser.add_argument("--media-udp-ports", dest="media_udp_ports", help="MIN-MAX UDP ports for ICE")
     parser.add_argument(
         "--media-claim-ttl",
         dest="media_claim_ttl",

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from server import auth, metrics, protocol
 from server.abuse.tokens import Keyring
 from server.auth import Identity
+from server.config import ConfigError
 from server.media import (
     MediaConfig,
     MediaError,
@@ -39,7 +40,9 @@ from server.media import (
     handle_subscribe_answer,
     handle_subscribe_offer,
 )
+from server.media.candidates import advertise_address, parse_range, use_udp_port_range
 from server.media_claim import MediaClaims, RedisMediaClaims
+from server.media_ice import IceConfigError, IceServers
 from server.media_relay import Relay
 from server.protocol import ErrorCode, ProtocolError
 
@@ -125,8 +128,15 @@ class MediaGateway:
     def __init__(self, node: Node) -> None:
         self.node = node
         config = node.config
+        try:
+            self.ice = IceServers.from_config(config.ice_servers, config.turn_secret, config.turn_ttl)
+        except IceConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        self.public_ip = config.media_public_ip
         self.media_config = MediaConfig(
-            max_publishers=config.media_max_publishers, max_viewers=max(1, config.media_max_viewers)
+            max_publishers=config.media_max_publishers,
+            max_viewers=max(1, config.media_max_viewers),
+            ice_servers=self.ice.for_server(),
         )
         self.max_viewers = config.media_max_viewers
         self.url: str | None = config.media_url or None  # set by App once the HTTP port is known
@@ -155,6 +165,8 @@ class MediaGateway:
     def start(self) -> None:
         """Fail fast if aiortc's internals moved (the tap would silently decode instead)."""
         check_compatible()
+        if self.node.config.media_udp_ports:
+            use_udp_port_range(parse_range(self.node.config.media_udp_ports))
         self._claims_task = asyncio.get_running_loop().create_task(self._claims_forever())
         if self.node.config.media_stats_interval > 0:
             self._stats_task = asyncio.get_running_loop().create_task(self._stats_forever())
@@ -177,6 +189,8 @@ class MediaGateway:
             await self._http.close()
         with contextlib.suppress(RedisError, OSError):
             await self.claims.close()
+        if self.node.config.media_udp_ports:
+            use_udp_port_range(None)  # process-wide: do not outlive this node (tests run several)
         self._update_gauges()
 
     def holds(self, room_id: str) -> bool:
@@ -188,6 +202,7 @@ class MediaGateway:
         if snapshot.get("media_node") is None:
             snapshot["media_node"] = self.node.node_id
             snapshot["media_url"] = self.url
+        snapshot["ice_servers"] = self.ice.for_client(snapshot["you"]["uid"])
 
     @property
     def viewer_count(self) -> int:
@@ -315,7 +330,7 @@ class MediaGateway:
             raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, "this connection publishes", message.cid)
         pub = await self.publish(who, room_id, message.sdp, message.cid)
         self.ws_publishers[client] = pub
-        answer = pub.pc.localDescription.sdp
+        answer = advertise_address(pub.pc.localDescription.sdp, self.public_ip)
         frame: dict[str, Any] = {"t": "answer", "sdp": answer}
         if message.cid is not None:
             frame["cid"] = message.cid
@@ -529,7 +544,7 @@ class MediaGateway:
         pub = await self.publish(who, room_id, sdp)
         rid = secrets.token_urlsafe(16)
         self.resources[rid] = Resource("whip", room_id, who.uid, who.uid, pub)
-        return rid, pub.pc.localDescription.sdp
+        return rid, advertise_address(pub.pc.localDescription.sdp, self.public_ip)
 
     async def whep(
         self, who: Identity, room_id: str, sdp: str, publisher: str | None = None, relay: bool = False
@@ -567,7 +582,7 @@ class MediaGateway:
             "whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id], relay=relay
         )
         self._update_gauges()
-        return rid, answer
+        return rid, answer if relay else advertise_address(answer, self.public_ip)
 
     async def delete_resource(self, kind: str, room_id: str, rid: str, who: Identity) -> bool:
         """End a WHIP/WHEP session; only the user who created it may (same token subject)."""
@@ -674,7 +689,11 @@ class MediaGateway:
                     return True
                 raise media_error(exc, cid) from None
             tracks = room.subscriptions[viewer.viewer_id].track_map()
-            frame: dict[str, Any] = {"t": "offer", "sdp": sdp, "tracks": tracks}
+            frame: dict[str, Any] = {
+                "t": "offer",
+                "sdp": advertise_address(sdp, self.public_ip),
+                "tracks": tracks,
+            }
             if cid is not None:
                 frame["cid"] = cid
             viewer.client.send(protocol.pack(frame))

@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from server import auth, protocol
 from server.admin.routes import add_admin_routes
@@ -48,7 +49,7 @@ _CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
-    "Access-Control-Expose-Headers": "Location",
+    "Access-Control-Expose-Headers": "Location, Link",
 }
 
 
@@ -143,11 +144,11 @@ class MediaHttp:
         except web.HTTPException:
             raise
         location = f"/{kind}/{who.room}/{rid}"
-        return web.Response(
-            status=201,
-            body=answer.encode(),
-            headers={**_CORS, "Location": location, "Content-Type": SDP_TYPE},
-        )
+        headers = CIMultiDict({**_CORS, "Location": location, "Content-Type": SDP_TYPE})
+        if not relay:
+            for link in self.node.media.ice.link_headers(who.uid):  # RFC 9725 4.6: ICE servers
+                headers.add("Link", link)
+        return web.Response(status=201, body=answer.encode(), headers=headers)
 
     def _owner_url(self, request: web.Request) -> str | None:
         view = self.node.rooms.get(request.match_info["room"])
