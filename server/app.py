@@ -37,9 +37,17 @@ def make_broker(config: Config) -> Broker:
             history_ttl=config.history_ttl,
             presence_ttl=config.presence_ttl,
             dm_keep=config.dm_keep,
+            dm_ttl=config.dm_ttl,
             cluster=config.redis_cluster,
         )
-    return MemoryBroker(node_id=node_id, history_size=config.history_size, recent_size=config.recent_size)
+    return MemoryBroker(
+        node_id=node_id,
+        history_size=config.history_size,
+        recent_size=config.recent_size,
+        dm_store_users=config.dm_store_users,
+        dm_store_bytes=config.dm_store_bytes,
+        dm_ttl=config.dm_ttl,
+    )
 
 
 class App:

@@ -52,3 +52,26 @@ def connection_event(event: str, ws: ServerConnection, level: int, **fields: Any
     """One line per connection event (join, refused, close); free when the level is off."""
     if conn_log.isEnabledFor(level):
         conn_log.log(level, event, extra={"fields": {"event": event, "request_id": request_id(ws), **fields}})
+
+
+class RefusalLog:
+    """One line per `interval` seconds at most for refused requests, with how many were not logged.
+
+    Why: anything an unauthenticated client can trigger at will must not cost a log write
+    per request (log flooding); the counters in /metrics keep the exact numbers.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._next = 0.0
+        self._skipped = 0
+
+    def refused(self, what: str, clock: float) -> None:
+        if clock < self._next:
+            self._skipped += 1
+            return
+        skipped, self._skipped = self._skipped, 0
+        self._next = clock + self.interval
+        more = f" (+{skipped} more since the last line)" if skipped else ""
+        self.logger.warning("refused: %s%s", what[:200], more)

@@ -1,5 +1,8 @@
 """The operator endpoints (docs/API.md), added to the WHIP/WHEP aiohttp app.
 
+Who may call: each handler first asks the node's Guard (`Guard.authorize` with the STATS or
+ADMIN door: Host, per-IP bucket, admin token or a host token of the room); refusals and bad
+input raise ProtocolError, answered as JSON by the port's middleware (server.whip).
 Everything here acts through the node: rooms and counts from its view, system messages
 through the room outbox (sequenced like any event), sanctions through the broker (so every
 node applies them), stats through node.analytics.
@@ -10,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from server import protocol
+from server.abuse.doors import ADMIN, STATS, Door, bearer
 from server.abuse.moderation import DEFAULT_DURATION
-from server.admin.access import VERIFY_KEY, require_admin, require_host_or_admin
-from server.broker.base import BrokerUnavailable, Sanction
+from server.broker.base import Sanction
+from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.client import Client
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
 
 MAX_SYSTEM_TEXT = 500
 MAX_SANCTION_ROOMS = 100  # one broker write each
+MAX_SANCTION_SECONDS = 10 * 365 * 86400  # 10 years; a sanction without duration takes the default
+MAX_JSON_DEPTH = 8  # admin bodies are flat objects
 _SANCTIONS = {
     "mute": ("mute", False),
     "unmute": ("mute", True),
@@ -39,7 +45,6 @@ ADMIN_UID = "admin"
 
 def add_admin_routes(app: web.Application, node: Node) -> None:
     api = AdminApi(node)
-    app[VERIFY_KEY] = node.guard.keyring.verify
     app.router.add_get("/api/rooms/{room}/stats", api.stats)
     app.router.add_get("/api/admin/rooms", api.rooms)
     app.router.add_post("/api/admin/rooms/{room}/close", api.close_room)
@@ -47,73 +52,73 @@ def add_admin_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/api/admin/users/{uid}/sanction", api.sanction)
     app.router.add_get("/api/admin/health", api.health)
     app.router.add_route("OPTIONS", "/api/{tail:.*}", _preflight)
-    app.middlewares.append(_cors)
-
-
-_CORS = {  # Bearer tokens, never cookies: any origin may call (the dashboard is on the WS port)
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-}
 
 
 async def _preflight(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers=_CORS)
-
-
-@web.middleware
-async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS headers on every /api/ answer, errors included, so a browser can read them."""
-    if not request.path.startswith("/api/"):
-        return await handler(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as error:
-        error.headers.update(_CORS)
-        raise
-    response.headers.update(_CORS)
-    return response
+    return web.Response(status=204)
 
 
 def _room(request: web.Request) -> str:
     room = request.match_info["room"]
     if not protocol.valid_id(room):
-        raise web.HTTPBadRequest(text='{"error":"not a valid room id"}', content_type="application/json")
+        raise _bad("not a valid room id")
     return room
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """Whether `value` nests at most `limit` levels (checked iteratively: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level > limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return True
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
+    """A JSON object: strict UTF-8, no NaN/Infinity, shallow; anything else is 400."""
+    raw = await request.read()
+    if raw.count(b"[") + raw.count(b"{") > 1000:  # json.loads recurses: refuse deep nesting unread
+        raise _bad("JSON body nested too deeply")
     try:
-        body = await request.json()
-    except ValueError:
+        body = json.loads(raw.decode(), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         body = None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text='{"error":"JSON object body required"}', content_type="application/json"
-        )
+    if not isinstance(body, dict) or not _depth(body, MAX_JSON_DEPTH):
+        raise _bad("JSON object body required")
     return body
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_FIELD, message)
 
 
 class AdminApi:
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def _admin(self, request: web.Request) -> None:
-        require_admin(request, self.node.config.admin_token)
+    async def _authorize(self, request: web.Request, door: Door, room: str | None = None) -> None:
+        token = bearer(request.headers.get("Authorization", ""))
+        await self.node.guard.authorize(door, request.remote or "?", token, room)
+
+    async def _admin(self, request: web.Request) -> None:
+        await self._authorize(request, ADMIN)
 
     async def stats(self, request: web.Request) -> web.Response:
         room = _room(request)
-        config = self.node.config
-        require_host_or_admin(request, config.admin_token, self.node.guard.keyring.verify, room)
+        await self._authorize(request, STATS, room)
         return web.json_response(await self.node.analytics.stats(room))
 
     async def rooms(self, request: web.Request) -> web.Response:
         """This node's rooms (those with a local connection or media) and their counts."""
-        self._admin(request)
+        await self._admin(request)
         out = [
             {
                 "room": room.room_id,
@@ -132,7 +137,7 @@ class AdminApi:
     async def close_room(self, request: web.Request) -> web.Response:
         """Tell the room it is closed (a sequenced `system` event every node delivers), then
         close this node's connections of the room (4410). Other nodes' viewers get the event."""
-        self._admin(request)
+        await self._admin(request)
         room_id = _room(request)
         room = await self.node.open_room(room_id)
         seq = room.seq
@@ -153,7 +158,7 @@ class AdminApi:
                     await asyncio.sleep(period)
 
     async def system(self, request: web.Request) -> web.Response:
-        self._admin(request)
+        await self._admin(request)
         room_id = _room(request)
         text = (await _body(request)).get("text")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_SYSTEM_TEXT:
@@ -164,7 +169,7 @@ class AdminApi:
 
     async def sanction(self, request: web.Request) -> web.Response:
         """Mute/unmute/ban/unban one user in several rooms at once (stored in the broker)."""
-        self._admin(request)
+        await self._admin(request)
         uid = request.match_info["uid"]
         body = await _body(request)
         action, rooms, duration = body.get("action"), body.get("rooms"), body.get("duration")
@@ -177,19 +182,17 @@ class AdminApi:
         ):
             raise _bad(f"'rooms' must be a list of 1..{MAX_SANCTION_ROOMS} room ids")
         if duration is not None and (
-            isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0
+            isinstance(duration, bool)
+            or not isinstance(duration, (int, float))
+            or not math.isfinite(duration)
+            or not 0 < duration <= MAX_SANCTION_SECONDS
         ):
-            raise _bad("'duration' must be positive seconds")
+            raise _bad(f"'duration' must be 0..{MAX_SANCTION_SECONDS} seconds (omit: the default)")
         kind, lifted = _SANCTIONS[action]
         seconds = duration if duration is not None else DEFAULT_DURATION[kind]
         until = None if lifted or seconds is None else protocol.now_ms() + int(seconds * 1000)
-        try:
-            for room in rooms:
-                await self.node.broker.put_sanction(Sanction(room, uid, kind, until, ADMIN_UID, lifted))
-        except BrokerUnavailable:
-            return web.json_response(
-                {"error": "broker unavailable: retry"}, status=503, headers={"Retry-After": "1"}
-            )
+        for room in rooms:  # BrokerUnavailable: 503 with Retry-After (the port's middleware)
+            await self.node.broker.put_sanction(Sanction(room, uid, kind, until, ADMIN_UID, lifted))
         if self.node.webhooks is not None:
             self.node.webhooks.emit(
                 "moderation", {"action": action, "uid": uid, "rooms": rooms, "until": until, "by": ADMIN_UID}
@@ -197,7 +200,7 @@ class AdminApi:
         return web.json_response({"uid": uid, "action": action, "rooms": rooms, "until": until})
 
     async def health(self, request: web.Request) -> web.Response:
-        self._admin(request)
+        await self._admin(request)
         node = self.node
         body = {
             "node": node.node_id,

@@ -21,7 +21,10 @@ from server.broker.base import (
     UserHandler,
     dm_id_key,
 )
+from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room, system_event
+
+DM_FULL_RETRY = 60.0  # seconds a refused DM sender is told to wait
 
 
 @dataclass
@@ -35,7 +38,15 @@ class _Channel:
 
 class MemoryBroker(Broker):
     def __init__(
-        self, node_id: str = "local", history_size: int = 1000, recent_size: int = 50, dm_keep: int = 100
+        self,
+        node_id: str = "local",
+        history_size: int = 1000,
+        recent_size: int = 50,
+        dm_keep: int = 100,
+        *,
+        dm_store_users: int = 10_000,
+        dm_store_bytes: int = 16 * 1024 * 1024,
+        dm_ttl: int = 30 * 86400,
     ) -> None:
         self.node_id = node_id
         self._history_size = history_size
@@ -43,8 +54,16 @@ class MemoryBroker(Broker):
         self._dm_keep = dm_keep
         self._rooms: dict[str, _Channel] = {}
         self._users: dict[str, UserHandler] = {}
-        # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream)
+        # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream).
+        # Bounded in total (users, bytes) and in time: DMs to 20,000 users who never come back
+        # must not grow the process without end; a DM past the bound is refused (4502).
         self._kept: dict[str, deque[tuple[str, bytes]]] = {}
+        self._dm_users_max = dm_store_users
+        self._dm_bytes_max = dm_store_bytes
+        self._dm_ttl_ms = dm_ttl * 1000
+        self.dm_bytes = 0
+        self._dm_count = 0
+        self._dm_order: deque[tuple[int, str, str]] = deque()  # (expires ms, user, dm id), oldest first
         self._dm_counter = itertools.count(1)
         # abuse state: one process is the whole deployment, so plain dicts are complete
         self._sanctions: dict[tuple[str, str, str], Sanction] = {}
@@ -123,6 +142,7 @@ class MemoryBroker(Broker):
 
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
         self._users[user_id] = handler
+        self._expire(protocol.now_ms())
         return [frame for _, frame in self._kept.get(user_id, ())]
 
     async def unsubscribe_user(self, user_id: str) -> None:
@@ -133,21 +153,64 @@ class MemoryBroker(Broker):
         if handler is not None:
             handler(user_id, frame)
             return True
-        self._keep(user_id, self._next_dm_id(), frame)
+        if self._has_room(user_id, len(frame)):  # best effort (invitations): not kept when full
+            self._keep(user_id, self._next_dm_id(), frame)
         return False
 
     def _next_dm_id(self) -> str:
         return f"{protocol.now_ms()}-{next(self._dm_counter)}"
 
+    def _has_room(self, user_id: str, size: int) -> bool:
+        self._expire(protocol.now_ms())
+        if user_id not in self._kept and len(self._kept) >= self._dm_users_max:
+            return False
+        return self.dm_bytes + size <= self._dm_bytes_max
+
     def _keep(self, user_id: str, dm_id: str, frame: bytes) -> None:
         kept = self._kept.get(user_id)
         if kept is None:
-            kept = self._kept[user_id] = deque(maxlen=self._dm_keep)
+            kept = self._kept[user_id] = deque()
+        if len(kept) >= self._dm_keep:
+            self.dm_bytes -= len(kept.popleft()[1])
+            self._dm_count -= 1
         kept.append((dm_id, frame))
+        self.dm_bytes += len(frame)
+        self._dm_count += 1
+        self._dm_order.append((dm_id_key(dm_id)[0] + self._dm_ttl_ms, user_id, dm_id))
+        if len(self._dm_order) > 2 * self._dm_count + 1000:
+            self._reindex()
+
+    def _expire(self, now_ms: int) -> None:
+        """Drop stored DMs older than the TTL (each user's oldest come first, like the order)."""
+        order = self._dm_order
+        while order and order[0][0] <= now_ms:
+            _, user_id, dm_id = order.popleft()
+            kept = self._kept.get(user_id)
+            if kept and kept[0][0] == dm_id:
+                self._drop_first(user_id, kept)
+
+    def _drop_first(self, user_id: str, kept: deque[tuple[str, bytes]]) -> None:
+        self.dm_bytes -= len(kept.popleft()[1])
+        self._dm_count -= 1
+        if not kept:
+            del self._kept[user_id]
+
+    def _reindex(self) -> None:
+        """The expiry order without the entries already acknowledged."""
+        entries = [
+            (dm_id_key(dm_id)[0] + self._dm_ttl_ms, user_id, dm_id)
+            for user_id, kept in self._kept.items()
+            for dm_id, _ in kept
+        ]
+        self._dm_order = deque(sorted(entries))
 
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
         dm_id = self._next_dm_id()
         frame = protocol.pack({**dm, "id": dm_id})
+        if not self._has_room(user_id, len(frame)):
+            raise ProtocolError(
+                ErrorCode.DM_STORE_FULL, "DM not sent: the message store is full", None, DM_FULL_RETRY
+            )
         self._keep(user_id, dm_id, frame)
         handler = self._users.get(user_id)
         if handler is not None:
@@ -160,9 +223,7 @@ class MemoryBroker(Broker):
             return
         upto = dm_id_key(dm_id)
         while kept and dm_id_key(kept[0][0]) <= upto:
-            kept.popleft()
-        if not kept:
-            del self._kept[user_id]
+            self._drop_first(user_id, kept)
 
     # -- abuse ------------------------------------------------------------------------
 
