@@ -15,11 +15,14 @@ from server.broker.memory import MemoryBroker
 from server.client import Client
 from server.config import Config, ConfigError
 from server.http import HttpRoutes
+from server.logs import QuietFilter
 from server.media import use_loopback_candidates
 from server.node import Node
 from server.whip import MediaHttp
 
 log = logging.getLogger("liveroom")
+WS_LOG = logging.getLogger("liveroom.ws")
+WS_LOG.addFilter(QuietFilter())
 
 
 def make_broker(config: Config) -> Broker:
@@ -69,11 +72,14 @@ class App:
 
     async def start(self) -> None:
         await self.broker.start()
+        routes = HttpRoutes(self.node)
         self.server = await serve(
             self._handle,
             self.config.host,
             self.config.port,
-            process_request=HttpRoutes(self.node),
+            process_request=routes,
+            process_response=routes.process_response,
+            logger=WS_LOG,  # per-connection lines at DEBUG only (QuietFilter)
             compression=None,  # per-connection deflate would defeat encode-once fan-out
             max_size=self.config.max_frame,
             max_queue=64,

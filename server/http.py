@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,11 +17,13 @@ from websockets.http11 import Request, Response
 
 from server import auth, metrics, protocol
 from server.abuse.doors import STATUS, WS, error_body
+from server.logs import RefusalLog
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.node import Node
 
+refusals = RefusalLog(logging.getLogger("liveroom.http"))
 STATIC_DIR = Path(__file__).resolve().parent.parent / "client_demo"
 WS_PATH = "/ws"
 
@@ -58,13 +62,39 @@ class HttpRoutes:
         self.static_dir = static_dir.resolve()
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._route(request)
+        except ValueError:  # e.g. urlsplit of "//[" or a path with NUL: the client's mistake
+            return _refused(ProtocolError(ErrorCode.BAD_REQUEST, "malformed request target"))
+
+    def process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> Response:
+        """websockets' own refusals (a GET /ws that is no WebSocket handshake: 400, 426) in JSON too."""
+        if response.status_code < 400 or response.headers.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            return response
+        code = ErrorCode.BAD_REQUEST
+        message = (
+            response.body.decode(errors="replace").strip().splitlines()[0][:200] if response.body else ""
+        )
+        refused = _refused(ProtocolError(code, message or response.reason_phrase))
+        refused.status_code, refused.reason_phrase = response.status_code, response.reason_phrase
+        for name in ("Upgrade", "Allow"):
+            if name in response.headers:
+                refused.headers[name] = response.headers[name]
+        return refused
+
+    def _route(self, request: Request) -> Response | None:
         url = urlsplit(request.path)
         path = url.path
         if path in (WS_PATH, "/api/dev/token"):
             try:  # DNS rebinding (Host), cross-site WebSocket hijacking (Origin)
-                self.node.guard.request_allowed(WS, request)
+                self.node.guard.request_allowed(WS, request.headers)
             except ProtocolError as error:
                 metrics.rejections.labels(reason=error.code.name.lower()).inc()
+                refusals.refused(f"GET {path[:80]} {error.code.name}", time.monotonic())
                 return _refused(error)
         if path == WS_PATH:
             return None  # the WebSocket handshake proceeds

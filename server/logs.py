@@ -75,3 +75,12 @@ class RefusalLog:
         self._next = clock + self.interval
         more = f" (+{skipped} more since the last line)" if skipped else ""
         self.logger.warning("refused: %s%s", what[:200], more)
+
+
+class QuietFilter(logging.Filter):
+    """For websockets' logger: its per-connection INFO lines ("connection open", "HTTP response
+    sent (404 ...)", "connection rejected (403 ...)") only with --log-level DEBUG. Anyone can
+    open connections at will; joins and closes are logged by conn_log, refusals by RefusalLog."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from server.node import Node
 
 log = logging.getLogger("liveroom.http")
-refusals = RefusalLog(log)
+REFUSALS = web.AppKey("liveroom.refusals", RefusalLog)  # one per node: its rate-limited refusal lines
 
 SDP_TYPE = "application/sdp"
 MAX_BODY = protocol.MAX_SDP_LEN
@@ -64,10 +64,9 @@ def door_of(path: str) -> Door:
     return ADMIN
 
 
-def _refused(request: BaseRequest, error: ProtocolError) -> web.Response:
-    refusals.refused(
-        f"{request.method} {request.path[:80]} {error.code.name}", asyncio.get_running_loop().time()
-    )
+def _refused(request: web.Request, error: ProtocolError) -> web.Response:
+    line = f"{request.method} {request.path[:80]} {error.code.name}"
+    request.app[REFUSALS].refused(line, asyncio.get_running_loop().time())
     return http_error(error, CORS)
 
 
@@ -112,7 +111,10 @@ class _Handler(RequestHandler):
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         detail = (message or "bad request").splitlines()[0][:120]
-        refusals.refused(f"malformed request from {request.remote}: {detail}", self._loop.time())
+        assert isinstance(self._manager, _Server)
+        self._manager.refusals.refused(
+            f"malformed request from {request.remote}: {detail}", self._loop.time()
+        )
         code = _HTTP_CODES.get(status, ErrorCode.BAD_REQUEST)
         response = web.Response(status=status, text=error_body(code, detail), content_type="application/json")
         response.force_close()
@@ -120,6 +122,8 @@ class _Handler(RequestHandler):
 
 
 class _Server(web.Server):
+    refusals: RefusalLog
+
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
 
@@ -129,13 +133,15 @@ class _Runner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        return _Server(
+        timed = _Server(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),
             **self._kwargs,
         )
+        timed.refusals = self.app[REFUSALS]
+        return timed
 
 
 class MediaHttp:
@@ -144,6 +150,7 @@ class MediaHttp:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_answers, self._host])
+        self.app[REFUSALS] = RefusalLog(log)
         for kind in ("whip", "whep"):
             self.app.router.add_route("POST", f"/{kind}/{{room}}", self._post)
             self.app.router.add_route("OPTIONS", f"/{kind}/{{room}}", self._options)
@@ -180,7 +187,7 @@ class MediaHttp:
     @web.middleware
     async def _host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """DNS rebinding: every path of this port checks Host first."""
-        self.node.guard.request_allowed(door_of(request.path), request)
+        self.node.guard.request_allowed(door_of(request.path), request.headers)
         return await handler(request)
 
     async def _identity(self, request: web.Request, door: Door, *, new_session: bool) -> Any:

@@ -29,7 +29,7 @@ import math
 import secrets
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from server import auth, protocol
@@ -69,8 +69,6 @@ from server.config import Config, ConfigError
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from websockets.http11 import Request
-
     from server.client import Client
     from server.node import Node
 
@@ -109,6 +107,15 @@ class ConnState:
         self.dm = buckets.get("dm")
         self.mod = buckets.get("mod")
         self.strikes = strikes
+
+
+def one_header(headers: Any, name: str) -> str | None:
+    """A header that must appear at most once (Host, Origin): two of them are a 400.
+    `headers`: websockets' Headers (get_all) or aiohttp's CIMultiDictProxy (getall)."""
+    values = headers.get_all(name) if hasattr(headers, "get_all") else headers.getall(name, [])
+    if len(values) > 1:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"more than one {name} header")
+    return values[0] if values else None
 
 
 def _own_hosts(config: Config, origins: frozenset[str]) -> list[str]:
@@ -222,16 +229,14 @@ class Guard:
 
     # -- connections and joins -----------------------------------------------------------------
 
-    def request_allowed(self, door: Door, headers: Request | dict[str, str] | None) -> None:
+    def request_allowed(self, door: Door, headers: Any) -> None:
         """Host allow-list (DNS rebinding), then, where the door checks it, the Origin allow-list
         (cross-site WebSocket hijacking); refusals are HTTP 403 before anything else runs."""
-        get = headers.headers.get if hasattr(headers, "headers") else (headers or {}).get  # type: ignore[union-attr]
-        if door.host_check and not host_allowed(get("Host"), self.hosts, self.any_host):
+        host, origin = one_header(headers, "Host"), one_header(headers, "Origin")
+        if door.host_check and not host_allowed(host, self.hosts, self.any_host):
             abuse_metrics.host_refused.inc()
             raise ProtocolError(ErrorCode.HOST_FORBIDDEN, "host not allowed")
-        if door.origin_check and not origin_allowed(
-            get("Origin"), get("Host"), self.origins, self.any_origin
-        ):
+        if door.origin_check and not origin_allowed(origin, host, self.origins, self.any_origin):
             abuse_metrics.origin_refused.inc()
             raise ProtocolError(ErrorCode.ORIGIN_FORBIDDEN, "origin not allowed")
 
