@@ -106,6 +106,12 @@ def test_every_door_has_a_row() -> None:
         assert tuple(row) == ATTACKS, door
 
 
+def test_every_door_is_documented() -> None:
+    api = (Path(__file__).resolve().parent.parent / "docs" / "API.md").read_text()
+    for door in DOORS:
+        assert f"| `{door.name}` |" in api, f"door {door.name} has no row in docs/API.md 'Doors'"
+
+
 def test_no_door_verifies_a_token_by_itself() -> None:
     """auth.verify is the keyring's primitive; the keyring is called by the Guard only."""
     root = Path(__file__).resolve().parent.parent / "server"
