@@ -440,8 +440,18 @@ class MediaGateway:
         await self._end_resource(rid, res)
         return True
 
+    def end_sessions(self, room_id: str, uid: str) -> None:
+        """A ban or kick (from any node) ends the user's WHIP/WHEP sessions in the room too."""
+        for rid, res in list(self.resources.items()):
+            if res.room_id == room_id and res.uid == uid:
+                self._forget_resource(rid)
+                self._spawn(self._remove_handle(res))
+
     async def _end_resource(self, rid: str, res: Resource) -> None:
         self._forget_resource(rid)
+        await self._remove_handle(res)
+
+    async def _remove_handle(self, res: Resource) -> None:
         room = self.rooms.get(res.room_id)
         if room is not None:
             if isinstance(res.handle, Publication):

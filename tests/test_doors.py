@@ -471,3 +471,43 @@ async def test_dm_refused_with_4502_when_the_store_is_full() -> None:
                     assert frame["t"] == "error" and frame["code"] == H.DM_STORE_FULL and frame["ref"] == 1
     finally:
         await app.stop()
+
+
+async def test_a_ban_ends_the_users_media_sessions() -> None:
+    config = make_config("banned_user")
+    config.join_nonce = False
+    app = App(config)
+    await app.start()
+    try:
+        with loopback_candidates():
+            async with aiohttp.ClientSession() as http:
+                assert await Door(app, "whip", http).attempt(mint(role="host", user="obs")) == ACCEPTED
+                assert await Door(app, "whep", http).attempt(mint()) == ACCEPTED
+                gateway = app.node.media
+                assert any(r.uid == "mallory" for r in gateway.resources.values())
+                await app.broker.put_sanction(Sanction("r1", "mallory", "ban", None, "test", False))
+                await _wait_for(lambda: not any(r.uid == "mallory" for r in gateway.resources.values()))
+                assert any(r.uid == "obs" for r in gateway.resources.values())  # only the banned user's
+    finally:
+        await app.stop()
+
+
+async def test_secret_old_accepted_alike_on_every_door() -> None:
+    """--secret NEW --secret-old OLD: an OLD-signed token (no kid) is good on every door."""
+    config = make_config("rotated_key")
+    config.secrets, config.secret, config.secret_old, config.join_nonce = "", NEW, OLD, False
+    app = App(config)
+    await app.start()
+    try:
+        with loopback_candidates():
+            async with aiohttp.ClientSession() as http:
+                for name in ("whip", "ws", "whep", "stats"):
+                    role = "host" if name in ("whip", "stats") else "viewer"
+                    door = Door(app, name, http)
+                    assert await door.attempt(mint(OLD, kid=None, role=role, user=f"u-{name}")) == ACCEPTED, (
+                        name
+                    )
+                    forged = await door.attempt(mint(DEFAULT_SECRET, kid=None, role=role))
+                    assert forged[1] == H.TOKEN_INVALID, name
+    finally:
+        await app.stop()

@@ -128,7 +128,10 @@ class Moderation:
         client.send(protocol.pack(frame))
 
     def on_sanction(self, sanction: Sanction) -> None:
-        """Apply a sanction (from any node) to this node's connections of the user in the room."""
+        """Apply a sanction (from any node) to this node's connections of the user in the room,
+        and a ban or kick to the user's WHIP/WHEP sessions there."""
+        if sanction.kind != "mute" and not sanction.lifted:
+            self.node.media.end_sessions(sanction.room, sanction.uid)
         for client in list(self.node.users.get(sanction.uid, ())):
             state = client.abuse
             if client.room_id != sanction.room or state is None:
