@@ -267,7 +267,7 @@ class Guard:
                 self._join_rate("user", who.uid, now)
             if door.nonce:
                 await self._claim_nonce(token)
-        if door.sanctions:
+        if new_session and door.sanctions:  # ending a session (DELETE) needs no ban check
             self._sanctioned(await self.node.broker.sanctions(who.room, who.uid))
         return who
 
