@@ -42,19 +42,38 @@ sanctions = st.fixed_dictionaries(
 )
 
 
+ENDPOINTS = {  # path -> (method, content type, credentials that pass, body kinds)
+    "/whip/r1": ("POST", "application/sdp", ["host"], ["sdp", "sdp-mutated", "bytes"]),
+    "/whep/r1": ("POST", "application/sdp", ["viewer", "host"], ["sdp", "sdp-mutated", "bytes"]),
+    "/whip/r1/nope": ("DELETE", "", ["host"], ["none"]),
+    "/api/rooms/r1/stats": ("GET", "", ["host", "admin"], ["none"]),
+    "/api/admin/rooms": ("GET", "", ["admin"], ["none"]),
+    "/api/admin/health": ("GET", "", ["admin"], ["none"]),
+    "/api/admin/users/bob/sanction": ("POST", "application/json", ["admin"], ["sanction", "json", "bytes"]),
+    "/api/admin/rooms/r1/system": ("POST", "application/json", ["admin"], ["sanction", "json", "bytes"]),
+}
+AUTH = ["none", "junk", "host", "viewer", "admin", "other-room", "empty"]
+BODIES = ["none", "bytes", "json", "sanction", "sdp", "sdp-mutated"]
+
+
 @st.composite
 def requests(draw: Any) -> dict[str, Any]:
-    method = draw(st.sampled_from(["GET", "POST", "DELETE", "PATCH", "OPTIONS", "PUT", "HEAD"]))
-    path = "/" + "/".join(
-        draw(st.lists(st.sampled_from(SEGMENTS) | st.text(max_size=6), min_size=1, max_size=6))
-    )
-    auth = draw(st.sampled_from(["none", "junk", "host", "viewer", "admin", "other-room", "empty"]))
-    body_kind = draw(st.sampled_from(["none", "bytes", "json", "sanction", "sdp", "sdp-mutated"]))
+    """Half shaped like a real call (the endpoint's method, type and a passing credential, a
+    fuzzed body), half anything (method, path, headers, body)."""
+    if draw(st.booleans()):
+        path = draw(st.sampled_from(sorted(ENDPOINTS)))
+        method, content_type, auths, bodies = ENDPOINTS[path]
+        auth, body_kind = draw(st.sampled_from(auths)), draw(st.sampled_from(bodies))
+    else:
+        method = draw(st.sampled_from(["GET", "POST", "DELETE", "PATCH", "OPTIONS", "PUT", "HEAD"]))
+        parts = draw(st.lists(st.sampled_from(SEGMENTS) | st.text(max_size=6), min_size=1, max_size=6))
+        path, content_type = "/" + "/".join(parts), draw(st.sampled_from(CONTENT_TYPES))
+        auth, body_kind = draw(st.sampled_from(AUTH)), draw(st.sampled_from(BODIES))
     return {
         "method": method,
         "path": path,
         "auth": auth,
-        "content_type": draw(st.sampled_from(CONTENT_TYPES)),
+        "content_type": content_type,
         "body_kind": body_kind,
         "bytes": draw(st.binary(max_size=300)),
         "json": draw(json_values),
@@ -154,6 +173,12 @@ async def test_fuzz_http_doors(app: App, server_faults: None) -> None:
         sdp = await offer("whip")
         examples = _collect(requests(), 300)
         async with aiohttp.ClientSession() as http:
+            publish = {
+                "Authorization": f"Bearer {token('r1', 'obs', 'host')}",
+                "Content-Type": "application/sdp",
+            }
+            async with http.post(f"{base}/whip/r1", data=sdp, headers=publish) as response:
+                assert response.status == 201  # WHEP offers then reach the SFU's offer handling
             for request in examples:
                 await asyncio.wait_for(_send(http, base, request, sdp), TIMEOUT)
 
