@@ -511,3 +511,12 @@ async def test_secret_old_accepted_alike_on_every_door() -> None:
                     assert forged[1] == H.TOKEN_INVALID, name
     finally:
         await app.stop()
+
+
+def test_refusal_log_lines_are_throttled() -> None:
+    from server.logs import Throttle
+
+    throttle = Throttle(rate=5, burst=20)
+    assert sum(throttle.allow(100.0) for _ in range(1000)) == 20  # a burst of 1,000 refusals: 20 lines
+    assert throttle.dropped == 980
+    assert throttle.allow(100.2)  # 0.2 s later: one more line (5 a second), which reports the 980
