@@ -353,7 +353,7 @@ async def test_unconnected_media_sessions_are_torn_down_and_free_their_slot() ->
     """WHEP offers that never finish ICE: capped per user (3 by default, here 2), torn down after
     media_ice_timeout, after which the same user gets a slot again."""
     config = make_config("flood")
-    config.rate_limits, config.media_sessions_per_user, config.media_ice_timeout = "off", 2, 0.5
+    config.rate_limits, config.media_sessions_per_user, config.media_ice_timeout = "off", 2, 4.0
     app = App(config)
     await app.start()
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from typing import Any
 
 import aiohttp
@@ -213,6 +214,7 @@ async def test_malformed_http_gets_json_4xx_and_no_traceback(
     """Raw malformed requests on the media port: a 4xx JSON answer (or a closed socket), and
     the refusals cost one log line per 10 s, not one each."""
     fuzzed = _collect(st.binary(min_size=1, max_size=200).map(lambda b: b"GET /" + b + b"\r\n\r\n"), 50)
+    started = time.monotonic()
     for data in [*RAW, *fuzzed]:
         answer = await _raw(app.http_port, data)
         if not answer:
@@ -222,7 +224,8 @@ async def test_malformed_http_gets_json_4xx_and_no_traceback(
         assert 400 <= status < 500, (data[:80], answer[:300])
         assert b"application/json" in head and b'"code"' in body, (data[:80], answer[:300])
     refused = [r for r in caplog.records if r.getMessage().startswith("refused")]
-    assert 1 <= len(refused) <= 2, [r.getMessage() for r in refused]
+    most = 1 + int((time.monotonic() - started) / 10)  # one line per 10 s
+    assert 1 <= len(refused) <= most < len(RAW) + len(fuzzed), [r.getMessage() for r in refused]
 
 
 async def test_fuzz_ws_port_gets(app: App, server_faults: None) -> None:
