@@ -90,6 +90,8 @@ async def _answers(request: web.Request, handler: Handler) -> web.StreamResponse
     except BrokerUnavailable:
         error = ProtocolError(ErrorCode.BROKER_UNAVAILABLE, "broker unavailable: retry", retry_after=1)
         return _refused(request, error)
+    except ConnectionError:  # the client went away mid-request: its doing, not a server fault
+        return _refused(request, ProtocolError(ErrorCode.BAD_REQUEST, "connection lost"))
     except Exception:  # a server bug: logged in full, the client gets a plain 500
         log.exception("error handling %s %s", request.method, request.path[:80])
         return http_error(ProtocolError(ErrorCode.INTERNAL, "internal error"), CORS)
@@ -111,10 +113,9 @@ class _Handler(RequestHandler):
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         detail = (message or "bad request").splitlines()[0][:120]
-        assert isinstance(self._manager, _Server)
-        self._manager.refusals.refused(
-            f"malformed request from {request.remote}: {detail}", self._loop.time()
-        )
+        refusals = getattr(self._manager, "refusals", None)
+        if refusals is not None:
+            refusals.refused(f"malformed request from {request.remote}: {detail}", self._loop.time())
         code = _HTTP_CODES.get(status, ErrorCode.BAD_REQUEST)
         response = web.Response(status=status, text=error_body(code, detail), content_type="application/json")
         response.force_close()

@@ -252,3 +252,20 @@ async def test_fuzz_ws_port_gets(app: App, server_faults: None) -> None:
             assert response.status < 500, (path, response.status, body[:200])
             if response.status >= 400:
                 assert response.content_type == "application/json", (path, response.status, body[:200])
+
+
+async def test_client_gone_mid_body_is_no_fault(app: App, server_faults: None) -> None:
+    """A valid caller that declares a body and hangs up half way: no ERROR, no traceback."""
+    for path, role, kind in (("/whip/r1", "host", "application/sdp"), ("/api/admin/rooms/r1/system", "", "")):
+        auth = f"Bearer {token('r1', 'gone', role)}" if role else f"Bearer {ADMIN_TOKEN}"
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
+        head += f"Content-Type: {kind or 'application/json'}\r\nContent-Length: 5000\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
+        writer.write(head.encode() + b"v=0\r\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)  # the port still answers
+    writer.write(b"GET /api/admin/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), TIMEOUT)).startswith(b"HTTP/1.1 401")
+    writer.close()
