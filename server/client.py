@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,26 +22,41 @@ from server import auth, logs, metrics, protocol
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.abuse.guard import ConnState
+    from server.abuse.connstate import ConnState
+    from server.abuse.guard import Guard
+    from server.analytics.recorder import Analytics
+    from server.config import Config
+    from server.media_gateway import MediaGateway
     from server.node import Node
 
 log = logging.getLogger("liveroom.client")
 
 
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a connection hands its messages to; one instance shared by every connection."""
+
+    config: Config
+    node: Node
+    guard: Guard
+    media: MediaGateway
+    analytics: Analytics
+
+
 class Client:
     """A connected, not yet or already joined, client."""
 
-    __slots__ = ("_closing", "abuse", "dropped", "identity", "node", "opened", "room_id", "ws")
+    __slots__ = ("_closing", "abuse", "dropped", "identity", "opened", "room_id", "services", "ws")
 
-    def __init__(self, node: Node, ws: ServerConnection) -> None:
+    def __init__(self, services: Services, ws: ServerConnection) -> None:
         self.ws = ws
-        self.node = node
+        self.services = services
         self.identity: auth.Identity | None = None
         self.room_id: str | None = None
         self.dropped = 0  # consecutive batches skipped because the socket was full
         self._closing: asyncio.Task[None] | None = None
         self.opened = time.perf_counter()
-        self.abuse: ConnState | None = None  # set by node.guard.connect
+        self.abuse: ConnState | None = None  # set by guard.connect
 
     # -- writing -------------------------------------------------------------
 
@@ -57,7 +73,7 @@ class Client:
         logs.connection_event(
             "refused", self.ws, logging.INFO if error.fatal else logging.DEBUG, code=int(error.code)
         )
-        if self.node.guard.on_reject(self, error):  # not to clients that do not read them
+        if self.services.guard.on_reject(self, error):  # not to clients that do not read them
             self.send(protocol.error_frame(error.code, error.message, error.ref, error.retry_after))
         if error.fatal:
             self.close(int(error.code), error.message)
@@ -81,9 +97,9 @@ class Client:
                 await self._closing
             metrics.connections.dec()
             logs.connection_event("close", self.ws, logging.DEBUG, code=self.ws.close_code, room=self.room_id)
-            self.node.guard.disconnect(self)
+            self.services.guard.disconnect(self)
             if self.identity is not None and self.room_id is not None:
-                await self.node.leave(self)
+                await self.services.node.leave(self)
 
     async def _join(self) -> bool:
         query = parse_qs(urlsplit(self.ws.request.path if self.ws.request else "").query)
@@ -91,10 +107,10 @@ class Client:
         room = query.get("room", [None])[0]
         resume: tuple[str, int] | None = None
         try:
-            self.node.guard.connect(self)  # per-IP connection cap, before anything else
+            self.services.guard.connect(self)  # per-IP connection cap, before anything else
             if token is None:
                 try:
-                    first = await asyncio.wait_for(self.ws.recv(), self.node.config.join_timeout)
+                    first = await asyncio.wait_for(self.ws.recv(), self.services.config.join_timeout)
                 except TimeoutError:
                     raise ProtocolError(ErrorCode.AUTH_TIMEOUT, "no join frame in time") from None
                 message = protocol.parse_client_message(first)
@@ -105,14 +121,14 @@ class Client:
                     resume = (message.resume_epoch, message.resume_seq)
             elif room is not None and not protocol.valid_id(room):
                 raise ProtocolError(ErrorCode.BAD_FIELD, "'room' is not a valid room id")
-            self.identity = await self.node.guard.admit(self, token, room)
+            self.identity = await self.services.guard.admit(self, token, room)
         except ProtocolError as error:
             self.reject(error)
             self.close(int(error.code), error.message)  # no room to stay in without a join
             return False
         self.room_id = self.identity.room
-        await self.node.join(self, resume)
-        self.node.guard.joined(self)
+        await self.services.node.join(self, resume)
+        self.services.guard.joined(self)
         metrics.joins.inc()
         logs.connection_event(
             "join", self.ws, logging.DEBUG, room=self.room_id, uid=self.identity.uid, role=self.identity.role
@@ -121,11 +137,11 @@ class Client:
         return True
 
     async def _serve(self) -> None:
-        node = self.node
+        node, guard, media = self.services.node, self.services.guard, self.services.media
         async for data in self.ws:
             try:
-                node.guard.frame(self)  # rate of frames, before decoding
-                message = node.guard.check(self, protocol.parse_client_message(data))
+                guard.frame(self)  # rate of frames, before decoding
+                message = guard.check(self, protocol.parse_client_message(data))
                 if message is None:  # handled by the guard (shadow-dropped)
                     continue
                 _COUNTED[type(message)].inc()
@@ -138,13 +154,13 @@ class Client:
                 elif isinstance(message, protocol.DmSeen):
                     await node.dm_seen(self, message)
                 elif isinstance(message, (protocol.Mod, protocol.Block)):
-                    await node.guard.command(self, message)
+                    await guard.command(self, message)
                 elif isinstance(message, protocol.Stats):
-                    node.analytics.first_frame(self, message.first_frame_ms)
+                    self.services.analytics.first_frame(self, message.first_frame_ms)
                 elif isinstance(message, protocol.Ping):
                     self.send(protocol.pong_frame(message.ts))
                 elif isinstance(message, protocol.MEDIA_MESSAGES):
-                    await node.media.handle(self, message)
+                    await media.handle(self, message)
                 elif isinstance(message, protocol.Leave):
                     await self.ws.close(1000, "bye")
                     return
@@ -152,7 +168,7 @@ class Client:
                     raise ProtocolError(ErrorCode.ALREADY_JOINED, "already joined; open a new connection")
             except ProtocolError as error:
                 self.reject(error)
-                if pause := node.guard.penalty(error):  # stop reading a flooder: TCP pushes back
+                if pause := guard.penalty(error):  # stop reading a flooder: TCP pushes back
                     await asyncio.sleep(pause)
             except Exception:  # a bug must cost one message, never the room
                 log.exception(

@@ -24,8 +24,10 @@ from server.broker.base import BrokerUnavailable, Sanction
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.client import Client
-    from server.node import Node
+    from server.broker.base import Broker
+    from server.hub import Hub
+    from server.peer import Peer
+    from server.webhooks.sender import Webhooks
 
 log = logging.getLogger("liveroom.abuse.mod")
 
@@ -57,18 +59,24 @@ def _unavailable(cid: str | int | None) -> ProtocolError:
 
 
 class Moderation:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        node.broker.watch_sanctions(self.on_sanction)
+    """Sanctions and deletions: checked, stored in the broker, logged, reported to webhooks.
 
-    async def handle(self, client: Client, message: protocol.Mod | protocol.Block) -> None:
+    The broker's sanction watcher must call `on_sanction` (app.py wires it).
+    """
+
+    def __init__(self, broker: Broker, hub: Hub, webhooks: Webhooks | None) -> None:
+        self.broker = broker
+        self.hub = hub
+        self.webhooks = webhooks
+
+    async def handle(self, client: Peer, message: protocol.Mod | protocol.Block) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
         if isinstance(message, protocol.Block):
             if message.uid == who.uid:
                 raise ProtocolError(ErrorCode.MOD_TARGET, "cannot block yourself", message.cid)
             try:
-                await self.node.broker.set_dm_block(who.uid, message.uid, message.blocked)
+                await self.broker.set_dm_block(who.uid, message.uid, message.blocked)
             except BrokerUnavailable:
                 raise _unavailable(message.cid) from None
             ack = {"t": "block_ack", "uid": message.uid, "blocked": message.blocked}
@@ -77,7 +85,7 @@ class Moderation:
         if not who.can_moderate:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only the host and moderators can moderate", message.cid)
         room_id = client.room_id
-        room = self.node.rooms.get(room_id)
+        room = self.hub.rooms.get(room_id)
         record: dict[str, object] = {
             "action": message.action,
             "room": room_id,
@@ -90,7 +98,7 @@ class Moderation:
                 raise ProtocolError(ErrorCode.MOD_TARGET, "no such danmaku", message.cid)
             event = {"t": "delete", "uid": who.uid, "name": who.name, "ts": protocol.now_ms()}
             event["target"] = message.seq
-            self.node.enqueue(room_id, event)
+            self.hub.enqueue(room_id, event)
             record["seq"] = message.seq
             ack = {"t": "mod_ack", "action": "delete", "seq": message.seq}
         else:
@@ -104,11 +112,9 @@ class Moderation:
             duration = message.duration if message.duration is not None else DEFAULT_DURATION[kind]
             until = None if lifted or duration is None else protocol.now_ms() + int(duration * 1000)
             try:
-                await self.node.broker.put_sanction(Sanction(room_id, target, kind, until, who.uid, lifted))
+                await self.broker.put_sanction(Sanction(room_id, target, kind, until, who.uid, lifted))
                 if message.action == "unban":  # an unban also ends a kick's cool-down
-                    await self.node.broker.put_sanction(
-                        Sanction(room_id, target, "kick", None, who.uid, True)
-                    )
+                    await self.broker.put_sanction(Sanction(room_id, target, "kick", None, who.uid, True))
             except BrokerUnavailable:  # not stored: the moderator must not think it applies
                 raise _unavailable(message.cid) from None
             record.update(uid=target, until=until)
@@ -116,20 +122,20 @@ class Moderation:
         if message.reason:
             record["reason"] = message.reason
         log.info("moderation %s", json.dumps(record, separators=(",", ":")))
-        if self.node.webhooks is not None:
-            self.node.webhooks.emit("moderation", record)
+        if self.webhooks is not None:
+            self.webhooks.emit("moderation", record)
         abuse_metrics.moderation_actions.labels(action=message.action).inc()
         self._ack(client, ack, message.cid)
 
     @staticmethod
-    def _ack(client: Client, frame: dict[str, object], cid: str | int | None) -> None:
+    def _ack(client: Peer, frame: dict[str, object], cid: str | int | None) -> None:
         if cid is not None:
             frame["cid"] = cid
         client.send(protocol.pack(frame))
 
     def on_sanction(self, sanction: Sanction) -> None:
         """Apply a sanction (from any node) to this node's connections of the user in the room."""
-        for client in list(self.node.users.get(sanction.uid, ())):
+        for client in list(self.hub.users.get(sanction.uid, ())):
             state = client.abuse
             if client.room_id != sanction.room or state is None:
                 continue

@@ -1,8 +1,9 @@
-"""The operator endpoints (docs/API.md), added to the WHIP/WHEP aiohttp app.
+"""The operator endpoints (docs/API.md), mounted by the composition root (server.app) on the
+aiohttp app that also serves WHIP/WHEP.
 
-Everything here acts through the node: rooms and counts from its view, system messages
-through the room outbox (sequenced like any event), sanctions through the broker (so every
-node applies them), stats through node.analytics.
+Rooms and counts come from the hub's view, system messages go through the room outbox
+(sequenced like any event), sanctions through the broker (so every node applies them),
+stats through the analytics recorder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -22,9 +24,16 @@ from server.admin.access import VERIFY_KEY, require_admin, require_host_or_admin
 from server.broker.base import BrokerUnavailable, Sanction
 
 if TYPE_CHECKING:
-    from server.client import Client
+    from server.analytics.recorder import Analytics
+    from server.broker.base import Broker
+    from server.config import Config
+    from server.hub import Hub
     from server.node import Node
+    from server.peer import Peer
     from server.rooms import Room
+    from server.webhooks.sender import Webhooks
+
+Verify = Callable[[str | None, str | None], Any]
 
 MAX_SYSTEM_TEXT = 500
 MAX_SANCTION_ROOMS = 100  # one broker write each
@@ -37,9 +46,8 @@ _SANCTIONS = {
 ADMIN_UID = "admin"
 
 
-def add_admin_routes(app: web.Application, node: Node) -> None:
-    api = AdminApi(node)
-    app[VERIFY_KEY] = node.guard.keyring.verify
+def add_admin_routes(app: web.Application, api: AdminApi) -> None:
+    app[VERIFY_KEY] = api.verify
     app.router.add_get("/api/rooms/{room}/stats", api.stats)
     app.router.add_get("/api/admin/rooms", api.rooms)
     app.router.add_post("/api/admin/rooms/{room}/close", api.close_room)
@@ -99,17 +107,31 @@ def _bad(message: str) -> web.HTTPBadRequest:
 
 
 class AdminApi:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        hub: Hub,
+        node: Node,
+        analytics: Analytics,
+        webhooks: Webhooks | None,
+        verify: Verify,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.hub = hub
+        self.node = node  # readiness and draining
+        self.analytics = analytics
+        self.webhooks = webhooks
+        self.verify = verify  # the guard's keyring: host tokens signed with any key
 
     def _admin(self, request: web.Request) -> None:
-        require_admin(request, self.node.config.admin_token)
+        require_admin(request, self.config.admin_token)
 
     async def stats(self, request: web.Request) -> web.Response:
         room = _room(request)
-        config = self.node.config
-        require_host_or_admin(request, config.admin_token, self.node.guard.keyring.verify, room)
-        return web.json_response(await self.node.analytics.stats(room))
+        require_host_or_admin(request, self.config.admin_token, self.verify, room)
+        return web.json_response(await self.analytics.stats(room))
 
     async def rooms(self, request: web.Request) -> web.Response:
         """This node's rooms (those with a local connection or media) and their counts."""
@@ -125,7 +147,7 @@ class AdminApi:
                 "live": sorted(room.publishers),
                 "seq": room.seq,
             }
-            for room in self.node.rooms.values()
+            for room in self.hub.rooms.values()
         ]
         return web.json_response({"node": self.node.node_id, "rooms": out})
 
@@ -134,19 +156,19 @@ class AdminApi:
         close this node's connections of the room (4410). Other nodes' viewers get the event."""
         self._admin(request)
         room_id = _room(request)
-        room = await self.node.open_room(room_id)
+        room = await self.hub.open_room(room_id)
         seq = room.seq
-        self.node.enqueue(room_id, _system("this room was closed", closed=True))
+        self.hub.enqueue(room_id, _system("this room was closed", closed=True))
         await self._sent(room, seq)
         closing = list(room.members)
         for client in closing:
             client.close(ROOM_CLOSED, "room closed")
         return web.json_response({"room": room_id, "closed": len(closing)})
 
-    async def _sent(self, room: Room[Client], seq: int) -> None:
+    async def _sent(self, room: Room[Peer], seq: int) -> None:
         """Wait (bounded) until the outbox went out and a batch came back, so viewers here get
         the event before their close; the node's own tick sends it (no second, racing tick)."""
-        period = self.node.config.tick_ms / 1000
+        period = self.config.tick_ms / 1000
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_WAIT):
                 while room.dirty or room.seq <= seq:
@@ -158,8 +180,8 @@ class AdminApi:
         text = (await _body(request)).get("text")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_SYSTEM_TEXT:
             raise _bad(f"'text' must be 1..{MAX_SYSTEM_TEXT} characters")
-        await self.node.open_room(room_id)
-        self.node.enqueue(room_id, _system(text.strip()))
+        await self.hub.open_room(room_id)
+        self.hub.enqueue(room_id, _system(text.strip()))
         return web.json_response({"room": room_id, "queued": True})
 
     async def sanction(self, request: web.Request) -> web.Response:
@@ -185,13 +207,13 @@ class AdminApi:
         until = None if lifted or seconds is None else protocol.now_ms() + int(seconds * 1000)
         try:
             for room in rooms:
-                await self.node.broker.put_sanction(Sanction(room, uid, kind, until, ADMIN_UID, lifted))
+                await self.broker.put_sanction(Sanction(room, uid, kind, until, ADMIN_UID, lifted))
         except BrokerUnavailable:
             return web.json_response(
                 {"error": "broker unavailable: retry"}, status=503, headers={"Retry-After": "1"}
             )
-        if self.node.webhooks is not None:
-            self.node.webhooks.emit(
+        if self.webhooks is not None:
+            self.webhooks.emit(
                 "moderation", {"action": action, "uid": uid, "rooms": rooms, "until": until, "by": ADMIN_UID}
             )
         return web.json_response({"uid": uid, "action": action, "rooms": rooms, "until": until})
@@ -203,10 +225,10 @@ class AdminApi:
             "node": node.node_id,
             "ready": node.ready,
             "draining": node.draining,
-            "broker": type(node.broker).__name__,
-            "broker_ready": node.broker.ready,
-            "rooms": len(node.rooms),
-            "connections": sum(len(r.members) for r in node.rooms.values()),
+            "broker": type(self.broker).__name__,
+            "broker_ready": self.broker.ready,
+            "rooms": len(self.hub.rooms),
+            "connections": sum(len(r.members) for r in self.hub.rooms.values()),
             "time": time.time(),
         }
         return web.json_response(body, status=200 if node.ready else 503)
