@@ -72,7 +72,7 @@ class App:
         )
         if self.webhooks is not None:
             self.analytics.listeners.append(self.webhooks.on_records)
-        self.moderation = Moderation(self.broker, self.hub, self.webhooks)
+        self.moderation = Moderation(self.broker, self.hub, self.webhooks, config.tick_ms)
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
         self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
@@ -81,7 +81,13 @@ class App:
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
         self.media_http = MediaHttp(config, self.media, self.hub)  # WHIP/WHEP on config.http_port
         self.admin = AdminApi(
-            config, self.broker, self.hub, self.node, self.analytics, self.webhooks, self.guard.keyring.verify
+            config,
+            self.broker,
+            self.hub,
+            self.node,
+            self.analytics,
+            self.moderation,
+            self.guard.keyring.verify,
         )
         add_admin_routes(self.media_http.app, self.admin)  # operator API (docs/API.md), same port
         self.server: Server | None = None
