@@ -6,6 +6,7 @@ import json
 import logging
 import mimetypes
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,8 @@ from server.logs import RefusalLog
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.node import Node
+    from server.abuse.guard import Guard
+    from server.config import Config
 
 refusals = RefusalLog(logging.getLogger("liveroom.http"))
 STATIC_DIR = Path(__file__).resolve().parent.parent / "client_demo"
@@ -57,8 +59,12 @@ def _refused(error: ProtocolError) -> Response:
 class HttpRoutes:
     """`process_request` hook for websockets: answers GETs that are not the WebSocket path."""
 
-    def __init__(self, node: Node, static_dir: Path = STATIC_DIR) -> None:
-        self.node = node
+    def __init__(
+        self, config: Config, guard: Guard, ready: Callable[[], bool], static_dir: Path = STATIC_DIR
+    ) -> None:
+        self.config = config
+        self.guard = guard
+        self.ready = ready
         self.static_dir = static_dir.resolve()
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -91,7 +97,7 @@ class HttpRoutes:
         path = url.path
         if path in (WS_PATH, "/api/dev/token"):
             try:  # DNS rebinding (Host), cross-site WebSocket hijacking (Origin)
-                self.node.guard.request_allowed(WS, request.headers)
+                self.guard.request_allowed(WS, request.headers)
             except ProtocolError as error:
                 metrics.rejections.labels(reason=error.code.name.lower()).inc()
                 refusals.refused(f"GET {path[:80]} {error.code.name}", time.monotonic())
@@ -101,7 +107,7 @@ class HttpRoutes:
         if path == "/healthz":
             return _text(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if self.node.ready:
+            if self.ready():
                 return _text(HTTPStatus.OK, "ready\n")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
         if path == "/metrics":
@@ -113,7 +119,7 @@ class HttpRoutes:
 
     def _dev_token(self, query: dict[str, list[str]]) -> Response:
         """Mint a viewer token for the demo page; only when dev tokens are enabled."""
-        if not self.node.config.dev_tokens_enabled:
+        if not self.config.dev_tokens_enabled:
             return _refused(ProtocolError(ErrorCode.NOT_FOUND, "dev tokens are disabled"))
         room = query.get("room", ["demo"])[0]
         user = query.get("user", [""])[0]
@@ -127,7 +133,7 @@ class HttpRoutes:
                 )
             )
         # signed with the node's signing key: the one every door checks first (LIVEROOM_SECRETS)
-        token = self.node.guard.keyring.mint(room=room, user=user, name=name, role=role)
+        token = self.guard.keyring.mint(room=room, user=user, name=name, role=role)
         return _json(HTTPStatus.OK, {"token": token, "room": room, "user": user, "role": role})
 
     def _static(self, path: str) -> Response:

@@ -24,7 +24,6 @@ from aiohttp.web_protocol import RequestHandler
 
 from server import protocol
 from server.abuse.doors import ADMIN, STATS, WHEP, WHIP, Door, bearer, error_body, http_error
-from server.admin.routes import add_admin_routes
 from server.broker.base import BrokerUnavailable
 from server.logs import RefusalLog
 from server.protocol import ErrorCode, ProtocolError
@@ -32,7 +31,10 @@ from server.protocol import ErrorCode, ProtocolError
 if TYPE_CHECKING:
     from aiohttp.web_request import BaseRequest
 
-    from server.node import Node
+    from server.abuse.guard import Guard
+    from server.config import Config
+    from server.hub import Hub
+    from server.media_gateway import MediaGateway
 
 log = logging.getLogger("liveroom.http")
 REFUSALS = web.AppKey("liveroom.refusals", RefusalLog)  # one per node: its rate-limited refusal lines
@@ -148,8 +150,11 @@ class _Runner(web.AppRunner):
 class MediaHttp:
     """The aiohttp application and its runner: POST/DELETE /whip/<room>[/<id>], /whep/<room>[/<id>]."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, config: Config, guard: Guard, media: MediaGateway, hub: Hub) -> None:
+        self.config = config
+        self.guard = guard  # every door's authorisation (docs/API.md "Doors")
+        self.media = media
+        self.hub = hub
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_answers, self._host])
         self.app[REFUSALS] = RefusalLog(log)
         for kind in ("whip", "whep"):
@@ -158,7 +163,6 @@ class MediaHttp:
             self.app.router.add_route("DELETE", f"/{kind}/{{room}}/{{rid}}", self._delete)
             self.app.router.add_route("PATCH", f"/{kind}/{{room}}/{{rid}}", self._patch)
             self.app.router.add_route("OPTIONS", f"/{kind}/{{room}}/{{rid}}", self._options)
-        add_admin_routes(self.app, node)  # operator API (docs/API.md) on the same port
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -170,7 +174,7 @@ class MediaHttp:
             handle_signals=False,
             # also the header timeout: a connection that has not sent a whole request by then is
             # closed (aiohttp arms it when the connection opens), like the WS port's open timeout
-            keepalive_timeout=self.node.config.join_timeout,
+            keepalive_timeout=self.config.join_timeout,
         )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port)
@@ -188,7 +192,7 @@ class MediaHttp:
     @web.middleware
     async def _host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """DNS rebinding: every path of this port checks Host first."""
-        self.node.guard.request_allowed(door_of(request.path), request.headers)
+        self.guard.request_allowed(door_of(request.path), request.headers)
         return await handler(request)
 
     async def _identity(self, request: web.Request, door: Door, *, new_session: bool) -> Any:
@@ -196,7 +200,7 @@ class MediaHttp:
         if not protocol.valid_id(room):
             raise ProtocolError(ErrorCode.BAD_FIELD, "not a valid room id")
         ip = request.remote or "?"
-        return await self.node.guard.authorize(
+        return await self.guard.authorize(
             door, ip, bearer(request.headers.get("Authorization", "")), room, new_session=new_session
         )
 
@@ -212,7 +216,7 @@ class MediaHttp:
                 raise ProtocolError(ErrorCode.MEDIA_BAD_SDP, "the offer is not UTF-8") from None
             if not sdp.strip():
                 raise ProtocolError(ErrorCode.MEDIA_BAD_SDP, "empty offer")
-            gateway = self.node.media
+            gateway = self.media
             ip = request.remote or "?"
             if door is WHIP:
                 rid, answer = await gateway.whip(who, who.room, sdp, ip)
@@ -230,14 +234,14 @@ class MediaHttp:
         )
 
     def _owner_url(self, request: web.Request) -> str | None:
-        view = self.node.rooms.get(request.match_info["room"])
+        view = self.hub.rooms.get(request.match_info["room"])
         return view.media_url if view is not None else None
 
     async def _delete(self, request: web.Request) -> web.Response:
         """Ending a session is not a new one: keys and bucket only, no nonce, no ban check."""
         door = door_of(request.path)
         who = await self._identity(request, door, new_session=False)
-        found = await self.node.media.delete_resource(door.name, who.room, request.match_info["rid"], who)
+        found = await self.media.delete_resource(door.name, who.room, request.match_info["rid"], who)
         if not found:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such session")
         return web.Response(status=200)

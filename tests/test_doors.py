@@ -366,7 +366,7 @@ async def test_unconnected_media_sessions_are_torn_down_and_free_their_slot() ->
                     ACCEPTED,
                     (429, H.MEDIA_TOO_MANY_SESSIONS),
                 ]
-                gateway = app.node.media
+                gateway = app.media
                 await _wait_for(lambda: not gateway.resources)  # the publisher's ICE never connected either
                 assert gateway.viewer_count == 0 and gateway.user_sessions.held("r1|mallory") == 0
                 assert await whep.attempt(mint()) == (409, H.MEDIA_NO_MEDIA)  # slot free; publisher gone
@@ -483,7 +483,7 @@ async def test_a_ban_ends_the_users_media_sessions() -> None:
             async with aiohttp.ClientSession() as http:
                 assert await Door(app, "whip", http).attempt(mint(role="host", user="obs")) == ACCEPTED
                 assert await Door(app, "whep", http).attempt(mint()) == ACCEPTED
-                gateway = app.node.media
+                gateway = app.media
                 assert any(r.uid == "mallory" for r in gateway.resources.values())
                 await app.broker.put_sanction(Sanction("r1", "mallory", "ban", None, "test", False))
                 await _wait_for(lambda: not any(r.uid == "mallory" for r in gateway.resources.values()))
