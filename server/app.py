@@ -39,7 +39,12 @@ def make_broker(config: Config) -> Broker:
             dm_keep=config.dm_keep,
             cluster=config.redis_cluster,
         )
-    return MemoryBroker(node_id=node_id, history_size=config.history_size, recent_size=config.recent_size)
+    return MemoryBroker(
+        node_id=node_id,
+        history_size=config.history_size,
+        recent_size=config.recent_size,
+        history_ttl=config.history_ttl,
+    )
 
 
 class App:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import time
@@ -21,25 +22,34 @@ from server.broker.base import (
     UserHandler,
     dm_id_key,
 )
-from server.rooms import Room, system_event
+from server.rooms import Room
+from server.sequencing import StreamState, Tick, sequence
 
 
 @dataclass
 class _Channel:
     view: Room[None]
+    stream: StreamState
     history: deque[Event]
     handler: BatchHandler | None = None
-    presence: dict[str, int] = field(default_factory=dict)
     viewers: set[str] = field(default_factory=set)  # exact here; a HyperLogLog in Redis
+    last_write: float = 0.0  # monotonic: the history expires history_ttl after it
+    expiry: asyncio.TimerHandle | None = None
 
 
 class MemoryBroker(Broker):
     def __init__(
-        self, node_id: str = "local", history_size: int = 1000, recent_size: int = 50, dm_keep: int = 100
+        self,
+        node_id: str = "local",
+        history_size: int = 1000,
+        recent_size: int = 50,
+        dm_keep: int = 100,
+        history_ttl: float = 600,
     ) -> None:
         self.node_id = node_id
         self._history_size = history_size
         self._recent_size = recent_size
+        self._history_ttl = history_ttl
         self._dm_keep = dm_keep
         self._rooms: dict[str, _Channel] = {}
         self._users: dict[str, UserHandler] = {}
@@ -56,14 +66,24 @@ class MemoryBroker(Broker):
         channel = self._rooms.get(room_id)
         if channel is None:
             view: Room[None] = Room(room_id, recent_size=self._recent_size)
-            view.epoch = secrets.token_hex(4)
-            channel = _Channel(view=view, history=deque(maxlen=self._history_size))
+            view.epoch = secrets.token_hex(6)
+            channel = _Channel(
+                view=view, stream=StreamState(view.epoch), history=deque(maxlen=self._history_size)
+            )
             self._rooms[room_id] = channel
         return channel
+
+    @property
+    def rooms_kept(self) -> int:
+        """Rooms whose stream (history, like total, epoch) this broker still holds."""
+        return len(self._rooms)
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
         channel = self._channel(room_id)
         channel.handler = handler
+        if channel.expiry is not None:
+            channel.expiry.cancel()
+            channel.expiry = None
         view = channel.view
         return RoomState(
             epoch=view.epoch,
@@ -79,9 +99,27 @@ class MemoryBroker(Broker):
         )
 
     async def unsubscribe(self, room_id: str) -> None:
+        """Nobody here follows the room: its stream is forgotten history_ttl after its last event
+        (as Redis expires a room's history); a resume after that gets a fresh snapshot."""
         channel = self._rooms.get(room_id)
         if channel is not None:
             channel.handler = None
+            self._schedule_expiry(room_id, channel)
+
+    def _schedule_expiry(self, room_id: str, channel: _Channel) -> None:
+        if channel.expiry is not None:
+            channel.expiry.cancel()
+        delay = max(0.0, channel.last_write + self._history_ttl - time.monotonic())
+        channel.expiry = asyncio.get_running_loop().call_later(delay, self._expire, room_id, channel)
+
+    def _expire(self, room_id: str, channel: _Channel) -> None:
+        channel.expiry = None
+        if self._rooms.get(room_id) is not channel or channel.handler is not None:
+            return
+        if time.monotonic() - channel.last_write < self._history_ttl:
+            self._schedule_expiry(room_id, channel)  # written to since the timer was set
+            return
+        del self._rooms[room_id]
 
     async def publish(
         self,
@@ -93,22 +131,20 @@ class MemoryBroker(Broker):
         joined: Sequence[str] = (),
     ) -> None:
         channel = self._channel(room_id)
-        view = channel.view
         channel.viewers.update(joined)
-        if likes_delta:
-            events.append(system_event("likes", now, total=view.likes_total + likes_delta, delta=likes_delta))
-        if local_online is not None:
-            channel.presence[self.node_id] = local_online
-            online = sum(channel.presence.values())
-            events.append(system_event("presence", now, online=online, unique=len(channel.viewers)))
-        seq = view.seq
-        for event in events:
-            seq += 1
-            event["seq"] = seq
-        view.apply(view.epoch, events)
-        channel.history.extend(events)
+        tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=len(channel.viewers))
+        sequenced, channel.stream = sequence(channel.stream, tick, channel.view.epoch)
+        if not sequenced:
+            return
+        view = channel.view
+        view.apply(view.epoch, sequenced)
+        channel.history.extend(sequenced)
+        channel.last_write = time.monotonic()
         if channel.handler is not None:
-            channel.handler(room_id, view.epoch, protocol.batch_frame(room_id, events), events)
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch)
+            channel.handler(room_id, view.epoch, frame, sequenced)
+        elif channel.expiry is None:
+            self._schedule_expiry(room_id, channel)
 
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
         channel = self._rooms.get(room_id)
@@ -119,7 +155,10 @@ class MemoryBroker(Broker):
         history = channel.history
         if not history or history[0]["seq"] > seq + 1:
             return None  # the oldest missed event was already dropped
-        return [e for e in history if e["seq"] > seq]
+        missed = [e for e in history if e["seq"] > seq]
+        if missed[0].get("ts", 0) < protocol.now_ms() - self._history_ttl * 1000:
+            return None  # older than the history TTL, as with Redis
+        return missed
 
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
         self._users[user_id] = handler

@@ -49,14 +49,14 @@ from server.broker.base import (
     UserHandler,
     dm_id_key,
 )
-from server.rooms import Room, system_event
+from server.rooms import Room
+from server.sequencing import NEVER, StreamState, Tick, sequence
 
 log = logging.getLogger("liveroom.broker.redis")
 
 # Connection failures look like any of these depending on where they happen.
 _DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
 Batch = tuple[str, bytes, list[Event]]  # (epoch, frame, events)
-STICKY_KINDS = {"host": "live", "live": "on"}  # kind -> the boolean field that turns it on
 USAGE_TTL_MS = 30_000  # a user's cross-node rate-limit counter outlives a few exchanges
 KNOWN_MAX = 10_000  # sanctions remembered for outages; nonces claimed locally during one
 
@@ -67,6 +67,7 @@ class _RoomSub:
     view: Room[None]
     pending: list[Batch] | None = None  # batches held while the room is (re)loaded
     local: bool = False  # numbered batches alone during an outage: reset on reconnect
+    stream: StreamState | None = None  # the local numbering's state while `local`
     local_count: int = 0  # last local online count the node reported
     likes_owed: int = 0  # likes counted locally, not yet added in Redis
     joined_owed: list[str] = field(default_factory=list)
@@ -333,8 +334,7 @@ class RedisBroker(Broker):
                 return _state_of(view)
         # Redis is down: serve the room alone; it is re-read (and reset) on reconnect
         sub.pending = None
-        sub.local = True
-        sub.view.epoch = _local_epoch()
+        self._go_local(sub, previous=0)
         return _state_of(sub.view)
 
     async def unsubscribe(self, room_id: str) -> None:
@@ -379,27 +379,23 @@ class RedisBroker(Broker):
         client: Any = None,
     ) -> Any:
         keys = rs.room_keys(room_id)
-        args: list[Any] = [
-            _new_epoch(),
-            self._history_size,
-            self._history_ttl,
-            self._meta_ttl,
-            keys.channel,
-            self._publish_cmd,
-            rs.batch_head(room_id),
-            self.node_id,
-            -1 if local_online is None else local_online,
-            int(self._presence_ttl * 1000),
-            likes,
-            self._recent_size,
-            now,
-            len(events),
-            len(joined),
-        ]
-        for event in events:
-            kind, sticky = _classify(event)
-            args += [kind, sticky, rs.open_map(event, "seq")]
-        args += joined
+        args = rs.publish_args(
+            room_id,
+            keys,
+            new_epoch=_new_epoch(),
+            history_size=self._history_size,
+            history_ttl=self._history_ttl,
+            meta_ttl=self._meta_ttl,
+            publish_cmd=self._publish_cmd,
+            node=self.node_id,
+            local_online=local_online,
+            presence_ttl_ms=int(self._presence_ttl * 1000),
+            likes=likes,
+            recent_size=self._recent_size,
+            now=now,
+            events=events,
+            joined=joined,
+        )
         return await self._publish_script(keys=keys.script_keys, args=args, client=client)
 
     def _publish_locally(
@@ -412,25 +408,34 @@ class RedisBroker(Broker):
         previous: int,
         now: int,
     ) -> None:
-        """Redis is unreachable: number the batch here so local viewers still get it."""
+        """Redis is unreachable: number the batch here, by the same rule, so local viewers still
+        get it. The numbers go on from the room's seq under a new epoch that every batch names:
+        no client can take them for Redis' (see docs/PROTOCOL.md, `batch`)."""
         view = sub.view
-        if not sub.local:
-            sub.local = True
-            view.epoch = _local_epoch()  # a resuming client cannot mix these seqs with Redis'
-        if likes_delta:
-            events.append(system_event("likes", now, total=view.likes_total + likes_delta, delta=likes_delta))
-        if local_online is not None and local_online != previous:
-            online = max(0, view.online + local_online - previous)
-            events.append(system_event("presence", now, online=online, unique=view.unique))
-        if not events:
+        if sub.stream is None:
+            self._go_local(sub, previous)
+        tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=view.unique)
+        sequenced, sub.stream = sequence(sub.stream, tick, view.epoch)
+        if not sequenced:
             return
-        seq = view.seq
-        for event in events:
-            seq += 1
-            event["seq"] = seq
-        view.apply(view.epoch, events)
+        view.apply(view.epoch, sequenced)
         metrics.broker_local_batches.inc()
-        sub.handler(room_id, view.epoch, protocol.batch_frame(room_id, events), events)
+        sub.handler(room_id, view.epoch, protocol.batch_frame(room_id, sequenced, view.epoch), sequenced)
+
+    def _go_local(self, sub: _RoomSub, previous: int) -> None:
+        """Start numbering a room alone: a new epoch, the counts as last seen from Redis."""
+        view = sub.view
+        sub.local = True
+        view.epoch = _local_epoch()
+        others = max(0, view.online - previous)  # what the rest of the cluster last counted
+        sub.stream = StreamState(
+            epoch=view.epoch,
+            seq=view.seq,
+            likes=view.likes_total,
+            online=view.online,
+            unique=view.unique,
+            presence={self.node_id: (previous, NEVER), "": (others, NEVER)},
+        )
 
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
         if not self._connected:
@@ -448,7 +453,7 @@ class RedisBroker(Broker):
         """The room's state (one round trip) and, with `since`, the events after it or None."""
         keys = rs.room_keys(room_id)
         res = await self._load_script(
-            keys=[keys.meta, keys.hist, keys.recent, keys.sticky],
+            keys=[keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat],
             args=[
                 _new_epoch(),
                 -1 if since is None else since,
@@ -548,11 +553,12 @@ class RedisBroker(Broker):
             metrics.broker_resyncs.labels(outcome="recovered").inc()
             if missed:
                 sub.view.apply(view.epoch, missed)
-                sub.handler(room_id, view.epoch, protocol.batch_frame(room_id, missed), missed)
+                frame = protocol.batch_frame(room_id, missed, view.epoch)
+                sub.handler(room_id, view.epoch, frame, missed)
         else:
             metrics.broker_resyncs.labels(outcome="reset").inc()
             log.info("room %s restarted from redis (epoch %s)", room_id, view.epoch)
-            sub.view, sub.local = view, False
+            sub.view, sub.local, sub.stream = view, False, None
             if self.on_room_reset is not None:
                 self.on_room_reset(room_id, _state_of(view))
         self._flush(room_id, sub)
@@ -910,20 +916,6 @@ def _local_epoch() -> str:
     return "local-" + secrets.token_hex(6)
 
 
-def _classify(event: Event) -> tuple[str, str]:
-    """How the publish script files an event: d (recent danmaku), s/x (sticky on/off),
-    r (a moderator's delete: drop from recent), o (history only)."""
-    kind = event.get("t")
-    if kind == "danmaku":
-        return "d", ""
-    if kind == "delete" and isinstance(event.get("target"), int):
-        return "r", str(event["target"])
-    flag = STICKY_KINDS.get(kind or "")
-    if flag is not None:
-        return ("s" if event.get(flag) else "x"), f"{kind}:{event.get('uid')}"
-    return "o", ""
-
-
 def _state_of(view: Room[None]) -> RoomState:
     return RoomState(
         epoch=view.epoch,
@@ -960,6 +952,8 @@ def _parse_batch(room_id: str, data: bytes) -> Batch:
         raise ValueError(f"undecodable frame: {type(exc).__name__}") from None
     if not isinstance(obj, dict) or obj.get("t") != "batch" or obj.get("room") != room_id:
         raise ValueError("not a batch of this room")
+    if obj.get("epoch") != epoch.decode("ascii", "replace"):
+        raise ValueError("the frame's epoch is not the channel message's")
     events = obj.get("events")
     if not isinstance(events, list) or not events:
         raise ValueError("no events")
