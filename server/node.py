@@ -295,6 +295,8 @@ class Node:
         limit = self.config.write_buffer_limit
         ready = []
         for client in clients:
+            if client.closing:  # e.g. reset with its room's stream: no batch of the next one
+                continue
             if client.buffered() > limit:
                 client.dropped += 1
                 metrics.dropped_batches.inc()
