@@ -51,5 +51,5 @@ async def test_a_followed_room_is_kept() -> None:
     )
     await broker.unsubscribe("r1")
     await broker.subscribe("r1", lambda *_: None)  # followed again before the timer ran
-    assert broker._rooms["r1"].expiry is None  # no expiry pending while followed
+    assert broker.stream._rooms["r1"].expiry is None  # no expiry pending while followed
     assert (await broker.subscribe("r1", lambda *_: None)).epoch == state.epoch

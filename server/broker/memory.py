@@ -1,4 +1,8 @@
-"""In-memory broker: one node, no Redis. The default for `serve` and the demo."""
+"""In-memory broker: one node, no Redis. The default for `serve` and the demo.
+
+One class per part of the broker (server/broker/base.py): room stream, inbox, sanctions and
+limits; MemoryBroker puts them behind the Broker facade.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,12 @@ from server.broker.base import (
     Broker,
     DmReceipt,
     Event,
+    Inbox,
     RoomState,
+    RoomStream,
     Sanction,
     SanctionHandler,
+    Sanctions,
     UserHandler,
     dm_id_key,
 )
@@ -37,30 +44,15 @@ class _Channel:
     expiry: asyncio.TimerHandle | None = None
 
 
-class MemoryBroker(Broker):
-    def __init__(
-        self,
-        node_id: str = "local",
-        history_size: int = 1000,
-        recent_size: int = 50,
-        dm_keep: int = 100,
-        history_ttl: float = 600,
-    ) -> None:
+class MemoryRoomStream(RoomStream):
+    """Rooms of one node: sequenced by server/sequencing.py, history in a capped deque."""
+
+    def __init__(self, node_id: str, history_size: int, recent_size: int, history_ttl: float) -> None:
         self.node_id = node_id
         self._history_size = history_size
         self._recent_size = recent_size
         self._history_ttl = history_ttl
-        self._dm_keep = dm_keep
         self._rooms: dict[str, _Channel] = {}
-        self._users: dict[str, UserHandler] = {}
-        # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream)
-        self._kept: dict[str, deque[tuple[str, bytes]]] = {}
-        self._dm_counter = itertools.count(1)
-        # abuse state: one process is the whole deployment, so plain dicts are complete
-        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
-        self._watchers: list[SanctionHandler] = []
-        self._blocks: dict[str, set[str]] = {}
-        self._nonces: dict[str, float] = {}  # nonce -> monotonic deadline
 
     def _channel(self, room_id: str) -> _Channel:
         channel = self._rooms.get(room_id)
@@ -160,6 +152,17 @@ class MemoryBroker(Broker):
             return None  # older than the history TTL, as with Redis
         return missed
 
+
+class MemoryInbox(Inbox):
+    """DMs of one node: kept per user until acknowledged (Redis: a capped stream)."""
+
+    def __init__(self, dm_keep: int) -> None:
+        self._dm_keep = dm_keep
+        self._users: dict[str, UserHandler] = {}
+        # per user: (dm id, frame) kept until acknowledged, oldest first
+        self._kept: dict[str, deque[tuple[str, bytes]]] = {}
+        self._dm_counter = itertools.count(1)
+
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
         self._users[user_id] = handler
         return [frame for _, frame in self._kept.get(user_id, ())]
@@ -203,7 +206,16 @@ class MemoryBroker(Broker):
         if not kept:
             del self._kept[user_id]
 
-    # -- abuse ------------------------------------------------------------------------
+
+class MemorySanctions(Sanctions):
+    """Sanctions and limits of one node: one process is the whole deployment, so plain dicts
+    are complete."""
+
+    def __init__(self) -> None:
+        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
+        self._watchers: list[SanctionHandler] = []
+        self._blocks: dict[str, set[str]] = {}
+        self._nonces: dict[str, float] = {}  # nonce -> monotonic deadline
 
     def watch_sanctions(self, handler: SanctionHandler) -> None:
         self._watchers.append(handler)
@@ -256,3 +268,29 @@ class MemoryBroker(Broker):
     async def exchange_usage(self, usage: dict[str, float]) -> dict[str, float]:
         """One node: nobody else spends (the guard does not even call this: multi_node is False)."""
         return {}
+
+
+class MemoryBroker(Broker):
+    """One node, no Redis: the default for `serve` and the demo."""
+
+    stream: MemoryRoomStream
+    inbox: MemoryInbox
+    limits: MemorySanctions
+
+    def __init__(
+        self,
+        node_id: str = "local",
+        history_size: int = 1000,
+        recent_size: int = 50,
+        dm_keep: int = 100,
+        history_ttl: float = 600,
+    ) -> None:
+        self.node_id = node_id
+        self.stream = MemoryRoomStream(node_id, history_size, recent_size, history_ttl)
+        self.inbox = MemoryInbox(dm_keep)
+        self.limits = MemorySanctions()
+
+    @property
+    def rooms_kept(self) -> int:
+        """Rooms whose stream (history, like total, epoch) this broker still holds."""
+        return self.stream.rooms_kept
