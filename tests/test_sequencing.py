@@ -64,10 +64,33 @@ danmaku = st.builds(
     st.sampled_from(USERS),
     st.text(max_size=8),
 )
+host = st.builds(
+    lambda uid, live: {"t": "host", "uid": uid, "name": uid, "ts": NOW, "live": live},
+    st.sampled_from(USERS),
+    st.booleans(),
+)
+live = st.builds(
+    lambda uid, on, url: {
+        "t": "live",
+        "uid": uid,
+        "name": uid,
+        "ts": NOW,
+        "on": on,
+        "node": "n0",
+        "url": url,
+    },
+    st.sampled_from(USERS),
+    st.booleans(),
+    st.none() | st.just("http://127.0.0.1:9/"),
+)
+delete = st.builds(
+    lambda target: {"t": "delete", "uid": "mod", "name": "mod", "ts": NOW, "target": target},
+    st.integers(1, 40),
+)
 tick_input = st.fixed_dictionaries(
     {
         "node": st.sampled_from(NODES),
-        "events": st.lists(danmaku, max_size=3),
+        "events": st.lists(danmaku | host | live | delete, max_size=3),
         "likes": st.integers(0, 5),
         "online": st.none() | st.integers(0, 4),
         "joined": st.lists(st.sampled_from(USERS), max_size=3),
