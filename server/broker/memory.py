@@ -60,7 +60,10 @@ class MemoryRoomStream(RoomStream):
             view: Room[None] = Room(room_id, recent_size=self._recent_size)
             view.epoch = secrets.token_hex(6)
             channel = _Channel(
-                view=view, stream=StreamState(view.epoch), history=deque(maxlen=self._history_size)
+                view=view,
+                stream=StreamState(view.epoch),
+                history=deque(maxlen=self._history_size),
+                last_write=time.monotonic(),
             )
             self._rooms[room_id] = channel
         return channel

@@ -309,6 +309,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._flush(room_id, sub)
 
     async def _heartbeat_once(self) -> None:
+        """Re-report every followed room's local count, with owed likes and joiners: one pipeline."""
         rooms = [(r, s) for r, s in self._rooms.items() if not s.local and s.pending is None]
         if not rooms:
             await self._redis.ping()
