@@ -6,7 +6,9 @@ publish script in server/broker/redis_scripts.py is the same rule written in Lua
 property test, tests/test_sequencing.py, feeds both the same ticks and compares the output).
 
 The rule, for one tick of one room reported by one node:
-1. No stream yet (first use, or its state was lost): a new epoch, seq 0, nothing counted.
+1. No stream yet (first use, or its state was lost), or the stream is behind what the reporting
+   node already delivered under its epoch (the store came back from an older copy, e.g. an RDB
+   snapshot): a new epoch, seq 0, nothing counted, so no (epoch, seq) names two events.
 2. The tick's events get the next sequence numbers, in order.
 3. likes_delta > 0: a `likes` event with the new total and the delta.
 4. local_online reported (not None): the node's count is recorded (0 removes it) with a
@@ -58,11 +60,13 @@ class Tick:
     unique: int = 0
     clock: int = 0
     presence_ttl: int = NEVER
+    seen: tuple[str, int] | None = None  # the newest (epoch, seq) the node delivered from the store
 
 
 def sequence(state: StreamState | None, tick: Tick, new_epoch: str) -> tuple[list[Event], StreamState]:
     """Apply one tick: the events to publish (each a new dict with its `seq`) and the new state."""
-    if state is None:
+    seen = tick.seen
+    if state is None or (seen is not None and seen[0] == state.epoch and state.seq < seen[1]):
         state = StreamState(epoch=new_epoch)
     seq = state.seq
     out: list[Event] = []

@@ -157,19 +157,21 @@ class Client:
                 self.texts.add(event["text"])
 
 
-@pytest.mark.parametrize("persistent", [True, False], ids=["aof-always", "no-persistence"])
-async def test_redis_sigkill_and_restart_under_traffic(tmp_path: Path, start_nodes, persistent: bool) -> None:
-    """With the AOF Redis comes back with the room's epoch (exact recoveries are possible); without
-    it the room restarts under a new epoch (every resume must be refused)."""
-    redis_server = RedisServer(tmp_path, persistent=persistent)
+@pytest.mark.parametrize("restart", ["aof-always", "no-persistence", "older-copy"])
+async def test_redis_sigkill_and_restart_under_traffic(tmp_path: Path, start_nodes, restart: str) -> None:
+    """aof-always: Redis comes back with the room's epoch (exact recoveries are possible).
+    no-persistence: the room restarts under a new epoch (every resume must be refused).
+    older-copy: Redis comes back from an RDB snapshot taken earlier in the traffic, behind what
+    the nodes delivered: the room must not number those seqs again under the same epoch."""
+    redis_server = RedisServer(tmp_path, persistent=restart == "aof-always")
     redis_server.start()
     try:
-        await _outage_under_traffic(redis_server, start_nodes(redis_server.url, 2), persistent)
+        await _outage_under_traffic(redis_server, start_nodes(redis_server.url, 2), restart)
     finally:
         redis_server.stop()
 
 
-async def _outage_under_traffic(redis_server: RedisServer, nodes: list[NodeProc], persistent: bool) -> None:
+async def _outage_under_traffic(redis_server: RedisServer, nodes: list[NodeProc], restart: str) -> None:
     ledger = Ledger()
     talkers = [Client(f"talker{i}", nodes, ledger, talk=True) for i in range(2)]
     viewers = [Client(f"viewer{i}", nodes, ledger) for i in range(6)]
@@ -180,6 +182,11 @@ async def _outage_under_traffic(redis_server: RedisServer, nodes: list[NodeProc]
     try:
         # traffic flows through Redis to everyone
         await apoll(lambda: all(len(c.texts) >= 10 for c in everyone), what="traffic before the outage")
+        if restart == "older-copy":
+            with redis_server.client() as client:
+                client.save()  # dump.rdb, loaded by the restart below
+            mark = {c.uid: len(c.texts) for c in everyone}
+            await apoll(lambda: all(len(c.texts) >= mark[c.uid] + 10 for c in everyone), what="more traffic")
 
         redis_server.proc.kill()  # SIGKILL: no shutdown; only what the AOF (if any) holds is left
         redis_server.proc.wait(WAIT)
@@ -212,7 +219,7 @@ async def _outage_under_traffic(redis_server: RedisServer, nodes: list[NodeProc]
     assert ledger.conflicts == [], f"(epoch, seq) naming two events: {ledger.conflicts[:5]}"
     for client in everyone:
         assert client.gaps == [], f"{client.uid}: silent gaps {client.gaps[:5]}"
-    if not persistent:
+    if restart != "aof-always":
         assert all(c.snapshots["recovered"] == 0 for c in everyone)  # the old epoch is gone
     assert all(t.adopted for t in talkers)  # the outage's batches came under a new epoch
     assert all(c.snapshots["fresh"] >= 2 for c in talkers)  # reset after the outage: fresh state

@@ -197,8 +197,10 @@ def publish_args(
     events: Sequence[dict[str, Any]],
     joined: Sequence[str],
     clock: int = -1,
+    seen: tuple[str, int] | None = None,
 ) -> list[Any]:
-    """PUBLISH's ARGV for one tick (clock -1: the presence clock is Redis' TIME)."""
+    """PUBLISH's ARGV for one tick (clock -1: the presence clock is Redis' TIME; seen: the
+    newest (epoch, seq) this node delivered from Redis)."""
     args: list[Any] = [
         new_epoch,
         history_size,
@@ -216,6 +218,8 @@ def publish_args(
         len(events),
         len(joined),
         clock,
+        "" if seen is None else seen[0],
+        -1 if seen is None else seen[1],
     ]
     for event in events:
         kind, sticky = classify(event)
@@ -230,8 +234,9 @@ def publish_args(
 # ARGV: 1 epoch if new, 2 history size, 3 history ttl s, 4 meta ttl s, 5 channel,
 #       6 publish command, 7 batch head, 8 node, 9 local online (-1: unchanged),
 #       10 presence ttl ms, 11 likes delta, 12 recent size, 13 now ms, 14 event count,
-#       15 joined count, 16 presence clock ms (-1: Redis' TIME), then 3 per event
-#       (kind d|s|x|r|o, field, open map), then joined uids.
+#       15 joined count, 16 presence clock ms (-1: Redis' TIME), 17/18 the newest epoch/seq
+#       this node delivered ('' / -1: none), then 3 per event (kind d|s|x|r|o, field, open map),
+#       then joined uids.
 #       kinds: d danmaku (recent list), s/x sticky on/off (field), r delete from recent (field: seq).
 # Returns {epoch, top seq, events published}.
 # The sequencing is server/sequencing.py's rule, step for step (tests/test_sequencing.py checks it):
@@ -246,6 +251,9 @@ local n_events, n_joined, clock = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumb
 
 local m = redis.call('HMGET', meta, 'e', 's', 'o', 'u')
 local epoch = m[1]
+if epoch and epoch == ARGV[17] and tonumber(m[2] or '0') < tonumber(ARGV[18]) then
+  epoch = false  -- behind what this node delivered: Redis came back from an older copy
+end
 if not epoch then
   -- rule 1: the room's stream is gone (first use, expiry, a Redis that lost its data): new epoch
   epoch = ARGV[1]
@@ -273,7 +281,7 @@ local function system(kind, a, av, b, bv)
 end
 
 -- rule 2: the tick's events, in order
-local at, pushed, touched = 17, false, false
+local at, pushed, touched = 19, false, false
 for _ = 1, n_events do
   local kind, field, open = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   at = at + 3
@@ -359,14 +367,19 @@ return {epoch, seq, n}
 """.replace("__SYS__", SYSTEM_UID)
 
 # KEYS: meta hist recent sticky pres beat
-# ARGV: 1 epoch if new, 2 history from seq (-1: none), 3 history size, 4 want state (1/0), 5 meta ttl
+# ARGV: 1 epoch if new, 2 history from seq (-1: none), 3 history size, 4 want state (1/0), 5 meta ttl,
+#       6/7 the newest epoch/seq this node delivered ('' / -1: none; rule 1 as in PUBLISH)
 # Returns {epoch, seq, likes, online, unique, recent events, sticky events, history entries}.
 LOAD = r"""
 local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local m = redis.call('HMGET', meta, 'e', 's', 'l', 'o', 'u')
+if m[1] and m[1] == ARGV[6] and tonumber(m[2] or '0') < tonumber(ARGV[7]) then
+  m[1] = false  -- behind what this node delivered: Redis came back from an older copy
+end
 if not m[1] then
   -- a new stream (rule 1 of server/sequencing.py): nothing of the old one counts
   redis.call('DEL', hist, recent, sticky, KEYS[5], KEYS[6])
+  redis.call('HDEL', meta, 'l', 'o', 'u')
   redis.call('HSET', meta, 'e', ARGV[1], 's', 0)
   redis.call('EXPIRE', meta, ARGV[5])
   m = {ARGV[1], '0', false, false, false}

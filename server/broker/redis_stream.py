@@ -41,6 +41,7 @@ class _RoomSub:
     pending: list[Batch] | None = None  # batches held while the room is (re)loaded
     local: bool = False  # numbered batches alone during an outage: reset on reconnect
     stream: StreamState | None = None  # the local numbering's state while `local`
+    redis_seen: tuple[str, int] | None = None  # while `local`: the last Redis (epoch, seq) delivered
     local_count: int = 0  # last local online count the node reported
     likes_owed: int = 0  # likes counted locally, not yet added in Redis
     joined_owed: list[str] = field(default_factory=list)
@@ -105,7 +106,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         uids, sub.joined_owed = [*sub.joined_owed, *joined], []
         if self._connected and not sub.local:
             try:
-                await self._run_publish(room_id, events, likes, local_online, now, uids)
+                await self._run_publish(room_id, events, likes, local_online, now, uids, seen=_seen(sub))
                 return
             except _DOWN as exc:
                 self._kick(exc)
@@ -122,6 +123,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         now: int,
         joined: Sequence[str],
         client: Any = None,
+        seen: tuple[str, int] | None = None,
     ) -> Any:
         keys = rs.room_keys(room_id)
         args = rs.publish_args(
@@ -140,6 +142,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             now=now,
             events=events,
             joined=joined,
+            seen=seen,
         )
         return await self._publish_script(keys=keys.script_keys, args=args, client=client)
 
@@ -170,6 +173,8 @@ class RedisRoomStream(RedisPart, RoomStream):
     def _go_local(self, sub: _RoomSub, previous: int) -> None:
         """Start numbering a room alone: a new epoch, the counts as last seen from Redis."""
         view = sub.view
+        if view.epoch:  # empty when the room was first opened during the outage
+            sub.redis_seen = (view.epoch, view.seq)
         sub.local = True
         view.epoch = _local_epoch()
         others = max(0, view.online - previous)  # what the rest of the cluster last counted
@@ -193,9 +198,17 @@ class RedisRoomStream(RedisPart, RoomStream):
         return missed if view.epoch == epoch else None
 
     async def _load(
-        self, room_id: str, since: int | None, want_state: bool = True
+        self,
+        room_id: str,
+        since: int | None,
+        want_state: bool = True,
+        seen: tuple[str, int] | None = None,
     ) -> tuple[Room[None], list[Event] | None]:
-        """The room's state (one round trip) and, with `since`, the events after it or None."""
+        """The room's state (one round trip) and, with `since`, the events after it or None.
+
+        `seen`: the newest (epoch, seq) this node delivered; a Redis behind it (restored from an
+        older copy) starts the room over under a new epoch rather than number those seqs again.
+        """
         keys = rs.room_keys(room_id)
         res = await self._load_script(
             keys=[keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat],
@@ -205,6 +218,8 @@ class RedisRoomStream(RedisPart, RoomStream):
                 self._history_size,
                 int(want_state),
                 self._meta_ttl,
+                "" if seen is None else seen[0],
+                -1 if seen is None else seen[1],
             ],
         )
         epoch = res[0].decode()
@@ -287,7 +302,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             sub.pending = []
         try:
             since = None if sub.local else sub.view.seq
-            view, missed = await self._load(room_id, since=since)
+            view, missed = await self._load(room_id, since=since, seen=_seen(sub))
         except _DOWN as exc:
             self._kick(exc)
             sub.pending = None  # re-read again once reconnected
@@ -303,7 +318,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         else:
             metrics.broker_resyncs.labels(outcome="reset").inc()
             log.info("room %s restarted from redis (epoch %s)", room_id, view.epoch)
-            sub.view, sub.local, sub.stream = view, False, None
+            sub.view, sub.local, sub.stream, sub.redis_seen = view, False, None, None
             if self.on_room_reset is not None:
                 self.on_room_reset(room_id, _state_of(view))
         self._flush(room_id, sub)
@@ -321,7 +336,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             joined, sub.joined_owed = sub.joined_owed, []
             owed.append((sub, likes, joined))
             await self._run_publish(
-                room_id, [], likes, sub.local_count, protocol.now_ms(), joined, client=pipe
+                room_id, [], likes, sub.local_count, protocol.now_ms(), joined, client=pipe, seen=_seen(sub)
             )
         try:
             await pipe.execute()
@@ -330,6 +345,13 @@ class RedisRoomStream(RedisPart, RoomStream):
                 sub.likes_owed += likes
                 sub.joined_owed[:0] = joined
             raise
+
+
+def _seen(sub: _RoomSub) -> tuple[str, int] | None:
+    """The newest Redis (epoch, seq) this node delivered for the room (its view, unless local)."""
+    if sub.local:
+        return sub.redis_seen
+    return (sub.view.epoch, sub.view.seq) if sub.view.epoch else None
 
 
 def _new_epoch() -> str:
