@@ -55,6 +55,7 @@ def make_broker(config: Config) -> Broker:
         node_id=node_id,
         history_size=config.history_size,
         recent_size=config.recent_size,
+        history_ttl=config.history_ttl,
         dm_store_users=config.dm_store_users,
         dm_store_bytes=config.dm_store_bytes,
         dm_ttl=config.dm_ttl,

@@ -559,9 +559,15 @@ def error_frame(code: ErrorCode, message: str, ref: Any = None, retry_after: flo
     return pack(frame)
 
 
-def batch_frame(room: str, events: list[dict[str, Any]]) -> bytes:
-    """One tick of a room's events, encoded once and written to every viewer."""
-    return pack({"t": "batch", "room": room, "events": events})
+def batch_frame(room: str, events: list[dict[str, Any]], epoch: str | None = None) -> bytes:
+    """One tick of a room's events, encoded once and written to every viewer.
+
+    `epoch` names the stream the events' seqs belong to (None only for an unsequenced echo).
+    The Redis publish script builds the same bytes (redis_scripts.batch_head).
+    """
+    if epoch is None:
+        return pack({"t": "batch", "room": room, "events": events})
+    return pack({"t": "batch", "room": room, "epoch": epoch, "events": events})
 
 
 def pong_frame(ts: int | float | None) -> bytes:
