@@ -2,10 +2,11 @@
 // backoff and resume from the last sequence seen (docs/PROTOCOL.md, "join" and "snapshot").
 import { decode, encode } from "./mp.js";
 
-// Close codes after which retrying with the same token cannot succeed.
-// 4307 abusive, 4402 kicked, 4403 banned: the page explains; a reload tries again.
-const NO_RETRY = new Set([4005, 4100, 4101, 4103, 4307, 4402, 4403]);
-const FRESH_TOKEN = new Set([4102, 4306]); // expired, or a one-time token already used
+// Close codes after which retrying with the same token cannot succeed (the server's
+// protocol.NO_RETRY_CODES; tests/test_close_codes.py keeps them equal).
+// 4307 abusive, 4402 kicked, 4403 banned, 4410 room closed: the page explains; a reload tries again.
+const NO_RETRY = new Set([4005, 4100, 4101, 4103, 4307, 4402, 4403, 4410]);
+const FRESH_TOKEN = new Set([4102, 4306]); // expired, or a one-time token already used (FRESH_TOKEN_CODES)
 const PING_EVERY_MS = 10000;
 
 export class LiveConnection {
@@ -156,7 +157,7 @@ export class LiveConnection {
       case "snapshot":
         return this._snapshot(frame);
       case "batch":
-        return this._events(frame.events || []);
+        return this._batch(frame);
       case "pong":
         if (typeof frame.ts === "number") this.rtt = Math.max(0, performance.now() - frame.ts);
         return this.emit("pong", this.rtt);
@@ -198,6 +199,18 @@ export class LiveConnection {
     clearInterval(this._ping);
     this._ping = setInterval(() => this.send({ t: "ping", ts: performance.now() }), PING_EVERY_MS);
     this.send({ t: "ping", ts: performance.now() });
+  }
+
+  /** A batch names its epoch: a new one on a live connection continues our stream only when its
+   * first event follows the last one we have (docs/PROTOCOL.md, "batch"); otherwise resync. */
+  _batch(frame) {
+    const events = frame.events || [];
+    if (frame.epoch && this.epoch !== null && frame.epoch !== this.epoch) {
+      const first = events.find((ev) => typeof ev.seq === "number");
+      if (!first || first.seq !== this.seq + 1) return this.resync(`stream ${this.epoch} -> ${frame.epoch}`);
+      this.epoch = frame.epoch;
+    }
+    return this._events(events);
   }
 
   _events(events) {

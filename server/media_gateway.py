@@ -25,6 +25,7 @@ import aiohttp
 from redis.exceptions import RedisError
 
 from server import auth, metrics, protocol
+from server.abuse.admission import ConcurrencyCap
 from server.abuse.tokens import Keyring
 from server.auth import Identity
 from server.config import ConfigError
@@ -47,8 +48,10 @@ from server.media_relay import Relay
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.client import Client
-    from server.node import Node
+    from server.broker.base import Broker, Sanction
+    from server.config import Config
+    from server.hub import Hub
+    from server.peer import Peer
 
 log = logging.getLogger("liveroom.media")
 
@@ -95,7 +98,7 @@ def check_offer_kinds(sdp: str, ref: Any = None) -> None:
 class WsViewer:
     """A WebSocket connection that asked for the room's media (server offers, client answers)."""
 
-    client: Client
+    client: Peer
     room_id: str
     viewer_id: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -111,7 +114,8 @@ class Resource:
     uid: str
     peer_id: str  # publisher id (the uid) or viewer id
     handle: Publication | Subscription
-    relay: bool = False  # a WHEP session of an edge node pulling the room's media
+    ip: str = "?"
+    relay: bool = False  # a WHEP session of an edge node pulling the room's media (no session caps)
 
 
 @dataclass(eq=False)
@@ -125,9 +129,11 @@ class _Sample:
 class MediaGateway:
     """Owns the MediaRooms of this node and everything that signals into them."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        config = node.config
+    def __init__(self, config: Config, broker: Broker, hub: Hub, node_id: str) -> None:
+        self.config = config
+        self.broker = broker
+        self.hub = hub
+        self.node_id = node_id
         try:
             self.ice = IceServers.from_config(config.ice_servers, config.turn_secret, config.turn_ttl)
         except IceConfigError as exc:
@@ -143,8 +149,8 @@ class MediaGateway:
         self.rooms: dict[str, MediaRoom] = {}
         self.identities: dict[tuple[str, str], Identity] = {}  # (room, publisher uid) -> who
         self.invites: dict[str, set[str]] = {}  # room -> uids invited to co-stream
-        self.ws_publishers: dict[Client, Publication] = {}
-        self.ws_viewers: dict[Client, WsViewer] = {}
+        self.ws_publishers: dict[Peer, Publication] = {}
+        self.ws_viewers: dict[Peer, WsViewer] = {}
         self.resources: dict[str, Resource] = {}
         self.relays: dict[str, dict[str, Relay]] = {}  # room -> publisher -> stream pulled from its origin
         self._relay_locks: dict[str, asyncio.Lock] = {}
@@ -155,23 +161,30 @@ class MediaGateway:
         self.claim_ttl = config.media_claim_ttl
         self._claims_task: asyncio.Task[None] | None = None
         self.node_secret = Keyring.from_config(config.secret, config.secret_old, config.secrets).signing[1]
+        # WHIP/WHEP sessions held: per "room|uid" and per client IP (a token must not take every slot)
+        self.user_sessions = ConcurrencyCap(config.media_sessions_per_user)
+        self.ip_sessions = ConcurrencyCap(config.media_sessions_per_ip)
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._ice_watches: dict[str, asyncio.Task[None]] = {}
         self._stats_task: asyncio.Task[None] | None = None
         self._last = _Sample(at=time.monotonic())
+        hub.live_listeners.append(self.view_changed)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Fail fast if aiortc's internals moved (the tap would silently decode instead)."""
         check_compatible()
-        if self.node.config.media_udp_ports:
-            use_udp_port_range(parse_range(self.node.config.media_udp_ports))
+        if self.config.media_udp_ports:
+            use_udp_port_range(parse_range(self.config.media_udp_ports))
         self._claims_task = asyncio.get_running_loop().create_task(self._claims_forever())
-        if self.node.config.media_stats_interval > 0:
+        if self.config.media_stats_interval > 0:
             self._stats_task = asyncio.get_running_loop().create_task(self._stats_forever())
 
     async def close(self) -> None:
+        for watch in self._ice_watches.values():
+            watch.cancel()
         for task in (self._stats_task, self._claims_task):
             if task is not None:
                 task.cancel()
@@ -182,6 +195,8 @@ class MediaGateway:
         if relays:
             await asyncio.gather(*(r.close(self._session()) for r in relays), return_exceptions=True)
         rooms, self.rooms = list(self.rooms.values()), {}
+        for room in rooms:
+            self.hub.unpin(room.room_id)
         await asyncio.gather(*(r.close() for r in rooms), return_exceptions=True)
         while pending := [t for t in self._tasks if not t.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -189,7 +204,7 @@ class MediaGateway:
             await self._http.close()
         with contextlib.suppress(RedisError, OSError):
             await self.claims.close()
-        if self.node.config.media_udp_ports:
+        if self.config.media_udp_ports:
             use_udp_port_range(None)  # process-wide: do not outlive this node (tests run several)
         self._update_gauges()
 
@@ -200,7 +215,7 @@ class MediaGateway:
     def describe(self, room_id: str, snapshot: dict[str, Any]) -> None:
         """Tell a joiner where the room's media is: the live node, else this node."""
         if snapshot.get("media_node") is None:
-            snapshot["media_node"] = self.node.node_id
+            snapshot["media_node"] = self.node_id
             snapshot["media_url"] = self.url
         snapshot["ice_servers"] = self.ice.for_client(snapshot["you"]["uid"])
 
@@ -212,8 +227,8 @@ class MediaGateway:
 
     def origin_of(self, room_id: str) -> tuple[str, str] | None:
         """(node, media URL) of the room's media when another node holds it, else None."""
-        view = self.node.rooms.get(room_id)
-        if view is None or not view.publishers or view.media_node in (None, self.node.node_id):
+        view = self.hub.rooms.get(room_id)
+        if view is None or not view.publishers or view.media_node in (None, self.node_id):
             return None
         if not view.media_url or (room_id in self.rooms and self._local_publishers(room_id)):
             return None
@@ -248,7 +263,7 @@ class MediaGateway:
         lock = self._relay_locks.setdefault(room_id, asyncio.Lock())
         async with lock:
             origin = self.origin_of(room_id)
-            view = self.node.rooms.get(room_id)
+            view = self.hub.rooms.get(room_id)
             wanted: set[str] = set()
             if origin is not None and view is not None and (arriving or self._local_viewers(room_id)):
                 wanted = set(view.publishers)
@@ -263,7 +278,7 @@ class MediaGateway:
                 if pid in room.publications:
                     continue
                 relay = relays[pid] = Relay(room, pid, *origin)
-                token = auth.mint_node(self.node_secret, room=room_id, node=self.node.node_id)
+                token = auth.mint_node(self.node_secret, room=room_id, node=self.node_id)
                 try:
                     await relay.start(self._session(), token)
                 except (TimeoutError, MediaError, aiohttp.ClientError, OSError) as exc:
@@ -285,7 +300,7 @@ class MediaGateway:
 
     # -- WebSocket signaling --------------------------------------------------------------
 
-    async def handle(self, client: Client, message: protocol.ClientMessage) -> None:
+    async def handle(self, client: Peer, message: protocol.ClientMessage) -> None:
         """Dispatch one media message of a joined connection (see docs/PROTOCOL.md)."""
         op = type(message).__name__.lower()
         try:
@@ -306,7 +321,7 @@ class MediaGateway:
             raise
         metrics.media_signaling.labels(op=op, result="ok").inc()
 
-    async def leave(self, client: Client) -> None:
+    async def leave(self, client: Peer) -> None:
         """The connection is gone: end its publication (viewers told at once) and its viewing."""
         pub = self.ws_publishers.pop(client, None)
         if pub is not None:
@@ -324,7 +339,7 @@ class MediaGateway:
             self.invites.pop(who.room, None)  # invitations end with the host's session
         self._update_gauges()
 
-    async def _publish(self, client: Client, message: protocol.Publish) -> None:
+    async def _publish(self, client: Peer, message: protocol.Publish) -> None:
         who, room_id = self._who(client)
         if client in self.ws_publishers:
             raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, "this connection publishes", message.cid)
@@ -336,13 +351,13 @@ class MediaGateway:
             frame["cid"] = message.cid
         client.send(protocol.pack(frame))
 
-    async def _unpublish(self, client: Client, cid: Any) -> None:
+    async def _unpublish(self, client: Peer, cid: Any) -> None:
         pub = self.ws_publishers.pop(client, None)
         if pub is None:
             raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "this connection is not publishing", cid)
         await self._end_publication(client.room_id or "", pub)
 
-    async def _subscribe(self, client: Client, cid: Any) -> None:
+    async def _subscribe(self, client: Peer, cid: Any) -> None:
         who, room_id = self._who(client)
         if client in self.ws_viewers:
             raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "already subscribed", cid)
@@ -362,7 +377,7 @@ class MediaGateway:
                 frame["cid"] = cid
             client.send(protocol.pack(frame))
 
-    async def _answer(self, client: Client, message: protocol.Answer) -> None:
+    async def _answer(self, client: Peer, message: protocol.Answer) -> None:
         viewer = self.ws_viewers.get(client)
         room = self.rooms.get(viewer.room_id) if viewer is not None else None
         if viewer is None or room is None:
@@ -379,7 +394,7 @@ class MediaGateway:
         if again:
             self._spawn(self._offer(viewer))
 
-    async def _unsubscribe(self, client: Client) -> None:
+    async def _unsubscribe(self, client: Peer) -> None:
         viewer = self.ws_viewers.pop(client, None)
         if viewer is None:
             return
@@ -391,7 +406,7 @@ class MediaGateway:
         self._maybe_close(viewer.room_id)
         self._update_gauges()
 
-    async def _invite(self, client: Client, message: protocol.Invite) -> None:
+    async def _invite(self, client: Peer, message: protocol.Invite) -> None:
         who, room_id = self._who(client)
         if who.role != "host":
             raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "only a host may invite co-hosts", message.cid)
@@ -403,20 +418,20 @@ class MediaGateway:
         invited.add(message.uid)
         now = protocol.now_ms()
         frame = {"t": "invited", "room": room_id, "uid": who.uid, "name": who.name, "ts": now}
-        delivered = await self.node.broker.send_dm(message.uid, protocol.pack(frame))
+        delivered = await self.broker.send_dm(message.uid, protocol.pack(frame))
         ack: dict[str, Any] = {"t": "invite_ack", "uid": message.uid, "delivered": delivered, "ts": now}
         if message.cid is not None:
             ack["cid"] = message.cid
         client.send(protocol.pack(ack))
 
-    def _who(self, client: Client) -> tuple[Identity, str]:
+    def _who(self, client: Peer) -> tuple[Identity, str]:
         who = client.identity
         assert who is not None and client.room_id is not None
         return who, client.room_id
 
-    def _other_host_here(self, client: Client) -> bool:
+    def _other_host_here(self, client: Peer) -> bool:
         """Another connection of the same host is still in the room on this node."""
-        room = self.node.rooms.get(client.room_id or "")
+        room = self.hub.rooms.get(client.room_id or "")
         who = client.identity
         if room is None or who is None:
             return False
@@ -433,7 +448,7 @@ class MediaGateway:
             raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "only hosts and invited co-hosts may publish", ref)
         self._check_node(room_id, ref)
         check_offer_kinds(sdp, ref)
-        await self.node.open_room(room_id)  # a WHIP-only room still needs its event channel
+        await self.hub.open_room(room_id)  # a WHIP-only room still needs its event channel
         await self._claim_room(room_id, ref)
         room = self._room(room_id)
         if who.uid in room.publications:
@@ -462,10 +477,10 @@ class MediaGateway:
     async def _claim_room(self, room_id: str, ref: Any = None) -> None:
         """Take (or renew) the room's media for this node before a publisher goes live."""
         try:
-            holder = await self.claims.claim(room_id, self.node.node_id, self.claim_ttl)
+            holder = await self.claims.claim(room_id, self.node_id, self.claim_ttl)
         except (RedisError, OSError) as exc:
             raise ProtocolError(ErrorCode.MEDIA_UNAVAILABLE, f"media claim unavailable: {exc}", ref) from None
-        if holder != self.node.node_id:
+        if holder != self.node_id:
             raise ProtocolError(
                 ErrorCode.MEDIA_WRONG_NODE, f"media of this room is held by node {holder}, retry later", ref
             )
@@ -478,7 +493,7 @@ class MediaGateway:
         if self._local_publishers(room_id):
             return
         with contextlib.suppress(RedisError, OSError):  # not released: it expires within the TTL
-            await self.claims.release(room_id, self.node.node_id)
+            await self.claims.release(room_id, self.node_id)
 
     async def _claims_forever(self) -> None:
         while True:
@@ -491,10 +506,10 @@ class MediaGateway:
     async def claims_once(self) -> None:
         """Renew this node's claims (re-announcing its publishers if they were dropped meanwhile),
         and drop the `live` state of rooms whose origin stopped renewing."""
-        me = self.node.node_id
+        me = self.node_id
         for room_id in [r for r in self.rooms if self._local_publishers(r)]:
             holder = await self.claims.claim(room_id, me, self.claim_ttl)
-            view = self.node.rooms.get(room_id)
+            view = self.hub.rooms.get(room_id)
             if holder != me or view is None:
                 log.warning("media: room %s is claimed by %s while publishing here", room_id, holder)
                 continue
@@ -504,7 +519,7 @@ class MediaGateway:
                     self._emit_live(room_id, who, True)  # a reaper dropped us (e.g. Redis lost the claim)
         suspects = [
             room_id
-            for room_id, view in self.node.rooms.items()
+            for room_id, view in self.hub.rooms.items()
             if view.publishers and view.media_node not in (None, me)
         ]
         for room_id, holder in (await self.claims.holders(suspects)).items():
@@ -514,13 +529,13 @@ class MediaGateway:
     async def _reap(self, room_id: str) -> None:
         """The origin stopped renewing: announce its publishers gone, holding the claim meanwhile
         so that no publisher can go live before the `live` off events are sequenced."""
-        view = self.node.rooms.get(room_id)
+        view = self.hub.rooms.get(room_id)
         dead = view.media_node if view is not None else None
-        reaper = f"reaper.{self.node.node_id}"
+        reaper = f"reaper.{self.node_id}"
         if dead is None or await self.claims.claim(room_id, reaper, self.claim_ttl) != reaper:
             return
         try:
-            view = self.node.rooms.get(room_id)
+            view = self.hub.rooms.get(room_id)
             if view is None or view.media_node != dead:
                 return
             log.warning("media: node %s stopped renewing room %s: its publishers are gone", dead, room_id)
@@ -528,9 +543,9 @@ class MediaGateway:
             now = protocol.now_ms()
             for uid, name in list(view.publishers.items()):
                 view.set_live(Identity(uid=uid, name=name, room=room_id, role="host"), False, dead, None, now)
-            self.node.mark_dirty(room_id)
+            self.hub.mark_dirty(room_id)
             for _ in range(100):  # until our `live` off events come back sequenced
-                if self.node.rooms.get(room_id) is not view or view.media_node != dead:
+                if self.hub.rooms.get(room_id) is not view or view.media_node != dead:
                     break
                 await asyncio.sleep(0.02)
         finally:
@@ -539,15 +554,26 @@ class MediaGateway:
 
     # -- WHIP / WHEP resources ------------------------------------------------------------------
 
-    async def whip(self, who: Identity, room_id: str, sdp: str) -> tuple[str, str]:
+    async def whip(self, who: Identity, room_id: str, sdp: str, ip: str = "?") -> tuple[str, str]:
         """RFC 9725 ingest: returns (resource id, answer SDP)."""
-        pub = await self.publish(who, room_id, sdp)
+        self._hold_session(who, room_id, ip)
+        try:
+            pub = await self.publish(who, room_id, sdp)
+        except BaseException:
+            self._release_session(room_id, who.uid, ip)
+            raise
         rid = secrets.token_urlsafe(16)
-        self.resources[rid] = Resource("whip", room_id, who.uid, who.uid, pub)
+        self._add_resource(rid, Resource("whip", room_id, who.uid, who.uid, pub, ip))
         return rid, advertise_address(pub.pc.localDescription.sdp, self.public_ip)
 
     async def whep(
-        self, who: Identity, room_id: str, sdp: str, publisher: str | None = None, relay: bool = False
+        self,
+        who: Identity,
+        room_id: str,
+        sdp: str,
+        ip: str = "?",
+        publisher: str | None = None,
+        relay: bool = False,
     ) -> tuple[str, str]:
         """WHEP playback: the viewer offers recvonly m-lines; returns (resource id, answer).
 
@@ -564,10 +590,15 @@ class MediaGateway:
                     ErrorCode.MEDIA_WRONG_NODE, f"{publisher!r} does not publish on this node"
                 )
         else:
-            await self.node.open_room(room_id)  # the room's live events tell where its media is
+            await self.hub.open_room(room_id)  # the room's live events tell where its media is
+            self._hold_session(who, room_id, ip)
             if self.origin_of(room_id) is not None:  # media elsewhere: pull it here (cascade)
                 self._room(room_id)
-                await self._sync_relays(room_id, arriving=True)
+                try:
+                    await self._sync_relays(room_id, arriving=True)
+                except BaseException:
+                    self._release_session(room_id, who.uid, ip)
+                    raise
             room = self._room(room_id)
         viewer_id = f"{who.uid}#whep{next(self._ids)}"
         try:
@@ -575,14 +606,76 @@ class MediaGateway:
                 room, viewer_id, sdp, publisher_ids=[publisher] if publisher else None
             )
         except MediaError as exc:
+            if not relay:
+                self._release_session(room_id, who.uid, ip)
             self._maybe_close(room_id)
             raise media_error(exc) from None
+        except BaseException:
+            if not relay:
+                self._release_session(room_id, who.uid, ip)
+            raise
         rid = secrets.token_urlsafe(16)
-        self.resources[rid] = Resource(
-            "whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id], relay=relay
+        self._add_resource(
+            rid, Resource("whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id], ip, relay)
         )
         self._update_gauges()
         return rid, answer if relay else advertise_address(answer, self.public_ip)
+
+    def _hold_session(self, who: Identity, room_id: str, ip: str) -> None:
+        """Take a WHIP/WHEP slot of the user in the room and of the IP, or refuse (4612)."""
+        key = f"{room_id}|{who.uid}"
+        if not self.user_sessions.acquire(key):
+            raise ProtocolError(
+                ErrorCode.MEDIA_TOO_MANY_SESSIONS,
+                f"at most {self.user_sessions.limit} media sessions per user in a room",
+            )
+        if not self.ip_sessions.acquire(ip):
+            self.user_sessions.release(key)
+            raise ProtocolError(
+                ErrorCode.MEDIA_TOO_MANY_SESSIONS,
+                f"at most {self.ip_sessions.limit} media sessions per address",
+            )
+
+    def _release_session(self, room_id: str, uid: str, ip: str) -> None:
+        self.user_sessions.release(f"{room_id}|{uid}")
+        self.ip_sessions.release(ip)
+
+    def _add_resource(self, rid: str, res: Resource) -> None:
+        self.resources[rid] = res
+        self._ice_watches[rid] = asyncio.get_running_loop().create_task(self._ice_watch(rid, res))
+
+    def _forget_resource(self, rid: str) -> Resource | None:
+        """Drop a resource and free its slots: every path that ends a session comes here."""
+        res = self.resources.pop(rid, None)
+        if res is not None and not res.relay:
+            self._release_session(res.room_id, res.uid, res.ip)
+        watch = self._ice_watches.pop(rid, None)
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+        return res
+
+    async def _ice_watch(self, rid: str, res: Resource) -> None:
+        """A session whose ICE has not connected within media_ice_timeout is torn down: a client
+        that POSTs offers and never connects must not keep viewer slots."""
+        pc = res.handle.pc
+        connected = asyncio.Event()
+
+        def check() -> None:
+            if pc.iceConnectionState in ("connected", "completed"):
+                connected.set()
+
+        pc.on("iceconnectionstatechange", check)
+        try:
+            check()
+            await asyncio.wait_for(connected.wait(), self.config.media_ice_timeout)
+        except TimeoutError:
+            if self.resources.get(rid) is res:
+                log.info("media: %s session %s of %s did not connect ICE in time", res.kind, rid[:6], res.uid)
+                await self._end_resource(rid, res)
+        finally:
+            pc.remove_listener("iceconnectionstatechange", check)
+            if self._ice_watches.get(rid) is asyncio.current_task():
+                del self._ice_watches[rid]
 
     async def delete_resource(self, kind: str, room_id: str, rid: str, who: Identity) -> bool:
         """End a WHIP/WHEP session; only the user who created it may (same token subject)."""
@@ -591,18 +684,34 @@ class MediaGateway:
             return False
         if res.uid != who.uid:
             raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "not your session")
-        del self.resources[rid]
-        room = self.rooms.get(room_id)
+        await self._end_resource(rid, res)
+        return True
+
+    def on_sanction(self, sanction: Sanction) -> None:
+        """A ban or kick (from any node, watched through the broker) ends the user's WHIP/WHEP
+        sessions in the room too; the guard refuses new ones."""
+        if sanction.kind == "mute" or sanction.lifted:
+            return
+        for rid, res in list(self.resources.items()):
+            if res.room_id == sanction.room and res.uid == sanction.uid:
+                self._forget_resource(rid)
+                self._spawn(self._remove_handle(res))
+
+    async def _end_resource(self, rid: str, res: Resource) -> None:
+        self._forget_resource(rid)
+        await self._remove_handle(res)
+
+    async def _remove_handle(self, res: Resource) -> None:
+        room = self.rooms.get(res.room_id)
         if room is not None:
             if isinstance(res.handle, Publication):
                 await room.remove_publisher(res.peer_id, res.handle)
             else:
                 await room.remove_viewer(res.peer_id, res.handle)
-        if room_id in self.relays:
-            await self._sync_relays(room_id)  # the last viewer here stops the pull
-        self._maybe_close(room_id)
+        if res.room_id in self.relays:
+            await self._sync_relays(res.room_id)  # the last viewer here stops the pull
+        self._maybe_close(res.room_id)
         self._update_gauges()
-        return True
 
     # -- rooms, renegotiation, live events --------------------------------------------------------
 
@@ -612,6 +721,7 @@ class MediaGateway:
             room = MediaRoom(room_id, self.media_config)
             room.listeners.append(lambda event, pid: self._on_room_event(room_id, event, pid))
             self.rooms[room_id] = room
+            self.hub.pin(room_id)
         return room
 
     def _maybe_close(self, room_id: str) -> None:
@@ -624,6 +734,7 @@ class MediaGateway:
         if any(r.room_id == room_id for r in self.resources.values()):
             return
         del self.rooms[room_id]
+        self.hub.unpin(room_id)
         self._spawn(room.close())
 
     def _on_room_event(self, room_id: str, event: str, publisher_id: str) -> None:
@@ -638,7 +749,7 @@ class MediaGateway:
             for rid, res in list(self.resources.items()):  # the publisher's ICE failed or it left
                 pub = res.handle
                 if res.room_id == room_id and isinstance(pub, Publication) and pub.ended.is_set():
-                    del self.resources[rid]
+                    self._forget_resource(rid)
             for client, pub in list(self.ws_publishers.items()):
                 if client.room_id == room_id and pub.publisher_id == publisher_id and pub.ended.is_set():
                     del self.ws_publishers[client]
@@ -652,12 +763,12 @@ class MediaGateway:
                     self._spawn(self._offer(viewer))
 
     def _emit_live(self, room_id: str, who: Identity, on: bool) -> None:
-        room = self.node.rooms.get(room_id)
+        room = self.hub.rooms.get(room_id)
         if room is None:  # not expected: the room stays open while media is held here
             log.warning("media: live event for room %s that is not open", room_id)
             return
-        room.set_live(who, on, self.node.node_id, self.url, protocol.now_ms())
-        self.node.mark_dirty(room_id)
+        room.set_live(who, on, self.node_id, self.url, protocol.now_ms())
+        self.hub.mark_dirty(room_id)
 
     async def _offer(self, viewer: WsViewer, cid: Any = None) -> bool:
         """(Re)offer the room's tracks to a WS viewer; False when there is nothing to offer."""
@@ -703,7 +814,7 @@ class MediaGateway:
 
     def _check_node(self, room_id: str, ref: Any = None) -> None:
         """A room's publishers share one node: refuse a publisher here if another node holds them."""
-        view = self.node.rooms.get(room_id)
+        view = self.hub.rooms.get(room_id)
         owner = view.media_node if view is not None else None
         if owner is not None and self.origin_of(room_id) is not None:
             raise ProtocolError(
@@ -723,7 +834,7 @@ class MediaGateway:
         for rid, res in list(self.resources.items()):
             room = self.rooms.get(res.room_id)
             if res.kind == "whep" and (room is None or room.subscriptions.get(res.peer_id) is not res.handle):
-                del self.resources[rid]
+                self._forget_resource(rid)
                 if res.room_id in self.relays:
                     self._spawn(self._sync_relays(res.room_id))
                 self._maybe_close(res.room_id)
@@ -748,7 +859,7 @@ class MediaGateway:
 
     async def _stats_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.node.config.media_stats_interval)
+            await asyncio.sleep(self.config.media_stats_interval)
             try:
                 await self.sample()
             except Exception:
