@@ -365,9 +365,12 @@ class MediaGateway:
         if self.origin_of(room_id) is not None:  # media elsewhere: pull it here (cascade)
             self._room(room_id)
             await self._sync_relays(room_id, arriving=True)
-        viewer = WsViewer(client, room_id, f"{who.uid}#{next(self._ids)}")
-        if client in self.ws_viewers or client.room_id != room_id:
+        if client.closing:  # it left while this edge connected to the origin: maybe stop the pull
+            self._spawn(self._sync_relays(room_id))
+            return
+        if client in self.ws_viewers:  # a second subscribe raced the first
             raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "already subscribed", cid)
+        viewer = WsViewer(client, room_id, f"{who.uid}#{next(self._ids)}")
         self.ws_viewers[client] = viewer
         self._room(room_id)
         self._update_gauges()
