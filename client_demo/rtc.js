@@ -50,6 +50,7 @@ export class ViewerMedia {
     this.playing = false;
     this.t0 = null; // when we started waiting for pictures
     this.firstFrameMs = null;
+    this._pageLoad = true; // until the first picture: the wait counts from navigation start
     this.detail = "";
     this.stats = "";
     this.negotiations = 0;
@@ -80,6 +81,14 @@ export class ViewerMedia {
     this.publishers = new Map((snap.publishers || []).map((p) => [p.uid, p.name]));
     this.live = Boolean(snap.live) || this.publishers.size > 0;
     if (resumed) this._reset(); // the old peer connection belongs to a gone WebSocket
+    if (!resumed && this.conn.joinSubscribed) {
+      // index.html subscribed with the join: the offer is on its way. The page's first picture
+      // counts from navigation start (performance.now() is relative to performance.timeOrigin).
+      this.conn.joinSubscribed = false;
+      this.subscribed = true;
+      this.t0 = 0;
+      if (this.live) this.detail = "Negotiating video…";
+    }
     if (!this.stopped && this.supported && !this.subscribed) this._subscribe();
     this.status();
   }
@@ -130,7 +139,8 @@ export class ViewerMedia {
 
   _subscribe() {
     this.subscribed = this.conn.send({ t: "subscribe", cid: `m${++this._seq}` });
-    if (this.subscribed && this.t0 === null) this.t0 = performance.now();
+    // The first subscription of a page load counts from navigation start, like the user's wait.
+    if (this.subscribed && this.t0 === null) this.t0 = this._pageLoad ? 0 : performance.now();
     if (this.subscribed && this.live) this.detail = "Negotiating video…";
   }
 
@@ -229,6 +239,7 @@ export class ViewerMedia {
   }
 
   async _onOffer(frame) {
+    performance.mark("liveroom:offer");
     const pc = this._ensurePc();
     if (frame.tracks) this.trackMap = { ...this.trackMap, ...frame.tracks };
     await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
@@ -238,6 +249,7 @@ export class ViewerMedia {
     const answer = { t: "answer", sdp: pc.localDescription.sdp };
     if (frame.cid !== undefined) answer.cid = frame.cid;
     this.conn.send(answer);
+    performance.mark("liveroom:answer");
     this.negotiations += 1;
     this.detail = "Starting video…";
     this.status();
@@ -256,6 +268,7 @@ export class ViewerMedia {
   _markFirstFrame() {
     if (this.firstFrameMs !== null || this.t0 === null) return;
     this.firstFrameMs = performance.now() - this.t0;
+    this._pageLoad = false;
     // room analytics (docs/API.md): the server keeps the first report of each connection
     this.conn.send({ t: "stats", first_frame_ms: Math.min(600000, Math.round(this.firstFrameMs)) });
   }

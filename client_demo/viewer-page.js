@@ -71,7 +71,7 @@ function askForToken() {
 
 // -- connection ------------------------------------------------------------------------
 
-const conn = new LiveConnection({ room, getToken });
+const conn = new LiveConnection({ room, getToken, boot: window.__liveroomBoot });
 const danmaku = new DanmakuLayer($("#danmaku"));
 const media = new ViewerMedia({
   conn,

@@ -55,7 +55,13 @@ class Client:
     def reject(self, error: ProtocolError) -> None:
         metrics.rejections.labels(reason=error.code.name.lower()).inc()
         logs.connection_event(
-            "refused", self.ws, logging.INFO if error.fatal else logging.DEBUG, code=int(error.code)
+            "refused",
+            self.ws,
+            logging.INFO if error.fatal else logging.DEBUG,
+            code=int(error.code),
+            error=error.code.name.lower(),
+            reason=error.message,
+            room=self.room_id,
         )
         if self.node.guard.on_reject(self, error):  # not to clients that do not read them
             self.send(protocol.error_frame(error.code, error.message, error.ref, error.retry_after))
@@ -90,9 +96,10 @@ class Client:
         token = query.get("token", [None])[0]
         room = query.get("room", [None])[0]
         resume: tuple[str, int] | None = None
+        subscribe: str | int | bool | None = None
         try:
             self.node.guard.connect(self)  # per-IP connection cap, before anything else
-            if token is None:
+            if token is None and "dev_user" not in query:
                 try:
                     first = await asyncio.wait_for(self.ws.recv(), self.node.config.join_timeout)
                 except TimeoutError:
@@ -100,11 +107,15 @@ class Client:
                 message = protocol.parse_client_message(first)
                 if not isinstance(message, protocol.Join):
                     raise ProtocolError(ErrorCode.AUTH_REQUIRED, "the first frame must be a join")
-                token, room = message.token, message.room or room
+                token, room, subscribe = message.token, message.room or room, message.subscribe
                 if message.resume_epoch is not None and message.resume_seq is not None:
                     resume = (message.resume_epoch, message.resume_seq)
-            elif room is not None and not protocol.valid_id(room):
-                raise ProtocolError(ErrorCode.BAD_FIELD, "'room' is not a valid room id")
+            else:
+                if room is not None and not protocol.valid_id(room):
+                    raise ProtocolError(ErrorCode.BAD_FIELD, "'room' is not a valid room id")
+                subscribe = protocol.join_subscribe(query.get("subscribe", [None])[0])
+                if token is None:  # the demo page's first join: no token round trip before it
+                    token = self._dev_viewer_token(query, room)
             self.identity = await self.node.guard.admit(self, token, room)
         except ProtocolError as error:
             self.reject(error)
@@ -118,7 +129,27 @@ class Client:
             "join", self.ws, logging.DEBUG, room=self.room_id, uid=self.identity.uid, role=self.identity.role
         )
         metrics.join_latency.observe(time.perf_counter() - self.opened)
+        if subscribe is not None:  # media with the join: the offer follows the snapshot at once
+            await self._subscribe_now(None if subscribe is True else subscribe)
         return True
+
+    def _dev_viewer_token(self, query: dict[str, list[str]], room: str | None) -> str:
+        """`/ws?dev_user=U&room=R[&name=N]`: in dev mode, join as a viewer without fetching a token."""
+        if not self.node.config.dev_tokens_enabled:
+            raise ProtocolError(ErrorCode.AUTH_REQUIRED, "dev tokens are disabled: join with a token")
+        user = query["dev_user"][0]
+        if room is None or not protocol.valid_id(user):
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD, "dev join needs room and dev_user ids ([A-Za-z0-9_.:-]{1,64})"
+            )
+        name = query.get("name", [user])[0][: protocol.MAX_ID_LEN] or user
+        return auth.mint(self.node.config.secret, room=room, user=user, name=name, role="viewer")
+
+    async def _subscribe_now(self, cid: str | int | None) -> None:
+        try:
+            await self.node.media.handle(self, protocol.Subscribe(cid=cid))
+        except ProtocolError as error:
+            self.reject(error)
 
     async def _serve(self) -> None:
         node = self.node

@@ -129,6 +129,9 @@ class Join:
     room: str | None
     resume_epoch: str | None = None
     resume_seq: int | None = None
+    # Subscribe to the room's media right after the snapshot (its cid; True: no cid), saving
+    # the viewer a round trip before the server's offer (docs/PROTOCOL.md, "join").
+    subscribe: str | int | bool | None = None
 
 
 @dataclass(slots=True)
@@ -386,6 +389,7 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
             room=room,
             resume_epoch=epoch,
             resume_seq=seq,
+            subscribe=join_subscribe(obj.get("subscribe")),
         )
     if kind == "leave":
         return Leave()
@@ -394,6 +398,15 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
     if kind in ("mod", "block", "unblock"):
         return _parse_moderation(kind, obj)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:32]!r}")
+
+
+def join_subscribe(value: Any) -> str | int | bool | None:
+    """The join's `subscribe` field (also `?subscribe=` in the URL): True, or the cid of the offer."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    return _cid({"cid": value})
 
 
 def _sdp(obj: dict[str, Any], cid: str | int | None) -> str:
