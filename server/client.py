@@ -168,6 +168,10 @@ class Client:
                     await node.direct_message(self, message)
                 elif isinstance(message, protocol.DmSeen):
                     await node.dm_seen(self, message)
+                elif isinstance(message, protocol.SlowMode):
+                    node.slow_mode(self, message)
+                elif isinstance(message, protocol.Viewers):
+                    node.viewers(self, message)
                 elif isinstance(message, (protocol.Mod, protocol.Block)):
                     await node.guard.command(self, message)
                 elif isinstance(message, protocol.Stats):
@@ -203,6 +207,8 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Stats: "stats",
     protocol.Mod: "mod",
     protocol.Block: "block",
+    protocol.SlowMode: "slow_mode",
+    protocol.Viewers: "viewers",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
 }
 # label lookups cost a lock and a dict per call: bind each type's counter once
