@@ -42,7 +42,7 @@ cohosts = new ViewerMedia({
   onlyOthers: true,
   onStatus: (st) => {
     $("#cohost-tile").hidden = !st.playing;
-    $("#cohost-tile").dataset.uid = cohosts?.mainId || "";
+    $("#cohost-tile").dataset.publisher = cohosts?.mainId || ""; // not data-uid: ViewerMedia owns those tiles
     $("#cohost-name").textContent = cohosts?.publishers.get(cohosts.mainId) || "";
   },
 });
