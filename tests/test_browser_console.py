@@ -85,3 +85,14 @@ def test_host_preview_devices_and_mute(pages: Pages) -> None:
     expect(host.locator("#pub-state")).to_have_attribute("data-state", "live")
     host.click("#mute-cam")
     expect(host.locator("body")).to_have_attribute("data-cam", "on")
+
+
+def test_dashboard_without_parameters_prompts_for_a_token(pages: Pages) -> None:
+    page = pages.open("/dashboard.html")
+    expect(page.locator("#prompt")).to_be_visible()
+    expect(page.locator("#prompt")).to_contain_text("--role host")
+    expect(page.locator("#charts")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("waiting for a token")
+    shot(page, "dashboard-prompt")
+    page.click("#dev-token")  # dev mode: a host token of the room from /api/dev/token
+    page.wait_for_function("document.querySelector('#token').value.split('.').length === 3", timeout=WAIT_MS)
