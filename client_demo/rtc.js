@@ -4,7 +4,7 @@
 // - host: {"t":"publish", sdp} -> server {"t":"answer"}; {"t":"unpublish"} to stop.
 // All SDP is complete (no trickle ICE): we wait for ICE gathering before sending ours.
 
-const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle" };
+const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle", iceCandidatePoolSize: 1 }; // index.html too
 const GATHER_TIMEOUT_MS = 3000;
 
 function waitForGathering(pc) {
@@ -176,7 +176,9 @@ export class ViewerMedia {
 
   _ensurePc() {
     if (this.pc) return this.pc;
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+    let pc = this.conn.bootPc; // made by index.html at navigation: its candidates are gathered
+    this.conn.bootPc = null;
+    if (!pc || pc.signalingState === "closed") pc = new RTCPeerConnection(RTC_CONFIG);
     pc.ontrack = (ev) => {
       const info = this.trackMap[ev.transceiver?.mid] || {};
       const pid = info.publisher_id || this.publishers.keys().next().value || "?";

@@ -6,6 +6,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+sha256sum pyproject.toml | cut -d' ' -f1 >.venv/.liveroom-installed  # scripts/serve.sh: installed
 
 # System packages the tests drive for real (Redis, Chromium): installed only when missing.
 need=()
