@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from types import SimpleNamespace
 from typing import Any
 
 import av
@@ -17,11 +18,18 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import ClientConnection, connect
 
+from server import auth, protocol
+from server.abuse.guard import Guard
+from server.abuse.moderation import Moderation
 from server.app import App
+from server.broker.memory import MemoryBroker
 from server.config import Config
+from server.connection import Admit, AwaitJoin, Close, Connection, Dispatch, Refused, Route
+from server.fanout import RoomFanout
+from server.hub import Hub
 from server.media import loopback_candidates
 from server.protocol import ErrorCode
-from tests.conftest import token
+from tests.conftest import SECRET, token
 from tests.media.pattern import PatternTrack
 
 TIMEOUT = 30.0
@@ -125,3 +133,50 @@ async def test_join_subscribe_must_be_a_cid(app: App) -> None:
         await ws.send(msgpack.packb({"t": "join", "token": token("r1", "vee"), "subscribe": [1]}))
         (error,) = await frames(ws, 1)
         assert error["code"] == ErrorCode.BAD_FIELD
+
+
+# -- the same rules in the state machine, without a socket (server.connection) ---------------------
+
+
+def _machine(dev_tokens: Any = None) -> Connection:
+    config = Config(port=0, http_port=0, secret=SECRET)
+    broker = MemoryBroker(node_id="n1")
+    hub = Hub(config, broker, RoomFanout(config))
+    guard = Guard(config, broker, Moderation(broker, hub, None, config.tick_ms))
+    peer = SimpleNamespace(ws=SimpleNamespace(remote_address=("10.0.0.2", 1)), identity=None, room_id=None)
+    peer.abuse = None
+    return Connection(peer, guard, 2.0, dev_tokens)  # type: ignore[arg-type]
+
+
+def test_machine_dev_join_admits_a_minted_token_then_subscribes() -> None:
+    minted: list[tuple[str, str, str]] = []
+
+    def mint(room: str, user: str, name: str) -> str:
+        minted.append((room, user, name))
+        return token(room, user)
+
+    conn = _machine(mint)
+    (admit,) = conn.open("/ws?room=r9&dev_user=dee&name=Dee&subscribe=m0")
+    assert isinstance(admit, Admit) and admit.room == "r9" and minted == [("r9", "dee", "Dee")]
+    conn.admitted(auth.Identity(uid="dee", name="Dee", role="viewer", room="r9"))
+    assert conn.entered() == [Dispatch(Route.MEDIA, protocol.Subscribe(cid="m0"))]
+
+
+def test_machine_join_frame_subscribe_and_plain_join() -> None:
+    conn = _machine()
+    (wait,) = conn.open("/ws")
+    assert isinstance(wait, AwaitJoin)
+    (admit,) = conn.receive(msgpack.packb({"t": "join", "token": token("r1", "vee"), "subscribe": True}))
+    assert isinstance(admit, Admit)
+    conn.admitted(auth.Identity(uid="vee", name="vee", role="viewer", room="r1"))
+    assert conn.entered() == [Dispatch(Route.MEDIA, protocol.Subscribe(cid=None))]
+    plain = _machine()
+    plain.open(f"/ws?token={token('r1', 'zed')}")
+    plain.admitted(auth.Identity(uid="zed", name="zed", role="viewer", room="r1"))
+    assert plain.entered() == []
+
+
+def test_machine_dev_join_without_dev_tokens_is_refused() -> None:
+    out = _machine(None).open("/ws?room=r9&dev_user=dee")
+    assert [o.error.code for o in out if isinstance(o, Refused)] == [ErrorCode.AUTH_REQUIRED]
+    assert any(isinstance(o, Close) and o.code == ErrorCode.AUTH_REQUIRED for o in out)
