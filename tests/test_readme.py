@@ -92,13 +92,17 @@ class Proc:
         raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.lines)[-3000:]}")
 
     def stop(self) -> None:
+        """End the process group and keep the rest of its output in `lines`."""
+        if self.proc.stdout is None or self.proc.stdout.closed:
+            return  # stopped already
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        try:
+            rest, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            rest, _ = self.proc.communicate()
+        self.lines.extend((rest or "").splitlines(keepends=True))
 
 
 @pytest.fixture
@@ -172,8 +176,9 @@ def test_readme_commands(serve_sh: tuple[Proc, int], tmp_path: Path) -> None:
     finally:
         host.stop()
     assert proc.proc.poll() is None  # the server is still up
+    proc.stop()
     log = "".join(proc.lines)
-    assert "Traceback" not in log
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
 def make_clip(path: Path, seconds: int) -> None:
