@@ -96,3 +96,23 @@ def test_dashboard_without_parameters_prompts_for_a_token(pages: Pages) -> None:
     shot(page, "dashboard-prompt")
     page.click("#dev-token")  # dev mode: a host token of the room from /api/dev/token
     page.wait_for_function("document.querySelector('#token').value.split('.').length === 3", timeout=WAIT_MS)
+
+
+def test_without_dev_tokens_the_page_asks_for_a_token(browser: tb.Browser) -> None:
+    """The early dev join is refused (4100): the page falls back to asking, then joins with it."""
+    srv = tb.ServerProcess(tb._free_port(), "--no-dev-tokens")
+    srv.start()
+    opened = Pages(browser, srv.base)
+    try:
+        page = opened.open("/room/closed?user=pia")
+        expect(page.locator("#token-dialog")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#blocked")).to_be_hidden()
+        shot(page, "viewer-token-dialog")
+        page.fill("#token-input", tb.token("closed", "pia"))
+        page.click("#token-dialog button[type=submit]")
+        tb.wait_live(page)
+        expect(page.locator("#me")).to_contain_text("pia")
+    finally:
+        opened.close()
+        srv.stop()
+    assert not opened.errors, opened.errors
