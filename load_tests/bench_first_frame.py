@@ -149,7 +149,7 @@ def one_load(browser: Any, url: str, timeout_ms: int) -> dict[str, Any]:
               const nav = performance.getEntriesByType("navigation")[0];
               m.html = nav.responseEnd;
               for (const e of performance.getEntriesByType("mark"))
-                if (e.name.startsWith("liveroom:")) m[e.name.slice(9)] = e.startTime;
+                if (e.name.startsWith("liveroom:") && m[e.name.slice(9)] === undefined) m[e.name.slice(9)] = e.startTime;
               const ff = document.querySelector("#first-frame");
               m.page_reported = ff && ff.dataset.ms ? Number(ff.dataset.ms) : null;
               return m;
