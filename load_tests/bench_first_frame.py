@@ -140,7 +140,17 @@ def one_load(browser: Any, url: str, timeout_ms: int) -> dict[str, Any]:
         context.add_init_script(PROBE)
         page = context.new_page()
         page.goto(url, wait_until="commit")
-        page.wait_for_function("window.__ff && window.__ff.first_frame !== undefined", timeout=timeout_ms)
+        try:
+            page.wait_for_function("window.__ff && window.__ff.first_frame !== undefined", timeout=timeout_ms)
+        except Exception as exc:
+            exc.page_state = page.evaluate(  # type: ignore[attr-defined]
+                """() => ({conn: document.body.dataset.conn, stream: document.body.dataset.stream,
+                  offline: document.querySelector('#offline-title')?.textContent,
+                  detail: document.querySelector('#offline-sub')?.textContent,
+                  marks: window.__ff, negotiations: window.liveroom?.media?.negotiations,
+                  pc: window.liveroom?.media?.pc?.connectionState})"""
+            )
+            raise
         marks = page.evaluate(
             """() => {
               const m = {...window.__ff};
@@ -171,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds one load may take")
     args = ap.parse_args(argv)
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     proc, port = start_server(args.server_dir)
     url = f"http://127.0.0.1:{port}/room/demo"
     loads: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -188,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
                     if time.monotonic() > deadline:
                         raise
             for i in range(args.loads):
-                marks = one_load(browser, url, int(args.timeout * 1000))
+                try:
+                    marks = one_load(browser, url, int(args.timeout * 1000))
+                except PlaywrightTimeout as exc:  # no picture in time: counted, described, not hidden
+                    failed.append({"load": i + 1, "state": getattr(exc, "page_state", None)})
+                    print(json.dumps({"label": args.label, "load": i + 1, "failed": failed[-1]}), flush=True)
+                    continue
                 marks["load"] = i + 1
                 print(json.dumps({"label": args.label, **marks}), flush=True)
                 loads.append(marks)
@@ -196,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_server(proc)
 
-    summary: dict[str, Any] = {"label": args.label, "loads": len(loads)}
+    summary: dict[str, Any] = {"label": args.label, "loads": len(loads), "failed": len(failed)}
     for step in [*STEPS, "page_reported"]:
         values = [float(m[step]) for m in loads if m.get(step) is not None]
         p = percentiles(values)
@@ -204,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[step] = {"p50": p["p50"], "p95": p95, "max": p["max"]}
     print(json.dumps({"summary": summary}), flush=True)
     print(
-        f"\n| step ({args.label or 'run'}, {len(loads)} loads, ms from navigation start) | p50 | p95 | max |"
+        f"\n| step ({args.label or 'run'}: {len(loads)} loads, {len(failed)} without a picture in time;"
+        " ms from navigation start) | p50 | p95 | max |"
     )
     print("|---|---|---|---|")
     for step in [*STEPS, "page_reported"]:
