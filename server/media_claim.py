@@ -46,11 +46,17 @@ def claim_key(room_id: str) -> str:
     return f"{rs.room_keys(room_id).meta.rsplit(':', 1)[0]}:media"
 
 
+def edges_key(room_id: str) -> str:
+    """ZSET of `node|url` -> deadline (ms): the nodes pulling the room straight from its origin."""
+    return f"{claim_key(room_id)}:edges"
+
+
 class MediaClaims:
     """In-process claims (the memory broker's deployment: one node)."""
 
     def __init__(self, clock: Any = time.monotonic) -> None:
         self._claims: dict[str, tuple[str, float]] = {}
+        self._edges: dict[str, dict[str, tuple[str, float]]] = {}  # room -> node -> (url, deadline)
         self._clock = clock
 
     async def claim(self, room_id: str, node: str, ttl: float) -> str:
@@ -72,6 +78,17 @@ class MediaClaims:
             held = self._claims.get(claim_key(room_id))
             out[room_id] = held[0] if held is not None and held[1] > now else None
         return out
+
+    async def register_edge(self, room_id: str, node: str, url: str, ttl: float) -> None:
+        """The relay registry: `node` pulls `room_id` straight from its origin and may feed edges."""
+        self._edges.setdefault(room_id, {})[node] = (url, self._clock() + ttl)
+
+    async def edges(self, room_id: str) -> list[tuple[str, str]]:
+        """(node, media URL) of the room's registered edges, in no particular order."""
+        now = self._clock()
+        return [
+            (node, url) for node, (url, deadline) in self._edges.get(room_id, {}).items() if deadline > now
+        ]
 
     async def release(self, room_id: str, node: str) -> None:
         key = claim_key(room_id)
@@ -105,6 +122,22 @@ class RedisMediaClaims(MediaClaims):
             return {}
         values = [await self._redis.get(claim_key(r)) for r in room_ids]
         return {r: (v.decode() if isinstance(v, bytes) else v) for r, v in zip(room_ids, values, strict=True)}
+
+    async def register_edge(self, room_id: str, node: str, url: str, ttl: float) -> None:
+        key, now_ms = edges_key(room_id), int(time.time() * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {f"{node}|{url}": now_ms + int(ttl * 1000)})
+        pipe.zremrangebyscore(key, "-inf", now_ms)
+        pipe.pexpire(key, int(ttl * 1000))
+        await pipe.execute()
+
+    async def edges(self, room_id: str) -> list[tuple[str, str]]:
+        members = await self._redis.zrangebyscore(edges_key(room_id), int(time.time() * 1000), "+inf")
+        out = []
+        for member in members:
+            node, _, url = (member.decode() if isinstance(member, bytes) else member).partition("|")
+            out.append((node, url))
+        return out
 
     async def release(self, room_id: str, node: str) -> None:
         await self._release_script(keys=[claim_key(room_id)], args=[node])

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ _CODES: dict[str, ErrorCode] = {
     "bad_state": ErrorCode.MEDIA_BAD_STATE,
     "room_closed": ErrorCode.MEDIA_UNAVAILABLE,
     "relay_refused": ErrorCode.MEDIA_UNAVAILABLE,
+    "relay_full": ErrorCode.MEDIA_TOO_MANY_VIEWERS,
     "relay_closed": ErrorCode.MEDIA_UNAVAILABLE,
 }
 RELAY_RETRY = 1.0  # seconds before an edge pulls again a stream that ended while still live
@@ -240,8 +242,9 @@ class MediaGateway:
         return room is not None and any(pid not in relayed for pid in room.publications)
 
     def _local_viewers(self, room_id: str) -> bool:
+        """Viewers here: WS subscribers and WHEP sessions (an edge we feed counts as one)."""
         return any(v.room_id == room_id for v in self.ws_viewers.values()) or any(
-            r.room_id == room_id and r.kind == "whep" and not r.relay for r in self.resources.values()
+            r.room_id == room_id and r.kind == "whep" for r in self.resources.values()
         )
 
     def view_changed(self, room_id: str) -> None:
@@ -277,22 +280,57 @@ class MediaGateway:
                 room = self._room(room_id)
                 if pid in room.publications:
                     continue
-                relay = relays[pid] = Relay(room, pid, *origin)
-                token = auth.mint_node(self.node_secret, room=room_id, node=self.node_id)
-                try:
-                    await relay.start(self._session(), token)
-                except (TimeoutError, MediaError, aiohttp.ClientError, OSError) as exc:
-                    log.warning("media: relay of %s/%s from %s failed: %s", room_id, pid, origin[0], exc)
-                    relays.pop(pid, None)
+                relay = await self._start_relay(room_id, room, pid, origin)
+                if relay is None:
                     metrics.media_relays.labels(event="failed").inc()
                 else:
-                    metrics.media_relays.labels(event="started").inc()
+                    relays[pid] = relay
+                    metrics.media_relays.labels(event="started" if relay.via is None else "via_edge").inc()
+                    if relay.via is None:
+                        self._spawn(self._register_edge(room_id))
             if not relays:
                 self.relays.pop(room_id, None)
                 if not self._local_viewers(room_id):
                     self._relay_locks.pop(room_id, None)
         self._maybe_close(room_id)
         self._update_gauges()
+
+    async def _start_relay(
+        self, room_id: str, room: MediaRoom, pid: str, origin: tuple[str, str]
+    ) -> Relay | None:
+        """Pull `pid` from the origin; if the origin is full, from an edge that pulls from it
+        (a tree of depth two: such an edge never feeds others, so there are no cycles)."""
+        token = auth.mint_node(self.node_secret, room=room_id, node=self.node_id)
+        relay = Relay(room, pid, *origin)
+        try:
+            await relay.start(self._session(), token)
+            return relay
+        except MediaError as exc:
+            if exc.code != "relay_full":
+                log.warning("media: relay of %s/%s from %s failed: %s", room_id, pid, origin[0], exc)
+                return None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("media: relay of %s/%s from %s failed: %s", room_id, pid, origin[0], exc)
+            return None
+        with contextlib.suppress(RedisError, OSError):
+            edges = [e for e in await self.claims.edges(room_id) if e[0] != self.node_id]
+            random.shuffle(edges)
+            for node, url in edges:
+                relay = Relay(room, pid, origin[0], url, via=node)
+                try:
+                    await relay.start(self._session(), token)
+                    return relay
+                except (TimeoutError, MediaError, aiohttp.ClientError, OSError) as exc:
+                    log.info("media: relay of %s/%s via edge %s failed: %s", room_id, pid, node, exc)
+        log.warning("media: origin %s of room %s is full and no edge could feed us", origin[0], room_id)
+        return None
+
+    async def _register_edge(self, room_id: str) -> None:
+        """Tell the relay registry this node pulls the room straight from its origin."""
+        if self.url is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self.claims.register_edge(room_id, self.node_id, self.url, self.claim_ttl)
 
     async def _retry_relay(self, room_id: str) -> None:
         await asyncio.sleep(RELAY_RETRY)
@@ -520,6 +558,9 @@ class MediaGateway:
                 who = self.identities.get((room_id, pid))
                 if pub.ready and who is not None and pid not in view.publishers:
                     self._emit_live(room_id, who, True)  # a reaper dropped us (e.g. Redis lost the claim)
+        for room_id, relays in list(self.relays.items()):  # keep our relay registry entries alive
+            if any(r.via is None and r.ready.is_set() and not r.ended for r in relays.values()):
+                await self._register_edge(room_id)
         suspects = [
             room_id
             for room_id, view in self.hub.rooms.items()
@@ -588,7 +629,11 @@ class MediaGateway:
         if relay:
             room = self.rooms.get(room_id)
             pub = room.publications.get(publisher or "") if room is not None else None
-            if pub is None or publisher in self.relays.get(room_id, {}):
+            upstream = self.relays.get(room_id, {}).get(publisher or "")
+            fed_by_edge = upstream is not None and (
+                upstream.via is not None or upstream.ended or not upstream.ready.is_set()
+            )
+            if pub is None or fed_by_edge:  # only origins and edges fed by the origin serve edges
                 raise ProtocolError(
                     ErrorCode.MEDIA_WRONG_NODE, f"{publisher!r} does not publish on this node"
                 )

@@ -44,11 +44,14 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
 class Relay:
     """One publisher's media pulled from the origin into a local MediaRoom."""
 
-    def __init__(self, room: MediaRoom, publisher_id: str, origin_node: str, origin_url: str) -> None:
+    def __init__(
+        self, room: MediaRoom, publisher_id: str, origin_node: str, origin_url: str, via: str | None = None
+    ) -> None:
         self.room = room
         self.publisher_id = publisher_id
         self.origin_node = origin_node
-        self.origin_url = origin_url.rstrip("/")
+        self.origin_url = origin_url.rstrip("/")  # where we pull from: the origin, or the edge `via`
+        self.via = via  # None: straight from the origin (such an edge may feed other edges)
         self.publication: Publication | None = None
         self.location: str | None = None  # the WHEP session on the origin, to DELETE it
         self.ready = asyncio.Event()
@@ -91,6 +94,8 @@ class Relay:
                 url, data=pc.localDescription.sdp, headers=headers, timeout=HTTP_TIMEOUT
             ) as resp:
                 body = await resp.text()
+                if resp.status == 503:  # the node we asked serves all the viewers it may
+                    raise MediaError("relay_full", f"{url} is full: {body[:200]}")
                 if resp.status != 201:
                     raise MediaError("relay_refused", f"origin answered {resp.status}: {body[:200]}")
                 self.location = resp.headers.get("Location")

@@ -243,3 +243,28 @@ async def test_whep_viewer_adds_a_cohost_with_a_second_session(nodes: dict[str, 
         finally:
             for player in players:
                 await player.close()
+
+
+async def test_full_origin_feeds_an_edge_through_another_edge(nodes: dict[str, App], member) -> None:
+    """A tree: the origin serves one stream only, so the second edge pulls from the first edge,
+    found in the relay registry (Redis), and its viewer decodes (keyframes c -> b -> a -> host)."""
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    a.node.media.max_viewers = 1  # the origin is full once one edge pulls from it
+    host = await member("a", "hana", role="host")
+    await host.publish(audio=False)
+    await host.event(is_live("hana", True))
+    vb = await member("b", "vb")
+    await vb.send(t="subscribe")
+    await vb.accept_offer()
+    await decoded(vb.of_kind("video")[0])
+
+    vc = await member("c", "vc")
+    await vc.send(t="subscribe")
+    await vc.accept_offer()
+    frame = await decoded(vc.of_kind("video")[0])
+    assert frame.width > 0
+    assert c.node.media.relays["r1"]["hana"].via == "b"
+    assert b.node.media.relays["r1"]["hana"].via is None
+    assert [v.split("#")[0] for v in streams_to_nodes(a)] == ["node.b"]  # still one stream
+    assert [v.split("#")[0] for v in streams_to_nodes(b)] == ["node.c"]
+    assert await b.node.media.claims.edges("r1") == [("b", b.node.media.url)]
