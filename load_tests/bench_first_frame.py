@@ -11,6 +11,7 @@ every step) and a Markdown table.
 
     python -m load_tests.bench_first_frame --loads 20
     python -m load_tests.bench_first_frame --loads 20 --server-dir /tmp/base   # another revision
+    python -m load_tests.bench_first_frame --loads 20 --url http://127.0.0.1:8081/room/demo  # your nodes
 
 Loopback only; needs Playwright and Chromium (the dev extra, scripts/test.sh).
 """
@@ -176,6 +177,7 @@ def one_load(browser: Any, url: str, timeout_ms: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loads", type=int, default=20, help="fresh browser contexts measured (default 20)")
+    ap.add_argument("--url", help="measure this viewer page of servers you started (no server started)")
     ap.add_argument("--server-dir", help="run the server from this source tree (e.g. a git archive)")
     ap.add_argument("--label", default="", help="a name for this run in the output")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds one load may take")
@@ -184,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    proc, port = start_server(args.server_dir)
-    url = f"http://127.0.0.1:{port}/room/demo"
+    proc: subprocess.Popen[str] | None = None
+    if args.url:  # e.g. a node that is not the room's origin: the picture comes through it (cascading)
+        url = args.url
+    else:
+        proc, port = start_server(args.server_dir)
+        url = f"http://127.0.0.1:{port}/room/demo"
     loads: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     try:
@@ -211,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 loads.append(marks)
             browser.close()
     finally:
-        stop_server(proc)
+        if proc is not None:
+            stop_server(proc)
 
     summary: dict[str, Any] = {"label": args.label, "loads": len(loads), "failed": len(failed)}
     for step in [*STEPS, "page_reported"]:
