@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from server import auth, logs, metrics
 from server.connection import (
@@ -200,7 +201,8 @@ class Client:
                     continue
                 kind = type(request)
             if kind is Pause:
-                await asyncio.sleep(request.seconds)
+                if self.ws.state is State.OPEN:  # pushing back on a closed socket only delays its end
+                    await asyncio.sleep(request.seconds)
             elif kind is Hangup:
                 await self.ws.close(1000, "bye")
                 return
