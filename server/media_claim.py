@@ -120,7 +120,10 @@ class RedisMediaClaims(MediaClaims):
     async def holders(self, room_ids: list[str]) -> dict[str, str | None]:
         if not room_ids:
             return {}
-        values = [await self._redis.get(claim_key(r)) for r in room_ids]
+        pipe = self._redis.pipeline(transaction=False)  # one round trip (split per shard in a cluster)
+        for room_id in room_ids:
+            pipe.get(claim_key(room_id))
+        values = await pipe.execute()
         return {r: (v.decode() if isinstance(v, bytes) else v) for r, v in zip(room_ids, values, strict=True)}
 
     async def register_edge(self, room_id: str, node: str, url: str, ttl: float) -> None:

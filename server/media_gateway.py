@@ -537,12 +537,17 @@ class MediaGateway:
             await self.claims.release(room_id, self.node_id)
 
     async def _claims_forever(self) -> None:
+        failures, logged_at = 0, float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.claim_ttl / 4)
             try:
                 await self.claims_once()
             except (RedisError, OSError) as exc:
-                log.warning("media: claim renewal failed: %s", exc)
+                failures += 1  # a Redis outage: one line per 10 s, not one per round
+                if loop.time() - logged_at >= 10:
+                    log.warning("media: claim renewal failed (%d times): %s", failures, exc)
+                    failures, logged_at = 0, loop.time()
 
     async def claims_once(self) -> None:
         """Renew this node's claims (re-announcing its publishers if they were dropped meanwhile),
