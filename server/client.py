@@ -130,7 +130,7 @@ class Client:
                     continue
                 _COUNTED[type(message)].inc()
                 if isinstance(message, protocol.Danmaku):
-                    node.danmaku(self, message)
+                    await node.danmaku(self, message)
                 elif isinstance(message, protocol.Like):
                     node.like(self, message)
                 elif isinstance(message, protocol.DirectMessage):

@@ -21,6 +21,8 @@ from server.analytics.recorder import make_analytics
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
 from server.client import Client
 from server.config import Config
+from server.idempotency import SENT, SendInProgress, make_send_log
+from server.inbox import Inbox
 from server.media_gateway import MediaGateway
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room
@@ -35,7 +37,7 @@ class Node:
         self.broker = broker
         self.node_id = config.node_id or broker.node_id
         self.rooms: dict[str, Room[Client]] = {}
-        self.users: dict[str, set[Client]] = {}
+        self.users: dict[str, dict[Client, Inbox]] = {}  # uid -> its local connections' DM inboxes
         self._dirty: set[str] = set()
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._user_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -57,6 +59,7 @@ class Node:
         )
         if self.webhooks is not None:
             self.analytics.listeners.append(self.webhooks.on_records)
+        self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class Node:
                     task.cancel()
                     if client.ws.transport is not None:
                         client.ws.transport.abort()
+        await self.sends.close()
 
     @property
     def ready(self) -> bool:
@@ -146,7 +150,7 @@ class Node:
             async with self._user_locks[who.uid]:
                 local = self.users.get(who.uid)
                 if local is not None:
-                    local.discard(client)
+                    local.pop(client, None)
                     if not local:
                         del self.users[who.uid]
                         await self.broker.unsubscribe_user(who.uid)
@@ -178,23 +182,31 @@ class Node:
                 await self.broker.unsubscribe(room_id)
 
     async def _open_user(self, client: Client) -> None:
+        """Every new connection gets the user's DM backlog, whatever other connections it has here."""
         who = client.identity
         assert who is not None
         async with self._user_locks[who.uid]:
+            inbox = Inbox()  # live DMs wait in it until the backlog is written
             local = self.users.get(who.uid)
             if local is None:
-                self.users[who.uid] = {client}
-                kept = await self.broker.subscribe_user(who.uid, self._on_user_frame)
-                for frame in kept:
-                    client.send(frame)
+                self.users[who.uid] = {client: inbox}
+                backlog = await self.broker.subscribe_user(who.uid, self._on_user_frame)
             else:
-                local.add(client)
+                local[client] = inbox
+                try:
+                    backlog = await self.broker.dm_backlog(who.uid)
+                except BrokerUnavailable:
+                    backlog = []  # refused DMs aside, this connection gets the live ones only
+            for frame in inbox.open(backlog):
+                client.send(frame)
 
     # -- client actions ------------------------------------------------------------------
 
-    def danmaku(self, client: Client, message: protocol.Danmaku) -> None:
+    async def danmaku(self, client: Client, message: protocol.Danmaku) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
+        if message.cid is not None and await self._claim(who.uid, "danmaku", message.cid) is not None:
+            return  # a retry of a danmaku already sequenced: the room has it once
         # message.text was cleaned and filtered by the guard (Guard.check runs before every handler)
         self.rooms[client.room_id].add_danmaku(who, message.text, message.cid, protocol.now_ms())
         self.analytics.danmaku(client.room_id, who.uid)
@@ -217,11 +229,16 @@ class Node:
         if message.to == who.uid:
             raise ProtocolError(ErrorCode.BAD_RECIPIENT, "cannot DM yourself", message.cid)
         await self.guard.dm_allowed(who.uid, message)
+        if message.cid is not None and (first := await self._claim(who.uid, "dm", message.cid)) is not None:
+            client.send(first)  # a retry: the original dm_ack, the DM is not stored twice
+            return
         now = protocol.now_ms()  # message.text was cleaned and filtered by Guard.check
         dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
         except BrokerUnavailable:
+            if message.cid is not None:
+                await self.sends.release(who.uid, "dm", message.cid)
             metrics.rejections.labels(reason="broker_unavailable").inc()
             client.send(
                 protocol.error_frame(
@@ -237,13 +254,32 @@ class Node:
         ack = {"t": "dm_ack", "id": receipt.id, "to": message.to, "ts": now, "delivered": delivered}
         if message.cid is not None:
             ack["cid"] = message.cid
-        client.send(protocol.pack(ack))
+        frame = protocol.pack(ack)
+        if message.cid is not None:
+            await self.sends.answer(who.uid, "dm", message.cid, frame)
+        client.send(frame)
+
+    async def _claim(self, uid: str, kind: str, cid: str | int) -> bytes | None:
+        """The first answer to this (sender, cid), or None: this send is new (see idempotency.py)."""
+        try:
+            return await self.sends.claim(uid, kind, cid)
+        except SendInProgress:
+            raise ProtocolError(
+                ErrorCode.BROKER_UNAVAILABLE,
+                "a send with this cid is in progress: retry",
+                cid,
+                retry_after=1.0,
+            ) from None
 
     async def dm_seen(self, client: Client, message: protocol.DmSeen) -> None:
         """The user has read up to this DM: it and older ones are not sent again on connect."""
         assert client.identity is not None
+        inbox = self.users.get(client.identity.uid, {}).get(client)
+        upto = inbox.ackable(message.id) if inbox is not None else None
+        if upto is None:  # this connection was sent no DM: it cannot have read any
+            return
         with contextlib.suppress(BrokerUnavailable):  # a lost ack only means a resend later
-            await self.broker.ack_dm(client.identity.uid, message.id)
+            await self.broker.ack_dm(client.identity.uid, upto)
 
     # -- tick and fan-out -------------------------------------------------------------------
 
@@ -278,6 +314,9 @@ class Node:
                 await self.broker.publish(
                     room_id, out.events, out.likes_delta, out.local_online, now, joined=out.joined
                 )
+                sent = [(e["uid"], "danmaku", e["cid"], SENT) for e in out.events if "cid" in e]
+                if sent:  # sequenced: a retry of these is now dropped (claimed in danmaku())
+                    await self.sends.answer_many(sent)
             if room.empty:
                 await self._close_room_if_empty(room_id)
 
@@ -322,8 +361,9 @@ class Node:
 
     def _on_user_frame(self, user_id: str, frame: bytes) -> None:
         # DMs are rare and must not be skipped like danmaku batches: write them directly.
-        for client in self.users.get(user_id, ()):
-            client.send(frame)
+        for client, inbox in list(self.users.get(user_id, {}).items()):
+            if (out := inbox.offer(frame)) is not None:
+                client.send(out)
 
 
 def _load(room: Room[Client], state: RoomState) -> None:

@@ -128,6 +128,9 @@ class MemoryBroker(Broker):
     async def unsubscribe_user(self, user_id: str) -> None:
         self._users.pop(user_id, None)
 
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        return [frame for _, frame in self._kept.get(user_id, ())]
+
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         handler = self._users.get(user_id)
         if handler is not None:
