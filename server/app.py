@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 import signal
+import threading
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -20,6 +22,10 @@ from server.node import Node
 from server.whip import MediaHttp
 
 log = logging.getLogger("liveroom")
+
+# Seconds from SIGTERM to exit, whatever Redis does (down, or accepting and never answering):
+# past it the graceful stop is cancelled, and a thread ends the process if even that hangs.
+SHUTDOWN_TIMEOUT = 15.0
 
 
 def make_broker(config: Config) -> Broker:
@@ -137,6 +143,20 @@ async def run(config: Config) -> None:
         demo = await start_demo_host(config, app.port)
     await stop.wait()
     log.info("shutting down")
-    if demo is not None:
-        await demo.stop()
-    await app.stop()
+    watchdog = threading.Timer(SHUTDOWN_TIMEOUT + 3, _exit_now)  # the loop itself may be stuck
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            if demo is not None:
+                await demo.stop()
+            await app.stop()
+    except TimeoutError:
+        log.warning("shutdown took over %.0f s: exiting without finishing it", SHUTDOWN_TIMEOUT)
+    watchdog.cancel()
+
+
+def _exit_now() -> None:
+    log.warning("shutdown hung: exiting at once")
+    logging.shutdown()
+    os._exit(1)

@@ -78,7 +78,10 @@ class Node:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        await self.tick()
+        try:  # the last batches; a hung Redis must not keep clients from their 1012
+            await asyncio.wait_for(self.tick(), 3.0)
+        except TimeoutError:
+            log.warning("last tick did not finish within 3 s: its events are not published")
         await self.analytics.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
