@@ -21,7 +21,7 @@ from server.analytics.recorder import make_analytics
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
 from server.client import Client
 from server.config import Config
-from server.idempotency import SENT, SendInProgress, make_send_log
+from server.idempotency import SENT, Claimed, SendInProgress, make_send_log
 from server.inbox import Inbox
 from server.media_gateway import MediaGateway
 from server.protocol import ErrorCode, ProtocolError
@@ -208,7 +208,10 @@ class Node:
     async def danmaku(self, client: Client, message: protocol.Danmaku) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
-        if message.cid is not None and await self._claim(who.uid, "danmaku", message.cid) is not None:
+        if (
+            message.cid is not None
+            and (await self._claim(who.uid, "danmaku", message.cid)).answer is not None
+        ):
             return  # a retry of a danmaku already sequenced: the room has it once
         # message.text was cleaned and filtered by the guard (Guard.check runs before every handler)
         self.rooms[client.room_id].add_danmaku(who, message.text, message.cid, protocol.now_ms())
@@ -232,11 +235,15 @@ class Node:
         if message.to == who.uid:
             raise ProtocolError(ErrorCode.BAD_RECIPIENT, "cannot DM yourself", message.cid)
         await self.guard.dm_allowed(who.uid, message)
-        if message.cid is not None and (first := await self._claim(who.uid, "dm", message.cid)) is not None:
-            client.send(first)  # a retry: the original dm_ack, the DM is not stored twice
-            return
         now = protocol.now_ms()  # message.text was cleaned and filtered by Guard.check
         dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
+        if message.cid is not None:
+            claimed = await self._claim(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
+            if claimed.answer is None and claimed.orphan:  # its node died mid-send: stored or not?
+                claimed = await self._find_orphan(who.uid, message, claimed.orphan)
+            if claimed.answer is not None:
+                client.send(claimed.answer)  # a retry: the original dm_ack, the DM is not stored twice
+                return
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
         except BrokerUnavailable:
@@ -262,10 +269,25 @@ class Node:
             await self.sends.answer(who.uid, "dm", message.cid, frame)
         client.send(frame)
 
-    async def _claim(self, uid: str, kind: str, cid: str | int) -> bytes | None:
-        """The first answer to this (sender, cid), or None: this send is new (see idempotency.py)."""
+    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed:
+        """A DM whose first send was cut off by its node's death: its ack, if it was stored."""
         try:
-            return await self.sends.claim(uid, kind, cid)
+            kept = await self.broker.dm_backlog(message.to)
+        except BrokerUnavailable:
+            return Claimed()  # store_dm refuses it too: the client retries later
+        for frame in kept:
+            dm = protocol.unpack(frame)
+            if dm.get("from") == uid and dm.get("ts") == note.get("ts") and note.get("to") == message.to:
+                ack = {"t": "dm_ack", "id": dm["id"], "to": message.to, "ts": dm["ts"], "delivered": False}
+                frame = protocol.pack({**ack, "cid": message.cid})
+                await self.sends.answer(uid, "dm", message.cid, frame)
+                return Claimed(answer=frame)
+        return Claimed()
+
+    async def _claim(self, uid: str, kind: str, cid: str | int, note: dict | None = None) -> Claimed:
+        """The first answer to this (sender, cid), or a claim on it (see idempotency.py)."""
+        try:
+            return await self.sends.claim(uid, kind, cid, note)
         except SendInProgress:
             raise ProtocolError(
                 ErrorCode.BROKER_UNAVAILABLE,

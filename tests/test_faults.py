@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server import protocol
 from tests.conftest import WsClient
 
 
@@ -82,3 +83,26 @@ async def test_danmaku_retry_with_cid_is_sequenced_once(join) -> None:
     await talker.send(t="danmaku", text="next", cid="d2")
     nxt = await watcher.events(lambda e: e["t"] == "danmaku", 1)
     assert first[0]["text"] == "hello" and nxt[0]["text"] == "next"
+
+
+async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -> None:
+    """The sender's node died between storing a DM and recording its ack: the claim is orphaned.
+    The retry takes the claim over, finds the first copy in the recipient's backlog, and answers
+    with its id; an orphan whose DM never got stored is stored by the retry."""
+    from server import idempotency
+
+    alice = await join("alice")
+    monkeypatch.setattr(idempotency, "CLAIM_TTL", -1.0)  # claims made now are already past due
+    ts = 1_700_000_000_000
+    await app.node.sends.claim("alice", "dm", "k-stored", {"to": "bob", "ts": ts})
+    dm = {"t": "dm", "from": "alice", "name": "alice", "to": "bob", "text": "hi", "ts": ts}
+    receipt = await app.broker.store_dm("bob", dm)
+    await app.node.sends.claim("alice", "dm", "k-lost", {"to": "bob", "ts": ts + 1})  # never stored
+    monkeypatch.setattr(idempotency, "CLAIM_TTL", 12.0)
+    retry = await _dm(alice, "bob", "hi", cid="k-stored")
+    assert (retry["t"], retry["id"], retry["ts"]) == ("dm_ack", receipt.id, ts)
+    lost = await _dm(alice, "bob", "hello", cid="k-lost")
+    assert lost["t"] == "dm_ack" and lost["id"] != receipt.id
+    assert await _dm(alice, "bob", "hi", cid="k-stored") == retry  # remembered from now on
+    texts = [protocol.unpack(f)["text"] for f in await app.broker.dm_backlog("bob")]
+    assert texts == ["hi", "hello"]
