@@ -465,6 +465,7 @@ async def run_round(
     cluster: Cluster, kind: str, tag: str, before: float, after: float, rate: float
 ) -> dict[str, Any]:
     """Traffic, one fault of `kind` after `before` s, more traffic for `after` s, settle, verdict."""
+    cluster.ledger = Ledger()  # counted per round
     traffic = Traffic.make(cluster, tag)
     stop = asyncio.Event()
     runners = [asyncio.create_task(c.run(stop)) for c in traffic.all]
@@ -482,7 +483,16 @@ async def run_round(
             await asyncio.wait_for(talker, 30)
         talker.cancel()
         fault["settle_s"] = round(await settle(traffic, tag), 2)
-        return {**fault, **verdict(traffic)}
+        ledger = cluster.ledger
+        counts = {
+            "danmaku_sent": ledger.danmaku_sent,
+            "events_seen": len(ledger.events),
+            "dm_refused_retried": ledger.dm_errors,
+            "visible_gaps_resynced": ledger.visible_gaps,
+            "reconnects": ledger.reconnects,
+            "resumes_not_recovered": ledger.not_recovered,
+        }
+        return {**fault, **verdict(traffic), **counts}
     finally:
         stop.set()
         for c in traffic.all:
@@ -521,19 +531,13 @@ async def chaos(
             shutdown_s = await shutdown_with_redis_frozen(cluster)
         finally:
             await cluster.close()
-        ledger = cluster.ledger
         keys = ["dm_acked", "dm_lost", "dm_missing_on_connection", "dm_stored_twice", "silent_gaps"]
-        keys += ["conflicts", "shown_twice"]
+        keys += ["conflicts", "shown_twice", "danmaku_sent", "events_seen", "dm_refused_retried"]
+        keys += ["visible_gaps_resynced", "reconnects", "resumes_not_recovered"]
         return {
             "faults": len(rounds),
             "by_kind": {k: sum(1 for r in rounds if r["kind"] == k) for k in kinds},
             **{k: sum(r[k] for r in rounds) for k in keys},
-            "danmaku_sent": ledger.danmaku_sent,
-            "events_seen": len(ledger.events),
-            "dm_refused_retried": ledger.dm_errors,
-            "visible_gaps_resynced": ledger.visible_gaps,
-            "reconnects": ledger.reconnects,
-            "resumes_not_recovered": ledger.not_recovered,
             "sigterm_exit_s_redis_frozen": round(shutdown_s, 2),
             "settle_s_max": max((r["settle_s"] for r in rounds), default=0.0),
             "wall_s": round(time.monotonic() - started, 1),
