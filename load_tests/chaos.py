@@ -54,6 +54,7 @@ NODE_ENV = {  # the abuse limits are not what is tested here
     "LIVEROOM_ABUSE_STRIKES": "0",
     "LIVEROOM_MAX_LOOP_LAG": "0",
 }
+ROUND_LIMIT = 240.0  # seconds one round may take at most (start, fault, settle)
 SETTLE = 45.0  # seconds to wait, after the traffic stops, for every connection to catch up
 
 
@@ -285,12 +286,14 @@ class Conn:
             await self.ready.wait()
             ws = self.ws
             if ws is None:
+                await asyncio.sleep(0.05)
                 continue
             fut = self.waiting[cid] = asyncio.get_running_loop().create_future()
             try:
                 await ws.send(msgpack.packb({"t": "dm", "to": to, "text": cid, "cid": cid}))
                 answer = await asyncio.wait_for(fut, 20)
             except (ConnectionClosed, TimeoutError):
+                await asyncio.sleep(0.05)  # a closed socket raises at once: let the reader see it
                 continue
             finally:
                 self.waiting.pop(cid, None)
@@ -300,7 +303,9 @@ class Conn:
                     self.ledger.ack_changed += 1
                 self.ledger.acked[answer["id"]] = (to, cid)
                 return
-            if answer["t"] == "error":
+            if answer["t"] == "closed":
+                await asyncio.sleep(0.05)
+            elif answer["t"] == "error":
                 self.ledger.dm_errors += 1
                 await asyncio.sleep(float(answer.get("retry_after") or 0.2))
 
@@ -527,7 +532,8 @@ async def chaos(
             for i in range(faults):
                 if time.monotonic() - started > budget:
                     break
-                rounds.append(await run_round(cluster, kinds[i % len(kinds)], f"f{i}", 1.5, 1.5, rate))
+                async with asyncio.timeout(ROUND_LIMIT):  # a hung round ends the run, loudly
+                    rounds.append(await run_round(cluster, kinds[i % len(kinds)], f"f{i}", 1.5, 1.5, rate))
             shutdown_s = await shutdown_with_redis_frozen(cluster)
         finally:
             await cluster.close()
