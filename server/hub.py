@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
-from server.inbox import Inbox
+from server.dm_cursor import DmCursor
 from server.rooms import Room
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class Hub:
         self.broker = broker
         self.fanout = fanout
         self.rooms: dict[str, Room[Peer]] = {}
-        self.users: dict[str, dict[Peer, Inbox]] = {}  # uid -> its local connections' DM inboxes
+        self.users: dict[str, dict[Peer, DmCursor]] = {}  # uid -> its local connections and their DM cursors
         self.dirty: set[str] = set()  # rooms with something for the next tick
         self.pinned: set[str] = set()  # rooms kept open by local media (e.g. a WHIP publisher)
         self.room_locks = KeyedLocks()
@@ -139,21 +139,21 @@ class Hub:
         who = client.identity
         assert who is not None
         async with self.user_locks(who.uid):
-            inbox = Inbox()
+            cursor = DmCursor()
             local = self.users.get(who.uid)
             if local is None:
-                self.users[who.uid] = {client: inbox}
+                self.users[who.uid] = {client: cursor}
                 backlog = await self.broker.subscribe_user(who.uid, self._on_user_frame)
             else:
-                local[client] = inbox
+                local[client] = cursor
                 try:
                     backlog = await self.broker.dm_backlog(who.uid)
                 except BrokerUnavailable:
                     backlog = []  # DMs are refused meanwhile; this connection gets the live ones
-            for frame in inbox.open(backlog):
+            for frame in cursor.open(backlog):
                 client.send(frame)
 
-    def inbox(self, client: Peer) -> Inbox | None:
+    def dm_cursor(self, client: Peer) -> DmCursor | None:
         who = client.identity
         return self.users.get(who.uid, {}).get(client) if who is not None else None
 
@@ -193,8 +193,8 @@ class Hub:
 
     def _on_user_frame(self, user_id: str, frame: bytes) -> None:
         # DMs are rare and must not be skipped like danmaku batches: write them directly.
-        for client, inbox in list(self.users.get(user_id, {}).items()):
-            if (out := inbox.offer(frame)) is not None:
+        for client, cursor in list(self.users.get(user_id, {}).items()):
+            if (out := cursor.offer(frame)) is not None:
                 client.send(out)
 
 

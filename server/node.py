@@ -174,6 +174,8 @@ class Node:
                 return
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
+        except ProtocolError as error:  # the memory broker's DM store is full (4502)
+            raise ProtocolError(error.code, error.message, message.cid, error.retry_after) from None
         except BrokerUnavailable:
             if message.cid is not None:
                 await self.sends.release(who.uid, "dm", message.cid)
@@ -227,8 +229,8 @@ class Node:
     async def dm_seen(self, client: Peer, message: protocol.DmSeen) -> None:
         """The user has read up to this DM: it and older ones are not sent again on connect."""
         assert client.identity is not None
-        inbox = self.hub.inbox(client)
-        upto = inbox.ackable(message.id) if inbox is not None else None
+        cursor = self.hub.dm_cursor(client)
+        upto = cursor.ackable(message.id) if cursor is not None else None
         if upto is None:  # this connection was sent no DM: it cannot have read any
             return
         with contextlib.suppress(BrokerUnavailable):  # a lost ack only means a resend later

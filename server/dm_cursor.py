@@ -14,7 +14,7 @@ import msgpack
 from server.broker.base import dm_id_key
 
 
-class Inbox:
+class DmCursor:
     __slots__ = ("last", "pending")
 
     def __init__(self) -> None:
