@@ -5,7 +5,8 @@
 
 Nodes are `python -m server serve --redis URL` subprocesses; Redis is `redis-server` with an
 AOF fsynced on every write (what "never loses an acked DM" relies on). The client is written
-from docs/PROTOCOL.md alone: it joins with `resume`, tracks `(epoch, seq)`, reconnects to
+from docs/PROTOCOL.md alone: it joins with `resume`, tracks `(epoch, seq)` (a batch's epoch
+included: "Stream identity"), reconnects to
 another node after any close, resyncs on a seq jump or `dropped`, and retries every DM with its
 `cid` until it gets a `dm_ack`. Nobody sends `dm_seen`, so every connection a recipient opens
 must show every acknowledged DM. What is counted (all must be 0):
@@ -179,6 +180,8 @@ class Ledger:
     visible_gaps: int = 0  # seq jumps the client saw (and resynced)
     reconnects: int = 0
     not_recovered: int = 0  # resumes answered with recovered: false (fresh snapshot)
+    epoch_adopted: int = 0  # batches under a new epoch that continued the stream
+    epoch_resyncs: int = 0  # batches under a new epoch that did not: resumed
 
     def saw(self, epoch: str, event: dict[str, Any]) -> None:
         key = (epoch, event["seq"])
@@ -240,7 +243,7 @@ class Conn:
                     return
 
     def _on_snapshot(self, snap: dict[str, Any], resumed: bool) -> None:
-        if resumed and snap.get("recovered") and snap["epoch"] == self.epoch:
+        if resumed and snap.get("recovered"):  # the missed events follow our (epoch, seq)
             for event in snap.get("missed", ()):
                 self._on_event(event)
             return
@@ -252,7 +255,16 @@ class Conn:
     def _on_frame(self, frame: dict[str, Any]) -> bool:
         kind = frame.get("t")
         if kind == "batch":
-            return all(self._on_event(e) for e in frame["events"])
+            events = frame["events"]
+            epoch = frame.get("epoch")  # PROTOCOL.md, "Stream identity"
+            if epoch is not None and epoch != self.epoch and events and "seq" in events[0]:
+                if events[0]["seq"] != self.seq + 1:
+                    self.ledger.epoch_resyncs += 1
+                    return False  # another numbering, not continuing ours: resume
+                self.ledger.epoch_adopted += 1
+                self.epoch = epoch  # it continues our stream with no gap: carry on under it
+                self.segments.append([epoch, self.seq, self.seq])
+            return all(self._on_event(e) for e in events)
         if kind == "dm":
             self.dms[frame["id"]] = frame["text"]
         elif kind in ("dm_ack", "error") and (
@@ -496,6 +508,8 @@ async def run_round(
             "visible_gaps_resynced": ledger.visible_gaps,
             "reconnects": ledger.reconnects,
             "resumes_not_recovered": ledger.not_recovered,
+            "epoch_adopted": ledger.epoch_adopted,
+            "epoch_resyncs": ledger.epoch_resyncs,
         }
         return {**fault, **verdict(traffic), **counts}
     finally:
@@ -539,7 +553,13 @@ async def chaos(
             await cluster.close()
         keys = ["dm_acked", "dm_lost", "dm_missing_on_connection", "dm_stored_twice", "silent_gaps"]
         keys += ["conflicts", "shown_twice", "danmaku_sent", "events_seen", "dm_refused_retried"]
-        keys += ["visible_gaps_resynced", "reconnects", "resumes_not_recovered"]
+        keys += [
+            "visible_gaps_resynced",
+            "reconnects",
+            "resumes_not_recovered",
+            "epoch_adopted",
+            "epoch_resyncs",
+        ]
         return {
             "faults": len(rounds),
             "by_kind": {k: sum(1 for r in rounds if r["kind"] == k) for k in kinds},

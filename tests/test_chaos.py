@@ -56,21 +56,7 @@ def test_no_silent_gap_and_nothing_shown_twice(results: dict[str, Any], kind: st
     assert r["shown_twice"] == 0, r
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "node_kill",
-        "node_term",
-        pytest.param(
-            "redis_kill",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="batches carry no epoch yet: during the outage a node numbers under a local epoch "
-                "its clients never see (issue #13 item 1, the stream identity, is another branch's work)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("kind", chaos.KINDS)
 def test_no_epoch_seq_names_two_events(results: dict[str, Any], kind: str) -> None:
     assert results[kind]["conflicts"] == 0, results[kind]
 
