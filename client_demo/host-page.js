@@ -9,6 +9,7 @@ import { UserCard } from "./usercard.js";
 const params = new URLSearchParams(location.search);
 const room = roomFromLocation();
 const user = params.get("user") || "host";
+const CID_TAG = Math.random().toString(36).slice(2, 10); // danmaku cids are remembered 10 min per user
 const state = { me: null, hosts: new Map(), cid: 0, modSupported: true, pendingMod: new Map() };
 
 document.title = `${room} · host console`;
@@ -186,7 +187,7 @@ $("#chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("#chat-input").value.trim();
   if (!text) return;
-  if (conn.send({ t: "danmaku", text, cid: `c${++state.cid}` })) $("#chat-input").value = "";
+  if (conn.send({ t: "danmaku", text, cid: `c${CID_TAG}.${++state.cid}` })) $("#chat-input").value = "";
 });
 
 $("#invite-form").addEventListener("submit", (e) => {

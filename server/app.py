@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 import signal
+import threading
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -21,6 +23,7 @@ from server.config import Config, ConfigError
 from server.fanout import RoomFanout
 from server.http import HttpRoutes
 from server.hub import Hub
+from server.idempotency import make_send_log
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
 from server.media_gateway import MediaGateway
@@ -31,6 +34,10 @@ from server.whip import MediaHttp
 log = logging.getLogger("liveroom")
 WS_LOG = logging.getLogger("liveroom.ws")
 WS_LOG.addFilter(QuietFilter())
+
+# Seconds from SIGTERM to exit, whatever Redis does (down, or accepting and never answering):
+# past it the graceful stop is cancelled, and a thread ends the process if even that hangs.
+SHUTDOWN_TIMEOUT = 15.0
 
 
 def make_broker(config: Config) -> Broker:
@@ -88,7 +95,8 @@ class App:
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
         self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
-        self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics)
+        self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
+        self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
         self.services = Services(config, self.node, self.guard, self.media, self.analytics)
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
@@ -159,6 +167,7 @@ class App:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.node.close_connections()
+        await self.sends.close()
         await self.media_http.stop()
         await self.media.close()
         if self.server is not None:
@@ -202,6 +211,20 @@ async def run(config: Config) -> None:
         demo = await start_demo_host(config, app.port)
     await stop.wait()
     log.info("shutting down")
-    if demo is not None:
-        await demo.stop()
-    await app.stop()
+    watchdog = threading.Timer(SHUTDOWN_TIMEOUT + 3, _exit_now)  # the loop itself may be stuck
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            if demo is not None:
+                await demo.stop()
+            await app.stop()
+    except TimeoutError:
+        log.warning("shutdown took over %.0f s: exiting without finishing it", SHUTDOWN_TIMEOUT)
+    watchdog.cancel()
+
+
+def _exit_now() -> None:
+    log.warning("shutdown hung: exiting at once")
+    logging.shutdown()
+    os._exit(1)

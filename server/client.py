@@ -210,7 +210,7 @@ class Client:
     async def _dispatch(self, route: Route, message: Any) -> None:
         services = self.services
         if route is Route.DANMAKU:
-            services.node.danmaku(self, message)
+            await services.node.danmaku(self, message)
         elif route is Route.LIKE:
             services.node.like(self, message)
         elif route is Route.DM:

@@ -15,7 +15,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from server import metrics
-from server.broker.base import Broker, Event, RoomState
+from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
+from server.dm_cursor import DmCursor
 from server.rooms import Room
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class Hub:
         self.broker = broker
         self.fanout = fanout
         self.rooms: dict[str, Room[Peer]] = {}
-        self.users: dict[str, set[Peer]] = {}
+        self.users: dict[str, dict[Peer, DmCursor]] = {}  # uid -> its local connections and their DM cursors
         self.dirty: set[str] = set()  # rooms with something for the next tick
         self.pinned: set[str] = set()  # rooms kept open by local media (e.g. a WHIP publisher)
         self.room_locks = KeyedLocks()
@@ -133,18 +134,28 @@ class Hub:
     # -- users ---------------------------------------------------------------------------
 
     async def add_user(self, client: Peer) -> None:
-        """Follow the user's inbox (DMs) from its first local connection on."""
+        """Follow the user's DMs from its first local connection on; every new connection (not
+        only the first on this node) gets the backlog, live DMs waiting behind it."""
         who = client.identity
         assert who is not None
         async with self.user_locks(who.uid):
+            cursor = DmCursor()
             local = self.users.get(who.uid)
             if local is None:
-                self.users[who.uid] = {client}
-                kept = await self.broker.subscribe_user(who.uid, self._on_user_frame)
-                for frame in kept:
-                    client.send(frame)
+                self.users[who.uid] = {client: cursor}
+                backlog = await self.broker.subscribe_user(who.uid, self._on_user_frame)
             else:
-                local.add(client)
+                local[client] = cursor
+                try:
+                    backlog = await self.broker.dm_backlog(who.uid)
+                except BrokerUnavailable:
+                    backlog = []  # DMs are refused meanwhile; this connection gets the live ones
+            for frame in cursor.open(backlog):
+                client.send(frame)
+
+    def dm_cursor(self, client: Peer) -> DmCursor | None:
+        who = client.identity
+        return self.users.get(who.uid, {}).get(client) if who is not None else None
 
     async def remove_user(self, client: Peer) -> None:
         who = client.identity
@@ -153,7 +164,7 @@ class Hub:
         async with self.user_locks(who.uid):
             local = self.users.get(who.uid)
             if local is not None:
-                local.discard(client)
+                local.pop(client, None)
                 if not local:
                     del self.users[who.uid]
                     await self.broker.unsubscribe_user(who.uid)
@@ -182,8 +193,9 @@ class Hub:
 
     def _on_user_frame(self, user_id: str, frame: bytes) -> None:
         # DMs are rare and must not be skipped like danmaku batches: write them directly.
-        for client in self.users.get(user_id, ()):
-            client.send(frame)
+        for client, cursor in list(self.users.get(user_id, {}).items()):
+            if (out := cursor.offer(frame)) is not None:
+                client.send(out)
 
 
 def load(room: Room[Peer], state: RoomState) -> None:

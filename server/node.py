@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from server import metrics, protocol
 from server.broker.base import Broker, BrokerUnavailable, Event
+from server.idempotency import SENT, Claimed, SendInProgress, SendLog
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room, system_event
 
@@ -39,6 +40,7 @@ class Node:
         guard: Guard,
         media: MediaGateway,
         analytics: Analytics,
+        sends: SendLog,
     ) -> None:
         self.config = config
         self.broker = broker
@@ -46,6 +48,7 @@ class Node:
         self.guard = guard
         self.media = media
         self.analytics = analytics
+        self.sends = sends  # cid -> first answer (idempotent dm / danmaku)
         self.node_id = config.node_id or broker.node_id
         self._ticker: asyncio.Task[None] | None = None
         self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
@@ -63,7 +66,10 @@ class Node:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        await self.tick()
+        try:  # the last batches; a hung Redis must not keep clients from their 1012
+            await asyncio.wait_for(self.tick(), 3.0)
+        except TimeoutError:
+            log.warning("last tick did not finish within 3 s: its events are not published")
 
     async def close_connections(self) -> None:
         """Close every local connection with 1012 (reconnect elsewhere), bounded in time."""
@@ -133,9 +139,14 @@ class Node:
 
     # -- client actions ------------------------------------------------------------------
 
-    def danmaku(self, client: Peer, message: protocol.Danmaku) -> None:
+    async def danmaku(self, client: Peer, message: protocol.Danmaku) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
+        if (
+            message.cid is not None
+            and (await self._claim(who.uid, "danmaku", message.cid)).answer is not None
+        ):
+            return  # a retry of a danmaku already sequenced: the room has it once
         # message.text was cleaned and filtered by the guard (Guard.check runs before every handler)
         room = self.hub.rooms[client.room_id]
         if who.role == "viewer" and (wait := room.slow_wait(who.uid, time.monotonic())):
@@ -192,11 +203,20 @@ class Node:
         await self.guard.dm_allowed(who.uid, message)
         now = protocol.now_ms()  # message.text was cleaned and filtered by Guard.check
         dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
+        if message.cid is not None:
+            claimed = await self._claim(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
+            if claimed.answer is None and claimed.orphan:  # its node died mid-send: stored or not?
+                claimed = await self._find_orphan(who.uid, message, claimed.orphan)
+            if claimed.answer is not None:
+                client.send(claimed.answer)  # a retry: the original dm_ack, the DM is not stored twice
+                return
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
         except ProtocolError as error:  # the memory broker's DM store is full (4502)
             raise ProtocolError(error.code, error.message, message.cid, error.retry_after) from None
         except BrokerUnavailable:
+            if message.cid is not None:
+                await self.sends.release(who.uid, "dm", message.cid)
             metrics.rejections.labels(reason="broker_unavailable").inc()
             client.send(
                 protocol.error_frame(
@@ -212,13 +232,47 @@ class Node:
         ack = {"t": "dm_ack", "id": receipt.id, "to": message.to, "ts": now, "delivered": delivered}
         if message.cid is not None:
             ack["cid"] = message.cid
-        client.send(protocol.pack(ack))
+        frame = protocol.pack(ack)
+        if message.cid is not None:
+            await self.sends.answer(who.uid, "dm", message.cid, frame)
+        client.send(frame)
+
+    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed:
+        """A DM whose first send was cut off by its node's death: its ack, if it was stored."""
+        try:
+            kept = await self.broker.dm_backlog(message.to)
+        except BrokerUnavailable:
+            return Claimed()  # store_dm refuses it too: the client retries later
+        for frame in kept:
+            dm = protocol.unpack(frame)
+            if dm.get("from") == uid and dm.get("ts") == note.get("ts") and note.get("to") == message.to:
+                ack = {"t": "dm_ack", "id": dm["id"], "to": message.to, "ts": dm["ts"], "delivered": False}
+                frame = protocol.pack({**ack, "cid": message.cid})
+                await self.sends.answer(uid, "dm", message.cid, frame)
+                return Claimed(answer=frame)
+        return Claimed()
+
+    async def _claim(self, uid: str, kind: str, cid: str | int, note: dict | None = None) -> Claimed:
+        """The first answer to this (sender, cid), or a claim on it (see idempotency.py)."""
+        try:
+            return await self.sends.claim(uid, kind, cid, note)
+        except SendInProgress:
+            raise ProtocolError(
+                ErrorCode.BROKER_UNAVAILABLE,
+                "a send with this cid is in progress: retry",
+                cid,
+                retry_after=1.0,
+            ) from None
 
     async def dm_seen(self, client: Peer, message: protocol.DmSeen) -> None:
         """The user has read up to this DM: it and older ones are not sent again on connect."""
         assert client.identity is not None
+        cursor = self.hub.dm_cursor(client)
+        upto = cursor.ackable(message.id) if cursor is not None else None
+        if upto is None:  # this connection was sent no DM: it cannot have read any
+            return
         with contextlib.suppress(BrokerUnavailable):  # a lost ack only means a resend later
-            await self.broker.ack_dm(client.identity.uid, message.id)
+            await self.broker.ack_dm(client.identity.uid, upto)
 
     # -- tick -------------------------------------------------------------------------------
 
@@ -254,5 +308,8 @@ class Node:
                 await self.broker.publish(
                     room_id, out.events, out.likes_delta, out.local_online, now, joined=out.joined
                 )
+                sent = [(e["uid"], "danmaku", e["cid"], SENT) for e in out.events if "cid" in e]
+                if sent:  # sequenced: a retry of these is now dropped (claimed in danmaku())
+                    await self.sends.answer_many(sent)
             if room.empty:
                 await hub.close_room_if_empty(room_id)

@@ -132,6 +132,11 @@ class Inbox(ABC):
     async def unsubscribe_user(self, user_id: str) -> None: ...
 
     @abstractmethod
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        """The user's DMs not yet acknowledged, oldest first (for a further connection on a node
+        already subscribed to the user); raises BrokerUnavailable."""
+
+    @abstractmethod
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         """Deliver or keep a frame for a user; True when a connection of the user got it live."""
 
@@ -258,6 +263,9 @@ class Broker:
 
     async def unsubscribe_user(self, user_id: str) -> None:
         await self.inbox.unsubscribe_user(user_id)
+
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        return await self.inbox.dm_backlog(user_id)
 
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         return await self.inbox.send_dm(user_id, frame)

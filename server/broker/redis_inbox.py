@@ -64,6 +64,17 @@ class RedisInbox(RedisPart, Inbox):
         if self._users.pop(user_id, None) is not None:
             await self._unlisten(rs.user_keys(user_id).channel.encode())
 
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        if not self._connected:
+            raise BrokerUnavailable("redis is unreachable")
+        try:
+            entries = await self._redis.xrange(rs.user_keys(user_id).dms, "-", "+", count=self._dm_keep)
+        except _DOWN as exc:
+            self._kick(exc)
+            raise BrokerUnavailable(str(exc)) from exc
+        frames = (_stored_frame(raw_id.decode(), fields) for raw_id, fields in entries)
+        return [frame for frame in frames if frame is not None]
+
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         keys = rs.user_keys(user_id)
         if not self._connected:
