@@ -143,6 +143,8 @@ class Client:
                     node.analytics.first_frame(self, message.first_frame_ms)
                 elif isinstance(message, protocol.Ping):
                     self.send(protocol.pong_frame(message.ts))
+                elif isinstance(message, protocol.ANSWER_MESSAGES):
+                    await node.answers.handle(self, message)
                 elif isinstance(message, protocol.MEDIA_MESSAGES):
                     await node.media.handle(self, message)
                 elif isinstance(message, protocol.Leave):
@@ -173,6 +175,11 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Mod: "mod",
     protocol.Block: "block",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
+    protocol.Reply: "reply",
+    protocol.Question: "question",
+    protocol.Pin: "pin",
+    protocol.Unpin: "unpin",
+    protocol.ProductEdit: "product",
 }
 # label lookups cost a lock and a dict per call: bind each type's counter once
 _COUNTED = {cls: metrics.messages_in.labels(type=name) for cls, name in _TYPE_NAMES.items()}

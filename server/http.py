@@ -81,7 +81,9 @@ class HttpRoutes:
         if not (protocol.valid_id(room) and protocol.valid_id(user)) or role not in auth.ROLES:
             return _json(
                 HTTPStatus.BAD_REQUEST,
-                {"error": "room and user must be 1-64 chars of [A-Za-z0-9_.:-]; role host|moderator|viewer"},
+                {
+                    "error": "room and user must be 1-64 chars of [A-Za-z0-9_.:-]; role host|moderator|viewer|assistant"
+                },
             )
         token = auth.mint(self.node.config.secret, room=room, user=user, name=name, role=role)
         return _json(HTTPStatus.OK, {"token": token, "room": room, "user": user, "role": role})

@@ -18,6 +18,7 @@ import websockets
 from server import metrics, protocol
 from server.abuse.guard import Guard
 from server.analytics.recorder import make_analytics
+from server.answers import Answers
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
 from server.client import Client
 from server.config import Config
@@ -45,6 +46,7 @@ class Node:
         self.guard = Guard(self)  # abuse checks: rate limits, admission, content, moderation
         broker.on_room_reset = self._on_room_reset
         self.media = MediaGateway(self)  # WebRTC publish/subscribe of this node's rooms
+        self.answers = Answers(self)  # replies, pins, product edits (the room's assistant and staff)
         self.analytics = make_analytics(  # hooks below only buffer; flushed to the store each second
             config.redis_url,
             config.redis_cluster,
@@ -337,3 +339,4 @@ def _load(room: Room[Client], state: RoomState) -> None:
     room.publishers = dict(state.publishers)
     room.media_node = state.media_node
     room.media_url = state.media_url
+    room.pins = dict(state.pins)

@@ -22,6 +22,7 @@ def test_every_error_code_is_documented(code: ErrorCode) -> None:
 
 CLIENT_TYPES = ["join", "leave", "danmaku", "like", "dm", "dm_seen", "ping", "mod", "block", "unblock"]
 CLIENT_TYPES += list(protocol._MEDIA_PARSERS)
+CLIENT_TYPES += list(protocol._ANSWER_PARSERS)
 
 
 @pytest.mark.parametrize("kind", CLIENT_TYPES)

@@ -94,6 +94,10 @@ class ConnState:
         self.strikes = strikes
 
 
+# pins and product edits spend the moderation bucket; replies have their own room throttle
+_STAFF_BUCKETED = frozenset({protocol.Pin, protocol.Unpin, protocol.ProductEdit})
+
+
 def _remote_ip(client: Client) -> str:
     """The peer address. Behind a proxy every client shares it: set the caps for that (see README)."""
     address = client.ws.remote_address
@@ -296,7 +300,7 @@ class Guard:
             return message
         if kind is protocol.Like:
             self._rate(client, "like", state.like, None)
-        elif kind is protocol.Mod or kind is protocol.Block:
+        elif kind is protocol.Mod or kind is protocol.Block or kind in _STAFF_BUCKETED:
             self._rate(client, "mod", state.mod, message.cid)  # type: ignore[union-attr]
         return message
 

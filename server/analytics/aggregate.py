@@ -116,6 +116,8 @@ def window_stats(
     funnel: Sequence[str] = DEFAULT_FUNNEL,
 ) -> dict[str, Any]:
     """Every figure for one window [start, end] of one room."""
+    from server.analytics.questions import question_stats  # it uses this module's percentile
+
     watch: dict[str, float] = {}
     for s in all_sessions:
         if s.start <= end and (s.end is None or s.end > start):
@@ -147,6 +149,7 @@ def window_stats(
         "return_rate": len(returning) / len(viewers) if viewers else 0.0,
         "funnel": _funnel(funnel, viewers, watch, interacted, dm_host),
         "first_frame": first_frame_summary(r.value for r in inside if r.kind == FIRST_FRAME),
+        "questions": question_stats(inside),
     }
 
 

@@ -76,6 +76,7 @@ class MemoryBroker(Broker):
             publishers=dict(view.publishers),
             media_node=view.media_node,
             media_url=view.media_url,
+            pins=dict(view.pins),
         )
 
     async def unsubscribe(self, room_id: str) -> None:

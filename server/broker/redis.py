@@ -918,6 +918,8 @@ def _classify(event: Event) -> tuple[str, str]:
         return "d", ""
     if kind == "delete" and isinstance(event.get("target"), int):
         return "r", str(event["target"])
+    if kind in ("pin", "unpin"):  # pins are sticky per pin id (server.answers)
+        return ("s" if kind == "pin" else "x"), f"pin:{event.get('id')}"
     flag = STICKY_KINDS.get(kind or "")
     if flag is not None:
         return ("s" if event.get(flag) else "x"), f"{kind}:{event.get('uid')}"
@@ -936,6 +938,7 @@ def _state_of(view: Room[None]) -> RoomState:
         publishers=dict(view.publishers),
         media_node=view.media_node,
         media_url=view.media_url,
+        pins=dict(view.pins),
     )
 
 
