@@ -64,7 +64,7 @@ class Config:
     webhook_url: str = ""  # POST target of webhook events; empty: no webhooks
     webhook_secret: str = ""  # HMAC-SHA256 key signing webhook bodies
     reply_interval: float = 3.0  # seconds between two assistant replies in a room (server.answers)
-    reply_repeat_window: float = 60.0  # seconds before the same answer may be given again in a room
+    reply_repeat_window: float = 20.0  # seconds before the same answer may be given again in a room
     demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
 
     @property
@@ -178,7 +178,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--reply-repeat-window",
         dest="reply_repeat_window",
         type=float,
-        help="s before an answer repeats (60)",
+        help="s before an answer repeats (20)",
     )
     parser.add_argument(
         "--demo", dest="demo", action="store_const", const=True, help="also stream a test pattern (room demo)"

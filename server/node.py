@@ -41,7 +41,12 @@ class Node:
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._user_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._ticker: asyncio.Task[None] | None = None
-        self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
+        self.limits = {
+            "danmaku_len": config.danmaku_max_len,
+            "dm_len": config.dm_max_len,
+            "reply_ms": int(config.reply_interval * 1000),  # the assistant paces itself by these
+            "reply_repeat_ms": int(config.reply_repeat_window * 1000),
+        }
         self.draining = False
         self.guard = Guard(self)  # abuse checks: rate limits, admission, content, moderation
         broker.on_room_reset = self._on_room_reset

@@ -188,7 +188,7 @@ def _correct_english(norm: str) -> str:
 def _has_phrase(text: str, phrase: str) -> bool:
     if has_cjk(phrase) or not phrase.isascii():
         return phrase in text
-    return re.search(rf"(?<![a-z]){re.escape(phrase)}(?![a-z])", text) is not None
+    return re.search(rf"(?<![a-z]){re.escape(phrase)}(?:s|es)?(?![a-z])", text) is not None
 
 
 def detect(text: str) -> Intent:
