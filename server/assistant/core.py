@@ -52,10 +52,26 @@ class Understanding:
     def __init__(self, catalogue: Catalogue, index: Index | None = None) -> None:
         self.catalogue = catalogue
         self.index = index or Index(catalogue)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """The catalogue's words the intent detector needs (product phrases, colour names)."""
+        self._products = tuple(
+            normalise(p)
+            for product in self.catalogue.products
+            for p in (product.name, product.name_en, *product.aliases)
+            if p
+        )
+        self._colours = tuple(
+            normalise(c)
+            for product in self.catalogue.products
+            for c in (*product.colours, *product.colours_en)
+            if c
+        )
 
     def understand(self, text: str, current: str | None = None) -> Match | None:
         """None for a non-question; a Match (confident or not) for a question."""
-        intent = detect(text)
+        intent = detect(text, self._products, self._colours)
         if not intent.question:
             return None
         hits = self.index.search(text)
@@ -67,8 +83,14 @@ class Understanding:
         aspects = [a for a in intent.aspects if a in PRODUCT_ASPECTS]
         if intent.size and "link" not in aspects:
             aspects = ["size", *[a for a in aspects if a != "size"]]
-        strong_faq = faq is not None and faq.confidence >= FAQ_STRONG and named is None
-        if "shipping" in intent.aspects and not aspects and self._faq("shipping"):
+        strong_faq = faq is not None and faq.confidence >= FAQ_STRONG and faq.specific and named is None
+        if (
+            intent.advice
+            and self._faq("size_advice")
+            and ("size" in aspects or getattr(faq, "id", "") == "size_advice")
+        ):
+            return self._faq_match("size_advice", 0.9, intent.lang)
+        if "shipping" in intent.aspects and not aspects and not strong_faq and self._faq("shipping"):
             return self._faq_match("shipping", 0.9, intent.lang)
         if aspects and not strong_faq:
             aspect = aspects[0]

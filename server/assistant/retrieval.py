@@ -24,6 +24,7 @@ class Hit:
     kind: str  # "product" or "faq"
     id: str
     confidence: float  # best phrasing's coverage, 0..1
+    specific: bool = True  # that phrasing has more than one token (not just "size")
 
 
 class Index:
@@ -35,7 +36,7 @@ class Index:
         for f in catalogue.faq:
             for phrase in f.questions:
                 docs.append(("faq", f.id, tokens(phrase)))
-        self._docs = [(kind, entry) for kind, entry, toks in docs if toks]
+        self._docs = [(kind, entry, len(set(toks)) > 1) for kind, entry, toks in docs if toks]
         corpus = [toks for _, _, toks in docs if toks]
         self._vocab = sorted({t for toks in corpus for t in toks if t.isascii() and ":" not in t})
         self._bm25 = bm25s.BM25()
@@ -59,8 +60,14 @@ class Index:
         if not known:
             return []
         scores = self._bm25.get_scores(known) / self._self
-        best: dict[tuple[str, str], float] = {}
+        best: dict[tuple[str, str], Hit] = {}
         for i in np.nonzero(scores > 0)[0]:
-            key = self._docs[i]
-            best[key] = max(best.get(key, 0.0), min(1.0, float(scores[i])))
-        return sorted((Hit(k, e, c) for (k, e), c in best.items()), key=lambda h: -h.confidence)
+            kind, entry, specific = self._docs[i]
+            hit = Hit(kind, entry, min(1.0, float(scores[i])), specific)
+            known_hit = best.get((kind, entry))
+            if known_hit is None or (hit.confidence, hit.specific) > (
+                known_hit.confidence,
+                known_hit.specific,
+            ):
+                best[kind, entry] = hit
+        return sorted(best.values(), key=lambda h: -h.confidence)

@@ -1,0 +1,206 @@
+"""Assistant quality and speed on the held-out evaluation set (load_tests/assistant_eval/).
+
+    python -m load_tests.bench_assistant [--runs 3] [--e2e]
+
+Quality (deterministic): every question and every chitchat line goes through the assistant's
+understanding with the product in context (`ctx`), exactly as the running assistant does.
+- precision: of the questions the assistant answers, the share whose answer key is acceptable;
+- answered: the share of questions it answers (the rest are left to the host's board);
+- chitchat answered: the share of non-questions it answers (should be ~0).
+Speed: per message, understanding plus the template answer (no LLM), p50/p95 over all
+messages, median of `runs` passes. With --e2e: a real server and a real `liveroom assistant`
+process; viewers post questions one at a time and the time from sending to seeing the reply
+(including the assistant's gather window and the tick) is measured.
+Prints one JSON line, then a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.assistant.catalogue import load
+from server.assistant.core import Understanding
+
+HERE = Path(__file__).resolve().parent / "assistant_eval"
+CATALOGUE = Path(__file__).resolve().parent.parent / "client_demo" / "catalogue.yaml"
+TARGETS = {"precision": 0.90, "answered": 0.70, "chitchat_answered": 0.05, "latency_p95_ms": 300.0}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(p * len(ordered) + 0.5) - 1))]
+
+
+def evaluate(
+    brain: Understanding, questions: list[dict[str, Any]], chitchat: list[dict[str, Any]]
+) -> dict[str, Any]:
+    answered = correct = 0
+    wrong: list[dict[str, Any]] = []
+    missed: list[str] = []
+    times: list[float] = []
+    for item in questions:
+        t0 = time.perf_counter()
+        match = brain.understand(item["q"], item.get("ctx"))
+        if match is not None and match.confident:
+            brain.answer(match, match.lang)
+        times.append((time.perf_counter() - t0) * 1000)
+        if match is not None and match.confident:
+            answered += 1
+            if match.key in item["want"]:
+                correct += 1
+            else:
+                wrong.append({"q": item["q"], "got": match.key, "want": item["want"]})
+        else:
+            missed.append(item["q"])
+    false_answers: list[dict[str, Any]] = []
+    for item in chitchat:
+        t0 = time.perf_counter()
+        match = brain.understand(item["q"], item.get("ctx"))
+        if match is not None and match.confident:
+            brain.answer(match, match.lang)
+            false_answers.append({"q": item["q"], "got": match.key})
+        times.append((time.perf_counter() - t0) * 1000)
+    zh = sum(1 for q in questions if any("\u4e00" <= ch <= "\u9fff" for ch in q["q"]))
+    return {
+        "questions": len(questions),
+        "questions_zh": zh,
+        "questions_en": len(questions) - zh,
+        "chitchat": len(chitchat),
+        "entries": len(brain.catalogue.products) + len(brain.catalogue.faq),
+        "precision": correct / answered if answered else 0.0,
+        "answered": answered / len(questions),
+        "chitchat_answered": len(false_answers) / len(chitchat),
+        "latency_p50_ms": percentile(times, 0.5),
+        "latency_p95_ms": percentile(times, 0.95),
+        "wrong": wrong,
+        "unanswered": missed,
+        "false_answers": false_answers,
+    }
+
+
+async def end_to_end(questions: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    """Reply latency over a real server and a real assistant process (one question at a time)."""
+    import msgpack
+    from websockets.asyncio.client import connect
+
+    from server import auth
+    from server.config import DEFAULT_SECRET
+
+    env = {**os.environ, "LIVEROOM_REPLY_INTERVAL": "0", "LIVEROOM_REPLY_REPEAT_WINDOW": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0", "--rate-limits", "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    port = int(line.split("http://127.0.0.1:")[1].split()[0])
+    bot = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "assistant",
+            "--room",
+            "e2e",
+            "--catalogue",
+            str(CATALOGUE),
+            "--server",
+            f"ws://127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert bot.stdout is not None
+    try:
+        await asyncio.to_thread(bot.stdout.readline)  # "assistant: answering in room ..."
+        token = auth.mint(DEFAULT_SECRET, room="e2e", user="viewer")
+        latencies = []
+        async with connect(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
+            await ws.recv()
+            asked = [q for q in questions if q.get("ctx")][:count]
+            for i, item in enumerate(asked):
+                await ws.send(msgpack.packb({"t": "pin", "text": "x"}))  # forbidden: ignored error
+                t0 = time.perf_counter()
+                await ws.send(msgpack.packb({"t": "danmaku", "text": f"{item['q']} #{i}"}))
+                async with asyncio.timeout(10):
+                    done = False
+                    while not done:
+                        frame = msgpack.unpackb(await ws.recv())
+                        for event in frame.get("events", []):
+                            if event.get("t") == "reply":
+                                latencies.append((time.perf_counter() - t0) * 1000)
+                                done = True
+        return {
+            "e2e_replies": len(latencies),
+            "e2e_p50_ms": percentile(latencies, 0.5),
+            "e2e_p95_ms": percentile(latencies, 0.95),
+        }
+    finally:
+        for proc in (bot, server):
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--e2e", action="store_true", help="also measure reply latency end to end")
+    parser.add_argument("--e2e-count", type=int, default=20)
+    parser.add_argument("--verbose", action="store_true", help="list wrong, unanswered and false answers")
+    args = parser.parse_args()
+    questions = yaml.safe_load((HERE / "questions.yaml").read_text(encoding="utf-8"))
+    chitchat = yaml.safe_load((HERE / "chitchat.yaml").read_text(encoding="utf-8"))
+    t0 = time.perf_counter()
+    brain = Understanding(load(CATALOGUE))
+    index_ms = (time.perf_counter() - t0) * 1000
+    runs = [evaluate(brain, questions, chitchat) for _ in range(args.runs)]
+    result = dict(runs[0])
+    for key in ("latency_p50_ms", "latency_p95_ms"):
+        result[key] = statistics.median(r[key] for r in runs)
+    result["index_ms"] = index_ms
+    if args.e2e:
+        result.update(asyncio.run(end_to_end(questions, args.e2e_count)))
+    details = {k: result.pop(k) for k in ("wrong", "unanswered", "false_answers")}
+    result["pass"] = (
+        result["precision"] >= TARGETS["precision"]
+        and result["answered"] >= TARGETS["answered"]
+        and result["chitchat_answered"] <= TARGETS["chitchat_answered"]
+        and result["latency_p95_ms"] < TARGETS["latency_p95_ms"]
+    )
+    print(json.dumps(result, ensure_ascii=False))
+    print()
+    print("| metric | value | target |")
+    print("|---|---|---|")
+    print(f"| precision of answers given | {result['precision']:.1%} | >= 90% |")
+    print(f"| questions answered | {result['answered']:.1%} ({result['questions']} questions) | >= 70% |")
+    print(
+        f"| non-questions answered | {result['chitchat_answered']:.1%} ({result['chitchat']} lines) | <= 5% |"
+    )
+    print(
+        f"| latency p50 / p95 (no LLM) | {result['latency_p50_ms']:.2f} / {result['latency_p95_ms']:.2f} ms | p95 < 300 ms |"
+    )
+    if args.e2e:
+        print(
+            f"| reply end to end p50 / p95 | {result['e2e_p50_ms']:.0f} / {result['e2e_p95_ms']:.0f} ms | |"
+        )
+    if args.verbose:
+        print(json.dumps(details, ensure_ascii=False, indent=1))
+
+
+if __name__ == "__main__":
+    main()
