@@ -1,7 +1,10 @@
 """Assistant quality and speed on the held-out evaluation set (load_tests/assistant_eval/).
 
-    python -m load_tests.bench_assistant [--runs 3] [--e2e]
+    python -m load_tests.bench_assistant [--split test|dev] [--runs 3] [--e2e]
 
+Two splits, same catalogue: `dev` (questions.yaml, chitchat.yaml) was used to revise the
+assistant's general rules after its first run; `test` (test_questions.yaml, test_chitchat.yaml)
+was written afterwards and is never used to change the assistant. The targets apply to `test`.
 Quality (deterministic): every question and every chitchat line goes through the assistant's
 understanding with the product in context (`ctx`), exactly as the running assistant does.
 - precision: of the questions the assistant answers, the share whose answer key is acceptable;
@@ -158,13 +161,15 @@ async def end_to_end(questions: list[dict[str, Any]], count: int) -> dict[str, A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--split", choices=["test", "dev"], default="test")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--e2e", action="store_true", help="also measure reply latency end to end")
     parser.add_argument("--e2e-count", type=int, default=20)
     parser.add_argument("--verbose", action="store_true", help="list wrong, unanswered and false answers")
     args = parser.parse_args()
-    questions = yaml.safe_load((HERE / "questions.yaml").read_text(encoding="utf-8"))
-    chitchat = yaml.safe_load((HERE / "chitchat.yaml").read_text(encoding="utf-8"))
+    prefix = "test_" if args.split == "test" else ""
+    questions = yaml.safe_load((HERE / f"{prefix}questions.yaml").read_text(encoding="utf-8"))
+    chitchat = yaml.safe_load((HERE / f"{prefix}chitchat.yaml").read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     brain = Understanding(load(CATALOGUE))
     index_ms = (time.perf_counter() - t0) * 1000
@@ -173,6 +178,7 @@ def main() -> None:
     for key in ("latency_p50_ms", "latency_p95_ms"):
         result[key] = statistics.median(r[key] for r in runs)
     result["index_ms"] = index_ms
+    result["split"] = args.split
     if args.e2e:
         result.update(asyncio.run(end_to_end(questions, args.e2e_count)))
     details = {k: result.pop(k) for k in ("wrong", "unanswered", "false_answers")}

@@ -194,13 +194,20 @@ _EN_WORDS = sorted(
 )
 
 
-def _correct_english(norm: str) -> str:
+def _correct_english(norm: str, known: frozenset[str]) -> str:
+    """Shorthand expanded and typos of the word lists corrected; catalogue words ("coat") kept."""
     out = []
     for word in norm.split():
         bare = word.strip("?!.,")
         if bare in _SHORTHAND:
             word = word.replace(bare, _SHORTHAND[bare])
-        elif len(bare) >= 4 and bare.isalpha() and bare.isascii() and bare not in _EN_WORDS:
+        elif (
+            len(bare) >= 4
+            and bare.isalpha()
+            and bare.isascii()
+            and bare not in _EN_WORDS
+            and bare not in known
+        ):
             found = process.extractOne(bare, _EN_WORDS, scorer=OSA.distance, score_cutoff=1)
             if found is not None:
                 word = word.replace(bare, found[0])
@@ -233,7 +240,8 @@ def detect(text: str, products: tuple[str, ...] = (), colours: tuple[str, ...] =
     norm = normalise(text)
     lang = "zh" if has_cjk(norm) else "en"
     if lang == "en":
-        norm = _correct_english(norm)
+        known = frozenset(w for phrase in (*products, *colours) for w in phrase.split())
+        norm = _correct_english(norm, known)
     found = {aspect: [p for p in (*zh, *en) if _has_phrase(norm, p)] for aspect, (zh, en) in ASPECTS.items()}
     aspects = [aspect for aspect, phrases in found.items() if phrases]
     if lang == "zh":
