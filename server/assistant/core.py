@@ -195,7 +195,7 @@ class Assistant:
         self.mentioned: tuple[str, float] | None = None  # last product named in chat, when
         self.next_reply = 0.0
         self.given: dict[str, float] = {}  # answer fingerprint -> when
-        self.inflight: dict[str, tuple[_Group, float]] = {}  # cid -> group, when sent
+        self.inflight: dict[str, tuple[_Group, float, str]] = {}  # cid -> group, when sent, fingerprint
         self.last_pin = -PIN_EVERY
         self._cids = itertools.count(1)
         self.replies = 0
@@ -266,7 +266,8 @@ class Assistant:
         sent = self.inflight.pop(str(frame.get("ref")), None)
         if sent is None:
             return
-        group, _ = sent
+        group, _, fingerprint = sent
+        self.given.pop(fingerprint, None)  # refused: not given after all
         wait = float(frame.get("retry_after") or self.reply_interval)
         self.next_reply = max(self.next_reply, now + wait)
         old = self.groups.get(group.match.key)
@@ -280,7 +281,7 @@ class Assistant:
     def due(self, now: float) -> tuple[list[dict[str, Any]], Reply | None]:
         """(question tags and pins to send now, the reply to send now or None)."""
         frames = self._tags()
-        for cid, (_, sent_at) in list(self.inflight.items()):
+        for cid, (_, sent_at, _) in list(self.inflight.items()):
             if now - sent_at > 30:
                 del self.inflight[cid]
         self.given = {k: t for k, t in self.given.items() if now - t < self.repeat_window}
@@ -313,7 +314,11 @@ class Assistant:
                 "askers": list(dict.fromkeys(a.uid for a in asks)),
                 "cid": cid,
             }
-            self.inflight[cid] = (_Group(group.match, asks, group.first_at, len(asks)), now)
+            self.inflight[cid] = (
+                _Group(group.match, asks, group.first_at, len(asks)),
+                now,
+                answer_fingerprint(answer),
+            )
             self.given[answer_fingerprint(answer)] = now
             self.next_reply = now + self.reply_interval
             self.replies += 1
