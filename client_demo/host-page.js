@@ -2,7 +2,9 @@
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError } from "./errors.js";
 import { LiveConnection, devToken, roomFromLocation } from "./live.js";
+import { attachBoard } from "./board.js";
 import { Publisher, isMediaError } from "./rtc.js";
+import { attachShop, pinForms } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 
 const params = new URLSearchParams(location.search);
@@ -30,7 +32,13 @@ async function getToken() {
 const conn = new LiveConnection({ room, getToken });
 const danmaku = new DanmakuLayer($("#danmaku"));
 const publisher = new Publisher({ conn, preview: $("#preview"), onStatus: renderPublisher });
-window.liveroom = { conn, publisher, state };
+// live commerce: the question board, pins (unpin, price/stock edits) and answers in the chat
+const boardRoot = el("section", { class: "board", id: "board" });
+document.querySelector("aside.side").prepend(boardRoot);
+const board = attachBoard(conn, boardRoot);
+const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me, manage: true });
+pinForms(conn, document.querySelector(".console-col"));
+window.liveroom = { conn, publisher, state, board, shop };
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);

@@ -3,6 +3,7 @@ import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError, isBan, isKick } from "./errors.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
+import { attachShop } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 
 const params = new URLSearchParams(location.search);
@@ -81,7 +82,8 @@ const media = new ViewerMedia({
   onStatus: renderMedia,
 });
 const cohost = new Publisher({ conn, preview: $("#self-video"), onStatus: renderCohost });
-window.liveroom = { conn, danmaku, media, cohost, state }; // for the console and the tests
+const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me }); // pins above the chat, answers in it
+window.liveroom = { conn, danmaku, media, cohost, state, shop }; // for the console and the tests
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
