@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm-key", default=os.environ.get("LIVEROOM_LLM_KEY", ""), help="Bearer key")
     parser.add_argument("--llm-model", default="gpt-4o-mini")
     parser.add_argument("--llm-timeout", type=float, default=2.0, help="seconds before the template is used")
+    parser.add_argument(
+        "--gather", type=float, default=1.0, help="seconds to wait for more askers of a question (1.0)"
+    )
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone (serve --demo)")
 
 
@@ -86,7 +89,7 @@ class Runner:
         self.phraser = phraser
         from server.assistant.core import Assistant
 
-        self.core = Assistant(catalogue, args.user)
+        self.core = Assistant(catalogue, args.user, gather=args.gather)
         self.questions: dict[int, str] = {}  # seq -> text, for the LLM prompt
 
     async def session(self) -> None:
