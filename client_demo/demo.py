@@ -64,6 +64,8 @@ async def start_demo_host(config: Config, port: int) -> DemoHost:
         DEMO_ROOM,
         "--catalogue",
         str(CATALOGUE),
+        "--pin",
+        "tee",  # the product on sale: short questions ("多少钱") are about it
         "--server",
         server,
         "--parent-pid",

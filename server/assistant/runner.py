@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gather", type=float, default=1.0, help="seconds to wait for more askers of a question (1.0)"
     )
+    parser.add_argument("--pin", help="product id to pin on join when no product is pinned (the one on sale)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone (serve --demo)")
 
 
@@ -100,6 +101,9 @@ class Runner:
                     raise Fatal(f"{first.get('code')}: {first.get('msg')}")
                 raise ConnectionError(first.get("msg"))
             self.core.on_frame(first, time.monotonic())
+            product = self.catalogue.product(self.args.pin) if self.args.pin else None
+            if product is not None and not self.core.pinned:
+                await ws.send(msgpack.packb({"t": "pin", "product": product.card()}))
             print(f"assistant: answering in room {self.args.room!r} as {self.args.user!r}", flush=True)
             sender = asyncio.create_task(self._send_loop(ws))
             try:
