@@ -23,9 +23,11 @@ from server import protocol
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
+    from server.analytics.recorder import Analytics
     from server.auth import Identity
-    from server.client import Client
-    from server.node import Node
+    from server.config import Config
+    from server.hub import Hub
+    from server.peer import Peer
 
 Clock = Callable[[], float]
 
@@ -78,12 +80,14 @@ def reply_sender(who: Identity) -> str:
 
 
 class Answers:
-    def __init__(self, node: Node, clock: Clock = time.monotonic) -> None:
-        self.node = node
-        config = node.config
+    """Handles the answer messages of joined connections; rooms and the outbox come from the hub."""
+
+    def __init__(self, config: Config, hub: Hub, analytics: Analytics, clock: Clock = time.monotonic) -> None:
+        self.hub = hub
+        self.analytics = analytics
         self.throttle = ReplyThrottle(config.reply_interval, config.reply_repeat_window, clock)
 
-    async def handle(self, client: Client, message: Any) -> None:
+    async def handle(self, client: Peer, message: Any) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
         if not who.can_answer:
@@ -98,18 +102,18 @@ class Answers:
             self._question(client, who, message, now)
         elif isinstance(message, protocol.Pin):
             event = self._pin_event(who, message.product, message.text, now, message.cid)
-            self.node.enqueue(room_id, event)
+            self.hub.enqueue(room_id, event)
             self._ack(client, {"t": "pin_ack", "id": event["id"]}, message.cid)
         elif isinstance(message, protocol.Unpin):
-            room = self.node.rooms.get(room_id)
+            room = self.hub.rooms.get(room_id)
             if room is None or message.id not in room.pins:
                 raise ProtocolError(ErrorCode.PIN_TARGET, "no such pin in this room", message.cid)
-            self.node.enqueue(room_id, _event("unpin", who, now, id=message.id))
+            self.hub.enqueue(room_id, _event("unpin", who, now, id=message.id))
             self._ack(client, {"t": "pin_ack", "id": message.id, "on": False}, message.cid)
         elif isinstance(message, protocol.ProductEdit):
             self._product(client, who, message, now)
 
-    def _reply(self, client: Client, who: Identity, message: protocol.Reply, now: int) -> None:
+    def _reply(self, client: Peer, who: Identity, message: protocol.Reply, now: int) -> None:
         room_id = client.room_id
         assert room_id is not None
         text = protocol.clean_text(message.text, protocol.MAX_REPLY_LEN, message.cid)
@@ -119,27 +123,27 @@ class Answers:
         event["from"] = sender
         if message.cid is not None:
             event["cid"] = message.cid
-        self.node.enqueue(room_id, event)
+        self.hub.enqueue(room_id, event)
         for seq in message.seqs:
-            self.node.analytics.answered(room_id, sender, seq)
+            self.analytics.answered(room_id, sender, seq)
         if message.pin:
             pin = self._pin_event(who, None, text, now, message.cid)
             pin["seqs"] = message.seqs
-            self.node.enqueue(room_id, pin)
+            self.hub.enqueue(room_id, pin)
 
-    def _question(self, client: Client, who: Identity, message: protocol.Question, now: int) -> None:
+    def _question(self, client: Peer, who: Identity, message: protocol.Question, now: int) -> None:
         """The assistant tags danmaku as questions: an event for the host's board, records for stats."""
         room_id = client.room_id
         assert room_id is not None
         event = _event("question", who, now, key=message.key, label=message.label)
         event.update(seqs=message.seqs, askers=message.askers)
-        self.node.enqueue(room_id, event)
+        self.hub.enqueue(room_id, event)
         askers = message.askers or [""]
         for i, seq in enumerate(message.seqs):
             asker = askers[min(i, len(askers) - 1)]
-            self.node.analytics.question(room_id, asker, message.label, seq)
+            self.analytics.question(room_id, asker, message.label, seq)
 
-    def _product(self, client: Client, who: Identity, message: protocol.ProductEdit, now: int) -> None:
+    def _product(self, client: Peer, who: Identity, message: protocol.ProductEdit, now: int) -> None:
         room_id = client.room_id
         assert room_id is not None
         event = _event("product", who, now, id=message.id)
@@ -147,12 +151,12 @@ class Answers:
             event["price"] = message.price
         if message.stock is not None:
             event["stock"] = message.stock
-        self.node.enqueue(room_id, event)
-        room = self.node.rooms.get(room_id)
+        self.hub.enqueue(room_id, event)
+        room = self.hub.rooms.get(room_id)
         pinned = room.pins.get(f"product:{message.id}") if room is not None else None
         if pinned is not None:  # re-pin the edited card: every view and the stored pin follow
             card = {**pinned["product"], **{k: event[k] for k in ("price", "stock") if k in event}}
-            self.node.enqueue(room_id, self._pin_event(who, card, None, now, None))
+            self.hub.enqueue(room_id, self._pin_event(who, card, None, now, None))
         self._ack(client, {"t": "product_ack", "id": message.id}, message.cid)
 
     @staticmethod
@@ -166,7 +170,7 @@ class Answers:
         return _event("pin", who, now, id=f"msg:{secrets.token_hex(4)}", kind="message", text=clean)
 
     @staticmethod
-    def _ack(client: Client, frame: dict[str, Any], cid: Any) -> None:
+    def _ack(client: Peer, frame: dict[str, Any], cid: Any) -> None:
         if cid is not None:
             frame["cid"] = cid
         client.send(protocol.pack(frame))

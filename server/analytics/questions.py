@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from server.analytics.aggregate import percentile
+from server.analytics.ranks import percentile
 from server.analytics.records import ANSWER, QUESTION, Record
 
 TOP_UNANSWERED = 5

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from server import auth
+from server.protocol import NO_RETRY_CODES
 
 if TYPE_CHECKING:  # imported in run(): `liveroom serve` must not pay for bm25s and jieba
     from server.assistant.catalogue import Catalogue
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # imported in run(): `liveroom serve` must not pay for bm25s 
 log = logging.getLogger("liveroom.assistant")
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
-FATAL_CODES = {4005, 4100, 4101, 4103, 4307, 4402, 4403}  # retrying cannot help
+FATAL_CODES = {int(code) for code in NO_RETRY_CODES}  # retrying cannot help
 POLL = 0.1  # seconds between looks at what is due
 
 
