@@ -97,3 +97,25 @@ def test_viewer_sees_answers_and_pins_host_uses_the_board(browser, shop_server: 
     finally:
         pages.close()
     assert not pages.errors, pages.errors
+
+
+def test_serve_demo_assistant_answers_in_room_demo(browser) -> None:  # noqa: F811
+    """`serve --demo` (what scripts/serve.sh runs) starts the assistant: the tee is pinned and
+    a viewer's "多少钱" gets its answer on the page."""
+    srv = ServerProcess(_free_port(), "--demo")
+    srv.start()
+    pages = Pages(browser, srv.base)
+    try:
+        viewer = pages.viewer("demo", "dee", "Dee")
+        expect(viewer.locator('#pins .pin.product[data-id="product:tee"]')).to_contain_text(
+            "¥129", timeout=WAIT_MS
+        )
+        send_chat(viewer, "多少钱")
+        reply = viewer.locator("#chat-list li.reply.from-assistant.to-me")
+        expect(reply).to_contain_text("¥129", timeout=WAIT_MS)
+        expect(reply).to_contain_text("@Dee")
+        shot(viewer, "viewer-demo-assistant")
+    finally:
+        pages.close()
+        srv.stop()
+    assert not pages.errors, pages.errors
