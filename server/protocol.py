@@ -565,7 +565,7 @@ def _seqs(obj: dict[str, Any], cid: str | int | None) -> list[int]:
     return list(dict.fromkeys(seqs))
 
 
-def _askers(obj: dict[str, Any], cid: str | int | None) -> list[str]:
+def _askers(obj: dict[str, Any], cid: str | int | None, *, unique: bool = True) -> list[str]:
     askers = obj.get("askers", [])
     if not isinstance(askers, list) or len(askers) > MAX_REPLY_TARGETS:
         raise ProtocolError(
@@ -573,7 +573,7 @@ def _askers(obj: dict[str, Any], cid: str | int | None) -> list[str]:
         )
     if not all(isinstance(a, str) and valid_id(a) for a in askers):
         raise ProtocolError(ErrorCode.BAD_FIELD, "'askers' must hold user ids", cid)
-    return list(dict.fromkeys(askers))
+    return list(dict.fromkeys(askers)) if unique else list(askers)
 
 
 def _reply(obj: dict[str, Any]) -> Reply:
@@ -591,7 +591,10 @@ def _question(obj: dict[str, Any]) -> Question:
     assert key is not None and label is not None
     if not 0 < len(key) <= MAX_ID_LEN or not 0 < len(label) <= 64:
         raise ProtocolError(ErrorCode.BAD_FIELD, "'key' must be 1-64 and 'label' 1-64 characters", cid)
-    return Question(key=key, label=label, seqs=_seqs(obj, cid), askers=_askers(obj, cid), cid=cid)
+    # askers[i] asked seqs[i] (a user may ask twice), so not de-duplicated here
+    return Question(
+        key=key, label=label, seqs=_seqs(obj, cid), askers=_askers(obj, cid, unique=False), cid=cid
+    )
 
 
 # product card fields a pin may carry, and their types (the rest of a catalogue entry stays home)

@@ -340,7 +340,7 @@ class Assistant:
                         "key": group.match.key[:64],
                         "label": group.match.label[:64],
                         "seqs": [a.seq for a in new],
-                        "askers": list(dict.fromkeys(a.uid for a in new)),
+                        "askers": [a.uid for a in new],  # askers[i] asked seqs[i]
                     }
                 )
         return frames
