@@ -118,6 +118,16 @@ export function pinForms(conn, root) {
     if (pprice.value !== "") card.price = Number(pprice.value);
     conn.send({ t: "pin", product: card });
   } }, pid, pname, pprice, el("button", { type: "submit", class: "btn" }, "Pin product"));
-  root.append(msg, product);
+  const eid = el("input", { class: "field short", id: "edit-pid", placeholder: "product id", "aria-label": "Product id to edit" });
+  const eprice = el("input", { class: "field short", id: "edit-price", type: "number", min: "0", placeholder: "new ¥", "aria-label": "New price" });
+  const estock = el("input", { class: "field short", id: "edit-stock", type: "number", min: "0", placeholder: "stock", "aria-label": "New stock" });
+  const edit = el("form", { class: "controls", id: "product-edit-form", autocomplete: "off", onsubmit: (e) => {
+    e.preventDefault();
+    const frame = { t: "product", id: eid.value.trim() };
+    if (eprice.value !== "") frame.price = Number(eprice.value);
+    if (estock.value !== "") frame.stock = Number.parseInt(estock.value, 10);
+    if (frame.id && (frame.price !== undefined || frame.stock !== undefined)) conn.send(frame);
+  } }, eid, eprice, estock, el("button", { type: "submit", class: "btn" }, "Update product"));
+  root.append(msg, product, edit);
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import msgpack
 import pytest
 
@@ -12,6 +13,8 @@ from server.answers import ReplyThrottle, answer_fingerprint
 from server.config import Config
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import apply_pin
+
+ADMIN = "admin-token-for-answers"
 
 
 def parse(**frame: Any) -> Any:
@@ -81,6 +84,7 @@ def config() -> Config:
         max_loop_lag=0,
         reply_interval=30.0,
         reply_repeat_window=60.0,
+        admin_token=ADMIN,
     )
 
 
@@ -170,7 +174,13 @@ async def test_questions_and_answers_reach_room_stats(app: Any, join: Any) -> No
     assert tagged[0]["seqs"] == [s1, s2] and tagged[0]["label"] == "price of the tee"
     await bot.send(t="reply", text="@vic @olga: ¥129", seqs=[s1, s2], askers=["vic", "olga"])
     await host.events(lambda e: e["t"] == "reply", 1)
-    stats = await app.node.analytics.stats("r1")
+    url = f"http://127.0.0.1:{app.http_port}/api/rooms/r1/stats"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url, headers={"Authorization": f"Bearer {ADMIN}"}) as r,
+    ):
+        assert r.status == 200
+        stats = await r.json()
     questions = stats["hour"]["questions"]
     assert questions["asked"] == 3 and questions["answered_assistant"] == 2
     assert questions["answered_host"] == 0 and questions["unanswered"] == 1

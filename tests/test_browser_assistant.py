@@ -78,6 +78,10 @@ def test_viewer_sees_answers_and_pins_host_uses_the_board(browser, shop_server: 
         host.locator("#pins .pin.product .pin-edit input[aria-label=Price]").fill("199")
         host.locator("#pins .pin.product .pin-edit button").click()
         expect(viewer.locator("#pins .pin.product")).to_contain_text("¥199", timeout=WAIT_MS)
+        host.fill("#edit-pid", "dress")  # or by product id, pinned or not
+        host.fill("#edit-stock", "0")
+        host.click("#product-edit-form button")
+        expect(viewer.locator("#pins .pin.product")).to_contain_text("sold out", timeout=WAIT_MS)
 
         # a question the catalogue cannot answer: left open on the board; the host answers it
         send_chat(viewer, "能寄到火星吗？")
