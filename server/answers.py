@@ -117,6 +117,7 @@ class Answers:
         room_id = client.room_id
         assert room_id is not None
         text = protocol.clean_text(message.text, protocol.MAX_REPLY_LEN, message.cid)
+        self._known(room_id, message.seqs, message.cid)
         self.throttle.check(room_id, text, who.role == "assistant", message.cid)
         sender = reply_sender(who)
         event = _event("reply", who, now, text=text, seqs=message.seqs, askers=message.askers)
@@ -131,10 +132,17 @@ class Answers:
             pin["seqs"] = message.seqs
             self.hub.enqueue(room_id, pin)
 
+    def _known(self, room_id: str, seqs: list[int], cid: Any) -> None:
+        """Questions are danmaku the room already has: a seq past the room's last one is refused."""
+        room = self.hub.rooms.get(room_id)
+        if room is None or max(seqs) > room.seq:
+            raise ProtocolError(ErrorCode.MOD_TARGET, "no such question (unknown seq)", cid)
+
     def _question(self, client: Peer, who: Identity, message: protocol.Question, now: int) -> None:
         """The assistant tags danmaku as questions: an event for the host's board, records for stats."""
         room_id = client.room_id
         assert room_id is not None
+        self._known(room_id, message.seqs, message.cid)
         event = _event("question", who, now, key=message.key, label=message.label)
         event.update(seqs=message.seqs, askers=message.askers)
         self.hub.enqueue(room_id, event)

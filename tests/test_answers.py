@@ -152,6 +152,9 @@ async def test_viewers_may_not_answer_and_the_assistant_may_not_moderate(join: A
         await viewer.send(**frame, cid="c")
         error = await viewer.recv_until(lambda f: f["t"] == "error")
         assert error["code"] == ErrorCode.FORBIDDEN, frame
+    await bot.send(t="reply", text="x", seqs=[10_000], cid="future")
+    error = await bot.recv_until(lambda f: f["t"] == "error")
+    assert error["code"] == ErrorCode.MOD_TARGET and error["ref"] == "future"
     await bot.send(t="mod", action="mute", uid="vic", cid="m")
     assert (await bot.recv_until(lambda f: f["t"] == "error"))["code"] == ErrorCode.FORBIDDEN
 
