@@ -11,7 +11,8 @@ understanding with the product in context (`ctx`), exactly as the running assist
 - answered: the share of questions it answers (the rest are left to the host's board);
 - chitchat answered: the share of non-questions it answers (should be ~0).
 Speed: per message, understanding plus the template answer (no LLM), p50/p95 over all
-messages, median of `runs` passes. With --e2e: a real server and a real `liveroom assistant`
+messages, median of `runs` passes; and how many danmaku per second one assistant core reads
+(10,000 mixed questions and chitchat from 500 askers, replies paced as in the room). With --e2e: a real server and a real `liveroom assistant`
 process; viewers post questions one at a time and the time from sending to seeing the reply
 (including the assistant's gather window, `--gather`, and the tick) is measured.
 Prints one JSON line, then a markdown table.
@@ -33,7 +34,7 @@ from typing import Any
 import yaml
 
 from server.assistant.catalogue import load
-from server.assistant.core import Understanding
+from server.assistant.core import Assistant, Understanding
 
 HERE = Path(__file__).resolve().parent / "assistant_eval"
 CATALOGUE = Path(__file__).resolve().parent.parent / "client_demo" / "catalogue.yaml"
@@ -90,6 +91,24 @@ def evaluate(
         "unanswered": missed,
         "false_answers": false_answers,
     }
+
+
+def throughput(brain: Understanding, texts: list[str], count: int = 10_000) -> float:
+    """Danmaku per second one assistant core reads (questions and chitchat mixed, 500 askers)."""
+    bot = Assistant(brain.catalogue, "bot", understanding=brain)
+    t0 = time.perf_counter()
+    for i in range(count):
+        event = {
+            "t": "danmaku",
+            "seq": i + 1,
+            "uid": f"u{i % 500}",
+            "name": "u",
+            "text": texts[i % len(texts)],
+        }
+        bot.on_frame({"t": "batch", "events": [event]}, i / 1000)
+        if i % 50 == 0:
+            bot.due(i / 1000)
+    return count / (time.perf_counter() - t0)
 
 
 async def end_to_end(questions: list[dict[str, Any]], count: int, gather: float) -> dict[str, Any]:
@@ -186,6 +205,8 @@ def main() -> None:
     for key in ("latency_p50_ms", "latency_p95_ms"):
         result[key] = statistics.median(r[key] for r in runs)
     result["index_ms"] = index_ms
+    texts = [item["q"] for item in questions + chitchat]
+    result["danmaku_per_s"] = statistics.median(throughput(brain, texts) for _ in range(args.runs))
     result["split"] = args.split
     if args.e2e:
         result.update(asyncio.run(end_to_end(questions, args.e2e_count, args.gather)))
@@ -208,6 +229,7 @@ def main() -> None:
     print(
         f"| latency p50 / p95 (no LLM) | {result['latency_p50_ms']:.2f} / {result['latency_p95_ms']:.2f} ms | p95 < 300 ms |"
     )
+    print(f"| danmaku read per second (one assistant core) | {result['danmaku_per_s']:.0f} | |")
     if args.e2e:
         print(
             f"| reply end to end p50 / p95 (gather {args.gather} s) "
