@@ -189,3 +189,21 @@ async def test_questions_and_answers_reach_room_stats(app: Any, join: Any) -> No
     assert questions["answered_host"] == 0 and questions["unanswered"] == 1
     assert questions["top_unanswered"] == [{"label": "which courier", "count": 1}]
     assert questions["latency_ms"]["p95"] is not None and questions["latency_ms"]["p95"] >= 0
+
+
+async def test_answers_go_through_the_banned_words(app: Any, join: Any, tmp_path: Any) -> None:
+    from server.abuse.content import WordList
+
+    path = tmp_path / "banned.txt"
+    path.write_text("scam\n[mask]\ndarn\n", encoding="utf-8")
+    app.guard.words = WordList(str(path))
+    viewer = await join("vic")
+    bot = await join("bot", role="assistant")
+    await viewer.send(t="danmaku", text="how much?")
+    (question,) = await bot.events(lambda e: e["t"] == "danmaku", 1)
+    await bot.send(t="reply", text="@vic: a SCAM price", seqs=[question["seq"]], cid="r")
+    error = await bot.recv_until(lambda f: f["t"] == "error")
+    assert error["code"] == ErrorCode.CONTENT_REJECTED and error["ref"] == "r"
+    await bot.send(t="pin", text="darn good deal: https://shop.example/tee")  # links allowed, words masked
+    (pin,) = await viewer.events(lambda e: e["t"] == "pin", 1)
+    assert pin["text"] == "**** good deal: https://shop.example/tee"
