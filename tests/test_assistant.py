@@ -84,6 +84,16 @@ def test_core_groups_askers_paces_replies_and_follows_edits(brain: Understanding
     bot.on_frame({"t": "error", "code": 4300, "ref": third.frame["cid"], "retry_after": 5.0}, 40.0)
     assert bot.due(44.0)[1] is None
     assert bot.due(45.1)[1] is not None
+    # refused for good (a seq the room does not have): dropped, not retried
+    bot.on_frame({"t": "batch", "events": [_danmaku(20, "gus", "尺码?")]}, 50.0)
+    _, fourth = bot.due(51.5)
+    assert fourth is not None
+    bot.on_frame({"t": "error", "code": 4404, "ref": fourth.frame["cid"]}, 51.6)
+    assert bot.due(60.0)[1] is None
+    # a new epoch (the room's stream restarted): pending askers of the old one are forgotten
+    bot.on_frame({"t": "batch", "events": [_danmaku(21, "hal", "链接")]}, 70.0)
+    bot.on_frame({"t": "snapshot", "epoch": "e2", "pins": [pin]}, 70.1)
+    assert bot.due(80.0)[1] is None
 
 
 def _danmaku(seq: int, uid: str, text: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from server.assistant.catalogue import Catalogue
 from server.assistant.intent import PRODUCT_ASPECTS, detect
 from server.assistant.retrieval import Index
 from server.assistant.text import normalise
+from server.protocol import ErrorCode
 
 PRODUCT_MENTION = 0.6  # a product phrasing this well covered is the product asked about
 FAQ_ANSWER = 0.55  # an FAQ phrasing this well covered is answered
@@ -199,6 +200,7 @@ class Assistant:
         self.last_pin = -PIN_EVERY
         self._cids = itertools.count(1)
         self.replies = 0
+        self.epoch: str | None = None  # the room's stream: seqs of another epoch mean nothing
 
     # -- input ---------------------------------------------------------------------
 
@@ -213,6 +215,10 @@ class Assistant:
     def on_frame(self, frame: dict[str, Any], now: float) -> None:
         kind = frame.get("t")
         if kind == "snapshot":
+            if frame.get("epoch") != self.epoch:  # the stream restarted: pending seqs are stale
+                self.epoch = frame.get("epoch")
+                self.groups.clear()
+                self.inflight.clear()
             limits = frame.get("limits") or {}
             if "reply_ms" in limits:
                 self.reply_interval = limits["reply_ms"] / 1000
@@ -268,6 +274,8 @@ class Assistant:
             return
         group, _, fingerprint = sent
         self.given.pop(fingerprint, None)  # refused: not given after all
+        if frame.get("code") not in (ErrorCode.RATE_LIMITED, ErrorCode.REPEATED):
+            return  # refused for good (unknown seq, banned word...): those askers are the host's
         wait = float(frame.get("retry_after") or self.reply_interval)
         self.next_reply = max(self.next_reply, now + wait)
         old = self.groups.get(group.match.key)
