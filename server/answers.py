@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from server.peer import Peer
 
 Clock = Callable[[], float]
+SWEEP_ROOMS = 1000  # rooms remembered before the idle ones are swept
 
 
 def answer_fingerprint(text: str) -> str:
@@ -68,10 +69,17 @@ class ReplyThrottle:
         if by_assistant:
             self._last[room] = now
         given[fingerprint] = now
+        if len(self._given) > SWEEP_ROOMS:
+            self.sweep(now)
 
-    def forget(self, room: str) -> None:
-        self._last.pop(room, None)
-        self._given.pop(room, None)
+    def sweep(self, now: float) -> None:
+        """Forget rooms with nothing inside either window (rooms come and go; this stays bounded)."""
+        horizon = max(self.interval, self.window)
+        for room in [
+            r for r, given in self._given.items() if all(now - t >= horizon for t in given.values())
+        ]:
+            del self._given[room]
+            self._last.pop(room, None)
 
 
 def reply_sender(who: Identity) -> str:

@@ -59,6 +59,9 @@ def test_throttle_interval_and_repeat_window() -> None:
     now[0] += 57.0
     throttle.check("r", "@c: ¥129", by_assistant=True)
     assert answer_fingerprint("@a @b: ¥129, S-XL") == answer_fingerprint("@c ¥129 S-XL")
+    now[0] += 60.0
+    throttle.sweep(now[0])
+    assert not throttle._given and not throttle._last  # idle rooms are forgotten
 
 
 def test_pins_keep_the_newest_three() -> None:
