@@ -1,8 +1,13 @@
-"""Pins across nodes sharing a real Redis: sticky per pin id, so a node that opens the room
-later shows them in its snapshots, and an unpin removes them there too."""
+"""Pins and answers across nodes sharing a real Redis: pins are sticky per pin id, so a node
+that opens the room later shows them in its snapshots, and an unpin removes them there too;
+the assistant on one node answers a viewer on another."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -44,3 +49,34 @@ async def test_pins_reach_nodes_that_open_the_room_later(redis_server: RedisServ
     finally:
         for client in opened:
             await client.close()
+
+
+async def test_assistant_on_one_node_answers_a_viewer_on_another(
+    redis_server: RedisServer, start_nodes
+) -> None:
+    a, b = start_nodes(redis_server.url, 2)
+    catalogue = Path(__file__).resolve().parent.parent / "client_demo" / "catalogue.yaml"
+    bot = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "server", "assistant", "--room", "r1"),
+            *("--catalogue", str(catalogue), "--server", a.ws_url.removesuffix("/ws")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert bot.stdout is not None
+    viewer = None
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(bot.stdout.readline), 60)
+        assert "answering" in line, line
+        viewer = await _join(b, "vic")
+        await viewer.send(t="danmaku", text="牛仔裤多少钱")
+        (asked,) = await viewer.events(lambda e: e["t"] == "danmaku", 1)
+        (reply,) = await viewer.events(lambda e: e["t"] == "reply", 1)
+        assert reply["seqs"] == [asked["seq"]] and "¥199" in reply["text"] and reply["from"] == "assistant"
+    finally:
+        if viewer is not None:
+            await viewer.close()
+        bot.terminate()
+        await asyncio.to_thread(bot.wait, 10)
