@@ -182,3 +182,21 @@ async def test_real_assistant_pins_the_most_asked_product(assistant: Any, join: 
     assert pin["id"] == "product:jeans" and pin["uid"] == "bot" and pin["product"]["price"] == 199
     late = await join("late")
     assert [p["id"] for p in late.snapshot["pins"]] == ["product:jeans"]
+
+
+@pytest.mark.parametrize("split", ["test", "dev"])
+def test_quality_targets_on_the_evaluation_set(brain: Understanding, split: str) -> None:
+    """The benchmark's quality figures are deterministic: keep them above the issue's targets."""
+    import yaml
+
+    from load_tests import bench_assistant as bench
+
+    prefix = "test_" if split == "test" else ""
+    questions = yaml.safe_load((bench.HERE / f"{prefix}questions.yaml").read_text(encoding="utf-8"))
+    chitchat = yaml.safe_load((bench.HERE / f"{prefix}chitchat.yaml").read_text(encoding="utf-8"))
+    assert len(questions) >= 150 and len(chitchat) >= 100
+    result = bench.evaluate(brain, questions, chitchat)
+    assert result["entries"] >= 30
+    assert result["precision"] >= bench.TARGETS["precision"], result["wrong"]
+    assert result["answered"] >= bench.TARGETS["answered"], result["unanswered"]
+    assert result["chitchat_answered"] <= bench.TARGETS["chitchat_answered"], result["false_answers"]
