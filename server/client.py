@@ -23,6 +23,7 @@ from server.connection import (
     AwaitJoin,
     Close,
     Connection,
+    DevTokens,
     Dispatch,
     Enter,
     Hangup,
@@ -72,7 +73,9 @@ class Client:
         self._closing: asyncio.Task[None] | None = None
         self.opened = time.perf_counter()
         self.abuse: ConnState | None = None  # set by guard.connect
-        self.conn = Connection(self, services.guard, services.config.join_timeout)
+        self.conn = Connection(
+            self, services.guard, services.config.join_timeout, _dev_tokens(services.config)
+        )
 
     # -- writing -------------------------------------------------------------
 
@@ -109,7 +112,15 @@ class Client:
             elif kind is Refused:
                 error = out.error  # type: ignore[union-attr]
                 level = logging.INFO if error.fatal else logging.DEBUG
-                logs.connection_event("refused", self.ws, level, code=int(error.code))
+                logs.connection_event(
+                    "refused",
+                    self.ws,
+                    level,
+                    code=int(error.code),
+                    error=error.code.name.lower(),
+                    reason=error.message,
+                    room=self.room_id,
+                )
             else:
                 request = out
         return request
@@ -153,13 +164,18 @@ class Client:
                     request = self._perform(conn.admitted(who))
             elif type(request) is Enter:
                 await self.services.node.join(self, request.resume)
-                self._perform(conn.entered())
+                subscribe = self._perform(conn.entered())
                 who = self.identity
                 assert who is not None
                 logs.connection_event(
                     "join", self.ws, logging.DEBUG, room=self.room_id, uid=who.uid, role=who.role
                 )
                 metrics.join_latency.observe(time.perf_counter() - self.opened)
+                if type(subscribe) is Dispatch:  # media with the join: the offer follows the snapshot
+                    try:
+                        await self._dispatch(subscribe.route, subscribe.message)
+                    except ProtocolError as error:
+                        self._perform(conn.failed(error))
                 return True
             else:
                 raise AssertionError(f"unexpected request while joining: {request!r}")
@@ -207,5 +223,16 @@ class Client:
             services.analytics.first_frame(self, message.first_frame_ms)
         elif route is Route.ANSWER:
             await services.answers.handle(self, message)
+        elif route is Route.SLOW_MODE:
+            services.node.slow_mode(self, message)
+        elif route is Route.VIEWERS:
+            services.node.viewers(self, message)
         else:
             await services.media.handle(self, message)
+
+
+def _dev_tokens(config: Config) -> DevTokens | None:
+    """The dev join's token minter (viewer role only), when dev tokens are on."""
+    if not config.dev_tokens_enabled:
+        return None
+    return lambda room, user, name: auth.mint(config.secret, room=room, user=user, name=name, role="viewer")
