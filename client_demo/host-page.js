@@ -2,7 +2,9 @@
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError } from "./errors.js";
 import { LiveConnection, devToken, roomFromLocation } from "./live.js";
+import { attachBoard } from "./board.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
+import { attachShop, pinForms } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 import { UserCard } from "./usercard.js";
 
@@ -50,7 +52,13 @@ cohosts = new ViewerMedia({
 const card = new UserCard({ conn, me: () => state.me, onDone: (text) => sysLine(`${text}.`) });
 card.attach($("#chat-list"));
 card.attach($("#viewer-list"));
-window.liveroom = { conn, publisher, state, cohosts, card };
+// live commerce: the question board, pins (unpin, price/stock edits) and answers in the chat
+const boardRoot = el("section", { class: "board", id: "board" });
+document.querySelector("aside.side").prepend(boardRoot);
+const board = attachBoard(conn, boardRoot);
+const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me, manage: true });
+pinForms(conn, document.querySelector(".console-col"));
+window.liveroom = { conn, publisher, state, cohosts, card, board, shop };
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);

@@ -3,6 +3,7 @@ import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError, isBan, isKick } from "./errors.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
+import { attachShop } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 import { UserCard } from "./usercard.js";
 
@@ -85,7 +86,8 @@ const media = new ViewerMedia({
 const cohost = new Publisher({ conn, preview: $("#self-video"), onStatus: renderCohost });
 const card = new UserCard({ conn, me: () => state.me, onDm: (uid, name) => openConv(uid, name) });
 card.attach($("#chat-list"));
-window.liveroom = { conn, danmaku, media, cohost, state, card }; // for the console and the tests
+const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me }); // pins above the chat, answers in it
+window.liveroom = { conn, danmaku, media, cohost, state, card, shop }; // for the console and the tests
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);

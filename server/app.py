@@ -16,6 +16,7 @@ from server.abuse.guard import Guard
 from server.abuse.moderation import Moderation
 from server.admin.routes import AdminApi, add_admin_routes
 from server.analytics.recorder import make_analytics
+from server.answers import Answers
 from server.broker.base import Broker
 from server.broker.memory import MemoryBroker
 from server.client import Client, Services
@@ -97,7 +98,8 @@ class App:
         self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
         self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
         self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
-        self.services = Services(config, self.node, self.guard, self.media, self.analytics)
+        self.answers = Answers(config, self.hub, self.analytics)  # replies, pins, product edits
+        self.services = Services(config, self.node, self.guard, self.media, self.analytics, self.answers)
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
         self.media_http = MediaHttp(config, self.guard, self.media, self.hub)  # WHIP/WHEP, http_port

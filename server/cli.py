@@ -29,7 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL, help="seconds (default 6 h)")
     token.add_argument("--secret", help="signing secret (default: LIVEROOM_SECRET or the dev secret)")
 
+    assistant = sub.add_parser("assistant", help="run the live-commerce assistant in a room")
+    from server.assistant.runner import add_arguments
+
+    add_arguments(assistant)
+
     args = parser.parse_args(argv)
+    if args.command == "assistant":
+        import asyncio
+
+        from server.assistant.runner import run as run_assistant
+
+        logs.configure("INFO", "text")
+        try:
+            return asyncio.run(run_assistant(args))
+        except KeyboardInterrupt:
+            return 0
     try:
         if args.command == "token":
             claims = {

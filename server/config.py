@@ -80,6 +80,8 @@ class Config:
     admin_token: str = ""  # Bearer secret of the admin API and any room's stats; empty: admin API off
     webhook_url: str = ""  # POST target of webhook events; empty: no webhooks
     webhook_secret: str = ""  # HMAC-SHA256 key signing webhook bodies
+    reply_interval: float = 3.0  # seconds between two assistant replies in a room (server.answers)
+    reply_repeat_window: float = 20.0  # seconds before the same answer may be given again in a room
     demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
     profile: str = ""  # a named set of defaults (PROFILES); "" for none
 
@@ -102,6 +104,8 @@ class Config:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
+        if self.reply_interval < 0 or self.reply_repeat_window < 0:
+            raise ConfigError("reply_interval and reply_repeat_window must be >= 0")
         if self.media_sessions_per_user < 0 or self.media_sessions_per_ip < 0 or self.media_ice_timeout <= 0:
             raise ConfigError("media session caps must be >= 0 and media_ice_timeout > 0")
         if self.dm_store_users < 1 or self.dm_store_bytes < 1 or self.dm_ttl < 1:
@@ -208,6 +212,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--webhook-url", dest="webhook_url", help="POST webhook events here")
     parser.add_argument("--webhook-secret", dest="webhook_secret", help="HMAC-SHA256 webhook signing key")
+    parser.add_argument(
+        "--reply-interval", dest="reply_interval", type=float, help="s between assistant replies (3)"
+    )
+    parser.add_argument(
+        "--reply-repeat-window",
+        dest="reply_repeat_window",
+        type=float,
+        help="s before an answer repeats (20)",
+    )
     parser.add_argument(
         "--demo", dest="demo", action="store_const", const=True, help="also stream a test pattern (room demo)"
     )

@@ -210,3 +210,4 @@ def load(room: Room[Peer], state: RoomState) -> None:
     room.publishers = dict(state.publishers)
     room.media_node = state.media_node
     room.media_url = state.media_url
+    room.pins = dict(state.pins)

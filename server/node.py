@@ -51,7 +51,12 @@ class Node:
         self.sends = sends  # cid -> first answer (idempotent dm / danmaku)
         self.node_id = config.node_id or broker.node_id
         self._ticker: asyncio.Task[None] | None = None
-        self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
+        self.limits = {
+            "danmaku_len": config.danmaku_max_len,
+            "dm_len": config.dm_max_len,
+            "reply_ms": int(config.reply_interval * 1000),  # the assistant paces itself by these
+            "reply_repeat_ms": int(config.reply_repeat_window * 1000),
+        }
         self.draining = False
 
     # -- lifecycle -----------------------------------------------------------------

@@ -21,7 +21,18 @@ from typing import Any
 
 from server.analytics import aggregate
 from server.analytics import metrics as analytics_metrics
-from server.analytics.records import DANMAKU, DM, FIRST_FRAME, JOIN, LEAVE, LIKE, Record, day_of
+from server.analytics.records import (
+    ANSWER,
+    DANMAKU,
+    DM,
+    FIRST_FRAME,
+    JOIN,
+    LEAVE,
+    LIKE,
+    QUESTION,
+    Record,
+    day_of,
+)
 from server.analytics.store import AnalyticsStore, MemoryStore
 
 log = logging.getLogger("liveroom.analytics")
@@ -87,6 +98,13 @@ class Analytics:
 
     def direct_message(self, room: str, uid: str, to_host: bool) -> None:
         self._add(Record(DM, room, uid, self.clock(), value=int(to_host)))
+
+    def question(self, room: str, asker: str, label: str, seq: int) -> None:
+        """A danmaku the assistant read as a question (tagged within ms of its arrival)."""
+        self._add(Record(QUESTION, room, asker, self.clock(), label, seq))
+
+    def answered(self, room: str, by: str, seq: int) -> None:
+        self._add(Record(ANSWER, room, by, self.clock(), "", seq))
 
     def first_frame(self, key: Hashable, ms: int) -> None:
         """A viewer's time to first video frame; one per connection, so a client cannot skew it."""

@@ -94,6 +94,7 @@ class MemoryRoomStream(RoomStream):
             publishers=dict(view.publishers),
             media_node=view.media_node,
             media_url=view.media_url,
+            pins=dict(view.pins),
         )
 
     async def unsubscribe(self, room_id: str) -> None:
