@@ -142,3 +142,7 @@ broker_abuse_fallbacks = Counter(
 broker_usage_exchanges = Counter(
     "liveroom_broker_usage_exchanges_total", "Rate-limit usage exchanges with the other nodes (done)"
 )
+broker_dm_unreplicated = Counter(
+    "liveroom_broker_dm_unreplicated_total",
+    "DMs stored on a Redis primary but refused (4501) because no replica confirmed them in time (WAIT)",
+)
