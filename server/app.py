@@ -38,6 +38,7 @@ def make_broker(config: Config) -> Broker:
             presence_ttl=config.presence_ttl,
             dm_keep=config.dm_keep,
             cluster=config.redis_cluster,
+            wait_replicas=None if config.redis_wait_replicas < 0 else config.redis_wait_replicas,
         )
     return MemoryBroker(node_id=node_id, history_size=config.history_size, recent_size=config.recent_size)
 

@@ -238,14 +238,14 @@ class RedisClusterServer:
             return text
         return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
-    def healthy(self) -> bool:
-        """Every live node sees all slots served and each primary has its replicas in sync."""
+    def healthy(self, replicas: bool = True) -> bool:
+        """Every live node sees all slots served and (replicas) each primary has its replicas in sync."""
         try:
             for port in self.procs:
                 info = self._info(port)
                 if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
                     return False
-            for port in self.primaries():
+            for port in self.primaries() if replicas else []:
                 with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as c:
                     repl = c.info("replication")
                     online = [k for k, v in repl.items() if k.startswith("slave") and isinstance(v, dict)]
@@ -272,6 +272,11 @@ class RedisClusterServer:
         with redis.RedisCluster(host="127.0.0.1", port=next(iter(self.procs))) as c:
             node = c.get_node_from_key(key)
             return int(node.port)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again with its cluster config: it rejoins (as a replica)."""
+        self._spawn(port)
+        poll(lambda: self._ping(port), what=f"cluster node {port} to answer PING")
 
     def flush(self) -> None:
         """Empty every primary (replicas follow) and wait until replicas caught up."""

@@ -192,8 +192,8 @@ class RedisBroker(Broker):
                 if self._connected or self._up.is_set():
                     log.warning("redis connection lost: %s", exc or type(exc).__name__)
                 else:
-                    log.debug("redis unreachable: %r", exc, exc_info=True)
-            if self._connected:
+                    log.debug("redis unreachable: %r", exc)
+            if self._up.is_set():  # was connected (the session's teardown cleared _connected)
                 metrics.broker_disconnects.inc()
                 delay = 0.1
             self._connected = False
