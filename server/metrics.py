@@ -146,3 +146,7 @@ broker_dm_unreplicated = Counter(
     "liveroom_broker_dm_unreplicated_total",
     "DMs stored on a Redis primary but refused (4501) because no replica confirmed them in time (WAIT)",
 )
+broker_tick_pipelines = Counter(
+    "liveroom_broker_tick_pipelines_total",
+    "Ticks (or single publishes) sent to Redis as one pipeline per shard",
+)

@@ -18,7 +18,7 @@ import websockets
 from server import metrics, protocol
 from server.abuse.guard import Guard
 from server.analytics.recorder import make_analytics
-from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
+from server.broker.base import Broker, BrokerUnavailable, Event, Publish, RoomState
 from server.client import Client
 from server.config import Config
 from server.media_gateway import MediaGateway
@@ -267,6 +267,8 @@ class Node:
             return
         dirty, self._dirty = self._dirty, set()
         now = protocol.now_ms()
+        publishes: list[Publish] = []
+        emptied: list[str] = []
         for room_id in dirty:
             room = self.rooms.get(room_id)
             if room is None:
@@ -275,11 +277,15 @@ class Node:
             if room.presence_pending:
                 self._dirty.add(room_id)  # report the count once its interval has passed
             if out.events or out.likes_delta or out.local_online is not None:
-                await self.broker.publish(
-                    room_id, out.events, out.likes_delta, out.local_online, now, joined=out.joined
+                publishes.append(
+                    Publish(room_id, out.events, out.likes_delta, out.local_online, now, out.joined)
                 )
             if room.empty:
-                await self._close_room_if_empty(room_id)
+                emptied.append(room_id)
+        if publishes:  # the whole tick at once (Redis: one round trip per shard), never room by room
+            await self.broker.publish_many(publishes)
+        for room_id in emptied:
+            await self._close_room_if_empty(room_id)
 
     def _on_batch(self, room_id: str, epoch: str, frame: bytes, events: list[Event]) -> None:
         room = self.rooms.get(room_id)

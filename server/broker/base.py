@@ -63,6 +63,18 @@ class Sanction:
 SanctionHandler = Callable[[Sanction], None]
 
 
+@dataclass(slots=True)
+class Publish:
+    """One room's share of a tick, as Broker.publish takes it."""
+
+    room_id: str
+    events: list[Event]
+    likes_delta: int
+    local_online: int | None
+    now: int
+    joined: Sequence[str] = ()
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot take a write now; callers answer with a retryable error."""
 
@@ -123,6 +135,12 @@ class Broker(ABC):
         batch, encoded once, to every subscribed node. `joined`: uids that joined
         locally this tick, for the room's unique-viewer count.
         """
+
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        """Publish a whole tick: every room that changed. A broker with a network in between
+        sends them together (RedisBroker: one pipeline per shard); this default does one by one."""
+        for p in publishes:
+            await self.publish(p.room_id, p.events, p.likes_delta, p.local_online, p.now, p.joined)
 
     @abstractmethod
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:

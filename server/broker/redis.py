@@ -44,6 +44,7 @@ from server.broker.base import (
     BrokerUnavailable,
     DmReceipt,
     Event,
+    Publish,
     RoomState,
     Sanction,
     SanctionHandler,
@@ -385,39 +386,49 @@ class RedisBroker(Broker):
         now: int,
         joined: Sequence[str] = (),
     ) -> None:
-        sub = self._rooms.get(room_id)
-        if sub is None:  # the node publishes only for rooms it holds; keep going regardless
-            sub = _RoomSub(handler=lambda *_: None, view=self._new_view(room_id))
-        previous = sub.local_count
-        if local_online is not None:
-            sub.local_count = local_online
-        likes, sub.likes_owed = sub.likes_owed + likes_delta, 0
-        uids, sub.joined_owed = [*sub.joined_owed, *joined], []
-        if self._connected and not sub.local:
+        await self.publish_many([Publish(room_id, events, likes_delta, local_online, now, joined)])
+
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        """A whole tick in one pipeline per shard, all shards at once: no room waits on another.
+
+        Rooms that cannot reach Redis (down, or a room sequencing alone since an outage) are
+        numbered here instead, and their likes and joins stay owed.
+        """
+        staged: list[tuple[Publish, _RoomSub, int, int, list[str]]] = []
+        for p in publishes:
+            sub = self._rooms.get(p.room_id)
+            if sub is None:  # the node publishes only for rooms it holds; keep going regardless
+                sub = _RoomSub(handler=lambda *_: None, view=self._new_view(p.room_id))
+            previous = sub.local_count
+            if p.local_online is not None:
+                sub.local_count = p.local_online
+            likes, sub.likes_owed = sub.likes_owed + p.likes_delta, 0
+            uids, sub.joined_owed = [*sub.joined_owed, *p.joined], []
+            staged.append((p, sub, previous, likes, uids))
+        sent: set[int] = set()
+        remote = [i for i, (_, sub, *_rest) in enumerate(staged) if self._connected and not sub.local]
+        if remote:
+            calls = []
+            for i in remote:
+                p, _, _, likes, uids = staged[i]
+                calls.append(self._publish_call(p.room_id, p.events, likes, p.local_online, p.now, uids))
             try:
-                await self._run_publish(room_id, events, likes, local_online, now, uids)
-                return
+                results = await self._shards.pipelined(calls)
             except _DOWN as exc:
                 self._kick(exc)
-        sub.likes_owed += likes
-        sub.joined_owed = uids[-10_000:]
-        self._publish_locally(room_id, sub, events, likes_delta, local_online, previous, now)
-
-    async def _run_publish(
-        self,
-        room_id: str,
-        events: list[Event],
-        likes: int,
-        local_online: int | None,
-        now: int,
-        joined: Sequence[str],
-    ) -> Any:
-        (result,) = await self._shards.pipelined(
-            [self._publish_call(room_id, events, likes, local_online, now, joined)]
-        )
-        if isinstance(result, Exception):
-            raise result
-        return result
+            else:
+                metrics.broker_tick_pipelines.inc()
+                for i, result in zip(remote, results, strict=True):
+                    if isinstance(result, Exception):
+                        self._kick(result)
+                    else:
+                        sent.add(i)
+        for i, (p, sub, previous, likes, uids) in enumerate(staged):
+            if i in sent:
+                continue
+            sub.likes_owed += likes
+            sub.joined_owed = uids[-10_000:]
+            self._publish_locally(p.room_id, sub, p.events, p.likes_delta, p.local_online, previous, p.now)
 
     def _publish_call(
         self,
