@@ -150,3 +150,7 @@ broker_tick_pipelines = Counter(
     "liveroom_broker_tick_pipelines_total",
     "Ticks (or single publishes) sent to Redis as one pipeline per shard",
 )
+room_frames = Counter(
+    "liveroom_room_frames_total",
+    "Batch frames sent to a room's local viewers (at most one per room per tick; batches merged)",
+)

@@ -21,6 +21,7 @@ from server.analytics.recorder import make_analytics
 from server.broker.base import Broker, BrokerUnavailable, Event, Publish, RoomState
 from server.client import Client
 from server.config import Config
+from server.frames import RoomFrames
 from server.media_gateway import MediaGateway
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room
@@ -40,6 +41,8 @@ class Node:
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._user_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._ticker: asyncio.Task[None] | None = None
+        # one frame per room per tick to local viewers, however many nodes send batches
+        self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame)
         self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
         self.draining = False
         self.guard = Guard(self)  # abuse checks: rate limits, admission, content, moderation
@@ -76,6 +79,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.tick()
+        self.frames.flush_all()
         await self.analytics.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
@@ -105,6 +109,7 @@ class Node:
         # read history first: from here to add_member nothing awaits, so no batch slips between
         missed = await self._missed(room, *resume) if resume is not None else None
         now = protocol.now_ms()
+        self.frames.flush(room.room_id)  # viewers already in get what the snapshot will include
         snapshot = room.snapshot(who, self.node_id, self.config.tick_ms, self.limits)
         if resume is not None:
             snapshot["recovered"] = missed is not None
@@ -174,6 +179,7 @@ class Node:
             room = self.rooms.get(room_id)
             if room is not None and room.empty and not room.dirty and not self.media.holds(room_id):
                 del self.rooms[room_id]
+                self.frames.drop(room_id)
                 metrics.rooms.set(len(self.rooms))
                 await self.broker.unsubscribe(room_id)
 
@@ -294,7 +300,13 @@ class Node:
         room.apply(epoch, events)
         metrics.batches.inc()
         metrics.batch_events.observe(len(events))
-        self.fanout(room.members, frame)
+        self.frames.offer(room_id, frame, events)
+
+    def _send_frame(self, room_id: str, frame: bytes) -> None:
+        room = self.rooms.get(room_id)
+        if room is not None:
+            metrics.room_frames.inc()
+            self.fanout(room.members, frame)
 
     def fanout(self, clients: dict[Client, object] | set[Client], frame: bytes) -> None:
         """Write one encoded frame to many sockets, skipping those that cannot keep up."""
@@ -321,6 +333,7 @@ class Node:
         room = self.rooms.get(room_id)
         if room is None:
             return
+        self.frames.drop(room_id)  # held events belong to the old stream
         room.recent.clear()
         _load(room, state)
         for client in list(room.members):
