@@ -77,6 +77,7 @@ class App:
             # asyncio's default of 100 overflows in join bursts (docs/BENCHMARKS.md): the kernel
             # then drops SYNs and clients stall 1-3 s in retransmits; admission control decides instead
             backlog=4096,
+            reuse_port=self.config.reuse_port or None,  # --workers: the kernel spreads connections
         )
         self.node.start()
         if self.config.host in ("127.0.0.1", "localhost"):  # ICE candidates on loopback only

@@ -25,9 +25,9 @@ class Config:
     recent_size: int = 50  # danmaku in the join snapshot
     redis_url: str | None = None
     redis_cluster: bool = False  # Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH)
-    redis_wait_replicas: int = (
-        -1
-    )  # replicas that must hold a DM before it is acked; -1: 1 on a cluster, else 0
+    reuse_port: bool = False  # SO_REUSEPORT: several processes share the port (set by --workers)
+    # replicas that must hold a DM before it is acked; -1: 1 on a cluster, else 0
+    redis_wait_replicas: int = -1
     history_ttl: int = 600  # seconds: a room's history expires this long after its last event
     presence_ttl: float = 6.0  # seconds: a node that stops heartbeating stops counting online
     dm_keep: int = 1000  # unacknowledged DMs kept per user

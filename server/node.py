@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 
 import websockets
@@ -271,6 +272,7 @@ class Node:
         """Publish one batch for every room that changed since the last tick."""
         if not self._dirty:
             return
+        started = time.perf_counter()
         dirty, self._dirty = self._dirty, set()
         now = protocol.now_ms()
         publishes: list[Publish] = []
@@ -290,6 +292,8 @@ class Node:
                 emptied.append(room_id)
         if publishes:  # the whole tick at once (Redis: one round trip per shard), never room by room
             await self.broker.publish_many(publishes)
+            metrics.tick_seconds.observe(time.perf_counter() - started)
+            metrics.tick_rooms.inc(len(publishes))
         for room_id in emptied:
             await self._close_room_if_empty(room_id)
 

@@ -126,7 +126,11 @@ class RedisBroker(Broker):
         self._cluster_known = False  # redis-py's cluster client initialised once
         self._shards = Shards(url, cluster, options)  # per-primary connections: pipelines, pub/sub, WAIT
         # single-key commands; on a cluster redis-py follows MOVED replies by itself
-        self._redis: Any = RedisCluster.from_url(url, **options) if cluster else self._shards.client(MAIN)
+        self._redis: Any = (
+            RedisCluster.from_url(url, max_connections=1000, **options)
+            if cluster
+            else self._shards.client(MAIN)
+        )
         self._publish_script = self._redis.register_script(rs.PUBLISH)
         self._load_script = self._redis.register_script(rs.LOAD)
         self._dm_script = self._redis.register_script(rs.SEND_DM)

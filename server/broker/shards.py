@@ -17,11 +17,15 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 MAIN = "main"  # the name of the only shard of a single Redis
+# Connections per shard. Past this, a command waits for a free one (up to the connect
+# timeout) instead of failing "Too many connections": a burst of joins must queue, not
+# make the broker think Redis is gone.
+POOL_SIZE = 64
 
 Call = tuple[str, Sequence[Any]]  # (key that routes it, command and arguments)
 
@@ -37,7 +41,12 @@ class Shards:
         self._slots: list[str] = []  # slot -> shard name ("host:port" of its primary)
         self._scripts: dict[str, str] = {}  # sha -> body, loaded on every primary at refresh
         if not cluster:
-            self._clients[MAIN] = Redis.from_url(url, **options)
+            pool = BlockingConnectionPool.from_url(url, **self._pool_options())
+            self._clients[MAIN] = Redis(connection_pool=pool, retry=self._options.get("retry"))
+
+    def _pool_options(self) -> dict[str, Any]:
+        timeout = self._options.get("socket_connect_timeout", 5.0)
+        return {**self._options, "max_connections": POOL_SIZE, "timeout": timeout}
 
     @property
     def names(self) -> list[str]:
@@ -88,7 +97,8 @@ class Shards:
         for name, (host, port) in primaries.items():
             client = self._clients.get(name)
             if client is None:
-                client = self._clients[name] = Redis(host=host, port=port, **self._options)
+                pool = BlockingConnectionPool(host=host, port=port, **self._pool_options())
+                client = self._clients[name] = Redis(connection_pool=pool, retry=self._options.get("retry"))
             else:
                 await client.connection_pool.disconnect()
             await client.ping()
