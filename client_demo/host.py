@@ -32,11 +32,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from client_demo.common import DEFAULT_SERVER, Backoff, get_token, pack, unpack, ws_url
+from server.protocol import NO_RETRY_CODES, ErrorCode
 
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
 AUDIO_PTIME = 0.02
-FATAL_CODES = {4005, 4100, 4101, 4103, 4307, 4402, 4403, 4604}  # retrying cannot help
+# retrying cannot help: the server's no-retry close codes, and a refusal to publish
+FATAL_CODES = {int(code) for code in NO_RETRY_CODES} | {int(ErrorCode.MEDIA_FORBIDDEN)}
 
 log = logging.getLogger("liveroom.host")
 

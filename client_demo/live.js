@@ -2,10 +2,11 @@
 // backoff and resume from the last sequence seen (docs/PROTOCOL.md, "join" and "snapshot").
 import { decode, encode } from "./mp.js";
 
-// Close codes after which retrying with the same token cannot succeed.
-// 4307 abusive, 4402 kicked, 4403 banned: the page explains; a reload tries again.
-const NO_RETRY = new Set([4005, 4100, 4101, 4103, 4307, 4402, 4403]);
-const FRESH_TOKEN = new Set([4102, 4306]); // expired, or a one-time token already used
+// Close codes after which retrying with the same token cannot succeed (the server's
+// protocol.NO_RETRY_CODES; tests/test_close_codes.py keeps them equal).
+// 4307 abusive, 4402 kicked, 4403 banned, 4410 room closed: the page explains; a reload tries again.
+const NO_RETRY = new Set([4005, 4100, 4101, 4103, 4307, 4402, 4403, 4410]);
+const FRESH_TOKEN = new Set([4102, 4306]); // expired, or a one-time token already used (FRESH_TOKEN_CODES)
 const PING_EVERY_MS = 10000;
 
 export class LiveConnection {

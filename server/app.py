@@ -1,4 +1,4 @@
-"""Wiring: build the broker and node, serve WebSocket + HTTP on one port, shut down cleanly."""
+"""The composition root: build every component, serve WebSocket + HTTP, shut down cleanly."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ import signal
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from server.abuse.guard import Guard
+from server.abuse.moderation import Moderation
+from server.admin.routes import AdminApi, add_admin_routes
+from server.analytics.recorder import make_analytics
 from server.broker.base import Broker
 from server.broker.memory import MemoryBroker
-from server.client import Client
+from server.client import Client, Services
 from server.config import Config, ConfigError
+from server.fanout import RoomFanout
 from server.http import HttpRoutes
+from server.hub import Hub
 from server.media import use_loopback_candidates
+from server.media_gateway import MediaGateway
 from server.node import Node
+from server.webhooks.sender import make_webhooks
 from server.whip import MediaHttp
 
 log = logging.getLogger("liveroom")
@@ -44,21 +52,53 @@ def make_broker(config: Config) -> Broker:
 
 
 class App:
-    """One node's server; used by `liveroom serve` and, in-process, by the tests."""
+    """The composition root: builds every component of one node and passes each what it needs.
+
+    No component builds another or reaches back for what it was not given; the order below
+    is the direction of their dependencies (docs/ARCHITECTURE.md). Used by `liveroom serve`
+    and, in-process, by the tests.
+    """
 
     def __init__(self, config: Config, broker: Broker | None = None) -> None:
         self.config = config
         self.broker = broker or make_broker(config)
-        self.node = Node(config, self.broker)
+        node_id = config.node_id or self.broker.node_id
+        self.fanout = RoomFanout(config)
+        self.hub = Hub(config, self.broker, self.fanout)
+        self.analytics = make_analytics(  # hooks only buffer; flushed to the store each second
+            config.redis_url, config.redis_cluster, node_id, config.analytics_flush, config.analytics_funnel
+        )
+        self.webhooks = make_webhooks(  # signed POSTs of room/host/viewer/moderation events, or None
+            config.webhook_url, config.webhook_secret, node_id, config.redis_url, config.redis_cluster
+        )
+        if self.webhooks is not None:
+            self.analytics.listeners.append(self.webhooks.on_records)
+        self.moderation = Moderation(self.broker, self.hub, self.webhooks, config.tick_ms)
+        self.broker.watch_sanctions(self.moderation.on_sanction)
+        self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
+        self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
+        self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics)
+        self.services = Services(config, self.node, self.guard, self.media, self.analytics)
+        self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
+        self.media_http = MediaHttp(config, self.media, self.hub)  # WHIP/WHEP on config.http_port
+        self.admin = AdminApi(
+            config,
+            self.broker,
+            self.hub,
+            self.node,
+            self.analytics,
+            self.moderation,
+            self.guard.keyring.verify,
+        )
+        add_admin_routes(self.media_http.app, self.admin)  # operator API (docs/API.md), same port
         self.server: Server | None = None
-        self.media_http = MediaHttp(self.node)  # WHIP/WHEP on config.http_port
         self.http_port = 0
 
     async def _handle(self, ws: ServerConnection) -> None:
         if self.node.draining:
             await ws.close(1012, "server restarting, reconnect")
             return
-        await Client(self.node, ws).run()
+        await Client(self.services, ws).run()
 
     async def start(self) -> None:
         await self.broker.start()
@@ -66,7 +106,7 @@ class App:
             self._handle,
             self.config.host,
             self.config.port,
-            process_request=HttpRoutes(self.node),
+            process_request=self.routes,
             compression=None,  # per-connection deflate would defeat encode-once fan-out
             max_size=self.config.max_frame,
             max_queue=64,
@@ -80,11 +120,15 @@ class App:
             reuse_port=self.config.reuse_port or None,  # --workers: the kernel spreads connections
         )
         self.node.start()
+        self.guard.start()
+        self.analytics.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if self.config.host in ("127.0.0.1", "localhost"):  # ICE candidates on loopback only
             use_loopback_candidates()
         self.http_port = await self.media_http.start(self.config.host, self.config.http_port)
-        self.node.media.url = self.config.media_url or f"http://{self.config.host}:{self.http_port}"
-        self.node.media.start()
+        self.media.url = self.config.media_url or f"http://{self.config.host}:{self.http_port}"
+        self.media.start()
 
     @property
     def port(self) -> int:
@@ -95,9 +139,15 @@ class App:
         """Stop accepting, flush pending batches, close clients with 1012, close the broker."""
         if self.server is not None:
             self.server.close(close_connections=False)
-        await self.node.stop()
+        self.node.draining = True
+        await self.guard.stop()
+        await self.node.stop()  # the last tick
+        await self.analytics.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        await self.node.close_connections()
         await self.media_http.stop()
-        await self.node.media.close()
+        await self.media.close()
         if self.server is not None:
             await self.server.wait_closed()
         await self.broker.close()
@@ -131,7 +181,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.node.guard.reload)  # re-read the banned-words file
+    loop.add_signal_handler(signal.SIGHUP, app.guard.reload)  # re-read the banned-words file
     demo = None
     if config.demo:  # a Python host streaming a test pattern into room "demo" (its own process)
         from client_demo.demo import start_demo_host

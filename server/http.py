@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,8 @@ from websockets.http11 import Request, Response
 from server import auth, metrics, protocol
 
 if TYPE_CHECKING:
-    from server.node import Node
+    from server.abuse.guard import Guard
+    from server.config import Config
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "client_demo"
 WS_PATH = "/ws"
@@ -45,22 +47,26 @@ def _json(status: HTTPStatus, obj: object) -> Response:
 class HttpRoutes:
     """`process_request` hook for websockets: answers GETs that are not the WebSocket path."""
 
-    def __init__(self, node: Node, static_dir: Path = STATIC_DIR) -> None:
-        self.node = node
+    def __init__(
+        self, config: Config, guard: Guard, ready: Callable[[], bool], static_dir: Path = STATIC_DIR
+    ) -> None:
+        self.config = config
+        self.guard = guard
+        self.ready = ready
         self.static_dir = static_dir.resolve()
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         path = url.path
         if path == WS_PATH:
-            if not self.node.guard.origin_allowed(request):  # cross-site WebSocket hijacking
+            if not self.guard.origin_allowed(request):  # cross-site WebSocket hijacking
                 metrics.rejections.labels(reason="origin_forbidden").inc()
                 return _text(HTTPStatus.FORBIDDEN, "origin not allowed\n")
             return None  # the WebSocket handshake proceeds
         if path == "/healthz":
             return _text(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if self.node.ready:
+            if self.ready():
                 return _text(HTTPStatus.OK, "ready\n")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
         if path == "/metrics":
@@ -72,7 +78,7 @@ class HttpRoutes:
 
     def _dev_token(self, query: dict[str, list[str]]) -> Response:
         """Mint a viewer token for the demo page; only when dev tokens are enabled."""
-        if not self.node.config.dev_tokens_enabled:
+        if not self.config.dev_tokens_enabled:
             return _json(HTTPStatus.NOT_FOUND, {"error": "dev tokens are disabled"})
         room = query.get("room", ["demo"])[0]
         user = query.get("user", [""])[0]
@@ -83,7 +89,7 @@ class HttpRoutes:
                 HTTPStatus.BAD_REQUEST,
                 {"error": "room and user must be 1-64 chars of [A-Za-z0-9_.:-]; role host|moderator|viewer"},
             )
-        token = auth.mint(self.node.config.secret, room=room, user=user, name=name, role=role)
+        token = auth.mint(self.config.secret, room=room, user=user, name=name, role=role)
         return _json(HTTPStatus.OK, {"token": token, "room": room, "user": user, "role": role})
 
     def _static(self, path: str) -> Response:

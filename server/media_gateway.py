@@ -38,8 +38,10 @@ from server.media import (
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.client import Client
-    from server.node import Node
+    from server.broker.base import Broker
+    from server.config import Config
+    from server.hub import Hub
+    from server.peer import Peer
 
 log = logging.getLogger("liveroom.media")
 
@@ -83,7 +85,7 @@ def check_offer_kinds(sdp: str, ref: Any = None) -> None:
 class WsViewer:
     """A WebSocket connection that asked for the room's media (server offers, client answers)."""
 
-    client: Client
+    client: Peer
     room_id: str
     viewer_id: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -112,9 +114,11 @@ class _Sample:
 class MediaGateway:
     """Owns the MediaRooms of this node and everything that signals into them."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        config = node.config
+    def __init__(self, config: Config, broker: Broker, hub: Hub, node_id: str) -> None:
+        self.config = config
+        self.broker = broker
+        self.hub = hub
+        self.node_id = node_id
         self.media_config = MediaConfig(
             max_publishers=config.media_max_publishers, max_viewers=max(1, config.media_max_viewers)
         )
@@ -123,8 +127,8 @@ class MediaGateway:
         self.rooms: dict[str, MediaRoom] = {}
         self.identities: dict[tuple[str, str], Identity] = {}  # (room, publisher uid) -> who
         self.invites: dict[str, set[str]] = {}  # room -> uids invited to co-stream
-        self.ws_publishers: dict[Client, Publication] = {}
-        self.ws_viewers: dict[Client, WsViewer] = {}
+        self.ws_publishers: dict[Peer, Publication] = {}
+        self.ws_viewers: dict[Peer, WsViewer] = {}
         self.resources: dict[str, Resource] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -136,7 +140,7 @@ class MediaGateway:
     def start(self) -> None:
         """Fail fast if aiortc's internals moved (the tap would silently decode instead)."""
         check_compatible()
-        if self.node.config.media_stats_interval > 0:
+        if self.config.media_stats_interval > 0:
             self._stats_task = asyncio.get_running_loop().create_task(self._stats_forever())
 
     async def close(self) -> None:
@@ -145,6 +149,8 @@ class MediaGateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
         rooms, self.rooms = list(self.rooms.values()), {}
+        for room in rooms:
+            self.hub.unpin(room.room_id)
         await asyncio.gather(*(r.close() for r in rooms), return_exceptions=True)
         while pending := [t for t in self._tasks if not t.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -157,7 +163,7 @@ class MediaGateway:
     def describe(self, room_id: str, snapshot: dict[str, Any]) -> None:
         """Tell a joiner where the room's media is: the live node, else this node."""
         if snapshot.get("media_node") is None:
-            snapshot["media_node"] = self.node.node_id
+            snapshot["media_node"] = self.node_id
             snapshot["media_url"] = self.url
 
     @property
@@ -166,7 +172,7 @@ class MediaGateway:
 
     # -- WebSocket signaling --------------------------------------------------------------
 
-    async def handle(self, client: Client, message: protocol.ClientMessage) -> None:
+    async def handle(self, client: Peer, message: protocol.ClientMessage) -> None:
         """Dispatch one media message of a joined connection (see docs/PROTOCOL.md)."""
         op = type(message).__name__.lower()
         try:
@@ -187,7 +193,7 @@ class MediaGateway:
             raise
         metrics.media_signaling.labels(op=op, result="ok").inc()
 
-    async def leave(self, client: Client) -> None:
+    async def leave(self, client: Peer) -> None:
         """The connection is gone: end its publication (viewers told at once) and its viewing."""
         pub = self.ws_publishers.pop(client, None)
         if pub is not None:
@@ -203,7 +209,7 @@ class MediaGateway:
             self.invites.pop(who.room, None)  # invitations end with the host's session
         self._update_gauges()
 
-    async def _publish(self, client: Client, message: protocol.Publish) -> None:
+    async def _publish(self, client: Peer, message: protocol.Publish) -> None:
         who, room_id = self._who(client)
         if client in self.ws_publishers:
             raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, "this connection publishes", message.cid)
@@ -215,13 +221,13 @@ class MediaGateway:
             frame["cid"] = message.cid
         client.send(protocol.pack(frame))
 
-    async def _unpublish(self, client: Client, cid: Any) -> None:
+    async def _unpublish(self, client: Peer, cid: Any) -> None:
         pub = self.ws_publishers.pop(client, None)
         if pub is None:
             raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "this connection is not publishing", cid)
         await self._end_publication(client.room_id or "", pub)
 
-    async def _subscribe(self, client: Client, cid: Any) -> None:
+    async def _subscribe(self, client: Peer, cid: Any) -> None:
         who, room_id = self._who(client)
         if client in self.ws_viewers:
             raise ProtocolError(ErrorCode.MEDIA_BAD_STATE, "already subscribed", cid)
@@ -237,7 +243,7 @@ class MediaGateway:
                 frame["cid"] = cid
             client.send(protocol.pack(frame))
 
-    async def _answer(self, client: Client, message: protocol.Answer) -> None:
+    async def _answer(self, client: Peer, message: protocol.Answer) -> None:
         viewer = self.ws_viewers.get(client)
         room = self.rooms.get(viewer.room_id) if viewer is not None else None
         if viewer is None or room is None:
@@ -254,7 +260,7 @@ class MediaGateway:
         if again:
             self._spawn(self._offer(viewer))
 
-    async def _unsubscribe(self, client: Client) -> None:
+    async def _unsubscribe(self, client: Peer) -> None:
         viewer = self.ws_viewers.pop(client, None)
         if viewer is None:
             return
@@ -264,7 +270,7 @@ class MediaGateway:
         self._maybe_close(viewer.room_id)
         self._update_gauges()
 
-    async def _invite(self, client: Client, message: protocol.Invite) -> None:
+    async def _invite(self, client: Peer, message: protocol.Invite) -> None:
         who, room_id = self._who(client)
         if who.role != "host":
             raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "only a host may invite co-hosts", message.cid)
@@ -276,20 +282,20 @@ class MediaGateway:
         invited.add(message.uid)
         now = protocol.now_ms()
         frame = {"t": "invited", "room": room_id, "uid": who.uid, "name": who.name, "ts": now}
-        delivered = await self.node.broker.send_dm(message.uid, protocol.pack(frame))
+        delivered = await self.broker.send_dm(message.uid, protocol.pack(frame))
         ack: dict[str, Any] = {"t": "invite_ack", "uid": message.uid, "delivered": delivered, "ts": now}
         if message.cid is not None:
             ack["cid"] = message.cid
         client.send(protocol.pack(ack))
 
-    def _who(self, client: Client) -> tuple[Identity, str]:
+    def _who(self, client: Peer) -> tuple[Identity, str]:
         who = client.identity
         assert who is not None and client.room_id is not None
         return who, client.room_id
 
-    def _other_host_here(self, client: Client) -> bool:
+    def _other_host_here(self, client: Peer) -> bool:
         """Another connection of the same host is still in the room on this node."""
-        room = self.node.rooms.get(client.room_id or "")
+        room = self.hub.rooms.get(client.room_id or "")
         who = client.identity
         if room is None or who is None:
             return False
@@ -306,7 +312,7 @@ class MediaGateway:
             raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "only hosts and invited co-hosts may publish", ref)
         self._check_node(room_id, ref)
         check_offer_kinds(sdp, ref)
-        await self.node.open_room(room_id)  # a WHIP-only room still needs its event channel
+        await self.hub.open_room(room_id)  # a WHIP-only room still needs its event channel
         room = self._room(room_id)
         if who.uid in room.publications:
             raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, f"{who.uid!r} already publishes", ref)
@@ -380,6 +386,7 @@ class MediaGateway:
             room = MediaRoom(room_id, self.media_config)
             room.listeners.append(lambda event, pid: self._on_room_event(room_id, event, pid))
             self.rooms[room_id] = room
+            self.hub.pin(room_id)
         return room
 
     def _maybe_close(self, room_id: str) -> None:
@@ -392,6 +399,7 @@ class MediaGateway:
         if any(r.room_id == room_id for r in self.resources.values()):
             return
         del self.rooms[room_id]
+        self.hub.unpin(room_id)
         self._spawn(room.close())
 
     def _on_room_event(self, room_id: str, event: str, publisher_id: str) -> None:
@@ -415,12 +423,12 @@ class MediaGateway:
                     self._spawn(self._offer(viewer))
 
     def _emit_live(self, room_id: str, who: Identity, on: bool) -> None:
-        room = self.node.rooms.get(room_id)
+        room = self.hub.rooms.get(room_id)
         if room is None:  # not expected: the room stays open while media is held here
             log.warning("media: live event for room %s that is not open", room_id)
             return
-        room.set_live(who, on, self.node.node_id, self.url, protocol.now_ms())
-        self.node.mark_dirty(room_id)
+        room.set_live(who, on, self.node_id, self.url, protocol.now_ms())
+        self.hub.mark_dirty(room_id)
 
     async def _offer(self, viewer: WsViewer, cid: Any = None) -> bool:
         """(Re)offer the room's tracks to a WS viewer; False when there is nothing to offer."""
@@ -462,9 +470,9 @@ class MediaGateway:
 
     def _check_node(self, room_id: str, ref: Any = None) -> None:
         """Media for a room lives on one node: refuse here if another node holds it."""
-        view = self.node.rooms.get(room_id)
+        view = self.hub.rooms.get(room_id)
         owner = view.media_node if view is not None else None
-        if owner is not None and owner != self.node.node_id and room_id not in self.rooms:
+        if owner is not None and owner != self.node_id and room_id not in self.rooms:
             raise ProtocolError(
                 ErrorCode.MEDIA_WRONG_NODE, f"media of this room is on node {owner} ({view.media_url})", ref
             )
@@ -504,7 +512,7 @@ class MediaGateway:
 
     async def _stats_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.node.config.media_stats_interval)
+            await asyncio.sleep(self.config.media_stats_interval)
             try:
                 await self.sample()
             except Exception:

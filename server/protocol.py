@@ -66,6 +66,7 @@ class ErrorCode(IntEnum):
     BANNED = 4403
     MOD_TARGET = 4404
     DM_BLOCKED = 4405
+    ROOM_CLOSED = 4410  # close code only: an operator closed the room (admin API)
     SHUTTING_DOWN = 4500
     BROKER_UNAVAILABLE = 4501  # the shared store (Redis) is unreachable: retry after `retry_after` s
     # media signaling (publish / subscribe / WHIP / WHEP); none closes the connection
@@ -82,6 +83,23 @@ class ErrorCode(IntEnum):
     MEDIA_WRONG_NODE = 4620
     INTERNAL = 4999
 
+
+# Close codes after which reconnecting with the same token cannot succeed: a client stops
+# (client_demo/live.js NO_RETRY must match: tests/test_close_codes.py).
+NO_RETRY_CODES = frozenset(
+    {
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.AUTH_REQUIRED,
+        ErrorCode.TOKEN_INVALID,
+        ErrorCode.WRONG_ROOM,
+        ErrorCode.ABUSIVE,
+        ErrorCode.KICKED,
+        ErrorCode.BANNED,
+        ErrorCode.ROOM_CLOSED,
+    }
+)
+# Close codes after which a client needs a new token before it reconnects (live.js FRESH_TOKEN).
+FRESH_TOKEN_CODES = frozenset({ErrorCode.TOKEN_EXPIRED, ErrorCode.TOKEN_REPLAYED})
 
 # Codes after which the server closes the connection with the same code.
 FATAL_CODES = frozenset(

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from server import auth, protocol
-from server.admin.routes import add_admin_routes
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.node import Node
+    from server.config import Config
+    from server.hub import Hub
+    from server.media_gateway import MediaGateway
 
 SDP_TYPE = "application/sdp"
 MAX_BODY = protocol.MAX_SDP_LEN
@@ -68,8 +69,10 @@ def _error(error: ProtocolError) -> web.Response:
 class MediaHttp:
     """The aiohttp application and its runner: POST/DELETE /whip/<room>[/<id>], /whep/<room>[/<id>]."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, config: Config, media: MediaGateway, hub: Hub) -> None:
+        self.config = config
+        self.media = media
+        self.hub = hub
         self.app = web.Application(client_max_size=MAX_BODY)
         for kind in ("whip", "whep"):
             self.app.router.add_route("POST", f"/{kind}/{{room}}", self._post)
@@ -77,7 +80,6 @@ class MediaHttp:
             self.app.router.add_route("DELETE", f"/{kind}/{{room}}/{{rid}}", self._delete)
             self.app.router.add_route("PATCH", f"/{kind}/{{room}}/{{rid}}", self._patch)
             self.app.router.add_route("OPTIONS", f"/{kind}/{{room}}/{{rid}}", self._options)
-        add_admin_routes(self.app, node)  # operator API (docs/API.md) on the same port
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -105,7 +107,7 @@ class MediaHttp:
         room = request.match_info["room"]
         if not protocol.valid_id(room):
             raise ProtocolError(ErrorCode.BAD_FIELD, "not a valid room id")
-        return auth.verify(self.node.config.secret, token.strip(), room)
+        return auth.verify(self.config.secret, token.strip(), room)
 
     async def _post(self, request: web.Request) -> web.Response:
         kind = request.path.split("/", 2)[1]
@@ -116,7 +118,7 @@ class MediaHttp:
             sdp = await request.text()
             if not sdp.strip():
                 raise ProtocolError(ErrorCode.MEDIA_BAD_SDP, "empty offer")
-            gateway = self.node.media
+            gateway = self.media
             if kind == "whip":
                 rid, answer = await gateway.whip(who, who.room, sdp)
             else:
@@ -137,14 +139,14 @@ class MediaHttp:
         )
 
     def _owner_url(self, request: web.Request) -> str | None:
-        view = self.node.rooms.get(request.match_info["room"])
+        view = self.hub.rooms.get(request.match_info["room"])
         return view.media_url if view is not None else None
 
     async def _delete(self, request: web.Request) -> web.Response:
         kind = request.path.split("/", 2)[1]
         try:
             who = self._identity(request)
-            found = await self.node.media.delete_resource(kind, who.room, request.match_info["rid"], who)
+            found = await self.media.delete_resource(kind, who.room, request.match_info["rid"], who)
         except ProtocolError as error:
             return _error(error)
         return web.Response(status=200 if found else 404, headers=_CORS)

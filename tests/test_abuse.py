@@ -268,7 +268,7 @@ async def test_join_flood_per_ip(app: App) -> None:
 
 async def test_admission_refuses_fast_when_saturated(app: App) -> None:
     viewer = await join_as(app, "viewer")
-    guard = app.node.guard
+    guard = app.guard
     guard.gate.max_lag = 0.5
     guard.lag.value = 5.0  # as if the event loop were seconds behind
     error, code = await refused(app, "newcomer", ip=HONEST_IP)
@@ -303,7 +303,7 @@ def words(tmp_path: Any, app: App) -> Any:
     """A banned-words file, loaded as --banned-words would load it."""
     path = tmp_path / "banned.txt"
     path.write_text("scam\n坏蛋\n[mask]\ndarn\n傻瓜\n[shadow]\nbuy followers\n", encoding="utf-8")
-    app.node.guard.words = WordList(str(path))
+    app.guard.words = WordList(str(path))
     return path
 
 
@@ -342,7 +342,7 @@ async def test_shadow_drop_only_the_sender_sees_it(words, app: App) -> None:
 async def test_words_reloaded_at_run_time(words, app: App) -> None:
     viewer = await join_as(app, "viewer")
     words.write_text("newword\n", encoding="utf-8")
-    app.node.guard.reload()  # what SIGHUP does (an mtime change is picked up within seconds too)
+    app.guard.reload()  # what SIGHUP does (an mtime change is picked up within seconds too)
     await viewer.send(t="danmaku", text="a NewWord here")
     await error_of(viewer, ErrorCode.CONTENT_REJECTED)
     await viewer.send(t="danmaku", text="scam is fine now")

@@ -53,7 +53,7 @@ async def _stats(app: App, room: str, token: str) -> tuple[int, Any]:
 
 async def test_scripted_session_exact_figures(app: App, join: Callable[..., Awaitable[WsClient]]) -> None:
     clock = FakeClock()
-    analytics = app.node.analytics
+    analytics = app.analytics
     analytics.clock = clock
     expected = analytics.pending
 
@@ -70,7 +70,7 @@ async def test_scripted_session_exact_figures(app: App, join: Callable[..., Awai
     carol_y = await at(-DAY, lambda: join("carol"))
     await at(-DAY + 100, carol_y.close)
     hank = await at(0, lambda: join("hank", role="host"))
-    await _until(lambda: "hank" in app.node.rooms["r1"].hosts)
+    await _until(lambda: "hank" in app.hub.rooms["r1"].hosts)
     alice = await at(10, lambda: join("alice"))
     bob = await at(20, lambda: join("bob"))
     await at(30, lambda: alice.send(t="danmaku", text="hi"))
@@ -176,8 +176,8 @@ async def test_metrics_follow_joins_and_messages(app: App, join: Callable[..., A
     await join("bob")
     await alice.send(t="danmaku", text="hi")
     await alice.send(t="like", count=2)
-    await _until(lambda: app.node.analytics.pending == 4)
-    await app.node.analytics.flush()
+    await _until(lambda: app.analytics.pending == 4)
+    await app.analytics.flush()
     assert await _metric(app, joins) == before[joins] + 2
     assert await _metric(app, danmaku) == before[danmaku] + 1
     assert await _metric(app, likes) == before[likes] + 1  # one record, value 2

@@ -38,16 +38,16 @@ async def test_two_nodes_exact_figures(redis_any: RedisTarget, config: Config) -
     apps = [App(dataclasses.replace(base, node_id=f"n{i}")) for i in (1, 2)]
     for app in apps:
         await app.start()
-        app.node.analytics.clock = clock
+        app.analytics.clock = clock
     a, b = apps
     try:
 
         async def at(offset: float, app: App, action: Callable[[], Awaitable[Any]]) -> Any:
             clock.now = T0 + offset
-            before = app.node.analytics.pending
+            before = app.analytics.pending
             result = await action()
             async with asyncio.timeout(TIMEOUT):
-                while app.node.analytics.pending == before:
+                while app.analytics.pending == before:
                     await asyncio.sleep(0.01)
             return result
 
@@ -57,7 +57,7 @@ async def test_two_nodes_exact_figures(redis_any: RedisTarget, config: Config) -
         await at(40, b, lambda: bob.send(t="like", count=3))
         await at(70, b, bob.ws.close)
         clock.now = T0 + 120
-        await b.node.analytics.flush()  # node a's request flushes only its own buffer
+        await b.analytics.flush()  # node a's request flushes only its own buffer
         url = f"http://127.0.0.1:{a.http_port}/api/rooms/r1/stats"
         async with (
             aiohttp.ClientSession() as http,

@@ -276,7 +276,7 @@ async def _slow_reader(app: App, join, user: str) -> WsClient:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client = await join(user, sock=sock, max_queue=1)
     client.ws.transport.pause_reading()
-    server_side = next(c for c in app.node.rooms["r1"].members if c.identity.uid == user)
+    server_side = next(c for c in app.hub.rooms["r1"].members if c.identity.uid == user)
     server_side.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     return client
 
@@ -295,7 +295,7 @@ async def test_slow_consumer_does_not_block_others(app: App, join) -> None:
     app.config.max_dropped_batches = 10_000
     slow = await _slow_reader(app, join, "slow")
     fast = await join("fast")
-    server_side = next(c for c in app.node.rooms["r1"].members if c.identity.uid == "slow")
+    server_side = next(c for c in app.hub.rooms["r1"].members if c.identity.uid == "slow")
     await _flood_until(app, fast, lambda: server_side.dropped >= 5)
     # its buffer never grew far past the limit (one batch of slack at most)
     assert server_side.buffered() < app.config.write_buffer_limit + 64 * 1024
@@ -319,7 +319,7 @@ async def test_slow_consumer_closed_with_code(app: App, join) -> None:
     app.config.max_dropped_batches = 3
     slow = await _slow_reader(app, join, "slow")
     fast = await join("fast")
-    room = app.node.rooms["r1"]
+    room = app.hub.rooms["r1"]
     await _flood_until(app, fast, lambda: len(room.members) == 1 or any(c.dropped >= 3 for c in room.members))
     slow.ws.transport.resume_reading()
     with pytest.raises(ConnectionClosed) as info:
@@ -337,7 +337,7 @@ async def test_graceful_shutdown_closes_with_1012(config) -> None:
     await client.send(t="danmaku", text="last words")
     await client.send(t="ping")
     await client.recv_until(lambda f: f["t"] == "pong")  # frames are handled in order
-    assert app.node.rooms["r1"].dirty
+    assert app.hub.rooms["r1"].dirty
     await app.stop()
     frames = []
     with pytest.raises(ConnectionClosed) as info:

@@ -172,7 +172,7 @@ def is_live(uid: str, on: bool) -> Callable[[dict[str, Any]], bool]:
 
 
 def assert_forwarded_not_decoded(app: App, room_id: str = "r1") -> None:
-    for pub in app.node.media.rooms[room_id].publications.values():
+    for pub in app.media.rooms[room_id].publications.values():
         for kind, tap in pub.taps.items():
             assert tap_of(pub.transceivers[kind].receiver) is tap  # the forwarding hook is in place
             assert tap.frames_tapped > 0 and tap.frames_to_decoder == 0
@@ -187,7 +187,7 @@ async def test_ws_publish_three_viewers_decode(app: App, member) -> None:
     host = await member("hana", role="host")
     await host.publish()
     live = await host.event(is_live("hana", True))
-    assert live["node"] == "test-node" and live["url"] == app.node.media.url
+    assert live["node"] == "test-node" and live["url"] == app.media.url
 
     viewers = [await member(f"v{i}") for i in range(3)]
     for viewer in viewers:
@@ -209,10 +209,10 @@ async def test_ws_publish_three_viewers_decode(app: App, member) -> None:
 
     assert COUNTERS["frames_tapped"] > tapped_before
     assert_forwarded_not_decoded(app)
-    stats = app.node.media.rooms["r1"].stats()
+    stats = app.media.rooms["r1"].stats()
     assert stats["publishers"]["hana"]["tracks"]["video"]["viewers"] == 3
-    await app.node.media.sample()  # two samples: rates need a previous one
-    await app.node.media.sample()
+    await app.media.sample()  # two samples: rates need a previous one
+    await app.media.sample()
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.port}/metrics") as resp:
         text = await resp.text()
     assert "liveroom_media_viewers 3.0" in text and "liveroom_media_publishers 1.0" in text
@@ -239,7 +239,7 @@ async def test_subscribe_before_live_then_late_viewer(app: App, member) -> None:
     await late.accept_offer()
     frame = await decoded(late.of_kind("video")[0])
     assert (frame.width, frame.height) == (WIDTH, HEIGHT)
-    assert app.node.media.rooms["r1"].publications["hana"].keyframes.requests >= 2
+    assert app.media.rooms["r1"].publications["hana"].keyframes.requests >= 2
     assert_forwarded_not_decoded(app)
 
 
@@ -258,7 +258,7 @@ async def test_host_leaving_ends_publication_and_tells_viewers(app: App, member)
     assert event["name"] == "hana"
     for track in viewer.tracks:
         await ended(track)
-    assert "hana" not in app.node.media.rooms["r1"].publications
+    assert "hana" not in app.media.rooms["r1"].publications
     newcomer = await member("newcomer")
     assert newcomer.snapshot["live"] is False and newcomer.snapshot["publishers"] == []
 
@@ -357,7 +357,7 @@ async def test_whip_publish_and_whep_play_round_trip(app: App, member) -> None:
                 assert resp.status == 404
             async with http.delete(base + whep_location, headers=viewer_auth) as resp:
                 assert resp.status == 200
-        assert app.node.media.viewer_count == 0
+        assert app.media.viewer_count == 0
     finally:
         await publisher.close()
         await player.close()

@@ -77,21 +77,21 @@ async def test_signed_retried_delivered_once(
     app: App, join: Callable[..., Awaitable[WsClient]], receiver: tuple[Receiver, str]
 ) -> None:
     rx, _ = receiver
-    hooks = app.node.webhooks
+    hooks = app.webhooks
     assert hooks is not None
     hooks.backoff = 0.01  # the retry schedule, not the test, decides when: keep it short
     host = await join("hank", role="host")
     await join("alice")
     await join("bob")
-    await app.node.analytics.flush()
+    await app.analytics.flush()
     await rx.wait(lambda: len(rx.accepted) == 3)
     kinds = [e["type"] for e in rx.accepted]
     assert kinds == ["room.started", "host.online", "viewers"]
     assert rx.attempts[0]["id"] == rx.attempts[1]["id"]  # the first failed, then the same event again
     assert rx.accepted[2]["data"] == {"room": "r1", "joined": ["alice", "bob"], "left": []}
     await host.close()
-    await asyncio.wait_for(_until(lambda: app.node.analytics.open_sessions == 2), TIMEOUT)
-    await app.node.analytics.flush()
+    await asyncio.wait_for(_until(lambda: app.analytics.open_sessions == 2), TIMEOUT)
+    await app.analytics.flush()
     await rx.wait(lambda: len(rx.accepted) == 4)
     assert rx.accepted[3]["type"] == "host.offline"
     ids = [e["id"] for e in rx.accepted]
@@ -124,12 +124,12 @@ async def test_client_error_not_retried(
 ) -> None:
     rx, _ = receiver
     rx.status = 400  # the first event is refused for good; later ones are accepted
-    hooks = app.node.webhooks
+    hooks = app.webhooks
     assert hooks is not None
     hooks.backoff = 0.01
     dropped = REGISTRY.get_sample_value("liveroom_webhook_deliveries_total", {"result": "dropped"}) or 0.0
     await join("alice")
-    await app.node.analytics.flush()  # room.started (refused with 400), then viewers
+    await app.analytics.flush()  # room.started (refused with 400), then viewers
     await rx.wait(lambda: len(rx.accepted) == 1)
     assert [e["type"] for e in rx.attempts] == ["room.started", "viewers"]  # no second attempt
     assert (

@@ -25,7 +25,7 @@ async def _open(app: App, user: str, role: str = "viewer") -> WsClient:
 
 async def _until_open(app: App, count: int) -> None:
     async with asyncio.timeout(TIMEOUT):
-        while app.node.analytics.open_sessions != count:
+        while app.analytics.open_sessions != count:
             await asyncio.sleep(0.01)
 
 
@@ -52,7 +52,7 @@ async def test_started_and_ended_once_across_nodes(
         hank = await _open(a, "hank", "host")
         alice = await _open(b, "alice")
         for app in apps:
-            await app.node.analytics.flush()
+            await app.analytics.flush()
         await rx.wait(lambda: len(rx.accepted) == 3)
         assert sorted(e["type"] for e in rx.accepted) == ["host.online", "room.started", "viewers"]
         [started] = [e for e in rx.accepted if e["type"] == "room.started"]
@@ -62,7 +62,7 @@ async def test_started_and_ended_once_across_nodes(
         await _until_open(a, 0)
         await _until_open(b, 0)
         for app in apps:
-            await app.node.analytics.flush()
+            await app.analytics.flush()
         await rx.wait(lambda: len(rx.accepted) == 6)
         types = [e["type"] for e in rx.accepted]
         assert types.count("room.started") == 1 and types.count("room.ended") == 1

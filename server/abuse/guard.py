@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from server import auth, protocol
 from server.abuse import metrics as abuse_metrics
 from server.abuse.admission import ConcurrencyCap, JoinGate, LoopLag, origin_allowed, parse_origins
+from server.abuse.connstate import ConnState
 from server.abuse.content import (
     REJECT,
     SHADOW,
@@ -54,8 +55,9 @@ from server.protocol import ErrorCode, ProtocolError
 if TYPE_CHECKING:
     from websockets.http11 import Request
 
-    from server.client import Client
-    from server.node import Node
+    from server.broker.base import Broker
+    from server.config import Config
+    from server.peer import Peer
 
 log = logging.getLogger("liveroom.abuse")
 
@@ -63,47 +65,17 @@ PENALTY_MAX = 1.0  # seconds a rate-limited connection goes unread, at most
 STRIKE_RATE = 2.0  # rejections forgiven per second once a connection has used its strikes
 
 
-class ConnState:
-    """Per-connection abuse state: its own buckets, what it holds, whether it is muted."""
-
-    __slots__ = (
-        "danmaku",
-        "dm",
-        "frames",
-        "inflight",
-        "ip",
-        "ip_held",
-        "like",
-        "mod",
-        "muted_until",
-        "strikes",
-        "uid",
-    )
-
-    def __init__(self, ip: str, buckets: dict[str, TokenBucket | None], strikes: TokenBucket | None) -> None:
-        self.ip = ip
-        self.ip_held = False
-        self.uid: str | None = None  # set once the user cap is held
-        self.inflight = False
-        self.muted_until = 0.0  # epoch seconds (inf: until unmuted)
-        self.frames = buckets.get("frame")
-        self.danmaku = buckets.get("danmaku")
-        self.like = buckets.get("like")
-        self.dm = buckets.get("dm")
-        self.mod = buckets.get("mod")
-        self.strikes = strikes
-
-
-def _remote_ip(client: Client) -> str:
+def _remote_ip(client: Peer) -> str:
     """The peer address. Behind a proxy every client shares it: set the caps for that (see README)."""
     address = client.ws.remote_address
     return str(address[0]) if address else "?"
 
 
 class Guard:
-    def __init__(self, node: Node, clock: Clock = time.monotonic) -> None:
-        config = node.config
-        self.node = node
+    def __init__(
+        self, config: Config, broker: Broker, moderation: Moderation, clock: Clock = time.monotonic
+    ) -> None:
+        self.broker = broker
         self.config = config
         self.clock = clock
         try:
@@ -127,14 +99,14 @@ class Guard:
             for scope in ("conn", "user", "ip")
         }
         self._counters = {key: abuse_metrics.rate_limited.labels(*key) for key in self._messages}
-        self._ledger = UsageLedger() if node.broker.multi_node and self._user else None
+        self._ledger = UsageLedger() if broker.multi_node and self._user else None
         self.ip_cap = ConcurrencyCap(config.max_conns_per_ip)
         self.user_cap = ConcurrencyCap(config.max_conns_per_user)
         self.lag = LoopLag()
         self.gate = JoinGate(config.max_joins_inflight, config.max_loop_lag, lambda: self.lag.value)
         self.origins, self.any_origin = parse_origins(config.allowed_origins)
         self._repeats: dict[str, RepeatTracker] = {}
-        self.moderation = Moderation(node)
+        self.moderation = moderation
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -162,7 +134,7 @@ class Guard:
             ticks += 1
             try:
                 if self._ledger is not None:
-                    remote = await self.node.broker.exchange_usage(self._usage())
+                    remote = await self.broker.exchange_usage(self._usage())
                     reconcile(self._user, remote)
                 if ticks % 3 == 0:
                     self.words.maybe_reload()
@@ -204,7 +176,7 @@ class Guard:
         abuse_metrics.origin_refused.inc()
         return False
 
-    def connect(self, client: Client) -> None:
+    def connect(self, client: Peer) -> None:
         """First thing in a connection's handler: the per-IP connection cap."""
         ip = _remote_ip(client)
         if not self.ip_cap.acquire(ip):
@@ -218,7 +190,7 @@ class Guard:
         state.ip_held = True
         client.abuse = state
 
-    def disconnect(self, client: Client) -> None:
+    def disconnect(self, client: Peer) -> None:
         state = client.abuse
         if state is None:
             return
@@ -230,7 +202,7 @@ class Guard:
             state.uid = None
         self.joined(client)
 
-    async def admit(self, client: Client, token: str | None, room: str | None) -> auth.Identity:
+    async def admit(self, client: Peer, token: str | None, room: str | None) -> auth.Identity:
         """Verify a join: cheap refusals first, the signature next, the broker last."""
         state = client.abuse
         assert state is not None
@@ -248,16 +220,16 @@ class Guard:
         if self.config.join_nonce:
             assert token is not None
             jti, ttl = nonce_of(token)
-            if not await self.node.broker.claim_nonce(jti, ttl):
+            if not await self.broker.claim_nonce(jti, ttl):
                 raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
-        for sanction in await self.node.broker.sanctions(who.room, who.uid):
+        for sanction in await self.broker.sanctions(who.room, who.uid):
             if sanction.kind == "mute":
                 state.muted_until = math.inf if sanction.until is None else sanction.until / 1000
             else:
                 raise sanction_error(sanction)
         return who
 
-    def joined(self, client: Client) -> None:
+    def joined(self, client: Peer) -> None:
         """The snapshot is written (or the join failed): the join is no longer in flight."""
         state = client.abuse
         if state is not None and state.inflight:
@@ -276,7 +248,7 @@ class Guard:
 
     # -- messages ------------------------------------------------------------------------
 
-    def frame(self, client: Client) -> None:
+    def frame(self, client: Peer) -> None:
         """Every frame, before it is decoded."""
         state = client.abuse
         if state is not None and state.frames is not None:
@@ -284,7 +256,7 @@ class Guard:
             if wait:
                 self._limited("frame", "conn", wait, None)
 
-    def check(self, client: Client, message: protocol.ClientMessage) -> protocol.ClientMessage | None:
+    def check(self, client: Peer, message: protocol.ClientMessage) -> protocol.ClientMessage | None:
         """Rate, mute and content checks after decoding; None when the message was fully handled."""
         kind = type(message)
         if kind is protocol.Danmaku:
@@ -300,15 +272,15 @@ class Guard:
             self._rate(client, "mod", state.mod, message.cid)  # type: ignore[union-attr]
         return message
 
-    async def command(self, client: Client, message: protocol.Mod | protocol.Block) -> None:
+    async def command(self, client: Peer, message: protocol.Mod | protocol.Block) -> None:
         await self.moderation.handle(client, message)
 
     async def dm_allowed(self, sender: str, message: protocol.DirectMessage) -> None:
         """The recipient may have blocked the sender (stored in the broker: any node)."""
-        if await self.node.broker.dm_blocked(message.to, sender):
+        if await self.broker.dm_blocked(message.to, sender):
             raise ProtocolError(ErrorCode.DM_BLOCKED, "this user does not accept your messages", message.cid)
 
-    def _rate(self, client: Client, action: str, bucket: TokenBucket | None, ref: object) -> float:
+    def _rate(self, client: Peer, action: str, bucket: TokenBucket | None, ref: object) -> float:
         now = self.clock()
         if bucket is not None:
             wait = bucket.take(now)
@@ -334,7 +306,7 @@ class Guard:
         self._counters[action, scope].inc()
         raise ProtocolError(ErrorCode.RATE_LIMITED, self._messages[action, scope], ref, round(wait, 2))
 
-    def _danmaku(self, client: Client, message: protocol.Danmaku) -> protocol.Danmaku | None:
+    def _danmaku(self, client: Peer, message: protocol.Danmaku) -> protocol.Danmaku | None:
         state, who = client.abuse, client.identity
         assert who is not None and client.room_id is not None
         now = self.clock()
@@ -359,7 +331,7 @@ class Guard:
         message.text = text
         return message
 
-    def _dm(self, client: Client, message: protocol.DirectMessage) -> protocol.DirectMessage | None:
+    def _dm(self, client: Peer, message: protocol.DirectMessage) -> protocol.DirectMessage | None:
         state, who = client.abuse, client.identity
         assert who is not None
         now = self._rate(client, "dm", state.dm, message.cid) if state is not None else self.clock()
@@ -402,7 +374,7 @@ class Guard:
             abuse_metrics.content_filtered.labels(policy=verdict.name).inc()
         return verdict.text, verdict.policy == SHADOW
 
-    def _echo(self, client: Client, text: str, cid: str | int | None) -> None:
+    def _echo(self, client: Peer, text: str, cid: str | int | None) -> None:
         """The sender alone sees its danmaku, in the next tick as if broadcast (no seq: not sequenced)."""
         who = client.identity
         assert who is not None and client.room_id is not None
@@ -427,7 +399,7 @@ class Guard:
             return min(error.retry_after, PENALTY_MAX)
         return 0.0
 
-    def on_reject(self, client: Client, error: ProtocolError) -> bool:
+    def on_reject(self, client: Peer, error: ProtocolError) -> bool:
         """Whether to send the error frame; closes (4307) a connection that keeps being refused.
 
         A client that does not read its errors (write buffer past the limit)

@@ -1,45 +1,41 @@
-"""The operator endpoints (docs/API.md), added to the WHIP/WHEP aiohttp app.
+"""The operator endpoints (docs/API.md), mounted by the composition root (server.app) on the
+aiohttp app that also serves WHIP/WHEP.
 
-Everything here acts through the node: rooms and counts from its view, system messages
-through the room outbox (sequenced like any event), sanctions through the broker (so every
-node applies them), stats through node.analytics.
+Rooms and counts come from the hub's view, system messages go through the room outbox
+(sequenced like any event), sanctions through the broker (so every node applies them),
+stats through the analytics recorder.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from server import protocol
-from server.abuse.moderation import DEFAULT_DURATION
+from server.abuse.moderation import ADMIN_ACTIONS, Moderation
 from server.admin.access import VERIFY_KEY, require_admin, require_host_or_admin
-from server.broker.base import BrokerUnavailable, Sanction
+from server.broker.base import BrokerUnavailable
 
 if TYPE_CHECKING:
-    from server.client import Client
+    from server.analytics.recorder import Analytics
+    from server.broker.base import Broker
+    from server.config import Config
+    from server.hub import Hub
     from server.node import Node
-    from server.rooms import Room
+
+Verify = Callable[[str | None, str | None], Any]
 
 MAX_SYSTEM_TEXT = 500
 MAX_SANCTION_ROOMS = 100  # one broker write each
-_SANCTIONS = {
-    "mute": ("mute", False),
-    "unmute": ("mute", True),
-    "ban": ("ban", False),
-    "unban": ("ban", True),
-}
-ADMIN_UID = "admin"
 
 
-def add_admin_routes(app: web.Application, node: Node) -> None:
-    api = AdminApi(node)
-    app[VERIFY_KEY] = node.guard.keyring.verify
+def add_admin_routes(app: web.Application, api: AdminApi) -> None:
+    app[VERIFY_KEY] = api.verify
     app.router.add_get("/api/rooms/{room}/stats", api.stats)
     app.router.add_get("/api/admin/rooms", api.rooms)
     app.router.add_post("/api/admin/rooms/{room}/close", api.close_room)
@@ -99,17 +95,31 @@ def _bad(message: str) -> web.HTTPBadRequest:
 
 
 class AdminApi:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        hub: Hub,
+        node: Node,
+        analytics: Analytics,
+        moderation: Moderation,
+        verify: Verify,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.hub = hub
+        self.node = node  # readiness and draining
+        self.analytics = analytics
+        self.moderation = moderation  # every action: system messages, closes, sanctions
+        self.verify = verify  # the guard's keyring: host tokens signed with any key
 
     def _admin(self, request: web.Request) -> None:
-        require_admin(request, self.node.config.admin_token)
+        require_admin(request, self.config.admin_token)
 
     async def stats(self, request: web.Request) -> web.Response:
         room = _room(request)
-        config = self.node.config
-        require_host_or_admin(request, config.admin_token, self.node.guard.keyring.verify, room)
-        return web.json_response(await self.node.analytics.stats(room))
+        require_host_or_admin(request, self.config.admin_token, self.verify, room)
+        return web.json_response(await self.analytics.stats(room))
 
     async def rooms(self, request: web.Request) -> web.Response:
         """This node's rooms (those with a local connection or media) and their counts."""
@@ -125,32 +135,17 @@ class AdminApi:
                 "live": sorted(room.publishers),
                 "seq": room.seq,
             }
-            for room in self.node.rooms.values()
+            for room in self.hub.rooms.values()
         ]
         return web.json_response({"node": self.node.node_id, "rooms": out})
 
     async def close_room(self, request: web.Request) -> web.Response:
-        """Tell the room it is closed (a sequenced `system` event every node delivers), then
-        close this node's connections of the room (4410). Other nodes' viewers get the event."""
+        """A sequenced `system` event every node delivers, then this node's connections of the
+        room close with 4410 (Moderation.close_room). Other nodes' viewers get the event."""
         self._admin(request)
         room_id = _room(request)
-        room = await self.node.open_room(room_id)
-        seq = room.seq
-        self.node.enqueue(room_id, _system("this room was closed", closed=True))
-        await self._sent(room, seq)
-        closing = list(room.members)
-        for client in closing:
-            client.close(ROOM_CLOSED, "room closed")
-        return web.json_response({"room": room_id, "closed": len(closing)})
-
-    async def _sent(self, room: Room[Client], seq: int) -> None:
-        """Wait (bounded) until the outbox went out and a batch came back, so viewers here get
-        the event before their close; the node's own tick sends it (no second, racing tick)."""
-        period = self.node.config.tick_ms / 1000
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT):
-                while room.dirty or room.seq <= seq:
-                    await asyncio.sleep(period)
+        closed = await self.moderation.close_room(room_id)
+        return web.json_response({"room": room_id, "closed": closed})
 
     async def system(self, request: web.Request) -> web.Response:
         self._admin(request)
@@ -158,18 +153,17 @@ class AdminApi:
         text = (await _body(request)).get("text")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_SYSTEM_TEXT:
             raise _bad(f"'text' must be 1..{MAX_SYSTEM_TEXT} characters")
-        await self.node.open_room(room_id)
-        self.node.enqueue(room_id, _system(text.strip()))
+        await self.moderation.announce(room_id, text.strip())
         return web.json_response({"room": room_id, "queued": True})
 
     async def sanction(self, request: web.Request) -> web.Response:
-        """Mute/unmute/ban/unban one user in several rooms at once (stored in the broker)."""
+        """Mute/unmute/ban/unban one user in several rooms at once (Moderation.admin_sanction)."""
         self._admin(request)
         uid = request.match_info["uid"]
         body = await _body(request)
         action, rooms, duration = body.get("action"), body.get("rooms"), body.get("duration")
-        if action not in _SANCTIONS or not protocol.valid_id(uid):
-            raise _bad(f"'action' must be one of {sorted(_SANCTIONS)}")
+        if action not in ADMIN_ACTIONS or not protocol.valid_id(uid):
+            raise _bad(f"'action' must be one of {sorted(ADMIN_ACTIONS)}")
         if (
             not isinstance(rooms, list)
             or not 1 <= len(rooms) <= MAX_SANCTION_ROOMS
@@ -180,19 +174,11 @@ class AdminApi:
             isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0
         ):
             raise _bad("'duration' must be positive seconds")
-        kind, lifted = _SANCTIONS[action]
-        seconds = duration if duration is not None else DEFAULT_DURATION[kind]
-        until = None if lifted or seconds is None else protocol.now_ms() + int(seconds * 1000)
         try:
-            for room in rooms:
-                await self.node.broker.put_sanction(Sanction(room, uid, kind, until, ADMIN_UID, lifted))
+            until = await self.moderation.admin_sanction(rooms, uid, action, duration)
         except BrokerUnavailable:
             return web.json_response(
                 {"error": "broker unavailable: retry"}, status=503, headers={"Retry-After": "1"}
-            )
-        if self.node.webhooks is not None:
-            self.node.webhooks.emit(
-                "moderation", {"action": action, "uid": uid, "rooms": rooms, "until": until, "by": ADMIN_UID}
             )
         return web.json_response({"uid": uid, "action": action, "rooms": rooms, "until": until})
 
@@ -203,25 +189,10 @@ class AdminApi:
             "node": node.node_id,
             "ready": node.ready,
             "draining": node.draining,
-            "broker": type(node.broker).__name__,
-            "broker_ready": node.broker.ready,
-            "rooms": len(node.rooms),
-            "connections": sum(len(r.members) for r in node.rooms.values()),
+            "broker": type(self.broker).__name__,
+            "broker_ready": self.broker.ready,
+            "rooms": len(self.hub.rooms),
+            "connections": sum(len(r.members) for r in self.hub.rooms.values()),
             "time": time.time(),
         }
         return web.json_response(body, status=200 if node.ready else 503)
-
-
-CLOSE_WAIT = 2.0  # seconds the close waits for its event to go out before closing anyway
-ROOM_CLOSED = 4410  # close code: an operator closed the room (docs/API.md)
-
-
-def _system(text: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "t": "system",
-        "uid": protocol.SYSTEM_UID,
-        "name": protocol.SYSTEM_UID,
-        "text": text,
-        "ts": protocol.now_ms(),
-        **fields,
-    }

@@ -1,0 +1,269 @@
+"""One connection's state machine with no I/O: join, resume, strikes and dispatch.
+
+Like the sans-I/O core of `websockets`, it is driven by events (`open`, `receive`,
+`timed_out`, `admitted`, `refused`, `entered`, `failed`, `crashed`, `reject`) and answers
+each with a list of outputs: frames to send, a close, a pause in reading, or a request for
+the I/O layer to carry out (read the join frame, admit a token, enter the room, hand a
+message to its handler) and report back. `server.client` only feeds it bytes and performs
+what it returns, so every rule here is tested without a socket (tests/test_connection.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+from server import metrics, protocol
+from server.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from server.abuse.guard import Guard
+    from server.auth import Identity
+    from server.peer import Peer
+
+log = logging.getLogger("liveroom.connection")
+
+
+class Phase(enum.Enum):
+    OPENING = "opening"  # before `open`
+    AWAITING_JOIN = "awaiting_join"  # no token in the URL: the first frame must be a join
+    ADMITTING = "admitting"  # the guard checks the token, the node writes the snapshot
+    JOINED = "joined"
+    CLOSED = "closed"  # refused, left, or closed for abuse: nothing more is handled
+
+
+class Route(enum.Enum):
+    """Which handler a joined connection's message goes to."""
+
+    DANMAKU = "danmaku"
+    LIKE = "like"
+    DM = "dm"
+    DM_SEEN = "dm_seen"
+    MODERATE = "moderate"
+    STATS = "stats"
+    MEDIA = "media"
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A refusal happened (for the connection's log line and metrics label)."""
+
+    error: ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Stop reading for this long: the flood queues up and TCP pushes back on the sender."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """The client said goodbye: close normally and stop reading."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitJoin:
+    """Read the first frame within `timeout` seconds, then report `receive` or `join_timeout`."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Verify the token (Guard.admit), then report `admitted` or `refused`."""
+
+    token: str | None
+    room: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Enter:
+    """Join the room (Node.join: snapshot or missed events first), then report `entered`."""
+
+    resume: tuple[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Hand the message to its handler; report `failed` if it raises a ProtocolError."""
+
+    route: Route
+    message: protocol.ClientMessage
+
+
+Output = Send | Close | Refused | Pause | Hangup | AwaitJoin | Admit | Enter | Dispatch
+
+ROUTES: dict[type, Route] = {
+    protocol.Danmaku: Route.DANMAKU,
+    protocol.Like: Route.LIKE,
+    protocol.DirectMessage: Route.DM,
+    protocol.DmSeen: Route.DM_SEEN,
+    protocol.Mod: Route.MODERATE,
+    protocol.Block: Route.MODERATE,
+    protocol.Stats: Route.STATS,
+    **dict.fromkeys(protocol.MEDIA_MESSAGES, Route.MEDIA),
+}
+
+_TYPE_NAMES: dict[type, str] = {
+    protocol.Join: "join",
+    protocol.Leave: "leave",
+    protocol.Danmaku: "danmaku",
+    protocol.Like: "like",
+    protocol.DirectMessage: "dm",
+    protocol.DmSeen: "dm_seen",
+    protocol.Ping: "ping",
+    protocol.Stats: "stats",
+    protocol.Mod: "mod",
+    protocol.Block: "block",
+    **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
+}
+# label lookups cost a lock and a dict per call: bind each type's counter once
+_COUNTED = {cls: metrics.messages_in.labels(type=name) for cls, name in _TYPE_NAMES.items()}
+
+
+class Connection:
+    """The rules of one client connection; `peer` carries its identity and abuse state."""
+
+    __slots__ = ("_resume", "_room_hint", "guard", "join_timeout", "peer", "phase")
+
+    def __init__(self, peer: Peer, guard: Guard, join_timeout: float) -> None:
+        self.peer = peer
+        self.guard = guard
+        self.join_timeout = join_timeout
+        self.phase = Phase.OPENING
+        self._resume: tuple[str, int] | None = None
+        self._room_hint: str | None = None  # ?room= when the join frame names none
+
+    # -- joining ---------------------------------------------------------------------------
+
+    def open(self, path: str) -> list[Output]:
+        """The WebSocket is open; `path` is its request target (token and room may be in it)."""
+        query = parse_qs(urlsplit(path).query)
+        token = query.get("token", [None])[0]
+        room = query.get("room", [None])[0]
+        try:
+            self.guard.connect(self.peer)  # per-IP connection cap, before anything else
+            if token is None:
+                self.phase = Phase.AWAITING_JOIN
+                self._room_hint = room
+                return [AwaitJoin(self.join_timeout)]
+            if room is not None and not protocol.valid_id(room):
+                raise ProtocolError(ErrorCode.BAD_FIELD, "'room' is not a valid room id")
+        except ProtocolError as error:
+            return self.refused(error)
+        self.phase = Phase.ADMITTING
+        return [Admit(token, room)]
+
+    def timed_out(self) -> list[Output]:
+        """No join frame within the timeout of `AwaitJoin`."""
+        return self.refused(ProtocolError(ErrorCode.AUTH_TIMEOUT, "no join frame in time"))
+
+    def refused(self, error: ProtocolError) -> list[Output]:
+        """The join failed: no room to stay in without one, so close whatever the code."""
+        out = self.reject(error)
+        self.phase = Phase.CLOSED
+        out.append(Close(int(error.code), error.message))
+        return out
+
+    def admitted(self, who: Identity) -> list[Output]:
+        self.peer.identity = who
+        self.peer.room_id = who.room
+        return [Enter(self._resume)]
+
+    def entered(self) -> list[Output]:
+        """The snapshot is written and the connection is a member of its room."""
+        self.phase = Phase.JOINED
+        self.guard.joined(self.peer)
+        metrics.joins.inc()
+        return []
+
+    def _first_frame(self, data: bytes | str) -> list[Output]:
+        try:
+            message = protocol.parse_client_message(data)
+            if not isinstance(message, protocol.Join):
+                raise ProtocolError(ErrorCode.AUTH_REQUIRED, "the first frame must be a join")
+        except ProtocolError as error:
+            return self.refused(error)
+        if message.resume_epoch is not None and message.resume_seq is not None:
+            self._resume = (message.resume_epoch, message.resume_seq)
+        self.phase = Phase.ADMITTING
+        return [Admit(message.token, message.room or self._room_hint)]
+
+    # -- joined ----------------------------------------------------------------------------
+
+    def receive(self, data: bytes | str) -> list[Output]:
+        """One frame from the client."""
+        phase = self.phase
+        if phase is Phase.JOINED:
+            return self._message(data)
+        if phase is Phase.AWAITING_JOIN:
+            return self._first_frame(data)
+        return []  # closed, or a frame racing the admission: nothing to do with it
+
+    def _message(self, data: bytes | str) -> list[Output]:
+        guard = self.guard
+        try:
+            guard.frame(self.peer)  # rate of frames, before decoding
+            message = guard.check(self.peer, protocol.parse_client_message(data))
+            if message is None:  # handled by the guard (shadow-dropped)
+                return []
+            kind = type(message)
+            _COUNTED[kind].inc()
+            route = ROUTES.get(kind)
+            if route is not None:
+                return [Dispatch(route, message)]
+            if kind is protocol.Ping:
+                return [Send(protocol.pong_frame(message.ts))]  # type: ignore[union-attr]
+            if kind is protocol.Leave:
+                self.phase = Phase.CLOSED
+                return [Hangup()]
+            raise ProtocolError(ErrorCode.ALREADY_JOINED, "already joined; open a new connection")
+        except ProtocolError as error:
+            return self.failed(error)
+
+    def failed(self, error: ProtocolError) -> list[Output]:
+        """A message was refused (by the guard, the decoder or its handler)."""
+        out = self.reject(error)
+        if pause := self.guard.penalty(error):  # stop reading a flooder: TCP pushes back
+            out.append(Pause(pause))
+        return out
+
+    def crashed(self) -> list[Output]:
+        """A handler hit a bug: it costs this message, never the connection or the room."""
+        return self.reject(ProtocolError(ErrorCode.INTERNAL, "internal error"))
+
+    # -- refusals --------------------------------------------------------------------------
+
+    def reject(self, error: ProtocolError) -> list[Output]:
+        """The error frame (unless the client stopped reading them) and, if fatal, the close.
+
+        A connection that keeps being refused uses up its strikes and is closed (4307);
+        the guard decides, and calls back into the peer's `reject` for that close.
+        """
+        metrics.rejections.labels(reason=error.code.name.lower()).inc()
+        out: list[Output] = [Refused(error)]
+        if self.guard.on_reject(self.peer, error):
+            out.append(Send(protocol.error_frame(error.code, error.message, error.ref, error.retry_after)))
+        if error.fatal:
+            self.phase = Phase.CLOSED
+            out.append(Close(int(error.code), error.message))
+        return out

@@ -1,0 +1,211 @@
+"""The hub: who is connected where on this node, and the broker channels that follow from it.
+
+It owns the rooms with a local connection (or pinned by local media), the users with a
+local connection, the rooms changed since the last tick, and the per-room and per-user
+locks that keep opening and closing a channel atomic. The tick (server.node) reads what
+changed here; batches coming back from the broker are applied to the room's view and
+handed to the fan-out. Nothing is kept for a room or a user once its last connection left:
+the locks are freed with their last holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from server import metrics
+from server.broker.base import Broker, Event, RoomState
+from server.frames import RoomFrames
+from server.rooms import Room
+
+if TYPE_CHECKING:
+    from server.config import Config
+    from server.fanout import RoomFanout
+    from server.peer import Peer
+
+log = logging.getLogger("liveroom.hub")
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, alive only while someone holds or waits for it."""
+
+    __slots__ = ("_locks",)
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _Entry] = {}
+
+    def __call__(self, key: str) -> _Entry:
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = _Entry(self._locks, key)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class _Entry:
+    __slots__ = ("_key", "_lock", "_owner", "_users")
+
+    def __init__(self, owner: dict[str, _Entry], key: str) -> None:
+        self._owner = owner
+        self._key = key
+        self._lock = asyncio.Lock()
+        self._users = 0
+
+    async def __aenter__(self) -> None:
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        self._users -= 1
+        if not self._users:
+            del self._owner[self._key]
+
+
+class Hub:
+    """Rooms -> local connections, users -> local connections, and their broker channels."""
+
+    def __init__(self, config: Config, broker: Broker, fanout: RoomFanout) -> None:
+        self.config = config
+        self.broker = broker
+        self.fanout = fanout
+        self.rooms: dict[str, Room[Peer]] = {}
+        self.users: dict[str, set[Peer]] = {}
+        self.dirty: set[str] = set()  # rooms with something for the next tick
+        self.pinned: set[str] = set()  # rooms kept open by local media (e.g. a WHIP publisher)
+        self.room_locks = KeyedLocks()
+        self.user_locks = KeyedLocks()
+        # one frame per room per tick to local viewers, however many nodes send batches
+        self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame)
+        broker.on_room_reset = self._on_room_reset
+
+    # -- rooms -------------------------------------------------------------------------
+
+    async def open_room(self, room_id: str) -> Room[Peer]:
+        """The room's view, subscribing to its channel the first time."""
+        async with self.room_locks(room_id):
+            room = self.rooms.get(room_id)
+            if room is None:
+                room = Room(room_id, recent_size=self.config.recent_size)
+                state = await self.broker.subscribe(room_id, self._on_batch)
+                load(room, state)
+                self.rooms[room_id] = room
+                metrics.rooms.set(len(self.rooms))
+            return room
+
+    async def close_room_if_empty(self, room_id: str) -> None:
+        async with self.room_locks(room_id):
+            room = self.rooms.get(room_id)
+            if room is not None and room.empty and not room.dirty and room_id not in self.pinned:
+                del self.rooms[room_id]
+                self.frames.drop(room_id)
+                metrics.rooms.set(len(self.rooms))
+                await self.broker.unsubscribe(room_id)
+
+    def mark_dirty(self, room_id: str) -> None:
+        self.dirty.add(room_id)
+
+    def enqueue(self, room_id: str, event: Event) -> None:
+        """Queue an event (a moderator's `delete`, a `system` message) for the room's next tick."""
+        self.rooms[room_id].add_event(event)
+        self.dirty.add(room_id)
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def pin(self, room_id: str) -> None:
+        """Local media lives in the room: keep it open even with no local connection."""
+        self.pinned.add(room_id)
+
+    def unpin(self, room_id: str) -> None:
+        self.pinned.discard(room_id)
+
+    def connections(self) -> list[Peer]:
+        return [c for room in self.rooms.values() for c in room.members]
+
+    # -- users ---------------------------------------------------------------------------
+
+    async def add_user(self, client: Peer) -> None:
+        """Follow the user's inbox (DMs) from its first local connection on."""
+        who = client.identity
+        assert who is not None
+        async with self.user_locks(who.uid):
+            local = self.users.get(who.uid)
+            if local is None:
+                self.users[who.uid] = {client}
+                kept = await self.broker.subscribe_user(who.uid, self._on_user_frame)
+                for frame in kept:
+                    client.send(frame)
+            else:
+                local.add(client)
+
+    async def remove_user(self, client: Peer) -> None:
+        who = client.identity
+        if who is None:
+            return
+        async with self.user_locks(who.uid):
+            local = self.users.get(who.uid)
+            if local is not None:
+                local.discard(client)
+                if not local:
+                    del self.users[who.uid]
+                    await self.broker.unsubscribe_user(who.uid)
+
+    # -- from the broker ---------------------------------------------------------------------
+
+    def _on_batch(self, room_id: str, epoch: str, frame: bytes, events: list[Event]) -> None:
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        room.apply(epoch, events)
+        metrics.batches.inc()
+        metrics.batch_events.observe(len(events))
+        self.frames.offer(room_id, frame, events)
+
+    def _send_frame(self, room_id: str, frame: bytes) -> None:
+        room = self.rooms.get(room_id)
+        if room is not None:
+            metrics.room_frames.inc()
+            self.fanout.write(room.members, frame)
+
+    def _on_room_reset(self, room_id: str, state: RoomState) -> None:
+        """The room's stream restarted (Redis lost it, or this node sequenced alone through an
+        outage): viewers' seqs no longer mean anything, so reload the view and have them rejoin."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        self.frames.drop(room_id)  # held events belong to the old stream
+        room.recent.clear()
+        load(room, state)
+        for client in list(room.members):
+            client.close(1012, "room stream reset, rejoin")
+
+    def _on_user_frame(self, user_id: str, frame: bytes) -> None:
+        # DMs are rare and must not be skipped like danmaku batches: write them directly.
+        for client in self.users.get(user_id, ()):
+            client.send(frame)
+
+
+def load(room: Room[Peer], state: RoomState) -> None:
+    """Set a room's view from the broker's state of its channel."""
+    room.epoch = state.epoch
+    room.seq = state.seq
+    room.likes_total = state.likes_total
+    room.online = state.online
+    room.unique = state.unique
+    room.hosts = dict(state.hosts)
+    room.recent.extend(state.recent)
+    room.publishers = dict(state.publishers)
+    room.media_node = state.media_node
+    room.media_url = state.media_url

@@ -1,0 +1,39 @@
+"""What the server's components need from one client connection, without importing the I/O.
+
+`server.client.Client` is the implementation; the hub, the node, the guard, moderation and
+the media gateway only see this interface, so none of them imports the connection code
+(and the connection code may import all of them without a cycle).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from server.abuse.connstate import ConnState
+    from server.auth import Identity
+    from server.protocol import ProtocolError
+
+
+class Peer(Protocol):
+    """One client connection as seen from inside the node."""
+
+    ws: ServerConnection
+    identity: Identity | None
+    room_id: str | None
+    abuse: ConnState | None
+    dropped: int  # consecutive batches skipped because the socket was full
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame without waiting."""
+
+    def buffered(self) -> int:
+        """Bytes waiting in the socket's write buffer."""
+
+    def reject(self, error: ProtocolError) -> None:
+        """Refuse something: error frame, and a close when the code is fatal."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (once)."""
