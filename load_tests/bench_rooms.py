@@ -60,7 +60,9 @@ def _tick_p99(before: dict[str, float], after: dict[str, float]) -> float | None
     return None
 
 
-async def _run_once(rooms: int, nodes: int, rate: float, duration: float, cluster: bool) -> dict[str, Any]:
+async def _run_once(
+    rooms: int, nodes: int, rate: float, duration: float, cluster: bool, join_batch: int = 200
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
         store = _Redis(workdir, cluster)
         procs: list[subprocess.Popen[Any]] = []
@@ -93,8 +95,8 @@ async def _run_once(rooms: int, nodes: int, rate: float, duration: float, cluste
                 conn, _ = await wsraw.connect("127.0.0.1", ports[node], f"/ws?token={token}", handler, 60)
                 return conn
 
-            for first in range(0, rooms, 200):  # 200 joins in flight at most
-                batch = range(first, min(rooms, first + 200))
+            for first in range(0, rooms, join_batch):  # join_batch rooms' joins in flight at most
+                batch = range(first, min(rooms, first + join_batch))
                 joined = await asyncio.gather(*(join(r, n) for r in batch for n in range(nodes)))
                 conns += joined
                 senders += joined[::nodes]
@@ -128,15 +130,15 @@ async def _run_once(rooms: int, nodes: int, rate: float, duration: float, cluste
                 _stop(proc)
             store.stop()
     ticks = sum(
-        a["liveroom_tick_seconds_count"] - b.get("liveroom_tick_seconds_count", 0)
+        a.get("liveroom_tick_seconds_count", 0) - b.get("liveroom_tick_seconds_count", 0)
         for a, b in zip(after, before, strict=True)
     )
     tick_s = sum(
-        a["liveroom_tick_seconds_sum"] - b.get("liveroom_tick_seconds_sum", 0)
+        a.get("liveroom_tick_seconds_sum", 0) - b.get("liveroom_tick_seconds_sum", 0)
         for a, b in zip(after, before, strict=True)
     )
     room_publishes = sum(
-        a["liveroom_tick_rooms_total"] - b.get("liveroom_tick_rooms_total", 0)
+        a.get("liveroom_tick_rooms_total", 0) - b.get("liveroom_tick_rooms_total", 0)
         for a, b in zip(after, before, strict=True)
     )
     p99s = [_tick_p99(b, a) for a, b in zip(after, before, strict=True)]
@@ -157,6 +159,7 @@ async def _run_once(rooms: int, nodes: int, rate: float, duration: float, cluste
         "rooms_per_tick": round(room_publishes / max(ticks, 1), 1),
         "redis_cmds_per_tick": round(commands / max(ticks, 1), 1),
         "redis_cmds_per_room_publish": round(commands / max(room_publishes, 1), 2),
+        "redis_cmds_per_s": round(commands / sent_for, 1),
         "redis_cpu_pct": round(redis_cpu / sent_for * 100, 1),
         "node_cpu_pct": round(node_cpu_s / sent_for * 100, 1),
     }
@@ -182,9 +185,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cluster", action="store_true", help="a real 3+3 Redis Cluster, not one Redis")
+    parser.add_argument("--join-batch", type=int, default=200, help="rooms whose joins are in flight at once")
     args = parser.parse_args()
     runs = [
-        asyncio.run(_run_once(args.rooms, args.nodes, args.rate, args.duration, args.cluster))
+        asyncio.run(
+            _run_once(args.rooms, args.nodes, args.rate, args.duration, args.cluster, args.join_batch)
+        )
         for _ in range(args.repeat)
     ]
     result = _median(runs)
