@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,11 +42,13 @@ def get_token(server: str, room: str, user: str, name: str, role: str, token: st
     except urllib.error.HTTPError as exc:
         if exc.code != 404:
             raise
-    from server import auth  # dev tokens are off: sign one ourselves, as `liveroom token` does
+    from server.abuse.tokens import Keyring  # dev tokens are off: sign one, as `liveroom token` does
     from server.config import from_env
 
-    secret = os.environ.get("LIVEROOM_SECRET") or from_env().secret
-    return auth.mint(secret, room=room, user=user, name=name, role=role)  # type: ignore[arg-type]
+    env = from_env()
+    return Keyring.from_config(env.secret, env.secret_old, env.secrets).mint(
+        room=room, user=user, name=name, role=role
+    )
 
 
 def pack(frame: dict[str, Any]) -> bytes:

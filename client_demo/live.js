@@ -150,7 +150,7 @@ export class LiveConnection {
       case "snapshot":
         return this._snapshot(frame);
       case "batch":
-        return this._events(frame.events || []);
+        return this._batch(frame);
       case "pong":
         if (typeof frame.ts === "number") this.rtt = Math.max(0, performance.now() - frame.ts);
         return this.emit("pong", this.rtt);
@@ -192,6 +192,18 @@ export class LiveConnection {
     clearInterval(this._ping);
     this._ping = setInterval(() => this.send({ t: "ping", ts: performance.now() }), PING_EVERY_MS);
     this.send({ t: "ping", ts: performance.now() });
+  }
+
+  /** A batch names its epoch: a new one on a live connection continues our stream only when its
+   * first event follows the last one we have (docs/PROTOCOL.md, "batch"); otherwise resync. */
+  _batch(frame) {
+    const events = frame.events || [];
+    if (frame.epoch && this.epoch !== null && frame.epoch !== this.epoch) {
+      const first = events.find((ev) => typeof ev.seq === "number");
+      if (!first || first.seq !== this.seq + 1) return this.resync(`stream ${this.epoch} -> ${frame.epoch}`);
+      this.epoch = frame.epoch;
+    }
+    return this._events(events);
   }
 
   _events(events) {

@@ -71,7 +71,9 @@ class ViewerBot:
             chatter = asyncio.create_task(self.chat(ws)) if a.say else None
             try:
                 async for data in ws:
-                    self.frame(unpack(data))
+                    if self.frame(unpack(data)) == "resync":
+                        await ws.close(3000, "resync")  # reconnect at once and resume
+                        return
                     if self.done.is_set():
                         await ws.close(1000, "bye")
                         return
@@ -83,7 +85,8 @@ class ViewerBot:
             if ws.close_code in NO_RETRY:
                 raise Fatal(f"closed with {ws.close_code}: {ws.close_reason}")
 
-    def frame(self, frame: dict[str, Any]) -> None:
+    def frame(self, frame: dict[str, Any]) -> str | None:
+        """Show one frame; "resync" when the stream cannot be followed from here."""
         kind = frame.get("t")
         if kind == "snapshot":
             resumed = self.epoch is not None
@@ -103,6 +106,14 @@ class ViewerBot:
                         self.out(f"  (earlier) {event['name']}: {event['text']}")
             self.seq = max(self.seq, frame["seq"])
         elif kind == "batch":
+            epoch = frame.get("epoch")
+            if epoch and self.epoch is not None and epoch != self.epoch:
+                # numbering restarted (docs/PROTOCOL.md, `batch`): it continues our stream only
+                # when its first event follows the last one we have
+                seqs = [e["seq"] for e in frame["events"] if isinstance(e.get("seq"), int)]
+                if not seqs or seqs[0] != self.seq + 1:
+                    return "resync"
+                self.epoch = epoch
             self.events(frame["events"])
         elif kind == "dm":
             self.out(f"✉ DM from {frame['name']}: {frame['text']}")
@@ -111,6 +122,7 @@ class ViewerBot:
             self.out(f"error {frame.get('code')}: {frame.get('msg')}{extra}")
         elif kind == "notice":
             self.out(f"notice: {frame.get('action')}")
+        return None
 
     def events(self, events: list[dict[str, Any]]) -> None:
         for event in events:

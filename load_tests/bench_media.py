@@ -153,6 +153,12 @@ def start_server(mode: str) -> Server:
     if mode == "forward":
         cmd = [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"]
         cmd += ["--media-max-viewers", "1000", "--log-level", "WARNING"]
+        cmd += [
+            "--media-sessions-per-ip",
+            "0",
+            "--media-ice-timeout",
+            "60",
+        ]  # all viewers on 127.0.0.1, a busy CPU
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--relay-server"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

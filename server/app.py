@@ -21,6 +21,7 @@ from server.config import Config, ConfigError
 from server.fanout import RoomFanout
 from server.http import HttpRoutes
 from server.hub import Hub
+from server.logs import QuietFilter
 from server.media import use_loopback_candidates
 from server.media_gateway import MediaGateway
 from server.node import Node
@@ -28,6 +29,8 @@ from server.webhooks.sender import make_webhooks
 from server.whip import MediaHttp
 
 log = logging.getLogger("liveroom")
+WS_LOG = logging.getLogger("liveroom.ws")
+WS_LOG.addFilter(QuietFilter())
 
 
 def make_broker(config: Config) -> Broker:
@@ -45,10 +48,19 @@ def make_broker(config: Config) -> Broker:
             history_ttl=config.history_ttl,
             presence_ttl=config.presence_ttl,
             dm_keep=config.dm_keep,
+            dm_ttl=config.dm_ttl,
             cluster=config.redis_cluster,
             wait_replicas=None if config.redis_wait_replicas < 0 else config.redis_wait_replicas,
         )
-    return MemoryBroker(node_id=node_id, history_size=config.history_size, recent_size=config.recent_size)
+    return MemoryBroker(
+        node_id=node_id,
+        history_size=config.history_size,
+        recent_size=config.recent_size,
+        history_ttl=config.history_ttl,
+        dm_store_users=config.dm_store_users,
+        dm_store_bytes=config.dm_store_bytes,
+        dm_ttl=config.dm_ttl,
+    )
 
 
 class App:
@@ -80,7 +92,8 @@ class App:
         self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics)
         self.services = Services(config, self.node, self.guard, self.media, self.analytics)
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
-        self.media_http = MediaHttp(config, self.media, self.hub)  # WHIP/WHEP on config.http_port
+        self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
+        self.media_http = MediaHttp(config, self.guard, self.media, self.hub)  # WHIP/WHEP, http_port
         self.admin = AdminApi(
             config,
             self.broker,
@@ -88,7 +101,7 @@ class App:
             self.node,
             self.analytics,
             self.moderation,
-            self.guard.keyring.verify,
+            self.guard,
         )
         add_admin_routes(self.media_http.app, self.admin)  # operator API (docs/API.md), same port
         self.server: Server | None = None
@@ -107,6 +120,8 @@ class App:
             self.config.host,
             self.config.port,
             process_request=self.routes,
+            process_response=self.routes.process_response,
+            logger=WS_LOG,  # per-connection lines at DEBUG only (QuietFilter)
             compression=None,  # per-connection deflate would defeat encode-once fan-out
             max_size=self.config.max_frame,
             max_queue=64,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -9,13 +10,14 @@ from typing import Literal
 
 import jwt
 
-from server.protocol import ErrorCode, ProtocolError, valid_id
+from server.protocol import ErrorCode, ProtocolError, strip_controls, valid_id
 
 Role = Literal["host", "moderator", "viewer"]
 ROLES: tuple[Role, ...] = ("host", "moderator", "viewer")
 DEFAULT_TTL = 6 * 3600
 CLOCK_SKEW = 30  # seconds of leeway for clocks that disagree a little
 MAX_NAME_LEN = 32
+TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,10 @@ def mint(
 
 
 def verify(secret: str, token: str | None, room: str | None = None) -> Identity:
-    """Check signature, expiry and room binding; raise ProtocolError with a stable code."""
+    """Check signature, expiry and room binding; raise ProtocolError with a stable code.
+
+    Called by server.abuse.tokens.Keyring only: every door verifies through the guard.
+    """
     if not token:
         raise ProtocolError(ErrorCode.AUTH_REQUIRED, "a token is required to join")
     try:
@@ -82,6 +87,12 @@ def verify(secret: str, token: str | None, room: str | None = None) -> Identity:
         raise ProtocolError(ErrorCode.TOKEN_EXPIRED, "token expired") from None
     except jwt.PyJWTError as exc:
         raise ProtocolError(ErrorCode.TOKEN_INVALID, f"token invalid: {exc}") from None
+    for claim in TIME_CLAIMS:  # PyJWT casts "123" with int(): numeric strings are not NumericDate
+        value = claims.get(claim)
+        if claim in claims and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise ProtocolError(ErrorCode.TOKEN_INVALID, f"token claim {claim!r} must be a number")
     uid, token_room, role = claims.get("sub"), claims.get("room"), claims.get("role")
     name = claims.get("name") or uid
     if not (isinstance(uid, str) and valid_id(uid) and isinstance(token_room, str)):
@@ -90,4 +101,9 @@ def verify(secret: str, token: str | None, room: str | None = None) -> Identity:
         raise ProtocolError(ErrorCode.TOKEN_INVALID, "token claims malformed")
     if room is not None and room != token_room:
         raise ProtocolError(ErrorCode.WRONG_ROOM, "token is for another room")
-    return Identity(uid=uid, name=name[:MAX_NAME_LEN], room=token_room, role=role)
+    return Identity(uid=uid, name=display_name(name, uid), room=token_room, role=role)
+
+
+def display_name(name: str, uid: str) -> str:
+    """The name others see: danmaku's rules (no controls, bidi overrides), the uid when empty."""
+    return strip_controls(name)[:MAX_NAME_LEN].strip() or uid

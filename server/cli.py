@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from server import auth, logs
+from server.abuse.tokens import Keyring
 from server.config import ConfigError, add_serve_arguments, from_args, from_env
 
 
@@ -37,12 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "token":
-            secret = args.secret or from_env().secret
-            print(
-                auth.mint(
-                    secret, room=args.room, user=args.user, role=args.role, name=args.name, ttl=args.ttl
-                )
-            )
+            claims = {
+                "room": args.room,
+                "user": args.user,
+                "role": args.role,
+                "name": args.name,
+                "ttl": args.ttl,
+            }
+            if args.secret:
+                print(auth.mint(args.secret, **claims))
+            else:  # the key every door checks first: LIVEROOM_SECRETS' first, else LIVEROOM_SECRET
+                env = from_env()
+                print(Keyring.from_config(env.secret, env.secret_old, env.secrets).mint(**claims))
             return 0
         config = from_args(args)
     except (ConfigError, ValueError) as exc:

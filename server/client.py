@@ -86,6 +86,11 @@ class Client:
         """Refuse something from outside the read loop too (a kick from another node)."""
         self._perform(self.conn.reject(error))
 
+    @property
+    def closing(self) -> bool:
+        """close() was called: nothing more is fanned out to it (the close frame is queued next)."""
+        return self._closing is not None
+
     def close(self, code: int, reason: str) -> None:
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self.ws.close(code, reason[:100]))

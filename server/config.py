@@ -58,6 +58,13 @@ class Config:
     repeat_window: float = 15.0  # seconds
     abuse_strikes: int = 100  # rejections (refilled 2/s) before closing with 4307; 0: never
     allowed_origins: str = ""  # extra browser origins besides the server's own host; "*": any
+    allowed_hosts: str = ""  # extra Host names besides localhost, IP literals and the node's own; "*": any
+    media_sessions_per_user: int = 3  # WHIP/WHEP sessions per user per room; 0: no cap
+    media_sessions_per_ip: int = 20  # WHIP/WHEP sessions per client IP; 0: no cap
+    media_ice_timeout: float = 10.0  # seconds a WHIP/WHEP session has to connect ICE before it is torn down
+    dm_store_users: int = 10_000  # memory broker: users with stored DMs, at most
+    dm_store_bytes: int = 16 * 1024 * 1024  # memory broker: bytes of stored DMs, at most
+    dm_ttl: int = 30 * 86400  # seconds a stored DM is kept
     secret_old: str = ""  # previous secret(s), comma-separated, still accepted (key rotation)
     secrets: str = ""  # "kid1:secret1,kid2:secret2": key ids and secrets, the first signs
     join_nonce: bool = False  # one join per token (jti claim), shared through the broker
@@ -87,6 +94,10 @@ class Config:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
+        if self.media_sessions_per_user < 0 or self.media_sessions_per_ip < 0 or self.media_ice_timeout <= 0:
+            raise ConfigError("media session caps must be >= 0 and media_ice_timeout > 0")
+        if self.dm_store_users < 1 or self.dm_store_bytes < 1 or self.dm_ttl < 1:
+            raise ConfigError("dm_store_users, dm_store_bytes and dm_ttl must be positive")
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
 
@@ -167,6 +178,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-conns-per-user", dest="max_conns_per_user", type=int, help="default 5")
     parser.add_argument("--banned-words", dest="banned_words", help="banned-words file (docs/PROTOCOL.md)")
     parser.add_argument("--allowed-origins", dest="allowed_origins", help="extra browser origins (a,b)")
+    parser.add_argument("--allowed-hosts", dest="allowed_hosts", help="extra Host names (a,b) or *")
+    parser.add_argument(
+        "--media-sessions-per-user", dest="media_sessions_per_user", type=int, help="per room (3)"
+    )
+    parser.add_argument("--media-sessions-per-ip", dest="media_sessions_per_ip", type=int, help="default 20")
+    parser.add_argument("--media-ice-timeout", dest="media_ice_timeout", type=float, help="seconds (10)")
+    parser.add_argument("--dm-store-users", dest="dm_store_users", type=int, help="memory broker (10000)")
+    parser.add_argument("--dm-store-bytes", dest="dm_store_bytes", type=int, help="memory broker (16 MiB)")
+    parser.add_argument("--dm-ttl", dest="dm_ttl", type=int, help="seconds a stored DM is kept (2592000)")
     parser.add_argument("--secret-old", dest="secret_old", help="previous secret still accepted (rotation)")
     parser.add_argument("--join-nonce", dest="join_nonce", action="store_const", const=True)
     parser.add_argument("--analytics-flush", dest="analytics_flush", type=float, help="seconds (1.0)")

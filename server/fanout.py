@@ -30,6 +30,8 @@ class RoomFanout:
         max_dropped = self.config.max_dropped_batches
         ready = []
         for client in clients:
+            if client.closing:  # e.g. reset with its room's stream: no batch of the next one
+                continue
             if client.buffered() > limit:
                 client.dropped += 1
                 metrics.dropped_batches.inc()

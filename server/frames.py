@@ -23,6 +23,7 @@ Send = Callable[[str, bytes], None]  # (room, frame) -> written to the room's lo
 class _Gate:
     next_at: float = 0.0  # loop time before which another frame must wait
     held: list[Event] = field(default_factory=list)
+    epoch: str = ""  # the stream the held events' seqs belong to (every frame names it)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -33,19 +34,26 @@ class RoomFrames:
         self._gates: dict[str, _Gate] = {}
         self.merged = 0  # batches folded into another frame (for benchmarks and metrics)
 
-    def offer(self, room_id: str, frame: bytes, events: list[Event]) -> None:
-        """A batch for the room's viewers: sent now, or held for the room's next frame."""
+    def offer(self, room_id: str, epoch: str, frame: bytes, events: list[Event]) -> None:
+        """A batch for the room's viewers: sent now, or held for the room's next frame.
+
+        Events of two epochs never share a frame: a batch of another epoch sends what is held
+        first (a stream change is rare; its frame goes out at once)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         gate = self._gates.get(room_id)
         if gate is None:
             gate = self._gates[room_id] = _Gate()
+        if gate.held and gate.epoch != epoch:
+            self.flush(room_id)
+            gate.next_at = now
         if not gate.held and now >= gate.next_at:
             gate.next_at = now + self._period
             self._send(room_id, frame)
             return
         if gate.held:
             self.merged += 1
+        gate.epoch = epoch
         gate.held.extend(events)
         if gate.timer is None:
             gate.timer = loop.call_at(gate.next_at, self.flush, room_id)
@@ -62,7 +70,7 @@ class RoomFrames:
             return
         events, gate.held = gate.held, []
         gate.next_at = asyncio.get_running_loop().time() + self._period
-        self._send(room_id, protocol.batch_frame(room_id, events))
+        self._send(room_id, protocol.batch_frame(room_id, events, gate.epoch or None))
 
     def flush_all(self) -> None:
         for room_id in list(self._gates):

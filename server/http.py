@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -15,11 +17,15 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from server import auth, metrics, protocol
+from server.abuse.doors import STATUS, WS, error_body
+from server.logs import RefusalLog
+from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.guard import Guard
     from server.config import Config
 
+refusals = RefusalLog(logging.getLogger("liveroom.http"))
 STATIC_DIR = Path(__file__).resolve().parent.parent / "client_demo"
 WS_PATH = "/ws"
 
@@ -44,6 +50,12 @@ def _json(status: HTTPStatus, obj: object) -> Response:
     return _response(status, json.dumps(obj).encode(), "application/json")
 
 
+def _refused(error: ProtocolError) -> Response:
+    """A refusal on the WS port: same status and JSON body as on the HTTP doors."""
+    status = HTTPStatus(STATUS.get(error.code, 400))
+    return _response(status, error_body(error.code, error.message).encode(), "application/json")
+
+
 class HttpRoutes:
     """`process_request` hook for websockets: answers GETs that are not the WebSocket path."""
 
@@ -56,12 +68,41 @@ class HttpRoutes:
         self.static_dir = static_dir.resolve()
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._route(request)
+        except ValueError:  # e.g. urlsplit of "//[" or a path with NUL: the client's mistake
+            return _refused(ProtocolError(ErrorCode.BAD_REQUEST, "malformed request target"))
+
+    def process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> Response:
+        """websockets' own refusals (a GET /ws that is no WebSocket handshake: 400, 426) in JSON too."""
+        if response.status_code < 400 or response.headers.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            return response
+        code = ErrorCode.BAD_REQUEST
+        message = (
+            response.body.decode(errors="replace").strip().splitlines()[0][:200] if response.body else ""
+        )
+        refused = _refused(ProtocolError(code, message or response.reason_phrase))
+        refused.status_code, refused.reason_phrase = response.status_code, response.reason_phrase
+        for name in ("Upgrade", "Allow"):
+            if name in response.headers:
+                refused.headers[name] = response.headers[name]
+        return refused
+
+    def _route(self, request: Request) -> Response | None:
         url = urlsplit(request.path)
         path = url.path
+        if path in (WS_PATH, "/api/dev/token"):
+            try:  # DNS rebinding (Host), cross-site WebSocket hijacking (Origin)
+                self.guard.request_allowed(WS, request.headers)
+            except ProtocolError as error:
+                metrics.rejections.labels(reason=error.code.name.lower()).inc()
+                refusals.refused(f"GET {path[:80]} {error.code.name}", time.monotonic())
+                return _refused(error)
         if path == WS_PATH:
-            if not self.guard.origin_allowed(request):  # cross-site WebSocket hijacking
-                metrics.rejections.labels(reason="origin_forbidden").inc()
-                return _text(HTTPStatus.FORBIDDEN, "origin not allowed\n")
             return None  # the WebSocket handshake proceeds
         if path == "/healthz":
             return _text(HTTPStatus.OK, "ok\n")
@@ -79,17 +120,20 @@ class HttpRoutes:
     def _dev_token(self, query: dict[str, list[str]]) -> Response:
         """Mint a viewer token for the demo page; only when dev tokens are enabled."""
         if not self.config.dev_tokens_enabled:
-            return _json(HTTPStatus.NOT_FOUND, {"error": "dev tokens are disabled"})
+            return _refused(ProtocolError(ErrorCode.NOT_FOUND, "dev tokens are disabled"))
         room = query.get("room", ["demo"])[0]
         user = query.get("user", [""])[0]
         name = query.get("name", [user])[0] or user
         role = query.get("role", ["viewer"])[0]
         if not (protocol.valid_id(room) and protocol.valid_id(user)) or role not in auth.ROLES:
-            return _json(
-                HTTPStatus.BAD_REQUEST,
-                {"error": "room and user must be 1-64 chars of [A-Za-z0-9_.:-]; role host|moderator|viewer"},
+            return _refused(
+                ProtocolError(
+                    ErrorCode.BAD_FIELD,
+                    "room and user must be 1-64 chars of [A-Za-z0-9_.:-]; role host|moderator|viewer",
+                )
             )
-        token = auth.mint(self.config.secret, room=room, user=user, name=name, role=role)
+        # signed with the node's signing key: the one every door checks first (LIVEROOM_SECRETS)
+        token = self.guard.keyring.mint(room=room, user=user, name=name, role=role)
         return _json(HTTPStatus.OK, {"token": token, "room": room, "user": user, "role": role})
 
     def _static(self, path: str) -> Response:
@@ -97,7 +141,7 @@ class HttpRoutes:
             path = "/index.html"
         target = (self.static_dir / path.lstrip("/")).resolve()
         if not target.is_relative_to(self.static_dir) or not target.is_file():
-            return _text(HTTPStatus.NOT_FOUND, "not found\n")
+            return _refused(ProtocolError(ErrorCode.NOT_FOUND, "not found"))
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if target.suffix == ".js":
             content_type = "text/javascript"

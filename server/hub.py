@@ -171,7 +171,7 @@ class Hub:
         room.apply(epoch, events)
         metrics.batches.inc()
         metrics.batch_events.observe(len(events))
-        self.frames.offer(room_id, frame, events)
+        self.frames.offer(room_id, epoch, frame, events)
 
     def _send_frame(self, room_id: str, frame: bytes) -> None:
         room = self.rooms.get(room_id)

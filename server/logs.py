@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -48,7 +49,65 @@ def request_id(ws: ServerConnection) -> str:
     return str(ws.id)
 
 
+class Throttle:
+    """At most `burst` lines, then `rate` a second; how many were dropped goes on the next line."""
+
+    def __init__(self, rate: float = 5.0, burst: float = 20.0) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._at, self.dropped = burst, 0.0, 0
+
+    def allow(self, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            self.dropped += 1
+            return False
+        self._tokens -= 1
+        return True
+
+
+_refusals = Throttle()  # a flood of bad joins must not cost a log line each
+
+
 def connection_event(event: str, ws: ServerConnection, level: int, **fields: Any) -> None:
-    """One line per connection event (join, refused, close); free when the level is off."""
+    """One line per connection event (join, refused, close); free when the level is off.
+    Refusals are throttled (5 a second after a burst of 20, with the count dropped)."""
     if conn_log.isEnabledFor(level):
+        if event == "refused":
+            if not _refusals.allow(time.monotonic()):
+                return
+            if _refusals.dropped:
+                fields["dropped"], _refusals.dropped = _refusals.dropped, 0
         conn_log.log(level, event, extra={"fields": {"event": event, "request_id": request_id(ws), **fields}})
+
+
+class RefusalLog:
+    """One line per `interval` seconds at most for refused requests, with how many were not logged.
+
+    Why: anything an unauthenticated client can trigger at will must not cost a log write
+    per request (log flooding); the counters in /metrics keep the exact numbers.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._next = 0.0
+        self._skipped = 0
+
+    def refused(self, what: str, clock: float) -> None:
+        if clock < self._next:
+            self._skipped += 1
+            return
+        skipped, self._skipped = self._skipped, 0
+        self._next = clock + self.interval
+        more = f" (+{skipped} more since the last line)" if skipped else ""
+        self.logger.warning("refused: %s%s", what[:200], more)
+
+
+class QuietFilter(logging.Filter):
+    """For websockets' logger: its per-connection INFO lines ("connection open", "HTTP response
+    sent (404 ...)", "connection rejected (403 ...)") only with --log-level DEBUG. Anyone can
+    open connections at will; joins and closes are logged by conn_log, refusals by RefusalLog."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

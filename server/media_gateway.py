@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from server import metrics, protocol
+from server.abuse.admission import ConcurrencyCap
 from server.auth import Identity
 from server.media import (
     MediaConfig,
@@ -38,7 +39,7 @@ from server.media import (
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.broker.base import Broker
+    from server.broker.base import Broker, Sanction
     from server.config import Config
     from server.hub import Hub
     from server.peer import Peer
@@ -101,6 +102,7 @@ class Resource:
     uid: str
     peer_id: str  # publisher id (the uid) or viewer id
     handle: Publication | Subscription
+    ip: str = "?"
 
 
 @dataclass(eq=False)
@@ -130,8 +132,12 @@ class MediaGateway:
         self.ws_publishers: dict[Peer, Publication] = {}
         self.ws_viewers: dict[Peer, WsViewer] = {}
         self.resources: dict[str, Resource] = {}
+        # WHIP/WHEP sessions held: per "room|uid" and per client IP (a token must not take every slot)
+        self.user_sessions = ConcurrencyCap(config.media_sessions_per_user)
+        self.ip_sessions = ConcurrencyCap(config.media_sessions_per_ip)
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._ice_watches: dict[str, asyncio.Task[None]] = {}
         self._stats_task: asyncio.Task[None] | None = None
         self._last = _Sample(at=time.monotonic())
 
@@ -144,6 +150,8 @@ class MediaGateway:
             self._stats_task = asyncio.get_running_loop().create_task(self._stats_forever())
 
     async def close(self) -> None:
+        for watch in self._ice_watches.values():
+            watch.cancel()
         if self._stats_task is not None:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -336,29 +344,97 @@ class MediaGateway:
 
     # -- WHIP / WHEP resources ------------------------------------------------------------------
 
-    async def whip(self, who: Identity, room_id: str, sdp: str) -> tuple[str, str]:
+    async def whip(self, who: Identity, room_id: str, sdp: str, ip: str = "?") -> tuple[str, str]:
         """RFC 9725 ingest: returns (resource id, answer SDP)."""
-        pub = await self.publish(who, room_id, sdp)
+        self._hold_session(who, room_id, ip)
+        try:
+            pub = await self.publish(who, room_id, sdp)
+        except BaseException:
+            self._release_session(room_id, who.uid, ip)
+            raise
         rid = secrets.token_urlsafe(16)
-        self.resources[rid] = Resource("whip", room_id, who.uid, who.uid, pub)
+        self._add_resource(rid, Resource("whip", room_id, who.uid, who.uid, pub, ip))
         return rid, pub.pc.localDescription.sdp
 
-    async def whep(self, who: Identity, room_id: str, sdp: str) -> tuple[str, str]:
+    async def whep(self, who: Identity, room_id: str, sdp: str, ip: str = "?") -> tuple[str, str]:
         """WHEP playback: the viewer offers recvonly m-lines; returns (resource id, answer)."""
         self._check_node(room_id)
         self._check_viewer_limit()
         check_offer_kinds(sdp)
+        self._hold_session(who, room_id, ip)
         room = self._room(room_id)
         viewer_id = f"{who.uid}#whep{next(self._ids)}"
         try:
             answer = await handle_subscribe_offer(room, viewer_id, sdp)
         except MediaError as exc:
+            self._release_session(room_id, who.uid, ip)
             self._maybe_close(room_id)
             raise media_error(exc) from None
+        except BaseException:
+            self._release_session(room_id, who.uid, ip)
+            raise
         rid = secrets.token_urlsafe(16)
-        self.resources[rid] = Resource("whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id])
+        self._add_resource(
+            rid, Resource("whep", room_id, who.uid, viewer_id, room.subscriptions[viewer_id], ip)
+        )
         self._update_gauges()
         return rid, answer
+
+    def _hold_session(self, who: Identity, room_id: str, ip: str) -> None:
+        """Take a WHIP/WHEP slot of the user in the room and of the IP, or refuse (4612)."""
+        key = f"{room_id}|{who.uid}"
+        if not self.user_sessions.acquire(key):
+            raise ProtocolError(
+                ErrorCode.MEDIA_TOO_MANY_SESSIONS,
+                f"at most {self.user_sessions.limit} media sessions per user in a room",
+            )
+        if not self.ip_sessions.acquire(ip):
+            self.user_sessions.release(key)
+            raise ProtocolError(
+                ErrorCode.MEDIA_TOO_MANY_SESSIONS,
+                f"at most {self.ip_sessions.limit} media sessions per address",
+            )
+
+    def _release_session(self, room_id: str, uid: str, ip: str) -> None:
+        self.user_sessions.release(f"{room_id}|{uid}")
+        self.ip_sessions.release(ip)
+
+    def _add_resource(self, rid: str, res: Resource) -> None:
+        self.resources[rid] = res
+        self._ice_watches[rid] = asyncio.get_running_loop().create_task(self._ice_watch(rid, res))
+
+    def _forget_resource(self, rid: str) -> Resource | None:
+        """Drop a resource and free its slots: every path that ends a session comes here."""
+        res = self.resources.pop(rid, None)
+        if res is not None:
+            self._release_session(res.room_id, res.uid, res.ip)
+        watch = self._ice_watches.pop(rid, None)
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+        return res
+
+    async def _ice_watch(self, rid: str, res: Resource) -> None:
+        """A session whose ICE has not connected within media_ice_timeout is torn down: a client
+        that POSTs offers and never connects must not keep viewer slots."""
+        pc = res.handle.pc
+        connected = asyncio.Event()
+
+        def check() -> None:
+            if pc.iceConnectionState in ("connected", "completed"):
+                connected.set()
+
+        pc.on("iceconnectionstatechange", check)
+        try:
+            check()
+            await asyncio.wait_for(connected.wait(), self.config.media_ice_timeout)
+        except TimeoutError:
+            if self.resources.get(rid) is res:
+                log.info("media: %s session %s of %s did not connect ICE in time", res.kind, rid[:6], res.uid)
+                await self._end_resource(rid, res)
+        finally:
+            pc.remove_listener("iceconnectionstatechange", check)
+            if self._ice_watches.get(rid) is asyncio.current_task():
+                del self._ice_watches[rid]
 
     async def delete_resource(self, kind: str, room_id: str, rid: str, who: Identity) -> bool:
         """End a WHIP/WHEP session; only the user who created it may (same token subject)."""
@@ -367,16 +443,32 @@ class MediaGateway:
             return False
         if res.uid != who.uid:
             raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "not your session")
-        del self.resources[rid]
-        room = self.rooms.get(room_id)
+        await self._end_resource(rid, res)
+        return True
+
+    def on_sanction(self, sanction: Sanction) -> None:
+        """A ban or kick (from any node, watched through the broker) ends the user's WHIP/WHEP
+        sessions in the room too; the guard refuses new ones."""
+        if sanction.kind == "mute" or sanction.lifted:
+            return
+        for rid, res in list(self.resources.items()):
+            if res.room_id == sanction.room and res.uid == sanction.uid:
+                self._forget_resource(rid)
+                self._spawn(self._remove_handle(res))
+
+    async def _end_resource(self, rid: str, res: Resource) -> None:
+        self._forget_resource(rid)
+        await self._remove_handle(res)
+
+    async def _remove_handle(self, res: Resource) -> None:
+        room = self.rooms.get(res.room_id)
         if room is not None:
             if isinstance(res.handle, Publication):
                 await room.remove_publisher(res.peer_id, res.handle)
             else:
                 await room.remove_viewer(res.peer_id, res.handle)
-        self._maybe_close(room_id)
+        self._maybe_close(res.room_id)
         self._update_gauges()
-        return True
 
     # -- rooms, renegotiation, live events --------------------------------------------------------
 
@@ -409,7 +501,7 @@ class MediaGateway:
             for rid, res in list(self.resources.items()):  # the publisher's ICE failed or it left
                 pub = res.handle
                 if res.room_id == room_id and isinstance(pub, Publication) and pub.ended.is_set():
-                    del self.resources[rid]
+                    self._forget_resource(rid)
             for client, pub in list(self.ws_publishers.items()):
                 if client.room_id == room_id and pub.publisher_id == publisher_id and pub.ended.is_set():
                     del self.ws_publishers[client]
@@ -490,7 +582,7 @@ class MediaGateway:
         for rid, res in list(self.resources.items()):
             room = self.rooms.get(res.room_id)
             if res.kind == "whep" and (room is None or room.subscriptions.get(res.peer_id) is not res.handle):
-                del self.resources[rid]
+                self._forget_resource(rid)
                 self._maybe_close(res.room_id)
 
     def _spawn(self, coro: Any) -> None:

@@ -159,6 +159,8 @@ class Node:
         dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
+        except ProtocolError as error:  # the memory broker's DM store is full (4502)
+            raise ProtocolError(error.code, error.message, message.cid, error.retry_after) from None
         except BrokerUnavailable:
             metrics.rejections.labels(reason="broker_unavailable").inc()
             client.send(

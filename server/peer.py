@@ -35,5 +35,9 @@ class Peer(Protocol):
     def reject(self, error: ProtocolError) -> None:
         """Refuse something: error frame, and a close when the code is fatal."""
 
+    @property
+    def closing(self) -> bool:
+        """close() was called: nothing more is fanned out to it."""
+
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (once)."""

@@ -41,6 +41,12 @@ class ErrorCode(IntEnum):
     NOT_JOINED = 4003
     ALREADY_JOINED = 4004
     UNSUPPORTED_VERSION = 4005
+    # HTTP doors (WHIP/WHEP, stats, admin, the WS port's GETs): malformed requests
+    NOT_FOUND = 4006
+    METHOD_NOT_ALLOWED = 4007
+    BODY_TOO_LARGE = 4008
+    BAD_CONTENT_TYPE = 4009
+    BAD_REQUEST = 4010
     AUTH_REQUIRED = 4100
     TOKEN_INVALID = 4101
     TOKEN_EXPIRED = 4102
@@ -50,6 +56,8 @@ class ErrorCode(IntEnum):
     TEXT_EMPTY = 4201
     TEXT_TOO_LONG = 4202
     BAD_RECIPIENT = 4203
+    ORIGIN_FORBIDDEN = 4204
+    HOST_FORBIDDEN = 4205
     RATE_LIMITED = 4300
     # abuse resistance (server.abuse): 43xx rate/abuse, 44xx moderation
     TOO_MANY_CONNECTIONS = 4301
@@ -69,6 +77,7 @@ class ErrorCode(IntEnum):
     ROOM_CLOSED = 4410  # close code only: an operator closed the room (admin API)
     SHUTTING_DOWN = 4500
     BROKER_UNAVAILABLE = 4501  # the shared store (Redis) is unreachable: retry after `retry_after` s
+    DM_STORE_FULL = 4502  # the node's in-memory DM store is at its bound: retry later
     # media signaling (publish / subscribe / WHIP / WHEP); none closes the connection
     MEDIA_UNAVAILABLE = 4600
     MEDIA_BAD_SDP = 4601
@@ -80,6 +89,7 @@ class ErrorCode(IntEnum):
     MEDIA_NO_MEDIA = 4607
     MEDIA_TOO_MANY_PUBLISHERS = 4610
     MEDIA_TOO_MANY_VIEWERS = 4611
+    MEDIA_TOO_MANY_SESSIONS = 4612
     MEDIA_WRONG_NODE = 4620
     INTERNAL = 4999
 
@@ -512,9 +522,14 @@ _CONTROL_TABLE = dict.fromkeys(
 )
 
 
+def strip_controls(text: str) -> str:
+    """Text without control characters and surrounding space (danmaku, DMs, display names)."""
+    return text.translate(_CONTROL_TABLE).strip()
+
+
 def clean_text(text: str, max_len: int, ref: Any = None) -> str:
     """Strip control characters and surrounding space; enforce non-empty and max length."""
-    cleaned = text.translate(_CONTROL_TABLE).strip()
+    cleaned = strip_controls(text)
     if not cleaned:
         raise ProtocolError(ErrorCode.TEXT_EMPTY, "text is empty", ref)
     if len(cleaned) > max_len:
@@ -544,9 +559,15 @@ def error_frame(code: ErrorCode, message: str, ref: Any = None, retry_after: flo
     return pack(frame)
 
 
-def batch_frame(room: str, events: list[dict[str, Any]]) -> bytes:
-    """One tick of a room's events, encoded once and written to every viewer."""
-    return pack({"t": "batch", "room": room, "events": events})
+def batch_frame(room: str, events: list[dict[str, Any]], epoch: str | None = None) -> bytes:
+    """One tick of a room's events, encoded once and written to every viewer.
+
+    `epoch` names the stream the events' seqs belong to (None only for an unsequenced echo).
+    The Redis publish script builds the same bytes (redis_scripts.batch_head).
+    """
+    if epoch is None:
+        return pack({"t": "batch", "room": room, "events": events})
+    return pack({"t": "batch", "room": room, "epoch": epoch, "events": events})
 
 
 def pong_frame(ts: int | float | None) -> bytes:

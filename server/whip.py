@@ -2,78 +2,161 @@
 
 Why a second port: `websockets` answers only GETs on its port, and OBS (WHIP) or a WHEP
 player must POST an SDP offer and DELETE the session. Same tokens as the WebSocket
-(`Authorization: Bearer JWT`, bound to the room in the URL); the media itself goes through
-the node's MediaGateway exactly like WebSocket signaling. No trickle ICE (SDPs carry their
-candidates), so PATCH on a session is answered 405.
+(`Authorization: Bearer JWT`, bound to the room in the URL), checked by the same Guard
+(`Guard.authorize`: keys, nonce, bans, rate limits; server.abuse.doors lists each door's
+checks); the media itself goes through the node's MediaGateway exactly like WebSocket
+signaling. No trickle ICE (SDPs carry their candidates), so PATCH on a session is answered 405.
+
+Every refusal on this port, malformed HTTP included, is a 4xx with a JSON body
+`{"code", "error", "msg"}`; refusals are logged one line per 10 s at most. A connection that
+has not sent its request headers within the join timeout (10 s) is closed.
 """
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestHandler
 
-from server import auth, protocol
+from server import protocol
+from server.abuse.doors import ADMIN, STATS, WHEP, WHIP, Door, bearer, error_body, http_error
+from server.broker.base import BrokerUnavailable
+from server.logs import RefusalLog
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
+    from aiohttp.web_request import BaseRequest
+
+    from server.abuse.guard import Guard
     from server.config import Config
     from server.hub import Hub
     from server.media_gateway import MediaGateway
 
+log = logging.getLogger("liveroom.http")
+REFUSALS = web.AppKey("liveroom.refusals", RefusalLog)  # one per node: its rate-limited refusal lines
+
 SDP_TYPE = "application/sdp"
 MAX_BODY = protocol.MAX_SDP_LEN
 
-_STATUS: dict[ErrorCode, int] = {
-    ErrorCode.AUTH_REQUIRED: 401,
-    ErrorCode.TOKEN_INVALID: 401,
-    ErrorCode.TOKEN_EXPIRED: 401,
-    ErrorCode.WRONG_ROOM: 403,
-    ErrorCode.MEDIA_FORBIDDEN: 403,
-    ErrorCode.BAD_FIELD: 400,
-    ErrorCode.MEDIA_BAD_SDP: 400,
-    ErrorCode.MEDIA_UNSUPPORTED: 422,
-    ErrorCode.MEDIA_TOO_MANY_TRACKS: 422,
-    ErrorCode.MEDIA_ALREADY_PUBLISHING: 409,
-    ErrorCode.MEDIA_BAD_STATE: 409,
-    ErrorCode.MEDIA_NO_MEDIA: 409,
-    ErrorCode.MEDIA_TOO_MANY_PUBLISHERS: 503,
-    ErrorCode.MEDIA_TOO_MANY_VIEWERS: 503,
-    ErrorCode.MEDIA_UNAVAILABLE: 503,
-    ErrorCode.MEDIA_WRONG_NODE: 421,
-}
-RETRY_AFTER = "10"  # seconds, on 503 (limits): RFC 9725 section 4.6
-
-_CORS = {
+CORS = {  # Bearer tokens, never cookies: any origin may call (Host is checked instead)
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
     "Access-Control-Expose-Headers": "Location",
 }
+_HTTP_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.BODY_TOO_LARGE,
+    415: ErrorCode.BAD_CONTENT_TYPE,
+}
 
 
-def _error(error: ProtocolError) -> web.Response:
-    status = _STATUS.get(error.code, 500)
-    headers = dict(_CORS)
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="liveroom"'
-    if status == 503:
-        headers["Retry-After"] = RETRY_AFTER
-    body = {"code": int(error.code), "error": error.code.name, "msg": error.message}
-    return web.Response(
-        status=status, text=json.dumps(body), content_type="application/json", headers=headers
-    )
+def door_of(path: str) -> Door:
+    if path.startswith("/whip/"):
+        return WHIP
+    if path.startswith("/whep/"):
+        return WHEP
+    if path.startswith("/api/rooms/"):
+        return STATS
+    return ADMIN
+
+
+def _refused(request: web.Request, error: ProtocolError) -> web.Response:
+    line = f"{request.method} {request.path[:80]} {error.code.name}"
+    request.app[REFUSALS].refused(line, asyncio.get_running_loop().time())
+    return http_error(error, CORS)
+
+
+@web.middleware
+async def _answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer of this port: CORS headers, refusals as JSON, never a traceback for a client."""
+    try:
+        response = await handler(request)
+    except ProtocolError as error:
+        return _refused(request, error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
+        error = ProtocolError(code, exc.reason)
+        response = _refused(request, error)
+        response.set_status(exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except BrokerUnavailable:
+        error = ProtocolError(ErrorCode.BROKER_UNAVAILABLE, "broker unavailable: retry", retry_after=1)
+        return _refused(request, error)
+    except ConnectionError:  # the client went away mid-request: its doing, not a server fault
+        return _refused(request, ProtocolError(ErrorCode.BAD_REQUEST, "connection lost"))
+    except Exception:  # a server bug: logged in full, the client gets a plain 500
+        log.exception("error handling %s %s", request.method, request.path[:80])
+        return http_error(ProtocolError(ErrorCode.INTERNAL, "internal error"), CORS)
+    response.headers.update(CORS)
+    return response
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with malformed requests answered in JSON and logged
+    rate-limited (aiohttp logs each at ERROR with a traceback)."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        detail = (message or "bad request").splitlines()[0][:120]
+        refusals = getattr(self._manager, "refusals", None)
+        if refusals is not None:
+            refusals.refused(f"malformed request from {request.remote}: {detail}", self._loop.time())
+        code = _HTTP_CODES.get(status, ErrorCode.BAD_REQUEST)
+        response = web.Response(status=status, text=error_body(code, detail), content_type="application/json")
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    refusals: RefusalLog
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """AppRunner whose connections use _Handler (aiohttp builds RequestHandler itself)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        timed = _Server(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **self._kwargs,
+        )
+        timed.refusals = self.app[REFUSALS]
+        return timed
 
 
 class MediaHttp:
     """The aiohttp application and its runner: POST/DELETE /whip/<room>[/<id>], /whep/<room>[/<id>]."""
 
-    def __init__(self, config: Config, media: MediaGateway, hub: Hub) -> None:
+    def __init__(self, config: Config, guard: Guard, media: MediaGateway, hub: Hub) -> None:
         self.config = config
+        self.guard = guard  # every door's authorisation (docs/API.md "Doors")
         self.media = media
         self.hub = hub
-        self.app = web.Application(client_max_size=MAX_BODY)
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_answers, self._host])
+        self.app[REFUSALS] = RefusalLog(log)
         for kind in ("whip", "whep"):
             self.app.router.add_route("POST", f"/{kind}/{{room}}", self._post)
             self.app.router.add_route("OPTIONS", f"/{kind}/{{room}}", self._options)
@@ -85,7 +168,14 @@ class MediaHttp:
 
     async def start(self, host: str, port: int) -> int:
         """Listen and return the bound port (port 0: any free port)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = _Runner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            # also the header timeout: a connection that has not sent a whole request by then is
+            # closed (aiohttp arms it when the connection opens), like the WS port's open timeout
+            keepalive_timeout=self.config.join_timeout,
+        )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port)
         await self._site.start()
@@ -99,43 +189,48 @@ class MediaHttp:
 
     # -- handlers ------------------------------------------------------------------------
 
-    def _identity(self, request: web.Request) -> auth.Identity:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ProtocolError(ErrorCode.AUTH_REQUIRED, "Authorization: Bearer <token> required")
+    @web.middleware
+    async def _host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """DNS rebinding: every path of this port checks Host first."""
+        self.guard.request_allowed(door_of(request.path), request.headers)
+        return await handler(request)
+
+    async def _identity(self, request: web.Request, door: Door, *, new_session: bool) -> Any:
         room = request.match_info["room"]
         if not protocol.valid_id(room):
             raise ProtocolError(ErrorCode.BAD_FIELD, "not a valid room id")
-        return auth.verify(self.config.secret, token.strip(), room)
+        ip = request.remote or "?"
+        return await self.guard.authorize(
+            door, ip, bearer(request.headers.get("Authorization", "")), room, new_session=new_session
+        )
 
     async def _post(self, request: web.Request) -> web.Response:
-        kind = request.path.split("/", 2)[1]
+        door = door_of(request.path)
         try:
-            who = self._identity(request)
+            who = await self._identity(request, door, new_session=True)
             if request.content_type != SDP_TYPE:
-                return web.Response(status=415, text="Content-Type must be application/sdp", headers=_CORS)
-            sdp = await request.text()
+                raise ProtocolError(ErrorCode.BAD_CONTENT_TYPE, "Content-Type must be application/sdp")
+            try:
+                sdp = (await request.read()).decode()
+            except UnicodeDecodeError:
+                raise ProtocolError(ErrorCode.MEDIA_BAD_SDP, "the offer is not UTF-8") from None
             if not sdp.strip():
                 raise ProtocolError(ErrorCode.MEDIA_BAD_SDP, "empty offer")
             gateway = self.media
-            if kind == "whip":
-                rid, answer = await gateway.whip(who, who.room, sdp)
+            ip = request.remote or "?"
+            if door is WHIP:
+                rid, answer = await gateway.whip(who, who.room, sdp, ip)
             else:
-                rid, answer = await gateway.whep(who, who.room, sdp)
+                rid, answer = await gateway.whep(who, who.room, sdp, ip)
         except ProtocolError as error:
             if error.code == ErrorCode.MEDIA_WRONG_NODE:
                 owner = self._owner_url(request)
                 if owner:  # RFC 9725 4.5: redirect to the node that holds the room's media
-                    return web.Response(status=307, headers={**_CORS, "Location": owner + request.path})
-            return _error(error)
-        except web.HTTPException:
+                    return web.Response(status=307, headers={"Location": owner + request.path})
             raise
-        location = f"/{kind}/{who.room}/{rid}"
+        location = f"/{door.name}/{who.room}/{rid}"
         return web.Response(
-            status=201,
-            body=answer.encode(),
-            headers={**_CORS, "Location": location, "Content-Type": SDP_TYPE},
+            status=201, body=answer.encode(), headers={"Location": location, "Content-Type": SDP_TYPE}
         )
 
     def _owner_url(self, request: web.Request) -> str | None:
@@ -143,16 +238,16 @@ class MediaHttp:
         return view.media_url if view is not None else None
 
     async def _delete(self, request: web.Request) -> web.Response:
-        kind = request.path.split("/", 2)[1]
-        try:
-            who = self._identity(request)
-            found = await self.media.delete_resource(kind, who.room, request.match_info["rid"], who)
-        except ProtocolError as error:
-            return _error(error)
-        return web.Response(status=200 if found else 404, headers=_CORS)
+        """Ending a session is not a new one: keys and bucket only, no nonce, no ban check."""
+        door = door_of(request.path)
+        who = await self._identity(request, door, new_session=False)
+        found = await self.media.delete_resource(door.name, who.room, request.match_info["rid"], who)
+        if not found:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such session")
+        return web.Response(status=200)
 
     async def _patch(self, request: web.Request) -> web.Response:
-        return web.Response(status=405, headers={**_CORS, "Allow": "DELETE, OPTIONS"})
+        raise web.HTTPMethodNotAllowed("PATCH", ["DELETE", "OPTIONS"])
 
     async def _options(self, request: web.Request) -> web.Response:
-        return web.Response(status=204, headers={**_CORS, "Accept-Post": SDP_TYPE})
+        return web.Response(status=204, headers={"Accept-Post": SDP_TYPE})

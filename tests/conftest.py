@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import msgpack
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from server import auth
+from server import auth, metrics
 from server.app import App
 from server.config import DEFAULT_SECRET, Config
 
@@ -131,3 +132,16 @@ def start_server_process(*args: str, env: dict[str, str] | None = None) -> tuple
         raise RuntimeError(f"server did not start: {line!r}")
     port = int(line.split("http://127.0.0.1:")[1].split()[0])
     return proc, port
+
+
+@pytest.fixture
+def server_faults(caplog: pytest.LogCaptureFixture) -> Any:
+    """Fails the test on a server fault while it ran: any ERROR log record or traceback (the
+    server's or its libraries': websockets, aiohttp), any 4999 internal error sent to a client."""
+    internal = metrics.rejections.labels(reason="internal")
+    before = internal._value.get()
+    caplog.set_level(logging.INFO)
+    yield
+    faults = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not faults, "\n".join(f"{r.name}: {r.getMessage()}\n{r.exc_text or ''}" for r in faults)
+    assert internal._value.get() == before, "the server sent 4999 internal error"

@@ -41,6 +41,8 @@ from tests.conftest import SECRET, token
 class FakePeer:
     """What the guard and the state machine touch on a connection; records refusals it performs."""
 
+    closing = False
+
     def __init__(self) -> None:
         self.ws = SimpleNamespace(remote_address=("10.0.0.1", 5000))
         self.identity: auth.Identity | None = None

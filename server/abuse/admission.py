@@ -1,4 +1,4 @@
-"""Connection caps, join admission control and the Origin allow-list.
+"""Connection caps, join admission control and the Origin and Host allow-lists.
 
 A flood of connections or joins must get a fast, cheap "no" instead of making
 every join slower: caps on concurrent connections per IP and per user, and a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -124,3 +125,33 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
         return True
     netloc = urlsplit(origin).netloc
     return bool(netloc) and host is not None and netloc == host.strip().lower()
+
+
+def host_name(value: str) -> str:
+    """The host part of a Host header or netloc, lower case, without port or IPv6 brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def parse_hosts(spec: str, own: list[str]) -> tuple[frozenset[str], bool]:
+    """(allowed host names, allow any): `--allowed-hosts a,b` (or `*`) plus the node's own names."""
+    items = {host_name(item) for item in [*spec.split(","), *own] if item.strip()}
+    return frozenset(items - {"*"}), "*" in {item.strip() for item in spec.split(",")}
+
+
+def host_allowed(host: str | None, allowed: frozenset[str], any_host: bool) -> bool:
+    """DNS rebinding: a page on evil.example whose name now resolves to this server sends
+    `Host: evil.example`. A name must be one of ours; an IP literal cannot be rebound.
+    No Host header: not a browser (browsers always send it)."""
+    if host is None or any_host:
+        return True
+    name = host_name(host)
+    if name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -9,6 +9,10 @@ Per message: action buckets: connection, user, IP (after decoding) -> 4300
 Per join:    IP join bucket, admission gate, token (keys, nonce),
              user join bucket, user connection cap, ban/kick       -> 4308/4302/41xx/4306/4301/4402/4403
 Per connection: IP connection cap (first thing in the handler)     -> 4301
+Per request: Host allow-list (DNS rebinding), Origin allow-list    -> HTTP 403
+
+The HTTP doors (WHIP, WHEP, stats, admin: server.abuse.doors.DOORS) call `authorize`,
+which runs the same checks in the same order for what each door declares.
 
 Every rejection raises ProtocolError; Client.reject sends the error frame,
 counts it, and asks `on_reject` whether a connection that keeps being
@@ -19,15 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import secrets
+import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from server import auth, protocol
 from server.abuse import metrics as abuse_metrics
-from server.abuse.admission import ConcurrencyCap, JoinGate, LoopLag, origin_allowed, parse_origins
+from server.abuse.admission import (
+    ConcurrencyCap,
+    JoinGate,
+    LoopLag,
+    host_allowed,
+    origin_allowed,
+    parse_hosts,
+    parse_origins,
+)
 from server.abuse.connstate import ConnState
 from server.abuse.content import (
     REJECT,
@@ -38,6 +53,7 @@ from server.abuse.content import (
     has_contact_spam,
     normalise,
 )
+from server.abuse.doors import Door
 from server.abuse.moderation import Moderation, sanction_error
 from server.abuse.ratelimit import (
     BucketTable,
@@ -49,20 +65,35 @@ from server.abuse.ratelimit import (
     reconcile,
 )
 from server.abuse.tokens import Keyring, nonce_of
-from server.config import ConfigError
+from server.broker.base import Sanction
+from server.config import Config, ConfigError
 from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from websockets.http11 import Request
-
     from server.broker.base import Broker
-    from server.config import Config
     from server.peer import Peer
 
 log = logging.getLogger("liveroom.abuse")
 
 PENALTY_MAX = 1.0  # seconds a rate-limited connection goes unread, at most
 STRIKE_RATE = 2.0  # rejections forgiven per second once a connection has used its strikes
+
+
+def one_header(headers: Any, name: str) -> str | None:
+    """A header that must appear at most once (Host, Origin): two of them are a 400.
+    `headers`: websockets' Headers (get_all) or aiohttp's CIMultiDictProxy (getall)."""
+    values = headers.get_all(name) if hasattr(headers, "get_all") else headers.getall(name, [])
+    if len(values) > 1:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"more than one {name} header")
+    return values[0] if values else None
+
+
+def _own_hosts(config: Config, origins: frozenset[str]) -> list[str]:
+    """Names this node answers to without --allowed-hosts: localhost, its bind name, the
+    media URL's host, the allowed origins' hosts, the machine's name."""
+    names = ["localhost", config.host, socket.gethostname()]
+    names += [urlsplit(url).netloc for url in (config.media_url, *origins) if url]
+    return [name for name in names if name]
 
 
 def _remote_ip(client: Peer) -> str:
@@ -105,6 +136,7 @@ class Guard:
         self.lag = LoopLag()
         self.gate = JoinGate(config.max_joins_inflight, config.max_loop_lag, lambda: self.lag.value)
         self.origins, self.any_origin = parse_origins(config.allowed_origins)
+        self.hosts, self.any_host = parse_hosts(config.allowed_hosts, _own_hosts(config, self.origins))
         self._repeats: dict[str, RepeatTracker] = {}
         self.moderation = moderation
         self._task: asyncio.Task[None] | None = None
@@ -168,13 +200,71 @@ class Guard:
 
     # -- connections and joins -----------------------------------------------------------------
 
-    def origin_allowed(self, request: Request) -> bool:
-        """Cross-site WebSocket hijacking: refuse browsers on pages of other sites (HTTP 403)."""
-        headers = request.headers
-        if origin_allowed(headers.get("Origin"), headers.get("Host"), self.origins, self.any_origin):
-            return True
-        abuse_metrics.origin_refused.inc()
-        return False
+    def request_allowed(self, door: Door, headers: Any) -> None:
+        """Host allow-list (DNS rebinding), then, where the door checks it, the Origin allow-list
+        (cross-site WebSocket hijacking); refusals are HTTP 403 before anything else runs."""
+        host, origin = one_header(headers, "Host"), one_header(headers, "Origin")
+        if door.host_check and not host_allowed(host, self.hosts, self.any_host):
+            abuse_metrics.host_refused.inc()
+            raise ProtocolError(ErrorCode.HOST_FORBIDDEN, "host not allowed")
+        if door.origin_check and not origin_allowed(origin, host, self.origins, self.any_origin):
+            abuse_metrics.origin_refused.inc()
+            raise ProtocolError(ErrorCode.ORIGIN_FORBIDDEN, "origin not allowed")
+
+    async def authorize(
+        self, door: Door, ip: str, token: str | None, room: str | None = None, *, new_session: bool = True
+    ) -> auth.Identity | None:
+        """The HTTP doors' authorisation (the WebSocket's is `admit`, same checks and order).
+
+        IP join bucket, then the credential the door takes (None: the admin token), then for a
+        new session the user join bucket and the join nonce, then bans and kicks in the room.
+        """
+        now = self.clock()
+        if "ip" in door.rate:
+            self._join_rate("ip", ip, now)
+        if door.credential != "room" and token and self.is_admin(token):
+            return None
+        if door.credential == "admin":
+            try:  # a signed room token is a known caller without the admin right: 403, not 401
+                self.keyring.verify(token, None)
+            except ProtocolError as error:
+                raise ProtocolError(error.code, "admin token required") from None
+            raise ProtocolError(ErrorCode.FORBIDDEN, "admin token required")
+        who = self.keyring.verify(token, room)
+        if door.credential == "host_or_admin" and who.role != "host":
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only a host of this room or an admin")
+        if new_session:
+            if "user" in door.rate:
+                self._join_rate("user", who.uid, now)
+            if door.nonce:
+                await self._claim_nonce(token)
+        if new_session and door.sanctions:  # ending a session (DELETE) needs no ban check
+            self._sanctioned(await self.broker.sanctions(who.room, who.uid))
+        return who
+
+    def is_admin(self, token: str) -> bool:
+        """The admin token, compared in constant time; never when the admin API is off."""
+        admin = self.config.admin_token
+        return bool(admin) and hmac.compare_digest(admin.encode(), token.encode())
+
+    async def _claim_nonce(self, token: str | None) -> None:
+        """With --join-nonce a token starts one session, on whichever door (shared by every node)."""
+        if self.config.join_nonce:
+            assert token is not None
+            jti, ttl = nonce_of(token)
+            if not await self.broker.claim_nonce(jti, ttl):
+                raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
+
+    @staticmethod
+    def _sanctioned(sanctions: list[Sanction]) -> float:
+        """Raise for a ban or kick; else when a mute ends (epoch seconds, inf: until lifted, 0: none)."""
+        muted = 0.0
+        for sanction in sanctions:
+            if sanction.kind == "mute":
+                muted = math.inf if sanction.until is None else sanction.until / 1000
+            else:
+                raise sanction_error(sanction)
+        return muted
 
     def connect(self, client: Peer) -> None:
         """First thing in a connection's handler: the per-IP connection cap."""
@@ -217,16 +307,8 @@ class Guard:
         if not self.user_cap.acquire(who.uid):
             raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
         state.uid = who.uid
-        if self.config.join_nonce:
-            assert token is not None
-            jti, ttl = nonce_of(token)
-            if not await self.broker.claim_nonce(jti, ttl):
-                raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
-        for sanction in await self.broker.sanctions(who.room, who.uid):
-            if sanction.kind == "mute":
-                state.muted_until = math.inf if sanction.until is None else sanction.until / 1000
-            else:
-                raise sanction_error(sanction)
+        await self._claim_nonce(token)
+        state.muted_until = self._sanctioned(await self.broker.sanctions(who.room, who.uid))
         return who
 
     def joined(self, client: Peer) -> None:

@@ -19,3 +19,4 @@ danmaku_shed = Counter(
 )
 moderation_actions = Counter("liveroom_moderation_actions_total", "Moderation actions applied", ["action"])
 origin_refused = Counter("liveroom_origin_refused_total", "WebSocket handshakes refused for their Origin")
+host_refused = Counter("liveroom_host_refused_total", "requests refused for their Host (DNS rebinding)")

@@ -1,6 +1,9 @@
 """The operator endpoints (docs/API.md), mounted by the composition root (server.app) on the
 aiohttp app that also serves WHIP/WHEP.
 
+Who may call: each handler first asks the Guard (`Guard.authorize` with the STATS or ADMIN
+door: Host, per-IP bucket, admin token or a host token of the room); refusals and bad input
+raise ProtocolError, answered as JSON by the port's middleware (server.whip).
 Rooms and counts come from the hub's view, system messages go through the room outbox
 (sequenced like any event), sanctions through the broker (so every node applies them),
 stats through the analytics recorder.
@@ -9,33 +12,32 @@ stats through the analytics recorder.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from server import protocol
+from server.abuse.doors import ADMIN, STATS, Door, bearer
 from server.abuse.moderation import ADMIN_ACTIONS, Moderation
-from server.admin.access import VERIFY_KEY, require_admin, require_host_or_admin
-from server.broker.base import BrokerUnavailable
+from server.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
+    from server.abuse.guard import Guard
     from server.analytics.recorder import Analytics
     from server.broker.base import Broker
     from server.config import Config
     from server.hub import Hub
     from server.node import Node
 
-Verify = Callable[[str | None, str | None], Any]
-
 MAX_SYSTEM_TEXT = 500
 MAX_SANCTION_ROOMS = 100  # one broker write each
+MAX_SANCTION_SECONDS = 10 * 365 * 86400  # 10 years; a sanction without duration takes the default
+MAX_JSON_DEPTH = 8  # admin bodies are flat objects
 
 
 def add_admin_routes(app: web.Application, api: AdminApi) -> None:
-    app[VERIFY_KEY] = api.verify
     app.router.add_get("/api/rooms/{room}/stats", api.stats)
     app.router.add_get("/api/admin/rooms", api.rooms)
     app.router.add_post("/api/admin/rooms/{room}/close", api.close_room)
@@ -43,55 +45,52 @@ def add_admin_routes(app: web.Application, api: AdminApi) -> None:
     app.router.add_post("/api/admin/users/{uid}/sanction", api.sanction)
     app.router.add_get("/api/admin/health", api.health)
     app.router.add_route("OPTIONS", "/api/{tail:.*}", _preflight)
-    app.middlewares.append(_cors)
-
-
-_CORS = {  # Bearer tokens, never cookies: any origin may call (the dashboard is on the WS port)
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-}
 
 
 async def _preflight(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers=_CORS)
-
-
-@web.middleware
-async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS headers on every /api/ answer, errors included, so a browser can read them."""
-    if not request.path.startswith("/api/"):
-        return await handler(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as error:
-        error.headers.update(_CORS)
-        raise
-    response.headers.update(_CORS)
-    return response
+    return web.Response(status=204)  # CORS headers: the port's middleware (server.whip)
 
 
 def _room(request: web.Request) -> str:
     room = request.match_info["room"]
     if not protocol.valid_id(room):
-        raise web.HTTPBadRequest(text='{"error":"not a valid room id"}', content_type="application/json")
+        raise _bad("not a valid room id")
     return room
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """Whether `value` nests at most `limit` levels (checked iteratively: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level > limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return True
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
+    """A JSON object: strict UTF-8, no NaN/Infinity, shallow; anything else is 400."""
+    raw = await request.read()
+    if raw.count(b"[") + raw.count(b"{") > 1000:  # json.loads recurses: refuse deep nesting unread
+        raise _bad("JSON body nested too deeply")
     try:
-        body = await request.json()
-    except ValueError:
+        body = json.loads(raw.decode(), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         body = None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text='{"error":"JSON object body required"}', content_type="application/json"
-        )
+    if not isinstance(body, dict) or not _depth(body, MAX_JSON_DEPTH):
+        raise _bad("JSON object body required")
     return body
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_FIELD, message)
 
 
 class AdminApi:
@@ -103,7 +102,7 @@ class AdminApi:
         node: Node,
         analytics: Analytics,
         moderation: Moderation,
-        verify: Verify,
+        guard: Guard,
     ) -> None:
         self.config = config
         self.broker = broker
@@ -111,19 +110,23 @@ class AdminApi:
         self.node = node  # readiness and draining
         self.analytics = analytics
         self.moderation = moderation  # every action: system messages, closes, sanctions
-        self.verify = verify  # the guard's keyring: host tokens signed with any key
+        self.guard = guard  # every caller is authorised by the guard (docs/API.md "Doors")
 
-    def _admin(self, request: web.Request) -> None:
-        require_admin(request, self.config.admin_token)
+    async def _authorize(self, request: web.Request, door: Door, room: str | None = None) -> None:
+        token = bearer(request.headers.get("Authorization", ""))
+        await self.guard.authorize(door, request.remote or "?", token, room)
+
+    async def _admin(self, request: web.Request) -> None:
+        await self._authorize(request, ADMIN)
 
     async def stats(self, request: web.Request) -> web.Response:
         room = _room(request)
-        require_host_or_admin(request, self.config.admin_token, self.verify, room)
+        await self._authorize(request, STATS, room)
         return web.json_response(await self.analytics.stats(room))
 
     async def rooms(self, request: web.Request) -> web.Response:
         """This node's rooms (those with a local connection or media) and their counts."""
-        self._admin(request)
+        await self._admin(request)
         out = [
             {
                 "room": room.room_id,
@@ -142,13 +145,13 @@ class AdminApi:
     async def close_room(self, request: web.Request) -> web.Response:
         """A sequenced `system` event every node delivers, then this node's connections of the
         room close with 4410 (Moderation.close_room). Other nodes' viewers get the event."""
-        self._admin(request)
+        await self._admin(request)
         room_id = _room(request)
         closed = await self.moderation.close_room(room_id)
         return web.json_response({"room": room_id, "closed": closed})
 
     async def system(self, request: web.Request) -> web.Response:
-        self._admin(request)
+        await self._admin(request)
         room_id = _room(request)
         text = (await _body(request)).get("text")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_SYSTEM_TEXT:
@@ -158,7 +161,7 @@ class AdminApi:
 
     async def sanction(self, request: web.Request) -> web.Response:
         """Mute/unmute/ban/unban one user in several rooms at once (Moderation.admin_sanction)."""
-        self._admin(request)
+        await self._admin(request)
         uid = request.match_info["uid"]
         body = await _body(request)
         action, rooms, duration = body.get("action"), body.get("rooms"), body.get("duration")
@@ -171,19 +174,18 @@ class AdminApi:
         ):
             raise _bad(f"'rooms' must be a list of 1..{MAX_SANCTION_ROOMS} room ids")
         if duration is not None and (
-            isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0
+            isinstance(duration, bool)
+            or not isinstance(duration, (int, float))
+            or not math.isfinite(duration)
+            or not 0 < duration <= MAX_SANCTION_SECONDS
         ):
-            raise _bad("'duration' must be positive seconds")
-        try:
-            until = await self.moderation.admin_sanction(rooms, uid, action, duration)
-        except BrokerUnavailable:
-            return web.json_response(
-                {"error": "broker unavailable: retry"}, status=503, headers={"Retry-After": "1"}
-            )
+            raise _bad(f"'duration' must be 0..{MAX_SANCTION_SECONDS} seconds (omit: the default)")
+        # BrokerUnavailable: 503 with Retry-After (the port's middleware)
+        until = await self.moderation.admin_sanction(rooms, uid, action, duration)
         return web.json_response({"uid": uid, "action": action, "rooms": rooms, "until": until})
 
     async def health(self, request: web.Request) -> web.Response:
-        self._admin(request)
+        await self._admin(request)
         node = self.node
         body = {
             "node": node.node_id,

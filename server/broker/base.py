@@ -1,10 +1,11 @@
-"""The broker interface: everything a node shares with other nodes goes through it.
+"""The broker's interfaces: everything a node shares with other nodes goes through them.
 
-A node never talks to another node directly. It publishes one sequenced batch
-per room per tick, receives batches of rooms it has local viewers in, and asks
-the broker for shared state (like totals, online counts, history, DMs). The
-in-memory broker implements it for one node; a Redis broker implements it for
-many. Modelled on Centrifugo's split of node / broker / history.
+A node never talks to another node directly. It publishes one sequenced batch per room per
+tick and receives the batches of rooms it has local viewers in (RoomStream: publish,
+subscribe, history, recovery, presence counts), stores and receives DMs (Inbox), and checks
+sanctions and limits (Sanctions). Each part has an in-memory version (one node) and a Redis
+one (many); `Broker` is the facade a node holds. Modelled on centrifuge, which keeps its
+Broker (publish + history, atomic for stream positions) apart from its PresenceManager.
 """
 
 from __future__ import annotations
@@ -94,21 +95,12 @@ def dm_id_key(dm_id: str) -> tuple[int, int]:
     return int(ms), int(n or 0)
 
 
-class Broker(ABC):
-    node_id: str
+class RoomStream(ABC):
+    """A room's event stream: sequence and publish each tick, deliver batches to subscribed
+    nodes, keep history for recovery. Presence counts live here too: a `presence` event is
+    sequenced with the tick that changed it (server/sequencing.py), in one atomic step."""
+
     on_room_reset: RoomResetHandler | None = None  # set by the node
-
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        """Connect; the in-memory broker has nothing to do."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Disconnect and release resources."""
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-    # -- rooms -----------------------------------------------------------------
 
     @abstractmethod
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
@@ -127,13 +119,12 @@ class Broker(ABC):
         now: int,
         joined: Sequence[str] = (),
     ) -> None:
-        """Sequence and publish one tick of a room.
+        """Sequence and publish one tick of a room (server/sequencing.py's rule).
 
-        Adds the like total (after adding likes_delta) and the online count
-        (after recording this node's local count) as events, assigns each event
-        the room's next sequence number, keeps them in history and delivers the
-        batch, encoded once, to every subscribed node. `joined`: uids that joined
-        locally this tick, for the room's unique-viewer count.
+        Adds the like total (after adding likes_delta) and the online count (after recording
+        this node's local count) as events, assigns each event the room's next sequence
+        number, keeps them in history and delivers the batch, encoded once, to every
+        subscribed node. `joined`: uids that joined locally this tick (unique viewers).
         """
 
     async def publish_many(self, publishes: Sequence[Publish]) -> None:
@@ -146,7 +137,10 @@ class Broker(ABC):
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
         """Events after seq, or None when they are no longer all kept (or the epoch changed)."""
 
-    # -- users (direct messages) ---------------------------------------------------
+
+class Inbox(ABC):
+    """Direct messages: stored per recipient until acknowledged, delivered live where the
+    recipient is connected."""
 
     @abstractmethod
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
@@ -170,12 +164,14 @@ class Broker(ABC):
     async def ack_dm(self, user_id: str, dm_id: str) -> None:
         """The user has seen every DM up to dm_id: drop them from its backlog."""
 
-    # -- abuse: sanctions, DM blocks, join nonces, rate-limit usage (server.abuse) -------------
-    # MemoryBroker keeps them in its process (complete for one node); RedisBroker shares them, so
-    # a ban on one node applies on every node at once. None of them may raise on a broker
-    # outage except put_sanction/set_dm_block (BrokerUnavailable: the moderator retries).
 
-    # True when other nodes share this broker: the guard then reconciles per-user rate limits.
+class Sanctions(ABC):
+    """Sanctions and limits (server.abuse): bans/mutes/kicks, DM blocks, one-time join nonces,
+    per-user rate-limit usage. The memory version is complete for one node; the Redis one
+    shares them, so a ban on one node applies on every node at once. None of them may raise
+    on an outage except put_sanction/set_dm_block (BrokerUnavailable: the moderator retries)."""
+
+    # True when other nodes share this state: the guard then reconciles per-user rate limits.
     multi_node: ClassVar[bool] = False
 
     @abstractmethod
@@ -214,3 +210,104 @@ class Broker(ABC):
         cares about (a bucket that has not refilled). Returns, for those keys, what the other
         nodes spent since this node last asked. Called about once a second, never per message.
         """
+
+
+class Broker:
+    """What a node shares with other nodes: the room stream, the inbox, sanctions and limits.
+
+    A facade over the three parts (each an interface with a memory and a Redis version), so
+    callers keep one object; new code can take the part it needs (`broker.stream`, ...).
+    Subclasses build the parts and own the connection they share.
+    """
+
+    node_id: str
+    stream: RoomStream
+    inbox: Inbox
+    limits: Sanctions
+
+    async def start(self) -> None:
+        """Connect; the in-memory broker has nothing to do."""
+
+    async def close(self) -> None:
+        """Disconnect and release resources."""
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def multi_node(self) -> bool:
+        return self.limits.multi_node
+
+    @property
+    def on_room_reset(self) -> RoomResetHandler | None:
+        return self.stream.on_room_reset
+
+    @on_room_reset.setter
+    def on_room_reset(self, handler: RoomResetHandler | None) -> None:
+        self.stream.on_room_reset = handler
+
+    # -- room stream ----------------------------------------------------------------
+
+    async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
+        return await self.stream.subscribe(room_id, handler)
+
+    async def unsubscribe(self, room_id: str) -> None:
+        await self.stream.unsubscribe(room_id)
+
+    async def publish(
+        self,
+        room_id: str,
+        events: list[Event],
+        likes_delta: int,
+        local_online: int | None,
+        now: int,
+        joined: Sequence[str] = (),
+    ) -> None:
+        await self.stream.publish(room_id, events, likes_delta, local_online, now, joined)
+
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        await self.stream.publish_many(publishes)
+
+    async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
+        return await self.stream.history_since(room_id, epoch, seq)
+
+    # -- inbox ------------------------------------------------------------------------
+
+    async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
+        return await self.inbox.subscribe_user(user_id, handler)
+
+    async def unsubscribe_user(self, user_id: str) -> None:
+        await self.inbox.unsubscribe_user(user_id)
+
+    async def send_dm(self, user_id: str, frame: bytes) -> bool:
+        return await self.inbox.send_dm(user_id, frame)
+
+    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+        return await self.inbox.store_dm(user_id, dm)
+
+    async def ack_dm(self, user_id: str, dm_id: str) -> None:
+        await self.inbox.ack_dm(user_id, dm_id)
+
+    # -- sanctions and limits ---------------------------------------------------------------
+
+    def watch_sanctions(self, handler: SanctionHandler) -> None:
+        self.limits.watch_sanctions(handler)
+
+    async def put_sanction(self, sanction: Sanction) -> None:
+        await self.limits.put_sanction(sanction)
+
+    async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
+        return await self.limits.sanctions(room_id, user_id)
+
+    async def set_dm_block(self, user_id: str, other: str, blocked: bool) -> None:
+        await self.limits.set_dm_block(user_id, other, blocked)
+
+    async def dm_blocked(self, recipient: str, sender: str) -> bool:
+        return await self.limits.dm_blocked(recipient, sender)
+
+    async def claim_nonce(self, nonce: str, ttl: float) -> bool:
+        return await self.limits.claim_nonce(nonce, ttl)
+
+    async def exchange_usage(self, usage: dict[str, float]) -> dict[str, float]:
+        return await self.limits.exchange_usage(usage)

@@ -1,7 +1,12 @@
-"""In-memory broker: one node, no Redis. The default for `serve` and the demo."""
+"""In-memory broker: one node, no Redis. The default for `serve` and the demo.
+
+One class per part of the broker (server/broker/base.py): room stream, inbox, sanctions and
+limits; MemoryBroker puts them behind the Broker facade.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import time
@@ -15,55 +20,68 @@ from server.broker.base import (
     Broker,
     DmReceipt,
     Event,
+    Inbox,
     RoomState,
+    RoomStream,
     Sanction,
     SanctionHandler,
+    Sanctions,
     UserHandler,
     dm_id_key,
 )
-from server.rooms import Room, system_event
+from server.protocol import ErrorCode, ProtocolError
+from server.rooms import Room
+from server.sequencing import StreamState, Tick, sequence
+
+DM_FULL_RETRY = 60.0  # seconds a refused DM sender is told to wait
 
 
 @dataclass
 class _Channel:
     view: Room[None]
+    stream: StreamState
     history: deque[Event]
     handler: BatchHandler | None = None
-    presence: dict[str, int] = field(default_factory=dict)
     viewers: set[str] = field(default_factory=set)  # exact here; a HyperLogLog in Redis
+    last_write: float = 0.0  # monotonic: the history expires history_ttl after it
+    expiry: asyncio.TimerHandle | None = None
 
 
-class MemoryBroker(Broker):
-    def __init__(
-        self, node_id: str = "local", history_size: int = 1000, recent_size: int = 50, dm_keep: int = 100
-    ) -> None:
+class MemoryRoomStream(RoomStream):
+    """Rooms of one node: sequenced by server/sequencing.py, history in a capped deque."""
+
+    def __init__(self, node_id: str, history_size: int, recent_size: int, history_ttl: float) -> None:
         self.node_id = node_id
         self._history_size = history_size
         self._recent_size = recent_size
-        self._dm_keep = dm_keep
+        self._history_ttl = history_ttl
         self._rooms: dict[str, _Channel] = {}
-        self._users: dict[str, UserHandler] = {}
-        # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream)
-        self._kept: dict[str, deque[tuple[str, bytes]]] = {}
-        self._dm_counter = itertools.count(1)
-        # abuse state: one process is the whole deployment, so plain dicts are complete
-        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
-        self._watchers: list[SanctionHandler] = []
-        self._blocks: dict[str, set[str]] = {}
-        self._nonces: dict[str, float] = {}  # nonce -> monotonic deadline
 
     def _channel(self, room_id: str) -> _Channel:
         channel = self._rooms.get(room_id)
         if channel is None:
             view: Room[None] = Room(room_id, recent_size=self._recent_size)
-            view.epoch = secrets.token_hex(4)
-            channel = _Channel(view=view, history=deque(maxlen=self._history_size))
+            view.epoch = secrets.token_hex(6)
+            channel = _Channel(
+                view=view,
+                stream=StreamState(view.epoch),
+                history=deque(maxlen=self._history_size),
+                last_write=time.monotonic(),
+            )
             self._rooms[room_id] = channel
         return channel
+
+    @property
+    def rooms_kept(self) -> int:
+        """Rooms whose stream (history, like total, epoch) this broker still holds."""
+        return len(self._rooms)
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
         channel = self._channel(room_id)
         channel.handler = handler
+        if channel.expiry is not None:
+            channel.expiry.cancel()
+            channel.expiry = None
         view = channel.view
         return RoomState(
             epoch=view.epoch,
@@ -79,9 +97,27 @@ class MemoryBroker(Broker):
         )
 
     async def unsubscribe(self, room_id: str) -> None:
+        """Nobody here follows the room: its stream is forgotten history_ttl after its last event
+        (as Redis expires a room's history); a resume after that gets a fresh snapshot."""
         channel = self._rooms.get(room_id)
         if channel is not None:
             channel.handler = None
+            self._schedule_expiry(room_id, channel)
+
+    def _schedule_expiry(self, room_id: str, channel: _Channel) -> None:
+        if channel.expiry is not None:
+            channel.expiry.cancel()
+        delay = max(0.0, channel.last_write + self._history_ttl - time.monotonic())
+        channel.expiry = asyncio.get_running_loop().call_later(delay, self._expire, room_id, channel)
+
+    def _expire(self, room_id: str, channel: _Channel) -> None:
+        channel.expiry = None
+        if self._rooms.get(room_id) is not channel or channel.handler is not None:
+            return
+        if time.monotonic() - channel.last_write < self._history_ttl:
+            self._schedule_expiry(room_id, channel)  # written to since the timer was set
+            return
+        del self._rooms[room_id]
 
     async def publish(
         self,
@@ -93,22 +129,20 @@ class MemoryBroker(Broker):
         joined: Sequence[str] = (),
     ) -> None:
         channel = self._channel(room_id)
-        view = channel.view
         channel.viewers.update(joined)
-        if likes_delta:
-            events.append(system_event("likes", now, total=view.likes_total + likes_delta, delta=likes_delta))
-        if local_online is not None:
-            channel.presence[self.node_id] = local_online
-            online = sum(channel.presence.values())
-            events.append(system_event("presence", now, online=online, unique=len(channel.viewers)))
-        seq = view.seq
-        for event in events:
-            seq += 1
-            event["seq"] = seq
-        view.apply(view.epoch, events)
-        channel.history.extend(events)
+        tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=len(channel.viewers))
+        sequenced, channel.stream = sequence(channel.stream, tick, channel.view.epoch)
+        if not sequenced:
+            return
+        view = channel.view
+        view.apply(view.epoch, sequenced)
+        channel.history.extend(sequenced)
+        channel.last_write = time.monotonic()
         if channel.handler is not None:
-            channel.handler(room_id, view.epoch, protocol.batch_frame(room_id, events), events)
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch)
+            channel.handler(room_id, view.epoch, frame, sequenced)
+        elif channel.expiry is None:
+            self._schedule_expiry(room_id, channel)
 
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
         channel = self._rooms.get(room_id)
@@ -119,10 +153,33 @@ class MemoryBroker(Broker):
         history = channel.history
         if not history or history[0]["seq"] > seq + 1:
             return None  # the oldest missed event was already dropped
-        return [e for e in history if e["seq"] > seq]
+        missed = [e for e in history if e["seq"] > seq]
+        if missed[0].get("ts", 0) < protocol.now_ms() - self._history_ttl * 1000:
+            return None  # older than the history TTL, as with Redis
+        return missed
+
+
+class MemoryInbox(Inbox):
+    """DMs of one node: kept per user until acknowledged (Redis: a capped stream)."""
+
+    def __init__(self, dm_keep: int, dm_store_users: int, dm_store_bytes: int, dm_ttl: int) -> None:
+        self._dm_keep = dm_keep
+        self._users: dict[str, UserHandler] = {}
+        # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream).
+        # Bounded in total (users, bytes) and in time: DMs to 20,000 users who never come back
+        # must not grow the process without end; a DM past the bound is refused (4502).
+        self._kept: dict[str, deque[tuple[str, bytes]]] = {}
+        self._dm_users_max = dm_store_users
+        self._dm_bytes_max = dm_store_bytes
+        self._dm_ttl_ms = dm_ttl * 1000
+        self.dm_bytes = 0
+        self._dm_count = 0
+        self._dm_order: deque[tuple[int, str, str]] = deque()  # (expires ms, user, dm id), oldest first
+        self._dm_counter = itertools.count(1)
 
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
         self._users[user_id] = handler
+        self._expire(protocol.now_ms())
         return [frame for _, frame in self._kept.get(user_id, ())]
 
     async def unsubscribe_user(self, user_id: str) -> None:
@@ -133,21 +190,64 @@ class MemoryBroker(Broker):
         if handler is not None:
             handler(user_id, frame)
             return True
-        self._keep(user_id, self._next_dm_id(), frame)
+        if self._has_room(user_id, len(frame)):  # best effort (invitations): not kept when full
+            self._keep(user_id, self._next_dm_id(), frame)
         return False
 
     def _next_dm_id(self) -> str:
         return f"{protocol.now_ms()}-{next(self._dm_counter)}"
 
+    def _has_room(self, user_id: str, size: int) -> bool:
+        self._expire(protocol.now_ms())
+        if user_id not in self._kept and len(self._kept) >= self._dm_users_max:
+            return False
+        return self.dm_bytes + size <= self._dm_bytes_max
+
     def _keep(self, user_id: str, dm_id: str, frame: bytes) -> None:
         kept = self._kept.get(user_id)
         if kept is None:
-            kept = self._kept[user_id] = deque(maxlen=self._dm_keep)
+            kept = self._kept[user_id] = deque()
+        if len(kept) >= self._dm_keep:
+            self.dm_bytes -= len(kept.popleft()[1])
+            self._dm_count -= 1
         kept.append((dm_id, frame))
+        self.dm_bytes += len(frame)
+        self._dm_count += 1
+        self._dm_order.append((dm_id_key(dm_id)[0] + self._dm_ttl_ms, user_id, dm_id))
+        if len(self._dm_order) > 2 * self._dm_count + 1000:
+            self._reindex()
+
+    def _expire(self, now_ms: int) -> None:
+        """Drop stored DMs older than the TTL (each user's oldest come first, like the order)."""
+        order = self._dm_order
+        while order and order[0][0] <= now_ms:
+            _, user_id, dm_id = order.popleft()
+            kept = self._kept.get(user_id)
+            if kept and kept[0][0] == dm_id:
+                self._drop_first(user_id, kept)
+
+    def _drop_first(self, user_id: str, kept: deque[tuple[str, bytes]]) -> None:
+        self.dm_bytes -= len(kept.popleft()[1])
+        self._dm_count -= 1
+        if not kept:
+            del self._kept[user_id]
+
+    def _reindex(self) -> None:
+        """The expiry order without the entries already acknowledged."""
+        entries = [
+            (dm_id_key(dm_id)[0] + self._dm_ttl_ms, user_id, dm_id)
+            for user_id, kept in self._kept.items()
+            for dm_id, _ in kept
+        ]
+        self._dm_order = deque(sorted(entries))
 
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
         dm_id = self._next_dm_id()
         frame = protocol.pack({**dm, "id": dm_id})
+        if not self._has_room(user_id, len(frame)):
+            raise ProtocolError(
+                ErrorCode.DM_STORE_FULL, "DM not sent: the message store is full", None, DM_FULL_RETRY
+            )
         self._keep(user_id, dm_id, frame)
         handler = self._users.get(user_id)
         if handler is not None:
@@ -160,11 +260,18 @@ class MemoryBroker(Broker):
             return
         upto = dm_id_key(dm_id)
         while kept and dm_id_key(kept[0][0]) <= upto:
-            kept.popleft()
-        if not kept:
-            del self._kept[user_id]
+            self._drop_first(user_id, kept)
 
-    # -- abuse ------------------------------------------------------------------------
+
+class MemorySanctions(Sanctions):
+    """Sanctions and limits of one node: one process is the whole deployment, so plain dicts
+    are complete."""
+
+    def __init__(self) -> None:
+        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
+        self._watchers: list[SanctionHandler] = []
+        self._blocks: dict[str, set[str]] = {}
+        self._nonces: dict[str, float] = {}  # nonce -> monotonic deadline
 
     def watch_sanctions(self, handler: SanctionHandler) -> None:
         self._watchers.append(handler)
@@ -217,3 +324,38 @@ class MemoryBroker(Broker):
     async def exchange_usage(self, usage: dict[str, float]) -> dict[str, float]:
         """One node: nobody else spends (the guard does not even call this: multi_node is False)."""
         return {}
+
+
+class MemoryBroker(Broker):
+    """One node, no Redis: the default for `serve` and the demo."""
+
+    stream: MemoryRoomStream
+    inbox: MemoryInbox
+    limits: MemorySanctions
+
+    def __init__(
+        self,
+        node_id: str = "local",
+        history_size: int = 1000,
+        recent_size: int = 50,
+        dm_keep: int = 100,
+        history_ttl: float = 600,
+        *,
+        dm_store_users: int = 10_000,
+        dm_store_bytes: int = 16 * 1024 * 1024,
+        dm_ttl: int = 30 * 86400,
+    ) -> None:
+        self.node_id = node_id
+        self.stream = MemoryRoomStream(node_id, history_size, recent_size, history_ttl)
+        self.inbox = MemoryInbox(dm_keep, dm_store_users, dm_store_bytes, dm_ttl)
+        self.limits = MemorySanctions()
+
+    @property
+    def rooms_kept(self) -> int:
+        """Rooms whose stream (history, like total, epoch) this broker still holds."""
+        return self.stream.rooms_kept
+
+    @property
+    def dm_bytes(self) -> int:
+        """Bytes of DMs kept for users who have not acknowledged them (bounded: dm_store_bytes)."""
+        return self.inbox.dm_bytes

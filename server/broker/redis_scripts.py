@@ -12,6 +12,7 @@ batches in sequence order and history never disagrees with what was published.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,12 +153,79 @@ def open_map(fields: dict[str, Any], last_key: str) -> bytes:
 
 
 def batch_head(room_id: str) -> bytes:
-    """`{"t": "batch", "room": room, "events": ` — the script appends the array."""
-    return map_header(3) + _pack("t") + _pack("batch") + _pack("room") + _pack(room_id) + _pack("events")
+    """`{"t": "batch", "room": room, ` — the script appends `"epoch": epoch, "events": [...]}`
+    (protocol.batch_frame's encoding, byte for byte)."""
+    return map_header(4) + _pack("t") + _pack("batch") + _pack("room") + _pack(room_id)
 
 
 def close_with(prefix: bytes, value: Any) -> bytes:
     return prefix + _pack(value)
+
+
+STICKY_KINDS = {"host": "live", "live": "on"}  # kind -> the boolean field that turns it on
+
+
+def classify(event: dict[str, Any]) -> tuple[str, str]:
+    """How the publish script files an event: d (recent danmaku), s/x (sticky on/off),
+    r (a moderator's delete: drop from recent), o (history only)."""
+    kind = event.get("t")
+    if kind == "danmaku":
+        return "d", ""
+    if kind == "delete" and isinstance(event.get("target"), int):
+        return "r", str(event["target"])
+    flag = STICKY_KINDS.get(kind or "")
+    if flag is not None:
+        return ("s" if event.get(flag) else "x"), f"{kind}:{event.get('uid')}"
+    return "o", ""
+
+
+def publish_args(
+    room_id: str,
+    keys: RoomKeys,
+    *,
+    new_epoch: str,
+    history_size: int,
+    history_ttl: int,
+    meta_ttl: int,
+    publish_cmd: str,
+    node: str,
+    local_online: int | None,
+    presence_ttl_ms: int,
+    likes: int,
+    recent_size: int,
+    now: int,
+    events: Sequence[dict[str, Any]],
+    joined: Sequence[str],
+    clock: int = -1,
+    seen: tuple[str, int] | None = None,
+) -> list[Any]:
+    """PUBLISH's ARGV for one tick (clock -1: the presence clock is Redis' TIME; seen: the
+    newest (epoch, seq) this node delivered from Redis)."""
+    args: list[Any] = [
+        new_epoch,
+        history_size,
+        history_ttl,
+        meta_ttl,
+        keys.channel,
+        publish_cmd,
+        batch_head(room_id),
+        node,
+        -1 if local_online is None else local_online,
+        presence_ttl_ms,
+        likes,
+        recent_size,
+        now,
+        len(events),
+        len(joined),
+        clock,
+        "" if seen is None else seen[0],
+        -1 if seen is None else seen[1],
+    ]
+    for event in events:
+        kind, sticky = classify(event)
+        args += [kind, sticky, open_map(event, "seq")]
+    args += joined
+    return args
 
 
 # -- scripts --------------------------------------------------------------------------------
@@ -166,22 +234,31 @@ def close_with(prefix: bytes, value: Any) -> bytes:
 # ARGV: 1 epoch if new, 2 history size, 3 history ttl s, 4 meta ttl s, 5 channel,
 #       6 publish command, 7 batch head, 8 node, 9 local online (-1: unchanged),
 #       10 presence ttl ms, 11 likes delta, 12 recent size, 13 now ms, 14 event count,
-#       15 joined count, then 3 per event (kind d|s|x|r|o, field, open map), then joined uids.
+#       15 joined count, 16 presence clock ms (-1: Redis' TIME), 17/18 the newest epoch/seq
+#       this node delivered ('' / -1: none), then 3 per event (kind d|s|x|r|o, field, open map),
+#       then joined uids.
 #       kinds: d danmaku (recent list), s/x sticky on/off (field), r delete from recent (field: seq).
 # Returns {epoch, top seq, events published}.
+# The sequencing is server/sequencing.py's rule, step for step (tests/test_sequencing.py checks it):
+# meta e/s/l/o/u is StreamState's epoch/seq/likes/online/unique, pres+beat its presence map.
 PUBLISH = r"""
-local meta, hist, recent, sticky, pres, beat, uv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local pres, beat, uv = KEYS[5], KEYS[6], KEYS[7]
 local hist_max, hist_ttl, meta_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local node, local_online, pres_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local likes_delta, recent_max, now = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local n_events, n_joined = tonumber(ARGV[14]), tonumber(ARGV[15])
+local n_events, n_joined, clock = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 
 local m = redis.call('HMGET', meta, 'e', 's', 'o', 'u')
 local epoch = m[1]
+if epoch and epoch == ARGV[17] and tonumber(m[2] or '0') < tonumber(ARGV[18]) then
+  epoch = false  -- behind what this node delivered: Redis came back from an older copy
+end
 if not epoch then
-  -- the room's history is gone (first use, expiry, a Redis that lost its data): new epoch
+  -- rule 1: the room's stream is gone (first use, expiry, a Redis that lost its data): new epoch
   epoch = ARGV[1]
-  redis.call('DEL', hist, recent, sticky)
+  redis.call('DEL', hist, recent, sticky, pres, beat)
+  redis.call('HDEL', meta, 'l', 'o', 'u')
   redis.call('HSET', meta, 'e', epoch, 's', 0)
   m = {epoch, '0', false, false}
 end
@@ -203,7 +280,8 @@ local function system(kind, a, av, b, bv)
     cmsgpack.pack(a), cmsgpack.pack(av), cmsgpack.pack(b), cmsgpack.pack(bv), cmsgpack.pack('seq')})
 end
 
-local at, pushed, touched = 16, false, false
+-- rule 2: the tick's events, in order
+local at, pushed, touched = 19, false, false
 for _ = 1, n_events do
   local kind, field, open = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   at = at + 3
@@ -231,25 +309,29 @@ if n_joined > 0 then
   redis.call('EXPIRE', uv, meta_ttl)
 end
 
+-- rule 3: likes
 if likes_delta > 0 then
   local total = redis.call('HINCRBY', meta, 'l', likes_delta)
   seal(system('likes', 'total', total, 'delta', likes_delta))
 end
 
+-- rule 4: presence
 if local_online >= 0 then
-  local t = redis.call('TIME')
-  local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if clock < 0 then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
   if local_online > 0 then
     redis.call('HSET', pres, node, local_online)
-    redis.call('ZADD', beat, rnow + pres_ttl, node)
+    redis.call('ZADD', beat, clock + pres_ttl, node)
   else
     redis.call('HDEL', pres, node)
     redis.call('ZREM', beat, node)
   end
-  local dead = redis.call('ZRANGEBYSCORE', beat, '-inf', rnow)
+  local dead = redis.call('ZRANGEBYSCORE', beat, '-inf', clock)
   if #dead > 0 then
     redis.call('HDEL', pres, unpack(dead))
-    redis.call('ZREMRANGEBYSCORE', beat, '-inf', rnow)
+    redis.call('ZREMRANGEBYSCORE', beat, '-inf', clock)
   end
   local online = 0
   for _, v in ipairs(redis.call('HVALS', pres)) do online = online + tonumber(v) end
@@ -278,18 +360,26 @@ if n < 16 then header = string.char(0x90 + n)
 elseif n < 65536 then header = string.char(0xdc, math.floor(n / 256), n % 256)
 else header = string.char(0xdd, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
                           math.floor(n / 256) % 256, n % 256) end
-redis.call(ARGV[6], ARGV[5], epoch .. '|' .. ARGV[7] .. header .. table.concat(out))
+-- the frame names its epoch, so a client can never take these seqs for another stream's
+redis.call(ARGV[6], ARGV[5], epoch .. '|' .. ARGV[7] .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
+  .. cmsgpack.pack('events') .. header .. table.concat(out))
 return {epoch, seq, n}
 """.replace("__SYS__", SYSTEM_UID)
 
-# KEYS: meta hist recent sticky
-# ARGV: 1 epoch if new, 2 history from seq (-1: none), 3 history size, 4 want state (1/0), 5 meta ttl
+# KEYS: meta hist recent sticky pres beat
+# ARGV: 1 epoch if new, 2 history from seq (-1: none), 3 history size, 4 want state (1/0), 5 meta ttl,
+#       6/7 the newest epoch/seq this node delivered ('' / -1: none; rule 1 as in PUBLISH)
 # Returns {epoch, seq, likes, online, unique, recent events, sticky events, history entries}.
 LOAD = r"""
 local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local m = redis.call('HMGET', meta, 'e', 's', 'l', 'o', 'u')
+if m[1] and m[1] == ARGV[6] and tonumber(m[2] or '0') < tonumber(ARGV[7]) then
+  m[1] = false  -- behind what this node delivered: Redis came back from an older copy
+end
 if not m[1] then
-  redis.call('DEL', hist, recent, sticky)
+  -- a new stream (rule 1 of server/sequencing.py): nothing of the old one counts
+  redis.call('DEL', hist, recent, sticky, KEYS[5], KEYS[6])
+  redis.call('HDEL', meta, 'l', 'o', 'u')
   redis.call('HSET', meta, 'e', ARGV[1], 's', 0)
   redis.call('EXPIRE', meta, ARGV[5])
   m = {ARGV[1], '0', false, false, false}

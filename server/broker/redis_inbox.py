@@ -1,0 +1,205 @@
+"""The Redis inbox: DMs stored per recipient (a capped stream) and published to its channel.
+
+`store_dm` runs one script (XADD, then PUBLISH); a node subscribes to a user's channel while
+the user has a connection there, reads the backlog once subscribed and merges it with live
+DMs by id, so each node delivers each DM once, in order. Outages: DMs are refused with
+BrokerUnavailable (nothing is acknowledged that is not stored); the backlog is caught up
+after reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from redis.exceptions import ResponseError
+
+from server import metrics, protocol
+from server.broker import redis_scripts as rs
+from server.broker.base import BrokerUnavailable, DmReceipt, Event, Inbox, UserHandler, dm_id_key
+from server.broker.redis_link import DOWN as _DOWN
+from server.broker.redis_link import Link, RedisPart
+from server.broker.shards import Call
+
+log = logging.getLogger("liveroom.broker.redis")
+
+
+@dataclass
+class _UserSub:
+    handler: UserHandler
+    pending: list[tuple[str, bytes]] | None = None  # (id, frame) held while the backlog loads
+    last: tuple[int, int] | None = None  # id of the last stored DM delivered (None: backlog owed)
+
+
+class RedisInbox(RedisPart, Inbox):
+    def __init__(self, link: Link, *, dm_keep: int, dm_ttl: int) -> None:
+        super().__init__(link)
+        self._dm_keep = dm_keep
+        self._dm_ttl = dm_ttl
+        self._dm_script = self._redis.register_script(rs.SEND_DM)
+        self._users: dict[str, _UserSub] = {}
+
+    async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
+        keys = rs.user_keys(user_id)
+        user = _UserSub(handler=handler, pending=[])
+        self._users[user_id] = user
+        channel = keys.channel.encode()
+        self._targets[channel] = ("u", user_id)
+        if self._connected:
+            try:
+                await self._listen([channel])
+                entries = await self._redis.xrange(keys.dms, "-", "+", count=self._dm_keep)
+            except _DOWN as exc:
+                self._kick(exc)
+            else:
+                frames = self._backlog(user, entries)
+                asyncio.get_running_loop().call_soon(self._flush_user, user_id, user)
+                return frames
+        user.pending = None  # the backlog is delivered once Redis is back (_catch_up)
+        return []
+
+    async def unsubscribe_user(self, user_id: str) -> None:
+        if self._users.pop(user_id, None) is not None:
+            await self._unlisten(rs.user_keys(user_id).channel.encode())
+
+    async def send_dm(self, user_id: str, frame: bytes) -> bool:
+        keys = rs.user_keys(user_id)
+        if not self._connected:
+            return False  # best effort: these frames (invitations) are not acknowledged DMs
+        try:
+            res = await self._dm_script(
+                keys=[keys.dms],
+                args=["f", frame, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 1],
+            )
+        except _DOWN as exc:
+            self._kick(exc)
+            return False
+        return int(res[1]) > 0
+
+    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+        keys = rs.user_keys(user_id)
+        if not self._connected:
+            raise BrokerUnavailable("redis is unreachable")
+        body = rs.open_map(dm, "id")
+        args = ["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 0]
+        calls: list[Call] = [(keys.dms, ("EVALSHA", self._dm_script.sha, 1, keys.dms, *args))]
+        wait = self._link._wait_replicas
+        if wait:  # same pipeline, same connection: WAIT covers this very write
+            calls.append((keys.dms, ("WAIT", wait, self._link._wait_timeout_ms)))
+        try:
+            results = await self._shards.pipelined(calls)
+        except _DOWN as exc:
+            self._kick(exc)
+            raise BrokerUnavailable(str(exc)) from exc
+        for result in results:
+            if isinstance(result, Exception):
+                self._kick(result)
+                raise BrokerUnavailable(str(result)) from result
+        res = results[0]
+        if wait and int(results[1]) < wait:
+            # stored on the primary only: a failover now could lose it, so it is not acked.
+            # The sender retries (with its cid) once a replica keeps up again.
+            metrics.broker_dm_unreplicated.inc()
+            raise BrokerUnavailable("DM not yet replicated")
+        return DmReceipt(res[0].decode(), int(res[1]) > 0)
+
+    async def ack_dm(self, user_id: str, dm_id: str) -> None:
+        keys = rs.user_keys(user_id)
+        if not self._connected:
+            raise BrokerUnavailable("redis is unreachable")
+        ms, n = dm_id_key(dm_id)
+        try:  # drop every DM up to and including dm_id
+            await self._redis.xtrim(keys.dms, minid=f"{ms}-{n + 1}", approximate=False)
+        except ResponseError:
+            pass  # an id Redis cannot represent: nothing to drop
+        except _DOWN as exc:
+            self._kick(exc)
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def _backlog(self, user: _UserSub, entries: list[Any]) -> list[bytes]:
+        frames = []
+        for raw_id, fields in entries:
+            dm_id = raw_id.decode()
+            key = dm_id_key(dm_id)
+            if user.last is not None and key <= user.last:
+                continue
+            frame = _stored_frame(dm_id, fields)
+            user.last = key
+            if frame is not None:
+                frames.append(frame)
+        if user.last is None:
+            user.last = (0, 0)
+        return frames
+
+    def _flush_user(self, user_id: str, user: _UserSub) -> None:
+        pending, user.pending = user.pending or [], None
+        for dm_id, frame in pending:
+            self._deliver_user(user_id, user, dm_id, frame)
+
+    async def _catch_up(self, user_id: str, user: _UserSub) -> None:
+        """After a reconnect: deliver the DMs stored while this node was not listening."""
+        keys = rs.user_keys(user_id)
+        try:
+            entries = await self._redis.xrange(keys.dms, "-", "+", count=self._dm_keep)
+        except _DOWN as exc:
+            self._kick(exc)
+            user.pending = None
+            return
+        if self._users.get(user_id) is not user:
+            return
+        for frame in self._backlog(user, entries):
+            user.handler(user_id, frame)
+        self._flush_user(user_id, user)
+
+    def _on_user_message(self, user_id: str, data: bytes) -> None:
+        user = self._users.get(user_id)
+        if user is None:
+            return
+        try:
+            dm_id, frame = _parse_user_message(data)
+        except ValueError as exc:
+            metrics.broker_bad_messages.inc()
+            log.warning("dropped an undecodable DM message for %s: %s", user_id, exc)
+            return
+        if user.pending is not None:
+            user.pending.append((dm_id, frame))
+        else:
+            self._deliver_user(user_id, user, dm_id, frame)
+
+    def _deliver_user(self, user_id: str, user: _UserSub, dm_id: str, frame: bytes) -> None:
+        if dm_id:  # stored DMs: at most once per node, in id order
+            key = dm_id_key(dm_id)
+            if user.last is not None and key <= user.last:
+                return
+            user.last = key
+        user.handler(user_id, frame)
+
+
+def _stored_frame(dm_id: str, fields: dict[bytes, bytes]) -> bytes | None:
+    if b"b" in fields:
+        return rs.close_with(fields[b"b"], dm_id)
+    return fields.get(b"f")
+
+
+def _parse_user_message(data: bytes) -> tuple[str, bytes]:
+    """`b<id>|<body>` (a stored DM) or `f|<frame>` (a frame delivered live only)."""
+    head, sep, payload = data.partition(b"|")
+    if not sep or head[:1] not in (b"b", b"f"):
+        raise ValueError("bad envelope")
+    dm_id = head[1:].decode("ascii", "replace")
+    if head[:1] == b"b":
+        if not protocol.valid_dm_id(dm_id):
+            raise ValueError("bad DM id")
+        frame = rs.close_with(payload, dm_id)
+    else:
+        frame = payload
+    try:
+        obj = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:
+        raise ValueError(f"undecodable frame: {type(exc).__name__}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
+        raise ValueError("not a frame")
+    return dm_id, frame

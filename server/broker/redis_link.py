@@ -1,0 +1,78 @@
+"""What every part of the Redis broker shares: one client, one pub/sub session, one outage state.
+
+RedisBroker (server/broker/redis.py) owns the connection, the pub/sub session and reconnection;
+the parts (room stream, inbox, sanctions and limits) reach them through RedisPart, so each
+part's code reads as if it owned them, and a part never holds a connection of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+from server.broker.shards import Shards
+
+# Connection failures look like any of these depending on where they happen.
+DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
+
+
+class Link(Protocol):
+    node_id: str
+    _redis: Any
+    _connected: bool
+    _publish_cmd: str
+    _targets: dict[bytes, tuple[str, str]]
+    _shards: Shards
+    _wait_replicas: int
+    _wait_timeout_ms: int
+
+    def _kick(self, exc: BaseException) -> None: ...
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+    async def _listen(self, channels: list[bytes]) -> None: ...
+    async def _unlisten(self, channel: bytes) -> None: ...
+
+
+class RedisPart:
+    """A responsibility of the Redis broker, on the broker's shared connection."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    @property
+    def node_id(self) -> str:
+        return self._link.node_id
+
+    @property
+    def _redis(self) -> Any:
+        return self._link._redis
+
+    @property
+    def _connected(self) -> bool:
+        return self._link._connected
+
+    @property
+    def _publish_cmd(self) -> str:
+        return self._link._publish_cmd
+
+    @property
+    def _shards(self) -> Shards:
+        """Per-primary connections: a tick's pipelines, a DM's WAIT (server/broker/shards.py)."""
+        return self._link._shards
+
+    @property
+    def _targets(self) -> dict[bytes, tuple[str, str]]:
+        return self._link._targets
+
+    def _kick(self, exc: BaseException) -> None:
+        self._link._kick(exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._link._spawn(coro)
+
+    async def _listen(self, channels: list[bytes]) -> None:
+        await self._link._listen(channels)
+
+    async def _unlisten(self, channel: bytes) -> None:
+        await self._link._unlisten(channel)

@@ -1,0 +1,447 @@
+"""The Redis room stream: sequencing script per tick, batches over pub/sub, history, resync.
+
+A node subscribes to a room's channel while it has local viewers. Each tick it runs one
+script per room (redis_scripts.PUBLISH, server/sequencing.py's rule in Lua) that assigns the
+sequence numbers, appends to the room's capped history stream and publishes the batch
+frame; every subscribed node decodes it once (for Room.apply) and writes the same bytes to
+its viewers. A batch that does not follow the last one seen (a gap, a new epoch) makes the
+node re-read the room from history instead of guessing. While Redis is unreachable the node
+numbers its rooms alone under a local epoch every batch names; on reconnect rooms that never
+went local and whose history covers the gap continue, the others are reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from server import metrics, protocol
+from server.broker import redis_scripts as rs
+from server.broker.base import BatchHandler, Event, Publish, RoomState, RoomStream
+from server.broker.redis_link import DOWN as _DOWN
+from server.broker.redis_link import Link, RedisPart
+from server.broker.shards import Call
+from server.rooms import Room
+from server.sequencing import NEVER, StreamState, Tick, sequence
+
+log = logging.getLogger("liveroom.broker.redis")
+
+Batch = tuple[str, bytes, list[Event]]  # (epoch, frame, events)
+
+
+@dataclass
+class _RoomSub:
+    handler: BatchHandler
+    view: Room[None]
+    pending: list[Batch] | None = None  # batches held while the room is (re)loaded
+    local: bool = False  # numbered batches alone during an outage: reset on reconnect
+    stream: StreamState | None = None  # the local numbering's state while `local`
+    redis_seen: tuple[str, int] | None = None  # while `local`: the last Redis (epoch, seq) delivered
+    local_count: int = 0  # last local online count the node reported
+    likes_owed: int = 0  # likes counted locally, not yet added in Redis
+    joined_owed: list[str] = field(default_factory=list)
+
+
+class RedisRoomStream(RedisPart, RoomStream):
+    def __init__(
+        self, link: Link, *, history_size: int, recent_size: int, history_ttl: int, presence_ttl: float
+    ) -> None:
+        super().__init__(link)
+        self._history_size = history_size
+        self._recent_size = recent_size
+        self._history_ttl = history_ttl
+        self._meta_ttl = max(history_ttl * 2, 86400)  # epoch and top seq outlive the history
+        self._presence_ttl = presence_ttl
+        self._publish_script = self._redis.register_script(rs.PUBLISH)
+        self._load_script = self._redis.register_script(rs.LOAD)
+        self._rooms: dict[str, _RoomSub] = {}
+
+    async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
+        keys = rs.room_keys(room_id)
+        sub = _RoomSub(handler=handler, view=self._new_view(room_id), pending=[])
+        self._rooms[room_id] = sub
+        channel = keys.channel.encode()
+        self._targets[channel] = ("r", room_id)
+        if self._connected:
+            try:
+                await self._listen([channel])
+                view, _ = await self._load(room_id, since=None)
+            except _DOWN as exc:
+                self._kick(exc)
+            else:
+                sub.view = view
+                # batches that came in while loading: after the node has registered the room
+                asyncio.get_running_loop().call_soon(self._flush, room_id, sub)
+                return _state_of(view)
+        # Redis is down: serve the room alone; it is re-read (and reset) on reconnect
+        sub.pending = None
+        self._go_local(sub, previous=0)
+        return _state_of(sub.view)
+
+    async def unsubscribe(self, room_id: str) -> None:
+        if self._rooms.pop(room_id, None) is not None:
+            await self._unlisten(rs.room_keys(room_id).channel.encode())
+
+    async def publish(
+        self,
+        room_id: str,
+        events: list[Event],
+        likes_delta: int,
+        local_online: int | None,
+        now: int,
+        joined: Sequence[str] = (),
+    ) -> None:
+        await self.publish_many([Publish(room_id, events, likes_delta, local_online, now, joined)])
+
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        """A whole tick in one pipeline per shard, all shards at once: no room waits on another.
+
+        Rooms that cannot reach Redis (down, or a room sequencing alone since an outage) are
+        numbered here instead, and their likes and joins stay owed.
+        """
+        staged: list[tuple[Publish, _RoomSub, int, int, list[str]]] = []
+        for p in publishes:
+            sub = self._rooms.get(p.room_id)
+            if sub is None:  # the node publishes only for rooms it holds; keep going regardless
+                sub = _RoomSub(handler=lambda *_: None, view=self._new_view(p.room_id))
+            previous = sub.local_count
+            if p.local_online is not None:
+                sub.local_count = p.local_online
+            likes, sub.likes_owed = sub.likes_owed + p.likes_delta, 0
+            uids, sub.joined_owed = [*sub.joined_owed, *p.joined], []
+            staged.append((p, sub, previous, likes, uids))
+        sent: set[int] = set()
+        remote = [i for i, (_, sub, *_rest) in enumerate(staged) if self._connected and not sub.local]
+        if remote:
+            calls = []
+            for i in remote:
+                p, sub, _, likes, uids = staged[i]
+                calls.append(
+                    self._publish_call(p.room_id, p.events, likes, p.local_online, p.now, uids, _seen(sub))
+                )
+            try:
+                results = await self._shards.pipelined(calls)
+            except _DOWN as exc:
+                self._kick(exc)
+            else:
+                metrics.broker_tick_pipelines.inc()
+                for i, result in zip(remote, results, strict=True):
+                    if isinstance(result, Exception):
+                        self._kick(result)
+                    else:
+                        sent.add(i)
+        for i, (p, sub, previous, likes, uids) in enumerate(staged):
+            if i in sent:
+                continue
+            sub.likes_owed += likes
+            sub.joined_owed = uids[-10_000:]
+            self._publish_locally(p.room_id, sub, p.events, p.likes_delta, p.local_online, previous, p.now)
+
+    def _publish_call(
+        self,
+        room_id: str,
+        events: list[Event],
+        likes: int,
+        local_online: int | None,
+        now: int,
+        joined: Sequence[str],
+        seen: tuple[str, int] | None,
+    ) -> Call:
+        """The EVALSHA of one room's publish, routed by the room's hash tag."""
+        keys = rs.room_keys(room_id)
+        args = rs.publish_args(
+            room_id,
+            keys,
+            new_epoch=_new_epoch(),
+            history_size=self._history_size,
+            history_ttl=self._history_ttl,
+            meta_ttl=self._meta_ttl,
+            publish_cmd=self._publish_cmd,
+            node=self.node_id,
+            local_online=local_online,
+            presence_ttl_ms=int(self._presence_ttl * 1000),
+            likes=likes,
+            recent_size=self._recent_size,
+            now=now,
+            events=events,
+            joined=joined,
+            seen=seen,
+        )
+        script_keys = keys.script_keys
+        return keys.meta, ("EVALSHA", self._publish_script.sha, len(script_keys), *script_keys, *args)
+
+    def _publish_locally(
+        self,
+        room_id: str,
+        sub: _RoomSub,
+        events: list[Event],
+        likes_delta: int,
+        local_online: int | None,
+        previous: int,
+        now: int,
+    ) -> None:
+        """Redis is unreachable: number the batch here, by the same rule, so local viewers still
+        get it. The numbers go on from the room's seq under a new epoch that every batch names:
+        no client can take them for Redis' (see docs/PROTOCOL.md, `batch`)."""
+        view = sub.view
+        if sub.stream is None:
+            self._go_local(sub, previous)
+        tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=view.unique)
+        sequenced, sub.stream = sequence(sub.stream, tick, view.epoch)
+        if not sequenced:
+            return
+        view.apply(view.epoch, sequenced)
+        metrics.broker_local_batches.inc()
+        sub.handler(room_id, view.epoch, protocol.batch_frame(room_id, sequenced, view.epoch), sequenced)
+
+    def _go_local(self, sub: _RoomSub, previous: int) -> None:
+        """Start numbering a room alone: a new epoch, the counts as last seen from Redis."""
+        view = sub.view
+        if view.epoch:  # empty when the room was first opened during the outage
+            sub.redis_seen = (view.epoch, view.seq)
+        sub.local = True
+        view.epoch = _local_epoch()
+        others = max(0, view.online - previous)  # what the rest of the cluster last counted
+        sub.stream = StreamState(
+            epoch=view.epoch,
+            seq=view.seq,
+            likes=view.likes_total,
+            online=view.online,
+            unique=view.unique,
+            presence={self.node_id: (previous, NEVER), "": (others, NEVER)},
+        )
+
+    async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
+        if not self._connected:
+            return None
+        try:
+            view, missed = await self._load(room_id, since=seq, want_state=False)
+        except _DOWN as exc:
+            self._kick(exc)
+            return None
+        return missed if view.epoch == epoch else None
+
+    async def _load(
+        self,
+        room_id: str,
+        since: int | None,
+        want_state: bool = True,
+        seen: tuple[str, int] | None = None,
+    ) -> tuple[Room[None], list[Event] | None]:
+        """The room's state (one round trip) and, with `since`, the events after it or None.
+
+        `seen`: the newest (epoch, seq) this node delivered; a Redis behind it (restored from an
+        older copy) starts the room over under a new epoch rather than number those seqs again.
+        """
+        keys = rs.room_keys(room_id)
+        res = await self._load_script(
+            keys=[keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat],
+            args=[
+                _new_epoch(),
+                -1 if since is None else since,
+                self._history_size,
+                int(want_state),
+                self._meta_ttl,
+                "" if seen is None else seen[0],
+                -1 if seen is None else seen[1],
+            ],
+        )
+        epoch = res[0].decode()
+        top = int(res[1])
+        view = self._new_view(room_id)
+        if want_state:
+            sticky = sorted((_decode_event(raw) for raw in res[6]), key=lambda e: e["seq"])
+            view.apply(epoch, sticky)
+            view.recent.extend(_decode_event(raw) for raw in res[5])
+        view.epoch, view.seq = epoch, top
+        view.likes_total, view.online, view.unique = int(res[2]), int(res[3]), int(res[4])
+        missed = None if since is None else self._contiguous(since, top, res[7])
+        return view, missed
+
+    def _contiguous(self, since: int, top: int, entries: list[Any]) -> list[Event] | None:
+        """Every event after `since` up to `top`, or None when some are no longer kept
+        (trimmed by size, older than the history TTL) or `since` is not of this stream."""
+        if since > top:
+            return None
+        try:
+            # raw script reply: [id, [field, value]] per entry
+            events = [_decode_event(fields[1]) for _, fields in entries]
+        except (ValueError, IndexError):
+            metrics.broker_bad_messages.inc()
+            return None
+        if len(events) != top - since or any(e["seq"] != since + 1 + i for i, e in enumerate(events)):
+            return None
+        if events and events[0].get("ts", 0) < protocol.now_ms() - self._history_ttl * 1000:
+            return None
+        return events
+
+    def _new_view(self, room_id: str) -> Room[None]:
+        return Room(room_id, recent_size=self._recent_size)
+
+    # -- room batches from Redis ---------------------------------------------------------
+
+    def _on_room_message(self, room_id: str, data: bytes) -> None:
+        sub = self._rooms.get(room_id)
+        if sub is None:
+            return
+        try:
+            batch = _parse_batch(room_id, data)
+        except ValueError as exc:
+            metrics.broker_bad_messages.inc()
+            log.warning("dropped an undecodable batch for room %s: %s", room_id, exc)
+            return
+        if sub.pending is not None:
+            sub.pending.append(batch)
+        elif not self._accept(room_id, sub, batch):
+            sub.pending = [batch]  # a gap or a new epoch: re-read the room, hold what follows
+            self._spawn(self._resync(room_id, sub))
+
+    def _accept(self, room_id: str, sub: _RoomSub, batch: Batch) -> bool:
+        """Deliver a batch that follows the last one seen; False when the room must be re-read."""
+        epoch, frame, events = batch
+        if sub.local or epoch != sub.view.epoch:
+            return False
+        if events[-1]["seq"] <= sub.view.seq:
+            return True  # already delivered (history replay overlapped the channel)
+        if events[0]["seq"] != sub.view.seq + 1:
+            return False
+        sub.view.apply(epoch, events)
+        sub.handler(room_id, epoch, frame, events)
+        return True
+
+    def _flush(self, room_id: str, sub: _RoomSub) -> None:
+        """Deliver the batches held during a (re)load, in order, skipping those already seen."""
+        pending, sub.pending = sub.pending or [], None
+        for i, batch in enumerate(pending):
+            if self._rooms.get(room_id) is not sub:
+                return
+            if not self._accept(room_id, sub, batch):
+                sub.pending = pending[i:]
+                self._spawn(self._resync(room_id, sub))
+                return
+
+    async def _resync(self, room_id: str, sub: _RoomSub) -> None:
+        """Re-read a room after a gap or a reconnect: replay what was missed, or reset it."""
+        if sub.pending is None:
+            sub.pending = []
+        try:
+            since = None if sub.local else sub.view.seq
+            view, missed = await self._load(room_id, since=since, seen=_seen(sub))
+        except _DOWN as exc:
+            self._kick(exc)
+            sub.pending = None  # re-read again once reconnected
+            return
+        if self._rooms.get(room_id) is not sub:
+            return
+        if not sub.local and missed is not None and view.epoch == sub.view.epoch:
+            metrics.broker_resyncs.labels(outcome="recovered").inc()
+            if missed:
+                sub.view.apply(view.epoch, missed)
+                frame = protocol.batch_frame(room_id, missed, view.epoch)
+                sub.handler(room_id, view.epoch, frame, missed)
+        else:
+            metrics.broker_resyncs.labels(outcome="reset").inc()
+            log.info("room %s restarted from redis (epoch %s)", room_id, view.epoch)
+            sub.view, sub.local, sub.stream, sub.redis_seen = view, False, None, None
+            if self.on_room_reset is not None:
+                self.on_room_reset(room_id, _state_of(view))
+        self._flush(room_id, sub)
+
+    async def _heartbeat_once(self) -> None:
+        """Re-report every followed room's local count, with owed likes and joiners: one pipeline."""
+        rooms = [(r, s) for r, s in self._rooms.items() if not s.local and s.pending is None]
+        if not rooms:
+            await self._redis.ping()
+            return
+        calls: list[Call] = []
+        owed = []
+        now = protocol.now_ms()
+        for room_id, sub in rooms:
+            likes, sub.likes_owed = sub.likes_owed, 0
+            joined, sub.joined_owed = sub.joined_owed, []
+            owed.append((sub, likes, joined))
+            calls.append(self._publish_call(room_id, [], likes, sub.local_count, now, joined, _seen(sub)))
+        try:  # one pipeline per shard, all shards at once
+            for result in await self._shards.pipelined(calls):
+                if isinstance(result, Exception):
+                    raise result
+        except BaseException:
+            for sub, likes, joined in owed:
+                sub.likes_owed += likes
+                sub.joined_owed[:0] = joined
+            raise
+
+
+def _seen(sub: _RoomSub) -> tuple[str, int] | None:
+    """The newest Redis (epoch, seq) this node delivered for the room (its view, unless local)."""
+    if sub.local:
+        return sub.redis_seen
+    return (sub.view.epoch, sub.view.seq) if sub.view.epoch else None
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(6)
+
+
+def _local_epoch() -> str:
+    return "local-" + secrets.token_hex(6)
+
+
+def _state_of(view: Room[None]) -> RoomState:
+    return RoomState(
+        epoch=view.epoch,
+        seq=view.seq,
+        likes_total=view.likes_total,
+        online=view.online,
+        hosts=dict(view.hosts),
+        recent=list(view.recent),
+        unique=view.unique,
+        publishers=dict(view.publishers),
+        media_node=view.media_node,
+        media_url=view.media_url,
+    )
+
+
+def _decode_event(raw: bytes) -> Event:
+    try:
+        event = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:  # msgpack raises many types; all mean "not an event"
+        raise ValueError(f"undecodable event: {type(exc).__name__}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("seq"), int) or "t" not in event:
+        raise ValueError("not an event")
+    return event
+
+
+def _parse_batch(room_id: str, data: bytes) -> Batch:
+    """`<epoch>|<batch frame>` from the room channel, checked before anyone sees it."""
+    epoch, sep, frame = data.partition(b"|")
+    if not sep or not epoch:
+        raise ValueError("no epoch")
+    try:
+        obj = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:
+        raise ValueError(f"undecodable frame: {type(exc).__name__}") from None
+    if not isinstance(obj, dict) or obj.get("t") != "batch" or obj.get("room") != room_id:
+        raise ValueError("not a batch of this room")
+    if obj.get("epoch") != epoch.decode("ascii", "replace"):
+        raise ValueError("the frame's epoch is not the channel message's")
+    events = obj.get("events")
+    if not isinstance(events, list) or not events:
+        raise ValueError("no events")
+    first = events[0].get("seq") if isinstance(events[0], dict) else None
+    if not isinstance(first, int):
+        raise ValueError("bad seq")
+    for i, event in enumerate(events):
+        if (
+            not isinstance(event, dict)
+            or event.get("seq") != first + i
+            or not isinstance(event.get("t"), str)
+        ):
+            raise ValueError("events are not consecutive")
+    return epoch.decode("ascii", "replace"), frame, events
