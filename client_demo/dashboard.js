@@ -6,8 +6,8 @@ $("room").value = params.get("room") || $("room").value;
 $("token").value = params.get("token") || "";
 
 const FIGURES = [
-  ["concurrent_now", "viewers now"],
-  ["peak_concurrent", "peak viewers"],
+  ["concurrent_now", "viewer connections now"],
+  ["peak_concurrent", "peak viewer connections"],
   ["unique_viewers", "unique viewers"],
   ["watch_time_avg_s", "avg watch time (s)"],
   ["interaction_rate", "interaction rate"],
@@ -68,6 +68,9 @@ async function poll() {
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     render(await response.json());
     $("status").textContent = "";
+    $("prompt").hidden = true;
+    $("windows").hidden = false;
+    $("charts").hidden = false;
   } catch (error) {
     $("status").textContent = `stats: ${error.message}`;
   }
@@ -81,4 +84,15 @@ $("settings").addEventListener("submit", (event) => {
   poll();
   timer = setInterval(poll, 5000);
 });
+$("dev-token").addEventListener("click", async () => {
+  const q = new URLSearchParams({ room: $("room").value, user: "dashboard", role: "host" });
+  const response = await fetch(`/api/dev/token?${q}`, { cache: "no-store" });
+  if (!response.ok) {
+    $("status").textContent = "no dev tokens on this server: use liveroom token --role host";
+    return;
+  }
+  $("token").value = (await response.json()).token;
+  $("settings").requestSubmit();
+});
 if ($("token").value) $("settings").requestSubmit();
+else $("status").textContent = "waiting for a token";

@@ -2,8 +2,9 @@
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError } from "./errors.js";
 import { LiveConnection, devToken, roomFromLocation } from "./live.js";
-import { Publisher, isMediaError } from "./rtc.js";
+import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
+import { UserCard } from "./usercard.js";
 
 const params = new URLSearchParams(location.search);
 const room = roomFromLocation();
@@ -30,7 +31,25 @@ async function getToken() {
 const conn = new LiveConnection({ room, getToken });
 const danmaku = new DanmakuLayer($("#danmaku"));
 const publisher = new Publisher({ conn, preview: $("#preview"), onStatus: renderPublisher });
-window.liveroom = { conn, publisher, state };
+// Co-hosts' video in tiles over the preview: the console subscribes like a viewer; its own
+// publication is left out (selfId), so tiles show the others who are live.
+let cohosts = null; // (its constructor reports a status before the assignment)
+cohosts = new ViewerMedia({
+  conn,
+  video: $("#cohost-main"),
+  tiles: $("#tiles"),
+  selfId: () => state.me?.uid,
+  onlyOthers: true,
+  onStatus: (st) => {
+    $("#cohost-tile").hidden = !st.playing;
+    $("#cohost-tile").dataset.publisher = cohosts?.mainId || ""; // not data-uid: ViewerMedia owns those tiles
+    $("#cohost-name").textContent = cohosts?.publishers.get(cohosts.mainId) || "";
+  },
+});
+const card = new UserCard({ conn, me: () => state.me, onDone: (text) => sysLine(`${text}.`) });
+card.attach($("#chat-list"));
+card.attach($("#viewer-list"));
+window.liveroom = { conn, publisher, state, cohosts, card };
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
@@ -51,6 +70,8 @@ conn.on("snapshot", (snap, { resumed, recovered, since }) => {
   if (!recovered) for (const ev of snap.recent || []) if (!(ev.seq <= since)) chatLine(ev);
   if (resumed) sysLine(recovered ? "Reconnected: caught up." : "Reconnected.");
   if (resumed || publisher.needsSend) publisher.onReconnected();
+  setSlowMode(snap.slow_mode || 0);
+  cohosts.onSnapshot(snap, resumed);
 });
 
 conn.on("events", (events) => {
@@ -69,10 +90,14 @@ conn.on("events", (events) => {
       if (li) {
         li.classList.add("deleted");
         li.querySelector(".text").textContent = `removed by ${ev.name}`;
-        li.querySelector(".mod")?.remove();
+        li.querySelector(".mod")?.remove(); // the name still opens the user card
       }
     } else if (ev.t === "live") {
       sysLine(`${ev.name} ${ev.on ? "went live" : "stopped streaming"}`);
+      cohosts.onEvent(ev);
+    } else if (ev.t === "slow_mode") {
+      setSlowMode(ev.seconds);
+      sysLine(ev.seconds ? `Slow mode on: one message per ${ev.seconds} s per viewer.` : "Slow mode off.");
     } else if (ev.t === "host") {
       if (ev.live) state.hosts.set(ev.uid, ev.name);
       else state.hosts.delete(ev.uid);
@@ -81,6 +106,9 @@ conn.on("events", (events) => {
 });
 
 conn.on("answer", (frame) => publisher.onAnswer(frame));
+for (const t of ["offer", "subscribed"]) conn.on(t, (frame) => cohosts.onFrame(frame));
+conn.on("viewers", (frame) => renderViewers(frame));
+conn.on("dm_ack", (ack) => card.status(ack.delivered ? "Delivered." : "Sent; delivered when they connect."));
 conn.on("mod_ack", (ack) => {
   const what = { mute: "muted", unmute: "unmuted", kick: "kicked", ban: "banned", unban: "unbanned", delete: "deleted" };
   const target = ack.action === "delete" ? `message #${ack.seq}` : ack.uid;
@@ -92,6 +120,7 @@ conn.on("invite_ack", (ack) => {
     : `${ack.uid} is not connected; they will see the invitation when they join.`;
 });
 conn.on("error", (frame) => {
+  if (typeof frame.ref === "string" && frame.ref.startsWith("m")) return cohosts.onError(frame);
   if (isMediaError(frame) || (typeof frame.ref === "string" && frame.ref.startsWith("p"))) {
     return publisher.onError(frame);
   }
@@ -129,20 +158,11 @@ function mod(frame) {
   if (!conn.send({ t: "mod", ...frame, cid })) showError("Not connected.");
 }
 
+// A line's own action is deleting it; everything about its author is on the user card (the name).
 function modButtons(ev) {
-  if (!state.me || ev.uid === state.me.uid) return null;
-  const b = (label, title, onclick, danger = false) =>
-    el("button", { type: "button", title, class: danger ? "danger" : "", onclick, disabled: !state.modSupported }, label);
-  return el(
-    "span",
-    { class: "mod" },
-    b("Delete", "Delete this message", () => mod({ action: "delete", seq: ev.seq })),
-    b("Mute 10m", `Mute ${ev.name} for 10 minutes`, () => mod({ action: "mute", uid: ev.uid, duration: 600 })),
-    b("Kick", `Remove ${ev.name} from the room`, () => mod({ action: "kick", uid: ev.uid }), true),
-    b("Ban", `Ban ${ev.name} from the room`, () => {
-      if (confirm(`Ban ${ev.name} (${ev.uid}) from this room?`)) mod({ action: "ban", uid: ev.uid });
-    }, true),
-  );
+  if (!state.me || ev.uid === state.me.uid || ev.seq === undefined) return null;
+  const del = () => mod({ action: "delete", seq: ev.seq });
+  return el("span", { class: "mod" }, el("button", { type: "button", title: "Delete this message", onclick: del, disabled: !state.modSupported }, "Delete"));
 }
 
 function chatLine(ev) {
@@ -151,7 +171,7 @@ function chatLine(ev) {
     "li",
     { class: `msg${mine ? " mine" : ""}`, dataset: { uid: ev.uid, seq: ev.seq ?? "" } },
     state.hosts.has(ev.uid) ? el("span", { class: "role" }, "HOST") : null,
-    el("span", { class: "who", style: `color:${userColor(ev.uid)}`, title: `@${ev.uid}` }, ev.name),
+    card.nameTag(ev.uid, ev.name),
     el("span", { class: "text" }, ev.text),
     modButtons(ev),
   );
@@ -183,12 +203,14 @@ $("#go-screen").addEventListener("click", () => publisher.start("screen"));
 $("#stop").addEventListener("click", () => publisher.stop());
 
 function renderPublisher({ state: s, detail, stats }) {
+  renderToggles();
   const on = s !== "off" && s !== "error";
   $("#pub-state").dataset.state = s;
   $("#pub-state").textContent = { off: "off air", starting: "starting…", negotiating: "connecting…", live: "live", error: "error" }[s] || s;
   $("#onair").hidden = s !== "live";
   $("#live-badge").hidden = s !== "live";
-  $("#offline").hidden = on && Boolean(publisher.stream);
+  $("#offline").hidden = (on || publisher.previewing) && Boolean(publisher.stream);
+  document.body.dataset.preview = publisher.previewing ? "on" : "off";
   $("#pub-detail").textContent = detail || "Go live with your camera and microphone, or share your screen.";
   $("#go-camera").disabled = on;
   $("#go-screen").disabled = on;
@@ -199,6 +221,87 @@ function renderPublisher({ state: s, detail, stats }) {
   $("#st-loss").textContent = stats.loss || "–";
   $("#st-rtt").textContent = stats.rtt || "–";
   if (detail && s === "error") showError(detail);
+}
+
+// -- devices, preview, mute ------------------------------------------------------------------------
+
+$("#preview-btn").addEventListener("click", async () => {
+  await publisher.openPreview();
+  fillDevices();
+});
+$("#mute-mic").addEventListener("click", () => publisher.setMuted("audio", !publisher.muted.audio));
+$("#mute-cam").addEventListener("click", () => publisher.setMuted("video", !publisher.muted.video));
+$("#pick-video").addEventListener("change", (e) => publisher.useDevice("video", e.target.value));
+$("#pick-audio").addEventListener("change", (e) => publisher.useDevice("audio", e.target.value));
+
+async function fillDevices() {
+  let devices = [];
+  try {
+    devices = await navigator.mediaDevices.enumerateDevices(); // labels once the camera was opened
+  } catch {
+    return;
+  }
+  for (const [kind, sel] of [["videoinput", "#pick-video"], ["audioinput", "#pick-audio"]]) {
+    const select = $(sel);
+    const current = select.value;
+    const list = devices.filter((d) => d.kind === kind && d.deviceId);
+    select.replaceChildren(
+      el("option", { value: "" }, kind === "videoinput" ? "Default camera" : "Default microphone"),
+      ...list.map((d, i) => el("option", { value: d.deviceId }, d.label || `${kind === "videoinput" ? "Camera" : "Microphone"} ${i + 1}`)),
+    );
+    select.value = list.some((d) => d.deviceId === current) ? current : "";
+  }
+}
+navigator.mediaDevices?.addEventListener?.("devicechange", fillDevices);
+
+function renderToggles() {
+  for (const [kind, id, on, off] of [["audio", "#mute-mic", "Mic on", "Mic muted"], ["video", "#mute-cam", "Camera on", "Camera off"]]) {
+    const muted = publisher.muted[kind];
+    $(id).setAttribute("aria-pressed", String(!muted));
+    $(id).textContent = muted ? off : on;
+  }
+  document.body.dataset.mic = publisher.muted.audio ? "muted" : "on";
+  document.body.dataset.cam = publisher.muted.video ? "off" : "on";
+}
+
+// -- slow mode and the viewer list --------------------------------------------------------------------
+
+function setSlowMode(seconds) {
+  const select = $("#slow-mode");
+  if (![...select.options].some((o) => Number(o.value) === seconds)) select.append(el("option", { value: String(seconds) }, `${seconds} s`));
+  select.value = String(seconds);
+  document.body.dataset.slowMode = String(seconds);
+}
+$("#slow-mode").addEventListener("change", (e) => {
+  if (!conn.send({ t: "slow_mode", seconds: Number(e.target.value), cid: `slow${++state.cid}` })) showError("Not connected.");
+});
+
+function selectTab(tab) {
+  for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.tab === tab);
+  $("#panel-chat").hidden = tab !== "chat";
+  $("#panel-viewers").hidden = tab !== "viewers";
+  clearInterval(state.viewerTimer);
+  if (tab === "viewers") {
+    const ask = () => conn.send({ t: "viewers", cid: `vl${++state.cid}` });
+    ask();
+    state.viewerTimer = setInterval(ask, 5000);
+  }
+}
+for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => selectTab(b.dataset.tab));
+
+function renderViewers(frame) {
+  $("#viewer-list").replaceChildren(
+    ...frame.users.map((u) =>
+      el(
+        "li",
+        { dataset: { uid: u.uid } },
+        el("span", { class: "avatar small", style: `background:${userColor(u.uid)}` }, initials(u.name)),
+        card.nameTag(u.uid, u.name),
+        u.role !== "viewer" ? el("span", { class: "role" }, u.role.toUpperCase()) : null,
+      ),
+    ),
+  );
+  $("#viewer-note").textContent = `${frame.count} user${frame.count === 1 ? "" : "s"} on this node (${frame.online} connections in the room). Refreshed every 5 s.`;
 }
 
 if (params.get("autostart") === "camera" || params.get("autostart") === "1") publisher.start("camera");

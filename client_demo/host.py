@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.contrib.media import MediaPlayer
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -240,6 +240,92 @@ class Counted(MediaStreamTrack):
         self.source.stop()
 
 
+# -- a looping file ------------------------------------------------------------------------------------
+
+
+class LoopedFile(MediaStreamTrack):
+    """One stream (video or audio) of a file, decoded in real time and restarted at its end.
+
+    aiortc's MediaPlayer(loop=True) seeks back to the start, but the frames' timestamps jump
+    back with it and the encoder refuses them: the stream stopped when the clip ended. Here
+    timestamps keep counting across passes, and frames are paced by them.
+    """
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.path = path
+        self.passes = 0
+        self._frames: Any = None
+        self._container: Any = None
+        self._resampler = (
+            av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE) if kind == "audio" else None
+        )
+        self._start: float | None = None  # wall clock of media time 0
+        self._base = 0.0  # media seconds before the current pass
+        self._first: float | None = None  # timestamp of the current pass's first frame
+        self._end = 0.0  # media seconds at the end of the last frame sent
+
+    @staticmethod
+    def has(path: str, kind: str) -> bool:
+        with av.open(path) as container:
+            return bool(container.streams.video if kind == "video" else container.streams.audio)
+
+    def _open(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = av.open(self.path)
+        streams = self._container.streams
+        stream = streams.video[0] if self.kind == "video" else streams.audio[0]
+        self._frames = self._decoded(stream)
+        self._base, self._first = self._end, None
+        self.passes += 1
+
+    def _decoded(self, stream: Any) -> Any:
+        for frame in self._container.decode(stream):
+            if self._resampler is None:
+                yield frame
+            else:
+                yield from self._resampler.resample(frame)
+
+    def _next(self) -> Any:
+        if self._frames is None:
+            self._open()
+        for _ in range(2):  # at the end of the file: once more from the start
+            frame = next(self._frames, None)
+            if frame is not None:
+                return frame
+            self._open()
+        raise MediaStreamError
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = self._next()
+        at = float(frame.pts * frame.time_base) if frame.pts is not None else self._end - self._base
+        if self._first is None:
+            self._first = at
+        t = self._base + at - self._first
+        if self.kind == "video":
+            frame.pts, frame.time_base = int(t * VIDEO_RATE), fractions.Fraction(1, VIDEO_RATE)
+            self._end = t + 1 / 30
+        else:
+            frame.pts, frame.time_base = int(t * AUDIO_RATE), fractions.Fraction(1, AUDIO_RATE)
+            self._end = t + frame.samples / AUDIO_RATE
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now - t
+        elif (wait := self._start + t - now) > 0:
+            await asyncio.sleep(wait)
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
 # -- publishing session --------------------------------------------------------------------------------
 
 
@@ -254,8 +340,10 @@ class RoomView:
 def make_tracks(args: argparse.Namespace) -> tuple[list[MediaStreamTrack], Callable[[], None]]:
     """Fresh tracks for one session (a player restarts its file when we reconnect)."""
     if args.file:
-        player = MediaPlayer(args.file, loop=True)
-        tracks = [t for t in (player.video, player.audio) if t is not None]
+        try:
+            tracks = [LoopedFile(args.file, k) for k in ("video", "audio") if LoopedFile.has(args.file, k)]
+        except (OSError, av.FFmpegError) as exc:
+            raise Fatal(f"{args.file}: {exc}") from None
         if not tracks:
             raise Fatal(f"{args.file}: no audio or video stream")
         counted = [Counted(t) for t in tracks]
@@ -385,7 +473,7 @@ async def print_stats(
                 if stat.kind == "video":
                     text += f" {(frames - prev[2]) / dt:.0f} fps"
                 parts.append(text)
-            elif stat.type == "remote-inbound-rtp":
+            elif stat.type == "remote-inbound-rtp" and stat.roundTripTime is not None:
                 rtt = stat.roundTripTime if rtt is None else max(rtt, stat.roundTripTime)
                 lost = max(lost, stat.fractionLost / 256)
         if not parts:

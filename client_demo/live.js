@@ -13,7 +13,7 @@ export class LiveConnection {
   /**
    * @param {{room: string, getToken: (fresh: boolean) => Promise<string>, wsUrl?: string}} opts
    */
-  constructor({ room, getToken, wsUrl }) {
+  constructor({ room, getToken, wsUrl, boot }) {
     this.room = room;
     this.getToken = getToken;
     this.wsUrl = wsUrl || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
@@ -30,6 +30,7 @@ export class LiveConnection {
     this._ping = null;
     this._freshToken = false;
     this._retryAfter = 0;
+    this.boot = boot || null; // index.html's early socket (join in the URL), adopted by start()
   }
 
   on(type, fn) {
@@ -55,7 +56,24 @@ export class LiveConnection {
 
   start() {
     this.stopReason = null;
-    this._open();
+    const boot = this.boot;
+    this.boot = null;
+    if (!boot || !boot.ws) return this._open();
+    this.setState("connecting");
+    this._adopt(boot);
+  }
+
+  /** Take over the socket index.html opened (already joined through its URL): replay its frames. */
+  _adopt(boot) {
+    performance.mark("liveroom:adopt"); // load_tests/bench_first_frame.py reads these marks
+    const ws = boot.ws;
+    this.ws = ws;
+    this._booting = true; // until its snapshot: a refusal of the dev join falls back to _open()
+    this.joinSubscribed = Boolean(boot.subscribed); // the server offers media after the snapshot
+    this.bootPc = boot.pc || null; // a peer connection already gathering, for that offer (rtc.js)
+    this._attach(ws, null);
+    for (const data of boot.frames.splice(0)) ws.onmessage({ data });
+    if (boot.closed) ws.onclose(boot.closed);
   }
 
   close() {
@@ -102,7 +120,13 @@ export class LiveConnection {
     const ws = new WebSocket(this.wsUrl);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    this._attach(ws, token);
+  }
+
+  /** Wire a socket's events; `token`: send the join frame on open (null: joined by URL). */
+  _attach(ws, token) {
     ws.onopen = () => {
+      if (token === null) return;
       const join = { t: "join", v: 1, token, room: this.room };
       if (this.epoch) join.resume = { epoch: this.epoch, seq: this.seq };
       ws.send(encode(join));
@@ -122,6 +146,13 @@ export class LiveConnection {
       if (ws !== this.ws) return;
       clearInterval(this._ping);
       this.ws = null;
+      if (this._booting) {
+        this._booting = false;
+        this.joinSubscribed = false;
+        this.bootPc?.close();
+        this.bootPc = null;
+        if (ev.code === 4100) return this._open(); // no dev tokens here: the page asks for one
+      }
       this.emit("closed", ev.code, ev.reason);
       if (this.stopReason) return;
       if (NO_RETRY.has(ev.code)) {
@@ -155,6 +186,7 @@ export class LiveConnection {
         if (typeof frame.ts === "number") this.rtt = Math.max(0, performance.now() - frame.ts);
         return this.emit("pong", this.rtt);
       case "error":
+        if (this._booting && frame.code === 4100) return; // dev join refused: _open() follows
         if (frame.retry_after && [4301, 4302, 4308].includes(frame.code)) this._retryAfter = frame.retry_after;
         return this.emit("error", frame);
       case "dropped":
@@ -172,6 +204,7 @@ export class LiveConnection {
   }
 
   _snapshot(snap) {
+    this._booting = false;
     const resumed = this.connects > 0;
     const recovered = snap.recovered === true;
     const sameEpoch = snap.epoch === this.epoch;

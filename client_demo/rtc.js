@@ -4,7 +4,7 @@
 // - host: {"t":"publish", sdp} -> server {"t":"answer"}; {"t":"unpublish"} to stop.
 // All SDP is complete (no trickle ICE): we wait for ICE gathering before sending ours.
 
-const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle" };
+const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle", iceCandidatePoolSize: 1 }; // index.html too
 const GATHER_TIMEOUT_MS = 3000;
 
 function waitForGathering(pc) {
@@ -34,11 +34,12 @@ export function isMediaError(frame) {
 
 /** Receives the room's media into a <video> and measures time to first frame. */
 export class ViewerMedia {
-  constructor({ conn, video, tiles, onStatus, selfId }) {
+  constructor({ conn, video, tiles, onStatus, selfId, onlyOthers }) {
     this.conn = conn;
     this.video = video;
     this.tiles = tiles || null; // container for co-hosts' videos (picture in picture)
     this.selfId = selfId || (() => null); // our uid: our own publication is not shown back
+    this.onlyOthers = Boolean(onlyOthers); // the host console: subscribe once someone else is live
     this.onStatus = onStatus || (() => {});
     this.pc = null;
     this.streams = new Map(); // publisher uid -> MediaStream
@@ -46,10 +47,12 @@ export class ViewerMedia {
     this.mainId = null;
     this.publishers = new Map();
     this.live = false;
+    this.ended = false; // the stream stopped after we had pictures
     this.subscribed = false;
     this.playing = false;
     this.t0 = null; // when we started waiting for pictures
     this.firstFrameMs = null;
+    this._pageLoad = true; // until the first picture: the wait counts from navigation start
     this.detail = "";
     this.stats = "";
     this.negotiations = 0;
@@ -69,6 +72,7 @@ export class ViewerMedia {
   status() {
     this.onStatus({
       live: this.live,
+      ended: this.ended,
       playing: this.playing,
       firstFrameMs: this.firstFrameMs,
       detail: this.detail,
@@ -80,7 +84,15 @@ export class ViewerMedia {
     this.publishers = new Map((snap.publishers || []).map((p) => [p.uid, p.name]));
     this.live = Boolean(snap.live) || this.publishers.size > 0;
     if (resumed) this._reset(); // the old peer connection belongs to a gone WebSocket
-    if (!this.stopped && this.supported && !this.subscribed) this._subscribe();
+    if (!resumed && this.conn.joinSubscribed) {
+      // index.html subscribed with the join: the offer is on its way. The page's first picture
+      // counts from navigation start (performance.now() is relative to performance.timeOrigin).
+      this.conn.joinSubscribed = false;
+      this.subscribed = true;
+      this.t0 = 0;
+      if (this.live) this.detail = "Negotiating video…";
+    }
+    if (!this.stopped && this.supported && !this.subscribed && this._wanted()) this._subscribe();
     this.status();
   }
 
@@ -100,10 +112,16 @@ export class ViewerMedia {
       this.detail = "The host just went live.";
     }
     if (!this.live) {
+      // the stream ended (it had started for us): no stale "1280×720 · 0 kbps" under it
+      this.ended = this.ended || this.playing || this.firstFrameMs !== null;
       this.playing = false;
       this.detail = "";
+      this.stats = "";
+      this._last = null;
+    } else {
+      this.ended = false;
     }
-    if (!this.stopped && this.supported && !this.subscribed) this._subscribe();
+    if (!this.stopped && this.supported && !this.subscribed && this._wanted()) this._subscribe();
     this.status();
   }
 
@@ -128,9 +146,16 @@ export class ViewerMedia {
     this._reset();
   }
 
+  _wanted() {
+    if (!this.onlyOthers) return true;
+    const me = this.selfId();
+    return [...this.publishers.keys()].some((uid) => uid !== me);
+  }
+
   _subscribe() {
     this.subscribed = this.conn.send({ t: "subscribe", cid: `m${++this._seq}` });
-    if (this.subscribed && this.t0 === null) this.t0 = performance.now();
+    // The first subscription of a page load counts from navigation start, like the user's wait.
+    if (this.subscribed && this.t0 === null) this.t0 = this._pageLoad ? 0 : performance.now();
     if (this.subscribed && this.live) this.detail = "Negotiating video…";
   }
 
@@ -151,7 +176,9 @@ export class ViewerMedia {
 
   _ensurePc() {
     if (this.pc) return this.pc;
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+    let pc = this.conn.bootPc; // made by index.html at navigation: its candidates are gathered
+    this.conn.bootPc = null;
+    if (!pc || pc.signalingState === "closed") pc = new RTCPeerConnection(RTC_CONFIG);
     pc.ontrack = (ev) => {
       const info = this.trackMap[ev.transceiver?.mid] || {};
       const pid = info.publisher_id || this.publishers.keys().next().value || "?";
@@ -229,6 +256,7 @@ export class ViewerMedia {
   }
 
   async _onOffer(frame) {
+    performance.mark("liveroom:offer");
     const pc = this._ensurePc();
     if (frame.tracks) this.trackMap = { ...this.trackMap, ...frame.tracks };
     await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
@@ -238,6 +266,7 @@ export class ViewerMedia {
     const answer = { t: "answer", sdp: pc.localDescription.sdp };
     if (frame.cid !== undefined) answer.cid = frame.cid;
     this.conn.send(answer);
+    performance.mark("liveroom:answer");
     this.negotiations += 1;
     this.detail = "Starting video…";
     this.status();
@@ -256,6 +285,7 @@ export class ViewerMedia {
   _markFirstFrame() {
     if (this.firstFrameMs !== null || this.t0 === null) return;
     this.firstFrameMs = performance.now() - this.t0;
+    this._pageLoad = false;
     // room analytics (docs/API.md): the server keeps the first report of each connection
     this.conn.send({ t: "stats", first_frame_ms: Math.min(600000, Math.round(this.firstFrameMs)) });
   }
@@ -282,13 +312,14 @@ export class ViewerMedia {
 
   async _sampleStats() {
     const pc = this.pc;
-    if (!pc) return;
+    if (!pc || !this.live) return;
     let report;
     try {
       report = await pc.getStats();
     } catch {
       return;
     }
+    if (!this.live) return;
     let video = null;
     let bytes = 0;
     report.forEach((s) => {
@@ -328,34 +359,103 @@ export class Publisher {
     this._timer = null;
     this._last = null;
     this.needsSend = false; // an offer is ready but the room connection was not
+    this.devices = { video: "", audio: "" }; // chosen deviceIds ("": the default)
+    this.muted = { video: false, audio: false }; // tracks disabled by the host (black / silence)
+    this.previewing = false; // camera open, not live
+  }
+
+  _constraints() {
+    const video = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+    if (this.devices.video) video.deviceId = { exact: this.devices.video };
+    return { video, audio: this.devices.audio ? { deviceId: { exact: this.devices.audio } } : true };
+  }
+
+  /** Open the camera and microphone without going live: the host checks the picture first. */
+  async openPreview() {
+    if (this.stream) return this.stream;
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia(this._constraints());
+    } catch (err) {
+      this.state = "error";
+      this.detail = `Cannot open the camera: ${err.message || err}`;
+      this.status();
+      return null;
+    }
+    this.previewing = true;
+    this._showPreview();
+    this.detail = "Preview: only you see this. Go live when ready.";
+    this.status();
+    return this.stream;
+  }
+
+  _showPreview() {
+    this.preview.srcObject = this.stream;
+    this.preview.muted = true;
+    this.preview.play().catch(() => {});
+    for (const kind of ["audio", "video"]) this._applyMute(kind);
+  }
+
+  /** Mute the microphone or turn the camera off while live: the track keeps flowing, disabled. */
+  setMuted(kind, muted) {
+    this.muted[kind] = muted;
+    this._applyMute(kind);
+    this.status();
+  }
+
+  _applyMute(kind) {
+    if (!this.stream) return;
+    for (const t of this.stream.getTracks()) if (t.kind === kind) t.enabled = !this.muted[kind];
+  }
+
+  /** Use another camera or microphone; live, the sender switches tracks without renegotiating. */
+  async useDevice(kind, deviceId) {
+    this.devices[kind] = deviceId;
+    if (!this.stream || this.stream.getVideoTracks().some((t) => t.label && /screen|window|tab/i.test(t.label))) return;
+    let fresh;
+    try {
+      fresh = await navigator.mediaDevices.getUserMedia({ [kind]: this._constraints()[kind] });
+    } catch (err) {
+      this.detail = `Cannot open that device: ${err.message || err}`;
+      return this.status();
+    }
+    const track = fresh.getTracks().find((t) => t.kind === kind);
+    for (const old of this.stream.getTracks().filter((t) => t.kind === kind)) {
+      this.stream.removeTrack(old);
+      old.stop();
+    }
+    this.stream.addTrack(track);
+    track.addEventListener("ended", () => this.state !== "off" && this.stop());
+    const transceiver = this.pc?.getTransceivers().find((x) => x.receiver.track?.kind === kind);
+    if (transceiver) await transceiver.sender.replaceTrack(track);
+    this._showPreview();
+    this.status();
   }
 
   status() {
-    this.onStatus({ state: this.state, detail: this.detail, stats: this.stats });
+    this.onStatus({ state: this.state, detail: this.detail, stats: this.stats, muted: this.muted, previewing: this.previewing });
   }
 
   async start(source = "camera") {
     if (this.state !== "off" && this.state !== "error") return;
+    const previewed = source === "camera" && this.stream && this.previewing;
+    this.previewing = false;
     this.state = "starting";
     this.detail = "Opening your camera…";
     this.status();
+    if (previewed) return this._publish(); // the preview's stream goes live as is
+    if (this.stream) for (const t of this.stream.getTracks()) t.stop();
     try {
       this.stream =
         source === "screen"
           ? await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 30 }, audio: true })
-          : await navigator.mediaDevices.getUserMedia({
-              video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
-              audio: true,
-            });
+          : await navigator.mediaDevices.getUserMedia(this._constraints());
     } catch (err) {
       this.state = "error";
       this.detail = `Cannot open ${source}: ${err.message || err}`;
       this.status();
       return;
     }
-    this.preview.srcObject = this.stream;
-    this.preview.muted = true;
-    this.preview.play().catch(() => {});
+    this._showPreview();
     for (const track of this.stream.getTracks()) track.addEventListener("ended", () => this.stop());
     await this._publish();
   }
@@ -437,6 +537,7 @@ export class Publisher {
     this.pc = null;
     if (this.stream) for (const t of this.stream.getTracks()) t.stop();
     this.stream = null;
+    this.previewing = false;
     this.preview.srcObject = null;
     this.state = "off";
     this.detail = "";

@@ -4,6 +4,7 @@ import { friendlyError, isBan, isKick } from "./errors.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
+import { UserCard } from "./usercard.js";
 
 const params = new URLSearchParams(location.search);
 const room = roomFromLocation();
@@ -71,7 +72,7 @@ function askForToken() {
 
 // -- connection ------------------------------------------------------------------------
 
-const conn = new LiveConnection({ room, getToken });
+const conn = new LiveConnection({ room, getToken, boot: window.__liveroomBoot });
 const danmaku = new DanmakuLayer($("#danmaku"));
 const media = new ViewerMedia({
   conn,
@@ -81,12 +82,25 @@ const media = new ViewerMedia({
   onStatus: renderMedia,
 });
 const cohost = new Publisher({ conn, preview: $("#self-video"), onStatus: renderCohost });
-window.liveroom = { conn, danmaku, media, cohost, state }; // for the console and the tests
+const card = new UserCard({ conn, me: () => state.me, onDm: (uid, name) => openConv(uid, name) });
+card.attach($("#chat-list"));
+window.liveroom = { conn, danmaku, media, cohost, state, card }; // for the console and the tests
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
   document.body.dataset.conn = s;
   $("#chat-send").disabled = s !== "live";
+  // Disconnected: say so over the (frozen) picture, LIVE off, no stale online count.
+  const lost = conn.connects > 0 && s !== "live";
+  $("#reconnecting").hidden = !lost || s === "failed" || s === "closed";
+  $("#reconnecting-sub").textContent = detail
+    ? `The connection to the room was lost (${detail}).`
+    : "The connection to the room was lost; the page is getting it back.";
+  if (lost) {
+    $("#online").textContent = "–";
+    $("#online").dataset.count = "";
+  }
+  renderLiveBadge();
   if (s === "reconnecting" && conn.connects === 1 && !document.querySelector("#chat-list li.reconnect-note")) {
     sysLine("Connection lost, reconnecting…", "warn reconnect-note");
   }
@@ -94,7 +108,8 @@ conn.on("state", (s, detail) => {
 
 conn.on("snapshot", (snap, { resumed, recovered, since }) => {
   state.me = snap.you;
-  state.limits = snap.limits || {};
+  state.limits = { ...(snap.limits || {}), slow_mode: snap.slow_mode || 0 };
+  renderSlowMode();
   $("#me").replaceChildren("Watching as ", el("b", {}, snap.you.name));
   if (state.limits.danmaku_len) $("#chat-input").maxLength = state.limits.danmaku_len;
   if (state.limits.dm_len) $("#dm-input").maxLength = state.limits.dm_len;
@@ -142,6 +157,11 @@ conn.on("events", (events) => {
       case "delete":
         markDeleted(ev);
         break;
+      case "slow_mode":
+        state.limits.slow_mode = ev.seconds;
+        renderSlowMode();
+        sysLine(ev.seconds ? `Slow mode: one message every ${ev.seconds} s.` : "Slow mode is off.");
+        break;
       default:
         media.onEvent(ev);
     }
@@ -187,22 +207,40 @@ function renderHost() {
   $("#host-name").textContent = name ? name : "Waiting for the host";
   $("#host-avatar").textContent = initials(name || room);
   if (uid) $("#host-avatar").style.background = userColor(uid);
-  $("#live-badge").hidden = !media.live;
+  renderLiveBadge();
   media.status(); // the offline card names the host
 }
 
+function renderLiveBadge() {
+  $("#live-badge").hidden = !state.mediaLive || conn.state !== "live";
+}
+
+function renderSlowMode() {
+  const secs = state.limits.slow_mode || 0;
+  $("#slow-note").hidden = !secs;
+  $("#slow-note").textContent = secs ? `Slow mode: one message every ${secs} s.` : "";
+  document.body.dataset.slowMode = String(secs);
+}
+
 function renderMedia(status) {
-  $("#live-badge").hidden = !status.live;
+  state.mediaLive = status.live;
+  renderLiveBadge();
   $("#offline").hidden = status.playing;
+  $("#offline").classList.toggle("ended", !status.live && status.ended);
+  document.body.dataset.stream = status.live ? (status.playing ? "playing" : "starting") : status.ended ? "ended" : "offline";
   const hostName = state.hosts.values().next().value;
   $("#offline-title").textContent = status.live
     ? "Connecting to the stream…"
-    : hostName
-      ? `${hostName} is here but not streaming yet`
-      : "The host is offline";
+    : status.ended
+      ? "The stream has ended"
+      : hostName
+        ? `${hostName} is here but not streaming yet`
+        : "The host is offline";
   $("#offline-sub").textContent = status.live
     ? status.detail || "Negotiating video."
-    : "Stay here: the stream starts by itself when the host goes live.";
+    : status.ended
+      ? `${hostName ? `${hostName} is still in the room. ` : ""}Stay here: the stream starts again by itself if the host goes live.`
+      : "Stay here: the stream starts by itself when the host goes live.";
   $("#unmute").hidden = !status.playing || !$("#video").muted;
   const ff = $("#first-frame");
   if (status.firstFrameMs !== null && status.firstFrameMs !== undefined) {
@@ -245,11 +283,7 @@ function roleTag(ev) {
 
 function chatLine(ev, extraClass = "") {
   const mine = state.me && ev.uid === state.me.uid;
-  const who = el(
-    "span",
-    { class: "who", style: `color:${userColor(ev.uid)}`, title: `@${ev.uid}`, onclick: () => openConv(ev.uid, ev.name) },
-    ev.name,
-  );
+  const who = card.nameTag(ev.uid, ev.name);
   const li = el(
     "li",
     { class: `msg${mine ? " mine" : ""}${extraClass ? ` ${extraClass}` : ""}`, dataset: { uid: ev.uid, seq: ev.seq ?? "" } },

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from server import auth, logs, metrics
 from server.connection import (
@@ -23,6 +24,7 @@ from server.connection import (
     AwaitJoin,
     Close,
     Connection,
+    DevTokens,
     Dispatch,
     Enter,
     Hangup,
@@ -70,7 +72,9 @@ class Client:
         self._closing: asyncio.Task[None] | None = None
         self.opened = time.perf_counter()
         self.abuse: ConnState | None = None  # set by guard.connect
-        self.conn = Connection(self, services.guard, services.config.join_timeout)
+        self.conn = Connection(
+            self, services.guard, services.config.join_timeout, _dev_tokens(services.config)
+        )
 
     # -- writing -------------------------------------------------------------
 
@@ -107,7 +111,15 @@ class Client:
             elif kind is Refused:
                 error = out.error  # type: ignore[union-attr]
                 level = logging.INFO if error.fatal else logging.DEBUG
-                logs.connection_event("refused", self.ws, level, code=int(error.code))
+                logs.connection_event(
+                    "refused",
+                    self.ws,
+                    level,
+                    code=int(error.code),
+                    error=error.code.name.lower(),
+                    reason=error.message,
+                    room=self.room_id,
+                )
             else:
                 request = out
         return request
@@ -151,13 +163,18 @@ class Client:
                     request = self._perform(conn.admitted(who))
             elif type(request) is Enter:
                 await self.services.node.join(self, request.resume)
-                self._perform(conn.entered())
+                subscribe = self._perform(conn.entered())
                 who = self.identity
                 assert who is not None
                 logs.connection_event(
                     "join", self.ws, logging.DEBUG, room=self.room_id, uid=who.uid, role=who.role
                 )
                 metrics.join_latency.observe(time.perf_counter() - self.opened)
+                if type(subscribe) is Dispatch:  # media with the join: the offer follows the snapshot
+                    try:
+                        await self._dispatch(subscribe.route, subscribe.message)
+                    except ProtocolError as error:
+                        self._perform(conn.failed(error))
                 return True
             else:
                 raise AssertionError(f"unexpected request while joining: {request!r}")
@@ -184,7 +201,8 @@ class Client:
                     continue
                 kind = type(request)
             if kind is Pause:
-                await asyncio.sleep(request.seconds)
+                if self.ws.state is State.OPEN:  # pushing back on a closed socket only delays its end
+                    await asyncio.sleep(request.seconds)
             elif kind is Hangup:
                 await self.ws.close(1000, "bye")
                 return
@@ -203,5 +221,16 @@ class Client:
             await services.guard.command(self, message)
         elif route is Route.STATS:
             services.analytics.first_frame(self, message.first_frame_ms)
+        elif route is Route.SLOW_MODE:
+            services.node.slow_mode(self, message)
+        elif route is Route.VIEWERS:
+            services.node.viewers(self, message)
         else:
             await services.media.handle(self, message)
+
+
+def _dev_tokens(config: Config) -> DevTokens | None:
+    """The dev join's token minter (viewer role only), when dev tokens are on."""
+    if not config.dev_tokens_enabled:
+        return None
+    return lambda room, user, name: auth.mint(config.secret, room=room, user=user, name=name, role="viewer")

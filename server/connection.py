@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +46,8 @@ class Route(enum.Enum):
     MODERATE = "moderate"
     STATS = "stats"
     MEDIA = "media"
+    SLOW_MODE = "slow_mode"
+    VIEWERS = "viewers"
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -120,6 +123,8 @@ ROUTES: dict[type, Route] = {
     protocol.Mod: Route.MODERATE,
     protocol.Block: Route.MODERATE,
     protocol.Stats: Route.STATS,
+    protocol.SlowMode: Route.SLOW_MODE,
+    protocol.Viewers: Route.VIEWERS,
     **dict.fromkeys(protocol.MEDIA_MESSAGES, Route.MEDIA),
 }
 
@@ -134,24 +139,44 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Stats: "stats",
     protocol.Mod: "mod",
     protocol.Block: "block",
+    protocol.SlowMode: "slow_mode",
+    protocol.Viewers: "viewers",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
 }
 # label lookups cost a lock and a dict per call: bind each type's counter once
 _COUNTED = {cls: metrics.messages_in.labels(type=name) for cls, name in _TYPE_NAMES.items()}
 
 
+# Mints a viewer token (room, user, name) for a dev join; None when dev tokens are off.
+DevTokens = Callable[[str, str, str], str]
+
+
 class Connection:
     """The rules of one client connection; `peer` carries its identity and abuse state."""
 
-    __slots__ = ("_resume", "_room_hint", "guard", "join_timeout", "peer", "phase")
+    __slots__ = (
+        "_resume",
+        "_room_hint",
+        "_subscribe",
+        "dev_tokens",
+        "guard",
+        "join_timeout",
+        "peer",
+        "phase",
+    )
 
-    def __init__(self, peer: Peer, guard: Guard, join_timeout: float) -> None:
+    def __init__(
+        self, peer: Peer, guard: Guard, join_timeout: float, dev_tokens: DevTokens | None = None
+    ) -> None:
         self.peer = peer
         self.guard = guard
         self.join_timeout = join_timeout
+        self.dev_tokens = dev_tokens
         self.phase = Phase.OPENING
         self._resume: tuple[str, int] | None = None
         self._room_hint: str | None = None  # ?room= when the join frame names none
+        # media with the join (docs/PROTOCOL.md): the subscribe's cid, True without one
+        self._subscribe: str | int | bool | None = None
 
     # -- joining ---------------------------------------------------------------------------
 
@@ -162,16 +187,31 @@ class Connection:
         room = query.get("room", [None])[0]
         try:
             self.guard.connect(self.peer)  # per-IP connection cap, before anything else
-            if token is None:
+            if token is None and "dev_user" not in query:
                 self.phase = Phase.AWAITING_JOIN
                 self._room_hint = room
                 return [AwaitJoin(self.join_timeout)]
             if room is not None and not protocol.valid_id(room):
                 raise ProtocolError(ErrorCode.BAD_FIELD, "'room' is not a valid room id")
+            self._subscribe = protocol.join_subscribe(query.get("subscribe", [None])[0])
+            if token is None:  # the demo page's first join: no token round trip before it
+                token = self._dev_token(query, room)
         except ProtocolError as error:
             return self.refused(error)
         self.phase = Phase.ADMITTING
         return [Admit(token, room)]
+
+    def _dev_token(self, query: dict[str, list[str]], room: str | None) -> str:
+        """`/ws?room=R&dev_user=U[&name=N]`: in dev mode, a viewer joins without fetching a token."""
+        if self.dev_tokens is None:
+            raise ProtocolError(ErrorCode.AUTH_REQUIRED, "dev tokens are disabled: join with a token")
+        user = query["dev_user"][0]
+        if room is None or not protocol.valid_id(user):
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD, "dev join needs room and dev_user ids ([A-Za-z0-9_.:-]{1,64})"
+            )
+        name = query.get("name", [user])[0][: protocol.MAX_ID_LEN] or user
+        return self.dev_tokens(room, user, name)
 
     def timed_out(self) -> list[Output]:
         """No join frame within the timeout of `AwaitJoin`."""
@@ -194,7 +234,10 @@ class Connection:
         self.phase = Phase.JOINED
         self.guard.joined(self.peer)
         metrics.joins.inc()
-        return []
+        if self._subscribe is None:
+            return []
+        cid = None if self._subscribe is True else self._subscribe
+        return [Dispatch(Route.MEDIA, protocol.Subscribe(cid=cid))]  # the offer follows the snapshot
 
     def _first_frame(self, data: bytes | str) -> list[Output]:
         try:
@@ -205,6 +248,7 @@ class Connection:
             return self.refused(error)
         if message.resume_epoch is not None and message.resume_seq is not None:
             self._resume = (message.resume_epoch, message.resume_seq)
+        self._subscribe = message.subscribe
         self.phase = Phase.ADMITTING
         return [Admit(message.token, message.room or self._room_hint)]
 

@@ -653,8 +653,11 @@ class MediaGateway:
                         rate = 8 * (t.track.stats.bytes_forwarded - previous[key][0]) / elapsed
                         metrics.media_viewer_bitrate.labels(kind=t.kind).observe(rate)
                     for stat in (await t.transceiver.sender.getStats()).values():
+                        # before the viewer's first receiver report aiortc has no RTT yet (None)
                         if getattr(stat, "type", "") == "remote-inbound-rtp":
-                            metrics.media_viewer_rtt.observe(stat.roundTripTime)
-                            metrics.media_viewer_loss.observe(stat.fractionLost / 256)
+                            if stat.roundTripTime is not None:
+                                metrics.media_viewer_rtt.observe(stat.roundTripTime)
+                            if stat.fractionLost is not None:
+                                metrics.media_viewer_loss.observe(stat.fractionLost / 256)
         self._last = _Sample(at=now, values=current)
         self._update_gauges()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from server import metrics, protocol
 from server.broker.base import Broker, BrokerUnavailable, Event, Publish
 from server.protocol import ErrorCode, ProtocolError
-from server.rooms import Room
+from server.rooms import Room, system_event
 
 if TYPE_CHECKING:
     from server.abuse.guard import Guard
@@ -139,9 +139,46 @@ class Node:
         who = client.identity
         assert who is not None and client.room_id is not None
         # message.text was cleaned and filtered by the guard (Guard.check runs before every handler)
-        self.hub.rooms[client.room_id].add_danmaku(who, message.text, message.cid, protocol.now_ms())
+        room = self.hub.rooms[client.room_id]
+        if who.role == "viewer" and (wait := room.slow_wait(who.uid, time.monotonic())):
+            raise ProtocolError(
+                ErrorCode.SLOW_MODE,
+                f"slow mode: one message every {room.slow_mode} s",
+                message.cid,
+                round(wait, 2),
+            )
+        room.add_danmaku(who, message.text, message.cid, protocol.now_ms())
         self.analytics.danmaku(client.room_id, who.uid)
         self.hub.dirty.add(client.room_id)
+
+    def slow_mode(self, client: Peer, message: protocol.SlowMode) -> None:
+        """A host or moderator sets the room's slow mode: a sequenced event every node applies."""
+        who = client.identity
+        assert who is not None and client.room_id is not None
+        if who.role not in ("host", "moderator"):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only hosts and moderators set slow mode", message.cid)
+        event = system_event("slow_mode", protocol.now_ms(), seconds=message.seconds, by=who.uid)
+        self.hub.enqueue(client.room_id, event)
+
+    def viewers(self, client: Peer, message: protocol.Viewers) -> None:
+        """Who is in the room, for hosts and moderators: this node's connections, one entry per user."""
+        who = client.identity
+        assert who is not None and client.room_id is not None
+        if who.role not in ("host", "moderator"):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only hosts and moderators list viewers", message.cid)
+        room = self.hub.rooms[client.room_id]
+        users = {w.uid: {"uid": w.uid, "name": w.name, "role": w.role} for w in room.members.values()}
+        listed = sorted(users.values(), key=lambda u: (u["role"] != "host", u["name"].lower()))
+        frame: dict[str, object] = {
+            "t": "viewers",
+            "users": listed[: protocol.MAX_VIEWER_LIST],
+            "count": len(users),
+            "online": room.online,
+            "node": self.node_id,
+        }
+        if message.cid is not None:
+            frame["cid"] = message.cid
+        client.send(protocol.pack(frame))
 
     def like(self, client: Peer, message: protocol.Like) -> None:
         assert client.room_id is not None

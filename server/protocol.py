@@ -28,6 +28,8 @@ MAX_DEPTH = 4
 MAX_ID_LEN = 64
 MAX_CID_LEN = 64
 MAX_LIKE_COUNT = 100
+MAX_SLOW_MODE = 3600  # seconds between a viewer's danmaku at most
+MAX_VIEWER_LIST = 500  # users in a `viewers` answer
 MAX_FIRST_FRAME_MS = 600_000  # a first frame later than 10 minutes is not a measurement
 SYSTEM_UID = "sys"
 
@@ -68,6 +70,7 @@ class ErrorCode(IntEnum):
     TOKEN_REPLAYED = 4306
     ABUSIVE = 4307
     JOIN_THROTTLED = 4308
+    SLOW_MODE = 4309  # the room's slow mode: one danmaku per `slow_mode` seconds per viewer
     SLOW_CONSUMER = 4400
     MUTED = 4401
     KICKED = 4402
@@ -157,6 +160,9 @@ class Join:
     room: str | None
     resume_epoch: str | None = None
     resume_seq: int | None = None
+    # Subscribe to the room's media right after the snapshot (its cid; True: no cid), saving
+    # the viewer a round trip before the server's offer (docs/PROTOCOL.md, "join").
+    subscribe: str | int | bool | None = None
 
 
 @dataclass(slots=True)
@@ -242,6 +248,21 @@ class Invite:
     cid: str | int | None
 
 
+@dataclass(slots=True)
+class SlowMode:
+    """A host or moderator sets the room's slow mode: one danmaku per `seconds` per viewer (0: off)."""
+
+    seconds: int
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Viewers:
+    """A host or moderator asks who is in the room (this node's connections)."""
+
+    cid: str | int | None
+
+
 # Handled by the node's media gateway (server/media_gateway.py).
 MEDIA_MESSAGES = (Publish, Unpublish, Subscribe, Unsubscribe, Answer, Invite)
 
@@ -284,6 +305,8 @@ ClientMessage = (
     | Invite
     | Mod
     | Block
+    | SlowMode
+    | Viewers
 )
 
 
@@ -414,14 +437,32 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
             room=room,
             resume_epoch=epoch,
             resume_seq=seq,
+            subscribe=join_subscribe(obj.get("subscribe")),
         )
     if kind == "leave":
         return Leave()
+    if kind == "slow_mode":
+        cid = _cid(obj)
+        seconds = obj.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= MAX_SLOW_MODE:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"'seconds' must be an integer 0..{MAX_SLOW_MODE}", cid)
+        return SlowMode(seconds=seconds, cid=cid)
+    if kind == "viewers":
+        return Viewers(cid=_cid(obj))
     if kind in _MEDIA_PARSERS:
         return _MEDIA_PARSERS[kind](obj)
     if kind in ("mod", "block", "unblock"):
         return _parse_moderation(kind, obj)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:32]!r}")
+
+
+def join_subscribe(value: Any) -> str | int | bool | None:
+    """The join's `subscribe` field (also `?subscribe=` in the URL): True, or the cid of the offer."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    return _cid({"cid": value})
 
 
 def _sdp(obj: dict[str, Any], cid: str | int | None) -> str:

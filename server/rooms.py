@@ -55,6 +55,8 @@ class Room(Generic[Member]):
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name of who is live
     media_node: str | None = None  # node holding the room's media, from `live` events
     media_url: str | None = None  # that node's WHIP/WHEP base URL
+    slow_mode: int = 0  # seconds between a viewer's danmaku, from the last `slow_mode` event (0: off)
+    _last_said: dict[str, float] = field(default_factory=dict)  # uid -> when slow mode last let them speak
     recent: deque[Event] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,22 @@ class Room(Generic[Member]):
     def set_live(self, who: Identity, on: bool, node: str, url: str | None, now: int) -> None:
         """A publisher started or stopped: sequenced like any event, so every node's view agrees."""
         self._outbox.append(_event("live", who, now, on=on, node=node, url=url))
+
+    def slow_wait(self, uid: str, now: float) -> float:
+        """Seconds `uid` must still wait under slow mode (0: may speak now, which is recorded).
+
+        Counted per user on this node (a user's connections share it); the setting itself is a
+        sequenced event, so every node enforces the same interval.
+        """
+        if self.slow_mode <= 0:
+            return 0.0
+        last = self._last_said.get(uid)
+        if last is not None and now - last < self.slow_mode:
+            return self.slow_mode - (now - last)
+        if len(self._last_said) > 4 * len(self.members) + 64:  # forget users who may speak anyway
+            self._last_said = {u: t for u, t in self._last_said.items() if now - t < self.slow_mode}
+        self._last_said[uid] = now
+        return 0.0
 
     def add_likes(self, count: int) -> None:
         self._pending_likes += count
@@ -154,6 +172,8 @@ class Room(Generic[Member]):
                     if kept.get("seq") == target:
                         del self.recent[i]
                         break
+            elif kind == "slow_mode":
+                self.slow_mode = int(event.get("seconds", 0))
             elif kind == "host":
                 if event["live"]:
                     self.hosts[event["uid"]] = event["name"]
@@ -189,6 +209,7 @@ class Room(Generic[Member]):
             "media_url": self.media_url,
             "tick_ms": tick_ms,
             "limits": limits,
+            "slow_mode": self.slow_mode,
         }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
 from server import auth, metrics
@@ -19,6 +20,7 @@ from server.app import App
 from server.config import DEFAULT_SECRET, Config
 
 SECRET = DEFAULT_SECRET
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 TIMEOUT = 20.0  # generous: tests must pass on a loaded 2-core machine
 
 
@@ -63,6 +65,20 @@ class WsClient:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_loops: also run on the stock asyncio loop (where the two loops differ)"
+    )
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Async tests run on uvloop, as `liveroom serve` does; tests marked `both_loops` (transport
+    buffers, aborts, timeouts: where the loops' I/O differs) on the stock loop as well."""
+    if item.get_closest_marker("both_loops") is not None:
+        return dict(LOOPS)
+    return {"uvloop": LOOPS["uvloop"]}
 
 
 def token(room: str = "r1", user: str = "alice", role: auth.Role = "viewer", **kw: Any) -> str:

@@ -25,6 +25,7 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
+from tests import prom
 from tests.conftest import WsClient, start_server_process, token
 
 WAIT = 30.0  # seconds: generous, a loaded 2-core machine must pass
@@ -337,12 +338,9 @@ class NodeProc:
         )
 
     def metric(self, name: str) -> float:
+        """The node's counter `name`, summed over its labels (parsed as Prometheus does)."""
         _, body = self.http("/metrics")
-        total = 0.0
-        for line in body.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return prom.total(body, name)
 
     @property
     def alive(self) -> bool:

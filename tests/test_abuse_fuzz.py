@@ -112,14 +112,16 @@ async def test_fuzzing_connection_disturbs_nobody(app: App, join: Any, server_fa
             await fuzzer.ws.send(frame)
             return fuzzer
 
+    last_seq = 0
     for i, frame in enumerate(frames):
         fuzzer = await send_or_rejoin(fuzzer, frame)
         if i % 50 == 0:  # the room keeps working throughout
             await host.send(t="danmaku", text=f"still live {i}")
-            got = await viewer.events(
+            [got] = await viewer.events(
                 lambda e, i=i: e["t"] == "danmaku" and e["text"] == f"still live {i}", 1
             )
-            assert got
+            assert got["uid"] == "host" and got["seq"] > last_seq  # sequenced, in order, from the host
+            last_seq = got["seq"]
     # the fuzzer's connection (or, after a generated `leave`, its next one) still answers
     ping = msgpack.packb({"t": "ping", "ts": 1})
     fuzzer = await send_or_rejoin(fuzzer, ping)

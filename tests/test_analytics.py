@@ -14,6 +14,7 @@ from server.analytics import aggregate
 from server.analytics.records import DAY, Record
 from server.app import App
 from server.config import Config
+from tests import prom
 from tests.conftest import TIMEOUT, WsClient
 
 T0 = datetime(2026, 1, 10, 12, 0, 0, tzinfo=UTC).timestamp()  # a Saturday noon, UTC
@@ -157,20 +158,16 @@ def test_bad_funnel_refused() -> None:
         aggregate.check_funnel(["joined", "bought"])
 
 
-async def _metric(app: App, name: str) -> float:
-    """A sample from the node's /metrics page (0 when not exported yet)."""
+async def _metric(app: App, kind: str) -> float:
+    """Records of `kind` flushed, from the node's /metrics page (0 when not exported yet)."""
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.port}/metrics") as response:
         text = await response.text()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    found = prom.sample(text, "liveroom_analytics_records_total", kind=kind)
+    return 0.0 if found is None else found
 
 
 async def test_metrics_follow_joins_and_messages(app: App, join: Callable[..., Awaitable[WsClient]]) -> None:
-    joins = 'liveroom_analytics_records_total{kind="join"}'
-    danmaku = 'liveroom_analytics_records_total{kind="danmaku"}'
-    likes = 'liveroom_analytics_records_total{kind="like"}'
+    joins, danmaku, likes = "join", "danmaku", "like"
     before = {name: await _metric(app, name) for name in (joins, danmaku, likes)}
     alice = await join("alice")
     await join("bob")

@@ -211,10 +211,17 @@ def test_danmaku_likes_and_dm_between_two_viewers(pages: Pages) -> None:
     expect(b.locator("#chat-list li.msg", has_text="hello from amy")).to_have_count(1, timeout=WAIT_MS)
     expect(a.locator("#danmaku .dm-item.mine", has_text="hello from amy")).to_have_count(1, timeout=WAIT_MS)
     expect(a.locator("#chat-list li.msg.mine:not(.pending)", has_text="hello from amy")).to_have_count(1)
-    # the host console sees it too, with moderation buttons
+    # the host console sees it too: a Delete button after the text, the name opens the user card
     line = host.locator("#chat-list li.msg", has_text="hello from amy")
     expect(line).to_have_count(1, timeout=WAIT_MS)
-    expect(line.locator(".mod button")).to_have_count(4)
+    expect(line.locator(".mod button")).to_have_count(1)
+    line.locator(".who").click()
+    expect(host.locator("#user-card")).to_be_visible()
+    expect(host.locator("#user-card .card-actions button")).to_have_text(["Mute 10 min", "Kick", "Ban"])
+    host.keyboard.press("Escape")
+    # Chinese danmaku render as text (scripts/test.sh installs fonts-noto-cjk for the screenshots)
+    send_chat(b, "你好，直播间！主播好棒 👍")  # noqa: RUF001
+    expect(a.locator("#danmaku .dm-item", has_text="你好，直播间")).to_have_count(1, timeout=WAIT_MS)  # noqa: RUF001
 
     # likes clicked in A raise B's total
     before = int(b.locator("#like-total").get_attribute("data-total") or "0")
@@ -307,7 +314,11 @@ def test_host_camera_reaches_viewer_video(pages: Pages) -> None:
     negotiations = viewer.evaluate("window.liveroom.media.negotiations")
     host.click("#stop")
     expect(viewer.locator("#offline")).to_be_visible(timeout=WAIT_MS)
-    expect(viewer.locator("#offline-title")).to_contain_text("not streaming", timeout=WAIT_MS)
+    expect(viewer.locator("#offline-title")).to_have_text("The stream has ended", timeout=WAIT_MS)
+    expect(viewer.locator("#offline-sub")).to_contain_text("Hana is still in the room")
+    expect(viewer.locator("#live-badge")).to_be_hidden()
+    expect(viewer.locator("#video-stats")).to_have_text("")  # no stale "1280x720 · 0 kbps"
+    shot(viewer, "viewer-stream-ended")
     host.click("#go-camera")
     viewer.wait_for_function(f"window.liveroom.media.negotiations > {negotiations}", timeout=VIDEO_WAIT_MS)
     wait_video_playing(viewer)
@@ -325,6 +336,13 @@ def test_host_camera_reaches_viewer_video(pages: Pages) -> None:
     wait_video_playing(viewer)  # the host's picture is still on the stage
     expect(host.locator("#chat-list li.sys", has_text="Lea went live")).to_have_count(1, timeout=WAIT_MS)
     shot(viewer, "viewer-cohost")
+    # the host console shows the co-host's video in a tile over its own preview
+    host.wait_for_function(
+        "document.querySelector('#cohost-main').videoWidth > 0 && !document.querySelector('#cohost-tile').hidden",
+        timeout=VIDEO_WAIT_MS,
+    )
+    expect(host.locator("#cohost-name")).to_have_text("Lea")
+    shot(host, "host-cohost-tile")
 
 
 # -- reconnect --------------------------------------------------------------------------------------------
@@ -343,10 +361,16 @@ def test_viewer_reconnects_after_server_restart(browser: Browser) -> None:
         srv.stop()
         viewer.wait_for_function("document.body.dataset.conn !== 'live'", timeout=WAIT_MS)
         expect(viewer.locator("#conn")).to_have_attribute("data-state", "reconnecting")
+        # the frozen picture is covered: reconnecting overlay, LIVE off, no stale online count
+        expect(viewer.locator("#reconnecting")).to_be_visible()
+        expect(viewer.locator("#live-badge")).to_be_hidden()
+        expect(viewer.locator("#online")).to_have_text("\u2013")  # an en dash
+        shot(viewer, "viewer-reconnecting")
         srv.start()  # same port
 
         viewer.wait_for_function("Number(document.body.dataset.reconnects) >= 1", timeout=WAIT_MS)
         wait_live(viewer)
+        expect(viewer.locator("#reconnecting")).to_be_hidden()
         # a message sent after the restart (by a plain WebSocket client) reaches the page
         with connect(f"ws://127.0.0.1:{srv.port}/ws?token={token('again', 'wsbot')}") as ws:
             assert msgpack.unpackb(ws.recv(timeout=WAIT_MS / 1000))["t"] == "snapshot"
@@ -406,21 +430,29 @@ def test_moderation_delete_mute_and_ban(pages: Pages) -> None:
     viewer = pages.viewer("strict", "troll")
     other = pages.viewer("strict", "olga")
 
-    def mod_button(text: str, label: str) -> None:
-        line = host.locator("#chat-list li.msg", has_text=text)
-        expect(line).to_have_count(1, timeout=WAIT_MS)
-        line.hover()
-        line.locator(".mod button", has_text=label).click()  # confirm() is accepted by the fixture
+    def line(text: str):
+        found = host.locator("#chat-list li.msg", has_text=text)
+        expect(found).to_have_count(1, timeout=WAIT_MS)
+        return found
+
+    def card_action(li, label: str) -> None:
+        li.locator(".who").click()  # the user card
+        expect(host.locator("#user-card")).to_be_visible()
+        host.locator("#user-card .card-actions button", has_text=label).click()  # confirm() accepted
 
     # delete: the message is replaced for everyone
     send_chat(viewer, "buy followers now")
-    mod_button("buy followers now", "Delete")
+    spam = line("buy followers now")
+    spam.hover()
+    spam.locator(".mod button", has_text="Delete").click()
     expect(other.locator("#chat-list li.deleted")).to_contain_text("removed by a moderator", timeout=WAIT_MS)
     expect(other.locator("#danmaku .dm-item", has_text="buy followers now")).to_have_count(0, timeout=WAIT_MS)
+    deleted = host.locator("#chat-list li.deleted")
+    expect(deleted).to_have_count(1, timeout=WAIT_MS)
 
-    # mute: the viewer is told, and sending shows the inline error
-    send_chat(viewer, "i am still here")
-    mod_button("i am still here", "Mute 10m")
+    # mute, from the user card of the deleted line (its name still opens the card)
+    card_action(deleted, "Mute 10 min")
+    shot(host, "host-user-card")
     expect(viewer.locator("#chat-list li.sys", has_text="muted you")).to_have_count(1, timeout=WAIT_MS)
     send_chat(viewer, "can anyone hear me")
     error = viewer.locator("#chat-error")
@@ -428,8 +460,8 @@ def test_moderation_delete_mute_and_ban(pages: Pages) -> None:
     expect(error).to_contain_text("muted")
     shot(viewer, "viewer-muted")
 
-    # ban: the viewer's page shows it and stops reconnecting
-    mod_button("i am still here", "Ban")
+    # ban, from the card again
+    card_action(deleted, "Ban")
     expect(viewer.locator("#blocked")).to_be_visible(timeout=WAIT_MS)
     expect(viewer.locator("#blocked-title")).to_contain_text("banned")
     expect(viewer.locator("#conn")).to_have_attribute("data-state", "failed")

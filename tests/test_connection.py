@@ -208,3 +208,12 @@ async def test_strikes_close_a_connection_that_keeps_being_refused() -> None:
     assert closes == [Close(int(ErrorCode.ABUSIVE), "too many rejected messages")]
     assert sent_errors == 3  # the strikes' worth of error frames, then the close instead
     assert conn.phase is Phase.CLOSED
+
+
+async def test_tests_run_on_uvloop() -> None:
+    """Production runs on uvloop (server.cli): so do the tests (tests/conftest.py)."""
+    import asyncio
+
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)

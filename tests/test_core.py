@@ -67,9 +67,13 @@ async def test_other_rooms_do_not_see_danmaku(join) -> None:
     a = await join("a", room="r1")
     other = await join("o", room="r2")
     await a.send(t="danmaku", text="only r1")
+    await a.events(lambda e: e["t"] == "danmaku" and e["text"] == "only r1", 1)  # r1's batch is out
     await other.send(t="danmaku", text="only r2")
     got = await other.events(lambda e: e["t"] == "danmaku", 1)
-    assert got[0]["text"] == "only r2"
+    assert got[0]["text"] == "only r2"  # r1's earlier batch never reached r2
+    await a.send(t="danmaku", text="r1 again")
+    got = await a.events(lambda e: e["t"] == "danmaku", 1)
+    assert got[0]["text"] == "r1 again"  # and r2's never reached r1, though it went out first
 
 
 async def test_danmaku_control_characters_stripped(join) -> None:
@@ -289,6 +293,7 @@ async def _flood_until(app: App, fast: WsClient, done) -> None:
             await fast.events(lambda e: e["t"] == "danmaku", 20)
 
 
+@pytest.mark.both_loops
 async def test_slow_consumer_does_not_block_others(app: App, join) -> None:
     """A reader that never reads: its buffer stays bounded, others keep receiving."""
     app.config.write_buffer_limit = 64 * 1024
@@ -314,6 +319,7 @@ async def test_slow_consumer_does_not_block_others(app: App, join) -> None:
     assert frame["count"] >= 5
 
 
+@pytest.mark.both_loops
 async def test_slow_consumer_closed_with_code(app: App, join) -> None:
     app.config.write_buffer_limit = 16 * 1024
     app.config.max_dropped_batches = 3
@@ -327,6 +333,7 @@ async def test_slow_consumer_closed_with_code(app: App, join) -> None:
     assert info.value.rcvd is not None and info.value.rcvd.code == ErrorCode.SLOW_CONSUMER
 
 
+@pytest.mark.both_loops
 async def test_graceful_shutdown_closes_with_1012(config) -> None:
     config.tick_ms = 1000  # the danmaku below is still queued when shutdown starts
     app = App(config)

@@ -20,7 +20,20 @@ def test_every_error_code_is_documented(code: ErrorCode) -> None:
     assert code.name in DOC, f"{code.name} missing from PROTOCOL.md"
 
 
-CLIENT_TYPES = ["join", "leave", "danmaku", "like", "dm", "dm_seen", "ping", "mod", "block", "unblock"]
+CLIENT_TYPES = [
+    "join",
+    "leave",
+    "danmaku",
+    "like",
+    "dm",
+    "dm_seen",
+    "ping",
+    "mod",
+    "block",
+    "unblock",
+    "slow_mode",
+    "viewers",
+]
 CLIENT_TYPES += list(protocol._MEDIA_PARSERS)
 
 

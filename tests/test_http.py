@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import App
+from tests import prom
 from tests.conftest import start_server_process, token
 
 
@@ -32,13 +33,16 @@ async def get(port: int, path: str) -> tuple[int, str, bytes]:
 async def test_health_ready_metrics_static(app: App, join) -> None:
     assert (await get(app.port, "/healthz"))[0] == 200
     assert (await get(app.port, "/readyz"))[0] == 200
+    _, _, body = await get(app.port, "/metrics")
+    danmaku_before = prom.sample(body.decode(), "liveroom_messages_in_total", type="danmaku") or 0.0
+    joins_before = prom.sample(body.decode(), "liveroom_joins_total") or 0.0
     a = await join("a")
     await a.send(t="danmaku", text="counted")
     await a.events(lambda e: e["t"] == "danmaku", 1)
     status, ctype, body = await get(app.port, "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
-    assert b'liveroom_messages_in_total{type="danmaku"}' in body
-    assert b"liveroom_joins_total" in body
+    assert prom.sample(body.decode(), "liveroom_messages_in_total", type="danmaku") == danmaku_before + 1
+    assert prom.sample(body.decode(), "liveroom_joins_total") == joins_before + 1
     status, ctype, body = await get(app.port, "/")
     assert status == 200 and ctype.startswith("text/html") and b"<html" in body.lower()
     assert (await get(app.port, "/room/demo"))[0] == 200

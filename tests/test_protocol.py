@@ -49,8 +49,27 @@ def test_decoder_raises_only_protocol_errors_on_arbitrary_maps(frame: dict) -> N
         message = protocol.parse_client_message(msgpack.packb(frame))
     except ProtocolError:
         return
-    assert frame["t"] in ("danmaku", "like", "dm", "ping", "join", "leave")
-    assert type(message).__name__  # a typed message came out
+    expected = {
+        "danmaku": protocol.Danmaku,
+        "like": protocol.Like,
+        "dm": protocol.DirectMessage,
+        "ping": protocol.Ping,
+        "join": protocol.Join,
+        "leave": protocol.Leave,
+    }
+    assert type(message) is expected[frame["t"]]  # the type the frame names, nothing else
+    # and its fields are the frame's, not defaults or another field's
+    if isinstance(message, protocol.Danmaku):
+        assert message.text == frame["text"] and message.cid == frame.get("cid")
+    elif isinstance(message, protocol.DirectMessage):
+        assert (message.to, message.text, message.cid) == (frame["to"], frame["text"], frame.get("cid"))
+    elif isinstance(message, protocol.Like):
+        assert message.count == frame.get("count", 1)
+    elif isinstance(message, protocol.Ping):
+        ts = frame.get("ts")
+        assert message.ts == ts or (message.ts != message.ts and ts != ts)  # NaN stays NaN
+    elif isinstance(message, protocol.Join):
+        assert (message.token, message.room) == (frame.get("token"), frame.get("room"))
 
 
 def test_decoder_limits() -> None:

@@ -94,9 +94,13 @@ async def test_signed_retried_delivered_once(
     await app.analytics.flush()
     await rx.wait(lambda: len(rx.accepted) == 4)
     assert rx.accepted[3]["type"] == "host.offline"
+    # one sender delivers in order: once a sentinel queued last arrives, any duplicate would have too
+    hooks.emit("sentinel", {})
+    await rx.wait(lambda: any(e["type"] == "sentinel" for e in rx.accepted))
+    assert [e["type"] for e in rx.accepted[4:]] == ["sentinel"]
     ids = [e["id"] for e in rx.accepted]
     assert len(set(ids)) == len(ids)  # each delivered once
-    await asyncio.wait_for(_until(lambda: hooks.delivered == 4), TIMEOUT)  # the sender saw each 2xx
+    await asyncio.wait_for(_until(lambda: hooks.delivered == 5), TIMEOUT)  # the sender saw each 2xx
     retries = REGISTRY.get_sample_value("liveroom_webhook_deliveries_total", {"result": "retry"})
     assert retries is not None and retries >= 1
 
@@ -109,8 +113,10 @@ async def test_moderation_event(
     host = await join("hank", role="host")
     await join("alice")
     await host.send(t="mod", action="mute", uid="alice", cid=1)
-    await rx.wait(lambda: any(e["type"] == "moderation" for e in rx.accepted))
-    [event] = [e for e in rx.accepted if e["type"] == "moderation"]
+    await host.recv_until(lambda f: f["t"] == "mod_ack")  # the action was applied (and emitted)
+    app.webhooks.emit("sentinel", {})  # type: ignore[union-attr]
+    await rx.wait(lambda: any(e["type"] == "sentinel" for e in rx.accepted))
+    [event] = [e for e in rx.accepted if e["type"] == "moderation"]  # once, even after waiting past it
     assert event["data"]["uid"] == "alice" and event["data"]["action"] == "mute"
 
 

@@ -64,7 +64,12 @@ async def test_started_and_ended_once_across_nodes(
         for app in apps:
             await app.analytics.flush()
         await rx.wait(lambda: len(rx.accepted) == 6)
+        # each node's sender delivers in order: past both nodes' sentinels, a duplicate would be here
+        for app in apps:
+            app.webhooks.emit("sentinel", {"node": app.node.node_id})  # type: ignore[union-attr]
+        await rx.wait(lambda: sum(e["type"] == "sentinel" for e in rx.accepted) == 2)
         types = [e["type"] for e in rx.accepted]
+        assert len(types) == 8
         assert types.count("room.started") == 1 and types.count("room.ended") == 1
         ids = [e["id"] for e in rx.accepted]
         assert len(set(ids)) == len(ids)

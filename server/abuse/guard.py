@@ -14,7 +14,7 @@ Per request: Host allow-list (DNS rebinding), Origin allow-list    -> HTTP 403
 The HTTP doors (WHIP, WHEP, stats, admin: server.abuse.doors.DOORS) call `authorize`,
 which runs the same checks in the same order for what each door declares.
 
-Every rejection raises ProtocolError; Client.reject sends the error frame,
+Every rejection raises ProtocolError; Connection.reject (server/connection.py) answers with the error frame,
 counts it, and asks `on_reject` whether a connection that keeps being
 rejected should be closed (4307).
 """

@@ -1,4 +1,4 @@
-"""Abuse counters, next to liveroom_rejections_total{reason} (which Client.reject increments).
+"""Abuse counters, next to liveroom_rejections_total{reason} (which Connection.reject increments).
 
 Labels are bounded: action/scope names from server.abuse.ratelimit, policy names, mod actions.
 """

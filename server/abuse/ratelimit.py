@@ -144,6 +144,8 @@ class BucketTable:
         idle = [key for key, bucket in self._buckets.items() if bucket.full(now)]
         for key in idle:
             del self._buckets[key]
+        if len(idle) > len(self._buckets):  # a dict never shrinks: copy it to give a burst's room back
+            self._buckets = dict(self._buckets)
         return len(idle)
 
     def __len__(self) -> int:

@@ -1,0 +1,236 @@
+"""Time to first picture on the viewer page, in real headless Chromium, from navigation start.
+
+Starts `python -m server serve --demo` (the Python host streams a test pattern into room
+`demo`), warms up with one page load that waits for video, then opens the viewer page in
+`--loads` fresh browser contexts one after the other. Each load is measured by the page's
+own clock origin (`performance.timeOrigin`, i.e. navigation start), independently of what
+the page reports: an init script records DOMContentLoaded, the token response, the first
+WebSocket message, the RTCPeerConnection's creation, ICE connected and the first
+`requestVideoFrameCallback`. Prints one JSON line per load, a JSON summary (p50/p95/max of
+every step) and a Markdown table.
+
+    python -m load_tests.bench_first_frame --loads 20
+    python -m load_tests.bench_first_frame --loads 20 --server-dir /tmp/base   # another revision
+
+Loopback only; needs Playwright and Chromium (the dev extra, scripts/test.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from load_tests.bench import percentiles
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+# Runs before any page script: hooks that stamp each step with performance.now(), whose
+# origin is navigation start, so every figure is "ms since the user asked for the page".
+PROBE = """
+(() => {
+  const marks = (window.__ff = {});
+  const now = () => performance.now();
+  const NativeWS = window.WebSocket;
+  window.WebSocket = class extends NativeWS {
+    constructor(...a) {
+      super(...a);
+      if (marks.ws_open_call === undefined) marks.ws_open_call = now();
+      this.addEventListener("message", () => { if (marks.first_ws_message === undefined) marks.first_ws_message = now(); });
+    }
+  };
+  const NativePC = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends NativePC {
+    constructor(...a) {
+      super(...a);
+      if (marks.pc_created === undefined) marks.pc_created = now();
+      this.addEventListener("iceconnectionstatechange", () => {
+        if (["connected", "completed"].includes(this.iceConnectionState) && marks.ice_connected === undefined)
+          marks.ice_connected = now();
+      });
+    }
+  };
+  document.addEventListener("DOMContentLoaded", () => (marks.dom_content_loaded = now()));
+  const watch = () => {
+    const v = document.querySelector("video#video");
+    if (!v) return requestAnimationFrame(watch);
+    v.requestVideoFrameCallback((t) => (marks.first_frame = t));
+  };
+  watch();
+})();
+"""
+
+STEPS = [
+    "html",
+    "token",
+    "ws_open_call",
+    "dom_content_loaded",
+    "first_ws_message",
+    "adopt",
+    "offer",
+    "pc_created",
+    "answer",
+    "ice_connected",
+    "first_frame",
+]
+
+
+def chromium_path() -> str:
+    for path in (os.environ.get("LIVEROOM_CHROMIUM"), "/usr/lib/chromium/chromium", "/usr/bin/chromium"):
+        if path and Path(path).exists():
+            return path
+    found = shutil.which("chromium")
+    if not found:
+        raise SystemExit("chromium not found")
+    return found
+
+
+def start_server(server_dir: str | None) -> tuple[subprocess.Popen[str], int]:
+    env = dict(os.environ)
+    cwd = server_dir or str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "server", "serve", "--demo", "--port", "0", "--http-port", "0"]
+    cmd += ["--log-level", "WARNING"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on http://127.0.0.1:" not in line:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, int(line.split("http://127.0.0.1:")[1].split()[0])
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its demo host (same session)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def one_load(browser: Any, url: str, timeout_ms: int) -> dict[str, Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        context.add_init_script(PROBE)
+        page = context.new_page()
+        page.goto(url, wait_until="commit")
+        try:
+            page.wait_for_function("window.__ff && window.__ff.first_frame !== undefined", timeout=timeout_ms)
+        except Exception as exc:
+            exc.page_state = page.evaluate(  # type: ignore[attr-defined]
+                """() => ({conn: document.body.dataset.conn, stream: document.body.dataset.stream,
+                  offline: document.querySelector('#offline-title')?.textContent,
+                  detail: document.querySelector('#offline-sub')?.textContent,
+                  marks: window.__ff, negotiations: window.liveroom?.media?.negotiations,
+                  pc: window.liveroom?.media?.pc?.connectionState})"""
+            )
+            raise
+        marks = page.evaluate(
+            """() => {
+              const m = {...window.__ff};
+              const tok = performance.getEntriesByType("resource").find((e) => e.name.includes("/api/dev/token"));
+              if (tok) m.token = tok.responseEnd;
+              const nav = performance.getEntriesByType("navigation")[0];
+              m.html = nav.responseEnd;
+              for (const e of performance.getEntriesByType("mark"))
+                if (e.name.startsWith("liveroom:") && m[e.name.slice(9)] === undefined) m[e.name.slice(9)] = e.startTime;
+              const ff = document.querySelector("#first-frame");
+              m.page_reported = ff && ff.dataset.ms ? Number(ff.dataset.ms) : null;
+              return m;
+            }"""
+        )
+        # The page's own report must agree with the probe (both from navigation start), give or take a frame.
+        page.wait_for_function("document.querySelector('#first-frame')?.dataset.ms", timeout=timeout_ms)
+        marks["page_reported"] = int(page.evaluate("document.querySelector('#first-frame').dataset.ms"))
+        return {k: round(v, 1) if isinstance(v, float) else v for k, v in marks.items()}
+    finally:
+        context.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--loads", type=int, default=20, help="fresh browser contexts measured (default 20)")
+    ap.add_argument("--server-dir", help="run the server from this source tree (e.g. a git archive)")
+    ap.add_argument("--label", default="", help="a name for this run in the output")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds one load may take")
+    args = ap.parse_args(argv)
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    proc, port = start_server(args.server_dir)
+    url = f"http://127.0.0.1:{port}/room/demo"
+    loads: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            deadline = time.monotonic() + 120
+            while True:  # warm-up: the demo host must be live (and Chromium's caches of the binary warm)
+                try:
+                    one_load(browser, url, 30_000)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+            for i in range(args.loads):
+                try:
+                    marks = one_load(browser, url, int(args.timeout * 1000))
+                except PlaywrightTimeout as exc:  # no picture in time: counted, described, not hidden
+                    failed.append({"load": i + 1, "state": getattr(exc, "page_state", None)})
+                    print(json.dumps({"label": args.label, "load": i + 1, "failed": failed[-1]}), flush=True)
+                    continue
+                marks["load"] = i + 1
+                print(json.dumps({"label": args.label, **marks}), flush=True)
+                loads.append(marks)
+            browser.close()
+    finally:
+        stop_server(proc)
+
+    summary: dict[str, Any] = {"label": args.label, "loads": len(loads), "failed": len(failed)}
+    for step in [*STEPS, "page_reported"]:
+        values = [float(m[step]) for m in loads if m.get(step) is not None]
+        p = percentiles(values)
+        p95 = sorted(values)[max(0, math.ceil(0.95 * len(values)) - 1)] if values else None
+        summary[step] = {"p50": p["p50"], "p95": p95, "max": p["max"]}
+    print(json.dumps({"summary": summary}), flush=True)
+    print(
+        f"\n| step ({args.label or 'run'}: {len(loads)} loads, {len(failed)} without a picture in time;"
+        " ms from navigation start) | p50 | p95 | max |"
+    )
+    print("|---|---|---|---|")
+    for step in [*STEPS, "page_reported"]:
+        s = summary[step]
+        cells = ["-" if s[k] is None else f"{s[k]:.0f}" for k in ("p50", "p95", "max")]
+        print(f"| {step} | {' | '.join(cells)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

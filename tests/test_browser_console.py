@@ -1,0 +1,118 @@
+"""Host console and room controls in real headless Chromium: slow mode, the viewer list, the
+camera preview, device picker and mic/camera mute. Same server and browser fixtures as
+tests/test_browser.py; one screenshot per state under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+from server.protocol import ErrorCode
+from tests import test_browser as tb
+from tests.test_browser import VIDEO_WAIT_MS, WAIT_MS, Pages, expect, send_chat, shot
+
+# the browser, server and pages fixtures of tests/test_browser.py (module-scoped there: here too)
+browser, server, pages = tb.browser, tb.server, tb.pages
+
+
+def test_slow_mode_and_viewer_list(pages: Pages) -> None:
+    host = pages.host("slow")
+    viewer = pages.viewer("slow", "sam", "Sam")
+
+    host.select_option("#slow-mode", "300")
+    expect(viewer.locator("#slow-note")).to_have_text("Slow mode: one message every 300 s.", timeout=WAIT_MS)
+    send_chat(viewer, "first one")
+    expect(viewer.locator("#chat-list li.msg:not(.pending)", has_text="first one")).to_have_count(
+        1, timeout=WAIT_MS
+    )
+    send_chat(viewer, "second one")
+    error = viewer.locator("#chat-error")
+    expect(error).to_have_attribute("data-code", str(int(ErrorCode.SLOW_MODE)), timeout=WAIT_MS)
+    expect(error).to_contain_text("every 300 s")
+    shot(viewer, "viewer-slow-mode")
+
+    late = pages.viewer("slow", "lou")  # a joiner learns it from the snapshot
+    expect(late.locator("#slow-note")).to_be_visible()
+
+    # the viewer list: everyone connected, names open the user card
+    host.click("#tab-viewers")
+    expect(host.locator("#viewer-list li")).to_have_count(3, timeout=WAIT_MS)
+    expect(host.locator("#viewer-list li[data-uid='sam'] .who")).to_have_text("Sam")
+    host.locator("#viewer-list li[data-uid='sam'] .who").click()
+    expect(host.locator("#user-card")).to_have_attribute("data-uid", "sam")
+    # a DM from the card reaches the viewer
+    host.fill("#user-card .card-dm input", "thanks for watching")
+    host.press("#user-card .card-dm input", "Enter")
+    expect(viewer.locator("#dm-badge")).to_have_text("1", timeout=WAIT_MS)
+    shot(host, "host-viewer-list")
+
+    host.click("#tab-chat")
+    host.select_option("#slow-mode", "0")
+    expect(viewer.locator("#slow-note")).to_be_hidden(timeout=WAIT_MS)
+
+
+def test_host_preview_devices_and_mute(pages: Pages) -> None:
+    host = pages.host("gear")
+    host.click("#preview-btn")
+    host.wait_for_function("document.querySelector('#preview').videoWidth > 0", timeout=VIDEO_WAIT_MS)
+    expect(host.locator("body")).to_have_attribute("data-preview", "on")
+    expect(host.locator("#offline")).to_be_hidden()
+    expect(host.locator("#pub-state")).to_have_attribute("data-state", "off")  # nobody sees it yet
+    # the fake devices are listed once the camera was opened
+    expect(host.locator("#pick-video option")).not_to_have_count(1, timeout=WAIT_MS)
+    expect(host.locator("#pick-audio option")).not_to_have_count(1, timeout=WAIT_MS)
+    shot(host, "host-preview")
+
+    viewer = pages.viewer("gear", "gus")
+    host.click("#go-camera")
+    host.wait_for_function(
+        "document.querySelector('#pub-state').dataset.state === 'live'", timeout=VIDEO_WAIT_MS
+    )
+    viewer.wait_for_function("document.querySelector('#video').videoWidth > 0", timeout=VIDEO_WAIT_MS)
+
+    host.click("#mute-mic")
+    host.click("#mute-cam")
+    expect(host.locator("body")).to_have_attribute("data-mic", "muted")
+    expect(host.locator("#mute-cam")).to_have_text("Camera off")
+    enabled = host.evaluate("window.liveroom.publisher.stream.getTracks().map((t) => [t.kind, t.enabled])")
+    assert sorted(enabled) == [["audio", False], ["video", False]]
+    shot(host, "host-muted")
+    # another camera while live: the sender switches tracks, still live, no renegotiation
+    options = host.locator("#pick-video option").evaluate_all("(os) => os.map((o) => o.value)")
+    host.select_option("#pick-video", options[-1])
+    host.wait_for_function(
+        f"window.liveroom.publisher.stream.getVideoTracks()[0].getSettings().deviceId === {options[-1]!r}",
+        timeout=WAIT_MS,
+    )
+    expect(host.locator("#pub-state")).to_have_attribute("data-state", "live")
+    host.click("#mute-cam")
+    expect(host.locator("body")).to_have_attribute("data-cam", "on")
+
+
+def test_dashboard_without_parameters_prompts_for_a_token(pages: Pages) -> None:
+    page = pages.open("/dashboard.html")
+    expect(page.locator("#prompt")).to_be_visible()
+    expect(page.locator("#prompt")).to_contain_text("--role host")
+    expect(page.locator("#charts")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("waiting for a token")
+    shot(page, "dashboard-prompt")
+    page.click("#dev-token")  # dev mode: a host token of the room from /api/dev/token
+    page.wait_for_function("document.querySelector('#token').value.split('.').length === 3", timeout=WAIT_MS)
+
+
+def test_without_dev_tokens_the_page_asks_for_a_token(browser: tb.Browser) -> None:
+    """The early dev join is refused (4100): the page falls back to asking, then joins with it."""
+    srv = tb.ServerProcess(tb._free_port(), "--no-dev-tokens")
+    srv.start()
+    opened = Pages(browser, srv.base)
+    try:
+        page = opened.open("/room/closed?user=pia")
+        expect(page.locator("#token-dialog")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#blocked")).to_be_hidden()
+        shot(page, "viewer-token-dialog")
+        page.fill("#token-input", tb.token("closed", "pia"))
+        page.click("#token-dialog button[type=submit]")
+        tb.wait_live(page)
+        expect(page.locator("#me")).to_contain_text("pia")
+    finally:
+        opened.close()
+        srv.stop()
+    assert not opened.errors, opened.errors
