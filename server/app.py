@@ -58,6 +58,7 @@ def make_broker(config: Config) -> Broker:
             dm_keep=config.dm_keep,
             dm_ttl=config.dm_ttl,
             cluster=config.redis_cluster,
+            wait_replicas=None if config.redis_wait_replicas < 0 else config.redis_wait_replicas,
         )
     return MemoryBroker(
         node_id=node_id,
@@ -141,6 +142,7 @@ class App:
             # asyncio's default of 100 overflows in join bursts (docs/BENCHMARKS.md): the kernel
             # then drops SYNs and clients stall 1-3 s in retransmits; admission control decides instead
             backlog=4096,
+            reuse_port=self.config.reuse_port or None,  # --workers: the kernel spreads connections
         )
         self.node.start()
         self.guard.start()

@@ -35,6 +35,9 @@ class Config:
     recent_size: int = 50  # danmaku in the join snapshot
     redis_url: str | None = None
     redis_cluster: bool = False  # Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH)
+    reuse_port: bool = False  # SO_REUSEPORT: several processes share the port (set by --workers)
+    # replicas that must hold a DM before it is acked; -1: 1 on a cluster, else 0
+    redis_wait_replicas: int = -1
     history_ttl: int = 600  # seconds: a room's history expires this long after its last event
     presence_ttl: float = 6.0  # seconds: a node that stops heartbeating stops counting online
     dm_keep: int = 1000  # unacknowledged DMs kept per user
@@ -174,6 +177,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", dest="redis_url", help="redis://host:port/db (default: in-memory)")
     parser.add_argument(
         "--redis-cluster", dest="redis_cluster", action="store_const", const=True, help="Redis Cluster mode"
+    )
+    parser.add_argument(
+        "--redis-wait-replicas",
+        dest="redis_wait_replicas",
+        type=int,
+        help="replicas that must have a DM before it is acked (WAIT; default 1 with --redis-cluster, else 0)",
     )
     parser.add_argument("--history-ttl", dest="history_ttl", type=int, help="seconds of room history (600)")
     parser.add_argument(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
 from server.dm_cursor import DmCursor
+from server.frames import RoomFrames
 from server.rooms import Room
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class Hub:
         self.pinned: set[str] = set()  # rooms kept open by local media (e.g. a WHIP publisher)
         self.room_locks = KeyedLocks()
         self.user_locks = KeyedLocks()
+        # one frame per room per tick to local viewers, however many nodes send batches
+        self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame)
         broker.on_room_reset = self._on_room_reset
 
     # -- rooms -------------------------------------------------------------------------
@@ -106,6 +109,7 @@ class Hub:
             room = self.rooms.get(room_id)
             if room is not None and room.empty and not room.dirty and room_id not in self.pinned:
                 del self.rooms[room_id]
+                self.frames.drop(room_id)
                 metrics.rooms.set(len(self.rooms))
                 await self.broker.unsubscribe(room_id)
 
@@ -178,7 +182,13 @@ class Hub:
         room.apply(epoch, events)
         metrics.batches.inc()
         metrics.batch_events.observe(len(events))
-        self.fanout.write(room.members, frame)
+        self.frames.offer(room_id, epoch, frame, events)
+
+    def _send_frame(self, room_id: str, frame: bytes) -> None:
+        room = self.rooms.get(room_id)
+        if room is not None:
+            metrics.room_frames.inc()
+            self.fanout.write(room.members, frame)
 
     def _on_room_reset(self, room_id: str, state: RoomState) -> None:
         """The room's stream restarted (Redis lost it, or this node sequenced alone through an
@@ -186,6 +196,7 @@ class Hub:
         room = self.rooms.get(room_id)
         if room is None:
             return
+        self.frames.drop(room_id)  # held events belong to the old stream
         room.recent.clear()
         load(room, state)
         for client in list(room.members):

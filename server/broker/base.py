@@ -65,6 +65,18 @@ class Sanction:
 SanctionHandler = Callable[[Sanction], None]
 
 
+@dataclass(slots=True)
+class Publish:
+    """One room's share of a tick, as Broker.publish takes it."""
+
+    room_id: str
+    events: list[Event]
+    likes_delta: int
+    local_online: int | None
+    now: int
+    joined: Sequence[str] = ()
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot take a write now; callers answer with a retryable error."""
 
@@ -115,6 +127,12 @@ class RoomStream(ABC):
         number, keeps them in history and delivers the batch, encoded once, to every
         subscribed node. `joined`: uids that joined locally this tick (unique viewers).
         """
+
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        """Publish a whole tick: every room that changed. A broker with a network in between
+        sends them together (RedisBroker: one pipeline per shard); this default does one by one."""
+        for p in publishes:
+            await self.publish(p.room_id, p.events, p.likes_delta, p.local_online, p.now, p.joined)
 
     @abstractmethod
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
@@ -253,6 +271,9 @@ class Broker:
         joined: Sequence[str] = (),
     ) -> None:
         await self.stream.publish(room_id, events, likes_delta, local_online, now, joined)
+
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        await self.stream.publish_many(publishes)
 
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
         return await self.stream.history_since(room_id, epoch, seq)
