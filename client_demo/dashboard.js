@@ -14,7 +14,14 @@ const FIGURES = [
   ["danmaku_per_min", "danmaku / min"],
   ["likes_per_min", "likes / min"],
   ["return_rate", "return rate"],
+  ["questions.asked", "questions asked"],
+  ["questions.answered_assistant", "answered by the assistant"],
+  ["questions.answered_host", "answered by the host"],
+  ["questions.unanswered", "unanswered"],
+  ["questions.latency_ms.p50", "answer latency p50 (ms)"],
+  ["questions.latency_ms.p95", "answer latency p95 (ms)"],
 ];
+const pick = (obj, path) => path.split(".").reduce((o, k) => o?.[k], obj);
 const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2) : String(v ?? "–"));
 
 let ffLabels = [];
@@ -40,7 +47,7 @@ let timer = null;
 
 function render(stats) {
   const rows = FIGURES.map(([key, label]) => {
-    const cells = ["live", "hour", "day"].map((w) => `<td>${fmt(stats[w]?.[key])}</td>`).join("");
+    const cells = ["live", "hour", "day"].map((w) => `<td>${fmt(pick(stats[w], key))}</td>`).join("");
     return `<tr><td>${label}</td>${cells}</tr>`;
   });
   $("windows").tBodies[0].innerHTML = rows.join("");
@@ -51,6 +58,12 @@ function render(stats) {
   const buckets = stats.day.first_frame.buckets_ms;
   ffLabels = Object.keys(buckets).map((b) => (b === "+Inf" ? ">5000" : `≤${b}`));
   ffChart.setData([ffLabels.map((_, i) => i), Object.values(buckets)]);
+  const top = stats.day.questions?.top_unanswered || [];
+  $("unanswered").replaceChildren(...top.map((q) => {
+    const li = document.createElement("li");
+    li.textContent = `${q.label} (×${q.count})`;
+    return li;
+  }));
   const funnel = $("funnel");
   funnel.replaceChildren(...stats.day.funnel.map((s) => {
     const row = document.createElement("p");

@@ -9,26 +9,30 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from server.config import Config
 
 DEMO_ROOM = "demo"
 STATS_INTERVAL = 30  # seconds between the demo host's stats lines in the server's output
+CATALOGUE = Path(__file__).resolve().parent / "catalogue.yaml"  # the demo room's assistant answers from it
 
 
 @dataclass
 class DemoHost:
     proc: asyncio.subprocess.Process
+    others: list[asyncio.subprocess.Process] = field(default_factory=list)  # the room's assistant
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        for proc in (self.proc, *self.others):
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
 
 
 async def start_demo_host(config: Config, port: int) -> DemoHost:
@@ -51,6 +55,26 @@ async def start_demo_host(config: Config, port: int) -> DemoHost:
         str(os.getpid()),
         env=env,
     )
+    assistant = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "assistant",
+        "--room",
+        DEMO_ROOM,
+        "--catalogue",
+        str(CATALOGUE),
+        "--pin",
+        "tee",  # the product on sale: short questions ("多少钱") are about it
+        "--server",
+        server,
+        "--parent-pid",
+        str(os.getpid()),
+        env=env,
+    )
+    print(
+        f"demo: the assistant answers product questions in room {DEMO_ROOM!r} ({CATALOGUE.name})", flush=True
+    )
     base = f"http://{host}:{port}"
     print(
         f"demo: a test pattern is streaming into room {DEMO_ROOM!r} (python -m client_demo.host)", flush=True
@@ -59,4 +83,4 @@ async def start_demo_host(config: Config, port: int) -> DemoHost:
         f"demo: watch at {base}/room/{DEMO_ROOM}   host console: {base}/host.html?room={DEMO_ROOM}",
         flush=True,
     )
-    return DemoHost(proc)
+    return DemoHost(proc, [assistant])

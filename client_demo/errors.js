@@ -42,6 +42,7 @@ export const ERRORS = {
   4403: ["BANNED", "You are banned from this room."],
   4404: ["MOD_TARGET", "That moderation action does not apply to this user or message."],
   4405: ["DM_BLOCKED", "This user does not accept your messages."],
+  4406: ["PIN_TARGET", "That item is no longer pinned."],
   4410: ["ROOM_CLOSED", "This room was closed by the operators."],
   4500: ["SHUTTING_DOWN", "The server is restarting; reconnecting."],
   4501: ["BROKER_UNAVAILABLE", "The server is having trouble right now; try again shortly."],

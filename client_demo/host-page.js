@@ -2,13 +2,16 @@
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError } from "./errors.js";
 import { LiveConnection, devToken, roomFromLocation } from "./live.js";
+import { attachBoard } from "./board.js";
 import { Publisher, ViewerMedia, isMediaError, setIceServers } from "./rtc.js";
+import { attachShop, pinForms } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 import { UserCard } from "./usercard.js";
 
 const params = new URLSearchParams(location.search);
 const room = roomFromLocation();
 const user = params.get("user") || "host";
+const CID_TAG = Math.random().toString(36).slice(2, 10); // danmaku cids are remembered 10 min per user
 const state = { me: null, hosts: new Map(), cid: 0, modSupported: true, pendingMod: new Map() };
 
 document.title = `${room} · host console`;
@@ -49,7 +52,13 @@ cohosts = new ViewerMedia({
 const card = new UserCard({ conn, me: () => state.me, onDone: (text) => sysLine(`${text}.`) });
 card.attach($("#chat-list"));
 card.attach($("#viewer-list"));
-window.liveroom = { conn, publisher, state, cohosts, card };
+// live commerce: the question board, pins (unpin, price/stock edits) and answers in the chat
+const boardRoot = el("section", { class: "board", id: "board" });
+document.querySelector("aside.side").prepend(boardRoot);
+const board = attachBoard(conn, boardRoot);
+const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me, manage: true });
+pinForms(conn, document.querySelector(".console-col"));
+window.liveroom = { conn, publisher, state, cohosts, card, board, shop };
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
@@ -187,7 +196,7 @@ $("#chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("#chat-input").value.trim();
   if (!text) return;
-  if (conn.send({ t: "danmaku", text, cid: `c${++state.cid}` })) $("#chat-input").value = "";
+  if (conn.send({ t: "danmaku", text, cid: `c${CID_TAG}.${++state.cid}` })) $("#chat-input").value = "";
 });
 
 $("#invite-form").addEventListener("submit", (e) => {

@@ -3,6 +3,7 @@ import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError, isBan, isKick } from "./errors.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
+import { attachShop } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
 import { UserCard } from "./usercard.js";
 
@@ -16,6 +17,7 @@ const state = {
   hosts: new Map(),
   pending: new Map(), // cid -> chat <li> of an own danmaku not yet echoed
   cidSeq: 0,
+  cidTag: Math.random().toString(36).slice(2, 10), // cids are remembered 10 min per user: unique per page
   likeQueue: 0,
   likeTimer: null,
   convs: new Map(), // uid -> {uid, name, items: [], unread}
@@ -84,7 +86,8 @@ const media = new ViewerMedia({
 const cohost = new Publisher({ conn, preview: $("#self-video"), onStatus: renderCohost });
 const card = new UserCard({ conn, me: () => state.me, onDm: (uid, name) => openConv(uid, name) });
 card.attach($("#chat-list"));
-window.liveroom = { conn, danmaku, media, cohost, state, card }; // for the console and the tests
+const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me }); // pins above the chat, answers in it
+window.liveroom = { conn, danmaku, media, cohost, state, card, shop }; // for the console and the tests
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
@@ -129,6 +132,8 @@ conn.on("snapshot", (snap, { resumed, recovered, since }) => {
   // events, which follow this handler, have confirmed the ones that did).
   setTimeout(() => {
     for (const [cid, li] of state.pending) conn.send({ t: "danmaku", text: li.dataset.text, cid });
+    // DMs not acknowledged before the drop: the same cid, so one already stored is not stored twice
+    for (const c of state.convs.values()) for (const i of c.items) if (i.mine && i.status === "sending") sendDm(c.uid, i);
   }, 0);
   media.onSnapshot(snap, resumed);
   if (resumed && cohost.stream) cohost.onReconnected();
@@ -327,7 +332,7 @@ $("#chat-form").addEventListener("submit", (e) => {
   const input = $("#chat-input");
   const text = input.value.trim();
   if (!text) return showError("chat", { code: 4201 });
-  const cid = `c${++state.cidSeq}`;
+  const cid = `c${state.cidTag}.${++state.cidSeq}`;
   if (!conn.send({ t: "danmaku", text, cid })) return showError("chat", { msg: "Not connected yet: wait a moment." });
   input.value = "";
   hideError("chat");
@@ -396,6 +401,7 @@ function onServerError(frame) {
     return showError("chat", frame);
   }
   if (ref !== undefined && String(ref).startsWith("d")) {
+    if (frame.code === 4501) return retryDm(ref, frame.retry_after); // not stored: send it again
     failDm(ref);
     return showError("dm", { ...frame, kind: "dm" });
   }
@@ -537,16 +543,31 @@ $("#dm-form").addEventListener("submit", (e) => {
   const input = $("#dm-input");
   const text = input.value.trim();
   if (!text || !state.openConv) return;
-  const cid = `d${++state.cidSeq}`;
-  if (!conn.send({ t: "dm", to: state.openConv, text, cid })) {
+  const cid = `d${state.cidTag}.${++state.cidSeq}`;
+  const item = { cid, mine: true, text, ts: Date.now(), status: "sending" };
+  if (!sendDm(state.openConv, item)) {
     return showError("dm", { msg: "Not connected yet: wait a moment." });
   }
   input.value = "";
   hideError("dm");
-  conv(state.openConv).items.push({ cid, mine: true, text, ts: Date.now(), status: "sending" });
+  conv(state.openConv).items.push(item);
   renderThread();
   renderConvs();
 });
+
+/** Send (or re-send, with the same cid: docs/PROTOCOL.md "Retrying after a reset") one DM. */
+function sendDm(to, item) {
+  return conn.send({ t: "dm", to, text: item.text, cid: item.cid });
+}
+
+function retryDm(cid, after) {
+  setTimeout(() => {
+    for (const c of state.convs.values()) {
+      const item = c.items.find((i) => i.cid === cid && i.status === "sending");
+      if (item) sendDm(c.uid, item);
+    }
+  }, Math.max(0.25, after || 1) * 1000);
+}
 
 function findByCid(cid) {
   for (const c of state.convs.values()) {

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import secrets
 import sys
 import time
 from typing import Any
@@ -37,6 +38,8 @@ class ViewerBot:
         self.me = args.user
         self.seen = 0  # danmaku printed
         self.sent = 0
+        self.tag = secrets.token_hex(4)  # cids are remembered per user for 10 min: unique per run
+        self.unconfirmed: dict[str, str] = {}  # cid -> text of own danmaku not seen in a batch yet
         self.done = asyncio.Event()
 
     def out(self, text: str) -> None:
@@ -132,6 +135,8 @@ class ViewerBot:
             kind = event["t"]
             if kind == "danmaku":
                 mine = " (me)" if event["uid"] == self.me else ""
+                if mine:
+                    self.unconfirmed.pop(str(event.get("cid")), None)
                 self.out(f"💬 {event['name']}{mine}: {event['text']}")
                 self.seen += 1
                 if self.args.count and self.seen >= self.args.count:
@@ -149,10 +154,18 @@ class ViewerBot:
 
     async def chat(self, ws: ClientConnection) -> None:
         a = self.args
+        # sent before a reset and not seen since: again with the same cid, so the server drops
+        # the ones it already has (docs/PROTOCOL.md, "Retrying after a reset")
+        for cid, text in list(self.unconfirmed.items()):
+            await ws.send(pack({"t": "danmaku", "text": text, "cid": cid}))
         for n in itertools.count(1):
+            if a.say_times and self.sent >= a.say_times:
+                return
             await asyncio.sleep(a.every * random.uniform(0.8, 1.2) if n > 1 else 0.5)
             text = a.say if a.say_times == 1 else f"{a.say} #{self.sent + 1}"
-            await ws.send(pack({"t": "danmaku", "text": text, "cid": f"bot{self.sent}"}))
+            cid = f"bot{self.tag}.{self.sent}"
+            self.unconfirmed[cid] = text
+            await ws.send(pack({"t": "danmaku", "text": text, "cid": cid}))
             if a.likes:
                 await ws.send(pack({"t": "like", "count": a.likes}))
             self.sent += 1

@@ -1,6 +1,7 @@
 """Fan-out through Redis with 1, 2 and 3 nodes: throughput, end-to-end latency, loss, Redis cost.
 
     python -m load_tests.bench_redis --nodes 1,2,3 --viewers 120 --rate 200 --duration 8 --repeat 3
+    python -m load_tests.bench_redis --nodes 2 --cluster     # a real 3+3 Redis Cluster instead
 
 Starts its own redis-server (no persistence) on a free loopback port and the node
 processes (`python -m server serve --redis URL`) against it, spreads the viewers
@@ -9,8 +10,13 @@ for --duration seconds. Each danmaku carries its send time, so every viewer meas
 end-to-end latency (sender socket -> node -> Redis -> every node -> viewer socket).
 Loss = sent x viewers - received (must be 0). Redis cost = commands executed per
 delivered message (INFO commandstats delta, Lua-internal calls included, / deliveries).
-Bounded: a run stops after --duration plus a drain deadline. Output: one JSON line
-with the medians over --repeat runs, then a Markdown table.
+Frames per viewer per second count the batch frames a viewer got while the senders were
+sending (the rule: at most 1000/tick_ms, whatever the node count). Node CPU (utime+stime
+of every node process, /proc) and Redis CPU (INFO cpu, every primary) are divided by the
+deliveries. With --repeat, node counts are interleaved (1,2,3,1,2,3,...) so a machine
+shared with other work loads every configuration alike. Bounded: a run stops after
+--duration plus a drain deadline. Output: one JSON line with the medians over --repeat
+runs, then a Markdown table.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from load_tests.bench import BENCH_SERVER_ENV
+from load_tests.bench import BENCH_SERVER_ENV, sample_server
 from server import auth
 from server.config import DEFAULT_SECRET
 
@@ -71,11 +77,50 @@ def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.05)
 
 
-def _start_node(redis_url: str, node_id: str) -> tuple[subprocess.Popen[str], int]:
+class _Redis:
+    """One redis-server, or a 3+3 cluster (tests/redis_fixtures.py): ports of the primaries."""
+
+    def __init__(self, workdir: str, cluster: bool) -> None:
+        self.cluster = cluster
+        if cluster:
+            from pathlib import Path
+
+            from tests.redis_fixtures import RedisClusterServer
+
+            self._cluster = RedisClusterServer(Path(workdir))
+            self._cluster.start()
+            self.url = self._cluster.url
+        else:
+            self._proc, port = _start_redis(workdir)
+            self.url = f"redis://127.0.0.1:{port}/0"
+            self._port = port
+
+    def primaries(self) -> list[int]:
+        return self._cluster.primaries() if self.cluster else [self._port]
+
+    def commands(self) -> int:
+        return sum(_commands(port) for port in self.primaries())
+
+    def cpu(self) -> float:
+        total = 0.0
+        for port in self.primaries():
+            with redis.Redis(port=port) as client:
+                info = client.info("cpu")
+            total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        return total
+
+    def stop(self) -> None:
+        if self.cluster:
+            self._cluster.stop()
+        else:
+            _stop(self._proc)
+
+
+def _start_node(redis_url: str, node_id: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"),
-            *("--redis", redis_url, "--node-id", node_id, "--log-level", "WARNING"),
+            *("--redis", redis_url, "--node-id", node_id, "--log-level", "WARNING", *extra),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -114,7 +159,9 @@ async def _join(port: int, user: str) -> ClientConnection:
     return ws
 
 
-async def _viewer(ws: ClientConnection, expected: int, latencies: list[float], stop: asyncio.Event) -> int:
+async def _viewer(
+    ws: ClientConnection, expected: int, latencies: list[float], stop: asyncio.Event, frames: list[int]
+) -> int:
     got = 0
     while got < expected and not stop.is_set():
         try:
@@ -127,6 +174,7 @@ async def _viewer(ws: ClientConnection, expected: int, latencies: list[float], s
         if frame.get("t") != "batch":
             continue
         now = time.perf_counter()
+        frames.append(1)
         for event in frame["events"]:
             if event["t"] == "danmaku" and event["text"].startswith("b:"):
                 got += 1
@@ -134,16 +182,17 @@ async def _viewer(ws: ClientConnection, expected: int, latencies: list[float], s
     return got
 
 
-async def _run_once(nodes: int, viewers: int, rate: float, duration: float) -> dict[str, Any]:
+async def _run_once(nodes: int, viewers: int, rate: float, duration: float, cluster: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
-        redis_proc, redis_port = _start_redis(workdir)
+        store = _Redis(workdir, cluster)
         procs: list[subprocess.Popen[Any]] = []
         sockets: list[ClientConnection] = []
         try:
-            url = f"redis://127.0.0.1:{redis_port}/0"
+            url = store.url
+            extra = ("--redis-cluster",) if cluster else ()
             ports = []
             for i in range(nodes):
-                proc, port = _start_node(url, f"bench{i}")
+                proc, port = _start_node(url, f"bench{i}", *extra)
                 procs.append(proc)
                 ports.append(port)
             watchers = [await _join(ports[i % nodes], f"v{i}") for i in range(viewers)]
@@ -152,8 +201,14 @@ async def _run_once(nodes: int, viewers: int, rate: float, duration: float) -> d
             total = int(rate * duration) // nodes * nodes
             latencies: list[float] = []
             stop = asyncio.Event()
-            before = _commands(redis_port)
-            readers = [asyncio.create_task(_viewer(ws, total, latencies, stop)) for ws in watchers]
+            before = store.commands()
+            redis_cpu = store.cpu()
+            node_cpu = [sample_server(p.pid) for p in procs]
+            frames: list[list[int]] = [[] for _ in watchers]
+            readers = [
+                asyncio.create_task(_viewer(ws, total, latencies, stop, frames[i]))
+                for i, ws in enumerate(watchers)
+            ]
             drains = [asyncio.create_task(_discard(ws, stop)) for ws in senders]
             started = time.perf_counter()
             for n in range(total):
@@ -165,22 +220,30 @@ async def _run_once(nodes: int, viewers: int, rate: float, duration: float) -> d
                     msgpack.packb({"t": "danmaku", "text": f"b:{time.perf_counter()!r}"})
                 )
             sent_for = time.perf_counter() - started
+            frames_sending = sum(len(f) for f in frames)  # frames seen while the senders sent
             done, _ = await asyncio.wait(readers, timeout=30)  # drain deadline
             elapsed = time.perf_counter() - started
             stop.set()
             received = sum(t.result() for t in done)
             await asyncio.gather(*readers, *drains, return_exceptions=True)
-            commands = _commands(redis_port) - before
+            commands = store.commands() - before
+            redis_cpu = store.cpu() - redis_cpu
+            node_cpu_s = sum(
+                (after.cpu_s - start.cpu_s)
+                for start, after in zip(node_cpu, (sample_server(p.pid) for p in procs), strict=True)
+                if start is not None and after is not None
+            )
         finally:
             for ws in sockets:
                 await ws.close()
             for proc in procs:
                 _stop(proc)
-            _stop(redis_proc)
+            store.stop()
     latencies.sort()
     delivered = total * viewers
     return {
         "nodes": nodes,
+        "redis": "cluster 3+3" if cluster else "single",
         "viewers": viewers,
         "sent": total,
         "send_rate": round(total / sent_for, 1),
@@ -190,6 +253,10 @@ async def _run_once(nodes: int, viewers: int, rate: float, duration: float) -> d
         "loss": delivered - received,
         "redis_cmds_per_delivered": round(commands / max(received, 1), 4),
         "redis_cmds_per_sent": round(commands / max(total, 1), 3),
+        "frames_per_viewer_s": round(frames_sending / len(watchers) / sent_for, 2),
+        "node_cpu_us_per_delivered": round(node_cpu_s * 1e6 / max(received, 1), 3),
+        "redis_cpu_us_per_delivered": round(redis_cpu * 1e6 / max(received, 1), 3),
+        "node_cpu_s": round(node_cpu_s, 2),
     }
 
 
@@ -222,23 +289,29 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="danmaku per second, all senders")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of sending")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cluster", action="store_true", help="a real 3+3 Redis Cluster, not one Redis")
     args = parser.parse_args()
-    results = []
-    for nodes in (int(n) for n in args.nodes.split(",")):
-        runs = [
-            asyncio.run(_run_once(nodes, args.viewers, args.rate, args.duration)) for _ in range(args.repeat)
-        ]
-        results.append(_median(runs))
+    counts = [int(n) for n in args.nodes.split(",")]
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+    for _ in range(args.repeat):  # interleaved: 1,2,3,1,2,3,...
+        for nodes in counts:
+            runs[nodes].append(
+                asyncio.run(_run_once(nodes, args.viewers, args.rate, args.duration, args.cluster))
+            )
+    results = [_median(runs[n]) for n in counts]
     print(json.dumps({"bench": "redis_fanout", "results": results}))
     print()
     print(
-        "| nodes | viewers | sent | delivered msg/s | e2e p50 ms | e2e p99 ms | loss | Redis cmds / delivered |"
+        "| nodes | redis | viewers | sent | delivered msg/s | e2e p50 ms | e2e p99 ms | loss "
+        "| frames/viewer/s | node CPU µs/delivered | Redis CPU µs/delivered | Redis cmds/delivered |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['nodes']} | {r['viewers']} | {r['sent']} | {r['delivered_per_s']} | {r['p50_ms']} "
-            f"| {r['p99_ms']} | {r['loss']} | {r['redis_cmds_per_delivered']} |"
+            f"| {r['nodes']} | {r['redis']} | {r['viewers']} | {r['sent']} | {r['delivered_per_s']} "
+            f"| {r['p50_ms']} | {r['p99_ms']} | {r['loss']} | {r['frames_per_viewer_s']} "
+            f"| {r['node_cpu_us_per_delivered']} | {r['redis_cpu_us_per_delivered']} "
+            f"| {r['redis_cmds_per_delivered']} |"
         )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 import signal
+import threading
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -14,6 +16,7 @@ from server.abuse.guard import Guard
 from server.abuse.moderation import Moderation
 from server.admin.routes import AdminApi, add_admin_routes
 from server.analytics.recorder import make_analytics
+from server.answers import Answers
 from server.broker.base import Broker
 from server.broker.memory import MemoryBroker
 from server.client import Client, Services
@@ -21,6 +24,7 @@ from server.config import Config, ConfigError
 from server.fanout import RoomFanout
 from server.http import HttpRoutes
 from server.hub import Hub
+from server.idempotency import make_send_log
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
 from server.media_gateway import MediaGateway
@@ -31,6 +35,10 @@ from server.whip import MediaHttp
 log = logging.getLogger("liveroom")
 WS_LOG = logging.getLogger("liveroom.ws")
 WS_LOG.addFilter(QuietFilter())
+
+# Seconds from SIGTERM to exit, whatever Redis does (down, or accepting and never answering):
+# past it the graceful stop is cancelled, and a thread ends the process if even that hangs.
+SHUTDOWN_TIMEOUT = 15.0
 
 
 def make_broker(config: Config) -> Broker:
@@ -50,6 +58,7 @@ def make_broker(config: Config) -> Broker:
             dm_keep=config.dm_keep,
             dm_ttl=config.dm_ttl,
             cluster=config.redis_cluster,
+            wait_replicas=None if config.redis_wait_replicas < 0 else config.redis_wait_replicas,
         )
     return MemoryBroker(
         node_id=node_id,
@@ -88,8 +97,10 @@ class App:
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
         self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
-        self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics)
-        self.services = Services(config, self.node, self.guard, self.media, self.analytics)
+        self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
+        self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
+        self.answers = Answers(config, self.hub, self.analytics)  # replies, pins, product edits
+        self.services = Services(config, self.node, self.guard, self.media, self.analytics, self.answers)
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
         self.media_http = MediaHttp(config, self.guard, self.media, self.hub)  # WHIP/WHEP, http_port
@@ -131,6 +142,7 @@ class App:
             # asyncio's default of 100 overflows in join bursts (docs/BENCHMARKS.md): the kernel
             # then drops SYNs and clients stall 1-3 s in retransmits; admission control decides instead
             backlog=4096,
+            reuse_port=self.config.reuse_port or None,  # --workers: the kernel spreads connections
         )
         self.node.start()
         self.guard.start()
@@ -159,6 +171,7 @@ class App:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.node.close_connections()
+        await self.sends.close()
         await self.media_http.stop()
         await self.media.close()
         if self.server is not None:
@@ -202,6 +215,20 @@ async def run(config: Config) -> None:
         demo = await start_demo_host(config, app.port)
     await stop.wait()
     log.info("shutting down")
-    if demo is not None:
-        await demo.stop()
-    await app.stop()
+    watchdog = threading.Timer(SHUTDOWN_TIMEOUT + 3, _exit_now)  # the loop itself may be stuck
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            if demo is not None:
+                await demo.stop()
+            await app.stop()
+    except TimeoutError:
+        log.warning("shutdown took over %.0f s: exiting without finishing it", SHUTDOWN_TIMEOUT)
+    watchdog.cancel()
+
+
+def _exit_now() -> None:
+    log.warning("shutdown hung: exiting at once")
+    logging.shutdown()
+    os._exit(1)

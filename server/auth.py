@@ -14,8 +14,9 @@ import jwt
 
 from server.protocol import ErrorCode, ProtocolError, strip_controls, valid_id
 
-Role = Literal["host", "moderator", "viewer"]
-ROLES: tuple[Role, ...] = ("host", "moderator", "viewer")
+Role = Literal["host", "moderator", "viewer", "assistant"]
+# assistant: the live-commerce assistant (server/assistant): may reply and pin, may not moderate
+ROLES: tuple[Role, ...] = ("host", "moderator", "viewer", "assistant")
 DEFAULT_TTL = 6 * 3600
 CLOCK_SKEW = 30  # seconds of leeway for clocks that disagree a little
 MAX_NAME_LEN = 32
@@ -34,6 +35,11 @@ class Identity:
     @property
     def can_moderate(self) -> bool:
         return self.role in ("host", "moderator")
+
+    @property
+    def can_answer(self) -> bool:
+        """Replies, pins and product edits: the room's staff and its assistant."""
+        return self.role in ("host", "moderator", "assistant")
 
 
 def mint(

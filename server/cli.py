@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--log-format", choices=["text", "json"], default="text", help="json: one object a line"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="node processes sharing the port (SO_REUSEPORT) and one Redis (default 1)",
+    )
 
     token = sub.add_parser("token", help="print a signed join token")
     token.add_argument("--room", required=True)
@@ -29,7 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL, help="seconds (default 6 h)")
     token.add_argument("--secret", help="signing secret (default: LIVEROOM_SECRET or the dev secret)")
 
+    assistant = sub.add_parser("assistant", help="run the live-commerce assistant in a room")
+    from server.assistant.runner import add_arguments
+
+    add_arguments(assistant)
+
     args = parser.parse_args(argv)
+    if args.command == "assistant":
+        import asyncio
+
+        from server.assistant.runner import run as run_assistant
+
+        logs.configure("INFO", "text")
+        try:
+            return asyncio.run(run_assistant(args))
+        except KeyboardInterrupt:
+            return 0
     try:
         if args.command == "token":
             claims = {
@@ -50,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"liveroom: {exc}", file=sys.stderr)
         return 2
     logs.configure(args.log_level, args.log_format)
+    if args.workers > 1:
+        from server.workers import run_workers
+
+        return run_workers(config, args.workers, sys.argv[1:] if argv is None else argv)
+    if args.workers < 1:
+        print("liveroom: --workers must be at least 1", file=sys.stderr)
+        return 2
 
     import uvloop
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from server.abuse.connstate import ConnState
     from server.abuse.guard import Guard
     from server.analytics.recorder import Analytics
+    from server.answers import Answers
     from server.config import Config
     from server.media_gateway import MediaGateway
     from server.node import Node
@@ -56,6 +57,7 @@ class Services:
     guard: Guard
     media: MediaGateway
     analytics: Analytics
+    answers: Answers
 
 
 class Client:
@@ -210,7 +212,7 @@ class Client:
     async def _dispatch(self, route: Route, message: Any) -> None:
         services = self.services
         if route is Route.DANMAKU:
-            services.node.danmaku(self, message)
+            await services.node.danmaku(self, message)
         elif route is Route.LIKE:
             services.node.like(self, message)
         elif route is Route.DM:
@@ -221,6 +223,8 @@ class Client:
             await services.guard.command(self, message)
         elif route is Route.STATS:
             services.analytics.first_frame(self, message.first_frame_ms)
+        elif route is Route.ANSWER:
+            await services.answers.handle(self, message)
         elif route is Route.SLOW_MODE:
             services.node.slow_mode(self, message)
         elif route is Route.VIEWERS:

@@ -35,6 +35,9 @@ class Config:
     recent_size: int = 50  # danmaku in the join snapshot
     redis_url: str | None = None
     redis_cluster: bool = False  # Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH)
+    reuse_port: bool = False  # SO_REUSEPORT: several processes share the port (set by --workers)
+    # replicas that must hold a DM before it is acked; -1: 1 on a cluster, else 0
+    redis_wait_replicas: int = -1
     history_ttl: int = 600  # seconds: a room's history expires this long after its last event
     presence_ttl: float = 6.0  # seconds: a node that stops heartbeating stops counting online
     dm_keep: int = 1000  # unacknowledged DMs kept per user
@@ -86,6 +89,8 @@ class Config:
     admin_token: str = ""  # Bearer secret of the admin API and any room's stats; empty: admin API off
     webhook_url: str = ""  # POST target of webhook events; empty: no webhooks
     webhook_secret: str = ""  # HMAC-SHA256 key signing webhook bodies
+    reply_interval: float = 3.0  # seconds between two assistant replies in a room (server.answers)
+    reply_repeat_window: float = 20.0  # seconds before the same answer may be given again in a room
     demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
     profile: str = ""  # a named set of defaults (PROFILES); "" for none
 
@@ -116,6 +121,8 @@ class Config:
                 raise ConfigError("media_udp_ports must be MIN-MAX within 1024-65535")
         if self.media_claim_ttl <= 0:
             raise ConfigError("media_claim_ttl must be positive")
+        if self.reply_interval < 0 or self.reply_repeat_window < 0:
+            raise ConfigError("reply_interval and reply_repeat_window must be >= 0")
         if self.media_sessions_per_user < 0 or self.media_sessions_per_ip < 0 or self.media_ice_timeout <= 0:
             raise ConfigError("media session caps must be >= 0 and media_ice_timeout > 0")
         if self.dm_store_users < 1 or self.dm_store_bytes < 1 or self.dm_ttl < 1:
@@ -185,6 +192,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-cluster", dest="redis_cluster", action="store_const", const=True, help="Redis Cluster mode"
     )
+    parser.add_argument(
+        "--redis-wait-replicas",
+        dest="redis_wait_replicas",
+        type=int,
+        help="replicas that must have a DM before it is acked (WAIT; default 1 with --redis-cluster, else 0)",
+    )
     parser.add_argument("--history-ttl", dest="history_ttl", type=int, help="seconds of room history (600)")
     parser.add_argument(
         "--presence-ttl", dest="presence_ttl", type=float, help="seconds before a silent node stops counting"
@@ -237,6 +250,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--webhook-url", dest="webhook_url", help="POST webhook events here")
     parser.add_argument("--webhook-secret", dest="webhook_secret", help="HMAC-SHA256 webhook signing key")
+    parser.add_argument(
+        "--reply-interval", dest="reply_interval", type=float, help="s between assistant replies (3)"
+    )
+    parser.add_argument(
+        "--reply-repeat-window",
+        dest="reply_repeat_window",
+        type=float,
+        help="s before an answer repeats (20)",
+    )
     parser.add_argument(
         "--demo", dest="demo", action="store_const", const=True, help="also stream a test pattern (room demo)"
     )

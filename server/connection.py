@@ -46,6 +46,7 @@ class Route(enum.Enum):
     MODERATE = "moderate"
     STATS = "stats"
     MEDIA = "media"
+    ANSWER = "answer"  # replies, question tags, pins, product edits (server.answers)
     SLOW_MODE = "slow_mode"
     VIEWERS = "viewers"
 
@@ -126,6 +127,7 @@ ROUTES: dict[type, Route] = {
     protocol.SlowMode: Route.SLOW_MODE,
     protocol.Viewers: Route.VIEWERS,
     **dict.fromkeys(protocol.MEDIA_MESSAGES, Route.MEDIA),
+    **dict.fromkeys(protocol.ANSWER_MESSAGES, Route.ANSWER),
 }
 
 _TYPE_NAMES: dict[type, str] = {
@@ -142,6 +144,11 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.SlowMode: "slow_mode",
     protocol.Viewers: "viewers",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
+    protocol.Reply: "reply",
+    protocol.Question: "question",
+    protocol.Pin: "pin",
+    protocol.Unpin: "unpin",
+    protocol.ProductEdit: "product",
 }
 # label lookups cost a lock and a dict per call: bind each type's counter once
 _COUNTED = {cls: metrics.messages_in.labels(type=name) for cls, name in _TYPE_NAMES.items()}

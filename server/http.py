@@ -129,7 +129,7 @@ class HttpRoutes:
             return _refused(
                 ProtocolError(
                     ErrorCode.BAD_FIELD,
-                    "room and user must be 1-64 chars of [A-Za-z0-9_.:-]; role host|moderator|viewer",
+                    "room and user must be 1-64 chars of [A-Za-z0-9_.:-]; role host|moderator|viewer|assistant",
                 )
             )
         # signed with the node's signing key: the one every door checks first (LIVEROOM_SECRETS)

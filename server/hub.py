@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from server import metrics
-from server.broker.base import Broker, Event, RoomState
+from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
+from server.dm_cursor import DmCursor
+from server.frames import RoomFrames
 from server.rooms import Room
 
 if TYPE_CHECKING:
@@ -80,12 +82,14 @@ class Hub:
         self.broker = broker
         self.fanout = fanout
         self.rooms: dict[str, Room[Peer]] = {}
-        self.users: dict[str, set[Peer]] = {}
+        self.users: dict[str, dict[Peer, DmCursor]] = {}  # uid -> its local connections and their DM cursors
         self.dirty: set[str] = set()  # rooms with something for the next tick
         self.pinned: set[str] = set()  # rooms kept open by local media (e.g. a WHIP publisher)
         self.live_listeners: list[Callable[[str], None]] = []  # media: a room's `live` state changed
         self.room_locks = KeyedLocks()
         self.user_locks = KeyedLocks()
+        # one frame per room per tick to local viewers, however many nodes send batches
+        self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame)
         broker.on_room_reset = self._on_room_reset
 
     # -- rooms -------------------------------------------------------------------------
@@ -107,6 +111,7 @@ class Hub:
             room = self.rooms.get(room_id)
             if room is not None and room.empty and not room.dirty and room_id not in self.pinned:
                 del self.rooms[room_id]
+                self.frames.drop(room_id)
                 metrics.rooms.set(len(self.rooms))
                 await self.broker.unsubscribe(room_id)
 
@@ -135,18 +140,28 @@ class Hub:
     # -- users ---------------------------------------------------------------------------
 
     async def add_user(self, client: Peer) -> None:
-        """Follow the user's inbox (DMs) from its first local connection on."""
+        """Follow the user's DMs from its first local connection on; every new connection (not
+        only the first on this node) gets the backlog, live DMs waiting behind it."""
         who = client.identity
         assert who is not None
         async with self.user_locks(who.uid):
+            cursor = DmCursor()
             local = self.users.get(who.uid)
             if local is None:
-                self.users[who.uid] = {client}
-                kept = await self.broker.subscribe_user(who.uid, self._on_user_frame)
-                for frame in kept:
-                    client.send(frame)
+                self.users[who.uid] = {client: cursor}
+                backlog = await self.broker.subscribe_user(who.uid, self._on_user_frame)
             else:
-                local.add(client)
+                local[client] = cursor
+                try:
+                    backlog = await self.broker.dm_backlog(who.uid)
+                except BrokerUnavailable:
+                    backlog = []  # DMs are refused meanwhile; this connection gets the live ones
+            for frame in cursor.open(backlog):
+                client.send(frame)
+
+    def dm_cursor(self, client: Peer) -> DmCursor | None:
+        who = client.identity
+        return self.users.get(who.uid, {}).get(client) if who is not None else None
 
     async def remove_user(self, client: Peer) -> None:
         who = client.identity
@@ -155,7 +170,7 @@ class Hub:
         async with self.user_locks(who.uid):
             local = self.users.get(who.uid)
             if local is not None:
-                local.discard(client)
+                local.pop(client, None)
                 if not local:
                     del self.users[who.uid]
                     await self.broker.unsubscribe_user(who.uid)
@@ -172,7 +187,13 @@ class Hub:
                 listener(room_id)
         metrics.batches.inc()
         metrics.batch_events.observe(len(events))
-        self.fanout.write(room.members, frame)
+        self.frames.offer(room_id, epoch, frame, events)
+
+    def _send_frame(self, room_id: str, frame: bytes) -> None:
+        room = self.rooms.get(room_id)
+        if room is not None:
+            metrics.room_frames.inc()
+            self.fanout.write(room.members, frame)
 
     def _on_room_reset(self, room_id: str, state: RoomState) -> None:
         """The room's stream restarted (Redis lost it, or this node sequenced alone through an
@@ -180,6 +201,7 @@ class Hub:
         room = self.rooms.get(room_id)
         if room is None:
             return
+        self.frames.drop(room_id)  # held events belong to the old stream
         room.recent.clear()
         load(room, state)
         for client in list(room.members):
@@ -187,8 +209,9 @@ class Hub:
 
     def _on_user_frame(self, user_id: str, frame: bytes) -> None:
         # DMs are rare and must not be skipped like danmaku batches: write them directly.
-        for client in self.users.get(user_id, ()):
-            client.send(frame)
+        for client, cursor in list(self.users.get(user_id, {}).items()):
+            if (out := cursor.offer(frame)) is not None:
+                client.send(out)
 
 
 def load(room: Room[Peer], state: RoomState) -> None:
@@ -203,3 +226,4 @@ def load(room: Room[Peer], state: RoomState) -> None:
     room.publishers = dict(state.publishers)
     room.media_node = state.media_node
     room.media_url = state.media_url
+    room.pins = dict(state.pins)

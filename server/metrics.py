@@ -152,3 +152,21 @@ broker_abuse_fallbacks = Counter(
 broker_usage_exchanges = Counter(
     "liveroom_broker_usage_exchanges_total", "Rate-limit usage exchanges with the other nodes (done)"
 )
+broker_dm_unreplicated = Counter(
+    "liveroom_broker_dm_unreplicated_total",
+    "DMs stored on a Redis primary but refused (4501) because no replica confirmed them in time (WAIT)",
+)
+broker_tick_pipelines = Counter(
+    "liveroom_broker_tick_pipelines_total",
+    "Ticks (or single publishes) sent to Redis as one pipeline per shard",
+)
+room_frames = Counter(
+    "liveroom_room_frames_total",
+    "Batch frames sent to a room's local viewers (at most one per room per tick; batches merged)",
+)
+tick_seconds = Histogram(
+    "liveroom_tick_seconds",
+    "Duration of one tick: draining every changed room and publishing them (one round trip per shard)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+tick_rooms = Counter("liveroom_tick_rooms_total", "Room publishes handed to the broker by ticks")

@@ -15,7 +15,8 @@ import time
 from typing import TYPE_CHECKING
 
 from server import metrics, protocol
-from server.broker.base import Broker, BrokerUnavailable, Event
+from server.broker.base import Broker, BrokerUnavailable, Event, Publish
+from server.idempotency import SENT, Claimed, SendInProgress, SendLog
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room, system_event
 
@@ -39,6 +40,7 @@ class Node:
         guard: Guard,
         media: MediaGateway,
         analytics: Analytics,
+        sends: SendLog,
     ) -> None:
         self.config = config
         self.broker = broker
@@ -46,9 +48,15 @@ class Node:
         self.guard = guard
         self.media = media
         self.analytics = analytics
+        self.sends = sends  # cid -> first answer (idempotent dm / danmaku)
         self.node_id = config.node_id or broker.node_id
         self._ticker: asyncio.Task[None] | None = None
-        self.limits = {"danmaku_len": config.danmaku_max_len, "dm_len": config.dm_max_len}
+        self.limits = {
+            "danmaku_len": config.danmaku_max_len,
+            "dm_len": config.dm_max_len,
+            "reply_ms": int(config.reply_interval * 1000),  # the assistant paces itself by these
+            "reply_repeat_ms": int(config.reply_repeat_window * 1000),
+        }
         self.draining = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -63,7 +71,11 @@ class Node:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        await self.tick()
+        try:  # the last batches; a hung Redis must not keep clients from their 1012
+            await asyncio.wait_for(self.tick(), 3.0)
+        except TimeoutError:
+            log.warning("last tick did not finish within 3 s: its events are not published")
+        self.hub.frames.flush_all()
 
     async def close_connections(self) -> None:
         """Close every local connection with 1012 (reconnect elsewhere), bounded in time."""
@@ -93,6 +105,7 @@ class Node:
         # read history first: from here to add_member nothing awaits, so no batch slips between
         missed = await self._missed(room, *resume) if resume is not None else None
         now = protocol.now_ms()
+        self.hub.frames.flush(room.room_id)  # viewers already in get what the snapshot will include
         snapshot = room.snapshot(who, self.node_id, self.config.tick_ms, self.limits)
         if resume is not None:
             snapshot["recovered"] = missed is not None
@@ -133,9 +146,14 @@ class Node:
 
     # -- client actions ------------------------------------------------------------------
 
-    def danmaku(self, client: Peer, message: protocol.Danmaku) -> None:
+    async def danmaku(self, client: Peer, message: protocol.Danmaku) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
+        if (
+            message.cid is not None
+            and (await self._claim(who.uid, "danmaku", message.cid)).answer is not None
+        ):
+            return  # a retry of a danmaku already sequenced: the room has it once
         # message.text was cleaned and filtered by the guard (Guard.check runs before every handler)
         room = self.hub.rooms[client.room_id]
         if who.role == "viewer" and (wait := room.slow_wait(who.uid, time.monotonic())):
@@ -192,11 +210,20 @@ class Node:
         await self.guard.dm_allowed(who.uid, message)
         now = protocol.now_ms()  # message.text was cleaned and filtered by Guard.check
         dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
+        if message.cid is not None:
+            claimed = await self._claim(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
+            if claimed.answer is None and claimed.orphan:  # its node died mid-send: stored or not?
+                claimed = await self._find_orphan(who.uid, message, claimed.orphan)
+            if claimed.answer is not None:
+                client.send(claimed.answer)  # a retry: the original dm_ack, the DM is not stored twice
+                return
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
         except ProtocolError as error:  # the memory broker's DM store is full (4502)
             raise ProtocolError(error.code, error.message, message.cid, error.retry_after) from None
         except BrokerUnavailable:
+            if message.cid is not None:
+                await self.sends.release(who.uid, "dm", message.cid)
             metrics.rejections.labels(reason="broker_unavailable").inc()
             client.send(
                 protocol.error_frame(
@@ -212,13 +239,47 @@ class Node:
         ack = {"t": "dm_ack", "id": receipt.id, "to": message.to, "ts": now, "delivered": delivered}
         if message.cid is not None:
             ack["cid"] = message.cid
-        client.send(protocol.pack(ack))
+        frame = protocol.pack(ack)
+        if message.cid is not None:
+            await self.sends.answer(who.uid, "dm", message.cid, frame)
+        client.send(frame)
+
+    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed:
+        """A DM whose first send was cut off by its node's death: its ack, if it was stored."""
+        try:
+            kept = await self.broker.dm_backlog(message.to)
+        except BrokerUnavailable:
+            return Claimed()  # store_dm refuses it too: the client retries later
+        for frame in kept:
+            dm = protocol.unpack(frame)
+            if dm.get("from") == uid and dm.get("ts") == note.get("ts") and note.get("to") == message.to:
+                ack = {"t": "dm_ack", "id": dm["id"], "to": message.to, "ts": dm["ts"], "delivered": False}
+                frame = protocol.pack({**ack, "cid": message.cid})
+                await self.sends.answer(uid, "dm", message.cid, frame)
+                return Claimed(answer=frame)
+        return Claimed()
+
+    async def _claim(self, uid: str, kind: str, cid: str | int, note: dict | None = None) -> Claimed:
+        """The first answer to this (sender, cid), or a claim on it (see idempotency.py)."""
+        try:
+            return await self.sends.claim(uid, kind, cid, note)
+        except SendInProgress:
+            raise ProtocolError(
+                ErrorCode.BROKER_UNAVAILABLE,
+                "a send with this cid is in progress: retry",
+                cid,
+                retry_after=1.0,
+            ) from None
 
     async def dm_seen(self, client: Peer, message: protocol.DmSeen) -> None:
         """The user has read up to this DM: it and older ones are not sent again on connect."""
         assert client.identity is not None
+        cursor = self.hub.dm_cursor(client)
+        upto = cursor.ackable(message.id) if cursor is not None else None
+        if upto is None:  # this connection was sent no DM: it cannot have read any
+            return
         with contextlib.suppress(BrokerUnavailable):  # a lost ack only means a resend later
-            await self.broker.ack_dm(client.identity.uid, message.id)
+            await self.broker.ack_dm(client.identity.uid, upto)
 
     # -- tick -------------------------------------------------------------------------------
 
@@ -241,8 +302,12 @@ class Node:
         hub = self.hub
         if not hub.dirty:
             return
+        started = time.perf_counter()
         dirty = hub.take_dirty()
         now = protocol.now_ms()
+        publishes: list[Publish] = []
+        emptied: list[str] = []
+        sent: list[tuple[str, str, str | int, bytes]] = []  # danmaku with a cid, sequenced this tick
         for room_id in dirty:
             room = hub.rooms.get(room_id)
             if room is None:
@@ -251,8 +316,17 @@ class Node:
             if room.presence_pending:
                 hub.dirty.add(room_id)  # report the count once its interval has passed
             if out.events or out.likes_delta or out.local_online is not None:
-                await self.broker.publish(
-                    room_id, out.events, out.likes_delta, out.local_online, now, joined=out.joined
+                publishes.append(
+                    Publish(room_id, out.events, out.likes_delta, out.local_online, now, out.joined)
                 )
+                sent.extend((e["uid"], "danmaku", e["cid"], SENT) for e in out.events if "cid" in e)
             if room.empty:
-                await hub.close_room_if_empty(room_id)
+                emptied.append(room_id)
+        if publishes:  # the whole tick at once (Redis: one round trip per shard), never room by room
+            await self.broker.publish_many(publishes)
+            metrics.tick_seconds.observe(time.perf_counter() - started)
+            metrics.tick_rooms.inc(len(publishes))
+        if sent:  # sequenced: a retry of these is now dropped (claimed in danmaku())
+            await self.sends.answer_many(sent)
+        for room_id in emptied:
+            await hub.close_room_if_empty(room_id)

@@ -77,6 +77,7 @@ class ErrorCode(IntEnum):
     BANNED = 4403
     MOD_TARGET = 4404
     DM_BLOCKED = 4405
+    PIN_TARGET = 4406  # unpin of a pin the room does not have
     ROOM_CLOSED = 4410  # close code only: an operator closed the room (admin API)
     SHUTTING_DOWN = 4500
     BROKER_UNAVAILABLE = 4501  # the shared store (Redis) is unreachable: retry after `retry_after` s
@@ -288,6 +289,64 @@ class Block:
     cid: str | int | None
 
 
+# -- the live-commerce assistant and the host's answers (server.answers) ---------------------
+
+MAX_REPLY_LEN = 500  # characters of an answer
+MAX_REPLY_TARGETS = 20  # question seqs (and askers) one reply answers
+MAX_PINS = 3  # pins a room shows at once; a newer one pushes the oldest out
+MAX_PRODUCT_ID_LEN = 64
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer to one or more questions (danmaku seqs) from the assistant or the host."""
+
+    text: str
+    seqs: list[int]
+    askers: list[str]  # uids being answered, for the "@a @b" mention and the question board
+    pin: bool  # the host's "answer and pin" (the reply also becomes a pinned message)
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Question:
+    """The assistant's reading of danmaku: these seqs ask about `key` (for the host's board)."""
+
+    key: str
+    label: str
+    seqs: list[int]
+    askers: list[str]
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Pin:
+    """Pin a product card (`product` map) or a message (`text`) above every viewer's chat."""
+
+    product: dict[str, Any] | None
+    text: str | None
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Unpin:
+    id: str
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class ProductEdit:
+    """The host changes a product's price or stock: the assistant and pinned cards follow."""
+
+    id: str
+    price: float | None
+    stock: int | None
+    cid: str | int | None
+
+
+ANSWER_MESSAGES = (Reply, Question, Pin, Unpin, ProductEdit)
+
+
 ClientMessage = (
     Join
     | Leave
@@ -305,6 +364,11 @@ ClientMessage = (
     | Invite
     | Mod
     | Block
+    | Reply
+    | Question
+    | Pin
+    | Unpin
+    | ProductEdit
     | SlowMode
     | Viewers
 )
@@ -453,6 +517,8 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         return _MEDIA_PARSERS[kind](obj)
     if kind in ("mod", "block", "unblock"):
         return _parse_moderation(kind, obj)
+    if kind in _ANSWER_PARSERS:
+        return _ANSWER_PARSERS[kind](obj)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:32]!r}")
 
 
@@ -539,6 +605,121 @@ def _parse_moderation(kind: str, obj: dict[str, Any]) -> Mod | Block:
     if not isinstance(reason, str):
         raise ProtocolError(ErrorCode.BAD_FIELD, "'reason' must be a string", cid)
     return Mod(action, uid, seq, duration, reason[:MAX_REASON_LEN], cid)
+
+
+def _seqs(obj: dict[str, Any], cid: str | int | None) -> list[int]:
+    seqs = obj.get("seqs")
+    if not isinstance(seqs, list) or not 1 <= len(seqs) <= MAX_REPLY_TARGETS:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"'seqs' must be a list of 1-{MAX_REPLY_TARGETS} seqs", cid)
+    if any(isinstance(q, bool) or not isinstance(q, int) or not 0 < q < 2**53 for q in seqs):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'seqs' must hold positive integers", cid)
+    return list(dict.fromkeys(seqs))
+
+
+def _askers(obj: dict[str, Any], cid: str | int | None, *, unique: bool = True) -> list[str]:
+    askers = obj.get("askers", [])
+    if not isinstance(askers, list) or len(askers) > MAX_REPLY_TARGETS:
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD, f"'askers' must be a list of at most {MAX_REPLY_TARGETS} uids", cid
+        )
+    if not all(isinstance(a, str) and valid_id(a) for a in askers):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'askers' must hold user ids", cid)
+    return list(dict.fromkeys(askers)) if unique else list(askers)
+
+
+def _reply(obj: dict[str, Any]) -> Reply:
+    cid = _cid(obj)
+    text = _str(obj, "text", cid)
+    pin = obj.get("pin", False)
+    if not isinstance(pin, bool):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'pin' must be a boolean", cid)
+    return Reply(text=text or "", seqs=_seqs(obj, cid), askers=_askers(obj, cid), pin=pin, cid=cid)
+
+
+def _question(obj: dict[str, Any]) -> Question:
+    cid = _cid(obj)
+    key, label = _str(obj, "key", cid), _str(obj, "label", cid)
+    assert key is not None and label is not None
+    if not 0 < len(key) <= MAX_ID_LEN or not 0 < len(label) <= 64:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'key' must be 1-64 and 'label' 1-64 characters", cid)
+    # askers[i] asked seqs[i] (a user may ask twice), so not de-duplicated here
+    return Question(
+        key=key, label=label, seqs=_seqs(obj, cid), askers=_askers(obj, cid, unique=False), cid=cid
+    )
+
+
+# product card fields a pin may carry, and their types (the rest of a catalogue entry stays home)
+PRODUCT_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "name": (str,),
+    "price": (int, float),
+    "stock": (int,),
+    "sizes": (list,),
+    "colours": (list,),
+    "shipping": (str,),
+    "link": (str,),
+}
+
+
+def _product_card(raw: Any, cid: str | int | None) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'product' must be a map", cid)
+    card = {k: v for k, v in raw.items() if k in PRODUCT_FIELDS}
+    for key, value in card.items():
+        if isinstance(value, bool) or not isinstance(value, PRODUCT_FIELDS[key]):
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"product '{key}' has the wrong type", cid)
+        if isinstance(value, str) and len(value) > 200:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"product '{key}' longer than 200 characters", cid)
+        if isinstance(value, list) and not all(isinstance(v, str) and len(v) <= 32 for v in value):
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"product '{key}' must list short strings", cid)
+    pid, name = card.get("id"), card.get("name")
+    if not isinstance(pid, str) or not 0 < len(pid) <= MAX_PRODUCT_ID_LEN or not name:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "a product card needs 'id' (1-64) and 'name'", cid)
+    return card
+
+
+def _pin(obj: dict[str, Any]) -> Pin:
+    cid = _cid(obj)
+    product, text = obj.get("product"), obj.get("text")
+    if (product is None) == (text is None):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "a pin needs exactly one of 'product' and 'text'", cid)
+    if text is not None and not isinstance(text, str):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'text' must be a string", cid)
+    return Pin(product=None if product is None else _product_card(product, cid), text=text, cid=cid)
+
+
+def _unpin(obj: dict[str, Any]) -> Unpin:
+    cid = _cid(obj)
+    pin_id = _str(obj, "id", cid)
+    assert pin_id is not None
+    if not 0 < len(pin_id) <= 2 * MAX_ID_LEN:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'id' is not a pin id", cid)
+    return Unpin(id=pin_id, cid=cid)
+
+
+def _product_edit(obj: dict[str, Any]) -> ProductEdit:
+    cid = _cid(obj)
+    pid = _str(obj, "id", cid)
+    assert pid is not None
+    if not 0 < len(pid) <= MAX_PRODUCT_ID_LEN:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'id' is not a product id", cid)
+    price, stock = obj.get("price"), obj.get("stock")
+    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'price' must be a number >= 0", cid)
+    if stock is not None and (isinstance(stock, bool) or not isinstance(stock, int) or stock < 0):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "'stock' must be an integer >= 0", cid)
+    if price is None and stock is None:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "a product edit needs 'price' or 'stock'", cid)
+    return ProductEdit(id=pid, price=price, stock=stock, cid=cid)
+
+
+_ANSWER_PARSERS: dict[str, Any] = {
+    "reply": _reply,
+    "question": _question,
+    "pin": _pin,
+    "unpin": _unpin,
+    "product": _product_edit,
+}
 
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from server.auth import Identity
-from server.protocol import PROTOCOL_VERSION, SYSTEM_UID
+from server.protocol import MAX_PINS, PROTOCOL_VERSION, SYSTEM_UID
 
 Member = TypeVar("Member")
 Event = dict[str, Any]
@@ -55,6 +55,7 @@ class Room(Generic[Member]):
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name of who is live
     media_node: str | None = None  # node holding the room's media, from `live` events
     media_url: str | None = None  # that node's WHIP/WHEP base URL
+    pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event, oldest first
     slow_mode: int = 0  # seconds between a viewer's danmaku, from the last `slow_mode` event (0: off)
     _last_said: dict[str, float] = field(default_factory=dict)  # uid -> when slow mode last let them speak
     recent: deque[Event] = field(init=False)
@@ -172,6 +173,8 @@ class Room(Generic[Member]):
                     if kept.get("seq") == target:
                         del self.recent[i]
                         break
+            elif kind in ("pin", "unpin"):
+                apply_pin(self.pins, event)
             elif kind == "slow_mode":
                 self.slow_mode = int(event.get("seconds", 0))
             elif kind == "host":
@@ -207,10 +210,26 @@ class Room(Generic[Member]):
             "publishers": [{"uid": u, "name": n} for u, n in self.publishers.items()],
             "media_node": self.media_node,  # None: nobody live; node.join then offers itself
             "media_url": self.media_url,
+            "pins": list(self.pins.values()),
             "tick_ms": tick_ms,
             "limits": limits,
             "slow_mode": self.slow_mode,
         }
+
+
+def apply_pin(pins: dict[str, Event], event: Event) -> None:
+    """`pin` adds (or replaces: a product edit re-pins the card) a pin, `unpin` removes it.
+
+    Applied in sequence order on every node, so every view keeps the same MAX_PINS pins.
+    """
+    kind, pin_id = event["t"], event.get("id")
+    if kind == "pin" and isinstance(pin_id, str):
+        pins.pop(pin_id, None)
+        pins[pin_id] = event
+        while len(pins) > MAX_PINS:
+            del pins[next(iter(pins))]
+    elif kind == "unpin":
+        pins.pop(pin_id, None)  # type: ignore[arg-type]
 
 
 def _event(kind: str, who: Identity, now: int, **fields: Any) -> Event:

@@ -137,7 +137,7 @@ def start_server_process(*args: str, env: dict[str, str] | None = None) -> tuple
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=None if os.environ.get("LIVEROOM_TEST_NODE_LOGS") else subprocess.DEVNULL,
         text=True,
         env={**os.environ, **(env or {})},
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cluster_ports(count: int) -> list[int]:
+    """`count` distinct ports whose cluster bus port (+10000) is free too, all below 55536."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            port = random.randrange(20000, 45000)
+            pair = [socket.socket(), socket.socket()]
+            try:
+                pair[0].bind(("127.0.0.1", port))
+                pair[1].bind(("127.0.0.1", port + 10000))
+            except OSError:
+                for sock in pair:
+                    sock.close()
+                continue
+            socks += pair
+            ports.append(port)
+        return ports
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def poll(condition: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
@@ -121,6 +146,163 @@ class RedisServer:
         self.proc = None
 
 
+class RedisClusterServer:
+    """A real Redis Cluster: `masters` primaries with `replicas` replicas each, on loopback.
+
+    Started from the redis-server binary and joined with `redis-cli --cluster create`; a low
+    cluster-node-timeout makes a replica take over a killed primary in a second or two.
+    `url` names one primary: the client learns the rest of the topology from it.
+    """
+
+    def __init__(
+        self, workdir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
+    ) -> None:
+        self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = cluster_ports(masters * (1 + replicas))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def _spawn(self, port: int) -> None:
+        home = self.workdir / f"cluster-{port}"
+        home.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--repl-diskless-sync-delay",  # replicas sync at once, not after the default 5 s
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(home),
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        for port in self.ports:
+            self._spawn(port)
+        for port in self.ports:
+            poll(lambda port=port: self._ping(port), what=f"cluster node {port} to answer PING")
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=WAIT,
+        )
+        poll(self.healthy, what="the cluster to cover every slot with a replica each")
+
+    def _ping(self, port: int) -> bool:
+        try:
+            with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def _info(self, port: int) -> dict[str, Any]:
+        with redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1, decode_responses=True) as c:
+            text = c.execute_command("CLUSTER", "INFO")
+        if isinstance(text, dict):
+            return text
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    def healthy(self, replicas: bool = True) -> bool:
+        """Every live node sees all slots served and (replicas) each primary has its replicas in sync."""
+        try:
+            for port in self.procs:
+                info = self._info(port)
+                if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+                    return False
+            for port in self.primaries() if replicas else []:
+                with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as c:
+                    repl = c.info("replication")
+                    online = [k for k, v in repl.items() if k.startswith("slave") and isinstance(v, dict)]
+                    if sum(repl[k].get("state") == "online" for k in online) < self.replicas:
+                        return False
+            return True
+        except (redis.RedisError, OSError):
+            return False
+
+    def primaries(self) -> list[int]:
+        """Ports of the live primaries, as the cluster reports them."""
+        found = []
+        for port in self.procs:
+            with (
+                contextlib.suppress(redis.RedisError, OSError),
+                redis.Redis(port=port, socket_timeout=2, decode_responses=True) as c,
+            ):
+                if c.info("replication").get("role") == "master":
+                    found.append(port)
+        return found
+
+    def primary_of(self, key: str) -> int:
+        """The port of the primary that serves key's slot right now."""
+        with redis.RedisCluster(host="127.0.0.1", port=next(iter(self.procs))) as c:
+            node = c.get_node_from_key(key)
+            return int(node.port)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again with its cluster config: it rejoins (as a replica)."""
+        self._spawn(port)
+        poll(lambda: self._ping(port), what=f"cluster node {port} to answer PING")
+
+    def flush(self) -> None:
+        """Empty every primary (replicas follow) and wait until replicas caught up."""
+        for port in self.primaries():
+            with redis.Redis(port=port, socket_timeout=5) as c:
+                c.flushall()
+                c.execute_command("WAIT", self.replicas, 5000)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (no goodbye to the cluster: its replica must notice and take over)."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(WAIT)
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=next(iter(self.procs)), socket_timeout=5)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+        for proc in self.procs.values():
+            proc.wait(WAIT)
+        self.procs.clear()
+
+
 class NodeProc:
     """A `python -m server serve --redis URL` process."""
 
@@ -192,6 +374,58 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
+    """A throwaway 3-primary, 3-replica Redis Cluster, killed after the test."""
+    cluster = RedisClusterServer(tmp_path)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class RedisTarget:
+    """What a test runs against: one Redis or a cluster, and the node flags that select it."""
+
+    url: str
+    cluster: bool
+    server: RedisServer | RedisClusterServer
+
+    @property
+    def node_args(self) -> tuple[str, ...]:
+        return ("--redis-cluster",) if self.cluster else ()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """One 3+3 cluster for every test that only uses it (emptied before each); tests that kill
+    a node take their own (redis_cluster)."""
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_any(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisTarget]:
+    """The test runs twice: against one redis-server, then against a real 3+3 Redis Cluster."""
+    if request.param == "cluster":
+        cluster: RedisClusterServer = request.getfixturevalue("shared_cluster")
+        cluster.flush()
+        yield RedisTarget(cluster.url, True, cluster)
+        return
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield RedisTarget(server.url, False, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis that survives restarts with its data (AOF, fsync on every write)."""
     server = RedisServer(tmp_path, persistent=True)
@@ -204,11 +438,15 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def start_nodes() -> Iterator[Callable[..., list[NodeProc]]]:
-    """start_nodes(redis_url, n, *args): n node processes, stopped after the test."""
+    """start_nodes(redis_url or RedisTarget, n, *args): n node processes, stopped after the test."""
     started: list[NodeProc] = []
 
-    def _start(redis_url: str, count: int, *args: str) -> list[NodeProc]:
-        nodes = [NodeProc(redis_url, f"n{len(started) + i}", *args) for i in range(count)]
+    def _start(target: str | RedisTarget, count: int, *args: str) -> list[NodeProc]:
+        if isinstance(target, RedisTarget):  # a cluster needs --redis-cluster
+            url, args = target.url, (*target.node_args, *args)
+        else:
+            url = target
+        nodes = [NodeProc(url, f"n{len(started) + i}", *args) for i in range(count)]
         started.extend(nodes)
         return nodes
 
@@ -244,13 +482,18 @@ async def open_client() -> AsyncIterator[Callable[..., Any]]:
 __all__ = [
     "WAIT",
     "NodeProc",
+    "RedisClusterServer",
     "RedisServer",
+    "RedisTarget",
     "apoll",
     "free_port",
     "open_client",
     "persistent_redis",
     "poll",
+    "redis_any",
+    "redis_cluster",
     "redis_server",
     "requires_redis",
+    "shared_cluster",
     "start_nodes",
 ]

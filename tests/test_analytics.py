@@ -115,6 +115,14 @@ async def test_scripted_session_exact_figures(app: App, join: Callable[..., Awai
             "p99": 1300,
             "buckets_ms": {"100": 0, "250": 0, "500": 1, "1000": 0, "2000": 1, "5000": 0, "+Inf": 0},
         },
+        "questions": {  # none asked in this session (tests/test_answers.py covers them)
+            "asked": 0,
+            "answered_assistant": 0,
+            "answered_host": 0,
+            "unanswered": 0,
+            "latency_ms": {"p50": None, "p95": None},
+            "top_unanswered": [],
+        },
     }
     for window, start in (("live", T0 + 10), ("hour", T0 + 120 - 3600), ("day", MIDNIGHT)):
         minutes = (T0 + 120 - start) / 60

@@ -14,7 +14,7 @@ from server.app import App
 from server.config import Config
 from tests.conftest import TIMEOUT, WsClient, token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import RedisServer, requires_redis
+from tests.redis_fixtures import RedisTarget, requires_redis
 from tests.test_analytics import ADMIN, T0, FakeClock
 
 pytestmark = requires_redis
@@ -26,9 +26,15 @@ async def _open(app: App, user: str) -> WsClient:
     return client
 
 
-async def test_two_nodes_exact_figures(redis_server: RedisServer, config: Config) -> None:
+async def test_two_nodes_exact_figures(redis_any: RedisTarget, config: Config) -> None:
     clock = FakeClock()
-    base = dataclasses.replace(config, redis_url=redis_server.url, analytics_flush=3600.0, admin_token=ADMIN)
+    base = dataclasses.replace(
+        config,
+        redis_url=redis_any.url,
+        redis_cluster=redis_any.cluster,
+        analytics_flush=3600.0,
+        admin_token=ADMIN,
+    )
     apps = [App(dataclasses.replace(base, node_id=f"n{i}")) for i in (1, 2)]
     for app in apps:
         await app.start()

@@ -35,6 +35,7 @@ CLIENT_TYPES = [
     "viewers",
 ]
 CLIENT_TYPES += list(protocol._MEDIA_PARSERS)
+CLIENT_TYPES += list(protocol._ANSWER_PARSERS)
 
 
 @pytest.mark.parametrize("kind", CLIENT_TYPES)

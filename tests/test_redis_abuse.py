@@ -19,7 +19,7 @@ from server.broker.base import Sanction
 from server.protocol import ErrorCode
 from tests.conftest import WsClient, token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import WAIT, NodeProc, RedisServer, apoll, requires_redis
+from tests.redis_fixtures import WAIT, NodeProc, RedisServer, RedisTarget, apoll, requires_redis
 
 pytestmark = requires_redis
 
@@ -75,10 +75,8 @@ async def moderate(mod: WsClient, **frame: Any) -> dict[str, Any]:
 # -- sanctions ---------------------------------------------------------------------------------
 
 
-async def test_ban_on_one_node_closes_and_refuses_on_every_node(
-    redis_server: RedisServer, start_nodes
-) -> None:
-    a, b = start_nodes(redis_server.url, 2)
+async def test_ban_on_one_node_closes_and_refuses_on_every_node(redis_any: RedisTarget, start_nodes) -> None:
+    a, b = start_nodes(redis_any, 2)
     host = await join(a, "host", role="host")
     troll = await join(b, "troll")
     elsewhere = await join(b, "troll", room="r2")
@@ -95,8 +93,8 @@ async def test_ban_on_one_node_closes_and_refuses_on_every_node(
     await join(b, "troll")
 
 
-async def test_kick_cool_down_applies_on_the_other_node(redis_server: RedisServer, start_nodes) -> None:
-    a, b = start_nodes(redis_server.url, 2)
+async def test_kick_cool_down_applies_on_the_other_node(redis_any: RedisTarget, start_nodes) -> None:
+    a, b = start_nodes(redis_any, 2)
     mod = await join(a, "mod", role="moderator")
     troll = await join(b, "troll")
     await moderate(mod, action="kick", uid="troll", duration=300)
@@ -106,8 +104,8 @@ async def test_kick_cool_down_applies_on_the_other_node(redis_server: RedisServe
     assert error["code"] == code == ErrorCode.KICKED and 0 < error["retry_after"] <= 300
 
 
-async def test_mute_on_one_node_applies_on_the_other(redis_server: RedisServer, start_nodes) -> None:
-    a, b = start_nodes(redis_server.url, 2)
+async def test_mute_on_one_node_applies_on_the_other(redis_any: RedisTarget, start_nodes) -> None:
+    a, b = start_nodes(redis_any, 2)
     host = await join(a, "host", role="host")
     troll = await join(b, "troll")
     ack = await moderate(host, action="mute", uid="troll", duration=600)
@@ -130,9 +128,9 @@ async def test_mute_on_one_node_applies_on_the_other(redis_server: RedisServer, 
 
 
 async def test_dm_block_set_on_one_node_refuses_dms_sent_from_another(
-    redis_server: RedisServer, start_nodes
+    redis_any: RedisTarget, start_nodes
 ) -> None:
-    a, b = start_nodes(redis_server.url, 2)
+    a, b = start_nodes(redis_any, 2)
     viewer = await join(a, "viewer")
     creep = await join(b, "creep")
     await viewer.send(t="block", uid="creep", cid="b")
@@ -146,9 +144,9 @@ async def test_dm_block_set_on_one_node_refuses_dms_sent_from_another(
 
 
 async def test_one_time_token_used_on_one_node_is_refused_on_another(
-    redis_server: RedisServer, start_nodes
+    redis_any: RedisTarget, start_nodes
 ) -> None:
-    a, b = start_nodes(redis_server.url, 2, "--join-nonce")
+    a, b = start_nodes(redis_any, 2, "--join-nonce")
     once = token("r1", "mallory")
     await join(a, "mallory", tok=once)
     error, code = await refused(b, once)
@@ -255,10 +253,13 @@ async def test_broker_sanctions_expire_and_reach_every_watcher(redis_server: Red
             await broker.close()
 
 
-async def test_broker_usage_exchange_reports_only_the_others_spending(redis_server: RedisServer) -> None:
+async def test_broker_usage_exchange_reports_only_the_others_spending(redis_any: RedisTarget) -> None:
     from server.broker.redis import RedisBroker
 
-    one, two = RedisBroker(redis_server.url, "b0"), RedisBroker(redis_server.url, "b1")
+    one, two = (
+        RedisBroker(redis_any.url, "b0", cluster=redis_any.cluster),
+        RedisBroker(redis_any.url, "b1", cluster=redis_any.cluster),
+    )
     try:
         await one.start()
         await two.start()

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import RedisServer, apoll, requires_redis
+from tests.redis_fixtures import RedisServer, RedisTarget, apoll, requires_redis
 
 pytestmark = requires_redis
 
@@ -40,8 +40,8 @@ class Collector:
         return [e for e in self.events if e["t"] == kind]
 
 
-async def test_cross_node_danmaku_order_and_completeness(redis_server: RedisServer, start_nodes, open_client):
-    nodes = start_nodes(redis_server.url, 3)
+async def test_cross_node_danmaku_order_and_completeness(redis_any: RedisTarget, start_nodes, open_client):
+    nodes = start_nodes(redis_any, 3)
     viewers = [await open_client(node, f"v{n}{i}") for n, node in enumerate(nodes) for i in range(2)]
     senders = [await open_client(node, f"s{n}") for n, node in enumerate(nodes)]
     per_sender = 40
@@ -72,9 +72,9 @@ def _online(c: Collector) -> int | None:
 
 
 async def test_presence_converges_after_joins_leaves_and_sigkill(
-    redis_server: RedisServer, start_nodes, open_client
+    redis_any: RedisTarget, start_nodes, open_client
 ):
-    n0, n1, n2 = start_nodes(redis_server.url, 3)
+    n0, n1, n2 = start_nodes(redis_any, 3)
     watcher = Collector(await open_client(n0, "watcher"))
     on1 = [await open_client(n1, f"a{i}") for i in range(2)]
     for i in range(3):
@@ -90,8 +90,8 @@ async def test_presence_converges_after_joins_leaves_and_sigkill(
     assert late.snapshot["online"] == 2 and late.snapshot["unique"] == 6
 
 
-async def test_likes_sum_exactly_across_nodes(redis_server: RedisServer, start_nodes, open_client):
-    nodes = start_nodes(redis_server.url, 3)
+async def test_likes_sum_exactly_across_nodes(redis_any: RedisTarget, start_nodes, open_client):
+    nodes = start_nodes(redis_any, 3)
     watchers = [Collector(await open_client(node, f"w{n}")) for n, node in enumerate(nodes)]
     likers = [await open_client(node, f"l{n}{i}") for n, node in enumerate(nodes) for i in range(3)]
     rounds, count = 30, 7
@@ -111,8 +111,8 @@ async def test_likes_sum_exactly_across_nodes(redis_server: RedisServer, start_n
     assert late.snapshot["likes"] == expected
 
 
-async def test_dm_reaches_user_connected_on_two_nodes(redis_server: RedisServer, start_nodes, open_client):
-    n0, n1, n2 = start_nodes(redis_server.url, 3)
+async def test_dm_reaches_user_connected_on_two_nodes(redis_any: RedisTarget, start_nodes, open_client):
+    n0, n1, n2 = start_nodes(redis_any, 3)
     bob_a = await open_client(n0, "bob", room="ra")
     bob_b = await open_client(n1, "bob", room="rb")
     alice = await open_client(n2, "alice", room="rc")
@@ -124,8 +124,8 @@ async def test_dm_reaches_user_connected_on_two_nodes(redis_server: RedisServer,
         assert (dm["id"], dm["from"], dm["text"]) == (ack["id"], "alice", "hi bob")
 
 
-async def test_offline_dm_backlog_in_order_and_acked(redis_server: RedisServer, start_nodes, open_client):
-    n0, n1, n2 = start_nodes(redis_server.url, 3)
+async def test_offline_dm_backlog_in_order_and_acked(redis_any: RedisTarget, start_nodes, open_client):
+    n0, n1, n2 = start_nodes(redis_any, 3)
     alice = await open_client(n0, "alice")
     acks = []
     for text in ("one", "two", "three"):
@@ -153,10 +153,8 @@ async def test_offline_dm_backlog_in_order_and_acked(redis_server: RedisServer, 
     assert (await third.recv_until(lambda f: f["t"] == "dm"))["text"] == "four"
 
 
-async def test_acked_dm_survives_sigkill_of_recipient_node(
-    redis_server: RedisServer, start_nodes, open_client
-):
-    n0, n1, n2 = start_nodes(redis_server.url, 3)
+async def test_acked_dm_survives_sigkill_of_recipient_node(redis_any: RedisTarget, start_nodes, open_client):
+    n0, n1, n2 = start_nodes(redis_any, 3)
     carol = await open_client(n1, "carol")
     alice = await open_client(n0, "alice")
     await alice.send(t="dm", to="carol", text="don't lose me")
@@ -168,8 +166,8 @@ async def test_acked_dm_survives_sigkill_of_recipient_node(
     assert (dm["id"], dm["text"]) == (ack["id"], "don't lose me")
 
 
-async def test_recover_on_another_node_after_sigkill(redis_server: RedisServer, start_nodes, open_client):
-    n0, n1, n2 = start_nodes(redis_server.url, 3)
+async def test_recover_on_another_node_after_sigkill(redis_any: RedisTarget, start_nodes, open_client):
+    n0, n1, n2 = start_nodes(redis_any, 3)
     viewer = await open_client(n0, "viewer")
     talker = await open_client(n1, "talker")
     await talker.send(t="danmaku", text="before")
@@ -293,11 +291,14 @@ async def test_broker_pair_in_process(redis_server: RedisServer, sharded: bool) 
             await broker.close()
 
 
-async def test_state_loaded_on_subscribe_honours_sticky_and_deletes(redis_server: RedisServer) -> None:
+async def test_state_loaded_on_subscribe_honours_sticky_and_deletes(redis_any: RedisTarget) -> None:
     """A node opening a room reads hosts, recent danmaku (minus deleted ones) in one round trip."""
     from server.broker.redis import RedisBroker
 
-    first, second = RedisBroker(redis_server.url, "b0"), RedisBroker(redis_server.url, "b1")
+    first, second = (
+        RedisBroker(redis_any.url, "b0", cluster=redis_any.cluster),
+        RedisBroker(redis_any.url, "b1", cluster=redis_any.cluster),
+    )
     try:
         await first.start()
         await second.start()

@@ -11,7 +11,7 @@ from server.app import App
 from server.config import Config
 from tests.conftest import TIMEOUT, WsClient, token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import RedisServer, requires_redis
+from tests.redis_fixtures import RedisTarget, requires_redis
 from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401 - the receiver fixture
 
 pytestmark = requires_redis
@@ -30,14 +30,19 @@ async def _until_open(app: App, count: int) -> None:
 
 
 async def test_started_and_ended_once_across_nodes(
-    redis_server: RedisServer,
+    redis_any: RedisTarget,
     config: Config,
     receiver: tuple[Receiver, str],  # noqa: F811
 ) -> None:
     rx, url = receiver
     rx.fail = 0
     base = dataclasses.replace(
-        config, redis_url=redis_server.url, analytics_flush=3600.0, webhook_url=url, webhook_secret=SECRET
+        config,
+        redis_url=redis_any.url,
+        redis_cluster=redis_any.cluster,
+        analytics_flush=3600.0,
+        webhook_url=url,
+        webhook_secret=SECRET,
     )
     apps = [App(dataclasses.replace(base, node_id=f"n{i}")) for i in (1, 2)]
     for app in apps:

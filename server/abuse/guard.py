@@ -96,6 +96,10 @@ def _own_hosts(config: Config, origins: frozenset[str]) -> list[str]:
     return [name for name in names if name]
 
 
+# pins and product edits spend the moderation bucket; replies have their own room throttle
+_STAFF_BUCKETED = frozenset({protocol.Pin, protocol.Unpin, protocol.ProductEdit})
+
+
 def _remote_ip(client: Peer) -> str:
     """The peer address. Behind a proxy every client shares it: set the caps for that (see README)."""
     address = client.ws.remote_address
@@ -350,9 +354,22 @@ class Guard:
             return message
         if kind is protocol.Like:
             self._rate(client, "like", state.like, None)
-        elif kind is protocol.Mod or kind is protocol.Block:
+        elif kind is protocol.Mod or kind is protocol.Block or kind in _STAFF_BUCKETED:
             self._rate(client, "mod", state.mod, message.cid)  # type: ignore[union-attr]
+        if (kind is protocol.Reply or kind is protocol.Pin) and message.text is not None:  # type: ignore[union-attr]
+            message.text = self._staff_words(message.text, message.cid)  # type: ignore[union-attr]
         return message
+
+    def _staff_words(self, text: str, ref: object) -> str:
+        """Answers and pinned messages go through the banned-words list (masked, or refused with
+        4303 for `reject` and `shadow` words: everyone would see them); the contact filter does
+        not apply, an answer may carry a link."""
+        norm, index = normalise(text)
+        verdict = self.words.filter.check(text, norm, index)
+        if verdict.policy in (REJECT, SHADOW):
+            abuse_metrics.content_filtered.labels(policy="reject").inc()
+            raise ProtocolError(ErrorCode.CONTENT_REJECTED, "message contains a banned word", ref)
+        return verdict.text
 
     async def command(self, client: Peer, message: protocol.Mod | protocol.Block) -> None:
         await self.moderation.handle(client, message)

@@ -4,11 +4,12 @@ the expected values by hand from a scripted session and compare exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server.analytics.questions import question_stats
+from server.analytics.ranks import percentile
 from server.analytics.records import (
     DANMAKU,
     DAY,
@@ -85,13 +86,6 @@ def live_start(all_sessions: Sequence[Session], now: float) -> float | None:
     return began
 
 
-def percentile(sorted_values: Sequence[int], p: float) -> int | None:
-    """Nearest-rank percentile (an observed value, so exact in tests)."""
-    if not sorted_values:
-        return None
-    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
-
-
 def first_frame_summary(values: Iterable[int]) -> dict[str, Any]:
     ordered = sorted(values)
     buckets: dict[str, int] = {str(b): 0 for b in FIRST_FRAME_BUCKETS} | {"+Inf": 0}
@@ -147,6 +141,7 @@ def window_stats(
         "return_rate": len(returning) / len(viewers) if viewers else 0.0,
         "funnel": _funnel(funnel, viewers, watch, interacted, dm_host),
         "first_frame": first_frame_summary(r.value for r in inside if r.kind == FIRST_FRAME),
+        "questions": question_stats(inside),
     }
 
 

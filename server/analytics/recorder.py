@@ -21,7 +21,18 @@ from typing import Any
 
 from server.analytics import aggregate
 from server.analytics import metrics as analytics_metrics
-from server.analytics.records import DANMAKU, DM, FIRST_FRAME, JOIN, LEAVE, LIKE, Record, day_of
+from server.analytics.records import (
+    ANSWER,
+    DANMAKU,
+    DM,
+    FIRST_FRAME,
+    JOIN,
+    LEAVE,
+    LIKE,
+    QUESTION,
+    Record,
+    day_of,
+)
 from server.analytics.store import AnalyticsStore, MemoryStore
 
 log = logging.getLogger("liveroom.analytics")
@@ -30,6 +41,8 @@ HOST_JOIN, HOST_LEAVE = "host_join", "host_leave"  # kept for webhooks; not view
 STATS_CACHE = 1.0  # seconds a room's computed stats are served again
 FAILURE_LOG_EVERY = 10.0  # seconds between logged store failures
 MAX_BUFFER = 100_000  # records waiting for a flush; beyond this new ones are dropped (store down)
+MAX_UNSTORED = 100_000  # records kept through a store outage, retried each flush (oldest dropped first)
+FLUSH_TIMEOUT = 5.0  # seconds a flush may wait on the store (a hung Redis must not hang shutdown)
 
 Listener = Callable[[list[Record]], None]
 
@@ -51,6 +64,7 @@ class Analytics:
         self.listeners: list[Listener] = []
         self.dropped = 0
         self._buffer: list[Record] = []
+        self._unstored: list[Record] = []  # flushed to listeners, not yet in the store (outage)
         self._open: dict[Hashable, tuple[str, str, str, str]] = {}  # key -> room, uid, session, kind
         self._reported: set[str] = set()  # sessions that sent their first-frame time
         self._prefix = f"{node_id}.{secrets.token_hex(3)}"  # unique across nodes and restarts
@@ -84,6 +98,13 @@ class Analytics:
 
     def direct_message(self, room: str, uid: str, to_host: bool) -> None:
         self._add(Record(DM, room, uid, self.clock(), value=int(to_host)))
+
+    def question(self, room: str, asker: str, label: str, seq: int) -> None:
+        """A danmaku the assistant read as a question (tagged within ms of its arrival)."""
+        self._add(Record(QUESTION, room, asker, self.clock(), label, seq))
+
+    def answered(self, room: str, by: str, seq: int) -> None:
+        self._add(Record(ANSWER, room, by, self.clock(), "", seq))
 
     def first_frame(self, key: Hashable, ms: int) -> None:
         """A viewer's time to first video frame; one per connection, so a client cannot skew it."""
@@ -129,29 +150,53 @@ class Analytics:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write what was buffered; a store failure loses this batch, never the room."""
+        """Write what was buffered. Through a store outage the records are kept (up to
+        MAX_UNSTORED) and retried on every flush; listeners get each record once, at once."""
         async with self._flushing:
-            batch, self._buffer = self._buffer, []
-            if not batch:
-                return
-            try:
-                await self.store.append(batch)
-            except Exception:
-                now = time.monotonic()
-                if now - self._failure_logged >= FAILURE_LOG_EVERY:  # a store outage: not one trace a second
-                    self._failure_logged = now
-                    log.exception("analytics flush failed: %d records dropped", len(batch))
-                analytics_metrics.flushes.labels(result="failed").inc()
-                analytics_metrics.dropped.inc(len(batch))
-            else:
-                analytics_metrics.flushes.labels(result="ok").inc()
-                for kind, n in Counter(r.kind for r in batch).items():
-                    analytics_metrics.records.labels(kind=kind).inc(n)
-            for listener in self.listeners:
+            fresh, self._buffer = self._buffer, []
+            batch = self._unstored + fresh
+            if batch:
+                await self._store(batch)
+            for listener in self.listeners if fresh else ():
                 try:
-                    listener(batch)
+                    listener(fresh)
                 except Exception:
                     log.exception("analytics listener failed")
+
+    async def _store(self, batch: list[Record]) -> None:
+        try:
+            await asyncio.wait_for(self.store.append(batch), FLUSH_TIMEOUT)
+        except Exception as exc:  # the store is down (Redis outage): keep, retry next flush
+            self._unstored = batch[-MAX_UNSTORED:]
+            lost = len(batch) - len(self._unstored)
+            analytics_metrics.flushes.labels(result="failed").inc()
+            if lost:
+                self.dropped += lost
+                analytics_metrics.dropped.inc(lost)
+            now = time.monotonic()
+            if now - self._failure_logged >= FAILURE_LOG_EVERY:  # an outage: not one line a second
+                self._failure_logged = now
+                log.warning(
+                    "analytics store unavailable (%s): %d records kept for retry, %d dropped so far",
+                    type(exc).__name__,
+                    len(self._unstored),
+                    self.dropped,
+                )
+            return
+        if self._unstored:
+            log.warning(
+                "analytics store back: %d records kept through the outage written", len(self._unstored)
+            )
+            self._unstored = []
+            self._failure_logged = -math.inf
+        analytics_metrics.flushes.labels(result="ok").inc()
+        for kind, n in Counter(r.kind for r in batch).items():
+            analytics_metrics.records.labels(kind=kind).inc(n)
+
+    @property
+    def unstored(self) -> int:
+        """Records waiting for the store to come back."""
+        return len(self._unstored)
 
     # -- reading ------------------------------------------------------------------------------
 

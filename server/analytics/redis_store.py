@@ -4,8 +4,8 @@ Keys carry the room in a hash tag, so one room's keys sit in one cluster slot:
   an:{<room>}:log:<day>   list of encoded records of that UTC day (expires after KEEP_DAYS)
   an:{<room>}:uv:<day>    HyperLogLog of the day's viewers (PFADD/PFCOUNT)
   an:{<room>}:first       hash uid -> first UTC day seen (HSETNX; return rate)
-A flush is one non-transactional pipeline; a failed flush is logged and dropped (analytics
-is best effort: it must never slow or break the room).
+A flush is one non-transactional pipeline; a failed flush is kept by the recorder and written
+again on the next flush (at least once: a pipeline cut halfway may write some records twice).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ def _key(room: str, part: str) -> str:
 class RedisStore(AnalyticsStore):
     def __init__(self, url: str, cluster: bool = False) -> None:
         self._redis: aioredis.Redis | RedisCluster = (
-            RedisCluster.from_url(url, decode_responses=True)
+            RedisCluster.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
             if cluster
-            else aioredis.Redis.from_url(url, decode_responses=True)
+            else aioredis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
+            )
         )
 
     async def close(self) -> None:

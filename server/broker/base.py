@@ -39,6 +39,7 @@ class RoomState:
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name, from `live` events
     media_node: str | None = None  # node holding the room's media (last `live` on event)
     media_url: str | None = None
+    pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event (server.answers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,18 @@ class Sanction:
 
 
 SanctionHandler = Callable[[Sanction], None]
+
+
+@dataclass(slots=True)
+class Publish:
+    """One room's share of a tick, as Broker.publish takes it."""
+
+    room_id: str
+    events: list[Event]
+    likes_delta: int
+    local_online: int | None
+    now: int
+    joined: Sequence[str] = ()
 
 
 class BrokerUnavailable(Exception):
@@ -115,6 +128,12 @@ class RoomStream(ABC):
         subscribed node. `joined`: uids that joined locally this tick (unique viewers).
         """
 
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        """Publish a whole tick: every room that changed. A broker with a network in between
+        sends them together (RedisBroker: one pipeline per shard); this default does one by one."""
+        for p in publishes:
+            await self.publish(p.room_id, p.events, p.likes_delta, p.local_online, p.now, p.joined)
+
     @abstractmethod
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
         """Events after seq, or None when they are no longer all kept (or the epoch changed)."""
@@ -130,6 +149,11 @@ class Inbox(ABC):
 
     @abstractmethod
     async def unsubscribe_user(self, user_id: str) -> None: ...
+
+    @abstractmethod
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        """The user's DMs not yet acknowledged, oldest first (for a further connection on a node
+        already subscribed to the user); raises BrokerUnavailable."""
 
     @abstractmethod
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
@@ -248,6 +272,9 @@ class Broker:
     ) -> None:
         await self.stream.publish(room_id, events, likes_delta, local_online, now, joined)
 
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        await self.stream.publish_many(publishes)
+
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
         return await self.stream.history_since(room_id, epoch, seq)
 
@@ -258,6 +285,9 @@ class Broker:
 
     async def unsubscribe_user(self, user_id: str) -> None:
         await self.inbox.unsubscribe_user(user_id)
+
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        return await self.inbox.dm_backlog(user_id)
 
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         return await self.inbox.send_dm(user_id, frame)

@@ -94,6 +94,7 @@ class MemoryRoomStream(RoomStream):
             publishers=dict(view.publishers),
             media_node=view.media_node,
             media_url=view.media_url,
+            pins=dict(view.pins),
         )
 
     async def unsubscribe(self, room_id: str) -> None:
@@ -184,6 +185,10 @@ class MemoryInbox(Inbox):
 
     async def unsubscribe_user(self, user_id: str) -> None:
         self._users.pop(user_id, None)
+
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        self._expire(protocol.now_ms())
+        return [frame for _, frame in self._kept.get(user_id, ())]
 
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         handler = self._users.get(user_id)

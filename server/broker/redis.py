@@ -22,9 +22,10 @@ import logging
 import random
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from server import metrics
 from server.broker import redis_scripts as rs
@@ -33,6 +34,7 @@ from server.broker.redis_inbox import RedisInbox
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_sanctions import RedisSanctions
 from server.broker.redis_stream import RedisRoomStream
+from server.broker.shards import MAIN, Shards
 
 log = logging.getLogger("liveroom.broker.redis")
 
@@ -56,6 +58,8 @@ class RedisBroker(Broker):
         cluster: bool = False,
         sharded: bool | None = None,
         connect_timeout: float = 5.0,
+        wait_replicas: int | None = None,
+        wait_timeout_ms: int = 500,
     ) -> None:
         self.node_id = node_id
         self._presence_ttl = presence_ttl
@@ -69,12 +73,21 @@ class RedisBroker(Broker):
             "socket_timeout": 10.0,
             "socket_keepalive": True,
         }
+        # a DM is acknowledged once this many replicas have it (WAIT on the writing connection)
+        self._wait_replicas = (1 if cluster else 0) if wait_replicas is None else wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._cluster_known = False  # redis-py's cluster client initialised once
+        self._shards = Shards(url, cluster, options)  # per-primary connections: pipelines, pub/sub, WAIT
+        # single-key commands; on a cluster redis-py follows MOVED replies by itself
         self._redis: Any = (
-            RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
+            RedisCluster.from_url(url, max_connections=1000, **options)
+            if cluster
+            else self._shards.client(MAIN)
         )
         self._targets: dict[bytes, tuple[str, str]] = {}  # channel -> ("r", room) | ("u", uid)
         self._waiters: dict[bytes, asyncio.Future[bool]] = {}
-        self._pubsub: Any = None
+        self._pubsubs: dict[str, Any] = {}  # shard -> its pub/sub connection (this session)
+        self._readers: dict[str, asyncio.Task[None]] = {}  # shard -> the task blocked reading it
         self._connected = False
         self._up = asyncio.Event()
         self._broken = asyncio.Event()
@@ -91,6 +104,8 @@ class RedisBroker(Broker):
         )
         self.inbox = RedisInbox(self, dm_keep=dm_keep, dm_ttl=dm_ttl)
         self.limits = RedisSanctions(self)
+        for script in (self.stream._publish_script, self.stream._load_script, self.inbox._dm_script):
+            self._shards.add_script(script.sha, script.script)  # loaded on every primary at connect
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -114,6 +129,7 @@ class RedisBroker(Broker):
                     await task
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+        await self._shards.aclose()
 
     @property
     def ready(self) -> bool:
@@ -132,7 +148,7 @@ class RedisBroker(Broker):
                     log.warning("redis connection lost: %s", exc or type(exc).__name__)
                 else:
                     log.debug("redis unreachable: %s", exc)
-            if self._connected:
+            if self._up.is_set():  # was connected (the session's teardown cleared _connected)
                 metrics.broker_disconnects.inc()
                 delay = 0.1
             self._connected = False
@@ -144,50 +160,48 @@ class RedisBroker(Broker):
 
     async def _session(self) -> None:
         self._broken.clear()
-        if not self._cluster:  # pooled connections to a restarted Redis are all dead
-            await self._redis.connection_pool.disconnect()
-        await self._redis.ping()
-        pubsub = self._redis.pubsub()
-        self._pubsub = pubsub
-        reader: asyncio.Task[None] | None = None
+        await self._shards.refresh()  # the topology as it is now (a failover promotes a replica)
+        if self._cluster:  # redis-py's own slot map, for the single-key commands
+            if self._cluster_known:
+                await self._redis.nodes_manager.initialize()
+            else:
+                await self._redis.initialize()
+                self._cluster_known = True
         try:
-            ctl = rs.control_channel(self.node_id)
-            await (pubsub.ssubscribe(ctl) if self._sharded else pubsub.subscribe(ctl))
-            reader = asyncio.get_running_loop().create_task(self._read(pubsub))
             for sub in self.stream._rooms.values():  # hold batches until each room is re-read
                 if sub.pending is None:
                     sub.pending = []
             for user in self.inbox._users.values():
                 if user.pending is None:
                     user.pending = []
-            await self._listen(list(self._targets))
+            await self._listen([rs.control_channel(self.node_id).encode(), *self._targets])
             self._connected = True
             self._up.set()
             await asyncio.gather(
                 *(self.stream._resync(room_id, sub) for room_id, sub in list(self.stream._rooms.items())),
                 *(self.inbox._catch_up(uid, user) for uid, user in list(self.inbox._users.items())),
             )
-            broken = asyncio.get_running_loop().create_task(self._broken.wait())
-            try:
-                await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                broken.cancel()
-            if reader.done() and reader.exception() is not None:
-                raise reader.exception()  # type: ignore[misc]
+            await self._broken.wait()
+            failed = [t for t in self._readers.values() if t.done() and not t.cancelled()]
+            if failed and failed[0].exception() is not None:
+                raise failed[0].exception()  # type: ignore[misc]
             raise ConnectionError("redis connection reported broken")
         finally:
             self._connected = False
-            self._pubsub = None
             for fut in self._waiters.values():
                 if not fut.done():
                     fut.set_result(False)
             self._waiters.clear()
-            if reader is not None:
+            readers, self._readers = self._readers, {}
+            pubsubs, self._pubsubs = self._pubsubs, {}
+            for reader in readers.values():
                 reader.cancel()
+            for reader in readers.values():
                 with contextlib.suppress(BaseException):
                     await reader
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), 2)
+            for pubsub in pubsubs.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), 2)
 
     def _kick(self, exc: BaseException) -> None:
         """A command failed: treat the connection as lost (the supervisor reconnects)."""
@@ -204,17 +218,22 @@ class RedisBroker(Broker):
     # -- pub/sub ---------------------------------------------------------------------
 
     async def _read(self, pubsub: Any) -> None:
-        while True:
-            if self._cluster:
-                message = await pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=0.01)
-            else:
+        """One reader per shard connection, blocked on it: no polling, no timeout.
+
+        Whatever ends the read (a dead primary, a reset connection) ends the session: the
+        supervisor re-reads the topology, resubscribes everywhere and re-reads every room.
+        """
+        try:
+            while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=None)
-            if message is None:
-                continue
-            try:
-                self._on_message(message)
-            except Exception:  # one bad message must never stop the reader
-                log.exception("error handling a message from redis")
+                if message is None:
+                    continue
+                try:
+                    self._on_message(message)
+                except Exception:  # one bad message must never stop the reader
+                    log.exception("error handling a message from redis")
+        finally:
+            self._broken.set()
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -224,6 +243,11 @@ class RedisBroker(Broker):
             fut = self._waiters.pop(channel, None)
             if fut is not None and not fut.done():
                 fut.set_result(True)
+        elif kind == "sunsubscribe" and channel in self._targets:
+            # the server dropped a channel we still follow: its slot moved (resharding or a
+            # failover seen by this connection). Start over with the new topology.
+            log.info("redis moved sharded channel %r: reconnecting", channel)
+            self._broken.set()
         elif kind in ("message", "smessage"):
             target = self._targets.get(channel)
             if target is None:
@@ -236,28 +260,43 @@ class RedisBroker(Broker):
                 self.limits._on_sanction_message(message["data"])
 
     async def _listen(self, channels: list[bytes]) -> None:
-        """Subscribe and wait for Redis to confirm: only then can state be read without a gap."""
-        pubsub = self._pubsub
-        if pubsub is None:
-            raise ConnectionError("redis is not connected")
+        """Subscribe and wait for Redis to confirm: only then can state be read without a gap.
+
+        Each channel goes to the connection of the shard that owns its slot (SSUBSCRIBE on a
+        cluster); a shard's connection and its reader start with its first channel.
+        """
         if not channels:
             return
         loop = asyncio.get_running_loop()
         waits = []
+        by_shard: dict[str, list[bytes]] = {}
         for channel in channels:
             fut = self._waiters.get(channel)
             if fut is None:
                 fut = self._waiters[channel] = loop.create_future()
             waits.append(fut)
-        await (pubsub.ssubscribe(*channels) if self._sharded else pubsub.subscribe(*channels))
+            by_shard.setdefault(self._shards.name_of(channel), []).append(channel)
+        for shard, names in by_shard.items():
+            pubsub = self._pubsubs.get(shard)
+            if pubsub is None:
+                pubsub = self._pubsubs[shard] = self._shards.client(shard).pubsub()
+            if self._sharded:  # one SSUBSCRIBE per slot: Redis refuses channels of several slots
+                for same_slot in _by_slot(names):
+                    await pubsub.ssubscribe(*same_slot)
+            else:
+                await pubsub.subscribe(*names)
+            if shard not in self._readers:
+                self._readers[shard] = loop.create_task(self._read(pubsub))
         results = await asyncio.wait_for(asyncio.gather(*waits), 10)
         if not all(results):
             raise ConnectionError("redis connection lost while subscribing")
 
     async def _unlisten(self, channel: bytes) -> None:
         self._targets.pop(channel, None)
-        pubsub = self._pubsub
-        if pubsub is not None and self._connected:
+        if not self._connected:
+            return
+        pubsub = self._pubsubs.get(self._shards.name_of(channel))
+        if pubsub is not None:
             try:
                 await (pubsub.sunsubscribe(channel) if self._sharded else pubsub.unsubscribe(channel))
             except _DOWN as exc:
@@ -275,3 +314,10 @@ class RedisBroker(Broker):
                 self._kick(exc)
             except Exception:
                 log.exception("presence heartbeat failed")
+
+
+def _by_slot(channels: list[bytes]) -> list[list[bytes]]:
+    groups: dict[int, list[bytes]] = {}
+    for channel in channels:
+        groups.setdefault(key_slot(channel), []).append(channel)
+    return list(groups.values())

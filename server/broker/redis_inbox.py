@@ -22,6 +22,7 @@ from server.broker import redis_scripts as rs
 from server.broker.base import BrokerUnavailable, DmReceipt, Event, Inbox, UserHandler, dm_id_key
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
+from server.broker.shards import Call
 
 log = logging.getLogger("liveroom.broker.redis")
 
@@ -64,6 +65,17 @@ class RedisInbox(RedisPart, Inbox):
         if self._users.pop(user_id, None) is not None:
             await self._unlisten(rs.user_keys(user_id).channel.encode())
 
+    async def dm_backlog(self, user_id: str) -> list[bytes]:
+        if not self._connected:
+            raise BrokerUnavailable("redis is unreachable")
+        try:
+            entries = await self._redis.xrange(rs.user_keys(user_id).dms, "-", "+", count=self._dm_keep)
+        except _DOWN as exc:
+            self._kick(exc)
+            raise BrokerUnavailable(str(exc)) from exc
+        frames = (_stored_frame(raw_id.decode(), fields) for raw_id, fields in entries)
+        return [frame for frame in frames if frame is not None]
+
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         keys = rs.user_keys(user_id)
         if not self._connected:
@@ -83,14 +95,26 @@ class RedisInbox(RedisPart, Inbox):
         if not self._connected:
             raise BrokerUnavailable("redis is unreachable")
         body = rs.open_map(dm, "id")
+        args = ["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 0]
+        calls: list[Call] = [(keys.dms, ("EVALSHA", self._dm_script.sha, 1, keys.dms, *args))]
+        wait = self._link._wait_replicas
+        if wait:  # same pipeline, same connection: WAIT covers this very write
+            calls.append((keys.dms, ("WAIT", wait, self._link._wait_timeout_ms)))
         try:
-            res = await self._dm_script(
-                keys=[keys.dms],
-                args=["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 0],
-            )
+            results = await self._shards.pipelined(calls)
         except _DOWN as exc:
             self._kick(exc)
             raise BrokerUnavailable(str(exc)) from exc
+        for result in results:
+            if isinstance(result, Exception):
+                self._kick(result)
+                raise BrokerUnavailable(str(result)) from result
+        res = results[0]
+        if wait and int(results[1]) < wait:
+            # stored on the primary only: a failover now could lose it, so it is not acked.
+            # The sender retries (with its cid) once a replica keeps up again.
+            metrics.broker_dm_unreplicated.inc()
+            raise BrokerUnavailable("DM not yet replicated")
         return DmReceipt(res[0].decode(), int(res[1]) > 0)
 
     async def ack_dm(self, user_id: str, dm_id: str) -> None:

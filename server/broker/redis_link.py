@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from server.broker.shards import Shards
+
 # Connection failures look like any of these depending on where they happen.
 DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
 
@@ -22,6 +24,9 @@ class Link(Protocol):
     _connected: bool
     _publish_cmd: str
     _targets: dict[bytes, tuple[str, str]]
+    _shards: Shards
+    _wait_replicas: int
+    _wait_timeout_ms: int
 
     def _kick(self, exc: BaseException) -> None: ...
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
@@ -50,6 +55,11 @@ class RedisPart:
     @property
     def _publish_cmd(self) -> str:
         return self._link._publish_cmd
+
+    @property
+    def _shards(self) -> Shards:
+        """Per-primary connections: a tick's pipelines, a DM's WAIT (server/broker/shards.py)."""
+        return self._link._shards
 
     @property
     def _targets(self) -> dict[bytes, tuple[str, str]]:

@@ -173,6 +173,8 @@ def classify(event: dict[str, Any]) -> tuple[str, str]:
         return "d", ""
     if kind == "delete" and isinstance(event.get("target"), int):
         return "r", str(event["target"])
+    if kind in ("pin", "unpin"):  # pins are sticky per pin id (server.answers)
+        return ("s" if kind == "pin" else "x"), f"pin:{event.get('id')}"
     flag = STICKY_KINDS.get(kind or "")
     if flag is not None:
         return ("s" if event.get(flag) else "x"), f"{kind}:{event.get('uid')}"

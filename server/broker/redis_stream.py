@@ -23,9 +23,10 @@ import msgpack
 
 from server import metrics, protocol
 from server.broker import redis_scripts as rs
-from server.broker.base import BatchHandler, Event, RoomState, RoomStream
+from server.broker.base import BatchHandler, Event, Publish, RoomState, RoomStream
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
+from server.broker.shards import Call
 from server.rooms import Room
 from server.sequencing import NEVER, StreamState, Tick, sequence
 
@@ -96,25 +97,53 @@ class RedisRoomStream(RedisPart, RoomStream):
         now: int,
         joined: Sequence[str] = (),
     ) -> None:
-        sub = self._rooms.get(room_id)
-        if sub is None:  # the node publishes only for rooms it holds; keep going regardless
-            sub = _RoomSub(handler=lambda *_: None, view=self._new_view(room_id))
-        previous = sub.local_count
-        if local_online is not None:
-            sub.local_count = local_online
-        likes, sub.likes_owed = sub.likes_owed + likes_delta, 0
-        uids, sub.joined_owed = [*sub.joined_owed, *joined], []
-        if self._connected and not sub.local:
+        await self.publish_many([Publish(room_id, events, likes_delta, local_online, now, joined)])
+
+    async def publish_many(self, publishes: Sequence[Publish]) -> None:
+        """A whole tick in one pipeline per shard, all shards at once: no room waits on another.
+
+        Rooms that cannot reach Redis (down, or a room sequencing alone since an outage) are
+        numbered here instead, and their likes and joins stay owed.
+        """
+        staged: list[tuple[Publish, _RoomSub, int, int, list[str]]] = []
+        for p in publishes:
+            sub = self._rooms.get(p.room_id)
+            if sub is None:  # the node publishes only for rooms it holds; keep going regardless
+                sub = _RoomSub(handler=lambda *_: None, view=self._new_view(p.room_id))
+            previous = sub.local_count
+            if p.local_online is not None:
+                sub.local_count = p.local_online
+            likes, sub.likes_owed = sub.likes_owed + p.likes_delta, 0
+            uids, sub.joined_owed = [*sub.joined_owed, *p.joined], []
+            staged.append((p, sub, previous, likes, uids))
+        sent: set[int] = set()
+        remote = [i for i, (_, sub, *_rest) in enumerate(staged) if self._connected and not sub.local]
+        if remote:
+            calls = []
+            for i in remote:
+                p, sub, _, likes, uids = staged[i]
+                calls.append(
+                    self._publish_call(p.room_id, p.events, likes, p.local_online, p.now, uids, _seen(sub))
+                )
             try:
-                await self._run_publish(room_id, events, likes, local_online, now, uids, seen=_seen(sub))
-                return
+                results = await self._shards.pipelined(calls)
             except _DOWN as exc:
                 self._kick(exc)
-        sub.likes_owed += likes
-        sub.joined_owed = uids[-10_000:]
-        self._publish_locally(room_id, sub, events, likes_delta, local_online, previous, now)
+            else:
+                metrics.broker_tick_pipelines.inc()
+                for i, result in zip(remote, results, strict=True):
+                    if isinstance(result, Exception):
+                        self._kick(result)
+                    else:
+                        sent.add(i)
+        for i, (p, sub, previous, likes, uids) in enumerate(staged):
+            if i in sent:
+                continue
+            sub.likes_owed += likes
+            sub.joined_owed = uids[-10_000:]
+            self._publish_locally(p.room_id, sub, p.events, p.likes_delta, p.local_online, previous, p.now)
 
-    async def _run_publish(
+    def _publish_call(
         self,
         room_id: str,
         events: list[Event],
@@ -122,9 +151,9 @@ class RedisRoomStream(RedisPart, RoomStream):
         local_online: int | None,
         now: int,
         joined: Sequence[str],
-        client: Any = None,
-        seen: tuple[str, int] | None = None,
-    ) -> Any:
+        seen: tuple[str, int] | None,
+    ) -> Call:
+        """The EVALSHA of one room's publish, routed by the room's hash tag."""
         keys = rs.room_keys(room_id)
         args = rs.publish_args(
             room_id,
@@ -144,7 +173,8 @@ class RedisRoomStream(RedisPart, RoomStream):
             joined=joined,
             seen=seen,
         )
-        return await self._publish_script(keys=keys.script_keys, args=args, client=client)
+        script_keys = keys.script_keys
+        return keys.meta, ("EVALSHA", self._publish_script.sha, len(script_keys), *script_keys, *args)
 
     def _publish_locally(
         self,
@@ -329,17 +359,18 @@ class RedisRoomStream(RedisPart, RoomStream):
         if not rooms:
             await self._redis.ping()
             return
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[Call] = []
         owed = []
+        now = protocol.now_ms()
         for room_id, sub in rooms:
             likes, sub.likes_owed = sub.likes_owed, 0
             joined, sub.joined_owed = sub.joined_owed, []
             owed.append((sub, likes, joined))
-            await self._run_publish(
-                room_id, [], likes, sub.local_count, protocol.now_ms(), joined, client=pipe, seen=_seen(sub)
-            )
-        try:
-            await pipe.execute()
+            calls.append(self._publish_call(room_id, [], likes, sub.local_count, now, joined, _seen(sub)))
+        try:  # one pipeline per shard, all shards at once
+            for result in await self._shards.pipelined(calls):
+                if isinstance(result, Exception):
+                    raise result
         except BaseException:
             for sub, likes, joined in owed:
                 sub.likes_owed += likes
@@ -374,6 +405,7 @@ def _state_of(view: Room[None]) -> RoomState:
         publishers=dict(view.publishers),
         media_node=view.media_node,
         media_url=view.media_url,
+        pins=dict(view.pins),
     )
 
 

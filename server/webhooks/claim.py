@@ -34,7 +34,9 @@ class RedisClaims(LocalClaims):
     def __init__(self, url: str, cluster: bool = False) -> None:
         super().__init__()
         self._redis: aioredis.Redis | RedisCluster = (
-            RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
+            RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+            if cluster
+            else aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         )
 
     async def claim(self, event_id: str) -> bool:

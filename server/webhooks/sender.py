@@ -19,10 +19,11 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
+from redis.exceptions import RedisError
 
 from server.analytics.recorder import HOST_JOIN, HOST_LEAVE
 from server.analytics.records import JOIN, LEAVE, Record
@@ -35,6 +36,9 @@ SIGNATURE_HEADER = "X-Liveroom-Signature"
 MAX_QUEUE = 1000  # pending jobs; beyond this new events are dropped (and counted)
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 RETRY_STATUS = frozenset({408, 425, 429})  # besides 5xx and network errors: worth another try
+STORE_RETRY_MAX = 5.0  # seconds between tries of the shared store (claims, counts) while it is down
+STORE_WARN_EVERY = 10.0  # seconds between warnings of one store outage
+T = TypeVar("T")
 
 
 def _fresh_id(kind: str) -> str:
@@ -68,6 +72,7 @@ class Webhooks:
         self._queue: asyncio.Queue[list[Record] | dict[str, Any]] = asyncio.Queue(MAX_QUEUE)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._store_warned = -float("inf")
 
     # -- producers (never block) -----------------------------------------------------------
 
@@ -109,7 +114,7 @@ class Webhooks:
             try:
                 events = await self._events(job) if isinstance(job, list) else [job]
                 for event in events:
-                    if await self.claims.claim(event["id"]):
+                    if await self._shared(lambda e=event: self.claims.claim(e["id"])):
                         await self._deliver(event)
             except Exception:
                 log.exception("webhook job failed")
@@ -140,7 +145,7 @@ class Webhooks:
         for room, change in delta.items():
             if not change:
                 continue
-            count = await self.claims.add_connections(room, change)
+            count = await self._shared(lambda r=room, c=change: self.claims.add_connections(r, c))
             if count - change <= 0 < count:
                 started.append(self._event("room.started", {"room": room}, _fresh_id("room.started")))
             elif count <= 0 < count - change:
@@ -152,6 +157,29 @@ class Webhooks:
             for room in sorted(set(joined) | set(left))
         ]
         return started + hosts + viewers + ended
+
+    async def _shared(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A call to the shared store, retried through an outage: the queue (bounded) waits."""
+        failures = 0
+        while True:
+            try:
+                result = await call()
+            except (RedisError, OSError, TimeoutError) as exc:
+                failures += 1
+                now = time.monotonic()
+                if now - self._store_warned >= STORE_WARN_EVERY:
+                    self._store_warned = now
+                    log.warning(
+                        "webhooks: shared store unavailable (%s): %d jobs waiting, retrying",
+                        type(exc).__name__,
+                        self._queue.qsize() + 1,
+                    )
+                await asyncio.sleep(min(STORE_RETRY_MAX, 0.1 * 2**failures))
+                continue
+            if failures:
+                log.warning("webhooks: shared store back after %d failed tries", failures)
+                self._store_warned = -float("inf")
+            return result
 
     def _event(self, kind: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
         return {"id": event_id, "type": kind, "ts": self.clock(), "node": self.node_id, "data": data}

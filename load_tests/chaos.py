@@ -1,0 +1,601 @@
+"""Chaos: real nodes and a real Redis, faults injected under traffic, checked as a user would.
+
+    python -m load_tests.chaos --faults 24 --nodes 3            # repeated faults, JSON + table
+    python -m load_tests.chaos --kinds node_kill --faults 1       # one fault of one kind
+
+Nodes are `python -m server serve --redis URL` subprocesses; Redis is `redis-server` with an
+AOF fsynced on every write (what "never loses an acked DM" relies on). The client is written
+from docs/PROTOCOL.md alone: it joins with `resume`, tracks `(epoch, seq)` (a batch's epoch
+included: "Stream identity"), reconnects to
+another node after any close, resyncs on a seq jump or `dropped`, and retries every DM with its
+`cid` until it gets a `dm_ack`. Nobody sends `dm_seen`, so every connection a recipient opens
+must show every acknowledged DM. What is counted (all must be 0):
+
+- `dm_lost`: acked DMs no connection of the recipient ever showed;
+- `dm_missing_on_connection`: (connection, acked DM) pairs the connection never showed;
+- `dm_stored_twice`: one DM (one `cid`) that reached a recipient under two ids;
+- `silent_gaps`: seqs a viewer never got inside a stretch it believed complete (one epoch,
+  from a fresh snapshot on, resumed with `recovered: true` across reconnects);
+- `conflicts`: `(epoch, seq)` pairs that carried different events for different viewers;
+- `shown_twice`: danmaku a viewer showed twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from server import auth
+from server.config import DEFAULT_SECRET
+
+ROOM = "chaos"
+KINDS = ("node_kill", "node_term", "redis_kill")
+NODE_ENV = {  # the abuse limits are not what is tested here
+    "LIVEROOM_RATE_LIMITS": "off",
+    "LIVEROOM_REPEAT_MAX": "0",
+    "LIVEROOM_CONTACT_FILTER": "off",
+    "LIVEROOM_ABUSE_STRIKES": "0",
+    "LIVEROOM_MAX_LOOP_LAG": "0",
+}
+ROUND_LIMIT = 240.0  # seconds one round may take at most (start, fault, settle)
+SETTLE = 45.0  # seconds to wait, after the traffic stops, for every connection to catch up
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class Redis:
+    """redis-server on a fixed port (nodes keep its URL across restarts), AOF fsynced always."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)]
+        self.proc = subprocess.Popen(
+            ["redis-server", *args, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.write(b"PING\r\n")
+                    await writer.drain()
+                    writer.close()
+                    return
+                await asyncio.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    async def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # in case a test froze it
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class Node:
+    node_id: str
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+async def start_node(redis_url: str, node_id: str) -> Node:
+    cmd = [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"]
+    cmd += ["--redis", redis_url, "--node-id", node_id, "--tick-ms", "50", "--presence-ttl", "1.5"]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **NODE_ENV},
+    )
+    assert proc.stdout is not None
+    line = await asyncio.to_thread(proc.stdout.readline)
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"node {node_id} did not start: {line!r}")
+    return Node(node_id, proc, int(line.split("http://127.0.0.1:")[1].split()[0]))
+
+
+async def stop_node(node: Node, sig: int = signal.SIGTERM, timeout: float = 30.0) -> float:
+    """Signal the node and wait for it to exit; returns seconds to exit."""
+    started = time.monotonic()
+    if node.alive:
+        node.proc.send_signal(sig)
+        try:
+            await asyncio.to_thread(node.proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            await asyncio.to_thread(node.proc.wait)
+            raise
+    if node.proc.stdout is not None:
+        node.proc.stdout.close()
+    return time.monotonic() - started
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Ledger:
+    """What every client saw, shared, checked at the end."""
+
+    events: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
+    conflicts: int = 0
+    acked: dict[str, tuple[str, str]] = field(default_factory=dict)  # dm id -> (recipient, cid)
+    acked_by_cid: dict[str, str] = field(default_factory=dict)  # cid -> dm id of its ack
+    ack_changed: int = 0  # a retry got another id than the first ack: stored twice
+    danmaku_sent: int = 0
+    dm_errors: int = 0  # 4501 answers (refused, retried)
+    visible_gaps: int = 0  # seq jumps the client saw (and resynced)
+    reconnects: int = 0
+    not_recovered: int = 0  # resumes answered with recovered: false (fresh snapshot)
+    epoch_adopted: int = 0  # batches under a new epoch that continued the stream
+    epoch_resyncs: int = 0  # batches under a new epoch that did not: resumed
+
+    def saw(self, epoch: str, event: dict[str, Any]) -> None:
+        key = (epoch, event["seq"])
+        who = (event["t"], event.get("uid"), event.get("text"), event.get("ts"))
+        known = self.events.setdefault(key, who)
+        if known != who:
+            self.conflicts += 1
+
+
+class Conn:
+    """One user's connection that rejoins a live node after any close, resuming its position."""
+
+    def __init__(self, cluster: Cluster, uid: str, prefer: int = 0) -> None:
+        self.cluster = cluster
+        self.ledger = cluster.ledger
+        self.uid = uid
+        self.prefer = prefer
+        self.ws: ClientConnection | None = None
+        self.ready = asyncio.Event()
+        self.epoch: str | None = None
+        self.seq = 0
+        self.segments: list[list[Any]] = []  # [epoch, first seq, last seq] stretches believed whole
+        self.seen: dict[str, set[int]] = {}
+        self.texts: dict[str, int] = {}  # danmaku text -> times shown
+        self.dms: dict[str, str] = {}  # dm id -> text, on this logical connection
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # cid -> its answer
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
+                await self._session()
+            self.ready.clear()
+            self.ws = None
+            for fut in self.waiting.values():
+                if not fut.done():
+                    fut.set_result({"t": "closed"})
+            if not stop.is_set():
+                self.ledger.reconnects += 1
+                await asyncio.sleep(0.1 + random.random() * 0.2)
+
+    async def _session(self) -> None:
+        url = self.cluster.pick(self.prefer)
+        async with connect(url, open_timeout=5, close_timeout=1, max_size=None) as ws:
+            join: dict[str, Any] = {"t": "join", "token": self.cluster.token(self.uid)}
+            if self.epoch is not None:
+                join["resume"] = {"epoch": self.epoch, "seq": self.seq}
+            await ws.send(msgpack.packb(join))
+            snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 15))
+            if snapshot.get("t") != "snapshot":
+                await asyncio.sleep(float(snapshot.get("retry_after") or 0.5))
+                return
+            self._on_snapshot(snapshot, resumed="resume" in join)
+            self.ws = ws
+            self.ready.set()
+            async for data in ws:
+                frame = msgpack.unpackb(data)
+                if not self._on_frame(frame):
+                    await ws.close(3000, "resync")
+                    return
+
+    def _on_snapshot(self, snap: dict[str, Any], resumed: bool) -> None:
+        if resumed and snap.get("recovered"):  # the missed events follow our (epoch, seq)
+            for event in snap.get("missed", ()):
+                self._on_event(event)
+            return
+        if resumed:
+            self.ledger.not_recovered += 1
+        self.epoch, self.seq = snap["epoch"], snap["seq"]
+        self.segments.append([self.epoch, self.seq, self.seq])
+
+    def _on_frame(self, frame: dict[str, Any]) -> bool:
+        kind = frame.get("t")
+        if kind == "batch":
+            events = frame["events"]
+            epoch = frame.get("epoch")  # PROTOCOL.md, "Stream identity"
+            if epoch is not None and epoch != self.epoch and events and "seq" in events[0]:
+                if events[0]["seq"] != self.seq + 1:
+                    self.ledger.epoch_resyncs += 1
+                    return False  # another numbering, not continuing ours: resume
+                self.ledger.epoch_adopted += 1
+                self.epoch = epoch  # it continues our stream with no gap: carry on under it
+                self.segments.append([epoch, self.seq, self.seq])
+            return all(self._on_event(e) for e in events)
+        if kind == "dm":
+            self.dms[frame["id"]] = frame["text"]
+        elif kind in ("dm_ack", "error") and (
+            fut := self.waiting.get(str(frame.get("cid", frame.get("ref"))))
+        ):
+            if not fut.done():
+                fut.set_result(frame)
+        elif kind == "dropped":
+            return False
+        return True
+
+    def _on_event(self, event: dict[str, Any]) -> bool:
+        seq = event.get("seq")
+        if seq is None or seq <= self.seq:
+            return True  # unsequenced echo, or already shown
+        if seq != self.seq + 1:
+            self.ledger.visible_gaps += 1
+            return False  # resync: reconnect with resume
+        assert self.epoch is not None
+        self.seq = seq
+        self.segments[-1][2] = seq
+        self.seen.setdefault(self.epoch, set()).add(seq)
+        self.ledger.saw(self.epoch, event)
+        if event["t"] == "danmaku":
+            self.texts[event["text"]] = self.texts.get(event["text"], 0) + 1
+        return True
+
+    async def send_dm(self, to: str, cid: str) -> None:
+        """Send until acknowledged: the same cid after a reset or a 4501, so it is stored once."""
+        while True:
+            await self.ready.wait()
+            ws = self.ws
+            if ws is None:
+                await asyncio.sleep(0.05)
+                continue
+            fut = self.waiting[cid] = asyncio.get_running_loop().create_future()
+            try:
+                await ws.send(msgpack.packb({"t": "dm", "to": to, "text": cid, "cid": cid}))
+                answer = await asyncio.wait_for(fut, 20)
+            except (ConnectionClosed, TimeoutError):
+                await asyncio.sleep(0.05)  # a closed socket raises at once: let the reader see it
+                continue
+            finally:
+                self.waiting.pop(cid, None)
+            if answer["t"] == "dm_ack":
+                first = self.ledger.acked_by_cid.setdefault(cid, answer["id"])
+                if first != answer["id"]:
+                    self.ledger.ack_changed += 1
+                self.ledger.acked[answer["id"]] = (to, cid)
+                return
+            if answer["t"] == "closed":
+                await asyncio.sleep(0.05)
+            elif answer["t"] == "error":
+                self.ledger.dm_errors += 1
+                await asyncio.sleep(float(answer.get("retry_after") or 0.2))
+
+    async def danmaku(self, text: str) -> None:
+        ws = self.ws
+        if ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(msgpack.packb({"t": "danmaku", "text": text, "cid": text}))
+                self.ledger.danmaku_sent += 1
+
+
+class Cluster:
+    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+        self.redis = Redis(workdir)
+        self.size = nodes
+        self.nodes: list[Node] = []
+        self.ledger = Ledger()
+        self._started = 0
+
+    def token(self, uid: str) -> str:
+        return auth.mint(DEFAULT_SECRET, room=ROOM, user=uid, role="viewer", ttl=3600)
+
+    def pick(self, prefer: int) -> str:
+        alive = [n for n in self.nodes if n.alive] or self.nodes
+        return alive[prefer % len(alive)].url
+
+    async def start(self) -> None:
+        await self.redis.start()
+        self.nodes = list(await asyncio.gather(*(self._new_node() for _ in range(self.size))))
+
+    async def _new_node(self) -> Node:
+        self._started += 1
+        return await start_node(self.redis.url, f"n{self._started}")
+
+    async def replace(self, node: Node) -> None:
+        self.nodes[self.nodes.index(node)] = await self._new_node()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(stop_node(n, timeout=30) for n in self.nodes), return_exceptions=True)
+        await self.redis.stop()
+
+
+@dataclass
+class Traffic:
+    """Viewers, two recipients with two connections each (one on a shared node), DM senders."""
+
+    cluster: Cluster
+    viewers: list[Conn]
+    recipients: dict[str, list[Conn]]
+    senders: list[Conn]
+
+    @classmethod
+    def make(cls, cluster: Cluster, tag: str) -> Traffic:
+        viewers = [Conn(cluster, f"{tag}v{i}", prefer=i) for i in range(3)]
+        # each recipient's two connections start on the same node: the backlog must reach both
+        recipients = {
+            f"{tag}r{i}": [Conn(cluster, f"{tag}r{i}", prefer=i) for _ in range(2)] for i in range(2)
+        }
+        senders = [Conn(cluster, f"{tag}s{i}", prefer=i + 1) for i in range(2)]
+        return cls(cluster, viewers, recipients, senders)
+
+    @property
+    def all(self) -> list[Conn]:
+        return [*self.viewers, *(c for conns in self.recipients.values() for c in conns), *self.senders]
+
+
+async def _talk(traffic: Traffic, stop: asyncio.Event, tag: str, rate: float) -> None:
+    """Each sender: a danmaku and a DM (to each recipient in turn) every 1/rate s."""
+
+    async def one(n: int, sender: Conn) -> None:
+        i = 0
+        targets = list(traffic.recipients)
+        while not stop.is_set():
+            await sender.ready.wait()
+            await sender.danmaku(f"{tag}-d{n}-{i}")
+            await sender.send_dm(targets[i % len(targets)], f"{tag}-m{n}-{i}")
+            i += 1
+            await asyncio.sleep(1 / rate)
+
+    await asyncio.gather(*(one(n, s) for n, s in enumerate(traffic.senders)))
+
+
+async def inject(cluster: Cluster, kind: str) -> dict[str, Any]:
+    """One fault; returns what it cost (seconds the faulted part was away)."""
+    started = time.monotonic()
+    if kind == "redis_kill":
+        await cluster.redis.kill()
+        await asyncio.sleep(1.0 + random.random())
+        await cluster.redis.start()
+    else:
+        victim = random.choice([n for n in cluster.nodes if n.alive])
+        if kind == "node_kill":
+            await stop_node(victim, signal.SIGKILL)
+        else:
+            await stop_node(victim, signal.SIGTERM)
+        await cluster.replace(victim)
+    return {"kind": kind, "seconds": round(time.monotonic() - started, 2)}
+
+
+async def settle(traffic: Traffic, tag: str) -> float:
+    """After the traffic: a marker danmaku, then wait until every connection has it and every
+    recipient connection has every acked DM (or SETTLE passes). Returns the seconds it took."""
+    started = time.monotonic()
+    ledger = traffic.cluster.ledger
+    marker = f"{tag}-end"
+    sender = traffic.senders[0]
+
+    def done() -> bool:
+        if not all(
+            c.texts.get(marker) for c in traffic.viewers + [c for v in traffic.recipients.values() for c in v]
+        ):
+            return False
+        for uid, conns in traffic.recipients.items():
+            want = {i for i, (to, _) in ledger.acked.items() if to == uid}
+            if any(not want <= c.dms.keys() for c in conns):
+                return False
+        return True
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SETTLE):
+            while True:
+                if not any(c.texts.get(marker) for c in traffic.viewers):
+                    await sender.ready.wait()
+                    await sender.danmaku(marker)
+                if done():
+                    break
+                await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+def verdict(traffic: Traffic) -> dict[str, int]:
+    ledger = traffic.cluster.ledger
+    out = {
+        "dm_acked": 0,
+        "dm_lost": 0,
+        "dm_missing_on_connection": 0,
+        "dm_stored_twice": ledger.ack_changed,
+        "silent_gaps": 0,
+        "conflicts": ledger.conflicts,
+        "shown_twice": 0,
+    }
+    for uid, conns in traffic.recipients.items():
+        want = {i for i, (to, _) in ledger.acked.items() if to == uid}
+        out["dm_acked"] += len(want)
+        shown = set().union(*(c.dms.keys() for c in conns))
+        out["dm_lost"] += len(want - shown)
+        out["dm_missing_on_connection"] += sum(len(want - c.dms.keys()) for c in conns)
+        ids_per_text: dict[str, set[str]] = {}
+        for c in conns:
+            for dm_id, text in c.dms.items():
+                ids_per_text.setdefault(text, set()).add(dm_id)
+        out["dm_stored_twice"] += sum(len(ids) - 1 for ids in ids_per_text.values())
+    for conn in traffic.all:
+        for epoch, first, last in conn.segments:
+            seen = conn.seen.get(epoch, set())
+            out["silent_gaps"] += sum(1 for s in range(first + 1, last + 1) if s not in seen)
+        out["shown_twice"] += sum(n - 1 for n in conn.texts.values() if n > 1)
+    return out
+
+
+async def run_round(
+    cluster: Cluster, kind: str, tag: str, before: float, after: float, rate: float
+) -> dict[str, Any]:
+    """Traffic, one fault of `kind` after `before` s, more traffic for `after` s, settle, verdict."""
+    cluster.ledger = Ledger()  # counted per round
+    traffic = Traffic.make(cluster, tag)
+    stop = asyncio.Event()
+    runners = [asyncio.create_task(c.run(stop)) for c in traffic.all]
+    try:
+        async with asyncio.timeout(60):
+            for c in traffic.all:
+                await c.ready.wait()
+        talk_stop = asyncio.Event()
+        talker = asyncio.create_task(_talk(traffic, talk_stop, tag, rate))
+        await asyncio.sleep(before)
+        fault = await inject(cluster, kind)
+        await asyncio.sleep(after)
+        talk_stop.set()
+        with contextlib.suppress(TimeoutError):  # the last DMs being retried get their acks
+            await asyncio.wait_for(talker, 30)
+        talker.cancel()
+        fault["settle_s"] = round(await settle(traffic, tag), 2)
+        ledger = cluster.ledger
+        counts = {
+            "danmaku_sent": ledger.danmaku_sent,
+            "events_seen": len(ledger.events),
+            "dm_refused_retried": ledger.dm_errors,
+            "visible_gaps_resynced": ledger.visible_gaps,
+            "reconnects": ledger.reconnects,
+            "resumes_not_recovered": ledger.not_recovered,
+            "epoch_adopted": ledger.epoch_adopted,
+            "epoch_resyncs": ledger.epoch_resyncs,
+        }
+        return {**fault, **verdict(traffic), **counts}
+    finally:
+        stop.set()
+        for c in traffic.all:
+            if c.ws is not None:
+                with contextlib.suppress(Exception):
+                    await c.ws.close()
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+
+async def shutdown_with_redis_frozen(cluster: Cluster) -> float:
+    """SIGSTOP Redis (it accepts connections and never answers), SIGTERM a node: seconds to exit."""
+    cluster.redis.signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(0.5)
+        return await stop_node(cluster.nodes[0], signal.SIGTERM, timeout=60)
+    finally:
+        cluster.redis.signal(signal.SIGCONT)
+
+
+async def chaos(
+    faults: int, kinds: tuple[str, ...], nodes: int, rate: float, budget: float
+) -> dict[str, Any]:
+    """`faults` rounds (kinds in turn), stopping early when `budget` seconds have passed."""
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        cluster = Cluster(Path(tmp), nodes)
+        await cluster.start()
+        started = time.monotonic()
+        rounds = []
+        try:
+            for i in range(faults):
+                if time.monotonic() - started > budget:
+                    break
+                async with asyncio.timeout(ROUND_LIMIT):  # a hung round ends the run, loudly
+                    rounds.append(await run_round(cluster, kinds[i % len(kinds)], f"f{i}", 1.5, 1.5, rate))
+            shutdown_s = await shutdown_with_redis_frozen(cluster)
+        finally:
+            await cluster.close()
+        keys = ["dm_acked", "dm_lost", "dm_missing_on_connection", "dm_stored_twice", "silent_gaps"]
+        keys += ["conflicts", "shown_twice", "danmaku_sent", "events_seen", "dm_refused_retried"]
+        keys += [
+            "visible_gaps_resynced",
+            "reconnects",
+            "resumes_not_recovered",
+            "epoch_adopted",
+            "epoch_resyncs",
+        ]
+        return {
+            "faults": len(rounds),
+            "by_kind": {k: sum(1 for r in rounds if r["kind"] == k) for k in kinds},
+            **{k: sum(r[k] for r in rounds) for k in keys},
+            "sigterm_exit_s_redis_frozen": round(shutdown_s, 2),
+            "settle_s_max": max((r["settle_s"] for r in rounds), default=0.0),
+            "wall_s": round(time.monotonic() - started, 1),
+            "rounds": rounds,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--faults", type=int, default=24)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=10.0, help="danmaku and DMs per second per sender")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds; no new fault after this")
+    args = parser.parse_args()
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server is required")
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not kinds or any(k not in KINDS for k in kinds):
+        sys.exit(f"--kinds: choose from {', '.join(KINDS)}")
+    result = asyncio.run(chaos(args.faults, kinds, args.nodes, args.rate, args.budget))
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}))
+    print()
+    print(
+        f"{'kind':<11} {'s':>5} {'settle':>6} {'acked':>6} {'lost':>4} {'miss':>4} {'dup':>4} {'gaps':>4} {'confl':>5}"
+    )
+    for r in result["rounds"]:
+        print(
+            f"{r['kind']:<11} {r['seconds']:>5} {r['settle_s']:>6} {r['dm_acked']:>6} {r['dm_lost']:>4} "
+            f"{r['dm_missing_on_connection']:>4} {r['dm_stored_twice']:>4} {r['silent_gaps']:>4} {r['conflicts']:>5}"
+        )
+
+
+if __name__ == "__main__":
+    main()

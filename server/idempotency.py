@@ -1,0 +1,183 @@
+"""Idempotent sends: a client-chosen `cid` on `dm` / `danmaku` is remembered per sender.
+
+A client whose connection was reset (1012, a dead network) cannot know whether its last DM was
+stored; it sends it again with the same `cid` and gets the original `dm_ack` back instead of a
+second copy. The first send *claims* `(sender, kind, cid)` (Redis: `SET NX`, so every node sees
+it) with a note of what it is about to store and a deadline, then records its answer for
+`WINDOW` seconds. A retry that finds the answer gets it; one that finds a claim still in flight
+waits for it (or is told to retry). A claim past its deadline was orphaned by a node that died
+mid-send: the retry takes it over and gets the note back, so it can look for the first copy
+before storing (node.py checks the recipient's backlog). A send that fails (4501) releases its
+claim so the retry stores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+WINDOW = 600  # seconds a cid is remembered
+CLAIM_TTL = 12.0  # seconds before a retry may take a claim over (> the broker's 10 s socket timeout)
+MEMORY_MAX = 100_000  # remembered sends on one node (oldest forgotten first)
+PENDING = b"p"  # prefix of a claim whose send has not answered yet (answers are msgpack maps)
+SENT = b"1"  # the answer of a danmaku: it was sequenced (the event itself is the acknowledgement)
+
+
+class SendInProgress(Exception):
+    """Another send with this cid is still in flight (answer: retry shortly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    answer: bytes | None = None  # the first send's answer: do not send again
+    orphan: dict[str, Any] | None = None  # the note of a first send whose node died mid-send
+
+
+def key_of(uid: str, kind: str, cid: str | int) -> str:
+    tag = f"i{cid}" if isinstance(cid, int) else f"s{cid}"  # 1 and "1" are different cids
+    return f"lr:{{u:{uid}}}:cid:{kind}:{tag}"
+
+
+def _pending(note: dict[str, Any]) -> bytes:
+    return PENDING + msgpack.packb({**note, "until": time.time() + CLAIM_TTL})
+
+
+class SendLog(ABC):
+    async def claim(self, uid: str, kind: str, cid: str | int, note: dict[str, Any] | None = None) -> Claimed:
+        """Claim this send, or get the first one's answer (see the module docstring).
+
+        Raises SendInProgress when the first send is still in flight after a few seconds.
+        """
+        key = key_of(uid, kind, cid)
+        mine = _pending(note or {})
+        for _ in range(30):  # the first send is one store away from its answer
+            found = await self._claim(key, mine)
+            if found is None:
+                return Claimed()
+            if not found.startswith(PENDING):
+                return Claimed(answer=found)
+            old = msgpack.unpackb(found[len(PENDING) :])
+            if old.get("until", 0) < time.time():  # orphaned: take it over
+                await self._put(key, _pending(note or {}))
+                old.pop("until", None)
+                return Claimed(orphan=old)
+            await asyncio.sleep(0.1)
+        raise SendInProgress(key)
+
+    @abstractmethod
+    async def _claim(self, key: str, value: bytes) -> bytes | None:
+        """SET NX: None when set, else the value there."""
+
+    @abstractmethod
+    async def _put(self, key: str, value: bytes) -> None:
+        """SET (a claim taken over)."""
+
+    @abstractmethod
+    async def answer(self, uid: str, kind: str, cid: str | int, answer: bytes) -> None:
+        """The send succeeded: a retry within WINDOW gets `answer`."""
+
+    async def answer_many(self, answers: list[tuple[str, str, str | int, bytes]]) -> None:
+        """Several answers at once (the danmaku of one tick): one round trip with Redis."""
+        for uid, kind, cid, answer in answers:
+            await self.answer(uid, kind, cid, answer)
+
+    @abstractmethod
+    async def release(self, uid: str, kind: str, cid: str | int) -> None:
+        """The send failed: a retry must do it again."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class MemorySendLog(SendLog):
+    """One node's memory (the in-memory broker's deployment is one node)."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    async def _claim(self, key: str, value: bytes) -> bytes | None:
+        now = time.monotonic()
+        found = self._seen.get(key)
+        if found is not None and found[1] > now:
+            return found[0]
+        self._keep(key, value, now + WINDOW)
+        return None
+
+    async def _put(self, key: str, value: bytes) -> None:
+        self._keep(key, value, time.monotonic() + WINDOW)
+
+    def _keep(self, key: str, value: bytes, until: float) -> None:
+        self._seen[key] = (value, until)
+        self._seen.move_to_end(key)
+        while len(self._seen) > MEMORY_MAX:
+            self._seen.popitem(last=False)
+
+    async def answer(self, uid: str, kind: str, cid: str | int, answer: bytes) -> None:
+        self._keep(key_of(uid, kind, cid), answer, time.monotonic() + WINDOW)
+
+    async def release(self, uid: str, kind: str, cid: str | int) -> None:
+        self._seen.pop(key_of(uid, kind, cid), None)
+
+
+class RedisSendLog(SendLog):
+    """Shared by every node: a retry on another node after a crash or a drain finds the claim.
+
+    While Redis is unreachable it falls back to this node's memory (a DM is refused then anyway;
+    a danmaku retried on the same node is still caught).
+    """
+
+    def __init__(self, url: str, cluster: bool = False) -> None:
+        import redis.asyncio as aioredis
+        from redis.asyncio.cluster import RedisCluster
+        from redis.exceptions import RedisError
+
+        opts = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
+        self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
+        self._errors = (OSError, TimeoutError, RedisError)
+        self._local = MemorySendLog()
+
+    async def _claim(self, key: str, value: bytes) -> bytes | None:
+        try:
+            if await self._redis.set(key, value, nx=True, ex=WINDOW):
+                return None
+            found = await self._redis.get(key)
+        except self._errors:
+            return await self._local._claim(key, value)
+        return _pending({"until": 0}) if found is None else found  # gone in between: claim again
+
+    async def _put(self, key: str, value: bytes) -> None:
+        await self._local._put(key, value)
+        with contextlib.suppress(*self._errors):
+            await self._redis.set(key, value, ex=WINDOW)
+
+    async def answer(self, uid: str, kind: str, cid: str | int, answer: bytes) -> None:
+        await self._local.answer(uid, kind, cid, answer)
+        with contextlib.suppress(*self._errors):  # else remembered on this node only
+            await self._redis.set(key_of(uid, kind, cid), answer, ex=WINDOW)
+
+    async def answer_many(self, answers: list[tuple[str, str, str | int, bytes]]) -> None:
+        await self._local.answer_many(answers)
+        pipe = self._redis.pipeline(transaction=False)
+        for uid, kind, cid, answer in answers:
+            pipe.set(key_of(uid, kind, cid), answer, ex=WINDOW)
+        with contextlib.suppress(*self._errors):  # else remembered on this node only
+            await pipe.execute()
+
+    async def release(self, uid: str, kind: str, cid: str | int) -> None:
+        await self._local.release(uid, kind, cid)
+        with contextlib.suppress(*self._errors):  # else the claim expires after CLAIM_TTL
+            await self._redis.delete(key_of(uid, kind, cid))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def make_send_log(redis_url: str | None, cluster: bool) -> SendLog:
+    return RedisSendLog(redis_url, cluster) if redis_url else MemorySendLog()

@@ -1,0 +1,130 @@
+"""Optional LLM phrasing against a local aiohttp server speaking the chat-completions API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from server.assistant.llm import LlmConfig, Phraser, endpoint
+from server.config import Config
+
+CATALOGUE = Path(__file__).resolve().parent.parent / "client_demo" / "catalogue.yaml"
+
+
+class FakeModel:
+    """Answers /v1/chat/completions like an OpenAI-compatible server; records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, Any], str | None]] = []
+        self.mode = "ok"  # ok | slow | error | garbage
+        self.answer = "亲，这条裙子只要¥259哦"
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append((body, request.headers.get("Authorization")))
+        if self.mode == "slow":
+            await self.release.wait()
+        if self.mode == "error":
+            return web.Response(status=500, text="overloaded")
+        if self.mode == "garbage":
+            return web.json_response({"nope": True})
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": self.answer}}]})
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[tuple[FakeModel, str]]:
+    fake = FakeModel()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield fake, f"http://127.0.0.1:{port}"
+    finally:
+        fake.release.set()
+        await runner.cleanup()
+
+
+def test_endpoint_paths() -> None:
+    assert endpoint("http://h:1") == "http://h:1/v1/chat/completions"
+    assert endpoint("http://h:1/v1/") == "http://h:1/v1/chat/completions"
+    assert endpoint("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
+
+
+async def test_phrasing_is_grounded_and_falls_back(model: tuple[FakeModel, str]) -> None:
+    fake, url = model
+    phraser = Phraser(LlmConfig(url, key="k-123", model="tiny", timeout=0.5))
+    entries = [{"id": "dress", "name": "碎花连衣裙", "price": 259}]
+    try:
+        text = await phraser.phrase("多少钱", entries, "碎花连衣裙 ¥259，S/M/L")
+        assert text == fake.answer
+        body, auth = fake.requests[0]
+        assert auth == "Bearer k-123" and body["model"] == "tiny"
+        prompt = json.dumps(body["messages"], ensure_ascii=False)
+        assert "碎花连衣裙" in prompt and "多少钱" in prompt and "¥259" in prompt
+        assert "牛仔裤" not in prompt  # only the retrieved entry, not the catalogue
+
+        for mode in ("error", "garbage", "slow"):
+            fake.mode = mode
+            assert await phraser.phrase("多少钱", entries, "TEMPLATE") == "TEMPLATE", mode
+        assert phraser.fallbacks == 3
+    finally:
+        await phraser.close()
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config(port=0, http_port=0, tick_ms=20, rate_limits="off", repeat_max=0, max_loop_lag=0)
+
+
+async def test_real_assistant_uses_the_model(app: Any, join: Any, model: tuple[FakeModel, str]) -> None:
+    fake, url = model
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "assistant",
+            "--room",
+            "r1",
+            "--catalogue",
+            str(CATALOGUE),
+            "--server",
+            f"ws://127.0.0.1:{app.port}",
+            "--llm-url",
+            url,
+            "--llm-model",
+            "tiny",
+            "--llm-timeout",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert "answering" in line
+        amy = await join("amy")
+        await amy.send(t="danmaku", text="碎花裙多少钱？")
+        reply = (await amy.events(lambda e: e["t"] == "reply", 1))[0]
+        assert reply["text"] == f"@amy: {fake.answer}"
+        body, _ = fake.requests[0]
+        prompt = json.dumps(body["messages"], ensure_ascii=False)
+        assert "碎花裙多少钱" in prompt and "259" in prompt and "牛仔裤" not in prompt
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)

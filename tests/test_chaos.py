@@ -1,0 +1,66 @@
+"""Chaos, sized for CI: one node SIGKILL, one node SIGTERM, one Redis SIGKILL + restart, under
+traffic, on real node processes and a real redis-server (AOF, appendfsync always), checked by
+the protocol client of load_tests/chaos.py (written from docs/PROTOCOL.md). Then a SIGTERM while
+Redis is frozen must still exit within the shutdown bound. The longer run is the benchmark:
+`python -m load_tests.chaos` (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from load_tests import chaos
+from server.app import SHUTDOWN_TIMEOUT
+from tests.redis_fixtures import requires_redis
+
+pytestmark = requires_redis
+
+
+async def _run_all() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        cluster = chaos.Cluster(Path(tmp), nodes=3)
+        await cluster.start()
+        try:
+            out: dict[str, Any] = {}
+            for i, kind in enumerate(chaos.KINDS):
+                out[kind] = await chaos.run_round(cluster, kind, f"t{i}", before=1.0, after=1.0, rate=8.0)
+            out["shutdown_s"] = await chaos.shutdown_with_redis_frozen(cluster)
+            return out
+        finally:
+            await cluster.close()
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, Any]:
+    return asyncio.run(_run_all())
+
+
+@pytest.mark.parametrize("kind", chaos.KINDS)
+def test_no_acked_dm_lost_and_every_dm_on_every_connection(results: dict[str, Any], kind: str) -> None:
+    r = results[kind]
+    assert r["dm_acked"] > 0, r  # the fault happened under DM traffic
+    assert r["dm_lost"] == 0, r
+    assert r["dm_missing_on_connection"] == 0, r
+    assert r["dm_stored_twice"] == 0, r  # retried with the same cid: stored once
+
+
+@pytest.mark.parametrize("kind", chaos.KINDS)
+def test_no_silent_gap_and_nothing_shown_twice(results: dict[str, Any], kind: str) -> None:
+    r = results[kind]
+    assert r["silent_gaps"] == 0, r
+    assert r["shown_twice"] == 0, r
+
+
+@pytest.mark.parametrize("kind", chaos.KINDS)
+def test_no_epoch_seq_names_two_events(results: dict[str, Any], kind: str) -> None:
+    assert results[kind]["conflicts"] == 0, results[kind]
+
+
+def test_sigterm_exits_within_the_bound_while_redis_is_frozen(results: dict[str, Any]) -> None:
+    # the bound is the feature: SHUTDOWN_TIMEOUT, then a watchdog thread 3 s later
+    assert results["shutdown_s"] <= SHUTDOWN_TIMEOUT + 5, results["shutdown_s"]

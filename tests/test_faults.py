@@ -1,0 +1,108 @@
+"""Faults a user sees on one node: DM backlog on every connection, idempotent sends (cid)."""
+
+from __future__ import annotations
+
+from server import protocol
+from tests.conftest import WsClient
+
+
+async def _dm(sender: WsClient, to: str, text: str, cid: object = None) -> dict:
+    frame = {"t": "dm", "to": to, "text": text}
+    if cid is not None:
+        frame["cid"] = cid
+    await sender.send(**frame)
+    return await sender.recv_until(lambda f: f["t"] in ("dm_ack", "error"))
+
+
+async def _drain_acks(client: WsClient) -> None:
+    """Frames are handled in order: once the pong is back, everything sent before it was handled."""
+    await client.send(t="ping", ts=1)
+    await client.recv_until(lambda f: f["t"] == "pong")
+
+
+async def test_second_connection_on_same_node_gets_the_backlog(join) -> None:
+    alice = await join("alice")
+    dead = await join("bob")  # the phone's old connection: still open, nobody reads it
+    acks = [await _dm(alice, "bob", f"m{i}") for i in range(3)]
+    assert all(a["delivered"] for a in acks)  # went live to the dead connection only
+    fresh = await join("bob", room="r2")
+    got = [await fresh.recv_until(lambda f: f["t"] == "dm") for _ in range(3)]
+    assert [d["id"] for d in got] == [a["id"] for a in acks]
+    later = await _dm(alice, "bob", "m3")  # and live ones follow, once each
+    nxt = await fresh.recv_until(lambda f: f["t"] == "dm")
+    assert nxt["id"] == later["id"]
+    assert dead.snapshot is not None
+
+
+async def test_dm_seen_cannot_drop_dms_the_connection_never_got(join) -> None:
+    alice = await join("alice")
+    await join("bob")  # gets m0 live
+    first = await _dm(alice, "bob", "m0")
+    other = await join("bob", room="r2")  # gets m0 in its backlog
+    assert (await other.recv_until(lambda f: f["t"] == "dm"))["id"] == first["id"]
+    # a client claims to have read far ahead: the server only drops what this connection got
+    await other.send(t="dm_seen", id="99999999999999-0")
+    await _drain_acks(other)
+    second = await _dm(alice, "bob", "m1")
+    third = await join("bob", room="r3")
+    got = await third.recv_until(lambda f: f["t"] == "dm")
+    assert got["id"] == second["id"]  # m0 acknowledged, m1 (never sent to `other` first) kept
+
+
+async def test_dm_retry_with_cid_returns_the_original_ack(join) -> None:
+    alice = await join("alice")
+    bob = await join("bob")
+    ack = await _dm(alice, "bob", "once", cid="k1")
+    await alice.close()  # the reset: the client cannot know the DM was stored
+    again = await join("alice")
+    retry = await _dm(again, "bob", "once", cid="k1")
+    assert retry == ack  # the same id, ts and delivered flag: not stored twice
+    other = await _dm(again, "bob", "twice", cid="k2")
+    assert other["id"] != ack["id"]
+    texts = [(await bob.recv_until(lambda f: f["t"] == "dm"))["text"] for _ in range(2)]
+    assert texts == ["once", "twice"]  # "once" arrived once
+    fresh = await join("bob", room="r2")  # and the backlog holds one copy
+    backlog = [(await fresh.recv_until(lambda f: f["t"] == "dm"))["text"] for _ in range(2)]
+    assert backlog == ["once", "twice"]
+
+
+async def test_cids_are_per_sender_and_typed(join) -> None:
+    alice, carol = await join("alice"), await join("carol")
+    a = await _dm(alice, "bob", "x", cid=7)
+    c = await _dm(carol, "bob", "y", cid=7)  # another sender, same cid: a different DM
+    s = await _dm(alice, "bob", "z", cid="7")  # the string "7" is not the integer 7
+    assert len({a["id"], c["id"], s["id"]}) == 3
+
+
+async def test_danmaku_retry_with_cid_is_sequenced_once(join) -> None:
+    talker = await join("talker")
+    watcher = await join("watcher")
+    await talker.send(t="danmaku", text="hello", cid="d1")
+    first = await watcher.events(lambda e: e["t"] == "danmaku", 1)
+    await talker.send(t="danmaku", text="hello", cid="d1")  # the retry
+    await talker.send(t="danmaku", text="next", cid="d2")
+    nxt = await watcher.events(lambda e: e["t"] == "danmaku", 1)
+    assert first[0]["text"] == "hello" and nxt[0]["text"] == "next"
+
+
+async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -> None:
+    """The sender's node died between storing a DM and recording its ack: the claim is orphaned.
+    The retry takes the claim over, finds the first copy in the recipient's backlog, and answers
+    with its id; an orphan whose DM never got stored is stored by the retry."""
+    from server import idempotency
+
+    alice = await join("alice")
+    monkeypatch.setattr(idempotency, "CLAIM_TTL", -1.0)  # claims made now are already past due
+    ts = 1_700_000_000_000
+    await app.node.sends.claim("alice", "dm", "k-stored", {"to": "bob", "ts": ts})
+    dm = {"t": "dm", "from": "alice", "name": "alice", "to": "bob", "text": "hi", "ts": ts}
+    receipt = await app.broker.store_dm("bob", dm)
+    await app.node.sends.claim("alice", "dm", "k-lost", {"to": "bob", "ts": ts + 1})  # never stored
+    monkeypatch.setattr(idempotency, "CLAIM_TTL", 12.0)
+    retry = await _dm(alice, "bob", "hi", cid="k-stored")
+    assert (retry["t"], retry["id"], retry["ts"]) == ("dm_ack", receipt.id, ts)
+    lost = await _dm(alice, "bob", "hello", cid="k-lost")
+    assert lost["t"] == "dm_ack" and lost["id"] != receipt.id
+    assert await _dm(alice, "bob", "hi", cid="k-stored") == retry  # remembered from now on
+    texts = [protocol.unpack(f)["text"] for f in await app.broker.dm_backlog("bob")]
+    assert texts == ["hi", "hello"]
