@@ -145,6 +145,10 @@ class ViewerBot:
                 self.out(f"♥ +{event['delta']} = {event['total']}")
             elif kind == "presence":
                 self.out(f"👁 online {event['online']}")
+            elif kind == "reply":
+                self.out(f"↪ {event['name']} ({event.get('from', 'host')}): {event['text']}")
+            elif kind == "pin":
+                self.out(f"📌 {event['name']} pinned {event.get('kind', 'message')} {event.get('id', '')}")
             elif kind == "live":
                 self.out(f"📺 {event['name']} {'is live' if event['on'] else 'stopped streaming'}")
             elif kind == "host":

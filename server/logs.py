@@ -77,6 +77,8 @@ def configure(level: str, fmt: str) -> None:
     quiet = logging.getLogger("websockets.server")
     if not any(isinstance(f, RoutineHttpFilter) for f in quiet.filters):
         quiet.addFilter(RoutineHttpFilter())
+    if level.upper() != "DEBUG":  # aioice logs each candidate pair's checks at INFO: ~8 lines a viewer
+        logging.getLogger("aioice").setLevel(logging.WARNING)
 
 
 def request_id(ws: ServerConnection) -> str:
