@@ -207,10 +207,7 @@ class MediaHttp:
         ip = request.remote or "?"
         token = bearer(request.headers.get("Authorization", ""))
         if token and auth.is_node_token(token):  # node to node: its own key, no client limits
-            if door is not WHEP:
-                raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "a node credential may only pull media (WHEP)")
-            node = auth.verify_node(self.media.node_secret, token, room)
-            return auth.Identity(uid=f"node.{node}", name=node, room=room, role="viewer"), True
+            return self.guard.authorize_node(door, token, room), True
         who = await self.guard.authorize(door, ip, token, room, new_session=new_session)
         return who, False
 

@@ -120,7 +120,7 @@ def test_no_door_verifies_a_token_by_itself() -> None:
         rel = path.relative_to(root).as_posix()
         if re.search(r"\bauth\.verify\(|from server\.auth import .*\bverify\b", text):
             assert rel in ("abuse/tokens.py",), rel
-        if re.search(r"keyring\.verify\(", text):
+        if re.search(r"keyring\.verify\(|auth\.verify_node\(", text):  # node credentials too
             assert rel == "abuse/guard.py", rel
 
 

@@ -215,6 +215,18 @@ class Guard:
             abuse_metrics.origin_refused.inc()
             raise ProtocolError(ErrorCode.ORIGIN_FORBIDDEN, "origin not allowed")
 
+    def authorize_node(self, door: Door, token: str, room: str) -> auth.Identity:
+        """Another node pulling a room's media to cascade it (server/media_relay.py).
+
+        A node credential is signed with a key derived from the signing secret that no client
+        token endpoint uses; it may only pull media (WHEP), and client limits do not apply to it
+        (the origin carries one stream per edge, whatever the edge's audience).
+        """
+        if door.name != "whep":
+            raise ProtocolError(ErrorCode.MEDIA_FORBIDDEN, "a node credential may only pull media (WHEP)")
+        node = auth.verify_node(self.keyring.signing[1], token, room)
+        return auth.Identity(uid=f"node.{node}", name=node, room=room, role="viewer")
+
     async def authorize(
         self, door: Door, ip: str, token: str | None, room: str | None = None, *, new_session: bool = True
     ) -> auth.Identity | None:
