@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -497,3 +498,46 @@ __all__ = [
     "shared_cluster",
     "start_nodes",
 ]
+
+
+@contextlib.contextmanager
+def media_failover_nodes(redis_url: str, claim_ttl: str) -> Iterator[dict[str, NodeProc]]:
+    """Nodes a, b, c on one Redis with a short media claim: origin a, edge b, spare c."""
+    nodes: dict[str, NodeProc] = {}
+    try:
+        for name in ("a", "b", "c"):
+            nodes[name] = NodeProc(redis_url, name, "--media-claim-ttl", claim_ttl)
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+@contextlib.contextmanager
+def failover_host(servers: list[str], room: str, width: int, height: int) -> Iterator[subprocess.Popen[str]]:
+    """`client_demo.host` publishing into `room`, republishing on the next of `servers` by itself."""
+    args = ["--server", ",".join(servers), "--room", room, "--user", "hana"]
+    size = ["--width", str(width), "--height", str(height)]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client_demo.host",
+            *args,
+            *size,
+            "--fps",
+            "15",
+            "--no-audio",
+            "--stats-interval",
+            "0",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(WAIT)

@@ -9,14 +9,12 @@ whose video plays again without a reload. Every wait is a condition with a timeo
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import NodeProc, RedisServer, requires_redis
+from tests.redis_fixtures import NodeProc, RedisServer, failover_host, media_failover_nodes, requires_redis
 from tests.test_browser import (  # noqa: F401 - `browser` is a fixture
     ROOT,
     VIDEO_WAIT_MS,
@@ -31,41 +29,14 @@ FRAMES = "document.querySelector('#video').getVideoPlaybackQuality().totalVideoF
 
 @pytest.fixture
 def nodes(redis_server: RedisServer) -> Iterator[dict[str, NodeProc]]:
-    started: dict[str, NodeProc] = {}
-    try:
-        for name in ("a", "b", "c"):
-            started[name] = NodeProc(redis_server.url, name, "--media-claim-ttl", "1.5")
+    with media_failover_nodes(redis_server.url, "1.5") as started:
         yield started
-    finally:
-        for node in started.values():
-            node.stop()
 
 
 @pytest.fixture
 def host(nodes: dict[str, NodeProc]) -> Iterator[None]:
-    servers = f"{nodes['a'].ws_url},{nodes['c'].ws_url}"
-    args = ["--server", servers, "--room", "fo", "--user", "hana", "--width", "320", "--height", "240"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client_demo.host",
-            *args,
-            "--fps",
-            "15",
-            "--no-audio",
-            "--stats-interval",
-            "0",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with failover_host([nodes["a"].ws_url, nodes["c"].ws_url], "fo", 320, 240):
         yield
-    finally:
-        proc.kill()
-        proc.wait(30)
 
 
 def frames_grow(page, by: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,7 +21,14 @@ from websockets.asyncio.client import connect
 
 from tests.conftest import token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import NodeProc, RedisServer, apoll, requires_redis
+from tests.redis_fixtures import (
+    NodeProc,
+    RedisServer,
+    apoll,
+    failover_host,
+    media_failover_nodes,
+    requires_redis,
+)
 from tests.test_media_signaling import TIMEOUT, Conn, decoded, is_live, loopback  # noqa: F401
 
 pytestmark = requires_redis
@@ -31,41 +37,14 @@ CLAIM_TTL = "1.5"
 
 @pytest.fixture
 def three_nodes(redis_server: RedisServer) -> Iterator[dict[str, NodeProc]]:
-    nodes: dict[str, NodeProc] = {}
-    try:
-        for name in ("a", "b", "c"):
-            nodes[name] = NodeProc(redis_server.url, name, "--media-claim-ttl", CLAIM_TTL)
+    with media_failover_nodes(redis_server.url, CLAIM_TTL) as nodes:
         yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
 
 
 @pytest.fixture
 def host_process(three_nodes: dict[str, NodeProc]) -> Iterator[subprocess.Popen[str]]:
-    servers = ",".join(three_nodes[n].ws_url for n in ("a", "c"))
-    args = ["--server", servers, "--room", "r1", "--user", "hana", "--width", "160", "--height", "120"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client_demo.host",
-            *args,
-            "--fps",
-            "15",
-            "--no-audio",
-            "--stats-interval",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
+    with failover_host([three_nodes[n].ws_url for n in ("a", "c")], "r1", 160, 120) as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait(TIMEOUT)
 
 
 @pytest.fixture
