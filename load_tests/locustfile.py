@@ -19,6 +19,10 @@ reported through `environment.events.request`, so the web UI and the CSV show:
 - `RECV <event>`: each received event (danmaku, likes, presence, dm, ...) with its age
   (receipt time minus the server's `ts`; same machine, same clock).
 
+Chatters, Likers and DMers act once as soon as they have joined, and a stopping user
+waits up to 10 s for the answers still on their way, so even a short run measures
+every kind of round trip and its last requests are counted, not dropped.
+
 Tokens are minted locally from LIVEROOM_SECRET (or the dev default), as the server
 would accept them. Only loopback hosts are accepted unless LIVEROOM_LOAD_ALLOW_REMOTE=1
 (point it at a staging server you own, never at someone else's).
@@ -140,18 +144,27 @@ class LiveroomConnection:
             self.pending.pop(cid, None)
             self.report(name, time.perf_counter(), exc=exc)
 
-    def expire(self) -> None:
-        """Count requests with no answer after PENDING_TIMEOUT as failures."""
+    def expire(self, force: bool = False) -> None:
+        """Count requests with no answer after PENDING_TIMEOUT (or all, when forced) as failures."""
         now = time.perf_counter()
         for cid, (name, started) in list(self.pending.items()):
-            if now - started > PENDING_TIMEOUT:
+            if force or now - started > PENDING_TIMEOUT:
                 del self.pending[cid]
                 self.report(
                     name, started, exc=TimeoutError(f"no answer to {name} in {PENDING_TIMEOUT:.0f} s")
                 )
-        while self.likes and now - self.likes[0][1] > PENDING_TIMEOUT:
+        while self.likes and (force or now - self.likes[0][1] > PENDING_TIMEOUT):
             _, started = self.likes.pop(0)
             self.report("like", started, exc=TimeoutError("like not in any likes total"))
+
+    def drain(self, timeout: float) -> None:
+        """Wait (cooperatively) until every request has its answer, or count the rest as failures."""
+        deadline = time.perf_counter() + timeout
+        while (self.pending or self.likes) and self.receiver is not None and not self.receiver.dead:
+            if time.perf_counter() >= deadline:
+                break
+            gevent.sleep(0.02)
+        self.expire(force=True)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -235,10 +248,17 @@ class LiveroomUser(User):
         self.conn = LiveroomConnection(self, f"{scheme}://{parts.netloc}/ws?token={token}", self.uid)
         self.conn.connect()
         _online_uids.add(self.uid)
+        self.on_arrival()
+
+    def on_arrival(self) -> None:
+        """What this kind of user does as soon as it has joined (before its first wait)."""
 
     def on_stop(self) -> None:
-        self.running = False
         _online_uids.discard(self.uid)
+        if self.conn is not None:
+            # answers already on their way count: a run's last requests are measured, not dropped
+            self.conn.drain(PENDING_TIMEOUT)
+        self.running = False
         if self.conn is not None:
             self.conn.close()
 
@@ -276,6 +296,9 @@ class Chatter(LiveroomUser):
         self.conn.request("danmaku", {"t": "danmaku", "text": f"hello room, line {letters(next(_ids))}"})
         self.conn.expire()
 
+    def on_arrival(self) -> None:
+        self.danmaku()
+
 
 class Liker(LiveroomUser):
     """Sends a burst of likes, then rests: the way people tap the like button."""
@@ -296,6 +319,9 @@ class Liker(LiveroomUser):
         conn.likes.append((conn.likes_total + burst, started))
         conn.expire()
 
+    def on_arrival(self) -> None:
+        self.like_burst()
+
 
 class DMer(LiveroomUser):
     """Sends direct messages to other simulated users and times each until its dm_ack."""
@@ -311,3 +337,6 @@ class DMer(LiveroomUser):
         to = random.choice(others) if others else f"offline-{self.uid}"  # kept for later: still acked
         self.conn.request("dm", {"t": "dm", "to": to, "text": f"hi there, note {letters(next(_ids))}"})
         self.conn.expire()
+
+    def on_arrival(self) -> None:
+        self.direct_message()
