@@ -51,6 +51,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SCENARIOS = ("join", "fanout", "likes", "dm", "idle")
 ERROR_PATTERN = b"\xa1t\xa5error"
 JOIN_TIMEOUT = 30.0  # seconds for one connection to get its snapshot
+JOIN_RETRIES = 5  # a join refused with retry_after (4206 busy) is tried again, as a client would
 CONNECT_CONCURRENCY = 200  # connections opened at once when not rate-paced
 GO_DELAY = 0.3  # seconds between "go" and the scheduled start, so all workers start together
 
@@ -147,6 +148,14 @@ def server_pids(pid: int) -> list[int]:
         pids.append(current)
         todo += _children(current)
     return pids
+
+
+def sample_servers(pids: list[int]) -> ServerSample | None:
+    """sample_server summed over several nodes."""
+    samples = [s for s in map(sample_server, pids) if s is not None]
+    if not samples:
+        return None
+    return ServerSample(sum(s.cpu_s for s in samples), sum(s.rss_kib for s in samples))
 
 
 def sample_server(pid: int | None) -> ServerSample | None:
@@ -259,11 +268,15 @@ class Worker:
         self.plan = plan
         self.host: str = plan["host"]
         self.port: int = plan["port"]
+        # with --nodes N, connections go round-robin over the nodes' ports (one deployment)
+        self.ports: list[int] = plan.get("ports") or [self.port]
+        self.opened = 0
         self.secret: str = plan["secret"]
         self.k: int = plan["worker"]
         self.workers: int = plan["workers"]
         self.conns: list[wsraw.RawWs] = []
         self.join_failures = 0
+        self.join_retries = 0
         self.join_errors: list[str] = []
 
     def token_path(self, room: str, user: str) -> str:
@@ -273,9 +286,19 @@ class Worker:
         self, room: str, user: str, on_message: Callable[[bytearray, int, int], None] = _noop
     ) -> tuple[wsraw.RawWs, float]:
         """Connect and wait for the snapshot; returns the connection and join seconds."""
-        conn, seconds = await wsraw.connect(
-            self.host, self.port, self.token_path(room, user), on_message, JOIN_TIMEOUT
-        )
+        port = self.ports[(self.k + self.opened) % len(self.ports)]
+        self.opened += 1
+        for attempt in range(JOIN_RETRIES + 1):
+            try:
+                conn, seconds = await wsraw.connect(
+                    self.host, port, self.token_path(room, user), on_message, JOIN_TIMEOUT
+                )
+                break
+            except wsraw.Refused as exc:  # "busy, retry after": what the protocol asks a client to do
+                if exc.retry_after is None or attempt == JOIN_RETRIES:
+                    raise
+                self.join_retries += 1
+                await asyncio.sleep(float(exc.retry_after))
         self.conns.append(conn)
         return conn, seconds
 
@@ -474,7 +497,7 @@ class FanoutWorker(Worker):
         self.publishers = [(c, p[2], p[3]) for c, p in zip(pubs, plan["publishers"], strict=True)]
         if not self.counters:
             self.complete.set()
-        return {"failures": self.join_failures, "errors": self.join_errors}
+        return {"failures": self.join_failures, "errors": self.join_errors, "retries": self.join_retries}
 
     async def run(self, t0: float) -> dict[str, Any]:
         text = "x" * max(0, self.plan["text_len"] - 8)
@@ -546,7 +569,7 @@ class LikesWorker(Worker):
         n = self.plan["likers_per_worker"]
         specs = [(room, f"l{self.k}-{i}", self.observer if i == 0 else _noop) for i in range(n)]
         self.likers = [c for c in await self.open_many(specs) if c is not None]
-        return {"failures": self.join_failures, "errors": self.join_errors}
+        return {"failures": self.join_failures, "errors": self.join_errors, "retries": self.join_retries}
 
     async def run(self, t0: float) -> dict[str, Any]:
         count, rate, burst = self.plan["likes_per_worker"], self.plan["rate_per_worker"], self.plan["burst"]
@@ -620,7 +643,7 @@ class DmWorker(Worker):
             for i in range(n)
             if opened[2 * i] is not None and opened[2 * i + 1] is not None
         ]
-        return {"failures": self.join_failures, "errors": self.join_errors}
+        return {"failures": self.join_failures, "errors": self.join_errors, "retries": self.join_retries}
 
     async def run(self, t0: float) -> dict[str, Any]:
         count, rate = self.plan["dms_per_worker"], self.plan["rate_per_worker"]
@@ -761,21 +784,34 @@ def parse_url(url: str) -> tuple[str, int]:
 
 def run_once(args: argparse.Namespace, index: int) -> dict[str, Any]:
     """Start a fresh server (unless --url), run the scenario once, return the result record."""
-    server: ServerProcess | None = None
+    servers: list[ServerProcess] = []
+    redis_server: Any = None
     if args.url:
         host, port = parse_url(args.url)
-        pid = args.server_pid
+        pids = [args.server_pid] if args.server_pid else []
+    elif args.nodes > 1:  # N nodes of one deployment on their own redis-server
+        from load_tests.bench_redis import _Redis
+
+        redis_server = _Redis(tempfile.mkdtemp(prefix="liveroom-bench-redis-"), cluster=args.redis_cluster)
+        for k in range(args.nodes):
+            extra = [*(args.server_arg or []), "--redis", redis_server.url, "--node-id", f"bench{k}"]
+            extra += ["--redis-cluster"] if args.redis_cluster else []
+            servers.append(start_server(args.tick_ms, extra, args.server_dir))
+        host, port, pids = "127.0.0.1", servers[0].port, [s.proc.pid for s in servers]
     else:
-        server = start_server(args.tick_ms, args.server_arg or [], args.server_dir)
-        host, port, pid = "127.0.0.1", server.port, server.proc.pid
+        servers.append(start_server(args.tick_ms, args.server_arg or [], args.server_dir))
+        host, port, pids = "127.0.0.1", servers[0].port, [servers[0].proc.pid]
     run_id = f"b{os.getpid()}x{index}x{int(time.time() * 1000) % 10**8}"
     plans = make_plans(args, host, port, run_id)
+    for plan in plans:
+        plan["ports"] = [s.port for s in servers] or [port]
     ctx = mp.get_context("spawn")
     procs: list[mp.process.BaseProcess] = []
     pipes: list[Connection] = []
     hard_deadline = time.time() + args.max_seconds
     try:
-        base = sample_server(pid)
+        base = sample_servers(pids)
+        redis_cpu0 = redis_server.cpu() if redis_server else None
         tcp_before = tcp_counters()
         for plan in plans:
             parent, child = ctx.Pipe()
@@ -787,12 +823,13 @@ def run_once(args: argparse.Namespace, index: int) -> dict[str, Any]:
         prepared = [_receive(p, "ready", hard_deadline) for p in pipes]
         if args.scenario == "idle":
             time.sleep(args.settle)  # let the join ticks' presence batches go out before measuring
-        joined = sample_server(pid)
+        joined = sample_servers(pids)
         t0 = time.time() + GO_DELAY
         for p in pipes:
             p.send(("go", t0))
         done = [_receive(p, "done", hard_deadline) for p in pipes]
-        end = sample_server(pid)
+        end = sample_servers(pids)
+        redis_cpu = round(redis_server.cpu() - redis_cpu0, 3) if redis_server else None
         tcp_after = tcp_counters()
         for p in pipes:
             p.send(("close", None))
@@ -802,9 +839,15 @@ def run_once(args: argparse.Namespace, index: int) -> dict[str, Any]:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        if server is not None:
+        for server in servers:
             server.stop()
+        if redis_server is not None:
+            redis_server.stop()
     record = aggregate(args, prepared, done, t0, base, joined, end)
+    record["nodes"] = args.nodes if not args.url else 1
+    record["redis"] = ("cluster" if args.redis_cluster else "single") if redis_server is not None else None
+    if redis_server is not None:
+        record["redis_cpu_s"] = redis_cpu  # the whole run, joins included
     # machine-wide, so other processes' connections count too; nonzero explains 1 s / 3 s joins
     record["tcp"] = {k: tcp_after.get(k, 0) - v for k, v in tcp_before.items()}
     record.update(run=index, date=datetime.date.today().isoformat(), commit=git_commit(args.server_dir))
@@ -851,6 +894,7 @@ def aggregate(
     failures = sum(p.get("failures", 0) for p in prepared) + sum(d.get("failures", 0) for d in done)
     errors = [e for r in prepared + done for e in r.get("errors", []) if isinstance(e, str)][:5]
     rec: dict[str, Any] = {"scenario": s, "tick_ms": args.tick_ms, "workers": args.workers}
+    rec["join_retries"] = sum(p.get("retries", 0) for p in prepared)  # refused busy, then joined
     rec["server"] = {"self_started": not args.url, "rss_base_kib": base.rss_kib if base else None}
     if s == "join":
         lat = [x for d in done for x in d["latencies"]]
@@ -1069,6 +1113,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--tick-ms", type=int, default=50, help="server tick (default 50)")
         p.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
+        p.add_argument(
+            "--nodes",
+            type=int,
+            default=1,
+            help="start N nodes sharing a redis-server the benchmark starts; connections go "
+            "round-robin over them and server CPU is summed (default 1: one node, no Redis)",
+        )
+        p.add_argument(
+            "--redis-cluster",
+            action="store_true",
+            help="with --nodes: a real 3+3 Redis Cluster instead of one redis-server",
+        )
         p.add_argument("--repeat", type=int, default=1, help="runs per point; the median is reported")
         p.add_argument("--sweep", help=f"comma-separated values of the load parameter {SWEEP_PARAM}")
         p.add_argument("--plot", help="write a PNG of latency percentiles against load")

@@ -43,6 +43,15 @@ SNAPSHOT_PATTERN = b"\xa1t\xa8snapshot"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 
+class Refused(ConnectionError):
+    """The server answered the join with an error frame (e.g. 4206 busy, with retry_after)."""
+
+    def __init__(self, why: str, code: int | None, retry_after: float | None) -> None:
+        super().__init__(why)
+        self.code = code
+        self.retry_after = retry_after
+
+
 class RawWs(asyncio.Protocol):
     """One client connection; subclasses or callbacks decide what a message means.
 
@@ -110,7 +119,7 @@ class RawWs(asyncio.Protocol):
                     if buf.find(SNAPSHOT_PATTERN, start, end) >= 0:
                         self.joined.set_result(time.perf_counter())
                     else:
-                        self._fail(f"first frame is not a snapshot: {bytes(buf[start:end])[:200]!r}")
+                        self._refused(bytes(buf[start:end]))
                 else:
                     self.on_message(buf, start, end)
             elif opcode == OP_PING:
@@ -135,6 +144,17 @@ class RawWs(asyncio.Protocol):
         status, _, rest = head.partition(b"\r\n")
         accept = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
         return b" 101 " in status + b" " and accept in rest
+
+    def _refused(self, frame: bytes) -> None:
+        why = f"first frame is not a snapshot: {frame[:200]!r}"
+        try:
+            error = msgpack.unpackb(frame)
+        except Exception:
+            error = None
+        if isinstance(error, dict) and error.get("t") == "error" and not self.joined.done():
+            self.joined.set_exception(Refused(why, error.get("code"), error.get("retry_after")))
+            self.joined.exception()
+        self._fail(why)
 
     def _fail(self, why: str, code: int = 1006) -> None:
         if self.error is None:
