@@ -1,10 +1,11 @@
-"""High-rate load generator and benchmark for one liveroom node.
+"""High-rate load generator and benchmark for one liveroom node (or --nodes N on Redis).
 
     python -m load_tests.bench join   --clients 5000 --rate 500
     python -m load_tests.bench fanout --viewers 2000 --rate 250 --duration 10
     python -m load_tests.bench likes  --likers 100 --rate 2000
     python -m load_tests.bench dm     --pairs 50 --rate 500
     python -m load_tests.bench idle   --connections 10000
+    python -m load_tests.bench fanout --nodes 2 --viewers 2000 --rate 1000   # 2 nodes + Redis
 
 Why this shape: the server under test runs in its own process (started here with
 `python -m server serve --port 0` unless --url is given) so its CPU and memory
