@@ -10,7 +10,6 @@ Broker (publish + history, atomic for stream positions) apart from its PresenceM
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -195,16 +194,7 @@ class Sanctions(ABC):
 
     @abstractmethod
     async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
-        """The user's active sanctions in the room (read at join: no round trip for a followed
-        room, one at most otherwise)."""
-
-    @abstractmethod
-    async def follow_room(self, room_id: str) -> None:
-        """The node opened the room: keep its sanctions at hand for the joins that follow."""
-
-    @abstractmethod
-    def unfollow_room(self, room_id: str) -> None:
-        """The node closed the room: forget what follow_room kept."""
+        """The user's active sanctions in the room (read at join, one round trip at most)."""
 
     @abstractmethod
     async def set_dm_block(self, user_id: str, other: str, blocked: bool) -> None:
@@ -266,13 +256,9 @@ class Broker:
     # -- room stream ----------------------------------------------------------------
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
-        state, _ = await asyncio.gather(
-            self.stream.subscribe(room_id, handler), self.limits.follow_room(room_id)
-        )
-        return state
+        return await self.stream.subscribe(room_id, handler)
 
     async def unsubscribe(self, room_id: str) -> None:
-        self.limits.unfollow_room(room_id)
         await self.stream.unsubscribe(room_id)
 
     async def publish(
