@@ -199,17 +199,21 @@ class ServerProcess:
     stderr_path: str
 
     def stop(self) -> None:
-        """SIGTERM (graceful drain), then SIGKILL if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         Path(self.stderr_path).unlink(missing_ok=True)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """SIGTERM (a node drains gracefully), then SIGKILL if it has not exited within timeout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def start_server(

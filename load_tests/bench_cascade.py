@@ -45,6 +45,7 @@ import msgpack
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import connect
 
+from load_tests.bench import stop_process
 from load_tests.bench_media import (
     ROOM,
     STEP_TIMEOUT,
@@ -127,13 +128,8 @@ class Node:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 class Cluster:

@@ -32,6 +32,7 @@ from typing import Any
 
 from load_tests.bench import percentiles
 
+# the headless Chromium flags of this machine (see the ground rules); tests/test_browser.py uses them too
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

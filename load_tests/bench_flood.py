@@ -34,7 +34,7 @@ from typing import Any
 
 import msgpack
 
-from load_tests.bench import from_letters, letters
+from load_tests.bench import from_letters, letters, stop_process
 from load_tests.wsraw import RawWs, connect
 
 ROOM = "flood"
@@ -222,12 +222,7 @@ async def run_once(args: argparse.Namespace) -> dict[str, Any]:
             abusers.join(30)
             if abusers.is_alive():
                 abusers.kill()
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:  # graceful drain took too long: the numbers are in already
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)  # a drain that takes too long is cut: the numbers are in already
 
 
 def main() -> None:

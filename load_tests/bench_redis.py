@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from load_tests.bench import BENCH_SERVER_ENV, sample_server
+from load_tests.bench import BENCH_SERVER_ENV, sample_server, stop_process
 from server import auth
 from server.config import DEFAULT_SECRET
 
@@ -113,7 +112,7 @@ class _Redis:
         if self.cluster:
             self._cluster.stop()
         else:
-            _stop(self._proc)
+            stop_process(self._proc)
 
 
 def _start_node(redis_url: str, node_id: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
@@ -133,16 +132,6 @@ def _start_node(redis_url: str, node_id: str, *extra: str) -> tuple[subprocess.P
         proc.kill()
         raise RuntimeError(f"node did not start: {line!r}")
     return proc, int(line.split("http://127.0.0.1:")[1].split()[0])
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _commands(port: int) -> int:
@@ -237,7 +226,7 @@ async def _run_once(nodes: int, viewers: int, rate: float, duration: float, clus
             for ws in sockets:
                 await ws.close()
             for proc in procs:
-                _stop(proc)
+                stop_process(proc)
             store.stop()
     latencies.sort()
     delivered = total * viewers

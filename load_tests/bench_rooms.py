@@ -28,8 +28,8 @@ from typing import Any
 import msgpack
 
 from load_tests import wsraw
-from load_tests.bench import sample_server
-from load_tests.bench_redis import _Redis, _start_node, _stop
+from load_tests.bench import sample_server, stop_process
+from load_tests.bench_redis import _Redis, _start_node
 from server import auth
 from server.config import DEFAULT_SECRET
 
@@ -127,7 +127,7 @@ async def _run_once(
             for conn in conns:
                 conn.close()
             for proc in procs:
-                _stop(proc)
+                stop_process(proc)
             store.stop()
     ticks = sum(
         a.get("liveroom_tick_seconds_count", 0) - b.get("liveroom_tick_seconds_count", 0)

@@ -25,6 +25,7 @@ import msgpack
 import pytest
 from websockets.sync.client import connect
 
+from load_tests.bench_first_frame import CHROMIUM_ARGS  # one set of flags for tests and benchmarks
 from server.protocol import ErrorCode
 from tests.conftest import token
 
@@ -35,15 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 30_000  # one UI condition; generous for a loaded machine
 VIDEO_WAIT_MS = 60_000  # ICE + DTLS + a keyframe, on a loaded machine
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 
 
 def _chromium() -> str | None:

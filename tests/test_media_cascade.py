@@ -9,16 +9,13 @@ is on a frame, an event or a decoded frame.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from websockets.asyncio.client import connect
 
 from server import auth
 from server.app import App
@@ -27,7 +24,7 @@ from server.media import COUNTERS
 from server.protocol import ErrorCode
 from tests.conftest import SECRET, token
 from tests.redis_fixtures import RedisServer, apoll, requires_redis
-from tests.test_media_signaling import TIMEOUT, Conn, decoded, ended, is_live, loopback  # noqa: F401
+from tests.test_media_signaling import TIMEOUT, Conn, decoded, ended, is_live, join, loopback  # noqa: F401
 
 pytestmark = requires_redis
 
@@ -71,11 +68,7 @@ async def member(nodes: dict[str, App]) -> AsyncIterator[Callable[..., Any]]:
     opened: list[Conn] = []
 
     async def _member(node: str, user: str, role: str = "viewer", room: str = "r1") -> Conn:
-        port = nodes[node].port
-        ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token(room, user, role)}")  # type: ignore[arg-type]
-        snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
-        assert snapshot["t"] == "snapshot", snapshot
-        conn = Conn(ws, snapshot)
+        conn = await join(nodes[node].port, user, role, room)
         opened.append(conn)
         return conn
 

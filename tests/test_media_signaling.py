@@ -140,15 +140,20 @@ class Conn:
             await pc.close()
 
 
+async def join(port: int, user: str, role: str = "viewer", room: str = "r1") -> Conn:
+    """A member's WebSocket on the node at `port`, after its snapshot."""
+    ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token(room, user, role)}")  # type: ignore[arg-type]
+    snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert snapshot["t"] == "snapshot", snapshot
+    return Conn(ws, snapshot)
+
+
 @pytest.fixture
 async def member(app: App) -> AsyncIterator[Callable[..., Any]]:
     opened: list[Conn] = []
 
     async def _member(user: str, role: str = "viewer", room: str = "r1") -> Conn:
-        ws = await connect(f"ws://127.0.0.1:{app.port}/ws?token={token(room, user, role)}")  # type: ignore[arg-type]
-        snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
-        assert snapshot["t"] == "snapshot", snapshot
-        conn = Conn(ws, snapshot)
+        conn = await join(app.port, user, role, room)
         opened.append(conn)
         return conn
 
