@@ -155,6 +155,8 @@ class MediaGateway:
         self.ws_viewers: dict[Peer, WsViewer] = {}
         self.resources: dict[str, Resource] = {}
         self.relays: dict[str, dict[str, Relay]] = {}  # room -> publisher -> stream pulled from its origin
+        # room -> publishers whose relay is being set up: their publication here is not local
+        self._pulling: dict[str, set[str]] = {}
         self._relay_locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
         self.claims: MediaClaims = (
@@ -238,8 +240,10 @@ class MediaGateway:
 
     def _local_publishers(self, room_id: str) -> bool:
         room = self.rooms.get(room_id)
-        relayed = self.relays.get(room_id, {})
-        return room is not None and any(pid not in relayed for pid in room.publications)
+        relayed, pulling = self.relays.get(room_id, {}), self._pulling.get(room_id, ())
+        return room is not None and any(
+            pid not in relayed and pid not in pulling for pid in room.publications
+        )
 
     def _local_viewers(self, room_id: str) -> bool:
         """Viewers here: WS subscribers and WHEP sessions (an edge we feed counts as one)."""
@@ -280,7 +284,16 @@ class MediaGateway:
                 room = self._room(room_id)
                 if pid in room.publications:
                     continue
-                relay = await self._start_relay(room_id, room, pid, origin)
+                # a relay adds its publication before it is registered: until then it is not
+                # local media (origin_of), so a viewer arriving meanwhile waits for it here
+                pulling = self._pulling.setdefault(room_id, set())
+                pulling.add(pid)
+                try:
+                    relay = await self._start_relay(room_id, room, pid, origin)
+                finally:
+                    pulling.discard(pid)
+                    if not pulling:
+                        self._pulling.pop(room_id, None)
                 if relay is None:
                     metrics.media_relays.labels(event="failed").inc()
                 else:

@@ -9,6 +9,7 @@ is on a frame, an event or a decoded frame.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,55 @@ async def test_whep_viewer_adds_a_cohost_with_a_second_session(nodes: dict[str, 
                 "hana",
                 "kai",
             ]
+        finally:
+            for player in players:
+                await player.close()
+
+
+async def test_whep_viewer_arriving_while_the_edge_pulls_gets_the_track(
+    nodes: dict[str, App], member, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay adds its publication on the edge before the origin has answered. A WHEP viewer
+    of that publisher arriving in between must wait for the pull and get its track, not take
+    the half-made publication for local media and get an answer with nothing in it. The
+    origin's answer to the edge is held until the viewer's request has reached the edge."""
+    a, b = nodes["a"], nodes["b"]
+    host = await member("a", "hana", role="host")
+    await host.publish(audio=False)
+    await host.event(is_live("hana", True))
+    watcher = await member("b", "wendy")
+    base = f"http://127.0.0.1:{b.http_port}/whep/r1"
+    players: list[RTCPeerConnection] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            first, first_tracks = await whep_play(http, f"{base}?publisher=hana", "wendy")
+            players.append(first)
+            await decoded(first_tracks[0])  # the edge now pulls the room: it will pull a co-host too
+
+            viewer_arrived = asyncio.Event()
+            origin_whep, edge_whep = a.node.media.whep, b.node.media.whep
+
+            async def held_origin(*args: Any, **kw: Any) -> Any:
+                if kw.get("relay"):
+                    await asyncio.wait_for(viewer_arrived.wait(), TIMEOUT)
+                return await origin_whep(*args, **kw)
+
+            async def edge(*args: Any, **kw: Any) -> Any:
+                viewer_arrived.set()
+                return await edge_whep(*args, **kw)
+
+            monkeypatch.setattr(a.node.media, "whep", held_origin)
+            monkeypatch.setattr(b.node.media, "whep", edge)
+            cohost = await member("a", "kai")
+            await host.send(t="invite", uid="kai")
+            await cohost.next("invited")
+            await cohost.publish(audio=False)
+            await watcher.event(is_live("kai", True))
+            await apoll(lambda: "kai" in b.node.media.rooms["r1"].publications, what="the edge pulling kai")
+            second, second_tracks = await whep_play(http, f"{base}?publisher=kai", "wendy")
+            players.append(second)
+            assert second_tracks, "the answer carries kai's track"
+            await decoded(second_tracks[0])
         finally:
             for player in players:
                 await player.close()
