@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from server.broker import redis_scripts as rs
 from server.broker.base import Sanction
 from server.protocol import ErrorCode
 from tests.conftest import WsClient, token
@@ -251,6 +252,83 @@ async def test_broker_sanctions_expire_and_reach_every_watcher(redis_server: Red
     finally:
         for broker in brokers:
             await broker.close()
+
+
+def _mget_calls(target: RedisTarget) -> int:
+    """MGETs Redis has served so far (summed over a cluster's primaries): a sanctions read."""
+    with target.server.client() as r:
+        if target.cluster:
+            stats = r.info("commandstats", target_nodes=r.PRIMARIES).values()
+        else:
+            stats = [r.info("commandstats")]
+        return sum(s.get("cmdstat_mget", {}).get("calls", 0) for s in stats)
+
+
+async def test_open_room_checks_sanctions_from_memory(redis_any: RedisTarget) -> None:
+    """A node that opened a room loads its sanctions once, keeps them current from the
+    sanctions channel, and answers a join's check with no Redis read; a closed room reads."""
+    from server.broker.redis import RedisBroker
+
+    one = RedisBroker(redis_any.url, "b0", cluster=redis_any.cluster)
+    two = RedisBroker(redis_any.url, "b1", cluster=redis_any.cluster)
+    known: list[Sanction] = []
+    try:
+        await one.start()
+        await two.start()
+        two.watch_sanctions(known.append)
+        now = int(time.time() * 1000)
+        ban = Sanction("hall", "u1", "ban", None, "host")
+        mute = Sanction("hall", "u2", "mute", now + 600_000, "host")
+        gone = Sanction("hall", "u4", "mute", now + 1, "host")  # expired before the room opens
+        for sanction in (ban, mute, gone):
+            await one.put_sanction(sanction)
+        await apoll(lambda: gone in known, what="the sanctions on b1")
+        await two.subscribe("hall", lambda *_: None)  # the node opens the room
+        reads = _mget_calls(redis_any)
+        assert await two.sanctions("hall", "u1") == [ban]
+        assert await two.sanctions("hall", "u2") == [mute]
+        assert await two.sanctions("hall", "u4") == []
+        kick = Sanction("hall", "u3", "kick", now + 600_000, "host")
+        await one.put_sanction(kick)
+        await apoll(lambda: kick in known, what="a sanction put after the room opened")
+        assert await two.sanctions("hall", "u3") == [kick]
+        lift = Sanction("hall", "u1", "ban", None, "host", lifted=True)
+        await one.put_sanction(lift)
+        await apoll(lambda: lift in known, what="the lift")
+        assert await two.sanctions("hall", "u1") == []
+        assert _mget_calls(redis_any) == reads  # every answer came from memory
+        await two.unsubscribe("hall")
+        assert await two.sanctions("hall", "u2") == [mute]  # a closed room: read from Redis
+        assert _mget_calls(redis_any) > reads
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_held_sanctions_are_loaded_again_after_a_reconnect(redis_server: RedisServer) -> None:
+    """What a node holds is only as good as the channel: after losing its connection (and so
+    maybe a sanction message) it loads every open room's sanctions again."""
+    from server.broker.redis import RedisBroker
+
+    node = RedisBroker(redis_server.url, "b0")
+    try:
+        await node.start()
+        await node.subscribe("hall", lambda *_: None)
+        assert await node.sanctions("hall", "u1") == []
+        with redis_server.client() as r:  # stored, but its message never sent: a missed message
+            r.set("lr:{r:hall}:sx:u1:ban", rs.pack_sanction(Sanction("hall", "u1", "ban", None, "x"), "x"))
+            r.zadd("lr:{r:hall}:sxi", {"u1:ban": float("inf")})
+            assert r.client_kill_filter(_type="pubsub") >= 1
+        target = RedisTarget(redis_server.url, False, redis_server)
+
+        async def held_ban() -> bool:  # answered from memory, and with the ban
+            reads = _mget_calls(target)
+            found = await node.sanctions("hall", "u1")
+            return bool(found) and found[0].kind == "ban" and _mget_calls(target) == reads
+
+        await apoll(held_ban, what="the ban loaded again after the reconnect")
+    finally:
+        await node.close()
 
 
 async def test_broker_usage_exchange_reports_only_the_others_spending(redis_any: RedisTarget) -> None:

@@ -194,7 +194,16 @@ class Sanctions(ABC):
 
     @abstractmethod
     async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
-        """The user's active sanctions in the room (read at join, one round trip at most)."""
+        """The user's active sanctions in the room (read at join: no round trip for a followed
+        room, one at most otherwise)."""
+
+    @abstractmethod
+    async def follow_room(self, room_id: str) -> None:
+        """The node opened the room: keep its sanctions at hand for the joins that follow."""
+
+    @abstractmethod
+    def unfollow_room(self, room_id: str) -> None:
+        """The node closed the room: forget what follow_room kept."""
 
     @abstractmethod
     async def set_dm_block(self, user_id: str, other: str, blocked: bool) -> None:
@@ -256,9 +265,14 @@ class Broker:
     # -- room stream ----------------------------------------------------------------
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
+        # sanctions first: the stream hands over the batches that arrived while it loaded right
+        # after the caller registers the room (call_soon), so nothing may await in between.
+        # With Redis this is one more round trip per room opened on a node, not per join.
+        await self.limits.follow_room(room_id)
         return await self.stream.subscribe(room_id, handler)
 
     async def unsubscribe(self, room_id: str) -> None:
+        self.limits.unfollow_room(room_id)
         await self.stream.unsubscribe(room_id)
 
     async def publish(

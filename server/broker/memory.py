@@ -290,6 +290,12 @@ class MemorySanctions(Sanctions):
         for handler in list(self._watchers):
             handler(sanction)
 
+    async def follow_room(self, room_id: str) -> None:
+        """Every sanction is already in this process."""
+
+    def unfollow_room(self, room_id: str) -> None:
+        """Nothing was loaded for the room."""
+
     async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
         now = int(time.time() * 1000)
         found = []

@@ -104,7 +104,8 @@ class RedisBroker(Broker):
         )
         self.inbox = RedisInbox(self, dm_keep=dm_keep, dm_ttl=dm_ttl)
         self.limits = RedisSanctions(self)
-        for script in (self.stream._publish_script, self.stream._load_script, self.inbox._dm_script):
+        scripts = (self.stream._publish_script, self.stream._load_script, self.inbox._dm_script)
+        for script in (*scripts, self.limits._load_script):
             self._shards.add_script(script.sha, script.script)  # loaded on every primary at connect
 
     # -- lifecycle -----------------------------------------------------------------
@@ -174,12 +175,14 @@ class RedisBroker(Broker):
             for user in self.inbox._users.values():
                 if user.pending is None:
                     user.pending = []
+            followed = self.limits._reload_rooms()
             await self._listen([rs.control_channel(self.node_id).encode(), *self._targets])
             self._connected = True
             self._up.set()
             await asyncio.gather(
                 *(self.stream._resync(room_id, sub) for room_id, sub in list(self.stream._rooms.items())),
                 *(self.inbox._catch_up(uid, user) for uid, user in list(self.inbox._users.items())),
+                *(self.limits._load_room(room_id) for room_id in followed),
             )
             await self._broken.wait()
             failed = [t for t in self._readers.values() if t.done() and not t.cancelled()]

@@ -1,7 +1,9 @@
 """Redis sanctions and limits: bans/mutes/kicks, DM blocks, join nonces, rate-limit usage.
 
-Shared by every node: a sanction is SET with its lifetime and PUBLISHed on one channel every
-node follows, so a ban on one node applies on every node at once.
+Shared by every node: a sanction is SET with its lifetime (and indexed per room) and PUBLISHed
+on one channel every node follows, so a ban on one node applies on every node at once. A node
+loads an open room's sanctions once (`follow_room`) and keeps them current from that channel,
+so a join into an open room checks them with no round trip.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ log = logging.getLogger("liveroom.broker.redis")
 
 USAGE_TTL_MS = 30_000  # a user's cross-node rate-limit counter outlives a few exchanges
 KNOWN_MAX = 10_000  # sanctions remembered for outages; nonces claimed locally during one
+ROOM_HELD_MAX = 10_000  # a room with more sanctions is read per join (one MGET) instead of held
 
 
 class RedisSanctions(RedisPart, Sanctions):
@@ -33,6 +36,10 @@ class RedisSanctions(RedisPart, Sanctions):
         self._outage_nonces: dict[str, float] = {}  # claimed here while Redis was unreachable
         self._usage_seen: dict[str, float] = {}  # usage key -> cluster total at the last exchange
         self._fallback_logged = 0.0
+        # followed rooms: their active sanctions, held; or, while loading, what came in meanwhile
+        self._held: dict[str, dict[tuple[str, str], Sanction]] = {}
+        self._loading: dict[str, list[Sanction]] = {}
+        self._load_script = self._redis.register_script(rs.LOAD_SANCTIONS)
 
     # Outages: writes (put_sanction, set_dm_block) raise BrokerUnavailable, so a moderator is
     # never told something applies that was not stored. Reads fail open: a join is not refused
@@ -46,13 +53,19 @@ class RedisSanctions(RedisPart, Sanctions):
         if not self._connected:
             raise BrokerUnavailable("redis is unreachable")
         key = rs.sanction_keys(sanction.room, sanction.uid)[rs.SANCTION_KINDS.index(sanction.kind)]
+        index, _ = rs.sanction_index(sanction.room)
+        member = f"{sanction.uid}:{sanction.kind}"
         payload = rs.pack_sanction(sanction, self.node_id)
         ttl = None if sanction.until is None else sanction.until - protocol.now_ms()
+        pipe = self._redis.pipeline(transaction=False)  # the key and its index share the room's slot
+        if sanction.lifted or (ttl is not None and ttl <= 0):
+            pipe.delete(key)
+            pipe.zrem(index, member)
+        else:
+            pipe.set(key, payload, px=ttl)
+            pipe.zadd(index, {member: float("inf") if sanction.until is None else sanction.until})
         try:
-            if sanction.lifted or (ttl is not None and ttl <= 0):
-                await self._redis.delete(key)
-            else:
-                await self._redis.set(key, payload, px=ttl)
+            await pipe.execute()
             await getattr(self._redis, self._publish_cmd)(rs.SANCTIONS_CHANNEL, payload)
         except _DOWN as exc:
             self._kick(exc)
@@ -60,12 +73,17 @@ class RedisSanctions(RedisPart, Sanctions):
         self._apply_sanction(sanction)  # this node's own echo is skipped: apply it now
 
     async def sanctions(self, room_id: str, user_id: str) -> list[Sanction]:
-        """One MGET (the three kinds share the room's slot); fails open on an outage."""
+        """From memory for a followed room; else one MGET (the three kinds share the room's
+        slot). Fails open on an outage."""
         try:
             keys = rs.sanction_keys(room_id, user_id)
         except ValueError:
             return []
         now = protocol.now_ms()
+        held = self._held.get(room_id) if self._connected else None
+        if held is not None:
+            found = (held.get((user_id, kind)) for kind in rs.SANCTION_KINDS)
+            return [s for s in found if s is not None and s.active(now)]
         if self._connected:
             try:
                 stored = await self._redis.mget(keys)
@@ -88,6 +106,66 @@ class RedisSanctions(RedisPart, Sanctions):
         known = (self._known.get((room_id, user_id, kind)) for kind in rs.SANCTION_KINDS)
         return [s for s in known if s is not None and s.active(now)]
 
+    # -- rooms held in memory ----------------------------------------------------------------
+
+    async def follow_room(self, room_id: str) -> None:
+        """Load the room's active sanctions (one script call); the channel keeps them current."""
+        try:
+            rs.sanction_index(room_id)
+        except ValueError:
+            return
+        self._loading.setdefault(room_id, [])
+        if self._connected:
+            await self._load_room(room_id)
+
+    def unfollow_room(self, room_id: str) -> None:
+        self._held.pop(room_id, None)
+        self._loading.pop(room_id, None)
+
+    def _reload_rooms(self) -> list[str]:
+        """Before re-subscribing after a reconnect: nothing held can be trusted (messages were
+        missed), so every followed room loads again, buffering what comes in meanwhile."""
+        rooms = [*self._held, *self._loading]
+        self._held.clear()
+        self._loading = {room_id: [] for room_id in rooms}
+        return rooms
+
+    async def _load_room(self, room_id: str) -> None:
+        index, prefix = rs.sanction_index(room_id)
+        try:
+            count, stored = await self._load_script(
+                keys=[index], args=[protocol.now_ms(), prefix, ROOM_HELD_MAX]
+            )
+        except _DOWN as exc:
+            self._kick(exc)
+            return
+        pending = self._loading.pop(room_id, None)
+        if pending is None or int(count) > ROOM_HELD_MAX:
+            return  # unfollowed meanwhile, or too many to hold: read per join
+        held: dict[tuple[str, str], Sanction] = {}
+        for raw in stored:
+            try:
+                sanction, _ = rs.unpack_sanction(raw)
+            except ValueError:
+                metrics.broker_bad_messages.inc()
+                continue
+            held[sanction.uid, sanction.kind] = sanction
+        for sanction in pending:  # published while loading, in order: the newest state wins
+            self._hold(held, sanction)
+        self._held[room_id] = held
+
+    def _hold(self, held: dict[tuple[str, str], Sanction], sanction: Sanction) -> None:
+        if sanction.lifted:
+            held.pop((sanction.uid, sanction.kind), None)
+        else:
+            held[sanction.uid, sanction.kind] = sanction
+        if len(held) > ROOM_HELD_MAX:  # forget the expired; still too many: read per join
+            now = protocol.now_ms()
+            for key in [k for k, s in held.items() if not s.active(now)]:
+                del held[key]
+            if len(held) > ROOM_HELD_MAX:
+                self._held.pop(sanction.room, None)
+
     def _on_sanction_message(self, data: bytes) -> None:
         try:
             sanction, origin = rs.unpack_sanction(data)
@@ -99,6 +177,11 @@ class RedisSanctions(RedisPart, Sanctions):
             self._apply_sanction(sanction)
 
     def _apply_sanction(self, sanction: Sanction) -> None:
+        held = self._held.get(sanction.room)
+        if held is not None:
+            self._hold(held, sanction)
+        elif sanction.room in self._loading:
+            self._loading[sanction.room].append(sanction)
         key = (sanction.room, sanction.uid, sanction.kind)
         self._known.pop(key, None)
         if not sanction.lifted:

@@ -85,6 +85,16 @@ def sanction_keys(room_id: str, user_id: str) -> list[str]:
     return [f"{PREFIX}:{{r:{room_id}}}:sx:{user_id}:{kind}" for kind in SANCTION_KINDS]
 
 
+def sanction_index(room_id: str) -> tuple[str, str]:
+    """The room's index of sanctions (a sorted set, member `uid:kind`, score = expiry ms or
+    +inf) and the prefix that turns a member into its key: a node loads a room's sanctions once
+    when it opens the room, instead of reading them on every join."""
+    if not valid_id(room_id):
+        raise ValueError("invalid room id")
+    base = f"{PREFIX}:{{r:{room_id}}}"
+    return f"{base}:sxi", f"{base}:sx:"
+
+
 def nonce_key(nonce: str) -> str:
     """A claimed join nonce (jti); hashed, since a jti is any string the token issuer chose."""
     return f"{PREFIX}:jti:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}"
@@ -413,4 +423,19 @@ redis.call('EXPIRE', stream, ARGV[6])
 local n = 0
 if ARGV[7] ~= '1' then n = redis.call(ARGV[5], ARGV[4], field .. id .. '|' .. payload) end
 return {id, n}
+"""
+
+# A room's active sanctions, for a node opening the room. KEYS[1]: the index (sanction_index);
+# ARGV: now (ms), the key prefix, the most a node holds. Expired members are dropped first;
+# a room with more than the most returns only its count (the node then reads per join).
+LOAD_SANCTIONS = r"""
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local n = redis.call('ZCARD', KEYS[1])
+if n > tonumber(ARGV[3]) then return {n, {}} end
+local out = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local v = redis.call('GET', ARGV[2] .. member)
+  if v then out[#out + 1] = v end
+end
+return {n, out}
 """
