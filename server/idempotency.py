@@ -18,6 +18,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,15 @@ class SendLog(ABC):
     async def answer(self, uid: str, kind: str, cid: str | int, answer: bytes) -> None:
         """The send succeeded: a retry within WINDOW gets `answer`."""
 
-    async def answer_many(self, answers: list[tuple[str, str, str | int, bytes]]) -> None:
-        """Several answers at once (the danmaku of one tick): one round trip with Redis."""
-        for uid, kind, cid, answer in answers:
-            await self.answer(uid, kind, cid, answer)
+    async def claim_sent(self, sends: list[tuple[str, str, str | int]]) -> list[bool]:
+        """Claim several sends that are answered as they are claimed: True for each first send,
+        False for a retry of one already claimed (or an earlier copy in the same list).
+
+        The danmaku of one tick: they are sequenced in the tick that claims them, so there is no
+        in-flight state to wait for, and a whole tick costs one round trip with Redis instead
+        of one per danmaku.
+        """
+        return [await self._claim(key_of(*send), SENT) is None for send in sends]
 
     @abstractmethod
     async def release(self, uid: str, kind: str, cid: str | int) -> None:
@@ -133,7 +139,7 @@ class RedisSendLog(SendLog):
     a danmaku retried on the same node is still caught).
     """
 
-    def __init__(self, url: str, cluster: bool = False) -> None:
+    def __init__(self, url: str, cluster: bool = False, ready: Callable[[], bool] = lambda: True) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.cluster import RedisCluster
         from redis.exceptions import RedisError
@@ -142,6 +148,7 @@ class RedisSendLog(SendLog):
         self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
         self._errors = (OSError, TimeoutError, RedisError)
         self._local = MemorySendLog()
+        self._ready = ready  # the broker's view of Redis: a tick never waits on a dead connection
 
     async def _claim(self, key: str, value: bytes) -> bytes | None:
         try:
@@ -162,13 +169,20 @@ class RedisSendLog(SendLog):
         with contextlib.suppress(*self._errors):  # else remembered on this node only
             await self._redis.set(key_of(uid, kind, cid), answer, ex=WINDOW)
 
-    async def answer_many(self, answers: list[tuple[str, str, str | int, bytes]]) -> None:
-        await self._local.answer_many(answers)
+    async def claim_sent(self, sends: list[tuple[str, str, str | int]]) -> list[bool]:
+        if not self._ready():
+            return await self._local.claim_sent(sends)
         pipe = self._redis.pipeline(transaction=False)
-        for uid, kind, cid, answer in answers:
-            pipe.set(key_of(uid, kind, cid), answer, ex=WINDOW)
-        with contextlib.suppress(*self._errors):  # else remembered on this node only
-            await pipe.execute()
+        for send in sends:
+            pipe.set(key_of(*send), SENT, nx=True, ex=WINDOW)
+        try:
+            firsts = [bool(done) for done in await pipe.execute()]
+        except self._errors:  # unreachable: this node's memory still catches a retry here
+            return await self._local.claim_sent(sends)
+        for send, first in zip(sends, firsts, strict=True):
+            if first:  # remembered here too, for a retry during a later outage
+                self._local._keep(key_of(*send), SENT, time.monotonic() + WINDOW)
+        return firsts
 
     async def release(self, uid: str, kind: str, cid: str | int) -> None:
         await self._local.release(uid, kind, cid)
@@ -179,5 +193,5 @@ class RedisSendLog(SendLog):
         await self._redis.aclose()
 
 
-def make_send_log(redis_url: str | None, cluster: bool) -> SendLog:
-    return RedisSendLog(redis_url, cluster) if redis_url else MemorySendLog()
+def make_send_log(redis_url: str | None, cluster: bool, ready: Callable[[], bool] = lambda: True) -> SendLog:
+    return RedisSendLog(redis_url, cluster, ready) if redis_url else MemorySendLog()

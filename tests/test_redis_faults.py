@@ -14,7 +14,7 @@ from server.app import App
 from server.config import Config
 from tests.conftest import TIMEOUT, WsClient, token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import RedisServer, requires_redis
+from tests.redis_fixtures import RedisServer, RedisTarget, requires_redis
 from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401 - the receiver fixture
 
 pytestmark = requires_redis
@@ -60,6 +60,28 @@ async def test_dm_retry_on_another_node_returns_the_original_ack(
     texts = [(await bob.recv_until(lambda f: f["t"] == "dm"))["text"] for _ in range(2)]
     assert texts == ["once", "after"]
     assert redis_server.client().xlen("lr:{u:bob}:dm") == 2
+
+
+async def test_danmaku_retry_on_another_node_is_sequenced_once(
+    redis_any: RedisTarget, start_nodes, open_client
+) -> None:
+    """Danmaku `cid`s are claimed once per tick (one pipeline): a retry on another node, and a
+    copy sent twice within one tick, still reach the room once."""
+    n0, n1 = start_nodes(redis_any, 2)
+    watcher = await open_client(n1, "watcher")
+    talker = await open_client(n0, "talker")
+    await talker.send(t="danmaku", text="hello", cid="d1")
+    await talker.send(t="danmaku", text="hello", cid="d1")  # same tick, same node
+    await talker.send(t="danmaku", text="other", cid=1)  # typed: not the string "1"
+    await talker.send(t="danmaku", text="other", cid="1")
+    first = await watcher.events(lambda e: e["t"] == "danmaku", 3)
+    assert [(e["text"], e["cid"]) for e in first] == [("hello", "d1"), ("other", 1), ("other", "1")]
+    n0.stop()  # SIGTERM: the talker's connection is reset (1012)
+    again = await open_client(n1, "talker")
+    await again.send(t="danmaku", text="hello", cid="d1")  # the retry, on the other node
+    await again.send(t="danmaku", text="next", cid="d2")
+    nxt = await watcher.events(lambda e: e["t"] == "danmaku", 1)
+    assert (nxt[0]["text"], nxt[0]["cid"]) == ("next", "d2")
 
 
 async def test_analytics_and_webhooks_ride_out_a_redis_outage(
