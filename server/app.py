@@ -97,9 +97,7 @@ class App:
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
         self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
-        self.sends = make_send_log(  # cid -> first answer
-            config.redis_url, config.redis_cluster, ready=lambda: self.broker.ready
-        )
+        self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
         self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
         self.answers = Answers(config, self.hub, self.analytics)  # replies, pins, product edits
         self.services = Services(config, self.node, self.guard, self.media, self.analytics, self.answers)

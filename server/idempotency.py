@@ -1,5 +1,10 @@
 """Idempotent sends: a client-chosen `cid` on `dm` / `danmaku` is remembered per sender.
 
+Danmaku are simple: the room stream that numbers them drops a retry (`DanmakuCids` here for
+the in-memory broker and a Redis node numbering alone; with Redis the publish script, a
+`SET NX` per cid on the room's slot in the same call), so a danmaku's cid costs no round trip.
+What follows is for DMs, which are stored, not sequenced.
+
 A client whose connection was reset (1012, a dead network) cannot know whether its last DM was
 stored; it sends it again with the same `cid` and gets the original `dm_ack` back instead of a
 second copy. The first send *claims* `(sender, kind, cid)` (Redis: `SET NX`, so every node sees
@@ -18,7 +23,6 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +32,41 @@ WINDOW = 600  # seconds a cid is remembered
 CLAIM_TTL = 12.0  # seconds before a retry may take a claim over (> the broker's 10 s socket timeout)
 MEMORY_MAX = 100_000  # remembered sends on one node (oldest forgotten first)
 PENDING = b"p"  # prefix of a claim whose send has not answered yet (answers are msgpack maps)
-SENT = b"1"  # the answer of a danmaku: it was sequenced (the event itself is the acknowledgement)
+
+
+def cid_tag(cid: str | int) -> str:
+    return f"i{cid}" if isinstance(cid, int) else f"s{cid}"  # 1 and "1" are different cids
+
+
+class DanmakuCids:
+    """The danmaku `cid`s this process sequenced in the last WINDOW seconds, per room and sender.
+
+    Used where this process numbers a room's events itself; the Redis publish script applies
+    the same rule with a key per cid (redis_scripts.danmaku_claim_key).
+    """
+
+    def __init__(self, limit: int = MEMORY_MAX) -> None:
+        self._limit = limit
+        self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+
+    def fresh(self, room_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events without the retries of danmaku already sequenced (each cid is now seen)."""
+        if not any("cid" in e for e in events):
+            return events
+        now = time.monotonic()
+        kept = []
+        for event in events:
+            if event.get("t") == "danmaku" and "cid" in event:
+                key = (room_id, str(event.get("uid")), cid_tag(event["cid"]))
+                until = self._seen.get(key)
+                if until is not None and until > now:
+                    continue
+                self._seen[key] = now + WINDOW
+                self._seen.move_to_end(key)
+                if len(self._seen) > self._limit:
+                    self._seen.popitem(last=False)
+            kept.append(event)
+        return kept
 
 
 class SendInProgress(Exception):
@@ -42,8 +80,7 @@ class Claimed:
 
 
 def key_of(uid: str, kind: str, cid: str | int) -> str:
-    tag = f"i{cid}" if isinstance(cid, int) else f"s{cid}"  # 1 and "1" are different cids
-    return f"lr:{{u:{uid}}}:cid:{kind}:{tag}"
+    return f"lr:{{u:{uid}}}:cid:{kind}:{cid_tag(cid)}"
 
 
 def _pending(note: dict[str, Any]) -> bytes:
@@ -83,16 +120,6 @@ class SendLog(ABC):
     @abstractmethod
     async def answer(self, uid: str, kind: str, cid: str | int, answer: bytes) -> None:
         """The send succeeded: a retry within WINDOW gets `answer`."""
-
-    async def claim_sent(self, sends: list[tuple[str, str, str | int]]) -> list[bool]:
-        """Claim several sends that are answered as they are claimed: True for each first send,
-        False for a retry of one already claimed (or an earlier copy in the same list).
-
-        The danmaku of one tick: they are sequenced in the tick that claims them, so there is no
-        in-flight state to wait for, and a whole tick costs one round trip with Redis instead
-        of one per danmaku.
-        """
-        return [await self._claim(key_of(*send), SENT) is None for send in sends]
 
     @abstractmethod
     async def release(self, uid: str, kind: str, cid: str | int) -> None:
@@ -139,7 +166,7 @@ class RedisSendLog(SendLog):
     a danmaku retried on the same node is still caught).
     """
 
-    def __init__(self, url: str, cluster: bool = False, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, url: str, cluster: bool = False) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.cluster import RedisCluster
         from redis.exceptions import RedisError
@@ -148,7 +175,6 @@ class RedisSendLog(SendLog):
         self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
         self._errors = (OSError, TimeoutError, RedisError)
         self._local = MemorySendLog()
-        self._ready = ready  # the broker's view of Redis: a tick never waits on a dead connection
 
     async def _claim(self, key: str, value: bytes) -> bytes | None:
         try:
@@ -169,21 +195,6 @@ class RedisSendLog(SendLog):
         with contextlib.suppress(*self._errors):  # else remembered on this node only
             await self._redis.set(key_of(uid, kind, cid), answer, ex=WINDOW)
 
-    async def claim_sent(self, sends: list[tuple[str, str, str | int]]) -> list[bool]:
-        if not self._ready():
-            return await self._local.claim_sent(sends)
-        pipe = self._redis.pipeline(transaction=False)
-        for send in sends:
-            pipe.set(key_of(*send), SENT, nx=True, ex=WINDOW)
-        try:
-            firsts = [bool(done) for done in await pipe.execute()]
-        except self._errors:  # unreachable: this node's memory still catches a retry here
-            return await self._local.claim_sent(sends)
-        for send, first in zip(sends, firsts, strict=True):
-            if first:  # remembered here too, for a retry during a later outage
-                self._local._keep(key_of(*send), SENT, time.monotonic() + WINDOW)
-        return firsts
-
     async def release(self, uid: str, kind: str, cid: str | int) -> None:
         await self._local.release(uid, kind, cid)
         with contextlib.suppress(*self._errors):  # else the claim expires after CLAIM_TTL
@@ -193,5 +204,5 @@ class RedisSendLog(SendLog):
         await self._redis.aclose()
 
 
-def make_send_log(redis_url: str | None, cluster: bool, ready: Callable[[], bool] = lambda: True) -> SendLog:
-    return RedisSendLog(redis_url, cluster, ready) if redis_url else MemorySendLog()
+def make_send_log(redis_url: str | None, cluster: bool) -> SendLog:
+    return RedisSendLog(redis_url, cluster) if redis_url else MemorySendLog()

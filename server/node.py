@@ -18,7 +18,7 @@ from server import metrics, protocol
 from server.broker.base import Broker, BrokerUnavailable, Event, Publish
 from server.idempotency import Claimed, SendInProgress, SendLog
 from server.protocol import ErrorCode, ProtocolError
-from server.rooms import Room, TickOutput, system_event
+from server.rooms import Room, system_event
 
 if TYPE_CHECKING:
     from server.abuse.guard import Guard
@@ -48,7 +48,7 @@ class Node:
         self.guard = guard
         self.media = media
         self.analytics = analytics
-        self.sends = sends  # cid -> first answer (idempotent dm / danmaku)
+        self.sends = sends  # cid -> first answer (idempotent dm)
         self.node_id = config.node_id or broker.node_id
         self._ticker: asyncio.Task[None] | None = None
         self.limits = {
@@ -149,7 +149,8 @@ class Node:
     async def danmaku(self, client: Peer, message: protocol.Danmaku) -> None:
         who = client.identity
         assert who is not None and client.room_id is not None
-        # a `cid` is claimed at the tick that sequences the danmaku (Node.tick): a retry is dropped there
+        # a retry (same `cid`) of a danmaku already sequenced is dropped by the room stream, which
+        # numbers it: the broker keeps the room's danmaku cids (idempotency.DanmakuCids, or Redis)
         # message.text was cleaned and filtered by the guard (Guard.check runs before every handler)
         room = self.hub.rooms[client.room_id]
         if who.role == "viewer" and (wait := room.slow_wait(who.uid, time.monotonic())):
@@ -279,17 +280,6 @@ class Node:
 
     # -- tick -------------------------------------------------------------------------------
 
-    async def _drop_retries(self, drained: list[tuple[str, TickOutput]]) -> None:
-        """Claim the tick's danmaku `cid`s all at once; a retry of one already sequenced (here or
-        on another node, this tick or within idempotency.WINDOW) is dropped: the room has it once."""
-        sends = [(e["uid"], "danmaku", e["cid"]) for _, out in drained for e in out.events if "cid" in e]
-        if not sends:
-            return
-        firsts = iter(await self.sends.claim_sent(sends))
-        for _, out in drained:
-            if any("cid" in e for e in out.events):
-                out.events = [e for e in out.events if "cid" not in e or next(firsts)]
-
     async def _tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.config.tick_ms / 1000
@@ -312,7 +302,7 @@ class Node:
         started = time.perf_counter()
         dirty = hub.take_dirty()
         now = protocol.now_ms()
-        drained: list[tuple[str, TickOutput]] = []
+        publishes: list[Publish] = []
         emptied: list[str] = []
         for room_id in dirty:
             room = hub.rooms.get(room_id)
@@ -321,15 +311,12 @@ class Node:
             out = room.drain(now, self.config.presence_ms)
             if room.presence_pending:
                 hub.dirty.add(room_id)  # report the count once its interval has passed
-            drained.append((room_id, out))
+            if out.events or out.likes_delta or out.local_online is not None:
+                publishes.append(
+                    Publish(room_id, out.events, out.likes_delta, out.local_online, now, out.joined)
+                )
             if room.empty:
                 emptied.append(room_id)
-        await self._drop_retries(drained)
-        publishes = [
-            Publish(room_id, out.events, out.likes_delta, out.local_online, now, out.joined)
-            for room_id, out in drained
-            if out.events or out.likes_delta or out.local_online is not None
-        ]
         if publishes:  # the whole tick at once (Redis: one round trip per shard), never room by room
             await self.broker.publish_many(publishes)
             metrics.tick_seconds.observe(time.perf_counter() - started)

@@ -85,6 +85,19 @@ async def test_danmaku_retry_with_cid_is_sequenced_once(join) -> None:
     assert first[0]["text"] == "hello" and nxt[0]["text"] == "next"
 
 
+async def test_danmaku_copies_within_one_tick_are_sequenced_once(join) -> None:
+    talker = await join("talker")
+    watcher = await join("watcher")
+    for frame in ({"text": "a", "cid": "d1"}, {"text": "a", "cid": "d1"}, {"text": "b", "cid": 1}):
+        await talker.send(t="danmaku", **frame)
+    await talker.send(t="danmaku", text="c", cid="1")  # typed: not the integer 1
+    got = await watcher.events(lambda e: e["t"] == "danmaku", 3)
+    assert [(e["text"], e["cid"]) for e in got] == [("a", "d1"), ("b", 1), ("c", "1")]
+    await talker.send(t="danmaku", text="d")  # no cid: never taken for a retry
+    await talker.send(t="danmaku", text="d")
+    assert [e["text"] for e in await watcher.events(lambda e: e["t"] == "danmaku", 2)] == ["d", "d"]
+
+
 async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -> None:
     """The sender's node died between storing a DM and recording its ack: the claim is orphaned.
     The retry takes the claim over, finds the first copy in the recipient's backlog, and answers

@@ -29,6 +29,7 @@ from server.broker.base import (
     UserHandler,
     dm_id_key,
 )
+from server.idempotency import DanmakuCids
 from server.protocol import ErrorCode, ProtocolError
 from server.rooms import Room
 from server.sequencing import StreamState, Tick, sequence
@@ -56,6 +57,7 @@ class MemoryRoomStream(RoomStream):
         self._recent_size = recent_size
         self._history_ttl = history_ttl
         self._rooms: dict[str, _Channel] = {}
+        self._cids = DanmakuCids()  # danmaku cids numbered in the last idempotency.WINDOW s
 
     def _channel(self, room_id: str) -> _Channel:
         channel = self._rooms.get(room_id)
@@ -131,6 +133,7 @@ class MemoryRoomStream(RoomStream):
     ) -> None:
         channel = self._channel(room_id)
         channel.viewers.update(joined)
+        events = self._cids.fresh(room_id, events)  # a danmaku retried with its cid: numbered once
         tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=len(channel.viewers))
         sequenced, channel.stream = sequence(channel.stream, tick, channel.view.epoch)
         if not sequenced:

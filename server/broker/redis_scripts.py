@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from server.broker.base import Sanction
+from server.idempotency import WINDOW, cid_tag
 from server.protocol import SYSTEM_UID, valid_id
 
 PREFIX = "lr"
@@ -191,6 +192,12 @@ def classify(event: dict[str, Any]) -> tuple[str, str]:
     return "o", ""
 
 
+def danmaku_claim_key(room_id: str, uid: str, cid: str | int) -> str:
+    """The key a danmaku's `cid` is claimed under: on the room's slot, so the publish script
+    that numbers the danmaku claims it in the same call (idempotency.DanmakuCids is its twin)."""
+    return f"{PREFIX}:{{r:{room_id}}}:cid:{uid}:{cid_tag(cid)}"
+
+
 def publish_args(
     room_id: str,
     keys: RoomKeys,
@@ -210,9 +217,11 @@ def publish_args(
     joined: Sequence[str],
     clock: int = -1,
     seen: tuple[str, int] | None = None,
+    claim_ttl: int = WINDOW,
 ) -> list[Any]:
     """PUBLISH's ARGV for one tick (clock -1: the presence clock is Redis' TIME; seen: the
-    newest (epoch, seq) this node delivered from Redis)."""
+    newest (epoch, seq) this node delivered from Redis; claim_ttl: seconds a danmaku cid is
+    remembered)."""
     args: list[Any] = [
         new_epoch,
         history_size,
@@ -232,10 +241,13 @@ def publish_args(
         clock,
         "" if seen is None else seen[0],
         -1 if seen is None else seen[1],
+        claim_ttl,
     ]
     for event in events:
-        kind, sticky = classify(event)
-        args += [kind, sticky, open_map(event, "seq")]
+        kind, field = classify(event)
+        if kind == "d" and "cid" in event:
+            field = danmaku_claim_key(room_id, event["uid"], event["cid"])
+        args += [kind, field, open_map(event, "seq")]
     args += joined
     return args
 
@@ -247,9 +259,12 @@ def publish_args(
 #       6 publish command, 7 batch head, 8 node, 9 local online (-1: unchanged),
 #       10 presence ttl ms, 11 likes delta, 12 recent size, 13 now ms, 14 event count,
 #       15 joined count, 16 presence clock ms (-1: Redis' TIME), 17/18 the newest epoch/seq
-#       this node delivered ('' / -1: none), then 3 per event (kind d|s|x|r|o, field, open map),
-#       then joined uids.
-#       kinds: d danmaku (recent list), s/x sticky on/off (field), r delete from recent (field: seq).
+#       this node delivered ('' / -1: none), 19 danmaku cid ttl s, then 3 per event (kind
+#       d|s|x|r|o, field, open map), then joined uids.
+#       kinds: d danmaku (recent list; field: its cid's claim key or ''), s/x sticky on/off
+#       (field), r delete from recent (field: seq).
+#       Before the rule: a danmaku whose claim key is already set (SET NX) is a client's retry
+#       of one already numbered, and is dropped (idempotency.DanmakuCids in Python).
 # Returns {epoch, top seq, events published}.
 # The sequencing is server/sequencing.py's rule, step for step (tests/test_sequencing.py checks it):
 # meta e/s/l/o/u is StreamState's epoch/seq/likes/online/unique, pres+beat its presence map.
@@ -293,11 +308,15 @@ local function system(kind, a, av, b, bv)
 end
 
 -- rule 2: the tick's events, in order
-local at, pushed, touched = 19, false, false
+local claim_ttl = tonumber(ARGV[19])
+local at, pushed, touched = 20, false, false
 for _ = 1, n_events do
   local kind, field, open = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   at = at + 3
-  local ev = seal(open)
+  if kind == 'd' and field ~= '' and not redis.call('SET', field, '1', 'NX', 'EX', claim_ttl) then
+    kind = 'retry'  -- this cid was numbered already: nothing sealed, nothing filed
+  end
+  local ev = kind ~= 'retry' and seal(open)
   if kind == 'd' then
     if recent_max > 0 then redis.call('RPUSH', recent, ev); pushed = true end
   elseif kind == 's' then

@@ -27,6 +27,7 @@ from server.broker.base import BatchHandler, Event, Publish, RoomState, RoomStre
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
 from server.broker.shards import Call
+from server.idempotency import DanmakuCids
 from server.rooms import Room
 from server.sequencing import NEVER, StreamState, Tick, sequence
 
@@ -61,6 +62,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._publish_script = self._redis.register_script(rs.PUBLISH)
         self._load_script = self._redis.register_script(rs.LOAD)
         self._rooms: dict[str, _RoomSub] = {}
+        self._cids = DanmakuCids()  # while numbering alone: retries caught on this node
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
         keys = rs.room_keys(room_id)
@@ -192,6 +194,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         view = sub.view
         if sub.stream is None:
             self._go_local(sub, previous)
+        events = self._cids.fresh(room_id, events)  # the publish script's cid claims, on this node
         tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=view.unique)
         sequenced, sub.stream = sequence(sub.stream, tick, view.epoch)
         if not sequenced:
