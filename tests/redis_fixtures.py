@@ -94,15 +94,17 @@ async def apoll(condition: Callable[[], Any], timeout: float = WAIT, what: str =
 class RedisServer:
     """redis-server as a child process; `persistent` keeps an always-fsynced AOF across restarts."""
 
-    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False, password: str | None = None) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self.workdir = workdir
         self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else []
+        persistence += ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [
                 "redis-server",
@@ -127,13 +129,15 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+            with redis.Redis(
+                port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+            ) as client:
                 return bool(client.ping())
         except redis.RedisError:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=5)
 
     def stop(self) -> None:
         """Graceful (SIGTERM): with persistence on, everything acknowledged is on disk."""

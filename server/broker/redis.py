@@ -1,7 +1,7 @@
 """Redis broker: many nodes share rooms, history, presence, likes and DMs through one Redis.
 
-This module owns what the parts share: the client, the pub/sub session (one per node, every
-channel on it), reconnection with jittered backoff and resubscription, and the presence
+This module owns what the parts share: the client, the pub/sub session (one connection per
+primary, redis_pubsub.py, every channel of the node on it), reconnection with jittered backoff and resubscription, and the presence
 heartbeat. The parts live in their own modules, each implementing one interface of
 server/broker/base.py: redis_stream.py (room stream), redis_inbox.py (DMs),
 redis_sanctions.py (sanctions and limits); redis_link.py is how they reach this connection.
@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import RedisCluster
@@ -32,6 +34,7 @@ from server.broker import redis_scripts as rs
 from server.broker.base import Broker
 from server.broker.redis_inbox import RedisInbox
 from server.broker.redis_link import DOWN as _DOWN
+from server.broker.redis_pubsub import PubSubConnection, open_pubsub
 from server.broker.redis_sanctions import RedisSanctions
 from server.broker.redis_stream import RedisRoomStream
 from server.broker.shards import MAIN, Shards
@@ -86,8 +89,9 @@ class RedisBroker(Broker):
         )
         self._targets: dict[bytes, tuple[str, str]] = {}  # channel -> ("r", room) | ("u", uid)
         self._waiters: dict[bytes, asyncio.Future[bool]] = {}
-        self._pubsubs: dict[str, Any] = {}  # shard -> its pub/sub connection (this session)
-        self._readers: dict[str, asyncio.Task[None]] = {}  # shard -> the task blocked reading it
+        self._pubsubs: dict[str, PubSubConnection] = {}  # shard -> its pub/sub connection (this session)
+        self._lost: BaseException | None = None  # why this session's pub/sub connection failed
+        self._unsubscribing: Counter[bytes] = Counter()  # SUNSUBSCRIBEs sent, not yet confirmed
         self._connected = False
         self._up = asyncio.Event()
         self._broken = asyncio.Event()
@@ -176,6 +180,8 @@ class RedisBroker(Broker):
                 if user.pending is None:
                     user.pending = []
             followed = self.limits._reload_rooms()
+            self._lost = None
+            await self._open_pubsubs()
             await self._listen([rs.control_channel(self.node_id).encode(), *self._targets])
             self._connected = True
             self._up.set()
@@ -185,9 +191,8 @@ class RedisBroker(Broker):
                 *(self.limits._load_room(room_id) for room_id in followed),
             )
             await self._broken.wait()
-            failed = [t for t in self._readers.values() if t.done() and not t.cancelled()]
-            if failed and failed[0].exception() is not None:
-                raise failed[0].exception()  # type: ignore[misc]
+            if self._lost is not None:
+                raise self._lost
             raise ConnectionError("redis connection reported broken")
         finally:
             self._connected = False
@@ -195,16 +200,10 @@ class RedisBroker(Broker):
                 if not fut.done():
                     fut.set_result(False)
             self._waiters.clear()
-            readers, self._readers = self._readers, {}
+            self._unsubscribing.clear()
             pubsubs, self._pubsubs = self._pubsubs, {}
-            for reader in readers.values():
-                reader.cancel()
-            for reader in readers.values():
-                with contextlib.suppress(BaseException):
-                    await reader
             for pubsub in pubsubs.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 2)
+                pubsub.close()
 
     def _kick(self, exc: BaseException) -> None:
         """A command failed: treat the connection as lost (the supervisor reconnects)."""
@@ -220,58 +219,68 @@ class RedisBroker(Broker):
 
     # -- pub/sub ---------------------------------------------------------------------
 
-    async def _read(self, pubsub: Any) -> None:
-        """One reader per shard connection, blocked on it: no polling, no timeout.
+    async def _open_pubsubs(self) -> None:
+        """One pub/sub connection per primary, for this session (redis_pubsub.py)."""
+        names = self._shards.names
 
-        Whatever ends the read (a dead primary, a reset connection) ends the session: the
-        supervisor re-reads the topology, resubscribes everywhere and re-reads every room.
-        """
+        async def one(name: str) -> None:
+            self._pubsubs[name] = await open_pubsub(
+                **self._shards.endpoint(name),
+                timeout=self._connect_timeout,
+                on_push=self._on_push,
+                on_lost=self._on_pubsub_lost,
+            )
+
+        await asyncio.gather(*(one(name) for name in names))
+
+    def _on_pubsub_lost(self, exc: BaseException) -> None:
+        """A pub/sub connection died (a dead primary, a reset): the session ends, and the
+        supervisor re-reads the topology, resubscribes everywhere and re-reads every room."""
+        if self._lost is None:
+            self._lost = exc
+        self._broken.set()
+
+    def _on_push(self, kind: bytes, channel: bytes, data: Any) -> None:
         try:
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=None)
-                if message is None:
-                    continue
-                try:
-                    self._on_message(message)
-                except Exception:  # one bad message must never stop the reader
-                    log.exception("error handling a message from redis")
-        finally:
-            self._broken.set()
+            if kind in (b"message", b"smessage"):
+                target = self._targets.get(channel)
+                if target is None:
+                    return
+                if target[0] == "r":
+                    self.stream._on_room_message(target[1], data)
+                elif target[0] == "u":
+                    self.inbox._on_user_message(target[1], data)
+                else:
+                    self.limits._on_sanction_message(data)
+            elif kind in (b"subscribe", b"ssubscribe"):
+                fut = self._waiters.pop(channel, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(True)
+            elif kind == b"sunsubscribe" and self._unsubscribing[channel]:
+                self._unsubscribing[channel] -= 1  # ours (the channel may be followed again since)
+                if not self._unsubscribing[channel]:
+                    del self._unsubscribing[channel]
+            elif kind == b"sunsubscribe" and channel in self._targets:
+                # the server dropped a channel we still follow: its slot moved (resharding or a
+                # failover seen by this connection). Start over with the new topology.
+                log.info("redis moved sharded channel %r: reconnecting", channel)
+                self._broken.set()
+        except Exception:  # one bad message must never stop the connection
+            log.exception("error handling a message from redis")
 
-    def _on_message(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        kind = kind.decode() if isinstance(kind, bytes) else kind
-        channel = message["channel"]
-        if kind in ("subscribe", "ssubscribe"):
-            fut = self._waiters.pop(channel, None)
-            if fut is not None and not fut.done():
-                fut.set_result(True)
-        elif kind == "sunsubscribe" and channel in self._targets:
-            # the server dropped a channel we still follow: its slot moved (resharding or a
-            # failover seen by this connection). Start over with the new topology.
-            log.info("redis moved sharded channel %r: reconnecting", channel)
-            self._broken.set()
-        elif kind in ("message", "smessage"):
-            target = self._targets.get(channel)
-            if target is None:
-                return
-            if target[0] == "r":
-                self.stream._on_room_message(target[1], message["data"])
-            elif target[0] == "u":
-                self.inbox._on_user_message(target[1], message["data"])
-            else:
-                self.limits._on_sanction_message(message["data"])
-
-    async def _listen(self, channels: list[bytes]) -> None:
+    async def _listen(self, channels: list[bytes], read: Sequence[Any] | None = None) -> Any:
         """Subscribe and wait for Redis to confirm: only then can state be read without a gap.
 
         Each channel goes to the connection of the shard that owns its slot (SSUBSCRIBE on a
-        cluster); a shard's connection and its reader start with its first channel.
+        cluster). `read`: a command on the shard of the (single) channel, written right after
+        the subscription on the same connection, so Redis runs it once the channel is
+        followed: what it reads and what the channel delivers leave no gap, in one round
+        trip. Returns its reply.
         """
         if not channels:
-            return
+            return None
         loop = asyncio.get_running_loop()
-        waits = []
+        waits: list[asyncio.Future[Any]] = []
         by_shard: dict[str, list[bytes]] = {}
         for channel in channels:
             fut = self._waiters.get(channel)
@@ -279,31 +288,33 @@ class RedisBroker(Broker):
                 fut = self._waiters[channel] = loop.create_future()
             waits.append(fut)
             by_shard.setdefault(self._shards.name_of(channel), []).append(channel)
+        assert read is None or len(by_shard) == 1
+        reply = None
         for shard, names in by_shard.items():
             pubsub = self._pubsubs.get(shard)
             if pubsub is None:
-                pubsub = self._pubsubs[shard] = self._shards.client(shard).pubsub()
+                raise ConnectionError(f"no pub/sub connection to redis shard {shard}")
             if self._sharded:  # one SSUBSCRIBE per slot: Redis refuses channels of several slots
-                for same_slot in _by_slot(names):
-                    await pubsub.ssubscribe(*same_slot)
+                pushes = [("SSUBSCRIBE", *same_slot) for same_slot in _by_slot(names)]
             else:
-                await pubsub.subscribe(*names)
-            if shard not in self._readers:
-                self._readers[shard] = loop.create_task(self._read(pubsub))
+                pushes = [("SUBSCRIBE", *names)]
+            reply = pubsub.send(pushes, read)
+            if reply is not None:
+                waits.append(reply)
         results = await asyncio.wait_for(asyncio.gather(*waits), 10)
-        if not all(results):
+        if not all(results[: len(channels)]):
             raise ConnectionError("redis connection lost while subscribing")
+        return results[-1] if read is not None else None
 
     async def _unlisten(self, channel: bytes) -> None:
         self._targets.pop(channel, None)
         if not self._connected:
             return
         pubsub = self._pubsubs.get(self._shards.name_of(channel))
-        if pubsub is not None:
-            try:
-                await (pubsub.sunsubscribe(channel) if self._sharded else pubsub.unsubscribe(channel))
-            except _DOWN as exc:
-                self._kick(exc)
+        if pubsub is not None and not pubsub.closed:
+            if self._sharded:
+                self._unsubscribing[channel] += 1
+            pubsub.send([("SUNSUBSCRIBE" if self._sharded else "UNSUBSCRIBE", channel)])
 
     async def _heartbeat_forever(self) -> None:
         """Re-report local online counts (and flush owed likes) before the presence TTL runs out."""

@@ -49,9 +49,11 @@ class RedisInbox(RedisPart, Inbox):
         channel = keys.channel.encode()
         self._targets[channel] = ("u", user_id)
         if self._connected:
-            try:
-                await self._listen([channel])
-                entries = await self._redis.xrange(keys.dms, "-", "+", count=self._dm_keep)
+            try:  # one round trip: the backlog is read right after the subscription, on its connection
+                raw = await self._listen(
+                    [channel], read=("XRANGE", keys.dms, "-", "+", "COUNT", self._dm_keep)
+                )
+                entries = [(raw_id, _fields(fields)) for raw_id, fields in raw]
             except _DOWN as exc:
                 self._kick(exc)
             else:
@@ -187,6 +189,13 @@ class RedisInbox(RedisPart, Inbox):
                 return
             user.last = key
         user.handler(user_id, frame)
+
+
+def _fields(raw: Any) -> dict[bytes, bytes]:
+    """A stream entry's fields as a dict (RESP3 may answer a map or a flat array)."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
 def _stored_frame(dm_id: str, fields: dict[bytes, bytes]) -> bytes | None:

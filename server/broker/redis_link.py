@@ -7,7 +7,7 @@ part's code reads as if it owned them, and a part never holds a connection of it
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -30,7 +30,7 @@ class Link(Protocol):
 
     def _kick(self, exc: BaseException) -> None: ...
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
-    async def _listen(self, channels: list[bytes]) -> None: ...
+    async def _listen(self, channels: list[bytes], read: Sequence[Any] | None = None) -> Any: ...
     async def _unlisten(self, channel: bytes) -> None: ...
 
 
@@ -71,8 +71,9 @@ class RedisPart:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._link._spawn(coro)
 
-    async def _listen(self, channels: list[bytes]) -> None:
-        await self._link._listen(channels)
+    async def _listen(self, channels: list[bytes], read: Sequence[Any] | None = None) -> Any:
+        """Subscribe (confirmed), and with `read` run that command right after, gap-free."""
+        return await self._link._listen(channels, read)
 
     async def _unlisten(self, channel: bytes) -> None:
         await self._link._unlisten(channel)

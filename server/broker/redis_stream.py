@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from redis.exceptions import NoScriptError
 
 from server import metrics, protocol
 from server.broker import redis_scripts as rs
@@ -72,8 +73,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._targets[channel] = ("r", room_id)
         if self._connected:
             try:
-                await self._listen([channel])
-                view, _ = await self._load(room_id, since=None)
+                view = await self._listen_and_load(room_id, channel)
             except _DOWN as exc:
                 self._kick(exc)
             else:
@@ -85,6 +85,19 @@ class RedisRoomStream(RedisPart, RoomStream):
         sub.pending = None
         self._go_local(sub, previous=0)
         return _state_of(sub.view)
+
+    async def _listen_and_load(self, room_id: str, channel: bytes) -> Room[None]:
+        """Subscribe and read the room in one round trip: the script runs on the subscribing
+        connection right after the subscription, so no batch falls between the two."""
+        keys = rs.room_keys(room_id)
+        script_keys, args = self._load_args(keys, None, True, None)
+        load = ("EVALSHA", self._load_script.sha, len(script_keys), *script_keys, *args)
+        try:
+            res = await self._listen([channel], read=load)
+        except NoScriptError:  # a flushed script cache: subscribed all the same, load it and read
+            view, _ = await self._load(room_id, since=None)
+            return view
+        return self._loaded(room_id, res, None, True)[0]
 
     async def unsubscribe(self, room_id: str) -> None:
         if self._rooms.pop(room_id, None) is not None:
@@ -243,18 +256,29 @@ class RedisRoomStream(RedisPart, RoomStream):
         older copy) starts the room over under a new epoch rather than number those seqs again.
         """
         keys = rs.room_keys(room_id)
-        res = await self._load_script(
-            keys=[keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat],
-            args=[
-                _new_epoch(),
-                -1 if since is None else since,
-                self._history_size,
-                int(want_state),
-                self._meta_ttl,
-                "" if seen is None else seen[0],
-                -1 if seen is None else seen[1],
-            ],
-        )
+        script_keys, args = self._load_args(keys, since, want_state, seen)
+        res = await self._load_script(keys=script_keys, args=args)
+        return self._loaded(room_id, res, since, want_state)
+
+    def _load_args(
+        self, keys: rs.RoomKeys, since: int | None, want_state: bool, seen: tuple[str, int] | None
+    ) -> tuple[list[str], list[Any]]:
+        script_keys = [keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat]
+        args = [
+            _new_epoch(),
+            -1 if since is None else since,
+            self._history_size,
+            int(want_state),
+            self._meta_ttl,
+            "" if seen is None else seen[0],
+            -1 if seen is None else seen[1],
+        ]
+        return script_keys, args
+
+    def _loaded(
+        self, room_id: str, res: list[Any], since: int | None, want_state: bool
+    ) -> tuple[Room[None], list[Event] | None]:
+        """The LOAD script's reply as a view of the room (and the events after `since`)."""
         epoch = res[0].decode()
         top = int(res[1])
         view = self._new_view(room_id)

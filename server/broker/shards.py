@@ -2,8 +2,8 @@
 
 The broker needs three things redis-py's cluster client does not give it: a pipeline of
 script calls spread over several slots (one round trip per shard, all shards at once), a
-pub/sub connection per shard read by its own blocking reader, and a WAIT on the very
-connection that wrote a DM. All three need "the connection of the primary of this slot",
+pub/sub connection per shard (our own, redis_pubsub.py: `endpoint()` says where), and a WAIT
+on the very connection that wrote a DM. All three need "the connection of the primary of this slot",
 which is what this class keeps. The slot map is read with CLUSTER SLOTS from any node
 known so far (the URL's and every node seen since), so after a failover `refresh()` finds
 the promoted replica by itself.
@@ -62,6 +62,23 @@ class Shards:
             raise ConnectionError("redis cluster topology not known yet")
         raw = key.encode() if isinstance(key, str) else key
         return self._slots[key_slot(raw)]
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        """Where a shard is and how to log in: for a connection of our own (redis_pubsub.py)."""
+        parsed = urlparse(self._url)
+        if name == MAIN:
+            host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        else:
+            host, _, raw_port = name.rpartition(":")
+            port = int(raw_port)
+        db = int(parsed.path.lstrip("/") or 0) if not self.cluster else 0
+        return {
+            "host": host,
+            "port": port,
+            "username": parsed.username,
+            "password": parsed.password,
+            "db": db,
+        }
 
     def client_for(self, key: str | bytes) -> Redis:
         return self._clients[self.name_of(key)]

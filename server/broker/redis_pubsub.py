@@ -1,0 +1,135 @@
+"""One shard's pub/sub connection: RESP3, parsed by hiredis as the bytes arrive.
+
+Why not redis-py's PubSub: there every message costs an awaited `get_message` in a reader
+task, and a subscribed RESP2 connection runs nothing but (un)subscribes. Here messages are
+dispatched straight from `data_received`, and RESP3 lets the connection run ordinary commands
+too, in order with its subscriptions: `SUBSCRIBE ch` then `XRANGE dms` in one write reads
+exactly what the subscription will not deliver, in one round trip (a user's DM backlog at join).
+
+In RESP3, (un)subscribe confirmations and messages are push replies (hiredis hands them over
+as `PushNotification`); every other reply answers the oldest command still waiting, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import hiredis
+from redis.exceptions import NoScriptError, ResponseError
+
+PushHandler = Callable[[bytes, bytes, Any], None]  # (kind, channel, payload or count)
+_PUSH = hiredis.PushNotification
+
+
+class PubSubConnection(asyncio.Protocol):
+    def __init__(self, on_push: PushHandler, on_lost: Callable[[BaseException], None]) -> None:
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._on_push = on_push
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio's class
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a peer that vanished without a FIN is found by keepalive
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            if type(reply) is _PUSH:
+                if len(reply) >= 2:
+                    self._on_push(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
+            elif self._waiting:
+                fut = self._waiting.popleft()
+                if not fut.done():
+                    if isinstance(reply, ResponseError):
+                        text = str(reply)
+                        fut.set_exception(NoScriptError(text) if text.startswith("NOSCRIPT") else reply)
+                    else:
+                        fut.set_result(reply)
+            else:  # an answer to nothing asked: the stream is out of step, start over
+                self._fail(ConnectionError(f"unexpected reply on the pub/sub connection: {reply!r:.80}"))
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("redis closed the pub/sub connection"))
+
+    # -- use -------------------------------------------------------------------------------
+
+    def send(
+        self, pushes: Sequence[Sequence[Any]], command: Sequence[Any] | None = None
+    ) -> asyncio.Future[Any] | None:
+        """Write (un)subscribes (answered by push replies) and at most one command after them,
+        in one write; the command's reply comes back in the returned future."""
+        if self.closed or self._transport is None:
+            raise ConnectionError("redis pub/sub connection is closed")
+        packed = [hiredis.pack_command(tuple(args)) for args in pushes]
+        fut = None
+        if command is not None:
+            packed.append(hiredis.pack_command(tuple(command)))
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting.append(fut)
+        self._transport.write(b"".join(packed))
+        return fut
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+        self._fail_waiting(ConnectionError("redis pub/sub connection closed"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._fail_waiting(exc)
+        if not self.closed:
+            self.closed = True
+            if self._transport is not None:
+                self._transport.abort()
+            self._on_lost(exc)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+async def open_pubsub(
+    host: str,
+    port: int,
+    *,
+    username: str | None,
+    password: str | None,
+    db: int,
+    timeout: float,
+    on_push: PushHandler,
+    on_lost: Callable[[BaseException], None],
+) -> PubSubConnection:
+    """Connect, switch to RESP3 (authenticating when the URL has a password), select the db."""
+    loop = asyncio.get_running_loop()
+    _, conn = await asyncio.wait_for(
+        loop.create_connection(lambda: PubSubConnection(on_push, on_lost), host, port), timeout
+    )
+    try:
+        hello: list[Any] = ["HELLO", 3]
+        if password:
+            hello += ["AUTH", username or "default", password]
+        replies = [conn.send((), hello)]
+        if db:
+            replies.append(conn.send((), ("SELECT", db)))
+        await asyncio.wait_for(asyncio.gather(*replies), timeout)  # type: ignore[arg-type]
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,124 @@
+"""The broker's own pub/sub connection (server/broker/redis_pubsub.py) against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.exceptions import NoScriptError, ResponseError
+
+from server.broker.redis import RedisBroker
+from server.broker.redis_pubsub import PubSubConnection, open_pubsub
+from server.broker.shards import MAIN, Shards
+from tests.conftest import TIMEOUT
+from tests.redis_fixtures import *  # noqa: F403 - the fixtures
+from tests.redis_fixtures import RedisServer, apoll, requires_redis
+
+pytestmark = requires_redis
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, password="s3cret")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.pushes: list[tuple[bytes, bytes, Any]] = []
+        self.lost: list[BaseException] = []
+
+    async def open(self, url: str) -> PubSubConnection:
+        endpoint = Shards(url, False, {}).endpoint(MAIN)
+        return await open_pubsub(
+            **endpoint, timeout=TIMEOUT, on_push=lambda *p: self.pushes.append(p), on_lost=self.lost.append
+        )
+
+
+async def test_a_command_after_a_subscription_answers_in_order_and_messages_are_pushed(
+    redis_server: RedisServer,
+) -> None:
+    rec = Recorder()
+    conn = await rec.open(redis_server.url)
+    other = redis_server.client()
+    other.xadd("s", {"f": "v"}, id="1-0")
+    reply = conn.send([("SUBSCRIBE", "a", "b")], ("XRANGE", "s", "-", "+"))
+    assert reply is not None
+    entries = await asyncio.wait_for(reply, TIMEOUT)
+    assert entries == [[b"1-0", [b"f", b"v"]]]  # the read's reply, not a push
+    assert rec.pushes == [(b"subscribe", b"a", 1), (b"subscribe", b"b", 2)]  # confirmed before it
+    assert other.publish("a", "hello") == 1
+    await apoll(lambda: len(rec.pushes) == 3, what="the message")
+    assert rec.pushes[2] == (b"message", b"a", b"hello")
+    conn.send([("UNSUBSCRIBE", "a")])
+    await apoll(lambda: len(rec.pushes) == 4, what="the unsubscribe confirmation")
+    assert rec.pushes[3] == (b"unsubscribe", b"a", 1)
+    assert other.publish("a", "gone") == 0
+    conn.close()
+    assert rec.lost == []  # closed on purpose: not reported as lost
+    other.close()
+
+
+async def test_error_replies_fail_their_command_only(redis_server: RedisServer) -> None:
+    rec = Recorder()
+    conn = await rec.open(redis_server.url)
+    missing = conn.send([], ("EVALSHA", "0" * 40, 0))
+    wrong = conn.send([], ("XRANGE", "s", "not-an-id", "+"))
+    fine = conn.send([], ("XRANGE", "s", "-", "+"))
+    with pytest.raises(NoScriptError):  # the stream script path reloads the script on this
+        await asyncio.wait_for(missing, TIMEOUT)  # type: ignore[arg-type]
+    with pytest.raises(ResponseError):
+        await asyncio.wait_for(wrong, TIMEOUT)  # type: ignore[arg-type]
+    assert await asyncio.wait_for(fine, TIMEOUT) == []  # type: ignore[arg-type]
+    conn.close()
+
+
+async def test_a_dead_server_fails_waiting_commands_and_reports_once(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    rec = Recorder()
+    conn = await rec.open(server.url)
+    blocked = conn.send([], ("BLPOP", "nothing", 0))  # waits until the server goes away
+    server.stop()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(blocked, TIMEOUT)  # type: ignore[arg-type]
+    await apoll(lambda: rec.lost, what="the loss report")
+    assert len(rec.lost) == 1 and conn.closed
+    with pytest.raises(ConnectionError):
+        conn.send([("SUBSCRIBE", "a")])
+
+
+async def test_password_and_db_from_the_url(locked_redis: RedisServer) -> None:
+    client = locked_redis.client()
+    client.execute_command("SELECT", 3)
+    client.xadd("dms", {"b": "x"}, id="5-0")  # in db 3 only
+    rec = Recorder()
+    conn = await rec.open(locked_redis.url.removesuffix("/0") + "/3")
+    reply = conn.send([("SUBSCRIBE", "u")], ("XRANGE", "dms", "-", "+"))
+    assert await asyncio.wait_for(reply, TIMEOUT) == [[b"5-0", [b"b", b"x"]]]  # type: ignore[arg-type]
+    conn.close()
+    client.close()
+    with pytest.raises(ResponseError):  # a wrong password is refused at HELLO
+        await rec.open(locked_redis.url.replace("s3cret", "wrong"))
+
+
+async def test_broker_runs_on_a_password_protected_redis(locked_redis: RedisServer) -> None:
+    broker = RedisBroker(locked_redis.url, "n1")
+    await broker.start()
+    try:
+        assert broker.ready
+        got: list[bytes] = []
+        assert await broker.inbox.subscribe_user("bob", lambda _u, frame: got.append(frame)) == []
+        dm = {"t": "dm", "from": "alice", "name": "alice", "to": "bob", "text": "hi", "ts": 1}
+        receipt = await broker.inbox.store_dm("bob", dm)
+        assert receipt.delivered
+        await apoll(lambda: got, what="the live DM")
+    finally:
+        await broker.close()
