@@ -1,8 +1,9 @@
 """Redis broker: many nodes share rooms, history, presence, likes and DMs through one Redis.
 
-This module owns what the parts share: the client, the pub/sub session (one connection per
-primary, redis_pubsub.py, every channel of the node on it), reconnection with jittered backoff and resubscription, and the presence
-heartbeat. The parts live in their own modules, each implementing one interface of
+This module owns what the parts share: the client, the session's connections of our own
+(redis_resp3.py: per primary, one for pub/sub with every channel of the node on it and one for
+pipelines), reconnection with jittered backoff and resubscription, and the presence heartbeat.
+The parts live in their own modules, each implementing one interface of
 server/broker/base.py: redis_stream.py (room stream), redis_inbox.py (DMs),
 redis_sanctions.py (sanctions and limits); redis_link.py is how they reach this connection.
 
@@ -28,16 +29,17 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from server import metrics
 from server.broker import redis_scripts as rs
 from server.broker.base import Broker
 from server.broker.redis_inbox import RedisInbox
 from server.broker.redis_link import DOWN as _DOWN
-from server.broker.redis_pubsub import PubSubConnection, open_pubsub
+from server.broker.redis_resp3 import Resp3Connection, open_resp3
 from server.broker.redis_sanctions import RedisSanctions
 from server.broker.redis_stream import RedisRoomStream
-from server.broker.shards import MAIN, Shards
+from server.broker.shards import MAIN, Call, Shards
 
 log = logging.getLogger("liveroom.broker.redis")
 
@@ -89,8 +91,10 @@ class RedisBroker(Broker):
         )
         self._targets: dict[bytes, tuple[str, str]] = {}  # channel -> ("r", room) | ("u", uid)
         self._waiters: dict[bytes, asyncio.Future[bool]] = {}
-        self._pubsubs: dict[str, PubSubConnection] = {}  # shard -> its pub/sub connection (this session)
-        self._lost: BaseException | None = None  # why this session's pub/sub connection failed
+        # per primary, this session's connections of our own (redis_resp3.py): pub/sub, and pipelines
+        self._pubsubs: dict[str, Resp3Connection] = {}
+        self._writers: dict[str, Resp3Connection] = {}
+        self._lost: BaseException | None = None  # why one of them failed
         self._unsubscribing: Counter[bytes] = Counter()  # SUNSUBSCRIBEs sent, not yet confirmed
         self._connected = False
         self._up = asyncio.Event()
@@ -181,7 +185,7 @@ class RedisBroker(Broker):
                     user.pending = []
             followed = self.limits._reload_rooms()
             self._lost = None
-            await self._open_pubsubs()
+            await self._open_connections()
             await self._listen([rs.control_channel(self.node_id).encode(), *self._targets])
             self._connected = True
             self._up.set()
@@ -201,9 +205,10 @@ class RedisBroker(Broker):
                     fut.set_result(False)
             self._waiters.clear()
             self._unsubscribing.clear()
-            pubsubs, self._pubsubs = self._pubsubs, {}
-            for pubsub in pubsubs.values():
-                pubsub.close()
+            conns = [*self._pubsubs.values(), *self._writers.values()]
+            self._pubsubs, self._writers = {}, {}
+            for conn in conns:
+                conn.close()
 
     def _kick(self, exc: BaseException) -> None:
         """A command failed: treat the connection as lost (the supervisor reconnects)."""
@@ -217,28 +222,70 @@ class RedisBroker(Broker):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- pub/sub ---------------------------------------------------------------------
+    # -- connections of our own: pub/sub and pipelines -----------------------------------
 
-    async def _open_pubsubs(self) -> None:
-        """One pub/sub connection per primary, for this session (redis_pubsub.py)."""
-        names = self._shards.names
+    async def _open_connections(self) -> None:
+        """Two connections per primary for this session (redis_resp3.py): pub/sub, pipelines."""
 
-        async def one(name: str) -> None:
-            self._pubsubs[name] = await open_pubsub(
+        async def one(into: dict[str, Resp3Connection], name: str) -> None:
+            into[name] = await open_resp3(
                 **self._shards.endpoint(name),
                 timeout=self._connect_timeout,
                 on_push=self._on_push,
-                on_lost=self._on_pubsub_lost,
+                on_lost=self._on_connection_lost,
             )
 
-        await asyncio.gather(*(one(name) for name in names))
+        names = self._shards.names
+        await asyncio.gather(*(one(into, n) for n in names for into in (self._pubsubs, self._writers)))
 
-    def _on_pubsub_lost(self, exc: BaseException) -> None:
-        """A pub/sub connection died (a dead primary, a reset): the session ends, and the
-        supervisor re-reads the topology, resubscribes everywhere and re-reads every room."""
+    def _on_connection_lost(self, exc: BaseException) -> None:
+        """A connection died (a dead primary, a reset): the session ends, and the supervisor
+        re-reads the topology, resubscribes everywhere and re-reads every room."""
         if self._lost is None:
             self._lost = exc
         self._broken.set()
+
+    async def _pipelined(self, calls: Sequence[Call]) -> list[Any]:
+        """Like Shards.pipelined (one write per shard, every shard at once, results in call
+        order, a failed command as its exception, NOSCRIPT answered by loading the scripts and
+        running those calls again), on this session's pipeline connections: packed by hiredis,
+        no per-command timeout. Never for a command that blocks (a DM's WAIT): see Shards.
+
+        Raises ConnectionError when a connection is gone or Redis does not answer in 10 s.
+        """
+        by_shard: dict[str, list[Sequence[Any]]] = {}
+        order: dict[str, list[int]] = {}
+        for i, (key, command) in enumerate(calls):
+            name = self._shards.name_of(key)
+            by_shard.setdefault(name, []).append(command)
+            order.setdefault(name, []).append(i)
+        slots: list[asyncio.Future[Any] | None] = [None] * len(calls)
+        for name, commands in by_shard.items():
+            writer = self._writers.get(name)
+            if writer is None:
+                raise ConnectionError(f"no connection to redis shard {name}")
+            for i, fut in zip(order[name], writer.send((), commands), strict=True):
+                slots[i] = fut
+        futures = [f for f in slots if f is not None]
+        try:
+            async with asyncio.timeout(10):
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        except TimeoutError:
+            for name in by_shard:  # a hung primary: its connection is out of step from now on
+                self._writers[name].close()
+            self._on_connection_lost(ConnectionError("redis did not answer in 10 s"))
+            raise ConnectionError("redis did not answer in 10 s") from None
+        for result in results:
+            if isinstance(result, ConnectionError):
+                raise result
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # a promoted replica or a flushed cache: load, then run those again
+            for name in {self._shards.name_of(calls[i][0]) for i in missing}:
+                await self._shards.load_scripts(name)
+            again = await self._pipelined([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
 
     def _on_push(self, kind: bytes, channel: bytes, data: Any) -> None:
         try:
@@ -289,7 +336,6 @@ class RedisBroker(Broker):
             waits.append(fut)
             by_shard.setdefault(self._shards.name_of(channel), []).append(channel)
         assert read is None or len(by_shard) == 1
-        reply = None
         for shard, names in by_shard.items():
             pubsub = self._pubsubs.get(shard)
             if pubsub is None:
@@ -298,9 +344,7 @@ class RedisBroker(Broker):
                 pushes = [("SSUBSCRIBE", *same_slot) for same_slot in _by_slot(names)]
             else:
                 pushes = [("SUBSCRIBE", *names)]
-            reply = pubsub.send(pushes, read)
-            if reply is not None:
-                waits.append(reply)
+            waits += pubsub.send(pushes, [read] if read is not None else [])
         results = await asyncio.wait_for(asyncio.gather(*waits), 10)
         if not all(results[: len(channels)]):
             raise ConnectionError("redis connection lost while subscribing")

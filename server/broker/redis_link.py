@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from server.broker.shards import Shards
+from server.broker.shards import Call, Shards
 
 # Connection failures look like any of these depending on where they happen.
 DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
@@ -32,6 +32,7 @@ class Link(Protocol):
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
     async def _listen(self, channels: list[bytes], read: Sequence[Any] | None = None) -> Any: ...
     async def _unlisten(self, channel: bytes) -> None: ...
+    async def _pipelined(self, calls: Sequence[Call]) -> list[Any]: ...
 
 
 class RedisPart:
@@ -77,3 +78,7 @@ class RedisPart:
 
     async def _unlisten(self, channel: bytes) -> None:
         await self._link._unlisten(channel)
+
+    async def _pipelined(self, calls: Sequence[Call]) -> list[Any]:
+        """Script calls over many slots, one write per shard (RedisBroker._pipelined)."""
+        return await self._link._pipelined(calls)

@@ -141,7 +141,7 @@ class RedisRoomStream(RedisPart, RoomStream):
                     self._publish_call(p.room_id, p.events, likes, p.local_online, p.now, uids, _seen(sub))
                 )
             try:
-                results = await self._shards.pipelined(calls)
+                results = await self._pipelined(calls)
             except _DOWN as exc:
                 self._kick(exc)
             else:
@@ -395,7 +395,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             owed.append((sub, likes, joined))
             calls.append(self._publish_call(room_id, [], likes, sub.local_count, now, joined, _seen(sub)))
         try:  # one pipeline per shard, all shards at once
-            for result in await self._shards.pipelined(calls):
+            for result in await self._pipelined(calls):
                 if isinstance(result, Exception):
                     raise result
         except BaseException:

@@ -2,7 +2,7 @@
 
 The broker needs three things redis-py's cluster client does not give it: a pipeline of
 script calls spread over several slots (one round trip per shard, all shards at once), a
-pub/sub connection per shard (our own, redis_pubsub.py: `endpoint()` says where), and a WAIT
+pub/sub connection per shard (our own, redis_resp3.py: `endpoint()` says where), and a WAIT
 on the very connection that wrote a DM. All three need "the connection of the primary of this slot",
 which is what this class keeps. The slot map is read with CLUSTER SLOTS from any node
 known so far (the URL's and every node seen since), so after a failover `refresh()` finds
@@ -64,7 +64,7 @@ class Shards:
         return self._slots[key_slot(raw)]
 
     def endpoint(self, name: str) -> dict[str, Any]:
-        """Where a shard is and how to log in: for a connection of our own (redis_pubsub.py)."""
+        """Where a shard is and how to log in: for a connection of our own (redis_resp3.py)."""
         parsed = urlparse(self._url)
         if name == MAIN:
             host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
@@ -136,6 +136,10 @@ class Shards:
                 with contextlib.suppress(Exception):
                     await probe.aclose()
         raise ConnectionError(f"redis cluster topology unreadable: {error}")
+
+    async def load_scripts(self, name: str) -> None:
+        """Load every script on one primary (after a NOSCRIPT: a promoted replica, a flush)."""
+        await self._load_scripts(self._clients[name])
 
     async def _load_scripts(self, client: Redis) -> None:
         for body in self._scripts.values():

@@ -1,4 +1,4 @@
-"""The broker's own pub/sub connection (server/broker/redis_pubsub.py) against a real Redis."""
+"""The broker's own connections (server/broker/redis_resp3.py) against a real Redis."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from server.broker.redis import RedisBroker
-from server.broker.redis_pubsub import PubSubConnection, open_pubsub
+from server.broker.redis_resp3 import Resp3Connection, open_resp3
 from server.broker.shards import MAIN, Shards
 from tests.conftest import TIMEOUT
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import RedisServer, apoll, requires_redis
+from tests.redis_fixtures import RedisServer, RedisTarget, apoll, requires_redis
 
 pytestmark = requires_redis
 
@@ -35,9 +36,9 @@ class Recorder:
         self.pushes: list[tuple[bytes, bytes, Any]] = []
         self.lost: list[BaseException] = []
 
-    async def open(self, url: str) -> PubSubConnection:
+    async def open(self, url: str) -> Resp3Connection:
         endpoint = Shards(url, False, {}).endpoint(MAIN)
-        return await open_pubsub(
+        return await open_resp3(
             **endpoint, timeout=TIMEOUT, on_push=lambda *p: self.pushes.append(p), on_lost=self.lost.append
         )
 
@@ -49,8 +50,7 @@ async def test_a_command_after_a_subscription_answers_in_order_and_messages_are_
     conn = await rec.open(redis_server.url)
     other = redis_server.client()
     other.xadd("s", {"f": "v"}, id="1-0")
-    reply = conn.send([("SUBSCRIBE", "a", "b")], ("XRANGE", "s", "-", "+"))
-    assert reply is not None
+    [reply] = conn.send([("SUBSCRIBE", "a", "b")], [("XRANGE", "s", "-", "+")])
     entries = await asyncio.wait_for(reply, TIMEOUT)
     assert entries == [[b"1-0", [b"f", b"v"]]]  # the read's reply, not a push
     assert rec.pushes == [(b"subscribe", b"a", 1), (b"subscribe", b"b", 2)]  # confirmed before it
@@ -69,14 +69,14 @@ async def test_a_command_after_a_subscription_answers_in_order_and_messages_are_
 async def test_error_replies_fail_their_command_only(redis_server: RedisServer) -> None:
     rec = Recorder()
     conn = await rec.open(redis_server.url)
-    missing = conn.send([], ("EVALSHA", "0" * 40, 0))
-    wrong = conn.send([], ("XRANGE", "s", "not-an-id", "+"))
-    fine = conn.send([], ("XRANGE", "s", "-", "+"))
+    missing, wrong, fine = conn.send(
+        [], [("EVALSHA", "0" * 40, 0), ("XRANGE", "s", "not-an-id", "+"), ("XRANGE", "s", "-", "+")]
+    )
     with pytest.raises(NoScriptError):  # the stream script path reloads the script on this
-        await asyncio.wait_for(missing, TIMEOUT)  # type: ignore[arg-type]
+        await asyncio.wait_for(missing, TIMEOUT)
     with pytest.raises(ResponseError):
-        await asyncio.wait_for(wrong, TIMEOUT)  # type: ignore[arg-type]
-    assert await asyncio.wait_for(fine, TIMEOUT) == []  # type: ignore[arg-type]
+        await asyncio.wait_for(wrong, TIMEOUT)
+    assert await asyncio.wait_for(fine, TIMEOUT) == []
     conn.close()
 
 
@@ -85,10 +85,10 @@ async def test_a_dead_server_fails_waiting_commands_and_reports_once(tmp_path: P
     server.start()
     rec = Recorder()
     conn = await rec.open(server.url)
-    blocked = conn.send([], ("BLPOP", "nothing", 0))  # waits until the server goes away
+    [blocked] = conn.send([], [("BLPOP", "nothing", 0)])  # waits until the server goes away
     server.stop()
     with pytest.raises(ConnectionError):
-        await asyncio.wait_for(blocked, TIMEOUT)  # type: ignore[arg-type]
+        await asyncio.wait_for(blocked, TIMEOUT)
     await apoll(lambda: rec.lost, what="the loss report")
     assert len(rec.lost) == 1 and conn.closed
     with pytest.raises(ConnectionError):
@@ -101,8 +101,8 @@ async def test_password_and_db_from_the_url(locked_redis: RedisServer) -> None:
     client.xadd("dms", {"b": "x"}, id="5-0")  # in db 3 only
     rec = Recorder()
     conn = await rec.open(locked_redis.url.removesuffix("/0") + "/3")
-    reply = conn.send([("SUBSCRIBE", "u")], ("XRANGE", "dms", "-", "+"))
-    assert await asyncio.wait_for(reply, TIMEOUT) == [[b"5-0", [b"b", b"x"]]]  # type: ignore[arg-type]
+    [reply] = conn.send([("SUBSCRIBE", "u")], [("XRANGE", "dms", "-", "+")])
+    assert await asyncio.wait_for(reply, TIMEOUT) == [[b"5-0", [b"b", b"x"]]]
     conn.close()
     client.close()
     with pytest.raises(ResponseError):  # a wrong password is refused at HELLO
@@ -120,5 +120,32 @@ async def test_broker_runs_on_a_password_protected_redis(locked_redis: RedisServ
         receipt = await broker.inbox.store_dm("bob", dm)
         assert receipt.delivered
         await apoll(lambda: got, what="the live DM")
+    finally:
+        await broker.close()
+
+
+async def test_broker_pipelines_keep_call_order_and_reload_flushed_scripts(redis_any: RedisTarget) -> None:
+    """The tick's pipelines: results in call order over every shard, a failed command as its
+    exception, and after SCRIPT FLUSH (a promoted replica has no scripts) the publish still runs."""
+    broker = RedisBroker(redis_any.url, "n1", cluster=redis_any.cluster)
+    await broker.start()
+    try:
+        assert broker.ready
+        keys = [f"lr:{{r:room{i}}}:probe" for i in range(12)]  # spread over the slots
+        calls = [(k, ("INCRBY", k, i)) for i, k in enumerate(keys)] + [(keys[0], ("HGET", keys[0], "x"))]
+        results = await broker._pipelined(calls)
+        assert results[:-1] == list(range(12))
+        assert isinstance(results[-1], ResponseError)  # WRONGTYPE: that command only
+        ports = redis_any.server.primaries() if redis_any.cluster else [redis_any.server.port]
+        for port in ports:
+            with redis.Redis(port=port) as client:
+                client.script_flush()
+        got: list[list[dict[str, Any]]] = []
+        await broker.subscribe("r1", lambda _room, _epoch, _frame, events: got.append(events))
+        await broker.publish(
+            "r1", [{"t": "danmaku", "uid": "u", "name": "u", "ts": 1, "text": "hi"}], 0, None, 1
+        )
+        await apoll(lambda: got, what="the batch published after the flush")
+        assert [e["text"] for e in got[0]] == ["hi"]
     finally:
         await broker.close()
