@@ -19,6 +19,7 @@ from server.analytics.records import DAY, JOIN, Record, day_of
 from server.analytics.store import KEEP_DAYS, AnalyticsStore
 
 FIRST_TTL = 400 * DAY  # seconds: a viewer unseen for this long counts as new again
+EXPIRED_MAX = 200_000  # (key, day) pairs remembered as already given their TTL
 
 
 def _key(room: str, part: str) -> str:
@@ -34,6 +35,7 @@ class RedisStore(AnalyticsStore):
                 url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
             )
         )
+        self._expired: set[tuple[str, int]] = set()  # (key, day) given its TTL by this process
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -43,19 +45,26 @@ class RedisStore(AnalyticsStore):
         for r in records:
             grouped[(r.room, day_of(r.ts))].append(r)
         pipe = self._redis.pipeline(transaction=False)
+        expiring: set[tuple[str, int]] = set()  # keys given their TTL by this flush
         for (room, day), batch in grouped.items():
             log_key = _key(room, f"log:{day}")
             pipe.rpush(log_key, *(r.encode() for r in batch))
-            pipe.expire(log_key, KEEP_DAYS * DAY)
             joined = sorted({r.uid for r in batch if r.kind == JOIN})
+            ttls = [(log_key, KEEP_DAYS * DAY)]
             if joined:
                 uv_key = _key(room, f"uv:{day}")
                 pipe.pfadd(uv_key, *joined)
-                pipe.expire(uv_key, KEEP_DAYS * DAY)
                 for uid in joined:
                     pipe.hsetnx(_key(room, "first"), uid, day)
-                pipe.expire(_key(room, "first"), FIRST_TTL)
+                ttls += [(uv_key, KEEP_DAYS * DAY), (_key(room, "first"), FIRST_TTL)]
+            for key, ttl in ttls:  # once a day per key: TTLs are days long, flushes a second apart
+                if (key, day) not in self._expired:
+                    pipe.expire(key, ttl)
+                    expiring.add((key, day))
         await pipe.execute()
+        if len(self._expired) > EXPIRED_MAX:
+            self._expired.clear()  # set them again: harmless
+        self._expired |= expiring
 
     async def records(self, room: str, days: list[int]) -> list[Record]:
         pipe = self._redis.pipeline(transaction=False)

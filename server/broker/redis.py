@@ -42,6 +42,7 @@ from server.broker.redis_stream import RedisRoomStream
 from server.broker.shards import MAIN, Call, Shards
 
 log = logging.getLogger("liveroom.broker.redis")
+HEARTBEAT_SLICES = 10  # the presence heartbeat runs this often per interval, each time on the rooms due
 
 
 class RedisBroker(Broker):
@@ -361,13 +362,19 @@ class RedisBroker(Broker):
             pubsub.send([("SUNSUBSCRIBE" if self._sharded else "UNSUBSCRIBE", channel)])
 
     async def _heartbeat_forever(self) -> None:
-        """Re-report local online counts (and flush owed likes) before the presence TTL runs out."""
+        """Re-report local online counts (and flush owed likes) before the presence TTL runs out.
+
+        Each room every presence_ttl / 3, but spread out: a tenth of that interval at a time
+        takes the rooms then due, so thousands of rooms never make one burst that stalls the
+        node (and its viewers' latency) every few seconds.
+        """
+        interval = self._presence_ttl / 3
         while True:
-            await asyncio.sleep(self._presence_ttl / 3)
+            await asyncio.sleep(interval / HEARTBEAT_SLICES)
             if not self._connected:
                 continue
             try:
-                await self.stream._heartbeat_once()
+                await self.stream._heartbeat_once(interval)
             except _DOWN as exc:
                 self._kick(exc)
             except Exception:

@@ -11,6 +11,7 @@ batches in sequence order and history never disagrees with what was published.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class UserKeys:
     blocks: str  # set: uids whose DMs this user refuses
 
 
+@functools.lru_cache(maxsize=1 << 14)  # built for every publish of a busy room: build once
 def room_keys(room_id: str) -> RoomKeys:
     if not valid_id(room_id):
         raise ValueError(f"invalid room id {room_id[:80]!r}")
@@ -163,6 +165,7 @@ def open_map(fields: dict[str, Any], last_key: str) -> bytes:
     return b"".join(parts)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def batch_head(room_id: str) -> bytes:
     """`{"t": "batch", "room": room, ` — the script appends `"epoch": epoch, "events": [...]}`
     (protocol.batch_frame's encoding, byte for byte)."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,7 @@ class _RoomSub:
     local_count: int = 0  # last local online count the node reported
     likes_owed: int = 0  # likes counted locally, not yet added in Redis
     joined_owed: list[str] = field(default_factory=list)
+    beat_due: float | None = None  # monotonic time of the room's next presence heartbeat
 
 
 class RedisRoomStream(RedisPart, RoomStream):
@@ -64,6 +67,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._load_script = self._redis.register_script(rs.LOAD)
         self._rooms: dict[str, _RoomSub] = {}
         self._cids = DanmakuCids()  # while numbering alone: retries caught on this node
+        self._ping_due = 0.0  # heartbeat with no room to report: when to PING instead
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
         keys = rs.room_keys(room_id)
@@ -380,11 +384,21 @@ class RedisRoomStream(RedisPart, RoomStream):
                 self.on_room_reset(room_id, _state_of(view))
         self._flush(room_id, sub)
 
-    async def _heartbeat_once(self) -> None:
-        """Re-report every followed room's local count, with owed likes and joiners: one pipeline."""
-        rooms = [(r, s) for r, s in self._rooms.items() if not s.local and s.pending is None]
-        if not rooms:
+    async def _heartbeat_once(self, interval: float) -> None:
+        """Re-report the local count of every followed room due (each once per `interval`, first
+        after a random part of it), with owed likes and joiners: one pipeline."""
+        now_s = time.monotonic()
+        rooms = []
+        for room_id, sub in self._rooms.items():
+            if sub.beat_due is None:
+                sub.beat_due = now_s + random.uniform(0, interval)
+            elif sub.beat_due <= now_s and not sub.local and sub.pending is None:
+                sub.beat_due = now_s + interval
+                rooms.append((room_id, sub))
+        if not self._rooms and now_s >= self._ping_due:  # nothing to report: still check Redis
+            self._ping_due = now_s + interval
             await self._redis.ping()
+        if not rooms:
             return
         calls: list[Call] = []
         owed = []

@@ -1,0 +1,50 @@
+"""The presence heartbeat is spread over its interval: each room once per interval, never all at once."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from server.broker import redis_stream
+from server.broker.redis import HEARTBEAT_SLICES, RedisBroker
+from tests.redis_fixtures import *  # noqa: F403 - the fixtures
+from tests.redis_fixtures import RedisServer, requires_redis
+
+pytestmark = requires_redis
+
+
+async def test_heartbeat_reports_each_room_once_per_interval_in_slices(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = RedisBroker(redis_server.url, "n1")
+    await broker.start()
+    try:
+        rooms = [f"room{i}" for i in range(60)]
+        for room in rooms:
+            await broker.subscribe(room, lambda *_: None)
+        await asyncio.sleep(0)  # each room's buffered batches are handed over (call_soon)
+        clock = types.SimpleNamespace(now=1000.0)
+        monkeypatch.setattr(redis_stream, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+        reported: list[list[str]] = []
+
+        async def pipelined(calls: list[Any]) -> list[Any]:
+            reported.append([key.split("{r:")[1].split("}")[0] for key, _ in calls])
+            return [None] * len(calls)
+
+        monkeypatch.setattr(broker, "_pipelined", pipelined)
+        interval = 2.0
+        await broker.stream._heartbeat_once(interval)  # first call: each room gets a due time
+        assert reported == []
+        for _ in range(3 * HEARTBEAT_SLICES):  # three intervals, slice by slice
+            clock.now += interval / HEARTBEAT_SLICES
+            await broker.stream._heartbeat_once(interval)
+        counts = Counter(room for call in reported for room in call)
+        assert set(counts) == set(rooms)
+        assert all(n in (2, 3) for n in counts.values())  # once per interval (the first within it)
+        assert max(len(call) for call in reported) < len(rooms) // 2  # spread, not one burst
+    finally:
+        await broker.close()
