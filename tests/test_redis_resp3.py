@@ -80,6 +80,19 @@ async def test_error_replies_fail_their_command_only(redis_server: RedisServer) 
     conn.close()
 
 
+async def test_an_error_on_a_subscribing_connection_ends_it(redis_server: RedisServer) -> None:
+    """Its reply could answer the (un)subscribe or the command: no guessing, the connection ends."""
+    rec = Recorder()
+    conn = await rec.open(redis_server.url)
+    first, second = conn.send(
+        [("SUBSCRIBE", "a")], [("XRANGE", "s", "not-an-id", "+"), ("XRANGE", "s", "-", "+")]
+    )
+    for fut in (first, second):
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(fut, TIMEOUT)
+    assert len(rec.lost) == 1 and conn.closed
+
+
 async def test_a_dead_server_fails_waiting_commands_and_reports_once(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()

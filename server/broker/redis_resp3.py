@@ -42,6 +42,7 @@ class Resp3Connection(asyncio.Protocol):
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self.closed = False
+        self._subscribing = False  # has sent (un)subscribes: see data_received
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -59,6 +60,12 @@ class Resp3Connection(asyncio.Protocol):
             if type(reply) is _PUSH:
                 if len(reply) >= 2:
                     self._on_push(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
+            elif self._subscribing and isinstance(reply, ResponseError):
+                # an error can answer a (un)subscribe as well as a command: which one cannot be
+                # told, and a reply given to the wrong command would hand one user's data to
+                # another. Start over (a moved slot, mostly: the session re-reads the topology).
+                self._fail(ConnectionError(f"redis refused a command on a pub/sub connection: {reply}"))
+                return
             elif self._waiting:
                 fut = self._waiting.popleft()
                 if not fut.done():
@@ -84,6 +91,8 @@ class Resp3Connection(asyncio.Protocol):
         if self.closed or self._transport is None:
             raise ConnectionError("redis connection is closed")
         pack = hiredis.pack_command
+        if pushes:
+            self._subscribing = True
         packed = [pack(tuple(args)) for args in pushes]
         packed += [pack(tuple(args)) for args in commands]
         futures: list[asyncio.Future[Any]] = []

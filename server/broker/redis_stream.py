@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from redis.exceptions import NoScriptError
 
 from server import metrics, protocol
 from server.broker import redis_scripts as rs
@@ -92,15 +91,11 @@ class RedisRoomStream(RedisPart, RoomStream):
 
     async def _listen_and_load(self, room_id: str, channel: bytes) -> Room[None]:
         """Subscribe and read the room in one round trip: the script runs on the subscribing
-        connection right after the subscription, so no batch falls between the two."""
+        connection right after the subscription, so no batch falls between the two. EVAL with
+        the body, not EVALSHA: a NOSCRIPT there would end the pub/sub session (redis_resp3)."""
         keys = rs.room_keys(room_id)
         script_keys, args = self._load_args(keys, None, True, None)
-        load = ("EVALSHA", self._load_script.sha, len(script_keys), *script_keys, *args)
-        try:
-            res = await self._listen([channel], read=load)
-        except NoScriptError:  # a flushed script cache: subscribed all the same, load it and read
-            view, _ = await self._load(room_id, since=None)
-            return view
+        res = await self._listen([channel], read=("EVAL", rs.LOAD, len(script_keys), *script_keys, *args))
         return self._loaded(room_id, res, None, True)[0]
 
     async def unsubscribe(self, room_id: str) -> None:
