@@ -86,7 +86,12 @@ class App:
         self.fanout = RoomFanout(config)
         self.hub = Hub(config, self.broker, self.fanout)
         self.analytics = make_analytics(  # hooks only buffer; flushed to the store each second
-            config.redis_url, config.redis_cluster, node_id, config.analytics_flush, config.analytics_funnel
+            config.redis_url,
+            config.redis_cluster,
+            node_id,
+            config.analytics_flush,
+            config.analytics_funnel,
+            pipeline=getattr(self.broker, "pipelined", None),  # the Redis broker's, when it is one
         )
         self.webhooks = make_webhooks(  # signed POSTs of room/host/viewer/moderation events, or None
             config.webhook_url, config.webhook_secret, node_id, config.redis_url, config.redis_cluster

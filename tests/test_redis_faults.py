@@ -130,8 +130,11 @@ async def test_analytics_and_webhooks_ride_out_a_redis_outage(
                 await asyncio.sleep(0.1)
         day = day_of(analytics.clock())
         records = await analytics.store.records("r1", [day])
-        kinds = [r.kind for r in records]
-        assert kinds.count(JOIN) == 2 and kinds.count(LEAVE) == 1 and kinds.count(DANMAKU) == 5
+        bobs = [r.kind for r in records if r.uid == "bob"]
+        assert bobs.count(JOIN) == 1 and bobs.count(LEAVE) == 1 and bobs.count(DANMAKU) == 5
+        # alice's join was stored before the outage; the room, numbered alone meanwhile, is reset
+        # once Redis is back (1012 to its viewers), so her leave may be stored already: not counted
+        assert [r.kind for r in records if r.uid == "alice"].count(JOIN) == 1
         await rx.wait(lambda: any(e["type"] == "viewers" and "bob" in e["data"]["left"] for e in rx.accepted))
         await alice.close()
     finally:

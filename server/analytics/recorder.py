@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.analytics import aggregate
 from server.analytics import metrics as analytics_metrics
@@ -34,6 +34,9 @@ from server.analytics.records import (
     day_of,
 )
 from server.analytics.store import AnalyticsStore, MemoryStore
+
+if TYPE_CHECKING:
+    from server.analytics.redis_store import Pipeline
 
 log = logging.getLogger("liveroom.analytics")
 
@@ -223,14 +226,20 @@ class Analytics:
 
 
 def make_analytics(
-    redis_url: str | None, cluster: bool, node_id: str, flush: float, funnel: str
+    redis_url: str | None,
+    cluster: bool,
+    node_id: str,
+    flush: float,
+    funnel: str,
+    pipeline: Pipeline | None = None,
 ) -> Analytics:
-    """Memory store on one node, Redis store (shared) when the node uses a Redis broker."""
+    """Memory store on one node, Redis store (shared) when the node uses a Redis broker (whose
+    pipelines it may write through)."""
     store: AnalyticsStore
     if redis_url:
         from server.analytics.redis_store import RedisStore
 
-        store = RedisStore(redis_url, cluster)
+        store = RedisStore(redis_url, cluster, pipeline)
     else:
         store = MemoryStore()
     steps = [s.strip() for s in funnel.split(",") if s.strip()]

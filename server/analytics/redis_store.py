@@ -11,6 +11,8 @@ again on the next flush (at least once: a pipeline cut halfway may write some re
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -19,6 +21,8 @@ from server.analytics.records import DAY, JOIN, Record, day_of
 from server.analytics.store import KEEP_DAYS, AnalyticsStore
 
 FIRST_TTL = 400 * DAY  # seconds: a viewer unseen for this long counts as new again
+# (routing key, command) calls -> results in call order, a failed command as its exception
+Pipeline = Callable[[Sequence[tuple[str, Sequence[Any]]]], Awaitable[list[Any]]]
 EXPIRED_MAX = 200_000  # (key, day) pairs remembered as already given their TTL
 
 
@@ -27,7 +31,7 @@ def _key(room: str, part: str) -> str:
 
 
 class RedisStore(AnalyticsStore):
-    def __init__(self, url: str, cluster: bool = False) -> None:
+    def __init__(self, url: str, cluster: bool = False, pipeline: Pipeline | None = None) -> None:
         self._redis: aioredis.Redis | RedisCluster = (
             RedisCluster.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
             if cluster
@@ -35,6 +39,9 @@ class RedisStore(AnalyticsStore):
                 url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
             )
         )
+        # the broker's pipelines (one write per shard, packed in C) when it has them: a flush with
+        # thousands of active rooms is thousands of commands
+        self._pipeline = pipeline
         self._expired: set[tuple[str, int]] = set()  # (key, day) given its TTL by this process
 
     async def close(self) -> None:
@@ -44,24 +51,31 @@ class RedisStore(AnalyticsStore):
         grouped: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
         for r in records:
             grouped[(r.room, day_of(r.ts))].append(r)
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[tuple[str, tuple[Any, ...]]] = []
         expiring: set[tuple[str, int]] = set()  # keys given their TTL by this flush
         for (room, day), batch in grouped.items():
             log_key = _key(room, f"log:{day}")
-            pipe.rpush(log_key, *(r.encode() for r in batch))
+            calls.append((log_key, ("RPUSH", log_key, *(r.encode() for r in batch))))
             joined = sorted({r.uid for r in batch if r.kind == JOIN})
             ttls = [(log_key, KEEP_DAYS * DAY)]
             if joined:
-                uv_key = _key(room, f"uv:{day}")
-                pipe.pfadd(uv_key, *joined)
-                for uid in joined:
-                    pipe.hsetnx(_key(room, "first"), uid, day)
-                ttls += [(uv_key, KEEP_DAYS * DAY), (_key(room, "first"), FIRST_TTL)]
+                uv_key, first_key = _key(room, f"uv:{day}"), _key(room, "first")
+                calls.append((uv_key, ("PFADD", uv_key, *joined)))
+                calls += [(first_key, ("HSETNX", first_key, uid, day)) for uid in joined]
+                ttls += [(uv_key, KEEP_DAYS * DAY), (first_key, FIRST_TTL)]
             for key, ttl in ttls:  # once a day per key: TTLs are days long, flushes a second apart
                 if (key, day) not in self._expired:
-                    pipe.expire(key, ttl)
+                    calls.append((key, ("EXPIRE", key, ttl)))
                     expiring.add((key, day))
-        await pipe.execute()
+        if self._pipeline is not None:
+            for result in await self._pipeline(calls):
+                if isinstance(result, Exception):
+                    raise result  # the recorder keeps the batch and writes it again
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for _, command in calls:
+                pipe.execute_command(*command)
+            await pipe.execute()
         if len(self._expired) > EXPIRED_MAX:
             self._expired.clear()  # set them again: harmless
         self._expired |= expiring

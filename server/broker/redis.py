@@ -246,6 +246,10 @@ class RedisBroker(Broker):
             self._lost = exc
         self._broken.set()
 
+    async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
+        """The session's pipelines for other writers of this Redis (analytics' flush)."""
+        return await self._pipelined(calls)
+
     async def _pipelined(self, calls: Sequence[Call]) -> list[Any]:
         """Like Shards.pipelined (one write per shard, every shard at once, results in call
         order, a failed command as its exception, NOSCRIPT answered by loading the scripts and

@@ -13,6 +13,7 @@ went local and whose history covers the gap continue, the others are reset.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import secrets
@@ -421,8 +422,14 @@ def _seen(sub: _RoomSub) -> tuple[str, int] | None:
     return (sub.view.epoch, sub.view.seq) if sub.view.epoch else None
 
 
+_EPOCH_PREFIX = secrets.token_hex(4)  # this process's; the counter below makes each epoch unique
+_epochs = itertools.count(1)
+
+
 def _new_epoch() -> str:
-    return secrets.token_hex(6)
+    """A room stream's new epoch, should the publish script need one (made for every publish,
+    used rarely: a counter, not 6 random bytes each time)."""
+    return f"{_EPOCH_PREFIX}{next(_epochs):x}"
 
 
 def _local_epoch() -> str:
