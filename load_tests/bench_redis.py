@@ -77,16 +77,16 @@ def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 class _Redis:
-    """One redis-server, or a 3+3 cluster (tests/redis_fixtures.py): ports of the primaries."""
+    """One redis-server, or a 3-primary cluster with `replicas` each (tests/redis_fixtures.py)."""
 
-    def __init__(self, workdir: str, cluster: bool) -> None:
+    def __init__(self, workdir: str, cluster: bool, replicas: int = 1) -> None:
         self.cluster = cluster
         if cluster:
             from pathlib import Path
 
             from tests.redis_fixtures import RedisClusterServer
 
-            self._cluster = RedisClusterServer(Path(workdir))
+            self._cluster = RedisClusterServer(Path(workdir), replicas=replicas)
             self._cluster.start()
             self.url = self._cluster.url
         else:
@@ -100,9 +100,10 @@ class _Redis:
     def commands(self) -> int:
         return sum(_commands(port) for port in self.primaries())
 
-    def cpu(self) -> float:
+    def cpu(self, replicas: bool = False) -> float:
+        """CPU seconds used so far by the primaries (with `replicas`: by every Redis process)."""
         total = 0.0
-        for port in self.primaries():
+        for port in self._cluster.ports if self.cluster and replicas else self.primaries():
             with redis.Redis(port=port) as client:
                 info = client.info("cpu")
             total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])

@@ -44,4 +44,4 @@ class RoomFanout:
                 client.dropped = 0
             ready.append(client.ws)
         websockets.broadcast(ready, frame)
-        metrics.fanout_writes.inc(len(ready))
+        metrics.hot.fanout_writes += len(ready)

@@ -185,14 +185,14 @@ class Hub:
         if any(e["t"] == "live" for e in events):
             for listener in self.live_listeners:  # an edge node follows the room's publishers
                 listener(room_id)
-        metrics.batches.inc()
+        metrics.hot.batches += 1
         metrics.batch_events.observe(len(events))
         self.frames.offer(room_id, epoch, frame, events)
 
     def _send_frame(self, room_id: str, frame: bytes) -> None:
         room = self.rooms.get(room_id)
         if room is not None:
-            metrics.room_frames.inc()
+            metrics.hot.room_frames += 1
             self.fanout.write(room.members, frame)
 
     def _on_room_reset(self, room_id: str, state: RoomState) -> None:
