@@ -76,19 +76,11 @@ def test_pins_keep_the_newest_three() -> None:
 
 
 @pytest.fixture
-def config() -> Config:
-    return Config(
-        port=0,
-        http_port=0,
-        tick_ms=20,
-        node_id="test-node",
-        rate_limits="off",
-        repeat_max=0,
-        max_loop_lag=0,
-        reply_interval=30.0,
-        reply_repeat_window=60.0,
-        admin_token=ADMIN,
-    )
+def config(config: Config) -> Config:
+    config.reply_interval = 30.0
+    config.reply_repeat_window = 60.0
+    config.admin_token = ADMIN
+    return config
 
 
 def is_error(code: ErrorCode) -> Any:

@@ -4,6 +4,7 @@ against a real server (question -> reply, chitchat -> nothing, pacing, pins in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -104,36 +105,19 @@ def _danmaku(seq: int, uid: str, text: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def config() -> Config:
-    return Config(
-        port=0,
-        http_port=0,
-        tick_ms=20,
-        node_id="test-node",
-        rate_limits="off",
-        repeat_max=0,
-        max_loop_lag=0,
-        reply_interval=1.5,
-        reply_repeat_window=60.0,
-    )
+def config(config: Config) -> Config:
+    config.reply_interval = 1.5
+    config.reply_repeat_window = 60.0
+    return config
 
 
-@pytest.fixture
-async def assistant(app: Any) -> AsyncIterator[subprocess.Popen[str]]:
+@contextlib.asynccontextmanager
+async def running_assistant(port: int, *args: str) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
+    """`liveroom assistant` for room r1 on the server at `port`: the process and its first line."""
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "server",
-            "assistant",
-            "--room",
-            "r1",
-            "--catalogue",
-            str(CATALOGUE),
-            "--server",
-            f"ws://127.0.0.1:{app.port}",
-            "--user",
-            "bot",
+            *(sys.executable, "-m", "server", "assistant", "--room", "r1"),
+            *("--catalogue", str(CATALOGUE), "--server", f"ws://127.0.0.1:{port}", *args),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -141,12 +125,17 @@ async def assistant(app: Any) -> AsyncIterator[subprocess.Popen[str]]:
     )
     assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
-        assert "answering in room 'r1'" in line, line
-        yield proc
+        yield proc, await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 10)
+
+
+@pytest.fixture
+async def assistant(app: Any) -> AsyncIterator[subprocess.Popen[str]]:
+    async with running_assistant(app.port, "--user", "bot") as (proc, line):
+        assert "answering in room 'r1'" in line, line
+        yield proc
 
 
 async def test_real_assistant_answers_questions_not_chitchat(assistant: Any, join: Any) -> None:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from server.assistant.llm import LlmConfig, Phraser, endpoint
-from server.config import Config
-
-CATALOGUE = Path(__file__).resolve().parent.parent / "client_demo" / "catalogue.yaml"
+from tests.test_assistant import running_assistant
 
 
 class FakeModel:
@@ -84,39 +79,10 @@ async def test_phrasing_is_grounded_and_falls_back(model: tuple[FakeModel, str])
         await phraser.close()
 
 
-@pytest.fixture
-def config() -> Config:
-    return Config(port=0, http_port=0, tick_ms=20, rate_limits="off", repeat_max=0, max_loop_lag=0)
-
-
 async def test_real_assistant_uses_the_model(app: Any, join: Any, model: tuple[FakeModel, str]) -> None:
     fake, url = model
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "assistant",
-            "--room",
-            "r1",
-            "--catalogue",
-            str(CATALOGUE),
-            "--server",
-            f"ws://127.0.0.1:{app.port}",
-            "--llm-url",
-            url,
-            "--llm-model",
-            "tiny",
-            "--llm-timeout",
-            "5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+    llm = ("--llm-url", url, "--llm-model", "tiny", "--llm-timeout", "5")
+    async with running_assistant(app.port, *llm) as (_, line):
         assert "answering" in line
         amy = await join("amy")
         await amy.send(t="danmaku", text="碎花裙多少钱？")
@@ -125,6 +91,3 @@ async def test_real_assistant_uses_the_model(app: Any, join: Any, model: tuple[F
         body, _ = fake.requests[0]
         prompt = json.dumps(body["messages"], ensure_ascii=False)
         assert "碎花裙多少钱" in prompt and "259" in prompt and "牛仔裤" not in prompt
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 10)

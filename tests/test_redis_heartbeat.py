@@ -35,7 +35,7 @@ async def test_heartbeat_reports_each_room_once_per_interval_in_slices(
             reported.append([key.split("{r:")[1].split("}")[0] for key, _ in calls])
             return [None] * len(calls)
 
-        monkeypatch.setattr(broker, "_pipelined", pipelined)
+        monkeypatch.setattr(broker, "pipelined", pipelined)
         interval = 2.0
         await broker.stream._heartbeat_once(interval)  # first call: each room gets a due time
         assert reported == []

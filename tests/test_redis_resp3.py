@@ -146,7 +146,7 @@ async def test_broker_pipelines_keep_call_order_and_reload_flushed_scripts(redis
         assert broker.ready
         keys = [f"lr:{{r:room{i}}}:probe" for i in range(12)]  # spread over the slots
         calls = [(k, ("INCRBY", k, i)) for i, k in enumerate(keys)] + [(keys[0], ("HGET", keys[0], "x"))]
-        results = await broker._pipelined(calls)
+        results = await broker.pipelined(calls)
         assert results[:-1] == list(range(12))
         assert isinstance(results[-1], ResponseError)  # WRONGTYPE: that command only
         ports = redis_any.server.primaries() if redis_any.cluster else [redis_any.server.port]

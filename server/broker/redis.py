@@ -247,14 +247,11 @@ class RedisBroker(Broker):
         self._broken.set()
 
     async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
-        """The session's pipelines for other writers of this Redis (analytics' flush)."""
-        return await self._pipelined(calls)
-
-    async def _pipelined(self, calls: Sequence[Call]) -> list[Any]:
-        """Like Shards.pipelined (one write per shard, every shard at once, results in call
-        order, a failed command as its exception, NOSCRIPT answered by loading the scripts and
-        running those calls again), on this session's pipeline connections: packed by hiredis,
-        no per-command timeout. Never for a command that blocks (a DM's WAIT): see Shards.
+        """The tick's script calls, the heartbeats, analytics' flush: like Shards.pipelined (one
+        write per shard, every shard at once, results in call order, a failed command as its
+        exception, NOSCRIPT answered by loading the scripts and running those calls again), on
+        this session's pipeline connections: packed by hiredis, no per-command timeout. Never
+        for a command that blocks (a DM's WAIT): see Shards.
 
         Raises ConnectionError when a connection is gone or Redis does not answer in 10 s.
         """
@@ -287,7 +284,7 @@ class RedisBroker(Broker):
         if missing:  # a promoted replica or a flushed cache: load, then run those again
             for name in {self._shards.name_of(calls[i][0]) for i in missing}:
                 await self._shards.load_scripts(name)
-            again = await self._pipelined([calls[i] for i in missing])
+            again = await self.pipelined([calls[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
         return results

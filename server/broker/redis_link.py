@@ -32,7 +32,7 @@ class Link(Protocol):
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
     async def _listen(self, channels: list[bytes], read: Sequence[Any] | None = None) -> Any: ...
     async def _unlisten(self, channel: bytes) -> None: ...
-    async def _pipelined(self, calls: Sequence[Call]) -> list[Any]: ...
+    async def pipelined(self, calls: Sequence[Call]) -> list[Any]: ...
 
 
 class RedisPart:
@@ -80,5 +80,5 @@ class RedisPart:
         await self._link._unlisten(channel)
 
     async def _pipelined(self, calls: Sequence[Call]) -> list[Any]:
-        """Script calls over many slots, one write per shard (RedisBroker._pipelined)."""
-        return await self._link._pipelined(calls)
+        """Script calls over many slots, one write per shard (RedisBroker.pipelined)."""
+        return await self._link.pipelined(calls)
