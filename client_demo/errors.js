@@ -1,4 +1,4 @@
-// What the pages say for each of the server's error codes (server/protocol.py ErrorCode,
+// What the pages say for each of the server's error codes (server/wire/protocol.py ErrorCode,
 // docs/PROTOCOL.md). One table: every code with its ErrorCode name, the text a person can act
 // on, and, where the same code means something else for a DM, the DM's text.
 // tests/test_errors_table.py checks this table against ErrorCode (same codes, same names).

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from client_demo.common import DEFAULT_SERVER, Backoff, get_token, pack, unpack, ws_url
-from server.protocol import NO_RETRY_CODES, ErrorCode
+from server.wire.protocol import NO_RETRY_CODES, ErrorCode
 
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000

@@ -45,8 +45,8 @@ from urllib.parse import urlsplit
 import msgpack
 
 from load_tests import wsraw
-from server import auth
 from server.config import DEFAULT_SECRET
+from server.wire import auth
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SCENARIOS = ("join", "fanout", "likes", "dm", "idle")

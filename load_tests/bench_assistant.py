@@ -116,8 +116,8 @@ async def end_to_end(questions: list[dict[str, Any]], count: int, gather: float)
     import msgpack
     from websockets.asyncio.client import connect
 
-    from server import auth
     from server.config import DEFAULT_SECRET
+    from server.wire import auth
 
     env = {**os.environ, "LIVEROOM_REPLY_INTERVAL": "0", "LIVEROOM_REPLY_REPEAT_WINDOW": "0"}
     env["LIVEROOM_REPEAT_MAX"] = "0"  # one viewer asks everything

@@ -47,8 +47,8 @@ SERVER_ENV = {
 
 
 def _token(user: str) -> str:
-    from server import auth
     from server.config import DEFAULT_SECRET
+    from server.wire import auth
 
     return auth.mint(DEFAULT_SECRET, room=ROOM, user=user)
 

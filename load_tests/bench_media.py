@@ -41,10 +41,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.mediastreams import MediaStreamTrack
 
 from load_tests.bench import stop_process
-from server import auth
 from server.config import DEFAULT_SECRET
 from server.media import use_loopback_candidates
 from server.media.forward import EncodedFrame, install_receiver_tap
+from server.wire import auth
 
 WIDTH, HEIGHT, FPS, BITRATE = 640, 480, 30, 1_000_000
 STEP_TIMEOUT = 120.0  # seconds for a step's viewers to all receive media (bounded run)

@@ -39,8 +39,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from load_tests.bench import BENCH_SERVER_ENV, sample_server, stop_process
-from server import auth
 from server.config import DEFAULT_SECRET
+from server.wire import auth
 
 # the abuse limits off: this measures fan-out, not the guard (the profile of load_tests/bench.py)
 NODE_ENV = BENCH_SERVER_ENV

@@ -31,8 +31,8 @@ import msgpack
 from load_tests import wsraw
 from load_tests.bench import sample_server, stop_process
 from load_tests.bench_redis import _Redis, _start_node
-from server import auth
 from server.config import DEFAULT_SECRET
+from server.wire import auth
 
 
 def _metrics(port: int) -> dict[str, float]:

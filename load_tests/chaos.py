@@ -43,8 +43,8 @@ import msgpack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from server import auth
 from server.config import DEFAULT_SECRET
+from server.wire import auth
 
 ROOM = "chaos"
 KINDS = ("node_kill", "node_term", "redis_kill")

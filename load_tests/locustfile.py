@@ -45,8 +45,8 @@ from locust import User, between, constant_pacing, events, task
 from locust.env import Environment
 
 from load_tests.bench import letters
-from server import auth
 from server.config import DEFAULT_SECRET
+from server.wire import auth
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PENDING_TIMEOUT = 10.0  # seconds before an unanswered request counts as a failure

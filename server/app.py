@@ -16,21 +16,21 @@ from server.abuse.guard import Guard
 from server.abuse.moderation import Moderation
 from server.admin.routes import AdminApi, add_admin_routes
 from server.analytics.recorder import make_analytics
-from server.answers import Answers
 from server.broker.base import Broker
+from server.broker.idempotency import make_send_log
 from server.broker.memory import MemoryBroker
-from server.client import Client, Services
 from server.config import Config, ConfigError
-from server.fanout import RoomFanout
-from server.http import HttpRoutes
-from server.hub import Hub
-from server.idempotency import make_send_log
+from server.delivery.fanout import RoomFanout
+from server.delivery.hub import Hub
+from server.edge.client import Client, Services
+from server.edge.http import HttpRoutes
+from server.edge.whip import MediaHttp
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
-from server.media_gateway import MediaGateway
-from server.node import Node
+from server.media.gateway import MediaGateway
+from server.node.answers import Answers
+from server.node.node import Node
 from server.webhooks.sender import make_webhooks
-from server.whip import MediaHttp
 
 log = logging.getLogger("liveroom")
 WS_LOG = logging.getLogger("liveroom.ws")
@@ -215,7 +215,7 @@ async def run(config: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, app.guard.reload)  # re-read the banned-words file
     demo = None
     if config.demo:  # a Python host streaming a test pattern into room "demo" (its own process)
-        from client_demo.demo import start_demo_host
+        from server.demo import start_demo_host
 
         demo = await start_demo_host(config, app.port)
     await stop.wait()

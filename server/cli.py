@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from server import auth, logs
+from server import logs
 from server.abuse.tokens import Keyring
 from server.config import ConfigError, add_serve_arguments, from_args, from_env
+from server.wire import auth
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,7 +89,7 @@ class Config:
     admin_token: str = ""  # Bearer secret of the admin API and any room's stats; empty: admin API off
     webhook_url: str = ""  # POST target of webhook events; empty: no webhooks
     webhook_secret: str = ""  # HMAC-SHA256 key signing webhook bodies
-    reply_interval: float = 3.0  # seconds between two assistant replies in a room (server.answers)
+    reply_interval: float = 3.0  # seconds between two assistant replies in a room (server.node.answers)
     reply_repeat_window: float = 20.0  # seconds before the same answer may be given again in a room
     demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
     profile: str = ""  # a named set of defaults (PROFILES); "" for none

@@ -141,28 +141,6 @@ hot = HotCounters()
 REGISTRY.register(hot)  # type: ignore[arg-type]
 
 
-class _ForwardingCollector:
-    """Exports the core's process-wide forwarding counters at scrape time (no copying)."""
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        from server.media.forward import COUNTERS
-
-        yield CounterMetricFamily(
-            "liveroom_media_frames_tapped", "Encoded frames taken from publishers", COUNTERS["frames_tapped"]
-        )
-        yield CounterMetricFamily(
-            "liveroom_media_bytes_tapped", "Encoded bytes taken from publishers", COUNTERS["bytes_tapped"]
-        )
-        yield CounterMetricFamily(
-            "liveroom_media_frames_decoded",
-            "Frames that reached an aiortc decoder on the server (must stay 0)",
-            COUNTERS["frames_to_decoder"],
-        )
-
-
-REGISTRY.register(_ForwardingCollector())  # type: ignore[arg-type]
-
-
 # -- Redis broker (server/broker/redis.py) --------------------------------------------------
 broker_bad_messages = Counter(
     "liveroom_broker_bad_messages_total", "Messages from the broker that did not decode (dropped)"

@@ -15,9 +15,10 @@ import pytest
 import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
-from server import auth, metrics
+from server import metrics
 from server.app import App
 from server.config import DEFAULT_SECRET, Config
+from server.wire import auth
 
 SECRET = DEFAULT_SECRET
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}

@@ -21,10 +21,10 @@ from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server import auth
 from server.abuse.content import WordList
 from server.app import App
-from server.protocol import ErrorCode
+from server.wire import auth
+from server.wire.protocol import ErrorCode
 from tests.conftest import TIMEOUT, WsClient, token
 
 HONEST_IP = "127.0.0.2"

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server import protocol
 from server.app import App
-from server.protocol import ProtocolError
+from server.wire import protocol
+from server.wire.protocol import ProtocolError
 from tests.conftest import WsClient, token
 
 TYPES = [

@@ -9,7 +9,6 @@ import os
 import msgpack
 import pytest
 
-from server import auth, protocol
 from server.abuse import content
 from server.abuse.admission import ConcurrencyCap, JoinGate, origin_allowed, parse_origins
 from server.abuse.content import MASK, REJECT, SHADOW, WordFilter, WordList, normalise, parse_word_list
@@ -23,7 +22,8 @@ from server.abuse.ratelimit import (
     reconcile,
 )
 from server.abuse.tokens import Keyring, key_id, nonce_of
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 # -- token buckets ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Replies, question tags, pins and product edits (server/answers.py) over a real server."""
+"""Replies, question tags, pins and product edits (server/node/answers.py) over a real server."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import aiohttp
 import msgpack
 import pytest
 
-from server import protocol
-from server.answers import ReplyThrottle, answer_fingerprint
 from server.config import Config
-from server.protocol import ErrorCode, ProtocolError
-from server.rooms import apply_pin
+from server.node.answers import ReplyThrottle
+from server.room.state import apply_pin
+from server.wire import protocol
+from server.wire.fingerprint import answer_fingerprint
+from server.wire.protocol import ErrorCode, ProtocolError
 
 ADMIN = "admin-token-for-answers"
 

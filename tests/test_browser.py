@@ -26,7 +26,7 @@ import pytest
 from websockets.sync.client import connect
 
 from load_tests.bench_first_frame import CHROMIUM_ARGS  # one set of flags for tests and benchmarks
-from server.protocol import ErrorCode
+from server.wire.protocol import ErrorCode
 from tests.conftest import token
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")

@@ -5,7 +5,7 @@ tests/test_browser.py; one screenshot per state under test-artifacts/.
 
 from __future__ import annotations
 
-from server.protocol import ErrorCode
+from server.wire.protocol import ErrorCode
 from tests import test_browser as tb
 from tests.test_browser import VIDEO_WAIT_MS, WAIT_MS, Pages, expect, send_chat, shot
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import server
-from server.protocol import FRESH_TOKEN_CODES, NO_RETRY_CODES, ErrorCode
+from server.wire.protocol import FRESH_TOKEN_CODES, NO_RETRY_CODES, ErrorCode
 
 ROOT = Path(server.__file__).resolve().parent
 LIVE_JS = (ROOT.parent / "client_demo" / "live.js").read_text()
@@ -29,7 +29,7 @@ def test_browser_fresh_token_set_is_the_servers() -> None:
 
 def test_no_retry_codes_are_ones_the_server_closes_with() -> None:
     closing = {c for c in ErrorCode if c.name in {"UNSUPPORTED_VERSION", "ROOM_CLOSED"}}
-    from server.protocol import FATAL_CODES
+    from server.wire.protocol import FATAL_CODES
 
     assert FATAL_CODES | closing >= NO_RETRY_CODES
     assert FRESH_TOKEN_CODES <= FATAL_CODES

@@ -1,4 +1,4 @@
-"""The connection state machine without a socket: events in, outputs out (server.connection).
+"""The connection state machine without a socket: events in, outputs out (server.edge.connection).
 
 A real Guard (real buckets, real keyring) over a MemoryBroker; the peer is a plain object
 that records what the state machine and the guard ask of it.
@@ -12,12 +12,13 @@ from typing import Any
 import msgpack
 import pytest
 
-from server import auth
 from server.abuse.guard import Guard
 from server.abuse.moderation import Moderation
 from server.broker.memory import MemoryBroker
 from server.config import Config
-from server.connection import (
+from server.delivery.fanout import RoomFanout
+from server.delivery.hub import Hub
+from server.edge.connection import (
     Admit,
     AwaitJoin,
     Close,
@@ -32,9 +33,8 @@ from server.connection import (
     Route,
     Send,
 )
-from server.fanout import RoomFanout
-from server.hub import Hub
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth
+from server.wire.protocol import ErrorCode, ProtocolError
 from tests.conftest import SECRET, token
 
 

@@ -10,9 +10,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server import auth
 from server.app import App
-from server.protocol import ErrorCode
+from server.wire import auth
+from server.wire.protocol import ErrorCode
 from tests.conftest import SECRET, WsClient, token
 
 

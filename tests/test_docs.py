@@ -8,8 +8,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from server import protocol
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
 

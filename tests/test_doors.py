@@ -23,7 +23,6 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server import auth, protocol
 from server.abuse.doors import DOORS
 from server.abuse.tokens import Keyring
 from server.app import App
@@ -31,7 +30,8 @@ from server.broker.base import Sanction
 from server.broker.memory import MemoryBroker
 from server.config import DEFAULT_SECRET, Config
 from server.media import loopback_candidates
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 NEW, OLD = "k2-new-secret-for-the-doors-test-0123456789", "k1-old-secret-for-the-doors-test-0123456789"
 ADMIN_TOKEN = "admin-token-for-the-doors-test"

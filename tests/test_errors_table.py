@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from server.protocol import ErrorCode
+from server.wire.protocol import ErrorCode
 
 TABLE = (Path(__file__).resolve().parent.parent / "client_demo" / "errors.js").read_text()
 ROWS = re.findall(r'^\s*(\d{4}): \["([A-Z_]+)", "([^"]+)"', TABLE, re.M)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server import protocol
+from server.wire import protocol
 from tests.conftest import WsClient
 
 
@@ -102,7 +102,7 @@ async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -
     """The sender's node died between storing a DM and recording its ack: the claim is orphaned.
     The retry takes the claim over, finds the first copy in the recipient's backlog, and answers
     with its id; an orphan whose DM never got stored is stored by the retry."""
-    from server import idempotency
+    from server.broker import idempotency
 
     alice = await join("alice")
     monkeypatch.setattr(idempotency, "CLAIM_TTL", -1.0)  # claims made now are already past due

@@ -18,17 +18,17 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import ClientConnection, connect
 
-from server import auth, protocol
 from server.abuse.guard import Guard
 from server.abuse.moderation import Moderation
 from server.app import App
 from server.broker.memory import MemoryBroker
 from server.config import Config
-from server.connection import Admit, AwaitJoin, Close, Connection, Dispatch, Refused, Route
-from server.fanout import RoomFanout
-from server.hub import Hub
+from server.delivery.fanout import RoomFanout
+from server.delivery.hub import Hub
+from server.edge.connection import Admit, AwaitJoin, Close, Connection, Dispatch, Refused, Route
 from server.media import loopback_candidates
-from server.protocol import ErrorCode
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode
 from tests.conftest import SECRET, token
 from tests.media.pattern import PatternTrack
 
@@ -135,7 +135,7 @@ async def test_join_subscribe_must_be_a_cid(app: App) -> None:
         assert error["code"] == ErrorCode.BAD_FIELD
 
 
-# -- the same rules in the state machine, without a socket (server.connection) ---------------------
+# -- the same rules in the state machine, without a socket (server.edge.connection) ---------------------
 
 
 def _machine(dev_tokens: Any = None) -> Connection:

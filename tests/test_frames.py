@@ -6,7 +6,7 @@ import asyncio
 
 import msgpack
 
-from server.frames import RoomFrames
+from server.delivery.frames import RoomFrames
 
 
 def _batch(room: str, seq: int) -> tuple[bytes, list[dict[str, object]]]:

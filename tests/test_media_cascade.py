@@ -18,11 +18,11 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from server import auth
 from server.app import App
 from server.config import Config
 from server.media import COUNTERS
-from server.protocol import ErrorCode
+from server.wire import auth
+from server.wire.protocol import ErrorCode
 from tests.conftest import SECRET, token
 from tests.redis_fixtures import RedisServer, apoll, requires_redis
 from tests.test_media_signaling import TIMEOUT, Conn, decoded, ended, is_live, join, loopback  # noqa: F401

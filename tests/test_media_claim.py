@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.media_claim import MediaClaims, claim_key
+from server.media.claim import MediaClaims, claim_key
 
 
 class Clock:

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from server.app import App
 from server.config import Config, ConfigError
-from server.media_ice import IceServers, turn_credential
+from server.media.ice import IceServers, turn_credential
 from tests.conftest import token
 from tests.media.pattern import PatternTrack
 from tests.test_media_signaling import TIMEOUT, loopback  # noqa: F401 - autouse fixture

@@ -27,7 +27,7 @@ from server.app import App
 from server.config import Config
 from server.media import COUNTERS, loopback_candidates
 from server.media.forward import tap_of
-from server.protocol import ErrorCode
+from server.wire.protocol import ErrorCode
 from tests import prom
 from tests.conftest import token
 from tests.media.pattern import PatternTrack

@@ -17,9 +17,9 @@ import sys
 from types import BuiltinFunctionType, FunctionType, ModuleType, SimpleNamespace
 from typing import Any
 
-from server import auth
 from server.app import App
 from server.config import Config
+from server.wire import auth
 from tests.conftest import SECRET
 
 CYCLES = 10_000

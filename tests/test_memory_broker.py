@@ -8,8 +8,8 @@ from typing import Any
 
 import msgpack
 
-from server import protocol
 from server.broker.memory import MemoryBroker
+from server.wire import protocol
 
 WAIT = 30.0
 

@@ -12,8 +12,8 @@ import pytest
 from server.abuse.moderation import ADMIN_UID, Moderation
 from server.broker.memory import MemoryBroker
 from server.config import Config
-from server.fanout import RoomFanout
-from server.hub import Hub
+from server.delivery.fanout import RoomFanout
+from server.delivery.hub import Hub
 
 
 def _moderation() -> tuple[Moderation, MemoryBroker]:

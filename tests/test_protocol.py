@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server import auth, protocol
 from server.config import DEFAULT_SECRET, Config, ConfigError, from_env
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 
 @settings(max_examples=500, deadline=None)

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.broker import redis_scripts as rs
 from server.broker.base import Sanction
-from server.protocol import ErrorCode
+from server.wire.protocol import ErrorCode
 from tests.conftest import WsClient, token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
 from tests.redis_fixtures import WAIT, NodeProc, RedisServer, RedisTarget, apoll, requires_redis

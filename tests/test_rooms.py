@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.auth import Identity
-from server.rooms import Room
+from server.room.state import Room
+from server.wire.auth import Identity
 
 
 def who(uid: str, role: str = "viewer") -> Identity:

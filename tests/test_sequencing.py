@@ -2,7 +2,7 @@
 
 The differential test feeds the same random ticks (several nodes, danmaku, likes, presence
 reports, joiners, a presence clock that lets nodes expire, a stream whose state is lost) to
-server.sequencing.sequence and to the real PUBLISH script on a real redis-server, and requires
+server.room.sequencing.sequence and to the real PUBLISH script on a real redis-server, and requires
 the same batch frames byte for byte and the same final state.
 """
 
@@ -19,9 +19,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import protocol
 from server.broker import redis_scripts as rs
-from server.sequencing import StreamState, Tick, sequence
+from server.room.sequencing import StreamState, Tick, sequence
+from server.wire import protocol
 from tests.redis_fixtures import RedisServer, requires_redis
 
 NODES = ["n0", "n1", "n2"]

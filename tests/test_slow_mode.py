@@ -6,7 +6,7 @@ the second danmaku within it is refused whatever the machine's speed.
 
 from __future__ import annotations
 
-from server.protocol import ErrorCode
+from server.wire.protocol import ErrorCode
 
 
 def is_error(frame: dict) -> bool:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from server.protocol import ErrorCode, ProtocolError
+from server.wire.protocol import ErrorCode, ProtocolError
 
 Credential = Literal["room", "host_or_admin", "admin"]
 

@@ -14,7 +14,7 @@ Per request: Host allow-list (DNS rebinding), Origin allow-list    -> HTTP 403
 The HTTP doors (WHIP, WHEP, stats, admin: server.abuse.doors.DOORS) call `authorize`,
 which runs the same checks in the same order for what each door declares.
 
-Every rejection raises ProtocolError; Connection.reject (server/connection.py) answers with the error frame,
+Every rejection raises ProtocolError; Connection.reject (server/edge/connection.py) answers with the error frame,
 counts it, and asks `on_reject` whether a connection that keeps being
 rejected should be closed (4307).
 """
@@ -32,7 +32,6 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from server import auth, protocol
 from server.abuse import metrics as abuse_metrics
 from server.abuse.admission import (
     ConcurrencyCap,
@@ -67,11 +66,12 @@ from server.abuse.ratelimit import (
 from server.abuse.tokens import Keyring, nonce_of
 from server.broker.base import Sanction
 from server.config import Config, ConfigError
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.broker.base import Broker
-    from server.peer import Peer
+    from server.delivery.peer import Peer
 
 log = logging.getLogger("liveroom.abuse")
 
@@ -216,7 +216,7 @@ class Guard:
             raise ProtocolError(ErrorCode.ORIGIN_FORBIDDEN, "origin not allowed")
 
     def authorize_node(self, door: Door, token: str, room: str) -> auth.Identity:
-        """Another node pulling a room's media to cascade it (server/media_relay.py).
+        """Another node pulling a room's media to cascade it (server/media/relay.py).
 
         A node credential is signed with a key derived from the signing secret that no client
         token endpoint uses; it may only pull media (WHEP), and client limits do not apply to it

@@ -25,17 +25,17 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from server import protocol
 from server.abuse import metrics as abuse_metrics
 from server.broker.base import BrokerUnavailable, Sanction
-from server.protocol import ErrorCode, ProtocolError
-from server.rooms import system_event
+from server.room.state import system_event
+from server.wire import protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.broker.base import Broker
-    from server.hub import Hub
-    from server.peer import Peer
-    from server.rooms import Room
+    from server.delivery.hub import Hub
+    from server.delivery.peer import Peer
+    from server.room.state import Room
     from server.webhooks.sender import Webhooks
 
 log = logging.getLogger("liveroom.abuse.mod")

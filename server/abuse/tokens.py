@@ -1,4 +1,4 @@
-"""Token hardening on top of server.auth: key rotation with key ids, and one-time join nonces.
+"""Token hardening on top of server.wire.auth: key rotation with key ids, and one-time join nonces.
 
 Key rotation: the node accepts several HS256 secrets, each with a key id
 (`kid`). Tokens carry the id in their header; the first key signs new tokens.
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import jwt
 
-from server import auth
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth
+from server.wire.protocol import ErrorCode, ProtocolError
 
 
 def key_id(secret: str) -> str:

@@ -3,7 +3,7 @@ aiohttp app that also serves WHIP/WHEP.
 
 Who may call: each handler first asks the Guard (`Guard.authorize` with the STATS or ADMIN
 door: Host, per-IP bucket, admin token or a host token of the room); refusals and bad input
-raise ProtocolError, answered as JSON by the port's middleware (server.whip).
+raise ProtocolError, answered as JSON by the port's middleware (server.edge.whip).
 Rooms and counts come from the hub's view, system messages go through the room outbox
 (sequenced like any event), sanctions through the broker (so every node applies them),
 stats through the analytics recorder.
@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from server import protocol
 from server.abuse.doors import ADMIN, STATS, Door, bearer
 from server.abuse.moderation import ADMIN_ACTIONS, Moderation
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.guard import Guard
     from server.analytics.recorder import Analytics
     from server.broker.base import Broker
     from server.config import Config
-    from server.hub import Hub
-    from server.node import Node
+    from server.delivery.hub import Hub
+    from server.node.node import Node
 
 MAX_SYSTEM_TEXT = 500
 MAX_SANCTION_ROOMS = 100  # one broker write each
@@ -48,7 +48,7 @@ def add_admin_routes(app: web.Application, api: AdminApi) -> None:
 
 
 async def _preflight(request: web.Request) -> web.Response:
-    return web.Response(status=204)  # CORS headers: the port's middleware (server.whip)
+    return web.Response(status=204)  # CORS headers: the port's middleware (server.edge.whip)
 
 
 def _room(request: web.Request) -> str:

@@ -14,7 +14,7 @@ DAY = 86400
 # kinds: viewer presence, then interactions, then client-reported media stats
 JOIN, LEAVE, DANMAKU, LIKE, DM, FIRST_FRAME = "join", "leave", "danmaku", "like", "dm", "first_frame"
 INTERACTIONS = frozenset({DANMAKU, LIKE, DM})
-# the room's questions (server.answers): QUESTION uid=asker, session=label, value=the danmaku's seq;
+# the room's questions (server.node.answers): QUESTION uid=asker, session=label, value=the danmaku's seq;
 # ANSWER uid="assistant"|"host", value=the answered seq (paired with its QUESTION when aggregating)
 QUESTION, ANSWER = "question", "answer"
 

@@ -12,13 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.answers import answer_fingerprint
 from server.assistant import phrasing
 from server.assistant.catalogue import Catalogue
 from server.assistant.intent import PRODUCT_ASPECTS, detect
 from server.assistant.retrieval import Index
 from server.assistant.text import normalise
-from server.protocol import ErrorCode
+from server.wire.fingerprint import answer_fingerprint
+from server.wire.protocol import ErrorCode
 
 PRODUCT_MENTION = 0.6  # a product phrasing this well covered is the product asked about
 FAQ_ANSWER = 0.55  # an FAQ phrasing this well covered is answered

@@ -19,8 +19,8 @@ import msgpack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from server import auth
-from server.protocol import NO_RETRY_CODES
+from server.wire import auth
+from server.wire.protocol import NO_RETRY_CODES
 
 if TYPE_CHECKING:  # imported in run(): `liveroom serve` must not pay for bm25s and jieba
     from server.assistant.catalogue import Catalogue

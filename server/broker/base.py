@@ -39,7 +39,7 @@ class RoomState:
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name, from `live` events
     media_node: str | None = None  # node holding the room's media (last `live` on event)
     media_url: str | None = None
-    pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event (server.answers)
+    pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event (server.node.answers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ def dm_id_key(dm_id: str) -> tuple[int, int]:
 class RoomStream(ABC):
     """A room's event stream: sequence and publish each tick, deliver batches to subscribed
     nodes, keep history for recovery. Presence counts live here too: a `presence` event is
-    sequenced with the tick that changed it (server/sequencing.py), in one atomic step."""
+    sequenced with the tick that changed it (server/room/sequencing.py), in one atomic step."""
 
     on_room_reset: RoomResetHandler | None = None  # set by the node
 
@@ -120,7 +120,7 @@ class RoomStream(ABC):
         now: int,
         joined: Sequence[str] = (),
     ) -> None:
-        """Sequence and publish one tick of a room (server/sequencing.py's rule).
+        """Sequence and publish one tick of a room (server/room/sequencing.py's rule).
 
         Adds the like total (after adding likes_delta) and the online count (after recording
         this node's local count) as events, assigns each event the room's next sequence

@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from server import protocol
 from server.broker.base import (
     BatchHandler,
     Broker,
@@ -29,10 +28,11 @@ from server.broker.base import (
     UserHandler,
     dm_id_key,
 )
-from server.idempotency import DanmakuCids
-from server.protocol import ErrorCode, ProtocolError
-from server.rooms import Room
-from server.sequencing import StreamState, Tick, sequence
+from server.broker.idempotency import DanmakuCids
+from server.room.sequencing import StreamState, Tick, sequence
+from server.room.state import Room
+from server.wire import protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 DM_FULL_RETRY = 60.0  # seconds a refused DM sender is told to wait
 
@@ -49,7 +49,7 @@ class _Channel:
 
 
 class MemoryRoomStream(RoomStream):
-    """Rooms of one node: sequenced by server/sequencing.py, history in a capped deque."""
+    """Rooms of one node: sequenced by server/room/sequencing.py, history in a capped deque."""
 
     def __init__(self, node_id: str, history_size: int, recent_size: int, history_ttl: float) -> None:
         self.node_id = node_id

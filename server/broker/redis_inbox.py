@@ -17,12 +17,13 @@ from typing import Any
 import msgpack
 from redis.exceptions import ResponseError
 
-from server import metrics, protocol
+from server import metrics
 from server.broker import redis_scripts as rs
 from server.broker.base import BrokerUnavailable, DmReceipt, Event, Inbox, UserHandler, dm_id_key
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
 from server.broker.shards import Call
+from server.wire import protocol
 
 log = logging.getLogger("liveroom.broker.redis")
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
-from server import metrics, protocol
+from server import metrics
 from server.broker import redis_scripts as rs
 from server.broker.base import BrokerUnavailable, Sanction, SanctionHandler, Sanctions
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
+from server.wire import protocol
 
 log = logging.getLogger("liveroom.broker.redis")
 

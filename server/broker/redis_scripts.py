@@ -20,8 +20,8 @@ from typing import Any
 import msgpack
 
 from server.broker.base import Sanction
-from server.idempotency import WINDOW, cid_tag
-from server.protocol import SYSTEM_UID, valid_id
+from server.broker.idempotency import WINDOW, cid_tag
+from server.wire.protocol import SYSTEM_UID, valid_id
 
 PREFIX = "lr"
 
@@ -187,7 +187,7 @@ def classify(event: dict[str, Any]) -> tuple[str, str]:
         return "d", ""
     if kind == "delete" and isinstance(event.get("target"), int):
         return "r", str(event["target"])
-    if kind in ("pin", "unpin"):  # pins are sticky per pin id (server.answers)
+    if kind in ("pin", "unpin"):  # pins are sticky per pin id (server.node.answers)
         return ("s" if kind == "pin" else "x"), f"pin:{event.get('id')}"
     flag = STICKY_KINDS.get(kind or "")
     if flag is not None:
@@ -269,7 +269,7 @@ def publish_args(
 #       Before the rule: a danmaku whose claim key is already set (SET NX) is a client's retry
 #       of one already numbered, and is dropped (idempotency.DanmakuCids in Python).
 # Returns {epoch, top seq, events published}.
-# The sequencing is server/sequencing.py's rule, step for step (tests/test_sequencing.py checks it):
+# The sequencing is server/room/sequencing.py's rule, step for step (tests/test_sequencing.py checks it):
 # meta e/s/l/o/u is StreamState's epoch/seq/likes/online/unique, pres+beat its presence map.
 PUBLISH = r"""
 local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -411,7 +411,7 @@ if m[1] and m[1] == ARGV[6] and tonumber(m[2] or '0') < tonumber(ARGV[7]) then
   m[1] = false  -- behind what this node delivered: Redis came back from an older copy
 end
 if not m[1] then
-  -- a new stream (rule 1 of server/sequencing.py): nothing of the old one counts
+  -- a new stream (rule 1 of server/room/sequencing.py): nothing of the old one counts
   redis.call('DEL', hist, recent, sticky, KEYS[5], KEYS[6])
   redis.call('HDEL', meta, 'l', 'o', 'u')
   redis.call('HSET', meta, 'e', ARGV[1], 's', 0)

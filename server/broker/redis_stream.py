@@ -1,7 +1,7 @@
 """The Redis room stream: sequencing script per tick, batches over pub/sub, history, resync.
 
 A node subscribes to a room's channel while it has local viewers. Each tick it runs one
-script per room (redis_scripts.PUBLISH, server/sequencing.py's rule in Lua) that assigns the
+script per room (redis_scripts.PUBLISH, server/room/sequencing.py's rule in Lua) that assigns the
 sequence numbers, appends to the room's capped history stream and publishes the batch
 frame; every subscribed node decodes it once (for Room.apply) and writes the same bytes to
 its viewers. A batch that does not follow the last one seen (a gap, a new epoch) makes the
@@ -24,15 +24,16 @@ from typing import Any
 
 import msgpack
 
-from server import metrics, protocol
+from server import metrics
 from server.broker import redis_scripts as rs
 from server.broker.base import BatchHandler, Event, Publish, RoomState, RoomStream
+from server.broker.idempotency import DanmakuCids
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
 from server.broker.shards import Call
-from server.idempotency import DanmakuCids
-from server.rooms import Room
-from server.sequencing import NEVER, StreamState, Tick, sequence
+from server.room.sequencing import NEVER, StreamState, Tick, sequence
+from server.room.state import Room
+from server.wire import protocol
 
 log = logging.getLogger("liveroom.broker.redis")
 

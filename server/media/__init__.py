@@ -8,8 +8,13 @@ Public API (see each module for details):
 * :class:`MediaError` (``.code``), :class:`MediaLimitError` - refusals for the protocol.
 * :func:`check_compatible` - call at startup; raises if aiortc internals changed.
 * :func:`use_loopback_candidates` / :func:`loopback_candidates` - ICE on 127.0.0.1 only.
+
+The node's side of media sits beside the core: `gateway.py` (who may publish, sessions, `live`
+events), `relay.py` (an edge's pull from the origin), `claim.py` (which node holds a room's
+media), `ice.py` (ICE servers, TURN credentials), `metrics.py` (the core's counters).
 """
 
+from . import metrics as _metrics  # noqa: F401 - registers the counters' collector
 from .errors import MediaError, MediaLimitError
 from .fanout import ForwardedTrack
 from .forward import COUNTERS, AiortcCompatibilityError, check_compatible

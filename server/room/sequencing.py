@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from server.rooms import system_event
+from server.room.state import system_event
 
 Event = dict[str, Any]
 NEVER = 1 << 62  # a presence deadline that does not pass (one node: nobody else to outlive)

@@ -2,7 +2,7 @@
 
 It owns the rooms with a local connection (or pinned by local media), the users with a
 local connection, the rooms changed since the last tick, and the per-room and per-user
-locks that keep opening and closing a channel atomic. The tick (server.node) reads what
+locks that keep opening and closing a channel atomic. The tick (server.node.node) reads what
 changed here; batches coming back from the broker are applied to the room's view and
 handed to the fan-out. Nothing is kept for a room or a user once its last connection left:
 the locks are freed with their last holder.
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
-from server.dm_cursor import DmCursor
-from server.frames import RoomFrames
-from server.rooms import Room
+from server.delivery.dm_cursor import DmCursor
+from server.delivery.frames import RoomFrames
+from server.room.state import Room
 
 if TYPE_CHECKING:
     from server.config import Config
-    from server.fanout import RoomFanout
-    from server.peer import Peer
+    from server.delivery.fanout import RoomFanout
+    from server.delivery.peer import Peer
 
 log = logging.getLogger("liveroom.hub")
 

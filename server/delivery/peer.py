@@ -1,20 +1,19 @@
 """What the server's components need from one client connection, without importing the I/O.
 
-`server.client.Client` is the implementation; the hub, the node, the guard, moderation and
+`server.edge.client.Client` is the implementation; the hub, the node, the guard, moderation and
 the media gateway only see this interface, so none of them imports the connection code
 (and the connection code may import all of them without a cycle).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from server.abuse.connstate import ConnState
-    from server.auth import Identity
-    from server.protocol import ProtocolError
+    from server.wire.auth import Identity
+    from server.wire.protocol import ProtocolError
 
 
 class Peer(Protocol):
@@ -23,7 +22,9 @@ class Peer(Protocol):
     ws: ServerConnection
     identity: Identity | None
     room_id: str | None
-    abuse: ConnState | None
+    # the guard's per-connection state (server.abuse.connstate.ConnState), set by Guard.connect;
+    # typed loosely so delivery does not import the policy layer above it
+    abuse: Any
     dropped: int  # consecutive batches skipped because the socket was full
 
     def send(self, frame: bytes) -> None:

@@ -3,7 +3,7 @@
 Why: a room's media lives on the node its host publishes to (the origin), and one node can
 serve only so many viewers. A node whose own viewers want a room whose media is elsewhere
 becomes an edge: it opens one WHEP session per publisher to the origin, authorised by a node
-credential (:func:`server.auth.mint_node`, a key no client-facing endpoint signs with), and
+credential (:func:`server.wire.auth.mint_node`, a key no client-facing endpoint signs with), and
 registers that session in its own MediaRoom as a publication. The receivers are tapped like
 any publisher's, so the edge forwards the encoded frames to its viewers with its own fan-out;
 the origin carries one stream per edge and publisher, whatever the edge's audience. Keyframe

@@ -1,6 +1,6 @@
 """One WebSocket connection's I/O: feed its frames to the state machine, perform what it returns.
 
-The rules (join, resume, strikes, dispatch) live in `server.connection`, with no I/O;
+The rules (join, resume, strikes, dispatch) live in `server.edge.connection`, with no I/O;
 this module reads the socket, writes frames, closes, pauses, and calls the handlers the
 state machine routes each message to (node, guard, media, analytics).
 """
@@ -18,8 +18,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from server import auth, logs, metrics
-from server.connection import (
+from server import logs, metrics
+from server.edge.connection import (
     Admit,
     AwaitJoin,
     Close,
@@ -34,16 +34,17 @@ from server.connection import (
     Route,
     Send,
 )
-from server.protocol import ProtocolError
+from server.wire import auth
+from server.wire.protocol import ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.connstate import ConnState
     from server.abuse.guard import Guard
     from server.analytics.recorder import Analytics
-    from server.answers import Answers
     from server.config import Config
-    from server.media_gateway import MediaGateway
-    from server.node import Node
+    from server.media.gateway import MediaGateway
+    from server.node.answers import Answers
+    from server.node.node import Node
 
 log = logging.getLogger("liveroom.client")
 
@@ -61,7 +62,7 @@ class Services:
 
 
 class Client:
-    """A connected, not yet or already joined, client (a `server.peer.Peer`)."""
+    """A connected, not yet or already joined, client (a `server.delivery.peer.Peer`)."""
 
     __slots__ = ("_closing", "abuse", "conn", "dropped", "identity", "opened", "room_id", "services", "ws")
 

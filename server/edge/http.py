@@ -16,10 +16,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from server import auth, metrics, protocol
+from server import metrics
 from server.abuse.doors import STATUS, WS, error_body
 from server.logs import RefusalLog
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.guard import Guard

@@ -15,29 +15,22 @@ from __future__ import annotations
 
 import secrets
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from server import protocol
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import protocol
+from server.wire.fingerprint import answer_fingerprint
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.analytics.recorder import Analytics
-    from server.auth import Identity
     from server.config import Config
-    from server.hub import Hub
-    from server.peer import Peer
+    from server.delivery.hub import Hub
+    from server.delivery.peer import Peer
+    from server.wire.auth import Identity
 
 Clock = Callable[[], float]
 SWEEP_ROOMS = 1000  # rooms remembered before the idle ones are swept
-
-
-def answer_fingerprint(text: str) -> str:
-    """What makes two answers "the same": the text without mentions, case, spaces and punctuation."""
-    words = [w for w in text.split() if not w.startswith("@")]
-    folded = unicodedata.normalize("NFKC", " ".join(words)).casefold()
-    return "".join(ch for ch in folded if ch.isalnum())
 
 
 class ReplyThrottle:

@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server import protocol
 from server.broker.base import Event
+from server.wire import protocol
 
 Send = Callable[[str, bytes], None]  # (room, frame) -> written to the room's local viewers
 

@@ -14,19 +14,20 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from server import metrics, protocol
+from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, Publish
-from server.idempotency import Claimed, SendInProgress, SendLog
-from server.protocol import ErrorCode, ProtocolError
-from server.rooms import Room, system_event
+from server.broker.idempotency import Claimed, SendInProgress, SendLog
+from server.room.state import Room, system_event
+from server.wire import protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.guard import Guard
     from server.analytics.recorder import Analytics
     from server.config import Config
-    from server.hub import Hub
-    from server.media_gateway import MediaGateway
-    from server.peer import Peer
+    from server.delivery.hub import Hub
+    from server.delivery.peer import Peer
+    from server.media.gateway import MediaGateway
 
 log = logging.getLogger("liveroom.node")
 

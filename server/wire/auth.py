@@ -12,7 +12,7 @@ from typing import Literal
 
 import jwt
 
-from server.protocol import ErrorCode, ProtocolError, strip_controls, valid_id
+from server.wire.protocol import ErrorCode, ProtocolError, strip_controls, valid_id
 
 Role = Literal["host", "moderator", "viewer", "assistant"]
 # assistant: the live-commerce assistant (server/assistant): may reply and pin, may not moderate

@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 from redis.exceptions import RedisError
 
-from server import auth, metrics, protocol
+from server import metrics
 from server.abuse.admission import ConcurrencyCap
 from server.abuse.tokens import Keyring
-from server.auth import Identity
 from server.config import ConfigError
 from server.media import (
     MediaConfig,
@@ -43,16 +42,18 @@ from server.media import (
     handle_subscribe_offer,
 )
 from server.media.candidates import advertise_address, parse_range, use_udp_port_range
-from server.media_claim import MediaClaims, RedisMediaClaims
-from server.media_ice import IceConfigError, IceServers
-from server.media_relay import Relay
-from server.protocol import ErrorCode, ProtocolError
+from server.media.claim import MediaClaims, RedisMediaClaims
+from server.media.ice import IceConfigError, IceServers
+from server.media.relay import Relay
+from server.wire import auth, protocol
+from server.wire.auth import Identity
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.broker.base import Broker, Sanction
     from server.config import Config
-    from server.hub import Hub
-    from server.peer import Peer
+    from server.delivery.hub import Hub
+    from server.delivery.peer import Peer
 
 log = logging.getLogger("liveroom.media")
 

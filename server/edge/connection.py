@@ -4,7 +4,7 @@ Like the sans-I/O core of `websockets`, it is driven by events (`open`, `receive
 `timed_out`, `admitted`, `refused`, `entered`, `failed`, `crashed`, `reject`) and answers
 each with a list of outputs: frames to send, a close, a pause in reading, or a request for
 the I/O layer to carry out (read the join frame, admit a token, enter the room, hand a
-message to its handler) and report back. `server.client` only feeds it bytes and performs
+message to its handler) and report back. `server.edge.client` only feeds it bytes and performs
 what it returns, so every rule here is tested without a socket (tests/test_connection.py).
 """
 
@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from server import metrics, protocol
-from server.protocol import ErrorCode, ProtocolError
+from server import metrics
+from server.wire import protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.guard import Guard
-    from server.auth import Identity
-    from server.peer import Peer
+    from server.delivery.peer import Peer
+    from server.wire.auth import Identity
 
 log = logging.getLogger("liveroom.connection")
 
@@ -46,7 +47,7 @@ class Route(enum.Enum):
     MODERATE = "moderate"
     STATS = "stats"
     MEDIA = "media"
-    ANSWER = "answer"  # replies, question tags, pins, product edits (server.answers)
+    ANSWER = "answer"  # replies, question tags, pins, product edits (server.node.answers)
     SLOW_MODE = "slow_mode"
     VIEWERS = "viewers"
 

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 import websockets
 
-from server import metrics, protocol
-from server.protocol import ErrorCode
+from server import metrics
+from server.wire import protocol
+from server.wire.protocol import ErrorCode
 
 if TYPE_CHECKING:
     from server.config import Config
-    from server.peer import Peer
+    from server.delivery.peer import Peer
 
 
 class RoomFanout:

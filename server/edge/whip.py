@@ -23,19 +23,19 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from server import auth, protocol
 from server.abuse.doors import ADMIN, STATS, WHEP, WHIP, Door, bearer, error_body, http_error
 from server.broker.base import BrokerUnavailable
 from server.logs import RefusalLog
-from server.protocol import ErrorCode, ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from aiohttp.web_request import BaseRequest
 
     from server.abuse.guard import Guard
     from server.config import Config
-    from server.hub import Hub
-    from server.media_gateway import MediaGateway
+    from server.delivery.hub import Hub
+    from server.media.gateway import MediaGateway
 
 log = logging.getLogger("liveroom.http")
 REFUSALS = web.AppKey("liveroom.refusals", RefusalLog)  # one per node: its rate-limited refusal lines

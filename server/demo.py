@@ -16,7 +16,8 @@ from server.config import Config
 
 DEMO_ROOM = "demo"
 STATS_INTERVAL = 30  # seconds between the demo host's stats lines in the server's output
-CATALOGUE = Path(__file__).resolve().parent / "catalogue.yaml"  # the demo room's assistant answers from it
+# the demo room's assistant answers from the demo client's catalogue (a file: no import of client_demo)
+CATALOGUE = Path(__file__).resolve().parents[1] / "client_demo" / "catalogue.yaml"
 
 
 @dataclass

@@ -15,8 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from server.auth import Identity
-from server.protocol import MAX_PINS, PROTOCOL_VERSION, SYSTEM_UID
+from server.wire.auth import Identity
+from server.wire.protocol import MAX_PINS, PROTOCOL_VERSION, SYSTEM_UID
 
 Member = TypeVar("Member")
 Event = dict[str, Any]

@@ -1,7 +1,7 @@
 """Wire protocol: msgpack frames, validation and error codes, with no I/O.
 
 Everything that crosses the WebSocket is defined here so that the transport
-(`server.client`) only moves bytes and the room logic only sees validated
+(`server.edge.client`) only moves bytes and the room logic only sees validated
 values. Documented field by field in docs/PROTOCOL.md; keep the two in step.
 """
 
@@ -264,7 +264,7 @@ class Viewers:
     cid: str | int | None
 
 
-# Handled by the node's media gateway (server/media_gateway.py).
+# Handled by the node's media gateway (server/media/gateway.py).
 MEDIA_MESSAGES = (Publish, Unpublish, Subscribe, Unsubscribe, Answer, Invite)
 
 
@@ -289,7 +289,7 @@ class Block:
     cid: str | int | None
 
 
-# -- the live-commerce assistant and the host's answers (server.answers) ---------------------
+# -- the live-commerce assistant and the host's answers (server.node.answers) ---------------------
 
 MAX_REPLY_LEN = 500  # characters of an answer
 MAX_REPLY_TARGETS = 20  # question seqs (and askers) one reply answers
