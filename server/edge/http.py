@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from server.config import Config
 
 refusals = RefusalLog(logging.getLogger("liveroom.http"))
-STATIC_DIR = Path(__file__).resolve().parent.parent / "client_demo"
+STATIC_DIR = Path(__file__).resolve().parents[2] / "client_demo"
 WS_PATH = "/ws"
 
 
