@@ -44,7 +44,7 @@ def test_no_application_code_written_out_outside_protocol() -> None:
     (as the admin API's 4410 once was)."""
     found = []
     for path in ROOT.rglob("*.py"):
-        if path == ROOT / "protocol.py":
+        if path == ROOT / "wire" / "protocol.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if (

@@ -213,8 +213,10 @@ class Door:
             if garbage is None:
                 return ACCEPTED
             await ws.send(garbage)
-            frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
-            return 101, frame["code"]
+            while True:  # a batch (presence, the join's own) may come before the refusal
+                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                if frame["t"] == "error":
+                    return 101, frame["code"]
 
 
 def good_credential(door: str, **kw: Any) -> str:
