@@ -12,7 +12,7 @@ catch up, and closed (4408) after too many in a row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import websockets
@@ -39,8 +39,11 @@ class RoomFanout:
     def __init__(self, config: Config) -> None:
         self.config = config  # write_buffer_limit, max_dropped_batches (read per write: tunable live)
 
-    def write(self, clients: Iterable[Peer], frame: bytes) -> None:
-        """Write one encoded frame to many sockets, skipping those that cannot keep up."""
+    def write(self, clients: Iterable[Peer], frame: bytes, own: Mapping[Peer, bytes] | None = None) -> None:
+        """Write one encoded frame to many sockets, skipping those that cannot keep up.
+
+        own: connections that get another frame instead (a sampled frame with their own
+        danmaku added back, delivery/budget.py)."""
         limit = self.config.write_buffer_limit
         max_dropped = self.config.max_dropped_batches
         wire: bytes | None = None  # the frame with its WebSocket header, built at the first use
@@ -66,6 +69,10 @@ class RoomFanout:
             if client.dropped:
                 client.send(protocol.dropped_frame(client.dropped))
                 client.dropped = 0
+            if own and client in own:
+                websockets.broadcast((ws,), own[client])
+                written += 1
+                continue
             if state.extensions or state.writes:
                 others.append(ws)
                 continue

@@ -13,7 +13,8 @@ absorbed because every window is re-centred on the batch that opens it (a schedu
 when a timer fired would drift behind the tick and hold most batches). With several nodes
 feeding the room, the batches of the others wait at most until the next window's first one:
 one frame per room per tick, at most one tick (two when the room then goes quiet) added to
-the batches that are merged.
+the batches that are merged. A big room may be paced slower than the tick (`pace`: its own
+period, from its audience on this node): its windows are longer, so more batches merge.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 from server.broker.base import Event
 from server.wire import protocol
 
-Send = Callable[[str, bytes], None]  # (room, frame) -> written to the room's local viewers
+# (room, epoch, frame, its events) -> written to the room's local viewers
+Send = Callable[[str, str, bytes, list[Event]], None]
 
 
 @dataclass(slots=True)
@@ -37,9 +39,16 @@ class _Gate:
 
 
 class RoomFrames:
-    def __init__(self, period: float, send: Send, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        period: float,
+        send: Send,
+        clock: Callable[[], float] | None = None,
+        pace: Callable[[str], float] | None = None,
+    ) -> None:
         self._period = period
         self._send = send
+        self._pace = pace  # a room's own period, when its audience lengthens it (room-size pacing)
         self._clock = clock  # the loop's time unless given (tests step it)
         self._gates: dict[str, _Gate] = {}
         self.merged = 0  # batches folded into another frame (for benchmarks and metrics)
@@ -56,22 +65,23 @@ class RoomFrames:
         if gate.held and gate.epoch != epoch:
             self.flush(room_id)
             gate.ends = now
+        period = self._pace(room_id) if self._pace is not None else self._period
         if now >= gate.ends:  # the first batch of a new window: out at once
-            gate.ends = now + self._period / 2
+            gate.ends = now + period / 2
             if gate.held:
                 self.merged += 1
                 events = gate.held + events
                 gate.held = []
                 self._cancel(gate)
                 frame = protocol.batch_frame(room_id, events, epoch or None)
-            self._send(room_id, frame)
+            self._send(room_id, epoch, frame, events)
             return
         if gate.held:
             self.merged += 1
         gate.epoch = epoch
         gate.held.extend(events)
         if gate.timer is None:  # the room may go quiet: then they leave a tick after the window
-            gate.timer = asyncio.get_running_loop().call_at(gate.ends + self._period, self.flush, room_id)
+            gate.timer = asyncio.get_running_loop().call_at(gate.ends + period, self.flush, room_id)
 
     def flush(self, room_id: str) -> None:
         """Send what the room holds now (its timer, a join about to read the room's state)."""
@@ -82,8 +92,9 @@ class RoomFrames:
         if not gate.held:
             return
         events, gate.held = gate.held, []
-        gate.ends = self._now() + self._period / 2
-        self._send(room_id, protocol.batch_frame(room_id, events, gate.epoch or None))
+        period = self._pace(room_id) if self._pace is not None else self._period
+        gate.ends = self._now() + period / 2
+        self._send(room_id, gate.epoch, protocol.batch_frame(room_id, events, gate.epoch or None), events)
 
     def flush_all(self) -> None:
         for room_id in list(self._gates):
