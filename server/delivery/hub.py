@@ -202,7 +202,7 @@ class Hub:
         viewers = len(room.members) if room is not None else 0
         for at_least, ms in self._tiers:
             if viewers >= at_least:
-                return ms
+                return max(ms, self.config.tick_ms)
         return self.config.tick_ms
 
     def _room_period(self, room_id: str) -> float:
