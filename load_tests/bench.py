@@ -978,12 +978,12 @@ def aggregate(
         host_expected = round(args.host_rate * args.duration) * (args.viewers - failures)
         rec["priority_lost"] = max(0, host_expected - sum(d["priority"] for d in done))
         window = last - first if last > first else args.duration
-        rec["server_cpu_us_per_viewer_s"] = (
-            round(cpu * 1e6 / max(1, args.viewers) / window, 2) if cpu is not None else None
-        )
         rec["bytes_per_viewer_s"] = round(sum(d["bytes"] for d in done) / max(1, args.viewers) / window, 1)
         cpu = round(end.cpu_s - joined.cpu_s, 3) if end and joined else None
         rec["server_cpu_s"] = cpu
+        rec["server_cpu_us_per_viewer_s"] = (
+            round(cpu * 1e6 / max(1, args.viewers) / window, 2) if cpu is not None else None
+        )
         rec["server_cpu_us_per_msg"] = (
             round(cpu * 1e6 / received, 3) if cpu is not None and received else None
         )
