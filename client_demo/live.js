@@ -243,7 +243,21 @@ export class LiveConnection {
       if (!first || first.seq !== this.seq + 1) return this.resync(`stream ${this.epoch} -> ${frame.epoch}`);
       this.epoch = frame.epoch;
     }
+    if (frame.sampled) return this._sampled(events, frame.sampled, frame.upto);
     return this._events(events);
+  }
+
+  /** A big room's frame carries a sample of its chat: `sampled` danmaku of the seqs up to `upto`
+   * were left out on purpose (history has them); only a shortfall beyond that is a loss. */
+  _sampled(events, sampled, upto) {
+    const fresh = events.filter((ev) => typeof ev.seq !== "number" || ev.seq > this.seq);
+    const numbered = fresh.filter((ev) => typeof ev.seq === "number").length;
+    if (this.seq && this.state === "live" && numbered + sampled < upto - this.seq) {
+      return this.resync(`sequence gap ${this.seq} -> ${upto}`);
+    }
+    this.seq = Math.max(this.seq, upto);
+    if (fresh.length) this.emit("events", fresh);
+    this.emit("sampled", sampled);
   }
 
   _events(events) {

@@ -264,6 +264,9 @@ class Counter:
     received: int = 0
     dropped_frames: int = 0
     done: bool = False
+    sampled: int = 0  # danmaku a big room's frames left out on purpose (`sampled`), counted as had
+    bytes: int = 0
+    priority: int = 0  # staff (host) danmaku received: never sampled
 
 
 class Worker:
@@ -284,11 +287,15 @@ class Worker:
         self.join_retries = 0
         self.join_errors: list[str] = []
 
-    def token_path(self, room: str, user: str) -> str:
-        return f"/ws?token={auth.mint(self.secret, room=room, user=user, role='viewer')}"
+    def token_path(self, room: str, user: str, role: auth.Role = "viewer") -> str:
+        return f"/ws?token={auth.mint(self.secret, room=room, user=user, role=role)}"
 
     async def open(
-        self, room: str, user: str, on_message: Callable[[bytearray, int, int], None] = _noop
+        self,
+        room: str,
+        user: str,
+        on_message: Callable[[bytearray, int, int], None] = _noop,
+        role: auth.Role = "viewer",
     ) -> tuple[wsraw.RawWs, float]:
         """Connect and wait for the snapshot; returns the connection and join seconds."""
         port = self.ports[(self.k + self.opened) % len(self.ports)]
@@ -296,7 +303,7 @@ class Worker:
         for attempt in range(JOIN_RETRIES + 1):
             try:
                 conn, seconds = await wsraw.connect(
-                    self.host, port, self.token_path(room, user), on_message, JOIN_TIMEOUT
+                    self.host, port, self.token_path(room, user, role), on_message, JOIN_TIMEOUT
                 )
                 break
             except wsraw.Refused as exc:  # "busy, retry after": what the protocol asks a client to do
@@ -307,16 +314,16 @@ class Worker:
         self.conns.append(conn)
         return conn, seconds
 
-    async def open_many(
-        self, specs: list[tuple[str, str, Callable[[bytearray, int, int], None]]]
-    ) -> list[wsraw.RawWs | None]:
+    async def open_many(self, specs: list[tuple[Any, ...]]) -> list[wsraw.RawWs | None]:
         """Open connections with bounded concurrency; failures are counted, not raised."""
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-        async def one(room: str, user: str, cb: Callable[[bytearray, int, int], None]) -> wsraw.RawWs | None:
+        async def one(
+            room: str, user: str, cb: Callable[[bytearray, int, int], None], role: auth.Role = "viewer"
+        ) -> wsraw.RawWs | None:
             async with sem:
                 try:
-                    return (await self.open(room, user, cb))[0]
+                    return (await self.open(room, user, cb, role))[0]
                 except Exception as exc:
                     self.note_failure(exc)
                     return None
@@ -424,6 +431,7 @@ class FanoutWorker(Worker):
         self.complete = asyncio.Event()
         self.counters: list[Counter] = []
         self.latencies: list[float] = []
+        self.priority_latencies: list[float] = []  # host danmaku: never left out of a frame
         self.first_recv = 0.0
         self.last_recv = 0.0
         self.publishers: list[tuple[wsraw.RawWs | None, int, float]] = []
@@ -440,7 +448,15 @@ class FanoutWorker(Worker):
         pattern, dropped = wsraw.DANMAKU_PATTERN, wsraw.DROPPED_PATTERN
 
         def on_message(buf: bytearray, start: int, end: int) -> None:
+            counter.bytes += end - start
             n = buf.count(pattern, start, end)
+            if buf.find(b"\xa7sampled", start, end) >= 0:
+                frame = msgpack.unpackb(buf[start:end])
+                counter.sampled += frame["sampled"]
+                n += frame["sampled"]
+                counter.priority += sum(1 for e in frame["events"] if "role" in e)
+            elif n and buf.find(b"\xa4role", start, end) >= 0:
+                counter.priority += buf.count(b"\xa4role", start, end)
             if n:
                 counter.received += n
                 self.last_recv = time.time()
@@ -458,16 +474,22 @@ class FanoutWorker(Worker):
 
         def on_message(buf: bytearray, start: int, end: int) -> None:
             arrived = now_us()
+            counter.bytes += end - start
             frame = msgpack.unpackb(buf[start:end])
             kind = frame.get("t")
             if kind == "batch":
-                n = 0
+                n = frame.get("sampled", 0)
+                counter.sampled += n
                 for event in frame["events"]:
                     if event["t"] == "danmaku":
                         n += 1
                         cid = event.get("cid")
+                        staff = "role" in event
+                        counter.priority += staff
                         if isinstance(cid, int):
-                            self.latencies.append((arrived - cid) / 1000)
+                            (self.priority_latencies if staff else self.latencies).append(
+                                (arrived - cid) / 1000
+                            )
                 if n:
                     counter.received += n
                     self.last_recv = time.time()
@@ -492,8 +514,8 @@ class FanoutWorker(Worker):
             self.counters.append(counter)
             specs.append((room, user, (self.decoding if sampled else self.counting)(counter)))
         self.remaining = len(self.counters)
-        for room, user, _, _ in plan["publishers"]:
-            specs.append((room, user, self.publisher_cb))
+        for room, user, _, _, role in plan["publishers"]:
+            specs.append((room, user, self.publisher_cb, role))
         opened = await self.open_many(specs)
         for counter, conn in zip(self.counters, opened, strict=False):
             if conn is None:  # never joined: don't wait for it, its loss shows in the totals
@@ -529,6 +551,10 @@ class FanoutWorker(Worker):
             "received": sum(c.received for c in self.counters),
             "dropped_frames": sum(c.dropped_frames for c in self.counters),
             "latencies": self.latencies,
+            "priority_latencies": self.priority_latencies,
+            "sampled": sum(c.sampled for c in self.counters),
+            "priority": sum(c.priority for c in self.counters),
+            "bytes": sum(c.bytes for c in self.counters),
             "first_recv": self.first_recv,
             "last_recv": self.last_recv,
             "publish_errors": self.publish_errors,
@@ -748,10 +774,19 @@ def make_plans(args: argparse.Namespace, host: str, port: int, run_id: str) -> l
             sampled = i % stride == 0 and i // stride < args.sample
             plans[(i // len(rooms)) % w]["viewers"].append((rooms[i % len(rooms)], f"v{i}", sampled))
         j = 0
+        host_count = round(args.host_rate * args.duration)
         for room in rooms:
             for q in range(args.publishers):
-                plans[j % w]["publishers"].append((room, f"p{j}-{q}", per_pub, args.rate / args.publishers))
+                plans[j % w]["publishers"].append(
+                    (room, f"p{j}-{q}", per_pub, args.rate / args.publishers, "viewer")
+                )
                 j += 1
+            if host_count:  # the host's danmaku: never sampled, their loss and latency reported apart
+                plans[j % w]["publishers"].append((room, f"h{j}", host_count, args.host_rate, "host"))
+                expected[room] += host_count
+                j += 1
+        for p in plans:
+            p["host_expected"] = host_count
     elif s == "likes":
         for p in plans:
             p.update(likers_per_worker=max(1, args.likers // w), burst=args.burst)
@@ -938,8 +973,17 @@ def aggregate(
         rec["delivered_per_s"] = round(received / (last - first), 1) if last > first else 0.0
         rec["e2e_ms"] = percentiles(lat)
         rec["latency_samples"] = len(lat)
+        rec["sampled"] = sum(d["sampled"] for d in done)  # left out by the event budget, counted
+        rec["priority_e2e_ms"] = percentiles([x for d in done for x in d["priority_latencies"]])
+        host_expected = round(args.host_rate * args.duration) * (args.viewers - failures)
+        rec["priority_lost"] = max(0, host_expected - sum(d["priority"] for d in done))
+        window = last - first if last > first else args.duration
+        rec["bytes_per_viewer_s"] = round(sum(d["bytes"] for d in done) / max(1, args.viewers) / window, 1)
         cpu = round(end.cpu_s - joined.cpu_s, 3) if end and joined else None
         rec["server_cpu_s"] = cpu
+        rec["server_cpu_us_per_viewer_s"] = (
+            round(cpu * 1e6 / max(1, args.viewers) / window, 2) if cpu is not None else None
+        )
         rec["server_cpu_us_per_msg"] = (
             round(cpu * 1e6 / received, 3) if cpu is not None and received else None
         )
@@ -1153,6 +1197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for stragglers")
     p.add_argument("--sample", type=int, default=20, help="viewers that decode every frame for latency")
     p.add_argument("--text-len", type=int, default=20)
+    p.add_argument(
+        "--host-rate", type=float, default=0.0, help="host danmaku/s per room besides (never sampled)"
+    )
 
     p = sub.add_parser("likes", help="bursty likes; throughput and like-to-total round trip")
     common(p)

@@ -47,6 +47,13 @@ class Config:
     dm_max_len: int = 1000  # characters
     write_buffer_limit: int = 512 * 1024  # bytes queued for one viewer before batches drop
     max_dropped_batches: int = 400  # consecutive drops (~20 s at 50 ms) before closing
+    # the event budget (server/delivery/budget.py): above sample_above danmaku/s in a room (0:
+    # never), a frame carries frame_danmaku viewers' danmaku, a fair sample; the rest is counted
+    sample_above: int = 2000
+    frame_danmaku: int = 40
+    # room-size pacing: "VIEWERS:MS,...": a room with at least VIEWERS local viewers gets a frame
+    # every MS at most (never more often than the tick); "" turns it off
+    frame_tiers: str = "5000:100,20000:250"
     join_timeout: float = 10.0  # seconds to send a join frame when no token in the URL
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -98,6 +105,16 @@ class Config:
     def dev_tokens_enabled(self) -> bool:
         return self.dev_tokens if self.dev_tokens is not None else self.env == "dev"
 
+    def frame_tier_list(self) -> list[tuple[int, int]]:
+        """frame_tiers parsed: (local viewers, frame ms), largest audience first."""
+        tiers = []
+        for item in filter(None, (part.strip() for part in self.frame_tiers.split(","))):
+            viewers, sep, ms = item.partition(":")
+            if not (sep and viewers.isdigit() and ms.isdigit() and 5 <= int(ms) <= 5000):
+                raise ConfigError(f"frame_tiers: {item!r} is not VIEWERS:MS with 5 <= MS <= 5000")
+            tiers.append((int(viewers), int(ms)))
+        return sorted(tiers, reverse=True)
+
     def check(self) -> None:
         if self.env not in ("dev", "prod"):
             raise ConfigError("env must be 'dev' or 'prod'")
@@ -107,6 +124,9 @@ class Config:
             raise ConfigError("in prod the secret must be at least 32 characters")
         if not 5 <= self.tick_ms <= 1000:
             raise ConfigError("tick_ms must be between 5 and 1000")
+        if self.sample_above < 0 or self.frame_danmaku < 1:
+            raise ConfigError("sample_above must be >= 0 and frame_danmaku >= 1")
+        self.frame_tier_list()  # raises on a malformed list
         if self.recent_size < 0 or self.history_size < self.recent_size:
             raise ConfigError("history_size must be >= recent_size >= 0")
         if self.history_ttl < 1 or self.presence_ttl <= 0 or self.dm_keep < 1:
@@ -183,6 +203,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", choices=["dev", "prod"], help="dev (default) or prod")
     parser.add_argument("--secret", help="token signing secret (prefer LIVEROOM_SECRET)")
     parser.add_argument("--tick-ms", dest="tick_ms", type=int, help="batch tick in ms (default 50)")
+    parser.add_argument(
+        "--sample-above",
+        dest="sample_above",
+        type=int,
+        help="a room's danmaku/s above which frames carry a sample (default 2000; 0: never)",
+    )
+    parser.add_argument(
+        "--frame-danmaku",
+        dest="frame_danmaku",
+        type=int,
+        help="viewers' danmaku in a sampled frame (default 40)",
+    )
+    parser.add_argument(
+        "--frame-tiers",
+        dest="frame_tiers",
+        help='room-size pacing "VIEWERS:MS,..." (default "5000:100,20000:250"; "" off)',
+    )
     parser.add_argument(
         "--presence-ms", dest="presence_ms", type=int, help="online-count updates at most this often"
     )

@@ -109,6 +109,12 @@ media_viewer_drops = Counter(
 )
 
 
+sampled_danmaku = Counter(
+    "liveroom_sampled_danmaku_total",
+    "Danmaku left out of a room's frames by its event budget (kept in history; senders get their own)",
+)
+
+
 class HotCounters:
     """Counters bumped for every batch of every room: plain ints, exported at scrape time.
 

@@ -1,10 +1,20 @@
 """At most one frame per room per tick to a node's viewers, whatever the number of nodes.
 
 With several nodes, every node's tick produces a batch for a busy room, so without a rule a
-viewer would get one frame per sending node per tick. The rule: a room's first batch after
-a quiet tick goes out at once (its bytes as they came, nothing re-encoded); batches arriving
-within tick_ms of the last frame wait and leave together, merged into one frame encoded once,
-tick_ms after that frame. Latency added: at most one tick; frames per viewer: 1000/tick_ms.
+viewer would get one frame per sending node per tick. The rule works in windows of tick_ms,
+each centred on the batch that opened it: the first batch of a window goes out at once (its
+bytes as they came when nothing was held), a batch arriving later in the same window is held
+and leaves with the next window's first batch, merged into one frame encoded once (or, if no
+batch comes, one tick after that window would have ended).
+
+A room fed by one node (one node, or one busy node) gets one batch per tick, each in a window
+of its own: nothing is held, so the rule adds no latency; jitter up to half a tick is
+absorbed because every window is re-centred on the batch that opens it (a schedule kept from
+when a timer fired would drift behind the tick and hold most batches). With several nodes
+feeding the room, the batches of the others wait at most until the next window's first one:
+one frame per room per tick, at most one tick (two when the room then goes quiet) added to
+the batches that are merged. A big room may be paced slower than the tick (`pace`: its own
+period, from its audience on this node): its windows are longer, so more batches merge.
 """
 
 from __future__ import annotations
@@ -16,21 +26,30 @@ from dataclasses import dataclass, field
 from server.broker.base import Event
 from server.wire import protocol
 
-Send = Callable[[str, bytes], None]  # (room, frame) -> written to the room's local viewers
+# (room, epoch, frame, its events) -> written to the room's local viewers
+Send = Callable[[str, str, bytes, list[Event]], None]
 
 
 @dataclass(slots=True)
 class _Gate:
-    next_at: float = 0.0  # loop time before which another frame must wait
+    ends: float = 0.0  # loop time the room's current window ends (a frame already went in it)
     held: list[Event] = field(default_factory=list)
     epoch: str = ""  # the stream the held events' seqs belong to (every frame names it)
     timer: asyncio.TimerHandle | None = None
 
 
 class RoomFrames:
-    def __init__(self, period: float, send: Send) -> None:
+    def __init__(
+        self,
+        period: float,
+        send: Send,
+        clock: Callable[[], float] | None = None,
+        pace: Callable[[str], float] | None = None,
+    ) -> None:
         self._period = period
         self._send = send
+        self._pace = pace  # a room's own period, when its audience lengthens it (room-size pacing)
+        self._clock = clock  # the loop's time unless given (tests step it)
         self._gates: dict[str, _Gate] = {}
         self.merged = 0  # batches folded into another frame (for benchmarks and metrics)
 
@@ -39,38 +58,43 @@ class RoomFrames:
 
         Events of two epochs never share a frame: a batch of another epoch sends what is held
         first (a stream change is rare; its frame goes out at once)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._now()
         gate = self._gates.get(room_id)
         if gate is None:
             gate = self._gates[room_id] = _Gate()
         if gate.held and gate.epoch != epoch:
             self.flush(room_id)
-            gate.next_at = now
-        if not gate.held and now >= gate.next_at:
-            gate.next_at = now + self._period
-            self._send(room_id, frame)
+            gate.ends = now
+        period = self._pace(room_id) if self._pace is not None else self._period
+        if now >= gate.ends:  # the first batch of a new window: out at once
+            gate.ends = now + period / 2
+            if gate.held:
+                self.merged += 1
+                events = gate.held + events
+                gate.held = []
+                self._cancel(gate)
+                frame = protocol.batch_frame(room_id, events, epoch or None)
+            self._send(room_id, epoch, frame, events)
             return
         if gate.held:
             self.merged += 1
         gate.epoch = epoch
         gate.held.extend(events)
-        if gate.timer is None:
-            gate.timer = loop.call_at(gate.next_at, self.flush, room_id)
+        if gate.timer is None:  # the room may go quiet: then they leave a tick after the window
+            gate.timer = asyncio.get_running_loop().call_at(gate.ends + period, self.flush, room_id)
 
     def flush(self, room_id: str) -> None:
         """Send what the room holds now (its timer, a join about to read the room's state)."""
         gate = self._gates.get(room_id)
         if gate is None:
             return
-        if gate.timer is not None:
-            gate.timer.cancel()
-            gate.timer = None
+        self._cancel(gate)
         if not gate.held:
             return
         events, gate.held = gate.held, []
-        gate.next_at = asyncio.get_running_loop().time() + self._period
-        self._send(room_id, protocol.batch_frame(room_id, events, gate.epoch or None))
+        period = self._pace(room_id) if self._pace is not None else self._period
+        gate.ends = self._now() + period / 2
+        self._send(room_id, gate.epoch, protocol.batch_frame(room_id, events, gate.epoch or None), events)
 
     def flush_all(self) -> None:
         for room_id in list(self._gates):
@@ -79,5 +103,14 @@ class RoomFrames:
     def drop(self, room_id: str) -> None:
         """Forget the room (closed, or reset: what it held is no longer valid)."""
         gate = self._gates.pop(room_id, None)
-        if gate is not None and gate.timer is not None:
+        if gate is not None:
+            self._cancel(gate)
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    @staticmethod
+    def _cancel(gate: _Gate) -> None:
+        if gate.timer is not None:
             gate.timer.cancel()
+            gate.timer = None

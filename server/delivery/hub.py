@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 
 from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, RoomState
+from server.delivery.budget import Budget, with_own
 from server.delivery.dm_cursor import DmCursor
 from server.delivery.frames import RoomFrames
 from server.room.state import Room
+from server.wire import protocol
 
 if TYPE_CHECKING:
     from server.config import Config
@@ -88,8 +90,11 @@ class Hub:
         self.live_listeners: list[Callable[[str], None]] = []  # media: a room's `live` state changed
         self.room_locks = KeyedLocks()
         self.user_locks = KeyedLocks()
-        # one frame per room per tick to local viewers, however many nodes send batches
-        self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame)
+        # one frame per room per tick to local viewers, however many nodes send batches; a big
+        # room's frames paced slower, and carrying a sample of its chat above a rate
+        self._tiers = config.frame_tier_list()
+        self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame, pace=self._room_period)
+        self.budget = Budget(config.sample_above, config.frame_danmaku)
         broker.on_room_reset = self._on_room_reset
 
     # -- rooms -------------------------------------------------------------------------
@@ -112,6 +117,7 @@ class Hub:
             if room is not None and room.empty and not room.dirty and room_id not in self.pinned:
                 del self.rooms[room_id]
                 self.frames.drop(room_id)
+                self.budget.forget(room_id)
                 metrics.rooms.set(len(self.rooms))
                 await self.broker.unsubscribe(room_id)
 
@@ -189,11 +195,43 @@ class Hub:
         metrics.batch_events.observe(len(events))
         self.frames.offer(room_id, epoch, frame, events)
 
-    def _send_frame(self, room_id: str, frame: bytes) -> None:
+    def frame_ms(self, room_id: str) -> int:
+        """How often the room's viewers on this node get a frame at most: the tick, or longer for
+        a big audience (config.frame_tiers)."""
         room = self.rooms.get(room_id)
-        if room is not None:
-            metrics.hot.room_frames += 1
+        viewers = len(room.members) if room is not None else 0
+        for at_least, ms in self._tiers:
+            if viewers >= at_least:
+                return max(ms, self.config.tick_ms)
+        return self.config.tick_ms
+
+    def _room_period(self, room_id: str) -> float:
+        return self.frame_ms(room_id) / 1000 if self._tiers else self.config.tick_ms / 1000
+
+    def _send_frame(self, room_id: str, epoch: str, frame: bytes, events: list[Event]) -> None:
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        metrics.hot.room_frames += 1
+        cut = self.budget.cut(room_id, events, asyncio.get_running_loop().time())
+        if cut is None:
             self.fanout.write(room.members, frame)
+            return
+        left = len(cut.left)
+        metrics.sampled_danmaku.inc(left)
+        frame = protocol.batch_frame(room_id, cut.events, epoch or None, left, cut.upto)
+        mine: dict[str, list[Event]] = {}
+        for event in cut.left:
+            mine.setdefault(event["uid"], []).append(event)
+        own: dict[Peer, bytes] = {}  # a sender's connections get its left-out danmaku back
+        for uid, theirs in mine.items():
+            peers = [p for p in self.users.get(uid, ()) if p.room_id == room_id]
+            if peers:
+                framed = protocol.batch_frame(
+                    room_id, with_own(cut, theirs), epoch or None, left - len(theirs), cut.upto
+                )
+                own.update(dict.fromkeys(peers, framed))
+        self.fanout.write(room.members, frame, own)
 
     def _on_room_reset(self, room_id: str, state: RoomState) -> None:
         """The room's stream restarted (Redis lost it, or this node sequenced alone through an
@@ -202,6 +240,7 @@ class Hub:
         if room is None:
             return
         self.frames.drop(room_id)  # held events belong to the old stream
+        self.budget.forget(room_id)
         room.recent.clear()
         load(room, state)
         for client in list(room.members):

@@ -107,7 +107,7 @@ class Node:
         missed = await self._missed(room, *resume) if resume is not None else None
         now = protocol.now_ms()
         self.hub.frames.flush(room.room_id)  # viewers already in get what the snapshot will include
-        snapshot = room.snapshot(who, self.node_id, self.config.tick_ms, self.limits)
+        snapshot = room.snapshot(who, self.node_id, self.hub.frame_ms(room.room_id), self.limits)
         if resume is not None:
             snapshot["recovered"] = missed is not None
             if missed is not None:

@@ -91,6 +91,8 @@ class Room(Generic[Member]):
 
     def add_danmaku(self, who: Identity, text: str, cid: str | int | None, now: int) -> None:
         event = _event("danmaku", who, now, text=text)
+        if who.role != "viewer":  # staff danmaku are never left out of a sampled frame
+            event["role"] = who.role
         if cid is not None:
             event["cid"] = cid
         self._outbox.append(event)

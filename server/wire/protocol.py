@@ -781,12 +781,20 @@ def error_frame(code: ErrorCode, message: str, ref: Any = None, retry_after: flo
     return pack(frame)
 
 
-def batch_frame(room: str, events: list[dict[str, Any]], epoch: str | None = None) -> bytes:
+def batch_frame(
+    room: str, events: list[dict[str, Any]], epoch: str | None = None, sampled: int = 0, upto: int = 0
+) -> bytes:
     """One tick of a room's events, encoded once and written to every viewer.
 
     `epoch` names the stream the events' seqs belong to (None only for an unsequenced echo).
     The Redis publish script builds the same bytes (redis_scripts.batch_head).
+    `sampled`: danmaku of the frame's seqs left out by the room's event budget (delivery/budget.py),
+    `upto`: the last seq the frame covers then.
     """
+    if sampled:
+        return pack(
+            {"t": "batch", "room": room, "epoch": epoch, "events": events, "sampled": sampled, "upto": upto}
+        )
     if epoch is None:
         return pack({"t": "batch", "room": room, "events": events})
     return pack({"t": "batch", "room": room, "epoch": epoch, "events": events})
