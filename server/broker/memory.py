@@ -12,7 +12,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from server.broker.base import (
     BatchHandler,
@@ -29,6 +29,7 @@ from server.broker.base import (
     dm_id_key,
 )
 from server.broker.idempotency import DanmakuCids
+from server.broker.unencodable import encodable_only
 from server.room.sequencing import StreamState, Tick, sequence
 from server.room.state import Room
 from server.wire import protocol
@@ -135,15 +136,21 @@ class MemoryRoomStream(RoomStream):
         channel.viewers.update(joined)
         events = self._cids.fresh(room_id, events)  # a danmaku retried with its cid: numbered once
         tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=len(channel.viewers))
-        sequenced, channel.stream = sequence(channel.stream, tick, channel.view.epoch)
+        view = channel.view
+        sequenced, stream = sequence(channel.stream, tick, view.epoch)
+        try:  # encoded before the stream moves on: an event no frame can carry is dropped alone
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        except protocol.ENCODE_ERRORS:
+            tick = replace(tick, events=encodable_only(room_id, events))
+            sequenced, stream = sequence(channel.stream, tick, view.epoch)
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        channel.stream = stream
         if not sequenced:
             return
-        view = channel.view
         view.apply(view.epoch, sequenced)
         channel.history.extend(sequenced)
         channel.last_write = time.monotonic()
         if channel.handler is not None:
-            frame = protocol.batch_frame(room_id, sequenced, view.epoch)
             channel.handler(room_id, view.epoch, frame, sequenced)
         elif channel.expiry is None:
             self._schedule_expiry(room_id, channel)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.broker.base import Event
+from server.broker.unencodable import encodable_only
 from server.wire import protocol
 
 Send = Callable[[str, bytes], None]  # (room, frame) -> written to the room's local viewers
@@ -70,7 +71,11 @@ class RoomFrames:
             return
         events, gate.held = gate.held, []
         gate.next_at = asyncio.get_running_loop().time() + self._period
-        self._send(room_id, protocol.batch_frame(room_id, events, gate.epoch or None))
+        try:
+            frame = protocol.batch_frame(room_id, events, gate.epoch or None)
+        except protocol.ENCODE_ERRORS:  # an event no frame can carry costs that event alone
+            frame = protocol.batch_frame(room_id, encodable_only(room_id, events), gate.epoch or None)
+        self._send(room_id, frame)
 
     def flush_all(self) -> None:
         for room_id in list(self._gates):
