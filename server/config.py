@@ -80,6 +80,7 @@ class Config:
     media_ice_timeout: float = 10.0  # seconds a WHIP/WHEP session has to connect ICE before it is torn down
     dm_store_users: int = 10_000  # memory broker: users with stored DMs, at most
     dm_store_bytes: int = 16 * 1024 * 1024  # memory broker: bytes of stored DMs, at most
+    dm_store_per_sender: int = 1000  # memory broker: stored DMs one sender may have waiting, at most
     dm_ttl: int = 30 * 86400  # seconds a stored DM is kept
     secret_old: str = ""  # previous secret(s), comma-separated, still accepted (key rotation)
     secrets: str = ""  # "kid1:secret1,kid2:secret2": key ids and secrets, the first signs
@@ -125,8 +126,10 @@ class Config:
             raise ConfigError("reply_interval and reply_repeat_window must be >= 0")
         if self.media_sessions_per_user < 0 or self.media_sessions_per_ip < 0 or self.media_ice_timeout <= 0:
             raise ConfigError("media session caps must be >= 0 and media_ice_timeout > 0")
-        if self.dm_store_users < 1 or self.dm_store_bytes < 1 or self.dm_ttl < 1:
-            raise ConfigError("dm_store_users, dm_store_bytes and dm_ttl must be positive")
+        if min(self.dm_store_users, self.dm_store_bytes, self.dm_ttl, self.dm_store_per_sender) < 1:
+            raise ConfigError(
+                "dm_store_users, dm_store_bytes, dm_store_per_sender and dm_ttl must be positive"
+            )
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
 
@@ -240,6 +243,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--media-ice-timeout", dest="media_ice_timeout", type=float, help="seconds (10)")
     parser.add_argument("--dm-store-users", dest="dm_store_users", type=int, help="memory broker (10000)")
     parser.add_argument("--dm-store-bytes", dest="dm_store_bytes", type=int, help="memory broker (16 MiB)")
+    parser.add_argument(
+        "--dm-store-per-sender", dest="dm_store_per_sender", type=int, help="memory broker (1000)"
+    )
     parser.add_argument("--dm-ttl", dest="dm_ttl", type=int, help="seconds a stored DM is kept (2592000)")
     parser.add_argument("--secret-old", dest="secret_old", help="previous secret still accepted (rotation)")
     parser.add_argument("--join-nonce", dest="join_nonce", action="store_const", const=True)

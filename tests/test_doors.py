@@ -452,6 +452,66 @@ async def test_memory_dm_store_is_bounded_in_users_bytes_and_time(monkeypatch: p
     assert broker.dm_bytes == 0
 
 
+async def test_one_sender_fills_its_own_dm_quota_not_the_store() -> None:
+    """Per sender before the global bound (issue #24): a sender past its quota is refused 4502,
+    everyone else still stores DMs; acknowledging frees the quota."""
+    broker = MemoryBroker(dm_store_users=10, dm_per_sender=3, dm_keep=2)
+    spam = {"t": "dm", "from": "spammer", "text": "x"}
+    receipts = [await broker.store_dm(f"u{i}", spam) for i in range(3)]
+    with pytest.raises(ProtocolError) as info:
+        await broker.store_dm("u3", spam)
+    assert info.value.code == H.DM_STORE_FULL and "3 of your DMs" in info.value.message
+    assert not (await broker.store_dm("u3", {**spam, "from": "alice"})).delivered  # others: stored
+    await broker.ack_dm("u0", receipts[0].id)  # read: the spammer may store one more
+    await broker.store_dm("u4", spam)
+    for n in range(3):  # per recipient: the newest dm_keep (2) kept, the oldest pushed out
+        await broker.store_dm("busy", {**spam, "from": f"s{n}", "text": f"t{n}"})
+    kept = [protocol.unpack(f)["text"] for f in await broker.dm_backlog("busy")]
+    assert kept == ["t1", "t2"]
+    assert await broker.store_dm("u5", {**spam, "from": "s0"})  # s0's pushed-out DM freed its slot
+
+
+async def test_a_full_store_still_delivers_to_online_users() -> None:
+    """Store full: an online recipient still gets the DM live (`delivered: true`, not kept: no
+    durability promise); an offline one is refused 4502."""
+    broker = MemoryBroker(dm_store_users=1, dm_per_sender=1)
+    await broker.store_dm("offline", {"t": "dm", "from": "a", "text": "fills the store"})
+    live: list[bytes] = []
+    assert await broker.subscribe_user("online", lambda _u, frame: live.append(frame)) == []
+    for sender in ("a", "b"):  # a: over its own quota; b: the store is full
+        receipt = await broker.store_dm("online", {"t": "dm", "from": sender, "text": f"from {sender}"})
+        assert receipt.delivered
+    assert [protocol.unpack(f)["text"] for f in live] == ["from a", "from b"]
+    assert await broker.dm_backlog("online") == []  # not kept
+    with pytest.raises(ProtocolError) as info:
+        await broker.store_dm("offline2", {"t": "dm", "from": "b", "text": "x"})
+    assert info.value.code == H.DM_STORE_FULL
+
+
+async def test_a_full_store_delivers_live_over_the_socket() -> None:
+    config = make_config("flood")
+    config.rate_limits, config.join_nonce, config.dm_store_users = "off", False, 1
+    app = App(config)
+    await app.start()
+    try:
+        base = f"ws://127.0.0.1:{app.port}/ws?token="
+        async with connect(base + mint()) as ws, connect(base + mint(user="bob")) as bob:
+            for sock in (ws, bob):
+                assert msgpack.unpackb(await sock.recv())["t"] == "snapshot"
+            for i, to in enumerate(("offline1", "bob")):  # offline1 fills the store
+                await ws.send(msgpack.packb({"t": "dm", "to": to, "text": f"hi {i}", "cid": i}))
+                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                while frame["t"] not in ("dm_ack", "error"):
+                    frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                assert frame["t"] == "dm_ack" and frame["delivered"] is (to == "bob"), frame
+            got = msgpack.unpackb(await asyncio.wait_for(bob.recv(), TIMEOUT))
+            while got["t"] != "dm":
+                got = msgpack.unpackb(await asyncio.wait_for(bob.recv(), TIMEOUT))
+            assert got["text"] == "hi 1"
+    finally:
+        await app.stop()
+
+
 async def test_dm_refused_with_4502_when_the_store_is_full() -> None:
     config = make_config("flood")
     config.rate_limits, config.join_nonce, config.dm_store_users = "off", False, 1
