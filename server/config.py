@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, fields
 
 DEFAULT_SECRET = "dev-only-secret-change-me-in-production"
+MIN_SECRET_LEN = 32  # characters of every signing or checking key in prod
 
 
 class ConfigError(Exception):
@@ -99,13 +100,26 @@ class Config:
     def dev_tokens_enabled(self) -> bool:
         return self.dev_tokens if self.dev_tokens is not None else self.env == "dev"
 
+    def ring_keys(self) -> list[tuple[str, str]]:
+        """Every key a token may be checked against, and where it was set: LIVEROOM_SECRETS alone
+        when set (--secret is then unused: server.abuse.tokens.Keyring), else --secret and --secret-old."""
+        if self.secrets.strip():
+            items = [item.strip().partition(":") for item in self.secrets.split(",")]
+            return [(f"LIVEROOM_SECRETS key {kid[:16]!r}", value) for kid, _, value in items]
+        olds = [old.strip() for old in self.secret_old.split(",") if old.strip()]
+        return [("--secret", self.secret), *(("--secret-old", old) for old in olds)]
+
     def check(self) -> None:
         if self.env not in ("dev", "prod"):
             raise ConfigError("env must be 'dev' or 'prod'")
-        if self.env == "prod" and self.secret == DEFAULT_SECRET:
-            raise ConfigError("refusing to start in prod with the default secret: set LIVEROOM_SECRET")
-        if self.env == "prod" and len(self.secret) < 32:
-            raise ConfigError("in prod the secret must be at least 32 characters")
+        if self.env == "prod":
+            for where, key in self.ring_keys():
+                if key == DEFAULT_SECRET:
+                    raise ConfigError(
+                        f"refusing to start in prod with the public dev secret as {where}: set LIVEROOM_SECRET"
+                    )
+                if len(key) < MIN_SECRET_LEN:
+                    raise ConfigError(f"in prod every key must be at least {MIN_SECRET_LEN} characters ({where})")
         if not 5 <= self.tick_ms <= 1000:
             raise ConfigError("tick_ms must be between 5 and 1000")
         if self.recent_size < 0 or self.history_size < self.recent_size:

@@ -44,7 +44,7 @@ class Keyring:
                 keys.append((kid, value))
             return cls(tuple(keys))
         keys = [(key_id(secret), secret)]
-        keys += [(key_id(old), old) for old in secret_old.split(",") if old.strip()]
+        keys += [(key_id(old.strip()), old.strip()) for old in secret_old.split(",") if old.strip()]
         return cls(tuple(keys))
 
     @property
