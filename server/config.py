@@ -119,7 +119,9 @@ class Config:
                         f"refusing to start in prod with the public dev secret as {where}: set LIVEROOM_SECRET"
                     )
                 if len(key) < MIN_SECRET_LEN:
-                    raise ConfigError(f"in prod every key must be at least {MIN_SECRET_LEN} characters ({where})")
+                    raise ConfigError(
+                        f"in prod every key must be at least {MIN_SECRET_LEN} characters ({where})"
+                    )
         if not 5 <= self.tick_ms <= 1000:
             raise ConfigError("tick_ms must be between 5 and 1000")
         if self.recent_size < 0 or self.history_size < self.recent_size:

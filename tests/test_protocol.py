@@ -162,8 +162,15 @@ def test_prod_starts_with_a_ring_alone() -> None:
 
 def test_serve_refuses_prod_with_the_dev_secret_as_an_old_key() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--env", "prod", "--port", "0"]
-        + ["--secret", GOOD, "--secret-old", DEFAULT_SECRET],
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--env",
+            "prod",
+            *("--secret", GOOD, "--secret-old", DEFAULT_SECRET),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
