@@ -49,6 +49,7 @@ class Config:
     write_buffer_limit: int = 512 * 1024  # bytes queued for one viewer before batches drop
     max_dropped_batches: int = 400  # consecutive drops (~20 s at 50 ms) before closing
     join_timeout: float = 10.0  # seconds to send a join frame when no token in the URL
+    body_timeout: float = 10.0  # seconds an HTTP request's body has to arrive (media port); then 408
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     node_id: str = ""
@@ -130,6 +131,8 @@ class Config:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
+        if self.body_timeout <= 0:
+            raise ConfigError("body_timeout must be positive")
         if self.turn_ttl < 60:
             raise ConfigError("turn_ttl must be at least 60 seconds")
         if self.media_udp_ports:
@@ -263,6 +266,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--dm-store-per-sender", dest="dm_store_per_sender", type=int, help="memory broker (1000)"
     )
     parser.add_argument("--dm-ttl", dest="dm_ttl", type=int, help="seconds a stored DM is kept (2592000)")
+    parser.add_argument(
+        "--body-timeout", dest="body_timeout", type=float, help="seconds for an HTTP body to arrive (10)"
+    )
     parser.add_argument("--secret-old", dest="secret_old", help="previous secret still accepted (rotation)")
     parser.add_argument("--join-nonce", dest="join_nonce", action="store_const", const=True)
     parser.add_argument("--analytics-flush", dest="analytics_flush", type=float, help="seconds (1.0)")

@@ -46,6 +46,7 @@ ATTACKS = (
     "flood",
     "malformed_body",
     "wrong_host",
+    "unencodable_text",
 )
 
 # (HTTP status, error code) expected; the WebSocket door answers 101 then an error frame (the code),
@@ -60,6 +61,10 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (101, H.JOIN_THROTTLED),
         "malformed_body": (101, H.BAD_FRAME),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (
+            101,
+            H.TOKEN_INVALID,
+        ),  # a token name with a lone surrogate (an emoji cut in half)
     },
     "whip": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -69,6 +74,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.JOIN_THROTTLED),
         "malformed_body": (400, H.MEDIA_BAD_SDP),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
     },
     "whep": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -78,6 +84,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.MEDIA_TOO_MANY_SESSIONS),
         "malformed_body": (400, H.MEDIA_BAD_SDP),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
     },
     "stats": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -87,6 +94,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.JOIN_THROTTLED),
         "malformed_body": (400, H.BAD_FIELD),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
     },
     "admin": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -96,6 +104,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.JOIN_THROTTLED),
         "malformed_body": (400, H.BAD_FIELD),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (400, H.BAD_FIELD),  # a JSON body with "\ud83d"
     },
 }
 
@@ -261,6 +270,11 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
         return await door.attempt(ADMIN_TOKEN, body=b"[" * 10_000)
     if attack == "wrong_host":  # DNS rebinding: the page and the Host are evil.example
         return await door.attempt(good_credential(name), host="evil.example")
+    if attack == "unencodable_text":  # a lone UTF-16 surrogate: a name cut in half, JSON "\ud83d"
+        if name == "admin":
+            body = b'{"action": "mute", "rooms": ["r1"], "reason": "cut \\ud83d"}'
+            return await door.attempt(ADMIN_TOKEN, body=body)
+        return await door.attempt(good_credential(name, name="Ann \ud83d"))
     raise AssertionError(attack)
 
 
@@ -402,6 +416,83 @@ async def test_media_port_closes_slow_header_connections() -> None:
             await writer.drain()
             await asyncio.wait_for(reader.read(), TIMEOUT)  # EOF: closed (aiohttp's default: 75 s)
             writer.close()
+    finally:
+        await app.stop()
+
+
+async def _raw_answer(port: int, data: bytes, trickle: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """Send a raw request (then `trickle`, never the rest); the answer and its JSON body, read to
+    the connection's close: the server must close it itself."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data + trickle)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # EOF: the server closed it
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+MEDIA_DOORS = (
+    ("POST", "/whip/r1"),
+    ("POST", "/whep/r1"),
+    ("DELETE", "/whep/r1/some-session"),
+    ("PATCH", "/whip/r1/some-session"),
+    ("GET", "/api/rooms/r1/stats"),
+    ("POST", "/api/admin/rooms/r1/system"),
+)
+
+
+async def test_declared_body_over_the_limit_is_413_unread() -> None:
+    """Content-Length: 10^12 and 3 bytes: 413 JSON at once, connection closed (issue #24)."""
+    app = App(make_config("malformed_body"))
+    await app.start()
+    try:
+        for method, path in MEDIA_DOORS:
+            head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n"
+            head += "Content-Type: application/sdp\r\nContent-Length: 1000000000000\r\n\r\n"
+            status, body = await _raw_answer(app.http_port, head.encode(), b"v=0")
+            assert (status, body["code"]) == (413, H.BODY_TOO_LARGE), (method, path, body)
+    finally:
+        await app.stop()
+
+
+async def test_trickled_body_is_closed_after_the_body_timeout() -> None:
+    """A valid caller whose body never finishes: 408 JSON and closed after body_timeout (0.3 s
+    here), on every media-port door, authorised or not."""
+    config = make_config("malformed_body")
+    config.body_timeout, config.join_nonce = 0.3, False
+    app = App(config)
+    await app.start()
+    try:
+        for method, path in MEDIA_DOORS:
+            credential = ADMIN_TOKEN if "admin" in path else mint(role="host")
+            head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {credential}\r\n"
+            head += "Content-Type: application/sdp\r\nContent-Length: 5000\r\n\r\n"
+            status, body = await _raw_answer(app.http_port, head.encode(), b"v=0\r\n")
+            assert (status, body["code"]) == (408, H.BODY_TIMEOUT), (method, path, body)
+    finally:
+        await app.stop()
+
+
+async def test_the_two_unauthenticated_500s_are_404_and_401(server_faults: None) -> None:
+    """A static file name over 255 characters (ENAMETOOLONG) and a non-ASCII Bearer on the admin
+    API and the token doors: JSON refusals, no traceback (issue #24)."""
+    app = App(make_config("malformed_body"))
+    await app.start()
+    try:
+        for name in ("a" * 256, "b" * 300 + ".js", "x/" + "c" * 1000):
+            data = f"GET /{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+            status, body = await _raw_answer(app.port, data)
+            assert (status, body["code"]) == (404, H.NOT_FOUND), name
+        for path in ("/api/admin/health", "/api/rooms/r1/stats", "/whep/r1/x"):
+            method = "DELETE" if path.startswith("/whep") else "GET"
+            data = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+            status, body = await _raw_answer(
+                app.http_port, data + b"Authorization: Bearer \xff\xfe\xe9t\r\n\r\n"
+            )
+            assert (status, body["code"]) in ((401, H.TOKEN_INVALID), (401, H.AUTH_REQUIRED)), (path, body)
     finally:
         await app.stop()
 

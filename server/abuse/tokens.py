@@ -59,6 +59,8 @@ class Keyring:
         """auth.verify with the key the header names, else each key in turn."""
         if not token:
             return auth.verify(self.keys[0][1], token, room)  # raises AUTH_REQUIRED
+        if not token.isascii():  # a JWT is base64url: PyJWT would fail encoding it, not refuse it
+            raise ProtocolError(ErrorCode.TOKEN_INVALID, "token invalid: not ASCII")
         if len(self.keys) == 1:
             return auth.verify(self.keys[0][1], token, room)
         try:

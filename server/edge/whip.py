@@ -70,7 +70,10 @@ def door_of(path: str) -> Door:
 def _refused(request: web.Request, error: ProtocolError) -> web.Response:
     line = f"{request.method} {request.path[:80]} {error.code.name}"
     request.app[REFUSALS].refused(line, asyncio.get_running_loop().time())
-    return http_error(error, CORS)
+    response = http_error(error, CORS)
+    if error.code in (ErrorCode.BODY_TOO_LARGE, ErrorCode.BODY_TIMEOUT):
+        response.force_close()  # the rest of the body is never read: the connection goes
+    return response
 
 
 @web.middleware
@@ -156,7 +159,7 @@ class MediaHttp:
         self.guard = guard  # every door's authorisation (docs/API.md "Doors")
         self.media = media
         self.hub = hub
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_answers, self._host])
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_answers, self._body, self._host])
         self.app[REFUSALS] = RefusalLog(log)
         for kind in ("whip", "whep"):
             self.app.router.add_route("POST", f"/{kind}/{{room}}", self._post)
@@ -189,6 +192,21 @@ class MediaHttp:
             await self._runner.cleanup()
 
     # -- handlers ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _body(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every door's body, before anything else: a declared length over the limit is refused
+        unread (413), and a body must arrive within body_timeout (a trickled one: 408, closed)."""
+        declared = request.content_length
+        if declared is not None and declared > MAX_BODY:
+            raise ProtocolError(ErrorCode.BODY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+        if request.body_exists:
+            try:  # read here, kept by the request: the handler's read() returns these bytes
+                async with asyncio.timeout(self.config.body_timeout):
+                    await request.read()
+            except TimeoutError:
+                raise ProtocolError(ErrorCode.BODY_TIMEOUT, "the body did not arrive in time") from None
+        return await handler(request)
 
     @web.middleware
     async def _host(self, request: web.Request, handler: Handler) -> web.StreamResponse:

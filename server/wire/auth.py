@@ -151,6 +151,8 @@ def mint_node(secret: str, *, room: str, node: str, ttl: int = NODE_TTL) -> str:
 
 def is_node_token(token: str) -> bool:
     """Whether a (not yet verified) token claims to be a node credential."""
+    if not token.isascii():
+        return False
     try:
         return jwt.decode(token, options={"verify_signature": False}).get("aud") == NODE_AUDIENCE
     except jwt.PyJWTError:

@@ -49,6 +49,7 @@ class ErrorCode(IntEnum):
     BODY_TOO_LARGE = 4008
     BAD_CONTENT_TYPE = 4009
     BAD_REQUEST = 4010
+    BODY_TIMEOUT = 4011  # HTTP doors: the body did not arrive within body_timeout (408, closed)
     AUTH_REQUIRED = 4100
     TOKEN_INVALID = 4101
     TOKEN_EXPIRED = 4102
