@@ -179,6 +179,9 @@ class MediaHttp:
             # also the header timeout: a connection that has not sent a whole request by then is
             # closed (aiohttp arms it when the connection opens), like the WS port's open timeout
             keepalive_timeout=self.config.join_timeout,
+            # a body left unread (refused: over the limit, past its deadline) is not drained for
+            # another 10 s: the connection closes once the refusal is written
+            lingering_time=0,
         )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port)
