@@ -15,6 +15,7 @@ export const ERRORS = {
   4008: ["BODY_TOO_LARGE", "That request was too large."],
   4009: ["BAD_CONTENT_TYPE", "That request had the wrong content type."],
   4010: ["BAD_REQUEST", "That request was malformed."],
+  4011: ["BODY_TIMEOUT", "That request took too long to arrive."],
   4100: ["AUTH_REQUIRED", "A token is needed to join this room."],
   4101: ["TOKEN_INVALID", "Your token is not valid for this server."],
   4102: ["TOKEN_EXPIRED", "Your session expired."],

@@ -68,6 +68,7 @@ def make_broker(config: Config) -> Broker:
         dm_store_users=config.dm_store_users,
         dm_store_bytes=config.dm_store_bytes,
         dm_ttl=config.dm_ttl,
+        dm_per_sender=config.dm_store_per_sender,
     )
 
 

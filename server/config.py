@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, fields
 
 DEFAULT_SECRET = "dev-only-secret-change-me-in-production"
+MIN_SECRET_LEN = 32  # characters of every signing or checking key in prod
 
 
 class ConfigError(Exception):
@@ -55,6 +56,7 @@ class Config:
     # every MS at most (never more often than the tick); "" turns it off
     frame_tiers: str = "5000:100,20000:250"
     join_timeout: float = 10.0  # seconds to send a join frame when no token in the URL
+    body_timeout: float = 10.0  # seconds an HTTP request's body has to arrive (media port); then 408
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     node_id: str = ""
@@ -87,6 +89,7 @@ class Config:
     media_ice_timeout: float = 10.0  # seconds a WHIP/WHEP session has to connect ICE before it is torn down
     dm_store_users: int = 10_000  # memory broker: users with stored DMs, at most
     dm_store_bytes: int = 16 * 1024 * 1024  # memory broker: bytes of stored DMs, at most
+    dm_store_per_sender: int = 1000  # memory broker: stored DMs one sender may have waiting, at most
     dm_ttl: int = 30 * 86400  # seconds a stored DM is kept
     secret_old: str = ""  # previous secret(s), comma-separated, still accepted (key rotation)
     secrets: str = ""  # "kid1:secret1,kid2:secret2": key ids and secrets, the first signs
@@ -115,13 +118,28 @@ class Config:
             tiers.append((int(viewers), int(ms)))
         return sorted(tiers, reverse=True)
 
+    def ring_keys(self) -> list[tuple[str, str]]:
+        """Every key a token may be checked against, and where it was set: LIVEROOM_SECRETS alone
+        when set (--secret is then unused: server.abuse.tokens.Keyring), else --secret and --secret-old."""
+        if self.secrets.strip():
+            items = [item.strip().partition(":") for item in self.secrets.split(",")]
+            return [(f"LIVEROOM_SECRETS key {kid[:16]!r}", value) for kid, _, value in items]
+        olds = [old.strip() for old in self.secret_old.split(",") if old.strip()]
+        return [("--secret", self.secret), *(("--secret-old", old) for old in olds)]
+
     def check(self) -> None:
         if self.env not in ("dev", "prod"):
             raise ConfigError("env must be 'dev' or 'prod'")
-        if self.env == "prod" and self.secret == DEFAULT_SECRET:
-            raise ConfigError("refusing to start in prod with the default secret: set LIVEROOM_SECRET")
-        if self.env == "prod" and len(self.secret) < 32:
-            raise ConfigError("in prod the secret must be at least 32 characters")
+        if self.env == "prod":
+            for where, key in self.ring_keys():
+                if key == DEFAULT_SECRET:
+                    raise ConfigError(
+                        f"refusing to start in prod with the public dev secret as {where}: set LIVEROOM_SECRET"
+                    )
+                if len(key) < MIN_SECRET_LEN:
+                    raise ConfigError(
+                        f"in prod every key must be at least {MIN_SECRET_LEN} characters ({where})"
+                    )
         if not 5 <= self.tick_ms <= 1000:
             raise ConfigError("tick_ms must be between 5 and 1000")
         if self.sample_above < 0 or self.frame_danmaku < 1:
@@ -133,6 +151,8 @@ class Config:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
+        if self.body_timeout <= 0:
+            raise ConfigError("body_timeout must be positive")
         if self.turn_ttl < 60:
             raise ConfigError("turn_ttl must be at least 60 seconds")
         if self.media_udp_ports:
@@ -145,8 +165,10 @@ class Config:
             raise ConfigError("reply_interval and reply_repeat_window must be >= 0")
         if self.media_sessions_per_user < 0 or self.media_sessions_per_ip < 0 or self.media_ice_timeout <= 0:
             raise ConfigError("media session caps must be >= 0 and media_ice_timeout > 0")
-        if self.dm_store_users < 1 or self.dm_store_bytes < 1 or self.dm_ttl < 1:
-            raise ConfigError("dm_store_users, dm_store_bytes and dm_ttl must be positive")
+        if min(self.dm_store_users, self.dm_store_bytes, self.dm_ttl, self.dm_store_per_sender) < 1:
+            raise ConfigError(
+                "dm_store_users, dm_store_bytes, dm_store_per_sender and dm_ttl must be positive"
+            )
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
 
@@ -277,7 +299,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--media-ice-timeout", dest="media_ice_timeout", type=float, help="seconds (10)")
     parser.add_argument("--dm-store-users", dest="dm_store_users", type=int, help="memory broker (10000)")
     parser.add_argument("--dm-store-bytes", dest="dm_store_bytes", type=int, help="memory broker (16 MiB)")
+    parser.add_argument(
+        "--dm-store-per-sender", dest="dm_store_per_sender", type=int, help="memory broker (1000)"
+    )
     parser.add_argument("--dm-ttl", dest="dm_ttl", type=int, help="seconds a stored DM is kept (2592000)")
+    parser.add_argument(
+        "--body-timeout", dest="body_timeout", type=float, help="seconds for an HTTP body to arrive (10)"
+    )
     parser.add_argument("--secret-old", dest="secret_old", help="previous secret still accepted (rotation)")
     parser.add_argument("--join-nonce", dest="join_nonce", action="store_const", const=True)
     parser.add_argument("--analytics-flush", dest="analytics_flush", type=float, help="seconds (1.0)")

@@ -180,3 +180,7 @@ tick_seconds = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 tick_rooms = Counter("liveroom_tick_rooms_total", "Room publishes handed to the broker by ticks")
+unencodable_events = Counter(
+    "liveroom_events_unencodable_total",
+    "Events dropped on the hot path because they could not be encoded (e.g. a lone surrogate)",
+)

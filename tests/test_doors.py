@@ -46,6 +46,7 @@ ATTACKS = (
     "flood",
     "malformed_body",
     "wrong_host",
+    "unencodable_text",
 )
 
 # (HTTP status, error code) expected; the WebSocket door answers 101 then an error frame (the code),
@@ -60,6 +61,10 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (101, H.JOIN_THROTTLED),
         "malformed_body": (101, H.BAD_FRAME),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (
+            101,
+            H.TOKEN_INVALID,
+        ),  # a token name with a lone surrogate (an emoji cut in half)
     },
     "whip": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -69,6 +74,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.JOIN_THROTTLED),
         "malformed_body": (400, H.MEDIA_BAD_SDP),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
     },
     "whep": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -78,6 +84,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.MEDIA_TOO_MANY_SESSIONS),
         "malformed_body": (400, H.MEDIA_BAD_SDP),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
     },
     "stats": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -87,6 +94,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.JOIN_THROTTLED),
         "malformed_body": (400, H.BAD_FIELD),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
     },
     "admin": {
         "forged_key": (401, H.TOKEN_INVALID),
@@ -96,6 +104,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "flood": (429, H.JOIN_THROTTLED),
         "malformed_body": (400, H.BAD_FIELD),
         "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (400, H.BAD_FIELD),  # a JSON body with "\ud83d"
     },
 }
 
@@ -263,6 +272,11 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
         return await door.attempt(ADMIN_TOKEN, body=b"[" * 10_000)
     if attack == "wrong_host":  # DNS rebinding: the page and the Host are evil.example
         return await door.attempt(good_credential(name), host="evil.example")
+    if attack == "unencodable_text":  # a lone UTF-16 surrogate: a name cut in half, JSON "\ud83d"
+        if name == "admin":
+            body = b'{"action": "mute", "rooms": ["r1"], "reason": "cut \\ud83d"}'
+            return await door.attempt(ADMIN_TOKEN, body=body)
+        return await door.attempt(good_credential(name, name="Ann \ud83d"))
     raise AssertionError(attack)
 
 
@@ -408,6 +422,83 @@ async def test_media_port_closes_slow_header_connections() -> None:
         await app.stop()
 
 
+async def _raw_answer(port: int, data: bytes, trickle: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """Send a raw request (then `trickle`, never the rest); the answer and its JSON body, read to
+    the connection's close: the server must close it itself."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data + trickle)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # EOF: the server closed it
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+MEDIA_DOORS = (
+    ("POST", "/whip/r1"),
+    ("POST", "/whep/r1"),
+    ("DELETE", "/whep/r1/some-session"),
+    ("PATCH", "/whip/r1/some-session"),
+    ("GET", "/api/rooms/r1/stats"),
+    ("POST", "/api/admin/rooms/r1/system"),
+)
+
+
+async def test_declared_body_over_the_limit_is_413_unread() -> None:
+    """Content-Length: 10^12 and 3 bytes: 413 JSON at once, connection closed (issue #24)."""
+    app = App(make_config("malformed_body"))
+    await app.start()
+    try:
+        for method, path in MEDIA_DOORS:
+            head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n"
+            head += "Content-Type: application/sdp\r\nContent-Length: 1000000000000\r\n\r\n"
+            status, body = await _raw_answer(app.http_port, head.encode(), b"v=0")
+            assert (status, body["code"]) == (413, H.BODY_TOO_LARGE), (method, path, body)
+    finally:
+        await app.stop()
+
+
+async def test_trickled_body_is_closed_after_the_body_timeout() -> None:
+    """A valid caller whose body never finishes: 408 JSON and closed after body_timeout (0.3 s
+    here), on every media-port door, authorised or not."""
+    config = make_config("malformed_body")
+    config.body_timeout, config.join_nonce = 0.3, False
+    app = App(config)
+    await app.start()
+    try:
+        for method, path in MEDIA_DOORS:
+            credential = ADMIN_TOKEN if "admin" in path else mint(role="host")
+            head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {credential}\r\n"
+            head += "Content-Type: application/sdp\r\nContent-Length: 5000\r\n\r\n"
+            status, body = await _raw_answer(app.http_port, head.encode(), b"v=0\r\n")
+            assert (status, body["code"]) == (408, H.BODY_TIMEOUT), (method, path, body)
+    finally:
+        await app.stop()
+
+
+async def test_the_two_unauthenticated_500s_are_404_and_401(server_faults: None) -> None:
+    """A static file name over 255 characters (ENAMETOOLONG) and a non-ASCII Bearer on the admin
+    API and the token doors: JSON refusals, no traceback (issue #24)."""
+    app = App(make_config("malformed_body"))
+    await app.start()
+    try:
+        for name in ("a" * 256, "b" * 300 + ".js", "x/" + "c" * 1000):
+            data = f"GET /{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+            status, body = await _raw_answer(app.port, data)
+            assert (status, body["code"]) == (404, H.NOT_FOUND), name
+        for path in ("/api/admin/health", "/api/rooms/r1/stats", "/whep/r1/x"):
+            method = "DELETE" if path.startswith("/whep") else "GET"
+            data = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+            status, body = await _raw_answer(
+                app.http_port, data + b"Authorization: Bearer \xff\xfe\xe9t\r\n\r\n"
+            )
+            assert (status, body["code"]) in ((401, H.TOKEN_INVALID), (401, H.AUTH_REQUIRED)), (path, body)
+    finally:
+        await app.stop()
+
+
 def test_time_claims_must_be_numbers() -> None:
     ring = Keyring.from_config("s" * 40)
     now = int(time.time())
@@ -452,6 +543,66 @@ async def test_memory_dm_store_is_bounded_in_users_bytes_and_time(monkeypatch: p
     assert await broker.subscribe_user("u1", lambda uid, frame: None) == []
     await broker.ack_dm("u4", receipt.id)
     assert broker.dm_bytes == 0
+
+
+async def test_one_sender_fills_its_own_dm_quota_not_the_store() -> None:
+    """Per sender before the global bound (issue #24): a sender past its quota is refused 4502,
+    everyone else still stores DMs; acknowledging frees the quota."""
+    broker = MemoryBroker(dm_store_users=10, dm_per_sender=3, dm_keep=2)
+    spam = {"t": "dm", "from": "spammer", "text": "x"}
+    receipts = [await broker.store_dm(f"u{i}", spam) for i in range(3)]
+    with pytest.raises(ProtocolError) as info:
+        await broker.store_dm("u3", spam)
+    assert info.value.code == H.DM_STORE_FULL and "3 of your DMs" in info.value.message
+    assert not (await broker.store_dm("u3", {**spam, "from": "alice"})).delivered  # others: stored
+    await broker.ack_dm("u0", receipts[0].id)  # read: the spammer may store one more
+    await broker.store_dm("u4", spam)
+    for n in range(3):  # per recipient: the newest dm_keep (2) kept, the oldest pushed out
+        await broker.store_dm("busy", {**spam, "from": f"s{n}", "text": f"t{n}"})
+    kept = [protocol.unpack(f)["text"] for f in await broker.dm_backlog("busy")]
+    assert kept == ["t1", "t2"]
+    assert await broker.store_dm("u5", {**spam, "from": "s0"})  # s0's pushed-out DM freed its slot
+
+
+async def test_a_full_store_still_delivers_to_online_users() -> None:
+    """Store full: an online recipient still gets the DM live (`delivered: true`, not kept: no
+    durability promise); an offline one is refused 4502."""
+    broker = MemoryBroker(dm_store_users=1, dm_per_sender=1)
+    await broker.store_dm("offline", {"t": "dm", "from": "a", "text": "fills the store"})
+    live: list[bytes] = []
+    assert await broker.subscribe_user("online", lambda _u, frame: live.append(frame)) == []
+    for sender in ("a", "b"):  # a: over its own quota; b: the store is full
+        receipt = await broker.store_dm("online", {"t": "dm", "from": sender, "text": f"from {sender}"})
+        assert receipt.delivered
+    assert [protocol.unpack(f)["text"] for f in live] == ["from a", "from b"]
+    assert await broker.dm_backlog("online") == []  # not kept
+    with pytest.raises(ProtocolError) as info:
+        await broker.store_dm("offline2", {"t": "dm", "from": "b", "text": "x"})
+    assert info.value.code == H.DM_STORE_FULL
+
+
+async def test_a_full_store_delivers_live_over_the_socket() -> None:
+    config = make_config("flood")
+    config.rate_limits, config.join_nonce, config.dm_store_users = "off", False, 1
+    app = App(config)
+    await app.start()
+    try:
+        base = f"ws://127.0.0.1:{app.port}/ws?token="
+        async with connect(base + mint()) as ws, connect(base + mint(user="bob")) as bob:
+            for sock in (ws, bob):
+                assert msgpack.unpackb(await sock.recv())["t"] == "snapshot"
+            for i, to in enumerate(("offline1", "bob")):  # offline1 fills the store
+                await ws.send(msgpack.packb({"t": "dm", "to": to, "text": f"hi {i}", "cid": i}))
+                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                while frame["t"] not in ("dm_ack", "error"):
+                    frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                assert frame["t"] == "dm_ack" and frame["delivered"] is (to == "bob"), frame
+            got = msgpack.unpackb(await asyncio.wait_for(bob.recv(), TIMEOUT))
+            while got["t"] != "dm":
+                got = msgpack.unpackb(await asyncio.wait_for(bob.recv(), TIMEOUT))
+            assert got["text"] == "hi 1"
+    finally:
+        await app.stop()
 
 
 async def test_dm_refused_with_4502_when_the_store_is_full() -> None:

@@ -129,6 +129,7 @@ def _authorization(kind: str) -> dict[str, str]:
 @pytest.fixture
 def config(config: Config) -> Config:
     config.admin_token = ADMIN_TOKEN
+    config.body_timeout = 0.5  # trickled bodies (the load script's) end quickly
     config.media_stats_interval = 0
     config.media_ice_timeout = 1.0  # fuzzed sessions that were accepted go away quickly
     return config
@@ -195,6 +196,9 @@ RAW = [
     b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS ClientHello
     b"GET / HTTP/1.1\r\nX: " + b"a" * 10_000 + b"\r\n\r\n",
     b"POST /whep/r1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/sdp\r\nContent-Length: 99999999\r\n\r\n",
+    b"POST /api/admin/rooms/r1/system HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000000\r\n\r\n{}",
+    b"GET /api/admin/health HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \xff\xfe\r\n\r\n",
+    b"DELETE /whep/r1/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \xc3\xa9\r\n\r\n",
 ]
 
 
@@ -269,3 +273,14 @@ async def test_client_gone_mid_body_is_no_fault(app: App, server_faults: None) -
     writer.write(b"GET /api/admin/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert (await asyncio.wait_for(reader.read(), TIMEOUT)).startswith(b"HTTP/1.1 401")
     writer.close()
+
+
+async def test_fuzz_every_http_door_with_the_load_script(app: App, server_faults: None) -> None:
+    """load_tests/fuzz_doors.py's raw requests (30,000 in its recorded run, docs/BENCHMARKS.md),
+    a smaller count here: every door of both ports, no 5xx, no ERROR line, no traceback."""
+    from load_tests.fuzz_doors import fuzz
+
+    statuses = await fuzz(600, 8, seed=24, ports=(app.port, app.http_port), admin=ADMIN_TOKEN)
+    assert sum(statuses.values()) == 600
+    assert not [status for status in statuses if status >= 500], statuses
+    assert statuses[408] and statuses[413] and statuses[401], statuses  # the rows of issue #24 ran

@@ -130,6 +130,54 @@ def test_config_refuses_default_secret_in_prod() -> None:
         from_env({"LIVEROOM_PORT": "eighty"})
 
 
+GOOD = "g" * 32
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"secret": GOOD, "secret_old": DEFAULT_SECRET},
+        {"secret": GOOD, "secret_old": f"{'o' * 32}, {DEFAULT_SECRET}"},
+        {"secret": GOOD, "secret_old": "short"},
+        {"secrets": f"k2:{GOOD},k1:{DEFAULT_SECRET}"},
+        {"secrets": f"k1:{DEFAULT_SECRET}"},
+        {"secrets": f"k2:{GOOD},k1:short"},
+        {"secret": GOOD, "secrets": f"k1:{DEFAULT_SECRET}"},
+    ],
+)
+def test_prod_refuses_the_dev_secret_and_short_keys_in_every_position(fields: dict[str, str]) -> None:
+    """--secret-old and LIVEROOM_SECRETS are keys tokens are checked against: the public dev
+    secret there would let anyone mint a host token (issue #24)."""
+    with pytest.raises(ConfigError):
+        Config(env="prod", **fields).check()
+
+
+def test_prod_starts_with_a_ring_alone() -> None:
+    """LIVEROOM_SECRETS without LIVEROOM_SECRET: --secret is unused then, so not required."""
+    Config(env="prod", secrets=f"k2:{GOOD},k1:{'o' * 40}").check()
+    Config(env="prod", secret=GOOD, secret_old="o" * 32).check()
+    config = from_env({"LIVEROOM_ENV": "prod", "LIVEROOM_SECRETS": f"k2:{GOOD}"})
+    config.check()
+
+
+def test_serve_refuses_prod_with_the_dev_secret_as_an_old_key() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--env",
+            "prod",
+            *("--secret", GOOD, "--secret-old", DEFAULT_SECRET),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "--secret-old" in out.stderr, out.stderr
+
+
 def test_serve_refuses_prod_with_default_secret() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "server", "serve", "--env", "prod", "--port", "0"],

@@ -66,6 +66,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.BODY_TOO_LARGE: 413,
+    ErrorCode.BODY_TIMEOUT: 408,
     ErrorCode.BAD_CONTENT_TYPE: 415,
     ErrorCode.MEDIA_UNSUPPORTED: 422,
     ErrorCode.MEDIA_TOO_MANY_TRACKS: 422,

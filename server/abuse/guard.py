@@ -261,7 +261,9 @@ class Guard:
     def is_admin(self, token: str) -> bool:
         """The admin token, compared in constant time; never when the admin API is off."""
         admin = self.config.admin_token
-        return bool(admin) and hmac.compare_digest(admin.encode(), token.encode())
+        # surrogateescape: a header's non-UTF-8 bytes come as lone surrogates; a mismatch, not a 500
+        presented = token.encode("utf-8", "surrogateescape")
+        return bool(admin) and hmac.compare_digest(admin.encode(), presented)
 
     async def _claim_nonce(self, token: str | None) -> None:
         """With --join-nonce a token starts one session, on whichever door (shared by every node)."""

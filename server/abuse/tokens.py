@@ -44,7 +44,7 @@ class Keyring:
                 keys.append((kid, value))
             return cls(tuple(keys))
         keys = [(key_id(secret), secret)]
-        keys += [(key_id(old), old) for old in secret_old.split(",") if old.strip()]
+        keys += [(key_id(old.strip()), old.strip()) for old in secret_old.split(",") if old.strip()]
         return cls(tuple(keys))
 
     @property
@@ -59,6 +59,8 @@ class Keyring:
         """auth.verify with the key the header names, else each key in turn."""
         if not token:
             return auth.verify(self.keys[0][1], token, room)  # raises AUTH_REQUIRED
+        if not token.isascii():  # a JWT is base64url: PyJWT would fail encoding it, not refuse it
+            raise ProtocolError(ErrorCode.TOKEN_INVALID, "token invalid: not ASCII")
         if len(self.keys) == 1:
             return auth.verify(self.keys[0][1], token, room)
         try:

@@ -86,6 +86,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         body = None
     if not isinstance(body, dict) or not _depth(body, MAX_JSON_DEPTH):
         raise _bad("JSON object body required")
+    if not protocol.encodable(body):  # "\ud83d": a lone surrogate no frame can carry
+        raise _bad("text is not valid Unicode (a lone surrogate)")
     return body
 
 

@@ -10,10 +10,13 @@ Broker (publish + history, atomic for stream positions) apart from its PresenceM
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+log = logging.getLogger("liveroom.broker")
 
 Event = dict[str, Any]
 # Called with (room_id, epoch, encoded batch frame, decoded events).
@@ -130,9 +133,15 @@ class RoomStream(ABC):
 
     async def publish_many(self, publishes: Sequence[Publish]) -> None:
         """Publish a whole tick: every room that changed. A broker with a network in between
-        sends them together (RedisBroker: one pipeline per shard); this default does one by one."""
+        sends them together (RedisBroker: one pipeline per shard); this default does one by one,
+        and a room that fails costs that room only: the other rooms of the tick still go out."""
         for p in publishes:
-            await self.publish(p.room_id, p.events, p.likes_delta, p.local_online, p.now, p.joined)
+            try:
+                await self.publish(p.room_id, p.events, p.likes_delta, p.local_online, p.now, p.joined)
+            except BrokerUnavailable:
+                raise
+            except Exception:
+                log.exception("publish of room %s failed: its batch is lost", p.room_id)
 
     @abstractmethod
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:

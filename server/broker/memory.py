@@ -12,7 +12,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from server.broker.base import (
     BatchHandler,
@@ -29,6 +29,7 @@ from server.broker.base import (
     dm_id_key,
 )
 from server.broker.idempotency import DanmakuCids
+from server.broker.unencodable import encodable_only
 from server.room.sequencing import StreamState, Tick, sequence
 from server.room.state import Room
 from server.wire import protocol
@@ -135,15 +136,21 @@ class MemoryRoomStream(RoomStream):
         channel.viewers.update(joined)
         events = self._cids.fresh(room_id, events)  # a danmaku retried with its cid: numbered once
         tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=len(channel.viewers))
-        sequenced, channel.stream = sequence(channel.stream, tick, channel.view.epoch)
+        view = channel.view
+        sequenced, stream = sequence(channel.stream, tick, view.epoch)
+        try:  # encoded before the stream moves on: an event no frame can carry is dropped alone
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        except protocol.ENCODE_ERRORS:
+            tick = replace(tick, events=encodable_only(room_id, events))
+            sequenced, stream = sequence(channel.stream, tick, view.epoch)
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        channel.stream = stream
         if not sequenced:
             return
-        view = channel.view
         view.apply(view.epoch, sequenced)
         channel.history.extend(sequenced)
         channel.last_write = time.monotonic()
         if channel.handler is not None:
-            frame = protocol.batch_frame(room_id, sequenced, view.epoch)
             channel.handler(room_id, view.epoch, frame, sequenced)
         elif channel.expiry is None:
             self._schedule_expiry(room_id, channel)
@@ -166,13 +173,20 @@ class MemoryRoomStream(RoomStream):
 class MemoryInbox(Inbox):
     """DMs of one node: kept per user until acknowledged (Redis: a capped stream)."""
 
-    def __init__(self, dm_keep: int, dm_store_users: int, dm_store_bytes: int, dm_ttl: int) -> None:
+    def __init__(
+        self, dm_keep: int, dm_store_users: int, dm_store_bytes: int, dm_ttl: int, dm_per_sender: int = 1000
+    ) -> None:
         self._dm_keep = dm_keep
         self._users: dict[str, UserHandler] = {}
-        # per user: (dm id, frame) kept until acknowledged, oldest first (Redis: a capped stream).
-        # Bounded in total (users, bytes) and in time: DMs to 20,000 users who never come back
-        # must not grow the process without end; a DM past the bound is refused (4502).
-        self._kept: dict[str, deque[tuple[str, bytes]]] = {}
+        # per user: (dm id, frame, sender) kept until acknowledged, oldest first (Redis: a capped
+        # stream). Bounded in total (users, bytes) and in time: DMs to 20,000 users who never come
+        # back must not grow the process without end. Per recipient at most dm_keep (the oldest
+        # goes), per sender at most dm_per_sender, checked first: one sender fills its own quota,
+        # never the store. Past a bound a DM to an online user is still delivered live, not kept;
+        # to an offline one it is refused (4502). docs/PROTOCOL.md "DM store".
+        self._kept: dict[str, deque[tuple[str, bytes, str]]] = {}
+        self._dm_per_sender = dm_per_sender
+        self._by_sender: dict[str, int] = {}  # DMs kept, per sender
         self._dm_users_max = dm_store_users
         self._dm_bytes_max = dm_store_bytes
         self._dm_ttl_ms = dm_ttl * 1000
@@ -184,14 +198,14 @@ class MemoryInbox(Inbox):
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
         self._users[user_id] = handler
         self._expire(protocol.now_ms())
-        return [frame for _, frame in self._kept.get(user_id, ())]
+        return [frame for _, frame, _ in self._kept.get(user_id, ())]
 
     async def unsubscribe_user(self, user_id: str) -> None:
         self._users.pop(user_id, None)
 
     async def dm_backlog(self, user_id: str) -> list[bytes]:
         self._expire(protocol.now_ms())
-        return [frame for _, frame in self._kept.get(user_id, ())]
+        return [frame for _, frame, _ in self._kept.get(user_id, ())]
 
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         handler = self._users.get(user_id)
@@ -199,7 +213,7 @@ class MemoryInbox(Inbox):
             handler(user_id, frame)
             return True
         if self._has_room(user_id, len(frame)):  # best effort (invitations): not kept when full
-            self._keep(user_id, self._next_dm_id(), frame)
+            self._keep(user_id, self._next_dm_id(), frame, "")
         return False
 
     def _next_dm_id(self) -> str:
@@ -211,16 +225,20 @@ class MemoryInbox(Inbox):
             return False
         return self.dm_bytes + size <= self._dm_bytes_max
 
-    def _keep(self, user_id: str, dm_id: str, frame: bytes) -> None:
+    def _sender_full(self, sender: str) -> bool:
+        return bool(sender) and self._by_sender.get(sender, 0) >= self._dm_per_sender
+
+    def _keep(self, user_id: str, dm_id: str, frame: bytes, sender: str) -> None:
         kept = self._kept.get(user_id)
         if kept is None:
             kept = self._kept[user_id] = deque()
         if len(kept) >= self._dm_keep:
-            self.dm_bytes -= len(kept.popleft()[1])
-            self._dm_count -= 1
-        kept.append((dm_id, frame))
+            self._forget(kept.popleft())
+        kept.append((dm_id, frame, sender))
         self.dm_bytes += len(frame)
         self._dm_count += 1
+        if sender:
+            self._by_sender[sender] = self._by_sender.get(sender, 0) + 1
         self._dm_order.append((dm_id_key(dm_id)[0] + self._dm_ttl_ms, user_id, dm_id))
         if len(self._dm_order) > 2 * self._dm_count + 1000:
             self._reindex()
@@ -234,9 +252,20 @@ class MemoryInbox(Inbox):
             if kept and kept[0][0] == dm_id:
                 self._drop_first(user_id, kept)
 
-    def _drop_first(self, user_id: str, kept: deque[tuple[str, bytes]]) -> None:
-        self.dm_bytes -= len(kept.popleft()[1])
+    def _forget(self, entry: tuple[str, bytes, str]) -> None:
+        """The accounting of a DM no longer kept (acknowledged, expired, pushed out)."""
+        _, frame, sender = entry
+        self.dm_bytes -= len(frame)
         self._dm_count -= 1
+        if sender:
+            left = self._by_sender[sender] - 1
+            if left:
+                self._by_sender[sender] = left
+            else:
+                del self._by_sender[sender]
+
+    def _drop_first(self, user_id: str, kept: deque[tuple[str, bytes, str]]) -> None:
+        self._forget(kept.popleft())
         if not kept:
             del self._kept[user_id]
 
@@ -245,20 +274,25 @@ class MemoryInbox(Inbox):
         entries = [
             (dm_id_key(dm_id)[0] + self._dm_ttl_ms, user_id, dm_id)
             for user_id, kept in self._kept.items()
-            for dm_id, _ in kept
+            for dm_id, _, _ in kept
         ]
         self._dm_order = deque(sorted(entries))
 
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
         dm_id = self._next_dm_id()
         frame = protocol.pack({**dm, "id": dm_id})
-        if not self._has_room(user_id, len(frame)):
-            raise ProtocolError(
-                ErrorCode.DM_STORE_FULL, "DM not sent: the message store is full", None, DM_FULL_RETRY
-            )
-        self._keep(user_id, dm_id, frame)
+        sender = str(dm.get("from", ""))
         handler = self._users.get(user_id)
-        if handler is not None:
+        if self._sender_full(sender):
+            refusal = f"DM not stored: {self._dm_per_sender} of your DMs are waiting to be read"
+        elif not self._has_room(user_id, len(frame)):
+            refusal = "DM not stored: the message store is full"
+        else:
+            refusal = ""
+            self._keep(user_id, dm_id, frame, sender)
+        if refusal and handler is None:
+            raise ProtocolError(ErrorCode.DM_STORE_FULL, refusal, None, DM_FULL_RETRY)
+        if handler is not None:  # live even when not kept: no durability promise then
             handler(user_id, frame)
         return DmReceipt(dm_id, handler is not None)
 
@@ -358,10 +392,11 @@ class MemoryBroker(Broker):
         dm_store_users: int = 10_000,
         dm_store_bytes: int = 16 * 1024 * 1024,
         dm_ttl: int = 30 * 86400,
+        dm_per_sender: int = 1000,
     ) -> None:
         self.node_id = node_id
         self.stream = MemoryRoomStream(node_id, history_size, recent_size, history_ttl)
-        self.inbox = MemoryInbox(dm_keep, dm_store_users, dm_store_bytes, dm_ttl)
+        self.inbox = MemoryInbox(dm_keep, dm_store_users, dm_store_bytes, dm_ttl, dm_per_sender)
         self.limits = MemorySanctions()
 
     @property

@@ -19,7 +19,7 @@ import random
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -31,6 +31,7 @@ from server.broker.idempotency import DanmakuCids
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
 from server.broker.shards import Call
+from server.broker.unencodable import encodable_only
 from server.room.sequencing import NEVER, StreamState, Tick, sequence
 from server.room.state import Room
 from server.wire import protocol
@@ -138,9 +139,13 @@ class RedisRoomStream(RedisPart, RoomStream):
             calls = []
             for i in remote:
                 p, sub, _, likes, uids = staged[i]
-                calls.append(
-                    self._publish_call(p.room_id, p.events, likes, p.local_online, p.now, uids, _seen(sub))
-                )
+                args = (likes, p.local_online, p.now, uids, _seen(sub))
+                try:
+                    calls.append(self._publish_call(p.room_id, p.events, *args))
+                except protocol.ENCODE_ERRORS:  # an event no frame can carry: dropped alone
+                    kept = encodable_only(p.room_id, p.events)
+                    staged[i] = (replace(p, events=kept), sub, staged[i][2], likes, uids)
+                    calls.append(self._publish_call(p.room_id, kept, *args))
             try:
                 results = await self._pipelined(calls)
             except _DOWN as exc:
@@ -210,12 +215,19 @@ class RedisRoomStream(RedisPart, RoomStream):
             self._go_local(sub, previous)
         events = self._cids.fresh(room_id, events)  # the publish script's cid claims, on this node
         tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=view.unique)
-        sequenced, sub.stream = sequence(sub.stream, tick, view.epoch)
+        sequenced, stream = sequence(sub.stream, tick, view.epoch)
+        try:  # encoded before the stream moves on: an event no frame can carry is dropped alone
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        except protocol.ENCODE_ERRORS:
+            tick = replace(tick, events=encodable_only(room_id, events))
+            sequenced, stream = sequence(sub.stream, tick, view.epoch)
+            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        sub.stream = stream
         if not sequenced:
             return
         view.apply(view.epoch, sequenced)
         metrics.broker_local_batches.inc()
-        sub.handler(room_id, view.epoch, protocol.batch_frame(room_id, sequenced, view.epoch), sequenced)
+        sub.handler(room_id, view.epoch, frame, sequenced)
 
     def _go_local(self, sub: _RoomSub, previous: int) -> None:
         """Start numbering a room alone: a new epoch, the counts as last seen from Redis."""

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.broker.base import Event
+from server.broker.unencodable import encodable_only
 from server.wire import protocol
 
 # (room, epoch, frame, its events) -> written to the room's local viewers
@@ -73,7 +74,7 @@ class RoomFrames:
                 events = gate.held + events
                 gate.held = []
                 self._cancel(gate)
-                frame = protocol.batch_frame(room_id, events, epoch or None)
+                frame, events = _encode(room_id, events, epoch)
             self._send(room_id, epoch, frame, events)
             return
         if gate.held:
@@ -94,7 +95,8 @@ class RoomFrames:
         events, gate.held = gate.held, []
         period = self._pace(room_id) if self._pace is not None else self._period
         gate.ends = self._now() + period / 2
-        self._send(room_id, gate.epoch, protocol.batch_frame(room_id, events, gate.epoch or None), events)
+        frame, events = _encode(room_id, events, gate.epoch)
+        self._send(room_id, gate.epoch, frame, events)
 
     def flush_all(self) -> None:
         for room_id in list(self._gates):
@@ -114,3 +116,12 @@ class RoomFrames:
         if gate.timer is not None:
             gate.timer.cancel()
             gate.timer = None
+
+
+def _encode(room_id: str, events: list[Event], epoch: str) -> tuple[bytes, list[Event]]:
+    """One frame of merged batches; an event no frame can carry costs that event alone."""
+    try:
+        return protocol.batch_frame(room_id, events, epoch or None), events
+    except protocol.ENCODE_ERRORS:
+        events = encodable_only(room_id, events)
+        return protocol.batch_frame(room_id, events, epoch or None), events

@@ -87,7 +87,8 @@ class HttpRoutes:
             response.body.decode(errors="replace").strip().splitlines()[0][:200] if response.body else ""
         )
         refused = _refused(ProtocolError(code, message or response.reason_phrase))
-        refused.status_code, refused.reason_phrase = response.status_code, response.reason_phrase
+        if response.status_code != 505:  # 505 (not HTTP/1.1): a malformed request from the client: 400
+            refused.status_code, refused.reason_phrase = response.status_code, response.reason_phrase
         for name in ("Upgrade", "Allow"):
             if name in response.headers:
                 refused.headers[name] = response.headers[name]
@@ -140,8 +141,12 @@ class HttpRoutes:
     def _static(self, path: str) -> Response:
         if path == "/" or path.startswith("/room/"):
             path = "/index.html"
-        target = (self.static_dir / path.lstrip("/")).resolve()
-        if not target.is_relative_to(self.static_dir) or not target.is_file():
+        try:  # a name over 255 bytes (ENAMETOOLONG) or a path the OS refuses: no such file
+            target = (self.static_dir / path.lstrip("/")).resolve()
+            found = target.is_relative_to(self.static_dir) and target.is_file()
+        except OSError:
+            found = False
+        if not found:
             return _refused(ProtocolError(ErrorCode.NOT_FOUND, "not found"))
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if target.suffix == ".js":

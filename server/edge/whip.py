@@ -70,7 +70,10 @@ def door_of(path: str) -> Door:
 def _refused(request: web.Request, error: ProtocolError) -> web.Response:
     line = f"{request.method} {request.path[:80]} {error.code.name}"
     request.app[REFUSALS].refused(line, asyncio.get_running_loop().time())
-    return http_error(error, CORS)
+    response = http_error(error, CORS)
+    if error.code in (ErrorCode.BODY_TOO_LARGE, ErrorCode.BODY_TIMEOUT):
+        response.force_close()  # the rest of the body is never read: the connection goes
+    return response
 
 
 @web.middleware
@@ -156,7 +159,7 @@ class MediaHttp:
         self.guard = guard  # every door's authorisation (docs/API.md "Doors")
         self.media = media
         self.hub = hub
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_answers, self._host])
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_answers, self._body, self._host])
         self.app[REFUSALS] = RefusalLog(log)
         for kind in ("whip", "whep"):
             self.app.router.add_route("POST", f"/{kind}/{{room}}", self._post)
@@ -176,6 +179,9 @@ class MediaHttp:
             # also the header timeout: a connection that has not sent a whole request by then is
             # closed (aiohttp arms it when the connection opens), like the WS port's open timeout
             keepalive_timeout=self.config.join_timeout,
+            # a body left unread (refused: over the limit, past its deadline) is not drained for
+            # another 10 s: the connection closes once the refusal is written
+            lingering_time=0,
         )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port)
@@ -189,6 +195,21 @@ class MediaHttp:
             await self._runner.cleanup()
 
     # -- handlers ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _body(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every door's body, before anything else: a declared length over the limit is refused
+        unread (413), and a body must arrive within body_timeout (a trickled one: 408, closed)."""
+        declared = request.content_length
+        if declared is not None and declared > MAX_BODY:
+            raise ProtocolError(ErrorCode.BODY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+        if request.body_exists:
+            try:  # read here, kept by the request: the handler's read() returns these bytes
+                async with asyncio.timeout(self.config.body_timeout):
+                    await request.read()
+            except TimeoutError:
+                raise ProtocolError(ErrorCode.BODY_TIMEOUT, "the body did not arrive in time") from None
+        return await handler(request)
 
     @web.middleware
     async def _host(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import jwt
 
-from server.wire.protocol import ErrorCode, ProtocolError, strip_controls, valid_id
+from server.wire.protocol import ErrorCode, ProtocolError, encodable, strip_controls, valid_id
 
 Role = Literal["host", "moderator", "viewer", "assistant"]
 # assistant: the live-commerce assistant (server/assistant): may reply and pin, may not moderate
@@ -101,6 +101,8 @@ def verify(secret: str, token: str | None, room: str | None = None) -> Identity:
             isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
         ):
             raise ProtocolError(ErrorCode.TOKEN_INVALID, f"token claim {claim!r} must be a number")
+    if not encodable(claims):  # a lone surrogate ("\ud83d": a name cut in half) no frame can carry
+        raise ProtocolError(ErrorCode.TOKEN_INVALID, "token claims are not valid Unicode")
     uid, token_room, role = claims.get("sub"), claims.get("room"), claims.get("role")
     name = claims.get("name") or uid
     if not (isinstance(uid, str) and valid_id(uid) and isinstance(token_room, str)):
@@ -149,6 +151,8 @@ def mint_node(secret: str, *, room: str, node: str, ttl: int = NODE_TTL) -> str:
 
 def is_node_token(token: str) -> bool:
     """Whether a (not yet verified) token claims to be a node credential."""
+    if not token.isascii():
+        return False
     try:
         return jwt.decode(token, options={"verify_signature": False}).get("aud") == NODE_AUDIENCE
     except jwt.PyJWTError:

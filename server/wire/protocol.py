@@ -49,6 +49,7 @@ class ErrorCode(IntEnum):
     BODY_TOO_LARGE = 4008
     BAD_CONTENT_TYPE = 4009
     BAD_REQUEST = 4010
+    BODY_TIMEOUT = 4011  # HTTP doors: the body did not arrive within body_timeout (408, closed)
     AUTH_REQUIRED = 4100
     TOKEN_INVALID = 4101
     TOKEN_EXPIRED = 4102
@@ -440,7 +441,7 @@ def _str(obj: dict[str, Any], key: str, ref: Any, *, required: bool = True) -> s
         return None
     if not isinstance(value, str):
         raise ProtocolError(ErrorCode.BAD_FIELD, f"'{key}' must be a string", ref)
-    return value
+    return check_unicode(value, ref)
 
 
 def parse_client_message(data: bytes | str) -> ClientMessage:
@@ -604,6 +605,7 @@ def _parse_moderation(kind: str, obj: dict[str, Any]) -> Mod | Block:
     reason = obj.get("reason", "")
     if not isinstance(reason, str):
         raise ProtocolError(ErrorCode.BAD_FIELD, "'reason' must be a string", cid)
+    check_unicode(reason, cid)
     return Mod(action, uid, seq, duration, reason[:MAX_REASON_LEN], cid)
 
 
@@ -672,6 +674,8 @@ def _product_card(raw: Any, cid: str | int | None) -> dict[str, Any]:
             raise ProtocolError(ErrorCode.BAD_FIELD, f"product '{key}' longer than 200 characters", cid)
         if isinstance(value, list) and not all(isinstance(v, str) and len(v) <= 32 for v in value):
             raise ProtocolError(ErrorCode.BAD_FIELD, f"product '{key}' must list short strings", cid)
+    if not encodable(card):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "product text is not valid Unicode (a lone surrogate)", cid)
     pid, name = card.get("id"), card.get("name")
     if not isinstance(pid, str) or not 0 < len(pid) <= MAX_PRODUCT_ID_LEN or not name:
         raise ProtocolError(ErrorCode.BAD_FIELD, "a product card needs 'id' (1-64) and 'name'", cid)
@@ -685,6 +689,8 @@ def _pin(obj: dict[str, Any]) -> Pin:
         raise ProtocolError(ErrorCode.BAD_FIELD, "a pin needs exactly one of 'product' and 'text'", cid)
     if text is not None and not isinstance(text, str):
         raise ProtocolError(ErrorCode.BAD_FIELD, "'text' must be a string", cid)
+    if text is not None:
+        check_unicode(text, cid)
     return Pin(product=None if product is None else _product_card(product, cid), text=text, cid=cid)
 
 
@@ -749,9 +755,26 @@ def strip_controls(text: str) -> str:
     return text.translate(_CONTROL_TABLE).strip()
 
 
+def valid_unicode(text: str) -> bool:
+    """Whether the text encodes as UTF-8: no lone UTF-16 surrogate (a JSON `"\\ud83d"` escape, an
+    emoji cut in half by a token service), which no frame could carry."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_unicode(text: str, ref: Any = None) -> str:
+    """The text, or BAD_FIELD when it holds a lone surrogate (every door that takes text)."""
+    if not valid_unicode(text):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "text is not valid Unicode (a lone surrogate)", ref)
+    return text
+
+
 def clean_text(text: str, max_len: int, ref: Any = None) -> str:
-    """Strip control characters and surrounding space; enforce non-empty and max length."""
-    cleaned = strip_controls(text)
+    """Strip control characters and surrounding space; enforce valid Unicode, non-empty and max length."""
+    cleaned = strip_controls(check_unicode(text, ref))
     if not cleaned:
         raise ProtocolError(ErrorCode.TEXT_EMPTY, "text is empty", ref)
     if len(cleaned) > max_len:
@@ -763,9 +786,22 @@ def clean_text(text: str, max_len: int, ref: Any = None) -> str:
 
 _packer = msgpack.Packer(use_bin_type=True)
 
+# What packing raises on a value no frame can carry: UnicodeEncodeError (a ValueError) for a lone
+# surrogate, TypeError for a foreign type, OverflowError for an integer past 64 bits.
+ENCODE_ERRORS = (ValueError, TypeError, OverflowError)
+
 
 def pack(obj: dict[str, Any]) -> bytes:
     return _packer.pack(obj)
+
+
+def encodable(obj: Any) -> bool:
+    """Whether `obj` packs into a frame (checked where a value enters or an encode failed)."""
+    try:
+        msgpack.packb(obj, use_bin_type=True)
+    except ENCODE_ERRORS:
+        return False
+    return True
 
 
 def now_ms() -> int:
