@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from server import logs
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(run(config))
     except ConfigError as exc:
         print(f"liveroom: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a busy or forbidden port: one line, not a traceback
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        print(f"liveroom: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

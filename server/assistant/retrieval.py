@@ -13,6 +13,7 @@ word (rapidfuzz) before ranking.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 
 import bm25s
@@ -32,6 +33,8 @@ from server.assistant.text import (
     teach,
     tokens,
 )
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import: a line per start
 
 # words of English names that say nothing about which product it is
 GENERIC_EN = frozenset(
