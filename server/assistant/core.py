@@ -344,9 +344,7 @@ class Assistant:
             if now - sent_at > 30:
                 del self.inflight[cid]
         self.given = {k: t for k, t in self.given.items() if now - t < self.repeat_window}
-        self.answered = {
-            k: t for k, t in self.answered.items() if now - t < max(self.repeat_window, self.gather)
-        }
+        self.answered = {k: t for k, t in self.answered.items() if now - t < self.gather}
         for key in [k for k, g in self.groups.items() if not g.match.confident and now - g.first_at > 300]:
             del self.groups[key]  # left to the host: the board keeps them, the assistant forgets
         if now < self.next_reply:
