@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from server import logs
@@ -11,7 +12,21 @@ from server.config import ConfigError, add_serve_arguments, from_args, from_env
 from server.wire import auth
 
 
+def _assistant_check(argv: list[str]) -> int:
+    """`liveroom assistant check`: offline, no server (server/assistant/check.py)."""
+    from server.assistant import check
+
+    parser = argparse.ArgumentParser(
+        prog="liveroom assistant check", description="check a catalogue and score labelled questions"
+    )
+    check.add_arguments(parser)
+    return check.run(parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:2] == ["assistant", "check"]:
+        return _assistant_check(args_in[2:])
     parser = argparse.ArgumentParser(prog="liveroom", description="Real-time live-room server")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -36,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL, help="seconds (default 6 h)")
     token.add_argument("--secret", help="signing secret (default: LIVEROOM_SECRET or the dev secret)")
 
-    assistant = sub.add_parser("assistant", help="run the live-commerce assistant in a room")
+    assistant = sub.add_parser(
+        "assistant",
+        help="run the live-commerce assistant in a room",
+        epilog="liveroom assistant check --catalogue X.yaml [--questions Q.jsonl] [--room-order]: "
+        "check a catalogue and score labelled questions offline",
+    )
     from server.assistant.runner import add_arguments
 
     add_arguments(assistant)
@@ -88,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(run(config))
     except ConfigError as exc:
         print(f"liveroom: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a busy or forbidden port: one line, not a traceback
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        print(f"liveroom: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

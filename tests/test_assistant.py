@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -55,30 +56,33 @@ def test_chitchat_is_not_a_question(brain: Understanding, text: str) -> None:
     assert match is None or not match.confident
 
 
-def test_core_groups_askers_paces_replies_and_follows_edits(brain: Understanding) -> None:
+def test_core_answers_first_askers_at_once_groups_later_ones_and_follows_edits(brain: Understanding) -> None:
     bot = Assistant(brain.catalogue, "bot", understanding=brain, reply_interval=3.0, gather=1.0)
     pin = {"t": "pin", "id": "product:tee", "kind": "product", "product": {"id": "tee", "name": "T"}}
     bot.on_frame({"t": "snapshot", "pins": [pin], "limits": {"reply_ms": 3000}}, 0.0)
     bot.on_frame(
         {"t": "batch", "events": [_danmaku(1, "amy", "多少钱"), _danmaku(2, "bob", "how much?")]}, 0.0
     )
-    bot.on_frame(
-        {"t": "batch", "events": [_danmaku(3, "cat", "包邮吗"), _danmaku(4, "dan", "主播好美")]}, 0.2
-    )
-    tags, reply = bot.due(0.5)
-    assert reply is None  # still gathering askers
-    assert {t["key"]: t["seqs"] for t in tags} == {"price:tee": [1, 2], "faq:shipping": [3]}
-    _, reply = bot.due(1.0)
+    tags, reply = bot.due(0.1)  # a question nobody asked lately: answered at once, both askers
+    assert {t["key"]: t["seqs"] for t in tags} == {"price:tee": [1, 2]}
     assert reply is not None and reply.frame["seqs"] == [1, 2] and reply.frame["askers"] == ["amy", "bob"]
     assert reply.frame["text"].startswith("@amy @bob: ") and "¥129" in reply.frame["text"]
-    assert bot.due(2.0)[1] is None  # one reply per interval
-    _, second = bot.due(4.0)
-    assert second is not None and second.frame["seqs"] == [3]
+    # later askers of the same question within `gather`: one follow-up, after the window
+    bot.on_frame({"t": "batch", "events": [_danmaku(3, "cat", "价格?"), _danmaku(4, "dan", "主播好美")]}, 0.5)
+    bot.on_frame({"t": "batch", "events": [_danmaku(5, "eli", "多少钱呀")]}, 0.9)
+    assert bot.due(1.2)[1] is None  # still gathering (and the server's interval is 3 s)
+    _, follow = bot.due(3.1)
+    assert follow is not None and follow.frame["seqs"] == [3, 5]
+    assert follow.frame["text"].startswith("@cat @eli: 同上") and "¥129" in follow.frame["text"]
+    bot.on_frame({"t": "batch", "events": [_danmaku(6, "fay", "包邮吗")]}, 3.2)
+    assert bot.due(5.0)[1] is None  # one reply per interval
+    _, second = bot.due(6.1)
+    assert second is not None and second.frame["seqs"] == [6]
     # the host edits the price: the next answer has it; the host's own reply drops its askers
     bot.on_frame({"t": "batch", "events": [{"t": "product", "id": "tee", "price": 99, "seq": 9}]}, 30.0)
     bot.on_frame({"t": "batch", "events": [_danmaku(10, "eve", "价格"), _danmaku(11, "fay", "链接")]}, 30.0)
-    bot.on_frame({"t": "batch", "events": [{"t": "reply", "uid": "host", "seqs": [11], "seq": 12}]}, 30.1)
-    _, third = bot.due(31.5)
+    bot.on_frame({"t": "batch", "events": [{"t": "reply", "uid": "host", "seqs": [11], "seq": 12}]}, 30.0)
+    _, third = bot.due(30.1)
     assert third is not None and "¥99" in third.frame["text"] and third.frame["seqs"] == [10]
     assert bot.due(40.0)[1] is None  # the link question was answered by the host
     # refused by the server (rate limit): the askers come back and wait for retry_after
@@ -87,14 +91,129 @@ def test_core_groups_askers_paces_replies_and_follows_edits(brain: Understanding
     assert bot.due(45.1)[1] is not None
     # refused for good (a seq the room does not have): dropped, not retried
     bot.on_frame({"t": "batch", "events": [_danmaku(20, "gus", "尺码?")]}, 50.0)
-    _, fourth = bot.due(51.5)
+    _, fourth = bot.due(50.1)
     assert fourth is not None
-    bot.on_frame({"t": "error", "code": 4404, "ref": fourth.frame["cid"]}, 51.6)
+    bot.on_frame({"t": "error", "code": 4404, "ref": fourth.frame["cid"]}, 50.2)
     assert bot.due(60.0)[1] is None
     # a new epoch (the room's stream restarted): pending askers of the old one are forgotten
     bot.on_frame({"t": "batch", "events": [_danmaku(21, "hal", "链接")]}, 70.0)
-    bot.on_frame({"t": "snapshot", "epoch": "e2", "pins": [pin]}, 70.1)
+    bot.on_frame({"t": "snapshot", "epoch": "e2", "pins": [pin]}, 70.0)
     assert bot.due(80.0)[1] is None
+
+
+def test_goods_the_shop_does_not_sell_are_left_to_the_host(brain: Understanding) -> None:
+    """The room discussed the dress; "耳机多少钱" must not get the dress's price."""
+    bot = Assistant(brain.catalogue, "bot", understanding=brain, reply_interval=0.0, gather=1.0)
+    bot.on_frame({"t": "snapshot", "pins": []}, 0.0)
+    bot.on_frame({"t": "batch", "events": [_danmaku(1, "amy", "碎花裙多少钱")]}, 0.0)
+    assert bot.due(0.1)[1] is not None
+    for seq, text in enumerate(["耳机多少钱", "how much are the sunglasses?", "主播多高", "这首歌叫什么"], 2):
+        bot.on_frame({"t": "batch", "events": [_danmaku(seq, f"u{seq}", text)]}, 1.0)
+    tags, reply = bot.due(5.0)
+    assert reply is None
+    assert len(tags) == 4 and all(not t["key"].startswith("price:") for t in tags)
+    # a question with no goods at all, right after the dress was asked about: the dress
+    bot.on_frame({"t": "batch", "events": [_danmaku(9, "amy", "有M码吗")]}, 6.0)
+    assert bot.due(6.1)[1].match.key == "size:dress:M"
+    # ... but not once the context is old
+    bot.on_frame({"t": "batch", "events": [_danmaku(10, "zed", "有M码吗")]}, 200.0)
+    assert bot.due(200.1)[1] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("鞋子多少钱", "price:sneakers"),  # alias 鞋 asked with its suffix
+        ("鞋有36的吗", "size:sneakers:36"),
+        ("xiaobaixie多少钱", "price:sneakers"),  # pinyin
+        ("xbx有货吗", "stock:sneakers"),  # pinyin initials
+        ("longjing how much", "price:tea"),  # a word of the English name
+        ("is the hoodie in stock", "stock:hoodie"),
+        ("does the tee come in black?", "colour:tee"),
+        ("is it available in black?", "colour:tee"),  # "available" with another aspect: not stock
+        ("do you ship to Canada?", "faq:overseas"),  # answered by the overseas FAQ when there is one
+    ],
+)
+def test_products_and_topics_are_recognised(brain: Understanding, text: str, key: str) -> None:
+    match = brain.understand(text, "tee")
+    assert match is not None and match.confident and match.key == key, match
+
+
+def test_faq_kinds_answers_without_links_and_english_fields() -> None:
+    """FAQ understood by kind (not id), no link, sold out, "stick", English sizes."""
+    shop = Understanding(
+        parse(
+            {
+                "products": [
+                    {
+                        "id": "a",
+                        "name": "复古帆布鞋",
+                        "aliases": ["鞋"],
+                        "price": 189,
+                        "sizes": ["42"],
+                        "stock": 0,
+                    },
+                    {
+                        "id": "b",
+                        "name": "真丝眼罩",
+                        "name_en": "silk eye mask",
+                        "sizes": ["均码"],
+                        "stock": 5,
+                    },
+                ],
+                "faq": [
+                    {"id": "f1", "q": ["包邮吗", "free shipping"], "a": "包邮 / free shipping"},
+                    {"id": "f2", "q": ["我该穿什么码", "what size should I get"], "a": "留身高 / tell us"},
+                    {"id": "f3", "kind": "returns", "q": ["能退吗"], "a": "七天 / 7 days"},
+                ],
+            }
+        )
+    )
+    assert [f.kind for f in shop.catalogue.faq] == ["shipping", "size_advice", "returns"]
+    assert shop.understand("包不包邮", None).key == "faq:f1"
+    assert shop.understand("170cm 60kg穿什么码", "a").key == "faq:f2"
+    assert shop.understand("do you ship to Canada?", None).confident is False  # the FAQ is domestic
+    buy = shop.understand("怎么买", "b")
+    assert buy.confident and shop.answer(buy, "zh") == "真丝眼罩：点直播间下方的购物车下单"
+    size = shop.understand("鞋子有42码吗", None)
+    assert size.key == "size:a:42" and "售罄" in shop.answer(size, "zh")  # sold out, said so
+    assert (
+        shop.answer(shop.understand("what size is the eye mask", None), "en")
+        == "silk eye mask sizes: one size"
+    )
+    stick = shop.understand("does it stick?", "b")
+    assert stick is None or not stick.key.startswith("stock")
+
+
+def test_check_command_reports_catalogue_problems_and_scores(tmp_path: Path) -> None:
+    catalogue = tmp_path / "c.yaml"
+    catalogue.write_text(
+        "products:\n"
+        "  - {id: a, name: 帆布鞋, aliases: [鞋], price: 9, sizes: [均码]}\n"
+        "  - {id: b, name: 拖鞋, aliases: [鞋], price: 5}\n"
+        "faq:\n  - {id: x, kind: shipping, q: [包邮吗], a: 包邮}\n",
+        encoding="utf-8",
+    )
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        '{"q": "帆布鞋多少钱", "want": ["price:a"]}\n{"q": "包邮吗", "want": ["faq:x"]}\n'
+        '{"q": "主播好美", "want": []}\n{"q": "耳机多少钱", "want": []}\n',
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "server", "assistant", "check", "--catalogue", str(catalogue)),
+            *("--questions", str(questions), "--room-order", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "no link" in out and "'鞋' names product:a and product:b" in out
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["order"] == "room" and figures["precision"] == 1.0 and figures["answered"] == 1.0
+    assert figures["chitchat_replied"] == 0.0
 
 
 def _danmaku(seq: int, uid: str, text: str) -> dict[str, Any]:
@@ -173,19 +292,14 @@ async def test_real_assistant_pins_the_most_asked_product(assistant: Any, join: 
     assert [p["id"] for p in late.snapshot["pins"]] == ["product:jeans"]
 
 
-@pytest.mark.parametrize("split", ["test", "dev"])
-def test_quality_targets_on_the_evaluation_set(brain: Understanding, split: str) -> None:
-    """The benchmark's quality figures are deterministic: keep them above the issue's targets."""
-    import yaml
-
+def test_quality_on_the_dev_split_in_room_order() -> None:
+    """The benchmark's quality figures are deterministic: keep the dev split above the targets
+    (the held-out split's figures are in docs/BENCHMARKS.md; it is not a regression test)."""
     from load_tests import bench_assistant as bench
 
-    prefix = "test_" if split == "test" else ""
-    questions = yaml.safe_load((bench.HERE / f"{prefix}questions.yaml").read_text(encoding="utf-8"))
-    chitchat = yaml.safe_load((bench.HERE / f"{prefix}chitchat.yaml").read_text(encoding="utf-8"))
-    assert len(questions) >= 150 and len(chitchat) >= 100
-    result = bench.evaluate(brain, questions, chitchat)
-    assert result["entries"] >= 30
-    assert result["precision"] >= bench.TARGETS["precision"], result["wrong"]
-    assert result["answered"] >= bench.TARGETS["answered"], result["unanswered"]
-    assert result["chitchat_answered"] <= bench.TARGETS["chitchat_answered"], result["false_answers"]
+    room = bench.quality("dev")["room"]
+    summary = room.summary()
+    assert summary["questions"] >= 300 and summary["chitchat"] >= 200
+    assert summary["precision"] >= bench.TARGETS["precision"], room.wrong + room.false_replies
+    assert summary["answered"] >= bench.TARGETS["answered"], room.unanswered
+    assert summary["chitchat_replied"] <= bench.TARGETS["chitchat_replied"], room.false_replies

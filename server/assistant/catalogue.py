@@ -13,6 +13,35 @@ class CatalogueError(ValueError):
     """The catalogue file cannot be used; the message names the entry and the field."""
 
 
+# FAQ kinds the assistant treats specially, and the words that give a kind away when an entry
+# has no `kind:` (Chinese, English). Kinds are matched on the FAQ's questions and answer.
+KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "overseas": (("海外", "国外", "境外", "香港", "台湾", "澳门"), ("overseas", "international", "abroad")),
+    "size_advice": (
+        ("什么码", "哪个码", "尺码推荐", "推荐尺码", "身高体重", "尺码表", "选码"),
+        ("what size should", "size advice", "size chart", "which size"),
+    ),
+    "returns": (("退货", "退换", "无理由", "退款"), ("return", "refund")),
+    "payment": (("支付", "付款", "花呗", "分期", "信用卡"), ("pay", "payment", "instalment", "installment")),
+    "restock": (("补货", "到货提醒", "断码"), ("restock", "back in stock")),
+    "dispatch": (("发货", "几天发", "多久发"), ("dispatch", "when will it ship", "ships within")),
+    "shipping": (("包邮", "运费", "邮费", "免邮", "快递费"), ("free shipping", "shipping cost", "postage")),
+}
+OTHER = "other"  # an FAQ of no special kind: answered when its questions match, nothing more
+
+
+def infer_kind(faq_id: str, questions: list[str]) -> str:
+    """The kind of an FAQ without `kind:`: its id when the id is a kind (the old, id-based
+    behaviour), else the kind whose words its questions use most, else OTHER. (Not the answer:
+    "tenfold refund if not genuine" is not a returns policy.)"""
+    if faq_id in KINDS:
+        return faq_id
+    text = " ".join(questions).casefold()
+    counts = {kind: sum(w in text for w in (*zh, *en)) for kind, (zh, en) in KINDS.items()}
+    best = max(counts, key=lambda k: counts[k])  # ties: the first in KINDS (the more specific)
+    return best if counts[best] else OTHER
+
+
 @dataclass(slots=True)
 class Product:
     id: str
@@ -21,6 +50,7 @@ class Product:
     aliases: list[str] = field(default_factory=list)
     price: float = 0.0
     sizes: list[str] = field(default_factory=list)
+    sizes_en: list[str] = field(default_factory=list)
     colours: list[str] = field(default_factory=list)
     colours_en: list[str] = field(default_factory=list)
     stock: int = 0
@@ -41,6 +71,7 @@ class Faq:
     id: str
     questions: list[str]
     answer: str
+    kind: str = OTHER  # shipping, size_advice, ... (KINDS), from `kind:` or inferred
 
 
 @dataclass(slots=True)
@@ -54,6 +85,9 @@ class Catalogue:
 
     def product(self, product_id: str) -> Product | None:
         return next((p for p in self.products if p.id == product_id), None)
+
+    def faq_of_kind(self, kind: str) -> Faq | None:
+        return next((f for f in self.faq if f.kind == kind), None)
 
     def edit(self, product_id: str, price: float | None = None, stock: int | None = None) -> bool:
         """A host's edit (a `product` event): True when the product exists."""
@@ -98,6 +132,7 @@ def parse(data: Any) -> Catalogue:
                 aliases=_strings(entry, "aliases", where),
                 price=price,
                 sizes=_strings(entry, "sizes", where),
+                sizes_en=_strings(entry, "sizes_en", where),
                 colours=_strings(entry, "colours", where),
                 colours_en=_strings(entry, "colours_en", where),
                 stock=stock,
@@ -112,7 +147,12 @@ def parse(data: Any) -> Catalogue:
         questions = _strings(entry, "q", where)
         if not questions:
             raise CatalogueError(f"{where}: 'q' must list at least one question")
-        faq.append(Faq(id=entry["id"], questions=questions, answer=str(entry["a"])))
+        kind = entry.get("kind")
+        if kind is not None and (not isinstance(kind, str) or not kind):
+            raise CatalogueError(f"{where}: 'kind' must be a word (shipping, size_advice, returns, ...)")
+        answer = str(entry["a"])
+        kind = kind or infer_kind(entry["id"], questions)
+        faq.append(Faq(id=entry["id"], questions=questions, answer=answer, kind=kind))
     if not products and not faq:
         raise CatalogueError("the catalogue has no products and no faq")
     return Catalogue(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
-from server.assistant.text import has_cjk, normalise
+from server.assistant.text import has_cjk, normalise, plausible_typo
 
 # aspect -> (Chinese phrases found anywhere, English phrases matched on word boundaries)
 ASPECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -124,6 +124,8 @@ ASPECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 PRODUCT_ASPECTS = ("link", "stock", "price", "colour", "size")
+# words that ask about stock only when nothing else is asked ("is it available in red?" is colour)
+_WEAK_STOCK = frozenset(["available", "still available", "left"])
 
 _ZH_MARKERS = (
     "吗",
@@ -149,6 +151,11 @@ _ZH_MARKERS = (
     "如何",
     "多久",
     "多大",
+    "多高",
+    "多重",
+    "多长",
+    "多厚",
+    "谁",
 )
 _EN_START = re.compile(
     r"^(how|what|whats|what's|which|when|where|who|why|is|are|do|does|did|can|could|will|would|should|any|got|u have|you have|have you)\b"
@@ -209,20 +216,21 @@ def _correct_english(norm: str, known: frozenset[str]) -> str:
             and bare not in known
         ):
             found = process.extractOne(bare, _EN_WORDS, scorer=OSA.distance, score_cutoff=1)
-            if found is not None:
+            if found is not None and plausible_typo(bare, found[0]):
                 word = word.replace(bare, found[0])
         out.append(word)
     return " ".join(out)
 
 
-def _size(norm: str, original: str, marked: bool) -> str | None:
+def _size(norm: str, original: str, marked: bool, sizes: frozenset[str] = frozenset()) -> str | None:
     """A size named in the text: with 码/号/size, or a multi-letter size (XL), or an upper-case
-    S/M/L in a question ("do you have M?"); a bare "s" or "m" in English text is not one."""
+    S/M/L in a question ("do you have M?"), or a number the catalogue sells as a size in a
+    question ("有42吗"); a bare "s" or "m" in English text is not one."""
     for found in _SIZE_TOKEN.finditer(norm):
         token = found.group(1)
         if found.group(2) or (marked and (len(token) > 1 and not token.isdigit())):
             return token.upper()
-        if token.isdigit() and re.search(rf"size\s*{token}", norm):
+        if token.isdigit() and (re.search(rf"size\s*{token}", norm) or (marked and token in sizes)):
             return token.upper()
         if marked and len(token) == 1 and re.search(rf"(?<![A-Za-z]){token.upper()}(?![A-Za-z])", original):
             return token.upper()
@@ -235,8 +243,13 @@ def _has_phrase(text: str, phrase: str) -> bool:
     return re.search(rf"(?<![a-z]){re.escape(phrase)}(?:s|es)?(?![a-z])", text) is not None
 
 
-def detect(text: str, products: tuple[str, ...] = (), colours: tuple[str, ...] = ()) -> Intent:
-    """products, colours: the catalogue's product phrases and colour names (normalised)."""
+def detect(
+    text: str,
+    products: tuple[str, ...] = (),
+    colours: tuple[str, ...] = (),
+    sizes: frozenset[str] = frozenset(),
+) -> Intent:
+    """products, colours, sizes: the catalogue's product phrases, colour and size names (normalised)."""
     norm = normalise(text)
     lang = "zh" if has_cjk(norm) else "en"
     if lang == "en":
@@ -254,12 +267,14 @@ def detect(text: str, products: tuple[str, ...] = (), colours: tuple[str, ...] =
         marked = "?" in norm or bool(_EN_START.search(norm) or _EN_MARKERS.search(norm))
         if _EXCLAIM.search(norm) and "?" not in norm:
             marked = False
-    size = _size(norm, unicodedata.normalize("NFKC", text), marked or bool(aspects))
+    size = _size(norm, unicodedata.normalize("NFKC", text), marked or bool(aspects), sizes)
     if size is not None and "size" not in aspects:
         aspects.append("size")
     named_colours = [c for c in colours if c and _has_phrase(norm, c)]
     if marked and named_colours and "colour" not in aspects:
         aspects.append("colour")
+    if "stock" in aspects and set(found["stock"]) <= _WEAK_STOCK and len(aspects) > 1:
+        aspects.remove("stock")  # "is it available in pink?", "what sizes are available": not stock
     rest = norm
     for phrase in sorted(
         {p for ps in found.values() for p in ps} | set(products) | set(named_colours), key=len, reverse=True

@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # imported in run(): `liveroom serve` must not pay for bm25s 
     from server.assistant.llm import Phraser
 
 log = logging.getLogger("liveroom.assistant")
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 FATAL_CODES = {int(code) for code in NO_RETRY_CODES}  # retrying cannot help
 POLL = 0.1  # seconds between looks at what is due

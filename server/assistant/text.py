@@ -1,7 +1,8 @@
 """Text to tokens for ranking: jieba words, CJK characters and the pinyin of Chinese words.
 
 Pinyin makes homophone typos (包油 for 包邮) land on the same token; single characters make a
-partial word (裙 for 裙子) still count. English words are case-folded and lightly stemmed.
+partial word (裙 for 裙子) still count; a noun's suffix 子/儿 is dropped (鞋子 and 鞋 are one
+word). English words are case-folded and lightly stemmed.
 """
 
 from __future__ import annotations
@@ -134,6 +135,18 @@ def has_cjk(text: str) -> bool:
     return bool(_CJK.search(text))
 
 
+_VOWELS = frozenset("aeiou")
+
+
+def plausible_typo(word: str, target: str) -> bool:
+    """A one-letter slip, not another word: a vowel swapped for a vowel ("stick" -> "stock",
+    "much" -> "mach") makes a different English word far more often than a typo does."""
+    if len(word) != len(target):
+        return True
+    diff = [(a, b) for a, b in zip(word, target, strict=True) if a != b]
+    return not (len(diff) == 1 and diff[0][0] in _VOWELS and diff[0][1] in _VOWELS)
+
+
 def _stem(word: str) -> str:
     if len(word) > 4 and word.endswith("es") and word[-3] in "sxz":
         return word[:-2]
@@ -142,10 +155,43 @@ def _stem(word: str) -> str:
     return word
 
 
+# words whose 子/儿 is part of the meaning, not a noun suffix ("鞋子" is 鞋, "儿子" is not 儿)
+_SUFFIX_KEPT = frozenset(
+    ["儿子", "女儿", "孩子", "样子", "日子", "妻子", "包子", "婴儿", "这儿", "那儿", "哪儿", "点儿", "会儿"]
+)
+
+
+def noun_stem(word: str) -> str:
+    """A Chinese noun without its suffix 子/儿 ("鞋子", "鞋儿" -> "鞋"): shoppers use both forms."""
+    if len(word) >= 2 and word[-1] in "子儿" and word not in _SUFFIX_KEPT and has_cjk(word[-2]):
+        return word[:-1]
+    return word
+
+
+def pinyin(text: str) -> str:
+    """The toneless pinyin of a Chinese phrase in one word ("小白鞋" -> "xiaobaixie")."""
+    return "".join(lazy_pinyin(noun_stem(text))).casefold().replace(" ", "")
+
+
+def initials(text: str) -> str:
+    """The pinyin initials of an all-Chinese phrase ("小白鞋" -> "xbx"); "" when not all Chinese."""
+    if not text or not all(_CJK.match(ch) for ch in text):
+        return ""
+    return "".join(py[0] for py in lazy_pinyin(noun_stem(text)) if py)
+
+
+def teach(phrase: str) -> None:
+    """Make jieba keep a catalogue phrase as one word (its dictionary is per process)."""
+    phrase = normalise(phrase)
+    if has_cjk(phrase) and " " not in phrase:
+        jieba.add_word(phrase, freq=100_000)
+        jieba.add_word(noun_stem(phrase), freq=100_000)
+
+
 def words(text: str) -> list[str]:
     """jieba's segmentation of normalised text, punctuation and spaces dropped."""
     out = []
-    for piece in jieba.lcut(normalise(text)):
+    for piece in jieba.lcut(normalise(text), HMM=False):  # HMM glues unknown characters: "鞋有"
         piece = piece.strip()
         if piece and (has_cjk(piece) or _WORD.match(piece)):
             out.append(piece)
@@ -158,6 +204,7 @@ def tokens(text: str) -> list[str]:
     out: list[str] = []
     for word in words(text):
         if has_cjk(word):
+            word = noun_stem(word)
             if word not in ZH_STOP:
                 out.append(word)
                 out.append("py:" + "".join(lazy_pinyin(word)))
