@@ -107,6 +107,24 @@ def test_token_round_trip_and_errors() -> None:
         auth.mint(DEFAULT_SECRET, room="bad room", user="u")
 
 
+def test_token_secret_vetted_once_and_still_checked() -> None:
+    """The HS256 secret is vetted once per secret (join CPU), and the vetting still refuses keys."""
+    secret = "vetted-once-" + "x" * 32
+    token = auth.mint(secret, room="r", user="u")
+    before = auth._vetted.cache_info()
+    for _ in range(3):
+        assert auth.verify(secret, token, "r").uid == "u"
+    after = auth._vetted.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 2)
+    with pytest.raises(ProtocolError) as info:  # another secret: the signature does not match
+        auth.verify("another-" + "y" * 32, token, "r")
+    assert info.value.code == ErrorCode.TOKEN_INVALID
+    pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----"
+    with pytest.raises(ProtocolError) as info:  # an asymmetric key is never an HMAC secret
+        auth.verify(pem, token, "r")
+    assert info.value.code == ErrorCode.TOKEN_INVALID
+
+
 def test_token_cli_round_trip() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "server", "token", "--room", "demo", "--user", "alice", "--role", "moderator"],

@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import websockets
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
@@ -83,7 +82,7 @@ class Client:
 
     def send(self, frame: bytes) -> None:
         """Queue a frame without waiting (same path as the room fan-out)."""
-        websockets.broadcast((self.ws,), frame)
+        broadcast((self.ws,), frame)
 
     def buffered(self) -> int:
         transport = self.ws.transport

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 from server.wire.protocol import ErrorCode, ProtocolError, encodable, strip_controls, valid_id
 
@@ -21,6 +23,41 @@ DEFAULT_TTL = 6 * 3600
 CLOCK_SKEW = 30  # seconds of leeway for clocks that disagree a little
 MAX_NAME_LEN = 32
 TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+class _PreparedHS256(HMACAlgorithm):
+    """HS256 that vets each secret once, not on every verify.
+
+    PyJWT 2.15 checks an HMAC secret on every decode (it must not parse as DER, PEM, SSH
+    or JWK: a JSON parse and two DER loads), about a tenth of a join's CPU. Our secrets come
+    from the configuration, so the vetted bytes are kept per secret.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return _vetted(key)
+
+
+@functools.lru_cache(maxsize=64)  # a few configured secrets (rotation, node keys); never token input
+def _vetted(key: str | bytes) -> bytes:
+    return HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(key)
+
+
+def _decoder() -> jwt.PyJWT:
+    """A PyJWT whose HS256 keeps vetted secrets (PyJWT has no public hook for its JWS)."""
+    decoder = jwt.PyJWT()
+    decoder._jws.unregister_algorithm("HS256")
+    decoder._jws.register_algorithm("HS256", _PreparedHS256())
+    return decoder
+
+
+_JWT = _decoder()
+
+
+def _decode(token: str, secret: str, **kwargs: Any) -> dict[str, Any]:
+    return _JWT.decode(token, secret, algorithms=["HS256"], leeway=CLOCK_SKEW, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +121,7 @@ def verify(secret: str, token: str | None, room: str | None = None) -> Identity:
     if not token:
         raise ProtocolError(ErrorCode.AUTH_REQUIRED, "a token is required to join")
     try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=["HS256"],
-            leeway=CLOCK_SKEW,
-            options={"require": ["sub", "room", "role", "exp"]},
-        )
+        claims = _decode(token, secret, options={"require": ["sub", "room", "role", "exp"]})
     except jwt.ExpiredSignatureError:
         raise ProtocolError(ErrorCode.TOKEN_EXPIRED, "token expired") from None
     except jwt.PyJWTError as exc:
@@ -162,12 +193,10 @@ def is_node_token(token: str) -> bool:
 def verify_node(secret: str, token: str, room: str) -> str:
     """Check a node credential for `room`; returns the calling node's id."""
     try:
-        claims = jwt.decode(
+        claims = _decode(
             token,
             node_key(secret),
-            algorithms=["HS256"],
             audience=NODE_AUDIENCE,
-            leeway=CLOCK_SKEW,
             options={"require": ["sub", "room", "role", "exp", "aud"]},
         )
     except jwt.ExpiredSignatureError:
