@@ -64,6 +64,7 @@ class Config:
     media_url: str = ""  # public base URL of http_port put in snapshots (default http://host:port)
     media_max_publishers: int = 4  # per room (host + co-hosts)
     media_max_viewers: int = 200  # media viewers (WS subscribers + WHEP) per node
+    media_gop_cache_frames: int = 60  # per published video track: a new viewer starts at once; 0: off
     media_stats_interval: float = 5.0  # seconds between media stats samples for /metrics
     ice_servers: str = ""  # STUN/TURN URLs handed to clients (comma-separated)
     turn_secret: str = ""  # TURN REST shared secret (coturn static-auth-secret) for time-limited credentials
@@ -171,6 +172,8 @@ class Config:
             )
         if self.media_max_publishers < 1 or self.media_max_viewers < 0:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
+        if self.media_gop_cache_frames < 0:
+            raise ConfigError("media_gop_cache_frames must be >= 0")
 
 
 _BOOL = {
@@ -270,6 +273,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--media-max-viewers", dest="media_max_viewers", type=int, help="media viewers per node (200)"
+    )
+    parser.add_argument(
+        "--media-gop-cache-frames",
+        dest="media_gop_cache_frames",
+        type=int,
+        help="frames of the latest keyframe group kept per video track for new viewers (60; 0: off)",
     )
     parser.add_argument("--ice-servers", dest="ice_servers", help="STUN/TURN URLs for clients (a,b)")
     parser.add_argument(

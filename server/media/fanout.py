@@ -17,6 +17,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .forward import EncodedFrame
+from .gop_cache import GopCache
 from .keyframes import is_keyframe
 
 logger = logging.getLogger(__name__)
@@ -181,7 +182,8 @@ class Fanout:
     """Distributes one publisher track's encoded frames to its viewers' tracks.
 
     ``gop_cache_frames > 0`` keeps the last keyframe and the frames after it (up to that
-    many) so a new viewer can start at once instead of waiting for a requested keyframe.
+    many, and ``gop_cache_bytes``) so a new viewer can start at once instead of waiting for
+    a requested keyframe (:mod:`server.media.gop_cache`).
     """
 
     def __init__(
@@ -192,6 +194,7 @@ class Fanout:
         queue_frames: int = 90,
         keyframe_retry: float = 1.0,
         gop_cache_frames: int = 0,
+        gop_cache_bytes: int = 4 << 20,
     ) -> None:
         self.kind = kind
         self.codec_name: str | None = None
@@ -199,10 +202,12 @@ class Fanout:
         self.tracks: set[ForwardedTrack] = set()
         self.queue_frames = queue_frames
         self.keyframe_retry = keyframe_retry
-        self.gop_cache_frames = gop_cache_frames if kind == "video" else 0
+        # replayed into a viewer's queue at once, before its transport is up: leave a third of
+        # the queue for the frames that arrive meanwhile (an overflow would wait for a keyframe)
+        frames = min(gop_cache_frames, queue_frames * 2 // 3) if kind == "video" else 0
+        self.gop: GopCache | None = GopCache(frames, gop_cache_bytes) if frames > 0 else None
         self.ended = asyncio.Event()
         self._request_keyframe = request_keyframe
-        self._gop: list[tuple[EncodedFrame, bool]] = []
         self._keyframe_waiters: list[asyncio.Future[None]] = []
 
     def add_track(self) -> ForwardedTrack:
@@ -219,8 +224,8 @@ class Fanout:
             return track
         self.tracks.add(track)
         if self.kind == "video":
-            if self._gop:
-                for frame, key in self._gop:
+            if self.gop is not None and self.gop.warm:  # start now, no PLI round trip
+                for frame, key in self.gop.replay():
                     track.deliver(frame, key)
             else:
                 track.request_keyframe()
@@ -235,8 +240,8 @@ class Fanout:
         if key and self.kind == "video":
             self.stats.keyframes_in += 1
             self._wake_keyframe_waiters(None)
-        if self.gop_cache_frames:
-            self._cache(frame, key)
+        if self.gop is not None and self.gop.add(frame, key):
+            self._request_keyframe()  # the group outgrew the cache: warm it again
         size = len(frame.data)
         for track in list(self.tracks):
             self.stats.deliveries += 1
@@ -248,7 +253,8 @@ class Fanout:
         if self.ended.is_set():
             return
         self.ended.set()
-        self._gop.clear()
+        if self.gop is not None:
+            self.gop.clear()
         self._wake_keyframe_waiters(MediaStreamError("publisher track ended"))
         for track in list(self.tracks):
             track.end()
@@ -275,11 +281,3 @@ class Fanout:
                     waiter.set_result(None)
                 else:
                     waiter.set_exception(error)
-
-    def _cache(self, frame: EncodedFrame, key: bool) -> None:
-        if key:
-            self._gop = [(frame, key)]
-        elif self._gop and len(self._gop) < self.gop_cache_frames:
-            self._gop.append((frame, key))
-        else:
-            self._gop.clear()  # GOP too long to replay: wait for the next keyframe

@@ -145,6 +145,7 @@ class MediaGateway:
         self.media_config = MediaConfig(
             max_publishers=config.media_max_publishers,
             max_viewers=max(1, config.media_max_viewers),
+            gop_cache_frames=config.media_gop_cache_frames,
             ice_servers=self.ice.for_server(),
         )
         self.max_viewers = config.media_max_viewers

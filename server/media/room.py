@@ -60,7 +60,8 @@ class MediaConfig:
     keyframe_retry: float = 1.0  # a viewer still waiting for a keyframe asks again after this
     video_queue_frames: int = 90  # per viewer; overflow flushes and waits for a keyframe
     audio_queue_frames: int = 50  # per viewer; overflow drops the oldest frame
-    gop_cache_frames: int = 0  # >0: replay last keyframe + following frames to new viewers
+    gop_cache_frames: int = 0  # >0: replay last keyframe + following frames to new viewers (gop_cache.py)
+    gop_cache_bytes: int = 4 << 20  # and at most this many bytes per video track
     ice_servers: list[RTCIceServer] = field(default_factory=list)
 
     def rtc_configuration(self) -> RTCConfiguration:
@@ -122,6 +123,7 @@ class Publication:
             ),
             keyframe_retry=self.config.keyframe_retry,
             gop_cache_frames=self.config.gop_cache_frames,
+            gop_cache_bytes=self.config.gop_cache_bytes,
         )
         self.transceivers[kind] = transceiver
         self.fanouts[kind] = fanout

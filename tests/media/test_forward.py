@@ -36,6 +36,7 @@ from server.media import (
 )
 from server.media.fanout import Fanout, ForwardedTrack
 from server.media.forward import EncodedFrame, tap_of, to_packet
+from server.media.gop_cache import GopCache
 from server.media.keyframes import KeyframeRequester, is_keyframe
 from server.media.loopback import loopback_host_addresses
 from tests.media.pattern import PatternTrack
@@ -299,6 +300,57 @@ async def test_late_viewer_decodes_thanks_to_upstream_pli(harness: Harness) -> N
     assert pub.keyframes.sent > plis_before  # a PLI went upstream...
     assert video.stats.keyframes_in > keyframes_before  # ...and the publisher answered it
     assert_never_decoded(room)
+
+
+@pytest.mark.asyncio
+async def test_late_viewer_starts_from_the_gop_cache_without_a_new_keyframe(harness: Harness) -> None:
+    """A publisher that never sends a second keyframe: a late viewer still decodes, from the cache."""
+    # a cache long enough for the whole test (30 s at 30 fps), so it never needs refreshing
+    room = harness.room(MediaConfig(gop_cache_frames=900, video_queue_frames=1400, gop_cache_bytes=1 << 30))
+    pc = await harness.publish(room, "alice", audio=False)
+    for sender in pc.getSenders():  # a long keyframe interval (aiortc: 3000 frames), and PLIs ignored
+        sender._send_keyframe = lambda: None  # type: ignore[method-assign]
+    early = await harness.view(room, "early")
+    await decoded(early.of_kind("video")[0])
+    video = room.publications["alice"].fanouts["video"]
+    assert video.stats.keyframes_in == 1 and video.gop is not None and video.gop.warm
+
+    late = await harness.view(room, "late")
+    frame = await decoded(late.of_kind("video")[0])
+
+    assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+    assert video.stats.keyframes_in == 1  # no new keyframe: the late viewer started from the cache
+    assert video.gop.replays == 1 and video.gop.overflows == 0
+    late_track = room.subscriptions["late"].tracks[0].track
+    assert late_track.stats.dropped_waiting_keyframe == 0 and late_track.stats.keyframe_requests == 0
+    assert_never_decoded(room)
+
+
+def test_gop_cache_bounded_and_asks_for_a_keyframe_when_outgrown() -> None:
+    cache = GopCache(max_frames=3, max_bytes=1 << 20)
+    assert not cache.add(vp8_frame(False, 0), False) and not cache.warm  # no keyframe yet: nothing kept
+    assert not cache.add(vp8_frame(True, 3000), True)
+    assert not cache.add(vp8_frame(False, 6000), False) and not cache.add(vp8_frame(False, 9000), False)
+    assert [f.packet.pts for f, _ in cache.replay()] == [3000, 6000, 9000]
+    assert cache.add(vp8_frame(False, 12000), False)  # outgrown: dropped, ask for a keyframe once
+    assert not cache.warm and cache.overflows == 1
+    assert not cache.add(vp8_frame(False, 15000), False)  # not asked again for the same group
+    assert not cache.add(vp8_frame(True, 18000), True) and len(cache) == 1
+    small = GopCache(max_frames=100, max_bytes=len(vp8_frame(True, 0).data) * 2)
+    small.add(vp8_frame(True, 0), True)
+    small.add(vp8_frame(False, 3000), False)
+    assert small.add(vp8_frame(False, 6000), False) and small.size == 0  # the byte bound too
+
+
+@pytest.mark.asyncio
+async def test_fanout_refreshes_an_outgrown_gop_cache() -> None:
+    requests: list[int] = []
+    fanout = Fanout("video", request_keyframe=lambda: requests.append(1), gop_cache_frames=2, queue_frames=90)
+    for i, key in enumerate([True, False, False]):
+        fanout.on_frame(vp8_frame(key, 3000 * i))
+    assert requests == [1]  # outgrown: a keyframe asked for, so the next viewer finds it warm
+    fanout.add_track()
+    assert requests == [1, 1]  # the cache is cold until that keyframe: this viewer asks too
 
 
 @pytest.mark.asyncio
