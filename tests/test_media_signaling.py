@@ -230,6 +230,7 @@ async def test_ws_publish_three_viewers_decode(app: App, member) -> None:
 
 
 async def test_subscribe_before_live_then_late_viewer(app: App, member) -> None:
+    app.media.media_config.gop_cache_frames = 0  # the PLI path (tests/media: the GOP cache's)
     early = await member("early")
     await early.send(t="subscribe")
     waiting = await early.next("subscribed")
