@@ -77,6 +77,7 @@ export class LiveConnection {
     this._booting = true; // until its snapshot: a refusal of the dev join falls back to _open()
     this.joinSubscribed = Boolean(boot.subscribed); // the server offers media after the snapshot
     this.bootPc = boot.pc || null; // a peer connection already gathering, for that offer (rtc.js)
+    this.bootAnswered = boot.answered || null; // index.html answered that offer already (rtc.js)
     this._attach(ws, null);
     for (const data of boot.frames.splice(0)) ws.onmessage({ data });
     if (boot.closed) ws.onclose(boot.closed);
@@ -157,6 +158,7 @@ export class LiveConnection {
         this.joinSubscribed = false;
         this.bootPc?.close();
         this.bootPc = null;
+        this.bootAnswered = null;
         if (ev.code === 4100) return this._open(); // no dev tokens here: the page asks for one
       }
       this.emit("closed", ev.code, ev.reason);

@@ -270,6 +270,9 @@ export class ViewerMedia {
   }
 
   async _onOffer(frame) {
+    const answered = this.conn.bootAnswered;
+    this.conn.bootAnswered = null;
+    if (answered && answered.sdp === frame.sdp && this.conn.bootPc) return this._adoptAnswered(frame, answered);
     performance.mark("liveroom:offer");
     const pc = this._ensurePc();
     if (frame.tracks) this.trackMap = { ...this.trackMap, ...frame.tracks };
@@ -281,6 +284,18 @@ export class ViewerMedia {
     if (frame.cid !== undefined) answer.cid = frame.cid;
     this.conn.send(answer);
     performance.mark("liveroom:answer");
+    this.negotiations += 1;
+    this.detail = "Starting video…";
+    this.status();
+  }
+
+  /** index.html answered the join's offer before this module ran: take its connection and tracks. */
+  async _adoptAnswered(frame, answered) {
+    if (frame.tracks) this.trackMap = { ...this.trackMap, ...frame.tracks };
+    const pc = this._ensurePc(); // the boot connection: the snapshot named no ICE servers
+    for (const ev of answered.tracks.splice(0)) pc.ontrack(ev);
+    await answered.done;
+    if (pc !== this.pc) return;
     this.negotiations += 1;
     this.detail = "Starting video…";
     this.status();

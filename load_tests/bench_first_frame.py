@@ -12,6 +12,13 @@ every step) and a Markdown table.
     python -m load_tests.bench_first_frame --loads 20
     python -m load_tests.bench_first_frame --loads 20 --server-dir /tmp/base   # another revision
     python -m load_tests.bench_first_frame --loads 20 --url http://127.0.0.1:8081/room/demo  # your nodes
+    python -m load_tests.bench_first_frame --loads 20 --background-rate 200   # a fixed load beside
+
+`--background-rate R` runs the same loads beside a fixed background load, so a loaded machine
+is measured the same way every time: a generator process keeps `--background-conns` dev
+viewers in room `background` of the same server, together sending R danmaku/s (each within
+the per-connection limits; the started server lifts only the per-IP danmaku and join budgets,
+since every generator connection comes from 127.0.0.1) and reading every batch.
 
 Loopback only; needs Playwright and Chromium (the dev extra, scripts/test.sh).
 """
@@ -19,8 +26,10 @@ Loopback only; needs Playwright and Chromium (the dev extra, scripts/test.sh).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -30,7 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from load_tests.bench import percentiles
+from load_tests.bench import percentiles, raise_nofile
+
+BACKGROUND_ROOM = "background"
+# what the started server relaxes for a background load: all its connections share one IP
+BACKGROUND_SERVER_ENV = {"LIVEROOM_RATE_LIMITS": "danmaku.ip=0,join.ip=0", "LIVEROOM_MAX_CONNS_PER_IP": "0"}
 
 # the headless Chromium flags of this machine (see the ground rules); tests/test_browser.py uses them too
 CHROMIUM_ARGS = [
@@ -47,6 +60,7 @@ CHROMIUM_ARGS = [
 # origin is navigation start, so every figure is "ms since the user asked for the page".
 PROBE = """
 (() => {
+  const OFFER_TAG = [0xa1, 0x74, 0xa5, 0x6f, 0x66, 0x66, 0x65, 0x72].join(",");  // "t", "offer"
   const marks = (window.__ff = {});
   const now = () => performance.now();
   const NativeWS = window.WebSocket;
@@ -54,7 +68,14 @@ PROBE = """
     constructor(...a) {
       super(...a);
       if (marks.ws_open_call === undefined) marks.ws_open_call = now();
-      this.addEventListener("message", () => { if (marks.first_ws_message === undefined) marks.first_ws_message = now(); });
+      this.addEventListener("message", (ev) => {
+        if (marks.first_ws_message === undefined) marks.first_ws_message = now();
+        // the server's media offer arriving (msgpack "t": "offer" leads the frame), before the page reads it
+        if (marks.offer_received === undefined && ev.data instanceof ArrayBuffer) {
+          const head = Array.from(new Uint8Array(ev.data, 0, Math.min(ev.data.byteLength, 12))).join(",");
+          if (head.includes(OFFER_TAG)) marks.offer_received = now();
+        }
+      });
     }
   };
   const NativePC = window.RTCPeerConnection;
@@ -84,6 +105,7 @@ STEPS = [
     "ws_open_call",
     "dom_content_loaded",
     "first_ws_message",
+    "offer_received",
     "adopt",
     "offer",
     "pc_created",
@@ -103,8 +125,10 @@ def chromium_path() -> str:
     return found
 
 
-def start_server(server_dir: str | None) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ)
+def start_server(
+    server_dir: str | None, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, **(extra_env or {})}
     cwd = server_dir or str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "server", "serve", "--demo", "--port", "0", "--http-port", "0"]
@@ -134,6 +158,49 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+async def _background(port: int, rate: float, conns: int, stop: Any, out: Any) -> None:
+    """conns dev viewers in BACKGROUND_ROOM sending rate danmaku/s in all, every batch read."""
+    import msgpack
+    from websockets.asyncio.client import connect
+
+    counts = {"sent": 0, "errors": 0, "frames_in": 0, "closed": 0}
+    interval = conns / rate  # seconds between one connection's danmaku
+
+    async def viewer(i: int) -> None:
+        url = f"ws://127.0.0.1:{port}/ws?room={BACKGROUND_ROOM}&dev_user=bg{i}&name=bg{i}"
+        try:
+            async with connect(url, max_size=None, open_timeout=30) as ws:
+                reader = asyncio.create_task(read(ws))
+                loop = asyncio.get_running_loop()
+                due = loop.time() + interval * i / conns  # spread the connections over the interval
+                n = 0
+                while not stop.is_set() and not reader.done():
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                    n += 1
+                    await ws.send(msgpack.packb({"t": "danmaku", "text": f"background {i} #{n}", "cid": n}))
+                    counts["sent"] += 1
+                    due += interval
+                reader.cancel()
+        except Exception:
+            counts["closed"] += 1
+
+    async def read(ws: Any) -> None:
+        async for data in ws:
+            frame = msgpack.unpackb(data)
+            counts["frames_in"] += 1
+            if frame.get("t") == "error":
+                counts["errors"] += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(viewer(i) for i in range(conns)))
+    out.put({**counts, "rate": round(counts["sent"] / max(1e-9, time.monotonic() - started), 1)})
+
+
+def _background_process(port: int, rate: float, conns: int, stop: Any, out: Any) -> None:
+    raise_nofile()
+    asyncio.run(_background(port, rate, conns, stop, out))
 
 
 def one_load(browser: Any, url: str, timeout_ms: int) -> dict[str, Any]:
@@ -182,7 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-dir", help="run the server from this source tree (e.g. a git archive)")
     ap.add_argument("--label", default="", help="a name for this run in the output")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds one load may take")
+    ap.add_argument(
+        "--background-rate", type=float, default=0, help="danmaku/s into another room meanwhile (0: none)"
+    )
+    ap.add_argument("--background-conns", type=int, default=100, help="connections of that load (100)")
     args = ap.parse_args(argv)
+    if args.background_rate and args.url:
+        ap.error("--background-rate needs the server this script starts (not --url)")
+    if args.background_rate and not 0 < args.background_rate <= 2 * args.background_conns:
+        ap.error("--background-rate: at most 2 danmaku/s per background connection (its limit)")
 
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
@@ -191,10 +266,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:  # e.g. a node that is not the room's origin: the picture comes through it (cascading)
         url = args.url
     else:
-        proc, port = start_server(args.server_dir)
+        proc, port = start_server(args.server_dir, BACKGROUND_SERVER_ENV if args.background_rate else None)
         url = f"http://127.0.0.1:{port}/room/demo"
     loads: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
+    background: multiprocessing.Process | None = None
+    ctx = multiprocessing.get_context("spawn")
+    stop, results = ctx.Event(), ctx.Queue()
+    if args.background_rate:
+        background = ctx.Process(
+            target=_background_process,
+            args=(port, args.background_rate, args.background_conns, stop, results),
+            daemon=True,
+        )
+        background.start()
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -218,18 +303,36 @@ def main(argv: list[str] | None = None) -> int:
                 loads.append(marks)
             browser.close()
     finally:
+        bg_stats: dict[str, Any] | None = None
+        if background is not None:
+            stop.set()
+            try:
+                bg_stats = results.get(timeout=30)
+            except Exception:
+                bg_stats = {"error": "the background generator did not report"}
+            background.join(10)
+            if background.is_alive():
+                background.kill()
         if proc is not None:
             stop_server(proc)
 
     summary: dict[str, Any] = {"label": args.label, "loads": len(loads), "failed": len(failed)}
+    if args.background_rate:
+        summary["background"] = {
+            "target_rate": args.background_rate,
+            "conns": args.background_conns,
+            **(bg_stats or {}),
+        }
     for step in [*STEPS, "page_reported"]:
         values = [float(m[step]) for m in loads if m.get(step) is not None]
         p = percentiles(values)
         p95 = sorted(values)[max(0, math.ceil(0.95 * len(values)) - 1)] if values else None
         summary[step] = {"p50": p["p50"], "p95": p95, "max": p["max"]}
     print(json.dumps({"summary": summary}), flush=True)
+    bg = summary.get("background")
+    beside = f", beside {bg.get('rate')} danmaku/s into another room" if bg else ""
     print(
-        f"\n| step ({args.label or 'run'}: {len(loads)} loads, {len(failed)} without a picture in time;"
+        f"\n| step ({args.label or 'run'}: {len(loads)} loads, {len(failed)} without a picture in time{beside};"
         " ms from navigation start) | p50 | p95 | max |"
     )
     print("|---|---|---|---|")

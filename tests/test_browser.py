@@ -30,7 +30,7 @@ from server.wire.protocol import ErrorCode
 from tests.conftest import token
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
-Browser, Page, expect = sync_api.Browser, sync_api.Page, sync_api.expect
+Browser, Page, Route, expect = sync_api.Browser, sync_api.Page, sync_api.Route, sync_api.expect
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -477,6 +477,43 @@ def test_serve_demo_streams_test_pattern(browser: Browser) -> None:
         expect(viewer.locator("#host-name")).to_have_text("Test pattern", timeout=WAIT_MS)
         expect(viewer.locator("#first-frame")).to_be_visible()
         shot(viewer, "viewer-demo-pattern")
+    finally:
+        opened.close()
+        srv.stop()
+    assert not opened.errors, opened.errors
+
+
+def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Browser) -> None:
+    """index.html answers the offer that follows the snapshot itself (no wait for the modules);
+    viewer-page.js, held back here until that answer is sent, adopts the connection and plays."""
+    srv = ServerProcess(_free_port(), "--demo")
+    srv.start()
+    opened = Pages(browser, srv.base)
+    held: list[Route] = []
+    released = False
+
+    def hold(route: Route) -> None:
+        if released:
+            route.continue_()
+        else:
+            held.append(route)
+
+    try:
+        wait_video_playing(opened.viewer("demo", "first"))  # the demo host is live
+        context = browser.new_context(viewport={"width": 1280, "height": 720})
+        opened.contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: opened.errors.append(f"held: {exc}"))
+        page.route("**/viewer-page.js", hold)  # the page's modules wait (intercepted: paused)
+        page.goto(srv.base + "/room/demo?user=second&name=Second", wait_until="commit")
+        page.wait_for_function("window.__liveroomBoot?.answered?.done !== undefined", timeout=VIDEO_WAIT_MS)
+        assert page.evaluate("window.__liveroomBoot.answered.done.then(() => true)")  # the answer went out
+        assert page.evaluate("window.liveroom === undefined")  # before any module ran
+        released = True
+        while held:
+            held.pop().continue_()
+        wait_video_playing(page)
+        assert page.evaluate("window.liveroom.media.negotiations") == 1  # answered once, by index.html
     finally:
         opened.close()
         srv.stop()
