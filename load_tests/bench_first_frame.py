@@ -68,6 +68,7 @@ PROBE = """
     constructor(...a) {
       super(...a);
       if (marks.ws_open_call === undefined) marks.ws_open_call = now();
+      this.addEventListener("open", () => { if (marks.ws_open === undefined) marks.ws_open = now(); });
       this.addEventListener("message", (ev) => {
         if (marks.first_ws_message === undefined) marks.first_ws_message = now();
         // the server's media offer arriving (msgpack "t": "offer" leads the frame), before the page reads it
@@ -104,6 +105,7 @@ STEPS = [
     "token",
     "ws_open_call",
     "dom_content_loaded",
+    "ws_open",
     "first_ws_message",
     "offer_received",
     "adopt",
