@@ -84,6 +84,38 @@ def streams_to_nodes(origin: App, room: str = "r1") -> list[str]:
     return sorted(v for v in media_room.subscriptions if v.startswith("node.")) if media_room else []
 
 
+async def test_late_viewer_on_an_edge_starts_from_the_edges_gop_cache(nodes: dict[str, App], member) -> None:
+    """A host that never sends a second keyframe: a late viewer on an edge still decodes, from the
+    edge's keyframe cache, with no keyframe request reaching the host."""
+    a, b = nodes["a"], nodes["b"]
+    for app in nodes.values():  # caches that hold the whole test (30 s at 30 fps): never refreshed
+        config = app.node.media.media_config
+        config.gop_cache_frames, config.video_queue_frames, config.gop_cache_bytes = 900, 1400, 1 << 30
+    host = await member("a", "hana", role="host")
+    pc = await host.publish(audio=False)
+    for sender in pc.getSenders():  # a long keyframe interval (aiortc: 3000 frames), and PLIs ignored
+        sender._send_keyframe = lambda: None  # type: ignore[method-assign]
+    await host.event(is_live("hana", True))
+    early = await member("b", "early")
+    await early.send(t="subscribe")
+    await early.accept_offer()
+    await decoded(early.of_kind("video")[0])
+    origin = a.node.media.rooms["r1"].publications["hana"].fanouts["video"]
+    edge = b.node.media.rooms["r1"].publications["hana"].fanouts["video"]
+    keyframes = origin.stats.keyframes_in
+    assert edge.gop is not None and edge.gop.warm
+
+    late = await member("b", "late")
+    await late.send(t="subscribe")
+    await late.accept_offer()
+    frame = await decoded(late.of_kind("video")[0])
+
+    assert frame.width > 0
+    assert origin.stats.keyframes_in == keyframes  # the host sent no keyframe for it
+    assert edge.gop.replays >= 1 and edge.gop.overflows == 0  # the late viewer started from the cache
+    assert len(streams_to_nodes(a)) == 1  # still one stream from the origin to edge b
+
+
 async def test_three_nodes_origin_carries_one_stream_per_edge(nodes: dict[str, App], member) -> None:
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     decoded_before = COUNTERS["frames_to_decoder"]
