@@ -66,6 +66,8 @@ class RedisBroker(Broker):
         connect_timeout: float = 5.0,
         wait_replicas: int | None = None,
         wait_timeout_ms: int = 500,
+        wait_degrade: bool = False,
+        replica_check_s: float = 5.0,
     ) -> None:
         self.node_id = node_id
         self._presence_ttl = presence_ttl
@@ -82,6 +84,11 @@ class RedisBroker(Broker):
         # a DM is acknowledged once this many replicas have it (WAIT on the writing connection)
         self._wait_replicas = (1 if cluster else 0) if wait_replicas is None else wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
+        # opt-in: a shard without its replicas acks DMs on the primary's AOF alone (replicated=false)
+        self._wait_degrade = wait_degrade
+        self._replica_check_s = replica_check_s
+        self._replicas: dict[str, int] = {}  # shard -> replicas its primary last reported
+        self._refused: Counter[str] = Counter()  # shard -> DMs refused for want of a replica, this interval
         self._cluster_known = False  # redis-py's cluster client initialised once
         self._shards = Shards(url, cluster, options)  # per-primary connections: pipelines, pub/sub, WAIT
         # single-key commands; on a cluster redis-py follows MOVED replies by itself
@@ -104,6 +111,7 @@ class RedisBroker(Broker):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._replica_watch: asyncio.Task[None] | None = None
         self.stream = RedisRoomStream(
             self,
             history_size=history_size,
@@ -124,16 +132,18 @@ class RedisBroker(Broker):
         loop = asyncio.get_running_loop()
         self._supervisor = loop.create_task(self._supervise())
         self._heartbeat = loop.create_task(self._heartbeat_forever())
+        if self._wait_replicas:
+            self._replica_watch = loop.create_task(self._watch_replicas())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._up.wait(), self._connect_timeout)
 
     async def close(self) -> None:
         self._closed = True
         self._broken.set()
-        for task in (self._supervisor, self._heartbeat, *self._tasks):
+        for task in (self._supervisor, self._heartbeat, self._replica_watch, *self._tasks):
             if task is not None:
                 task.cancel()
-        for task in (self._supervisor, self._heartbeat):
+        for task in (self._supervisor, self._heartbeat, self._replica_watch):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -380,6 +390,69 @@ class RedisBroker(Broker):
                 self._kick(exc)
             except Exception:
                 log.exception("presence heartbeat failed")
+
+    # -- replicas: a DM is acked once --redis-wait-replicas replicas have it -----------------
+
+    def replicas_short(self, shard: str) -> bool:
+        """The shard's primary last reported fewer replicas than a DM must reach."""
+        known = self._replicas.get(shard)
+        return known is not None and known < self._wait_replicas
+
+    def replicas_seen(self, shard: str, count: int) -> None:
+        """What a WAIT or INFO said: fewer replicas makes the next DMs refuse (or degrade) at once
+        instead of each waiting out the WAIT timeout; the watch sees them come back."""
+        self._replicas[shard] = count
+        metrics.broker_shard_replicas.labels(shard=shard).set(count)
+
+    def refused_for_replicas(self, shard: str) -> None:
+        metrics.broker_dm_refused.labels(shard=shard, reason="no_replica").inc()
+        self._refused[shard] += 1
+
+    async def _watch_replicas(self) -> None:
+        """Every interval, ask each primary how many replicas it has (INFO replication): a gauge
+        per shard, and one WARNING per interval per shard short of --redis-wait-replicas, with
+        the DMs refused for it (docs/ARCHITECTURE.md, "Replica loss", says what to do)."""
+        while True:
+            await asyncio.sleep(self._replica_check_s)
+            for shard in self._shards.names:
+                try:
+                    info = await self._shards.client(shard).info("replication")
+                except asyncio.CancelledError:
+                    raise
+                except _DOWN:
+                    continue  # a dead primary: the session's failover handling owns it
+                count = _online_replicas(info)
+                before = self._replicas.get(shard)
+                self.replicas_seen(shard, count)
+                refused, self._refused[shard] = self._refused[shard], 0
+                if count < self._wait_replicas:
+                    log.warning(
+                        "redis shard %s has %d replica(s), --redis-wait-replicas is %d: %s "
+                        "(%d DMs refused in the last %.0f s)",
+                        shard,
+                        count,
+                        self._wait_replicas,
+                        "DMs acked on the primary alone (replicated=false)"
+                        if self._wait_degrade
+                        else "its users' DMs are refused with 4501",
+                        refused,
+                        self._replica_check_s,
+                    )
+                elif before is not None and before < self._wait_replicas:
+                    log.warning("redis shard %s has %d replica(s) again: DMs acked as usual", shard, count)
+            for gone in [s for s in self._replicas if s not in self._shards.names]:
+                del self._replicas[gone]  # a primary replaced in a failover
+                metrics.broker_shard_replicas.remove(gone)
+
+
+def _online_replicas(info: dict[str, Any]) -> int:
+    """Replicas past their initial sync (`slaveN: state=online`): only those can answer a WAIT."""
+    count = 0
+    for key, value in info.items():
+        if key.startswith("slave") and key[5:].isdigit():
+            state = value.get("state") if isinstance(value, dict) else None
+            count += state == "online"
+    return count
 
 
 def _by_slot(channels: list[bytes]) -> list[list[bytes]]:

@@ -94,31 +94,45 @@ class RedisInbox(RedisPart, Inbox):
         return int(res[1]) > 0
 
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+        """Store and publish in one script, then WAIT on the same connection (when replicas are
+        required). The answer is always the truth: refused (4501) only when nothing was stored,
+        `maybe_stored` when the call's answer was lost, `replicated=False` when stored on the
+        primary alone (WAIT timed out): the DM is kept and maybe delivered, so it is acked."""
         keys = rs.user_keys(user_id)
         if not self._connected:
             raise BrokerUnavailable("redis is unreachable")
+        wait = self._link._wait_replicas
+        degraded = False
+        if wait:
+            shard = self._shards.name_of(keys.dms)
+            if self._link.replicas_short(shard):  # a primary without its replica
+                if not self._link._wait_degrade:  # store nothing: 4501
+                    self._link.refused_for_replicas(shard)
+                    raise BrokerUnavailable("the DM's Redis shard has no replica: not stored")
+                degraded, wait = True, 0  # opt-in: the primary's AOF alone, said in the ack
         body = rs.open_map(dm, "id")
         args = ["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 0]
         calls: list[Call] = [(keys.dms, ("EVALSHA", self._dm_script.sha, 1, keys.dms, *args))]
-        wait = self._link._wait_replicas
         if wait:  # same pipeline, same connection: WAIT covers this very write
             calls.append((keys.dms, ("WAIT", wait, self._link._wait_timeout_ms)))
         try:
             results = await self._shards.pipelined(calls)
-        except _DOWN as exc:
+        except _DOWN as exc:  # sent, answer lost: the script may have run
             self._kick(exc)
-            raise BrokerUnavailable(str(exc)) from exc
-        for result in results:
-            if isinstance(result, Exception):
-                self._kick(result)
-                raise BrokerUnavailable(str(result)) from result
+            raise BrokerUnavailable(str(exc), maybe_stored=True) from exc
         res = results[0]
-        if wait and int(results[1]) < wait:
-            # stored on the primary only: a failover now could lose it, so it is not acked.
-            # The sender retries (with its cid) once a replica keeps up again.
-            metrics.broker_dm_unreplicated.inc()
-            raise BrokerUnavailable("DM not yet replicated")
-        return DmReceipt(res[0].decode(), int(res[1]) > 0)
+        if isinstance(res, Exception):  # refused before running (MOVED, CLUSTERDOWN, OOM): not stored
+            self._kick(res)
+            raise BrokerUnavailable(str(res)) from res
+        receipt = DmReceipt(res[0].decode(), int(res[1]) > 0, replicated=not degraded)
+        if wait:
+            acked = results[1]
+            if isinstance(acked, Exception) or int(acked) < wait:
+                # stored (and maybe delivered) on the primary only: say so, never 4501
+                metrics.broker_dm_unreplicated.inc()
+                self._link.replicas_seen(shard, 0 if isinstance(acked, Exception) else int(acked))
+                return DmReceipt(receipt.id, receipt.delivered, replicated=False)
+        return receipt
 
     async def ack_dm(self, user_id: str, dm_id: str) -> None:
         keys = rs.user_keys(user_id)

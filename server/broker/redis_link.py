@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from server.broker.shards import Call, Shards
 
-# Connection failures look like any of these depending on where they happen.
-DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
+# Connection failures look like any of these depending on where they happen. redis-py's
+# cluster client raises RedisClusterException ("cannot be connected", a slot not covered),
+# which is not a RedisError.
+DOWN = (RedisError, RedisClusterException, OSError, ConnectionError, TimeoutError)
 
 
 class Link(Protocol):
@@ -27,7 +29,11 @@ class Link(Protocol):
     _shards: Shards
     _wait_replicas: int
     _wait_timeout_ms: int
+    _wait_degrade: bool
 
+    def replicas_short(self, shard: str) -> bool: ...
+    def replicas_seen(self, shard: str, count: int) -> None: ...
+    def refused_for_replicas(self, shard: str) -> None: ...
     def _kick(self, exc: BaseException) -> None: ...
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
     async def _listen(self, channels: list[bytes], read: Sequence[Any] | None = None) -> Any: ...

@@ -219,14 +219,19 @@ class Node:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
         except ProtocolError as error:  # the memory broker's DM store is full (4502)
             raise ProtocolError(error.code, error.message, message.cid, error.retry_after) from None
-        except BrokerUnavailable:
+        except BrokerUnavailable as exc:
+            text = "DM not stored or sent: retry"
             if message.cid is not None:
-                await self.sends.release(who.uid, "dm", message.cid)
+                if exc.maybe_stored:  # the retry looks for the first copy before storing again
+                    await self.sends.abandon(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
+                    text = "DM may have been stored: retry with the same cid for its outcome"
+                else:
+                    await self.sends.release(who.uid, "dm", message.cid)
+            elif exc.maybe_stored:
+                text = "DM may have been stored: its outcome is unknown"
             metrics.rejections.labels(reason="broker_unavailable").inc()
             client.send(
-                protocol.error_frame(
-                    ErrorCode.BROKER_UNAVAILABLE, "DM not sent: retry", message.cid, retry_after=1.0
-                )
+                protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, text, message.cid, retry_after=1.0)
             )
             return
         delivered = receipt.delivered
@@ -235,6 +240,8 @@ class Node:
         )
         metrics.dms.labels(delivery="live" if delivered else "kept").inc()
         ack = {"t": "dm_ack", "id": receipt.id, "to": message.to, "ts": now, "delivered": delivered}
+        if not receipt.replicated:  # stored on a Redis primary alone (PROTOCOL.md, `dm_ack`)
+            ack["replicated"] = False
         if message.cid is not None:
             ack["cid"] = message.cid
         frame = protocol.pack(ack)
