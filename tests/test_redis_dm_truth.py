@@ -100,3 +100,17 @@ async def test_degraded_mode_acks_on_the_primary_and_says_so(
         assert await alice.recv_until(lambda f: f["t"] in ("error", "dm_ack")) == ack
     with redis_server.client() as r:
         assert r.xlen("lr:{u:carol}:dm") == 2  # each stored once
+
+
+async def test_a_dm_waiting_for_its_replica_does_not_hold_up_the_senders_frames(
+    redis_server: RedisServer, start_nodes, open_client
+) -> None:
+    # no replica and no check yet (an hour away): the DM's WAIT runs out its 500 ms in Redis
+    (node,) = start_nodes(redis_server.url, 1, "--redis-wait-replicas", "1", "--redis-replica-check", "3600")
+    alice = await open_client(node, "alice")
+    await alice.send(t="dm", to="carol", text="slow", cid="s1")
+    await alice.send(t="ping", ts=7)
+    first = await alice.recv_until(lambda f: f["t"] in ("pong", "dm_ack", "error"))
+    assert first["t"] == "pong" and first["ts"] == 7, first  # answered while the DM waits
+    ack = await alice.recv_until(lambda f: f["t"] in ("dm_ack", "error"))
+    assert ack["t"] == "dm_ack" and ack["cid"] == "s1" and ack["replicated"] is False, ack
