@@ -311,7 +311,7 @@ class RedisClusterServer:
 class NodeProc:
     """A `python -m server serve --redis URL` process."""
 
-    def __init__(self, redis_url: str, node_id: str, *args: str) -> None:
+    def __init__(self, redis_url: str, node_id: str, *args: str, log: Any = None) -> None:
         self.node_id = node_id
         self.proc, self.port = start_server_process(
             "--redis",
@@ -324,6 +324,7 @@ class NodeProc:
             node_id,
             *args,
             env=NODE_ENV,
+            log=log,
         )
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
 

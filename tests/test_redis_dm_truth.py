@@ -13,7 +13,15 @@ import pytest
 
 from tests import prom
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import NodeProc, RedisServer, apoll, free_port, poll, requires_redis
+from tests.redis_fixtures import (
+    NodeProc,
+    RedisClusterServer,
+    RedisServer,
+    apoll,
+    free_port,
+    poll,
+    requires_redis,
+)
 
 pytestmark = requires_redis
 
@@ -114,3 +122,28 @@ async def test_a_dm_waiting_for_its_replica_does_not_hold_up_the_senders_frames(
     assert first["t"] == "pong" and first["ts"] == 7, first  # answered while the DM waits
     ack = await alice.recv_until(lambda f: f["t"] in ("dm_ack", "error"))
     assert ack["t"] == "dm_ack" and ack["cid"] == "s1" and ack["replicated"] is False, ack
+
+
+async def test_a_cluster_that_cannot_be_reached_costs_4501_never_a_traceback(
+    redis_cluster: RedisClusterServer, open_client, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "node.log"
+    with log_path.open("w") as log:
+        node = NodeProc(redis_cluster.url, "n0", "--redis-cluster", log=log)
+    try:
+        alice = await open_client(node, "alice")
+        await alice.send(t="dm", to="carol", text="before", cid="b")
+        assert (await alice.recv_until(lambda f: f["t"] in ("error", "dm_ack")))["t"] == "dm_ack"
+        redis_cluster.stop()  # every primary and replica: "Redis Cluster cannot be connected"
+        await node.wait_ready(False)
+        for i in range(5):
+            await alice.send(t="dm", to="carol", text=f"down{i}", cid=f"x{i}")
+            err = await alice.recv_until(lambda f: f["t"] in ("error", "dm_ack"))
+            assert err["t"] == "error" and err["code"] == 4501 and err["ref"] == f"x{i}", err
+            assert err["retry_after"] > 0
+        await alice.send(t="danmaku", text="still local")
+        await alice.events(lambda e: e.get("text") == "still local", 1)
+    finally:
+        node.stop()
+    text = log_path.read_text()
+    assert "Traceback" not in text and "internal error" not in text, text[-3000:]

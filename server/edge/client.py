@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from server import logs, metrics
+from server.broker.redis_link import DOWN as BROKER_DOWN
 from server.edge.connection import (
     Admit,
     AwaitJoin,
@@ -34,8 +35,8 @@ from server.edge.connection import (
     Route,
     Send,
 )
-from server.wire import auth
-from server.wire.protocol import ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.connstate import ConnState
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from server.node.node import Node
 
 log = logging.getLogger("liveroom.client")
+_broker_down_log = logs.RefusalLog(log)  # one WARNING per 10 s however many frames hit it
 MAX_DMS_IN_FLIGHT = 16  # per connection; past it the read loop waits for one to finish
 
 
@@ -218,6 +220,9 @@ class Client:
                     await self._dispatch(request.route, request.message)
                 except ProtocolError as error:
                     request = self._perform(conn.failed(error))
+                except BROKER_DOWN as exc:
+                    self._unavailable(exc, request.message)
+                    request = None
                 except Exception:  # a bug must cost one message, never the room
                     log.exception(
                         "error handling a frame", extra={"fields": {"request_id": logs.request_id(self.ws)}}
@@ -258,9 +263,21 @@ class Client:
             pause = self._perform(self.conn.failed(error))
             if type(pause) is Pause:  # stop reading a flooder: the read loop sleeps it
                 self._pause_owed = max(self._pause_owed, pause.seconds)
+        except BROKER_DOWN as exc:
+            self._unavailable(exc, message)
         except Exception:  # a bug must cost one message, never the connection
             log.exception("error handling a DM", extra={"fields": {"request_id": logs.request_id(self.ws)}})
             self._perform(self.conn.crashed())
+
+    def _unavailable(self, exc: BaseException, message: Any) -> None:
+        """A Redis error a handler did not turn into an answer itself (any class: connection,
+        cluster, timeout): 4501 with retry_after (no strike: the client did nothing wrong), and
+        one rate-limited WARNING line, never a traceback."""
+        _broker_down_log.refused(f"redis error ({type(exc).__name__}: {exc})", time.monotonic())
+        metrics.rejections.labels(reason="broker_unavailable").inc()
+        ref = getattr(message, "cid", None)
+        text = "the shared store is unavailable: retry"
+        self.send(protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, text, ref, retry_after=1.0))
 
     async def _dispatch(self, route: Route, message: Any) -> None:
         services = self.services
