@@ -47,6 +47,7 @@ class _RoomSub:
     view: Room[None]
     pending: list[Batch] | None = None  # batches held while the room is (re)loaded
     local: bool = False  # numbered batches alone during an outage: reset on reconnect
+    local_events: bool = False  # and numbered at least one event: the Redis epoch is retired
     stream: StreamState | None = None  # the local numbering's state while `local`
     redis_seen: tuple[str, int] | None = None  # while `local`: the last Redis (epoch, seq) delivered
     local_count: int = 0  # last local online count the node reported
@@ -226,6 +227,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         if not sequenced:
             return
         view.apply(view.epoch, sequenced)
+        sub.local_events = True
         metrics.broker_local_batches.inc()
         sub.handler(room_id, view.epoch, frame, sequenced)
 
@@ -262,6 +264,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         since: int | None,
         want_state: bool = True,
         seen: tuple[str, int] | None = None,
+        retire: str = "",
     ) -> tuple[Room[None], list[Event] | None]:
         """The room's state (one round trip) and, with `since`, the events after it or None.
 
@@ -269,12 +272,17 @@ class RedisRoomStream(RedisPart, RoomStream):
         older copy) starts the room over under a new epoch rather than number those seqs again.
         """
         keys = rs.room_keys(room_id)
-        script_keys, args = self._load_args(keys, since, want_state, seen)
+        script_keys, args = self._load_args(keys, since, want_state, seen, retire)
         res = await self._load_script(keys=script_keys, args=args)
         return self._loaded(room_id, res, since, want_state)
 
     def _load_args(
-        self, keys: rs.RoomKeys, since: int | None, want_state: bool, seen: tuple[str, int] | None
+        self,
+        keys: rs.RoomKeys,
+        since: int | None,
+        want_state: bool,
+        seen: tuple[str, int] | None,
+        retire: str = "",
     ) -> tuple[list[str], list[Any]]:
         script_keys = [keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat]
         args = [
@@ -285,6 +293,9 @@ class RedisRoomStream(RedisPart, RoomStream):
             self._meta_ttl,
             "" if seen is None else seen[0],
             -1 if seen is None else seen[1],
+            retire,
+            keys.channel,
+            self._publish_cmd,
         ]
         return script_keys, args
 
@@ -347,6 +358,8 @@ class RedisRoomStream(RedisPart, RoomStream):
         epoch, frame, events = batch
         if sub.local or epoch != sub.view.epoch:
             return False
+        if not events:  # a retired epoch's notice (redis_scripts.LOAD) naming the one we have
+            return True
         if events[-1]["seq"] <= sub.view.seq:
             return True  # already delivered (history replay overlapped the channel)
         if events[0]["seq"] != sub.view.seq + 1:
@@ -372,7 +385,10 @@ class RedisRoomStream(RedisPart, RoomStream):
             sub.pending = []
         try:
             since = None if sub.local else sub.view.seq
-            view, missed = await self._load(room_id, since=since, seen=_seen(sub))
+            retire = ""
+            if sub.local and sub.local_events:  # others never saw them: retire the Redis epoch
+                retire = sub.redis_seen[0] if sub.redis_seen is not None else "*"
+            view, missed = await self._load(room_id, since=since, seen=_seen(sub), retire=retire)
         except _DOWN as exc:
             self._kick(exc)
             sub.pending = None  # re-read again once reconnected
@@ -389,6 +405,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             metrics.broker_resyncs.labels(outcome="reset").inc()
             log.info("room %s restarted from redis (epoch %s)", room_id, view.epoch)
             sub.view, sub.local, sub.stream, sub.redis_seen = view, False, None, None
+            sub.local_events = False
             if self.on_room_reset is not None:
                 self.on_room_reset(room_id, _state_of(view))
         self._flush(room_id, sub)
@@ -476,10 +493,13 @@ def _decode_event(raw: bytes) -> Event:
 
 
 def _parse_batch(room_id: str, data: bytes) -> Batch:
-    """`<epoch>|<batch frame>` from the room channel, checked before anyone sees it."""
+    """`<epoch>|<batch frame>` from the room channel, checked before anyone sees it; `<epoch>|`
+    alone: the stream's epoch changed (a node numbered events alone during an outage)."""
     epoch, sep, frame = data.partition(b"|")
     if not sep or not epoch:
         raise ValueError("no epoch")
+    if not frame:
+        return epoch.decode("ascii", "replace"), b"", []
     try:
         obj = msgpack.unpackb(frame, raw=False)
     except Exception as exc:
