@@ -188,6 +188,9 @@ class RedisClusterServer:
                 str(self.node_timeout_ms),
                 "--repl-diskless-sync-delay",  # replicas sync at once, not after the default 5 s
                 "0",
+                # a shard without a primary stops only itself (the default stops every shard)
+                "--cluster-require-full-coverage",
+                "no",
                 "--save",
                 "",
                 "--appendonly",

@@ -78,11 +78,11 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._rooms[room_id] = sub
         channel = keys.channel.encode()
         self._targets[channel] = ("r", room_id)
-        if self._connected:
+        if self._serving(channel):
             try:
                 view = await self._listen_and_load(room_id, channel)
             except _DOWN as exc:
-                self._kick(exc)
+                self._kick(exc, channel)
             else:
                 sub.view = view
                 # batches that came in while loading: after the node has registered the room
@@ -135,7 +135,11 @@ class RedisRoomStream(RedisPart, RoomStream):
             uids, sub.joined_owed = [*sub.joined_owed, *p.joined], []
             staged.append((p, sub, previous, likes, uids))
         sent: set[int] = set()
-        remote = [i for i, (_, sub, *_rest) in enumerate(staged) if self._connected and not sub.local]
+        remote = [
+            i
+            for i, (p, sub, *_rest) in enumerate(staged)
+            if not sub.local and self._serving(rs.room_keys(p.room_id).meta)
+        ]
         if remote:
             calls = []
             for i in remote:
@@ -155,7 +159,7 @@ class RedisRoomStream(RedisPart, RoomStream):
                 metrics.broker_tick_pipelines.inc()
                 for i, result in zip(remote, results, strict=True):
                     if isinstance(result, Exception):
-                        self._kick(result)
+                        self._kick(result, calls[remote.index(i)][0])
                     else:
                         sent.add(i)
         for i, (p, sub, previous, likes, uids) in enumerate(staged):
@@ -249,12 +253,13 @@ class RedisRoomStream(RedisPart, RoomStream):
         )
 
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
-        if not self._connected:
+        meta = rs.room_keys(room_id).meta
+        if not self._serving(meta):
             return None
         try:
             view, missed = await self._load(room_id, since=seq, want_state=False)
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, meta)
             return None
         return missed if view.epoch == epoch else None
 
@@ -390,7 +395,7 @@ class RedisRoomStream(RedisPart, RoomStream):
                 retire = sub.redis_seen[0] if sub.redis_seen is not None else "*"
             view, missed = await self._load(room_id, since=since, seen=_seen(sub), retire=retire)
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, rs.room_keys(room_id).meta)
             sub.pending = None  # re-read again once reconnected
             return
         if self._rooms.get(room_id) is not sub:
@@ -418,7 +423,12 @@ class RedisRoomStream(RedisPart, RoomStream):
         for room_id, sub in self._rooms.items():
             if sub.beat_due is None:
                 sub.beat_due = now_s + random.uniform(0, interval)
-            elif sub.beat_due <= now_s and not sub.local and sub.pending is None:
+            elif (
+                sub.beat_due <= now_s
+                and not sub.local
+                and sub.pending is None
+                and self._serving(rs.room_keys(room_id).meta)
+            ):
                 sub.beat_due = now_s + interval
                 rooms.append((room_id, sub))
         if not self._rooms and now_s >= self._ping_due:  # nothing to report: still check Redis
@@ -435,14 +445,18 @@ class RedisRoomStream(RedisPart, RoomStream):
             owed.append((sub, likes, joined))
             calls.append(self._publish_call(room_id, [], likes, sub.local_count, now, joined, _seen(sub)))
         try:  # one pipeline per shard, all shards at once
-            for result in await self._pipelined(calls):
-                if isinstance(result, Exception):
-                    raise result
+            results = await self._pipelined(calls)
         except BaseException:
-            for sub, likes, joined in owed:
-                sub.likes_owed += likes
-                sub.joined_owed[:0] = joined
+            results = None
             raise
+        finally:
+            for i, (sub, likes, joined) in enumerate(owed):
+                if results is None or isinstance(results[i], Exception):  # still owed
+                    sub.likes_owed += likes
+                    sub.joined_owed[:0] = joined
+        failed = [(call, r) for call, r in zip(calls, results, strict=True) if isinstance(r, Exception)]
+        for call, error in failed:
+            self._kick(error, call[0])  # that room's shard (one Redis: the connection)
 
 
 def _seen(sub: _RoomSub) -> tuple[str, int] | None:
