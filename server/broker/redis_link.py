@@ -30,6 +30,7 @@ class Link(Protocol):
     _wait_replicas: int
     _wait_timeout_ms: int
     _wait_degrade: bool
+    _down: set[str]
 
     def replicas_short(self, shard: str) -> bool: ...
     def replicas_seen(self, shard: str, count: int) -> None: ...

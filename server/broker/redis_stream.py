@@ -136,9 +136,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             staged.append((p, sub, previous, likes, uids))
         sent: set[int] = set()
         remote = [
-            i
-            for i, (p, sub, *_rest) in enumerate(staged)
-            if not sub.local and self._serving(rs.room_keys(p.room_id).meta)
+            i for i, (p, sub, *_rest) in enumerate(staged) if not sub.local and self._room_up(p.room_id)
         ]
         if remote:
             calls = []
@@ -157,9 +155,9 @@ class RedisRoomStream(RedisPart, RoomStream):
                 self._kick(exc)
             else:
                 metrics.broker_tick_pipelines.inc()
-                for i, result in zip(remote, results, strict=True):
+                for i, call, result in zip(remote, calls, results, strict=True):
                     if isinstance(result, Exception):
-                        self._kick(result, calls[remote.index(i)][0])
+                        self._kick(result, call[0])
                     else:
                         sent.add(i)
         for i, (p, sub, previous, likes, uids) in enumerate(staged):
@@ -337,6 +335,10 @@ class RedisRoomStream(RedisPart, RoomStream):
             return None
         return events
 
+    def _room_up(self, room_id: str) -> bool:
+        """The room's shard serves (the key is only built while some shard is lost)."""
+        return self._connected and (not self._link._down or self._serving(rs.room_keys(room_id).meta))
+
     def _new_view(self, room_id: str) -> Room[None]:
         return Room(room_id, recent_size=self._recent_size)
 
@@ -423,12 +425,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         for room_id, sub in self._rooms.items():
             if sub.beat_due is None:
                 sub.beat_due = now_s + random.uniform(0, interval)
-            elif (
-                sub.beat_due <= now_s
-                and not sub.local
-                and sub.pending is None
-                and self._serving(rs.room_keys(room_id).meta)
-            ):
+            elif sub.beat_due <= now_s and not sub.local and sub.pending is None and self._room_up(room_id):
                 sub.beat_due = now_s + interval
                 rooms.append((room_id, sub))
         if not self._rooms and now_s >= self._ping_due:  # nothing to report: still check Redis
