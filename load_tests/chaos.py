@@ -77,6 +77,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _cluster_ports(count: int) -> list[int]:
+    """Distinct ports whose cluster bus port (+10000) is free too, all below 55536."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            port = random.randrange(20000, 45000)
+            pair = [socket.socket(), socket.socket()]
+            try:
+                pair[0].bind(("127.0.0.1", port))
+                pair[1].bind(("127.0.0.1", port + 10000))
+            except OSError:
+                for sock in pair:
+                    sock.close()
+                continue
+            socks += pair
+            ports.append(port)
+        return ports
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 # -- processes --------------------------------------------------------------------------------
 
 
@@ -133,7 +156,7 @@ class RedisCluster:
 
     def __init__(self, workdir: Path, masters: int = 3) -> None:
         self.workdir = workdir
-        self.ports = [_free_port() for _ in range(masters * 2)]
+        self.ports = _cluster_ports(masters * 2)
         self.masters = masters
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
