@@ -586,17 +586,26 @@ class Traffic:
 
 
 async def _talk(traffic: Traffic, stop: asyncio.Event, tag: str, rate: float) -> None:
-    """Each sender: a danmaku and a DM (to each recipient in turn) every 1/rate s."""
+    """Each sender: a danmaku every 1/rate s, and a DM (to each recipient in turn) at the same
+    rate while none of its DMs is waiting for an answer. A DM being retried (its recipient's
+    shard failing over) does not hold up the sender's danmaku: a room's stall is the room's."""
 
     async def one(n: int, sender: Conn) -> None:
-        i = 0
+        i = j = 0
         targets = list(traffic.recipients)
-        while not stop.is_set():
-            await sender.ready.wait()
-            await sender.danmaku(f"{tag}-d{n}-{i}")
-            await sender.send_dm(targets[i % len(targets)], f"{tag}-m{n}-{i}")
-            i += 1
-            await asyncio.sleep(1 / rate)
+        dm: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                await sender.ready.wait()
+                await sender.danmaku(f"{tag}-d{n}-{i}")
+                if dm is None or dm.done():
+                    dm = asyncio.create_task(sender.send_dm(targets[j % len(targets)], f"{tag}-m{n}-{j}"))
+                    j += 1
+                i += 1
+                await asyncio.sleep(1 / rate)
+        finally:
+            if dm is not None:  # the last DM is retried until acked
+                await dm
 
     await asyncio.gather(*(one(n, s) for n, s in enumerate(traffic.senders)))
 

@@ -105,8 +105,9 @@ class SendLog(ABC):
                 return Claimed(answer=found)
             old = msgpack.unpackb(found[len(PENDING) :])
             if old.get("until", 0) < time.time():  # orphaned: take it over
-                await self._put(key, _pending(note or {}))
                 old.pop("until", None)
+                # the first send's note (its ts) stays: every attempt looks for that same copy
+                await self._put(key, _pending({**(note or {}), **old}))
                 return Claimed(orphan=old)
             await asyncio.sleep(0.1)
         raise SendInProgress(key)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from server.media.gateway import MediaGateway
 
 log = logging.getLogger("liveroom.node")
+_MAYBE = "DM may have been stored: retry with the same cid for its outcome"
 
 
 class Node:
@@ -208,10 +209,18 @@ class Node:
         await self.guard.dm_allowed(who.uid, message)
         now = protocol.now_ms()  # message.text was cleaned and filtered by Guard.check
         dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
+        uncertain = False  # a first attempt of this cid may be stored: never release its claim
         if message.cid is not None:
             claimed = await self._claim(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
             if claimed.answer is None and claimed.orphan:  # its node died mid-send: stored or not?
-                claimed = await self._find_orphan(who.uid, message, claimed.orphan)
+                uncertain = True
+                now = dm["ts"] = claimed.orphan.get("ts", now)  # every attempt stores the same ts
+                found = await self._find_orphan(who.uid, message, claimed.orphan)
+                if found is None:  # the backlog cannot be read now: do not store a second copy
+                    await self.sends.abandon(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
+                    client.send(protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, _MAYBE, message.cid, 1.0))
+                    return
+                claimed, uncertain = found, False  # checked: stored (its ack) or not at all
             if claimed.answer is not None:
                 client.send(claimed.answer)  # a retry: the original dm_ack, the DM is not stored twice
                 return
@@ -222,9 +231,13 @@ class Node:
         except BrokerUnavailable as exc:
             text = "DM not stored or sent: retry"
             if message.cid is not None:
-                if exc.maybe_stored:  # the retry looks for the first copy before storing again
+                if exc.maybe_stored or uncertain:  # the retry looks for the first copy first
                     await self.sends.abandon(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
-                    text = "DM may have been stored: retry with the same cid for its outcome"
+                    text = (
+                        _MAYBE
+                        if exc.maybe_stored
+                        else "DM not stored by this attempt: retry with the same cid"
+                    )
                 else:
                     await self.sends.release(who.uid, "dm", message.cid)
             elif exc.maybe_stored:
@@ -249,12 +262,13 @@ class Node:
             await self.sends.answer(who.uid, "dm", message.cid, frame)
         client.send(frame)
 
-    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed:
-        """A DM whose first send was cut off by its node's death: its ack, if it was stored."""
+    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed | None:
+        """A DM whose first send was cut off (its node died, or Redis mid-store): its ack if it
+        was stored, an empty claim if not, None when the backlog cannot be read to tell."""
         try:
             kept = await self.broker.dm_backlog(message.to)
         except BrokerUnavailable:
-            return Claimed()  # store_dm refuses it too: the client retries later
+            return None
         for frame in kept:
             dm = protocol.unpack(frame)
             if dm.get("from") == uid and dm.get("ts") == note.get("ts") and note.get("to") == message.to:
