@@ -233,11 +233,7 @@ class Node:
             if message.cid is not None:
                 if exc.maybe_stored or uncertain:  # the retry looks for the first copy first
                     await self.sends.abandon(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
-                    text = (
-                        _MAYBE
-                        if exc.maybe_stored
-                        else "DM not stored by this attempt: retry with the same cid"
-                    )
+                    text = _MAYBE  # by this attempt, or an earlier one of this cid
                 else:
                     await self.sends.release(who.uid, "dm", message.cid)
             elif exc.maybe_stored:
