@@ -26,7 +26,10 @@ must show every acknowledged DM. What is counted (all must be 0):
 - `silent_gaps`: seqs a viewer never got inside a stretch it believed complete (one epoch,
   from a fresh snapshot on, resumed with `recovered: true` across reconnects);
 - `conflicts`: `(epoch, seq)` pairs that carried different events for different viewers;
-- `shown_twice`: danmaku a viewer showed twice.
+- `shown_twice`: danmaku a viewer showed twice;
+- `silent_misses`: danmaku another viewer of the room showed that a viewer never showed
+  although it was never told it might miss some (it followed one stream, with no fresh
+  snapshot: a missing event is silent unless the client was told).
 """
 
 from __future__ import annotations
@@ -674,6 +677,7 @@ def verdict(traffic: Traffic) -> dict[str, int]:
         "silent_gaps": 0,
         "conflicts": ledger.conflicts,
         "shown_twice": 0,
+        "silent_misses": 0,
     }
     for uid, conns in traffic.recipients.items():
         want = {i for i, (to, _) in ledger.acked.items() if to == uid}
@@ -691,6 +695,12 @@ def verdict(traffic: Traffic) -> dict[str, int]:
             seen = conn.seen.get(epoch, set())
             out["silent_gaps"] += sum(1 for s in range(first + 1, last + 1) if s not in seen)
         out["shown_twice"] += sum(n - 1 for n in conn.texts.values() if n > 1)
+    watching = [*traffic.viewers, *(c for conns in traffic.recipients.values() for c in conns)]
+    for conn in watching:
+        if len(conn.segments) != 1:  # told: a fresh snapshot (or an epoch it took over)
+            continue
+        others = set().union(*(c.texts.keys() for c in watching if c is not conn and c.room == conn.room))
+        out["silent_misses"] += len(others - conn.texts.keys())
     return out
 
 
@@ -792,7 +802,14 @@ async def chaos(
         finally:
             await cluster.close()
         keys = ["dm_acked", "dm_lost", "dm_missing_on_connection", "dm_stored_twice", "silent_gaps"]
-        keys += ["conflicts", "shown_twice", "danmaku_sent", "events_seen", "dm_refused_retried"]
+        keys += [
+            "conflicts",
+            "shown_twice",
+            "silent_misses",
+            "danmaku_sent",
+            "events_seen",
+            "dm_refused_retried",
+        ]
         keys += [
             "visible_gaps_resynced",
             "reconnects",

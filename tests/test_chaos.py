@@ -54,6 +54,8 @@ def test_no_silent_gap_and_nothing_shown_twice(results: dict[str, Any], kind: st
     r = results[kind]
     assert r["silent_gaps"] == 0, r
     assert r["shown_twice"] == 0, r
+    # a danmaku one viewer showed and another never did, with nothing telling the other
+    assert r["silent_misses"] == 0, r
 
 
 @pytest.mark.parametrize("kind", chaos.KINDS)
@@ -88,6 +90,13 @@ def test_cluster_primary_kill_costs_only_its_shard(cluster_round: dict[str, Any]
     r = cluster_round
     assert r["dm_acked"] > 0, r
     assert r["other_resets"] == 0 and r["other_refused"] == 0, r
-    for key in ("dm_lost", "dm_missing_on_connection", "dm_stored_twice", "silent_gaps", "conflicts"):
+    for key in (
+        "dm_lost",
+        "dm_missing_on_connection",
+        "dm_stored_twice",
+        "silent_gaps",
+        "silent_misses",
+        "conflicts",
+    ):
         assert r[key] == 0, (key, r)
     assert r["shown_twice"] == 0, r
