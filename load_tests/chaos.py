@@ -2,6 +2,15 @@
 
     python -m load_tests.chaos --faults 24 --nodes 3            # repeated faults, JSON + table
     python -m load_tests.chaos --kinds node_kill --faults 1       # one fault of one kind
+    python -m load_tests.chaos --redis-cluster --kinds primary_kill --faults 6   # 3+3 cluster
+
+With `--redis-cluster` Redis is a 3+3 Redis Cluster (AOF fsynced always, cluster-node-timeout
+2000, cluster-require-full-coverage no), there is one room per primary, and `primary_kill`
+SIGKILLs the primary of one room's shard (each in turn), waits for its replica to take over and
+restarts it (it rejoins as a replica). Per round it also counts, from the clients' side, what
+the *other* shards cost: `other_resets` (closes of their viewers), `other_refused` (4501 to DMs
+whose recipient is on another shard) and the longest stall between two events of a room
+(`stall_hit_ms` for the failed shard's room, `stall_other_ms` for the others').
 
 Nodes are `python -m server serve --redis URL` subprocesses; Redis is `redis-server` with an
 AOF fsynced on every write (what "never loses an acked DM" relies on). The client is written
@@ -17,7 +26,10 @@ must show every acknowledged DM. What is counted (all must be 0):
 - `silent_gaps`: seqs a viewer never got inside a stretch it believed complete (one epoch,
   from a fresh snapshot on, resumed with `recovered: true` across reconnects);
 - `conflicts`: `(epoch, seq)` pairs that carried different events for different viewers;
-- `shown_twice`: danmaku a viewer showed twice.
+- `shown_twice`: danmaku a viewer showed twice;
+- `silent_misses`: danmaku another viewer of the room showed that a viewer never showed
+  although it was never told it might miss some (it followed one stream, with no fresh
+  snapshot: a missing event is silent unless the client was told).
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import redis
+from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -48,6 +62,7 @@ from server.wire import auth
 
 ROOM = "chaos"
 KINDS = ("node_kill", "node_term", "redis_kill")
+CLUSTER_KINDS = ("primary_kill", "node_kill")
 NODE_ENV = {  # the abuse limits are not what is tested here
     "LIVEROOM_RATE_LIMITS": "off",
     "LIVEROOM_REPEAT_MAX": "0",
@@ -63,6 +78,29 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Distinct ports whose cluster bus port (+10000) is free too, all below 55536."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            port = random.randrange(20000, 45000)
+            pair = [socket.socket(), socket.socket()]
+            try:
+                pair[0].bind(("127.0.0.1", port))
+                pair[1].bind(("127.0.0.1", port + 10000))
+            except OSError:
+                for sock in pair:
+                    sock.close()
+                continue
+            socks += pair
+            ports.append(port)
+        return ports
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -114,6 +152,115 @@ class Redis:
                 self.proc.kill()
 
 
+class RedisCluster:
+    """3 primaries + 3 replicas on loopback (redis-cli --cluster create), AOF fsynced always.
+
+    A shard is named by the first slot of its range, which a failover does not change."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.workdir = workdir
+        self.ports = _cluster_ports(masters * 2)
+        self.masters = masters
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, port: int) -> None:
+        home = self.workdir / f"cluster-{port}"
+        home.mkdir(parents=True, exist_ok=True)
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+        args += ["--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000"]
+        args += ["--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"]
+        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(home)]
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", *args, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def _client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+
+    def _ok(self, port: int) -> bool:
+        try:
+            with self._client(port) as c:
+                return bool(c.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    async def _until(self, check: Any, what: str, timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while not await asyncio.to_thread(check):
+                await asyncio.sleep(0.1)
+
+    async def start(self) -> None:
+        for port in self.ports:
+            self._spawn(port)
+        for port in self.ports:
+            await self._until(lambda port=port: self._ok(port), f"redis {port}")
+        create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
+        create += ["--cluster-replicas", "1", "--cluster-yes"]
+        await asyncio.to_thread(subprocess.run, create, check=True, capture_output=True, timeout=60)
+        await self._until(self.healthy, "the cluster")
+
+    def slots(self) -> list[tuple[int, int, int, int]]:
+        """(first slot, last slot, primary port, replicas) per shard, from any live node."""
+        for port in list(self.procs):
+            try:
+                with self._client(port) as c:
+                    raw = c.execute_command("CLUSTER SLOTS")
+            except (redis.RedisError, OSError):
+                continue
+            out = []
+            for entry in raw:
+                start, end, primary, *replicas = entry
+                out.append((int(start), int(end), int(primary[1]), len(replicas)))
+            return sorted(out)
+        return []
+
+    def healthy(self) -> bool:
+        """Every slot served by a live primary that has its replica."""
+        table = self.slots()
+        live = set(self.procs)
+        covered = sum(end - start + 1 for start, end, port, _ in table if port in live)
+        if covered != 16384:
+            return False
+        for _, _, port, _ in table:
+            try:
+                with self._client(port) as c:
+                    info = c.info("replication")
+            except (redis.RedisError, OSError):
+                return False
+            if not any(isinstance(v, dict) and v.get("state") == "online" for v in info.values()):
+                return False
+        return True
+
+    def shard_of(self, key: str) -> int:
+        slot = key_slot(key.encode())
+        return next(start for start, end, _, _ in self.slots() if start <= slot <= end)
+
+    def shards(self) -> list[int]:
+        return [start for start, _, _, _ in self.slots()]
+
+    async def kill_primary(self, shard: int) -> None:
+        """SIGKILL the shard's primary, wait for its replica to take over, restart the dead one."""
+        port = next(p for start, _, p, _ in self.slots() if start == shard)
+        proc = self.procs.pop(port)
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+        await self._until(
+            lambda: any(start == shard and p in self.procs for start, _, p, _ in self.slots()), "failover"
+        )
+        self._spawn(port)  # it rejoins as a replica of the promoted one
+        await self._until(self.healthy, "the replica back")
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+        for proc in self.procs.values():
+            await asyncio.to_thread(proc.wait)
+        self.procs.clear()
+
+
 @dataclass
 class Node:
     node_id: str
@@ -129,9 +276,9 @@ class Node:
         return self.proc.poll() is None
 
 
-async def start_node(redis_url: str, node_id: str) -> Node:
+async def start_node(redis_url: str, node_id: str, *extra: str) -> Node:
     cmd = [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"]
-    cmd += ["--redis", redis_url, "--node-id", node_id, "--tick-ms", "50", "--presence-ttl", "1.5"]
+    cmd += ["--redis", redis_url, "--node-id", node_id, "--tick-ms", "50", "--presence-ttl", "1.5", *extra]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -177,6 +324,7 @@ class Ledger:
     ack_changed: int = 0  # a retry got another id than the first ack: stored twice
     danmaku_sent: int = 0
     dm_errors: int = 0  # 4501 answers (refused, retried)
+    dm_errors_to: dict[str, int] = field(default_factory=dict)  # recipient -> its 4501 answers
     visible_gaps: int = 0  # seq jumps the client saw (and resynced)
     reconnects: int = 0
     not_recovered: int = 0  # resumes answered with recovered: false (fresh snapshot)
@@ -194,11 +342,16 @@ class Ledger:
 class Conn:
     """One user's connection that rejoins a live node after any close, resuming its position."""
 
-    def __init__(self, cluster: Cluster, uid: str, prefer: int = 0) -> None:
+    def __init__(self, cluster: Cluster, uid: str, prefer: int = 0, room: str = ROOM) -> None:
         self.cluster = cluster
         self.ledger = cluster.ledger
         self.uid = uid
         self.prefer = prefer
+        self.room = room
+        self.closes: list[int | None] = []  # close codes the server sent (1012: a reset)
+        self.last_event = 0.0  # monotonic time of the last event shown
+        self.stall = 0.0  # longest wait between two events while `timing`
+        self.timing = False
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
         self.epoch: str | None = None
@@ -211,8 +364,12 @@ class Conn:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
+            try:
                 await self._session()
+            except ConnectionClosed as exc:
+                self.closes.append(exc.rcvd.code if exc.rcvd is not None else None)
+            except (OSError, InvalidHandshake, TimeoutError):
+                pass
             self.ready.clear()
             self.ws = None
             for fut in self.waiting.values():
@@ -225,7 +382,7 @@ class Conn:
     async def _session(self) -> None:
         url = self.cluster.pick(self.prefer)
         async with connect(url, open_timeout=5, close_timeout=1, max_size=None) as ws:
-            join: dict[str, Any] = {"t": "join", "token": self.cluster.token(self.uid)}
+            join: dict[str, Any] = {"t": "join", "token": self.cluster.token(self.uid, self.room)}
             if self.epoch is not None:
                 join["resume"] = {"epoch": self.epoch, "seq": self.seq}
             await ws.send(msgpack.packb(join))
@@ -241,6 +398,8 @@ class Conn:
                 if not self._on_frame(frame):
                     await ws.close(3000, "resync")
                     return
+            if ws.close_code is not None:  # the server closed cleanly (1012 and the like)
+                self.closes.append(ws.close_code)
 
     def _on_snapshot(self, snap: dict[str, Any], resumed: bool) -> None:
         if resumed and snap.get("recovered"):  # the missed events follow our (epoch, seq)
@@ -284,6 +443,10 @@ class Conn:
             self.ledger.visible_gaps += 1
             return False  # resync: reconnect with resume
         assert self.epoch is not None
+        now = time.monotonic()
+        if self.timing and self.last_event:
+            self.stall = max(self.stall, now - self.last_event)
+        self.last_event = now
         self.seq = seq
         self.segments[-1][2] = seq
         self.seen.setdefault(self.epoch, set()).add(seq)
@@ -319,6 +482,7 @@ class Conn:
                 await asyncio.sleep(0.05)
             elif answer["t"] == "error":
                 self.ledger.dm_errors += 1
+                self.ledger.dm_errors_to[to] = self.ledger.dm_errors_to.get(to, 0) + 1
                 await asyncio.sleep(float(answer.get("retry_after") or 0.2))
 
     async def danmaku(self, text: str) -> None:
@@ -330,34 +494,59 @@ class Conn:
 
 
 class Cluster:
-    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+    def __init__(self, workdir: Path, nodes: int = 3, redis_cluster: bool = False) -> None:
         self.redis = Redis(workdir)
+        self.shards: RedisCluster | None = RedisCluster(workdir) if redis_cluster else None
         self.size = nodes
         self.nodes: list[Node] = []
         self.ledger = Ledger()
         self._started = 0
+        self.turn = 0  # which shard's primary the next primary_kill takes
 
-    def token(self, uid: str) -> str:
-        return auth.mint(DEFAULT_SECRET, room=ROOM, user=uid, role="viewer", ttl=3600)
+    @property
+    def redis_url(self) -> str:
+        return self.shards.url if self.shards is not None else self.redis.url
+
+    def token(self, uid: str, room: str = ROOM) -> str:
+        return auth.mint(DEFAULT_SECRET, room=room, user=uid, role="viewer", ttl=3600)
+
+    def rooms(self) -> list[str]:
+        """One room per shard on a Redis Cluster (its keys on that shard), else the one room."""
+        if self.shards is None:
+            return [ROOM]
+        return [
+            self.named(f"{ROOM}{n}-", "lr:{{r:{}}}:meta", shard)
+            for n, shard in enumerate(self.shards.shards())
+        ]
+
+    def named(self, prefix: str, pattern: str, shard: int) -> str:
+        """A room or uid starting with `prefix` whose key (`pattern`) lives on `shard`."""
+        assert self.shards is not None
+        for i in range(10_000):
+            name = f"{prefix}{i}"
+            if self.shards.shard_of(pattern.format(name)) == shard:
+                return name
+        raise RuntimeError("no name hashes to that shard")
 
     def pick(self, prefer: int) -> str:
         alive = [n for n in self.nodes if n.alive] or self.nodes
         return alive[prefer % len(alive)].url
 
     async def start(self) -> None:
-        await self.redis.start()
+        await (self.shards.start() if self.shards is not None else self.redis.start())
         self.nodes = list(await asyncio.gather(*(self._new_node() for _ in range(self.size))))
 
     async def _new_node(self) -> Node:
         self._started += 1
-        return await start_node(self.redis.url, f"n{self._started}")
+        extra = ("--redis-cluster",) if self.shards is not None else ()
+        return await start_node(self.redis_url, f"n{self._started}", *extra)
 
     async def replace(self, node: Node) -> None:
         self.nodes[self.nodes.index(node)] = await self._new_node()
 
     async def close(self) -> None:
         await asyncio.gather(*(stop_node(n, timeout=30) for n in self.nodes), return_exceptions=True)
-        await self.redis.stop()
+        await (self.shards.stop() if self.shards is not None else self.redis.stop())
 
 
 @dataclass
@@ -371,6 +560,8 @@ class Traffic:
 
     @classmethod
     def make(cls, cluster: Cluster, tag: str) -> Traffic:
+        if cluster.shards is not None:
+            return cls.per_shard(cluster, tag)
         viewers = [Conn(cluster, f"{tag}v{i}", prefer=i) for i in range(3)]
         # each recipient's two connections start on the same node: the backlog must reach both
         recipients = {
@@ -379,23 +570,45 @@ class Traffic:
         senders = [Conn(cluster, f"{tag}s{i}", prefer=i + 1) for i in range(2)]
         return cls(cluster, viewers, recipients, senders)
 
+    @classmethod
+    def per_shard(cls, cluster: Cluster, tag: str) -> Traffic:
+        """A Redis Cluster: per shard a room with 3 viewers (one per node) and a sender in it, and
+        a recipient whose DMs live on that shard, so each shard's cost can be told apart."""
+        assert cluster.shards is not None
+        viewers, recipients, senders = [], {}, []
+        for n, (shard, room) in enumerate(zip(cluster.shards.shards(), cluster.rooms(), strict=True)):
+            viewers += [Conn(cluster, f"{tag}v{n}-{i}", prefer=i, room=room) for i in range(3)]
+            uid = cluster.named(f"{tag}r{n}-", "lr:{{u:{}}}:dm", shard)
+            recipients[uid] = [Conn(cluster, uid, prefer=n + i, room=room) for i in range(2)]
+            senders.append(Conn(cluster, cluster.named(f"{tag}s{n}-", "lr:{{u:{}}}:dm", shard), n + 1, room))
+        return cls(cluster, viewers, recipients, senders)
+
     @property
     def all(self) -> list[Conn]:
         return [*self.viewers, *(c for conns in self.recipients.values() for c in conns), *self.senders]
 
 
 async def _talk(traffic: Traffic, stop: asyncio.Event, tag: str, rate: float) -> None:
-    """Each sender: a danmaku and a DM (to each recipient in turn) every 1/rate s."""
+    """Each sender: a danmaku every 1/rate s, and a DM (to each recipient in turn) at the same
+    rate while none of its DMs is waiting for an answer. A DM being retried (its recipient's
+    shard failing over) does not hold up the sender's danmaku: a room's stall is the room's."""
 
     async def one(n: int, sender: Conn) -> None:
-        i = 0
+        i = j = 0
         targets = list(traffic.recipients)
-        while not stop.is_set():
-            await sender.ready.wait()
-            await sender.danmaku(f"{tag}-d{n}-{i}")
-            await sender.send_dm(targets[i % len(targets)], f"{tag}-m{n}-{i}")
-            i += 1
-            await asyncio.sleep(1 / rate)
+        dm: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                await sender.ready.wait()
+                await sender.danmaku(f"{tag}-d{n}-{i}")
+                if dm is None or dm.done():
+                    dm = asyncio.create_task(sender.send_dm(targets[j % len(targets)], f"{tag}-m{n}-{j}"))
+                    j += 1
+                i += 1
+                await asyncio.sleep(1 / rate)
+        finally:
+            if dm is not None:  # the last DM is retried until acked
+                await dm
 
     await asyncio.gather(*(one(n, s) for n, s in enumerate(traffic.senders)))
 
@@ -403,6 +616,13 @@ async def _talk(traffic: Traffic, stop: asyncio.Event, tag: str, rate: float) ->
 async def inject(cluster: Cluster, kind: str) -> dict[str, Any]:
     """One fault; returns what it cost (seconds the faulted part was away)."""
     started = time.monotonic()
+    if kind == "primary_kill":
+        assert cluster.shards is not None
+        shards = cluster.shards.shards()
+        shard = shards[cluster.turn % len(shards)]
+        cluster.turn += 1
+        await cluster.shards.kill_primary(shard)
+        return {"kind": kind, "shard": shard, "seconds": round(time.monotonic() - started, 2)}
     if kind == "redis_kill":
         await cluster.redis.kill()
         await asyncio.sleep(1.0 + random.random())
@@ -426,9 +646,8 @@ async def settle(traffic: Traffic, tag: str) -> float:
     sender = traffic.senders[0]
 
     def done() -> bool:
-        if not all(
-            c.texts.get(marker) for c in traffic.viewers + [c for v in traffic.recipients.values() for c in v]
-        ):
+        watching = traffic.viewers + [c for v in traffic.recipients.values() for c in v]
+        if not all(c.texts.get(marker) for c in watching if c.room == sender.room):
             return False
         for uid, conns in traffic.recipients.items():
             want = {i for i, (to, _) in ledger.acked.items() if to == uid}
@@ -439,7 +658,7 @@ async def settle(traffic: Traffic, tag: str) -> float:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(SETTLE):
             while True:
-                if not any(c.texts.get(marker) for c in traffic.viewers):
+                if not any(c.texts.get(marker) for c in traffic.viewers if c.room == sender.room):
                     await sender.ready.wait()
                     await sender.danmaku(marker)
                 if done():
@@ -458,6 +677,7 @@ def verdict(traffic: Traffic) -> dict[str, int]:
         "silent_gaps": 0,
         "conflicts": ledger.conflicts,
         "shown_twice": 0,
+        "silent_misses": 0,
     }
     for uid, conns in traffic.recipients.items():
         want = {i for i, (to, _) in ledger.acked.items() if to == uid}
@@ -475,7 +695,33 @@ def verdict(traffic: Traffic) -> dict[str, int]:
             seen = conn.seen.get(epoch, set())
             out["silent_gaps"] += sum(1 for s in range(first + 1, last + 1) if s not in seen)
         out["shown_twice"] += sum(n - 1 for n in conn.texts.values() if n > 1)
+    watching = [*traffic.viewers, *(c for conns in traffic.recipients.values() for c in conns)]
+    for conn in watching:
+        if len(conn.segments) != 1:  # told: a fresh snapshot (or an epoch it took over)
+            continue
+        others = set().union(*(c.texts.keys() for c in watching if c is not conn and c.room == conn.room))
+        out["silent_misses"] += len(others - conn.texts.keys())
     return out
+
+
+def shard_costs(traffic: Traffic, fault: dict[str, Any]) -> dict[str, Any]:
+    """On a Redis Cluster with a primary killed: what the failed shard and the others cost."""
+    cluster = traffic.cluster
+    if cluster.shards is None or "shard" not in fault:
+        return {}
+    hit_room = cluster.rooms()[cluster.shards.shards().index(fault["shard"])]
+    hit = [c for c in traffic.viewers if c.room == hit_room]
+    other = [c for c in traffic.viewers if c.room != hit_room]
+    other_users = [
+        u for u in traffic.recipients if cluster.shards.shard_of(f"lr:{{u:{u}}}:dm") != fault["shard"]
+    ]
+    return {
+        "other_resets": sum(len(c.closes) for c in other),
+        "other_refused": sum(cluster.ledger.dm_errors_to.get(u, 0) for u in other_users),
+        "hit_resets": sum(len(c.closes) for c in hit),
+        "stall_hit_ms": round(max((c.stall for c in hit), default=0) * 1000),
+        "stall_other_ms": round(max((c.stall for c in other), default=0) * 1000),
+    }
 
 
 async def run_round(
@@ -493,8 +739,12 @@ async def run_round(
         talk_stop = asyncio.Event()
         talker = asyncio.create_task(_talk(traffic, talk_stop, tag, rate))
         await asyncio.sleep(before)
+        for c in traffic.all:
+            c.timing, c.closes = True, []
         fault = await inject(cluster, kind)
         await asyncio.sleep(after)
+        for c in traffic.all:
+            c.timing = False
         talk_stop.set()
         with contextlib.suppress(TimeoutError):  # the last DMs being retried get their acks
             await asyncio.wait_for(talker, 30)
@@ -511,7 +761,7 @@ async def run_round(
             "epoch_adopted": ledger.epoch_adopted,
             "epoch_resyncs": ledger.epoch_resyncs,
         }
-        return {**fault, **verdict(traffic), **counts}
+        return {**fault, **verdict(traffic), **counts, **shard_costs(traffic, fault)}
     finally:
         stop.set()
         for c in traffic.all:
@@ -534,11 +784,11 @@ async def shutdown_with_redis_frozen(cluster: Cluster) -> float:
 
 
 async def chaos(
-    faults: int, kinds: tuple[str, ...], nodes: int, rate: float, budget: float
+    faults: int, kinds: tuple[str, ...], nodes: int, rate: float, budget: float, redis_cluster: bool = False
 ) -> dict[str, Any]:
     """`faults` rounds (kinds in turn), stopping early when `budget` seconds have passed."""
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        cluster = Cluster(Path(tmp), nodes)
+        cluster = Cluster(Path(tmp), nodes, redis_cluster)
         await cluster.start()
         started = time.monotonic()
         rounds = []
@@ -548,11 +798,18 @@ async def chaos(
                     break
                 async with asyncio.timeout(ROUND_LIMIT):  # a hung round ends the run, loudly
                     rounds.append(await run_round(cluster, kinds[i % len(kinds)], f"f{i}", 1.5, 1.5, rate))
-            shutdown_s = await shutdown_with_redis_frozen(cluster)
+            shutdown_s = await shutdown_with_redis_frozen(cluster) if not redis_cluster else 0.0
         finally:
             await cluster.close()
         keys = ["dm_acked", "dm_lost", "dm_missing_on_connection", "dm_stored_twice", "silent_gaps"]
-        keys += ["conflicts", "shown_twice", "danmaku_sent", "events_seen", "dm_refused_retried"]
+        keys += [
+            "conflicts",
+            "shown_twice",
+            "silent_misses",
+            "danmaku_sent",
+            "events_seen",
+            "dm_refused_retried",
+        ]
         keys += [
             "visible_gaps_resynced",
             "reconnects",
@@ -567,6 +824,8 @@ async def chaos(
             "sigterm_exit_s_redis_frozen": round(shutdown_s, 2),
             "settle_s_max": max((r["settle_s"] for r in rounds), default=0.0),
             "wall_s": round(time.monotonic() - started, 1),
+            **{k: max((r.get(k, 0) for r in rounds), default=0) for k in ("stall_hit_ms", "stall_other_ms")},
+            **{k: sum(r.get(k, 0) for r in rounds) for k in ("other_resets", "other_refused", "hit_resets")},
             "rounds": rounds,
         }
 
@@ -574,23 +833,35 @@ async def chaos(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--faults", type=int, default=24)
-    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument(
+        "--kinds",
+        help=f"comma-separated, of {', '.join(KINDS)} (all); with --redis-cluster of {', '.join(CLUSTER_KINDS)}",
+    )
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rate", type=float, default=10.0, help="danmaku and DMs per second per sender")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; no new fault after this")
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="a 3+3 Redis Cluster, one room per shard"
+    )
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is required")
-    kinds = tuple(k for k in args.kinds.split(",") if k)
-    if not kinds or any(k not in KINDS for k in kinds):
-        sys.exit(f"--kinds: choose from {', '.join(KINDS)}")
-    result = asyncio.run(chaos(args.faults, kinds, args.nodes, args.rate, args.budget))
+    allowed = CLUSTER_KINDS if args.redis_cluster else KINDS
+    kinds = tuple(k for k in args.kinds.split(",") if k) if args.kinds else allowed
+    if not kinds or any(k not in allowed for k in kinds):
+        sys.exit(f"--kinds: choose from {', '.join(allowed)}")
+    result = asyncio.run(chaos(args.faults, kinds, args.nodes, args.rate, args.budget, args.redis_cluster))
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}))
     print()
     print(
         f"{'kind':<11} {'s':>5} {'settle':>6} {'acked':>6} {'lost':>4} {'miss':>4} {'dup':>4} {'gaps':>4} {'confl':>5}"
     )
     for r in result["rounds"]:
+        if "shard" in r:
+            print(
+                f"  shard {r['shard']}: other_resets {r['other_resets']} other_refused {r['other_refused']} "
+                f"stall_hit_ms {r['stall_hit_ms']} stall_other_ms {r['stall_other_ms']}"
+            )
         print(
             f"{r['kind']:<11} {r['seconds']:>5} {r['settle_s']:>6} {r['dm_acked']:>6} {r['dm_lost']:>4} "
             f"{r['dm_missing_on_connection']:>4} {r['dm_stored_twice']:>4} {r['silent_gaps']:>4} {r['conflicts']:>5}"

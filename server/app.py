@@ -59,6 +59,8 @@ def make_broker(config: Config) -> Broker:
             dm_ttl=config.dm_ttl,
             cluster=config.redis_cluster,
             wait_replicas=None if config.redis_wait_replicas < 0 else config.redis_wait_replicas,
+            wait_degrade=config.redis_wait_degrade,
+            replica_check_s=config.redis_replica_check,
         )
     return MemoryBroker(
         node_id=node_id,

@@ -39,6 +39,8 @@ class Config:
     reuse_port: bool = False  # SO_REUSEPORT: several processes share the port (set by --workers)
     # replicas that must hold a DM before it is acked; -1: 1 on a cluster, else 0
     redis_wait_replicas: int = -1
+    redis_wait_degrade: bool = False
+    redis_replica_check: float = 5.0  # seconds between asking each primary for its replicas
     history_ttl: int = 600  # seconds: a room's history expires this long after its last event
     presence_ttl: float = 6.0  # seconds: a node that stops heartbeating stops counting online
     dm_keep: int = 1000  # unacknowledged DMs kept per user
@@ -166,6 +168,8 @@ class Config:
             raise ConfigError("reply_interval and reply_repeat_window must be >= 0")
         if self.media_sessions_per_user < 0 or self.media_sessions_per_ip < 0 or self.media_ice_timeout <= 0:
             raise ConfigError("media session caps must be >= 0 and media_ice_timeout > 0")
+        if self.redis_replica_check <= 0:
+            raise ConfigError("redis_replica_check must be positive")
         if min(self.dm_store_users, self.dm_store_bytes, self.dm_ttl, self.dm_store_per_sender) < 1:
             raise ConfigError(
                 "dm_store_users, dm_store_bytes, dm_store_per_sender and dm_ttl must be positive"
@@ -259,6 +263,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         dest="redis_wait_replicas",
         type=int,
         help="replicas that must have a DM before it is acked (WAIT; default 1 with --redis-cluster, else 0)",
+    )
+    parser.add_argument(
+        "--redis-wait-degrade",
+        dest="redis_wait_degrade",
+        action="store_const",
+        const=True,
+        help="a shard short of replicas acks DMs on its primary alone (replicated=false) instead of 4501",
+    )
+    parser.add_argument(
+        "--redis-replica-check",
+        dest="redis_replica_check",
+        type=float,
+        help="seconds between replica checks of each Redis primary (5; a WARNING each time one is short)",
     )
     parser.add_argument("--history-ttl", dest="history_ttl", type=int, help="seconds of room history (600)")
     parser.add_argument(

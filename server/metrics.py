@@ -168,7 +168,18 @@ broker_usage_exchanges = Counter(
 )
 broker_dm_unreplicated = Counter(
     "liveroom_broker_dm_unreplicated_total",
-    "DMs stored on a Redis primary but refused (4501) because no replica confirmed them in time (WAIT)",
+    "DMs stored on a Redis primary and acked with replicated=false: no replica confirmed them in time (WAIT)",
+)
+broker_dm_refused = Counter(
+    "liveroom_broker_dm_refused_total",
+    "DMs refused with 4501 before anything was stored, per Redis shard and reason",
+    ["shard", "reason"],
+)
+broker_shard_replicas = Gauge(
+    "liveroom_broker_shard_replicas", "Replicas a Redis primary reports as connected", ["shard"]
+)
+broker_shard_up = Gauge(
+    "liveroom_broker_shard_up", "1 while this node's connections to a Redis shard serve, else 0", ["shard"]
 )
 broker_tick_pipelines = Counter(
     "liveroom_broker_tick_pipelines_total",

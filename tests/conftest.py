@@ -133,12 +133,17 @@ async def join(url: str) -> AsyncIterator[Callable[..., Any]]:
     await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
 
 
-def start_server_process(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
-    """Run `python -m server serve --port 0` and read the port it printed."""
+def start_server_process(
+    *args: str, env: dict[str, str] | None = None, log: Any = None
+) -> tuple[subprocess.Popen[str], int]:
+    """Run `python -m server serve --port 0` and read the port it printed; `log`: a file for
+    its log lines (stderr)."""
+    if log is None:
+        log = None if os.environ.get("LIVEROOM_TEST_NODE_LOGS") else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0", *args],
         stdout=subprocess.PIPE,
-        stderr=None if os.environ.get("LIVEROOM_TEST_NODE_LOGS") else subprocess.DEVNULL,
+        stderr=log,
         text=True,
         env={**os.environ, **(env or {})},
     )

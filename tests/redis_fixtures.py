@@ -188,6 +188,9 @@ class RedisClusterServer:
                 str(self.node_timeout_ms),
                 "--repl-diskless-sync-delay",  # replicas sync at once, not after the default 5 s
                 "0",
+                # a shard without a primary stops only itself (the default stops every shard)
+                "--cluster-require-full-coverage",
+                "no",
                 "--save",
                 "",
                 "--appendonly",
@@ -311,7 +314,7 @@ class RedisClusterServer:
 class NodeProc:
     """A `python -m server serve --redis URL` process."""
 
-    def __init__(self, redis_url: str, node_id: str, *args: str) -> None:
+    def __init__(self, redis_url: str, node_id: str, *args: str, log: Any = None) -> None:
         self.node_id = node_id
         self.proc, self.port = start_server_process(
             "--redis",
@@ -324,6 +327,7 @@ class NodeProc:
             node_id,
             *args,
             env=NODE_ENV,
+            log=log,
         )
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
 

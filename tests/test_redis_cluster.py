@@ -9,6 +9,7 @@ import contextlib
 
 from websockets.exceptions import ConnectionClosed
 
+from tests import prom
 from tests.conftest import WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
 from tests.redis_fixtures import WAIT, RedisClusterServer, apoll, requires_redis
@@ -131,3 +132,126 @@ async def test_primary_killed_under_traffic(
     for client in fresh:
         seen = await client.events(lambda e: e["t"] == "danmaku" and e["text"].startswith("after"), 2)
         assert sorted(e["text"] for e in seen) == ["after-0", "after-1"]
+
+
+def _user_on(cluster: RedisClusterServer, port: int, prefix: str) -> str:
+    """A uid whose keys live on the primary at `port`."""
+    for i in range(1000):
+        if cluster.primary_of(f"lr:{{u:{prefix}{i}}}:dm") == port:
+            return f"{prefix}{i}"
+    raise AssertionError("no uid hashes to that primary")
+
+
+async def test_a_primary_failover_costs_only_its_shard(
+    redis_cluster: RedisClusterServer, start_nodes, open_client
+) -> None:
+    """Per-shard isolation (#23): while one primary fails over, rooms and users of the other
+    shards keep delivering with no reset and no 4501, and the nodes stay ready; the failed
+    shard's room either continues or its viewers are told (1012)."""
+    victim = redis_cluster.primaries()[0]
+    healthy = next(p for p in redis_cluster.primaries() if p != victim)
+    hit, calm = _room_on(redis_cluster, victim), _room_on(redis_cluster, healthy)
+    sender, recipient = _user_on(redis_cluster, healthy, "s"), _user_on(redis_cluster, healthy, "r")
+    n0, n1 = start_nodes(redis_cluster.url, 2, "--redis-cluster")
+    calm_watch = [Watch(await open_client(node, f"cv{i}", room=calm)) for i, node in enumerate((n0, n1))]
+    hit_watch = [Watch(await open_client(node, f"hv{i}", room=hit)) for i, node in enumerate((n0, n1))]
+    readers = [asyncio.create_task(w.run()) for w in (*calm_watch, *hit_watch)]
+    talkers = [await open_client(n0, "t0", room=calm), await open_client(n0, "t1", room=hit)]
+    bob = await open_client(n1, recipient, room=calm)
+    alice = await open_client(n0, sender, room=calm)
+    answers: list[dict] = []
+    received: set[str] = set()
+    not_ready: list[str] = []
+    stop = asyncio.Event()
+
+    async def send_dms() -> None:
+        cid = 0
+        while not stop.is_set():
+            cid += 1
+            await alice.send(t="dm", to=recipient, text=f"dm{cid}", cid=cid)
+            answers.append(
+                await alice.recv_until(
+                    lambda f, cid=cid: (
+                        (f["t"], f.get("cid"), f.get("ref")) in (("dm_ack", cid, None), ("error", None, cid))
+                    )
+                )
+            )
+            await asyncio.sleep(0.02)
+
+    async def read_bob() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frame = await bob.recv(WAIT * 4)
+                if frame["t"] == "dm":
+                    received.add(frame["id"])
+
+    async def talk() -> None:
+        i = 0
+        with contextlib.suppress(ConnectionClosed):
+            while not stop.is_set():
+                for talker in talkers:
+                    await talker.send(t="danmaku", text=f"d{i}")
+                i += 1
+                await asyncio.sleep(0.02)
+
+    async def readiness() -> None:
+        while not stop.is_set():
+            for node in (n0, n1):
+                status = (await asyncio.to_thread(node.http, "/readyz"))[0]
+                if status != 200:
+                    not_ready.append(f"{node.node_id}: {status}")
+            await asyncio.sleep(0.1)
+
+    tasks = [asyncio.create_task(c()) for c in (send_dms, read_bob, talk, readiness)]
+    try:
+        await apoll(lambda: len(answers) >= 10, what="DMs answered before the kill")
+        redis_cluster.kill(victim)
+        at_kill = [len(w.texts) for w in calm_watch]
+        # both nodes notice the lost shard (its per-shard state in /metrics) ...
+        victim_name = f"127.0.0.1:{victim}"
+        for node in (n0, n1):
+            await apoll(
+                lambda node=node: asyncio.to_thread(
+                    lambda: (
+                        prom.sample(node.http("/metrics")[1], "liveroom_broker_shard_up", shard=victim_name)
+                        in (0.0, None)
+                    )
+                ),
+                what="the lost shard seen",
+            )
+        # ... and follow the failover alone
+        await apoll(lambda: asyncio.to_thread(redis_cluster.healthy, False), what="failover")
+        await apoll(
+            lambda: asyncio.to_thread(
+                lambda: all(
+                    prom.total(node.http("/metrics")[1], "liveroom_broker_shard_up") == 3 for node in (n0, n1)
+                )
+            ),
+            what="every shard served again",
+        )
+        after = len(answers)
+        try:
+            await apoll(lambda: len(answers) >= after + 10, what="DMs answered after the failover")
+        except TimeoutError:
+            raise AssertionError(f"DMs stuck after {answers[-3:]}") from None
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(tasks[0], tasks[2], tasks[3]), WAIT)
+        acked = {a["id"] for a in answers if a["t"] == "dm_ack"}
+        await apoll(lambda: acked <= received, what="every acknowledged DM at the recipient")
+    finally:
+        stop.set()
+        for task in (*tasks, *readers):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        ended = await asyncio.gather(*readers, return_exceptions=True)
+    gaps = [e for e in ended if isinstance(e, AssertionError)]
+    assert not gaps, gaps  # no viewer saw a silent gap
+    assert all(len(w.texts) > n for w, n in zip(calm_watch, at_kill, strict=True))
+    assert not not_ready, not_ready  # most shards served throughout: ready
+    refused = [a for a in answers if a["t"] == "error"]
+    assert not refused, refused  # the DM parties' shard never failed: no 4501
+    for watch in calm_watch:  # no reset, no gap: Watch asserts consecutive seqs
+        assert watch.closed is None, watch.closed
+        assert watch.texts, "the healthy room delivered"
+    for watch in hit_watch:  # the failed shard: every event in order, or told to rejoin
+        assert watch.closed in (None, 1012), watch.closed

@@ -81,16 +81,27 @@ class Publish:
 
 
 class BrokerUnavailable(Exception):
-    """The broker cannot take a write now; callers answer with a retryable error."""
+    """The broker cannot take a write now; callers answer with a retryable error.
+
+    `maybe_stored`: the write was sent and its answer lost (the connection died mid-call), so
+    it may have been applied: a DM's cid claim must then not be freed (the retry looks first).
+    """
+
+    def __init__(self, message: str = "", *, maybe_stored: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
 
 
 @dataclass(frozen=True, slots=True)
 class DmReceipt:
     """A stored DM: its id (ordered per recipient, what `dm_seen` acknowledges) and whether
-    some connection of the recipient got it live."""
+    some connection of the recipient got it live. `replicated` is False when the DM is stored
+    on its Redis primary but no replica confirmed it in time (WAIT): a failover of that primary
+    right now could lose it (docs/PROTOCOL.md, `dm_ack`)."""
 
     id: str
     delivered: bool
+    replicated: bool = True
 
 
 def dm_id_key(dm_id: str) -> tuple[int, int]:

@@ -12,8 +12,10 @@ it) with a note of what it is about to store and a deadline, then records its an
 `WINDOW` seconds. A retry that finds the answer gets it; one that finds a claim still in flight
 waits for it (or is told to retry). A claim past its deadline was orphaned by a node that died
 mid-send: the retry takes it over and gets the note back, so it can look for the first copy
-before storing (node.py checks the recipient's backlog). A send that fails (4501) releases its
-claim so the retry stores it.
+before storing (node.py checks the recipient's backlog). A send refused before anything was
+stored (4501) releases its claim so the retry stores it; one whose store call lost its answer
+(the DM may be stored) *abandons* it: the claim stays, orphaned at once, so the retry looks for
+the first copy before storing (never a second copy).
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ class SendLog(ABC):
                 return Claimed(answer=found)
             old = msgpack.unpackb(found[len(PENDING) :])
             if old.get("until", 0) < time.time():  # orphaned: take it over
-                await self._put(key, _pending(note or {}))
                 old.pop("until", None)
+                # the first send's note (its ts) stays: every attempt looks for that same copy
+                await self._put(key, _pending({**(note or {}), **old}))
                 return Claimed(orphan=old)
             await asyncio.sleep(0.1)
         raise SendInProgress(key)
@@ -124,6 +127,11 @@ class SendLog(ABC):
     @abstractmethod
     async def release(self, uid: str, kind: str, cid: str | int) -> None:
         """The send failed: a retry must do it again."""
+
+    async def abandon(self, uid: str, kind: str, cid: str | int, note: dict[str, Any]) -> None:
+        """The send may have been stored: a retry takes the claim over at once (orphaned) and
+        looks for the first copy (the note says what) before storing."""
+        await self._put(key_of(uid, kind, cid), PENDING + msgpack.packb({**note, "until": 0}))
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -169,11 +177,12 @@ class RedisSendLog(SendLog):
     def __init__(self, url: str, cluster: bool = False) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.cluster import RedisCluster
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
 
         opts = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
         self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
-        self._errors = (OSError, TimeoutError, RedisError)
+        # RedisClusterException ("cannot be connected") is not a RedisError
+        self._errors = (OSError, TimeoutError, RedisError, RedisClusterException)
         self._local = MemorySendLog()
 
     async def _claim(self, key: str, value: bytes) -> bytes | None:

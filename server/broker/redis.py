@@ -66,6 +66,8 @@ class RedisBroker(Broker):
         connect_timeout: float = 5.0,
         wait_replicas: int | None = None,
         wait_timeout_ms: int = 500,
+        wait_degrade: bool = False,
+        replica_check_s: float = 5.0,
     ) -> None:
         self.node_id = node_id
         self._presence_ttl = presence_ttl
@@ -82,6 +84,11 @@ class RedisBroker(Broker):
         # a DM is acknowledged once this many replicas have it (WAIT on the writing connection)
         self._wait_replicas = (1 if cluster else 0) if wait_replicas is None else wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
+        # opt-in: a shard without its replicas acks DMs on the primary's AOF alone (replicated=false)
+        self._wait_degrade = wait_degrade
+        self._replica_check_s = replica_check_s
+        self._replicas: dict[str, int] = {}  # shard -> replicas its primary last reported
+        self._refused: Counter[str] = Counter()  # shard -> DMs refused for want of a replica, this interval
         self._cluster_known = False  # redis-py's cluster client initialised once
         self._shards = Shards(url, cluster, options)  # per-primary connections: pipelines, pub/sub, WAIT
         # single-key commands; on a cluster redis-py follows MOVED replies by itself
@@ -98,12 +105,18 @@ class RedisBroker(Broker):
         self._lost: BaseException | None = None  # why one of them failed
         self._unsubscribing: Counter[bytes] = Counter()  # SUNSUBSCRIBEs sent, not yet confirmed
         self._connected = False
+        # shards (primaries) whose connections failed while the others serve: their rooms run
+        # locally and their users' DMs are refused until _recover_shards has them back
+        self._down: set[str] = set()
+        self._recovering: asyncio.Task[None] | None = None
+        self._probing = False
         self._up = asyncio.Event()
         self._broken = asyncio.Event()
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._replica_watch: asyncio.Task[None] | None = None
         self.stream = RedisRoomStream(
             self,
             history_size=history_size,
@@ -124,16 +137,18 @@ class RedisBroker(Broker):
         loop = asyncio.get_running_loop()
         self._supervisor = loop.create_task(self._supervise())
         self._heartbeat = loop.create_task(self._heartbeat_forever())
+        if self._wait_replicas:
+            self._replica_watch = loop.create_task(self._watch_replicas())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._up.wait(), self._connect_timeout)
 
     async def close(self) -> None:
         self._closed = True
         self._broken.set()
-        for task in (self._supervisor, self._heartbeat, *self._tasks):
+        for task in (self._supervisor, self._heartbeat, self._replica_watch, *self._tasks):
             if task is not None:
                 task.cancel()
-        for task in (self._supervisor, self._heartbeat):
+        for task in (self._supervisor, self._heartbeat, self._replica_watch):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -143,7 +158,14 @@ class RedisBroker(Broker):
 
     @property
     def ready(self) -> bool:
-        return self._connected
+        """Ready while most shards serve (a node that can serve nothing is not)."""
+        return self._connected and 2 * len(self._down) < max(1, len(self._shards.names))
+
+    def serving(self, key: str | bytes) -> bool:
+        """The shard owning this key is reachable now: its rooms and users use Redis."""
+        if not self._connected:
+            return False
+        return not self._down or self._shards.name_of(key) not in self._down
 
     async def _supervise(self) -> None:
         """One pub/sub session at a time; after a failure, reconnect with jittered backoff."""
@@ -201,6 +223,12 @@ class RedisBroker(Broker):
             raise ConnectionError("redis connection reported broken")
         finally:
             self._connected = False
+            if self._recovering is not None:
+                self._recovering.cancel()
+                self._recovering = None
+            for name in self._down:
+                metrics.broker_shard_up.labels(shard=name).set(0)
+            self._down.clear()
             for fut in self._waiters.values():
                 if not fut.done():
                     fut.set_result(False)
@@ -211,8 +239,17 @@ class RedisBroker(Broker):
             for conn in conns:
                 conn.close()
 
-    def _kick(self, exc: BaseException) -> None:
-        """A command failed: treat the connection as lost (the supervisor reconnects)."""
+    def _kick(self, exc: BaseException, key: str | bytes | None = None) -> None:
+        """A command failed: treat the connection as lost (the supervisor reconnects). On a
+        cluster only the shard of `key` is lost (or, with no key, the shards that do not answer
+        a PING): the others keep serving."""
+        if self._cluster and self._connected and len(self._shards.names) > 1:
+            if key is not None:
+                self._shard_lost(self._shards.name_of(key), exc)
+            elif not self._probing:
+                self._probing = True
+                self._spawn(self._probe(exc))
+            return
         if self._connected:
             log.warning("redis command failed: %s", exc or type(exc).__name__)
         self._connected = False
@@ -227,24 +264,135 @@ class RedisBroker(Broker):
 
     async def _open_connections(self) -> None:
         """Two connections per primary for this session (redis_resp3.py): pub/sub, pipelines."""
+        for name in self._shards.names:
+            metrics.broker_shard_up.labels(shard=name).set(1)
+        await self._open(self._shards.names)
 
+    async def _open(self, names: list[str]) -> None:
         async def one(into: dict[str, Resp3Connection], name: str) -> None:
             into[name] = await open_resp3(
                 **self._shards.endpoint(name),
                 timeout=self._connect_timeout,
                 on_push=self._on_push,
-                on_lost=self._on_connection_lost,
+                on_lost=lambda exc: self._on_connection_lost(exc, name),
             )
 
-        names = self._shards.names
         await asyncio.gather(*(one(into, n) for n in names for into in (self._pubsubs, self._writers)))
 
-    def _on_connection_lost(self, exc: BaseException) -> None:
-        """A connection died (a dead primary, a reset): the session ends, and the supervisor
-        re-reads the topology, resubscribes everywhere and re-reads every room."""
+    def _on_connection_lost(self, exc: BaseException, shard: str | None = None) -> None:
+        """A connection died (a dead primary, a reset). One Redis: the session ends, and the
+        supervisor re-reads the topology, resubscribes everywhere and re-reads every room. A
+        cluster: only that shard is lost (_shard_lost), unless it was the last one serving."""
+        if shard is not None and self._cluster and self._connected and len(self._shards.names) > 1:
+            self._shard_lost(shard, exc)
+            return
         if self._lost is None:
             self._lost = exc
         self._broken.set()
+
+    def _shard_lost(self, name: str, exc: BaseException) -> None:
+        """One primary is gone: close its connections, hold its rooms and users, and look for
+        its replacement (_recover_shards) while every other shard keeps serving."""
+        if name in self._down or name not in self._shards.names:
+            return
+        self._down.add(name)
+        metrics.broker_shard_up.labels(shard=name).set(0)
+        metrics.broker_disconnects.inc()
+        log.warning(
+            "redis shard %s lost (%s): its rooms run locally, its users' DMs get 4501; %d of %d shards serve",
+            name,
+            exc or type(exc).__name__,
+            len(self._shards.names) - len(self._down),
+            len(self._shards.names),
+        )
+        if len(self._down) == len(self._shards.names):  # nothing serves: start over
+            self._on_connection_lost(exc)
+            return
+        for conns in (self._pubsubs, self._writers):
+            conn = conns.pop(name, None)
+            if conn is not None:
+                conn.close()
+        for channel, fut in list(self._waiters.items()):
+            if self._shards.name_of(channel) == name and not fut.done():
+                fut.set_result(False)
+                del self._waiters[channel]
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.get_running_loop().create_task(self._recover_shards())
+
+    async def _probe(self, exc: BaseException) -> None:
+        """A command without a key failed on a cluster: which shards still answer?"""
+        try:
+
+            async def ping(name: str) -> None:
+                writer = self._writers.get(name)
+                try:
+                    if writer is None:
+                        raise ConnectionError(f"no connection to redis shard {name}")
+                    async with asyncio.timeout(2):
+                        await writer.send((), [("PING",)])[0]
+                except (*_DOWN, TimeoutError) as failed:
+                    self._shard_lost(name, failed)
+
+            await asyncio.gather(*(ping(n) for n in self._shards.names if n not in self._down))
+        finally:
+            self._probing = False
+
+    async def _recover_shards(self) -> None:
+        """Find the lost shards' replacements (a promoted replica) and bring their rooms and
+        users back, with no pause for the others: re-read the slot map, open connections to the
+        new primaries, resubscribe the channels now on them, re-read those rooms (continue or
+        reset) and catch up those users. Jittered backoff between attempts."""
+        delay = 0.1
+        while self._down and self._connected:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+            healthy = [n for n in self._shards.names if n not in self._down]
+            try:
+                await self._shards.refresh(keep=healthy)
+                fresh = [n for n in self._shards.names if n not in self._pubsubs]
+                await self._open(fresh)
+            except _DOWN as exc:
+                log.debug("redis shards not back yet: %s", exc)
+                continue
+            if self._cluster_known:
+                with contextlib.suppress(*_DOWN):
+                    await self._redis.nodes_manager.initialize()
+            gone, self._down = self._down, set()
+            for name in gone - set(self._shards.names):  # replaced in the failover
+                metrics.broker_shard_up.remove(name)
+            for name in fresh:
+                metrics.broker_shard_up.labels(shard=name).set(1)
+            rooms = [
+                (room_id, sub)
+                for room_id, sub in self.stream._rooms.items()
+                if self._shards.name_of(rs.room_keys(room_id).channel) in fresh
+            ]
+            users = [
+                (uid, user)
+                for uid, user in self.inbox._users.items()
+                if self._shards.name_of(rs.user_keys(uid).channel) in fresh
+            ]
+            for _, sub in rooms:
+                if sub.pending is None:
+                    sub.pending = []
+            for _, user in users:
+                if user.pending is None:
+                    user.pending = []
+            channels = [c for c in self._targets if self._shards.name_of(c) in fresh]
+            control = rs.control_channel(self.node_id).encode()
+            if self._shards.name_of(control) in fresh:
+                channels.append(control)
+            try:
+                await self._listen(channels)
+            except _DOWN as exc:
+                self._on_connection_lost(exc)  # rare: let the whole session start over
+                return
+            log.warning("redis shards %s replaced by %s: serving again", sorted(gone), sorted(fresh))
+            await asyncio.gather(
+                *(self.stream._resync(room_id, sub) for room_id, sub in rooms),
+                *(self.inbox._catch_up(uid, user) for uid, user in users),
+            )
+            delay = 0.1
 
     async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
         """The tick's script calls, the heartbeats, analytics' flush: like Shards.pipelined (one
@@ -262,10 +410,16 @@ class RedisBroker(Broker):
             by_shard.setdefault(name, []).append(command)
             order.setdefault(name, []).append(i)
         slots: list[asyncio.Future[Any] | None] = [None] * len(calls)
+        loop = asyncio.get_running_loop()
         for name, commands in by_shard.items():
             writer = self._writers.get(name)
-            if writer is None:
-                raise ConnectionError(f"no connection to redis shard {name}")
+            if writer is None:  # a lost shard: its calls fail, the others' go ahead
+                if not self._down:
+                    raise ConnectionError(f"no connection to redis shard {name}")
+                for i in order[name]:
+                    slots[i] = failed = loop.create_future()
+                    failed.set_result(ConnectionError(f"redis shard {name} is lost"))
+                continue
             for i, fut in zip(order[name], writer.send((), commands), strict=True):
                 slots[i] = fut
         futures = [f for f in slots if f is not None]
@@ -274,12 +428,15 @@ class RedisBroker(Broker):
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
             for name in by_shard:  # a hung primary: its connection is out of step from now on
-                self._writers[name].close()
+                if name in self._writers:
+                    self._writers[name].close()
             self._on_connection_lost(ConnectionError("redis did not answer in 10 s"))
             raise ConnectionError("redis did not answer in 10 s") from None
-        for result in results:
+        for i, result in enumerate(results):
             if isinstance(result, ConnectionError):
-                raise result
+                if not self._cluster:
+                    raise result
+                self._kick(result, calls[i][0])  # that shard only; the call answers its error
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:  # a promoted replica or a flushed cache: load, then run those again
             for name in {self._shards.name_of(calls[i][0]) for i in missing}:
@@ -313,7 +470,7 @@ class RedisBroker(Broker):
                 # the server dropped a channel we still follow: its slot moved (resharding or a
                 # failover seen by this connection). Start over with the new topology.
                 log.info("redis moved sharded channel %r: reconnecting", channel)
-                self._broken.set()
+                self._kick(ConnectionError("a followed channel's slot moved"), channel)
         except Exception:  # one bad message must never stop the connection
             log.exception("error handling a message from redis")
 
@@ -380,6 +537,69 @@ class RedisBroker(Broker):
                 self._kick(exc)
             except Exception:
                 log.exception("presence heartbeat failed")
+
+    # -- replicas: a DM is acked once --redis-wait-replicas replicas have it -----------------
+
+    def replicas_short(self, shard: str) -> bool:
+        """The shard's primary last reported fewer replicas than a DM must reach."""
+        known = self._replicas.get(shard)
+        return known is not None and known < self._wait_replicas
+
+    def replicas_seen(self, shard: str, count: int) -> None:
+        """What a WAIT or INFO said: fewer replicas makes the next DMs refuse (or degrade) at once
+        instead of each waiting out the WAIT timeout; the watch sees them come back."""
+        self._replicas[shard] = count
+        metrics.broker_shard_replicas.labels(shard=shard).set(count)
+
+    def refused_for_replicas(self, shard: str) -> None:
+        metrics.broker_dm_refused.labels(shard=shard, reason="no_replica").inc()
+        self._refused[shard] += 1
+
+    async def _watch_replicas(self) -> None:
+        """Every interval, ask each primary how many replicas it has (INFO replication): a gauge
+        per shard, and one WARNING per interval per shard short of --redis-wait-replicas, with
+        the DMs refused for it (docs/ARCHITECTURE.md, "Replica loss", says what to do)."""
+        while True:
+            await asyncio.sleep(self._replica_check_s)
+            for shard in self._shards.names:
+                try:
+                    info = await self._shards.client(shard).info("replication")
+                except asyncio.CancelledError:
+                    raise
+                except _DOWN:
+                    continue  # a dead primary: the session's failover handling owns it
+                count = _online_replicas(info)
+                before = self._replicas.get(shard)
+                self.replicas_seen(shard, count)
+                refused, self._refused[shard] = self._refused[shard], 0
+                if count < self._wait_replicas:
+                    log.warning(
+                        "redis shard %s has %d replica(s), --redis-wait-replicas is %d: %s "
+                        "(%d DMs refused in the last %.0f s)",
+                        shard,
+                        count,
+                        self._wait_replicas,
+                        "DMs acked on the primary alone (replicated=false)"
+                        if self._wait_degrade
+                        else "its users' DMs are refused with 4501",
+                        refused,
+                        self._replica_check_s,
+                    )
+                elif before is not None and before < self._wait_replicas:
+                    log.warning("redis shard %s has %d replica(s) again: DMs acked as usual", shard, count)
+            for gone in [s for s in self._replicas if s not in self._shards.names]:
+                del self._replicas[gone]  # a primary replaced in a failover
+                metrics.broker_shard_replicas.remove(gone)
+
+
+def _online_replicas(info: dict[str, Any]) -> int:
+    """Replicas past their initial sync (`slaveN: state=online`): only those can answer a WAIT."""
+    count = 0
+    for key, value in info.items():
+        if key.startswith("slave") and key[5:].isdigit():
+            state = value.get("state") if isinstance(value, dict) else None
+            count += state == "online"
+    return count
 
 
 def _by_slot(channels: list[bytes]) -> list[list[bytes]]:

@@ -49,14 +49,14 @@ class RedisInbox(RedisPart, Inbox):
         self._users[user_id] = user
         channel = keys.channel.encode()
         self._targets[channel] = ("u", user_id)
-        if self._connected:
+        if self._serving(channel):
             try:  # one round trip: the backlog is read right after the subscription, on its connection
                 raw = await self._listen(
                     [channel], read=("XRANGE", keys.dms, "-", "+", "COUNT", self._dm_keep)
                 )
                 entries = [(raw_id, _fields(fields)) for raw_id, fields in raw]
             except _DOWN as exc:
-                self._kick(exc)
+                self._kick(exc, channel)
             else:
                 frames = self._backlog(user, entries)
                 asyncio.get_running_loop().call_soon(self._flush_user, user_id, user)
@@ -69,19 +69,20 @@ class RedisInbox(RedisPart, Inbox):
             await self._unlisten(rs.user_keys(user_id).channel.encode())
 
     async def dm_backlog(self, user_id: str) -> list[bytes]:
-        if not self._connected:
+        dms = rs.user_keys(user_id).dms
+        if not self._serving(dms):
             raise BrokerUnavailable("redis is unreachable")
         try:
-            entries = await self._redis.xrange(rs.user_keys(user_id).dms, "-", "+", count=self._dm_keep)
+            entries = await self._redis.xrange(dms, "-", "+", count=self._dm_keep)
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, dms)
             raise BrokerUnavailable(str(exc)) from exc
         frames = (_stored_frame(raw_id.decode(), fields) for raw_id, fields in entries)
         return [frame for frame in frames if frame is not None]
 
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         keys = rs.user_keys(user_id)
-        if not self._connected:
+        if not self._serving(keys.dms):
             return False  # best effort: these frames (invitations) are not acknowledged DMs
         try:
             res = await self._dm_script(
@@ -89,40 +90,55 @@ class RedisInbox(RedisPart, Inbox):
                 args=["f", frame, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 1],
             )
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, keys.dms)
             return False
         return int(res[1]) > 0
 
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+        """Store and publish in one script, then WAIT on the same connection (when replicas are
+        required). The answer is always the truth: refused (4501) only when nothing was stored,
+        `maybe_stored` when the call's answer was lost, `replicated=False` when stored on the
+        primary alone (WAIT timed out): the DM is kept and maybe delivered, so it is acked."""
         keys = rs.user_keys(user_id)
-        if not self._connected:
-            raise BrokerUnavailable("redis is unreachable")
+        if not self._serving(keys.dms):
+            metrics.broker_dm_refused.labels(shard=self._shard_label(keys.dms), reason="unreachable").inc()
+            raise BrokerUnavailable("the recipient's Redis shard is unreachable: not stored")
+        wait = self._link._wait_replicas
+        degraded = False
+        if wait:
+            shard = self._shards.name_of(keys.dms)
+            if self._link.replicas_short(shard):  # a primary without its replica
+                if not self._link._wait_degrade:  # store nothing: 4501
+                    self._link.refused_for_replicas(shard)
+                    raise BrokerUnavailable("the DM's Redis shard has no replica: not stored")
+                degraded, wait = True, 0  # opt-in: the primary's AOF alone, said in the ack
         body = rs.open_map(dm, "id")
         args = ["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 0]
         calls: list[Call] = [(keys.dms, ("EVALSHA", self._dm_script.sha, 1, keys.dms, *args))]
-        wait = self._link._wait_replicas
         if wait:  # same pipeline, same connection: WAIT covers this very write
             calls.append((keys.dms, ("WAIT", wait, self._link._wait_timeout_ms)))
         try:
             results = await self._shards.pipelined(calls)
-        except _DOWN as exc:
-            self._kick(exc)
-            raise BrokerUnavailable(str(exc)) from exc
-        for result in results:
-            if isinstance(result, Exception):
-                self._kick(result)
-                raise BrokerUnavailable(str(result)) from result
+        except _DOWN as exc:  # sent, answer lost: the script may have run
+            self._kick(exc, keys.dms)
+            raise BrokerUnavailable(str(exc), maybe_stored=True) from exc
         res = results[0]
-        if wait and int(results[1]) < wait:
-            # stored on the primary only: a failover now could lose it, so it is not acked.
-            # The sender retries (with its cid) once a replica keeps up again.
-            metrics.broker_dm_unreplicated.inc()
-            raise BrokerUnavailable("DM not yet replicated")
-        return DmReceipt(res[0].decode(), int(res[1]) > 0)
+        if isinstance(res, Exception):  # refused before running (MOVED, CLUSTERDOWN, OOM): not stored
+            self._kick(res, keys.dms)
+            raise BrokerUnavailable(str(res)) from res
+        receipt = DmReceipt(res[0].decode(), int(res[1]) > 0, replicated=not degraded)
+        if wait:
+            acked = results[1]
+            if isinstance(acked, Exception) or int(acked) < wait:
+                # stored (and maybe delivered) on the primary only: say so, never 4501
+                metrics.broker_dm_unreplicated.inc()
+                self._link.replicas_seen(shard, 0 if isinstance(acked, Exception) else int(acked))
+                return DmReceipt(receipt.id, receipt.delivered, replicated=False)
+        return receipt
 
     async def ack_dm(self, user_id: str, dm_id: str) -> None:
         keys = rs.user_keys(user_id)
-        if not self._connected:
+        if not self._serving(keys.dms):
             raise BrokerUnavailable("redis is unreachable")
         ms, n = dm_id_key(dm_id)
         try:  # drop every DM up to and including dm_id
@@ -130,8 +146,14 @@ class RedisInbox(RedisPart, Inbox):
         except ResponseError:
             pass  # an id Redis cannot represent: nothing to drop
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, keys.dms)
             raise BrokerUnavailable(str(exc)) from exc
+
+    def _shard_label(self, key: str) -> str:
+        try:
+            return self._shards.name_of(key)
+        except ConnectionError:
+            return "unknown"
 
     def _backlog(self, user: _UserSub, entries: list[Any]) -> list[bytes]:
         frames = []
@@ -159,7 +181,7 @@ class RedisInbox(RedisPart, Inbox):
         try:
             entries = await self._redis.xrange(keys.dms, "-", "+", count=self._dm_keep)
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, keys.dms)
             user.pending = None
             return
         if self._users.get(user_id) is not user:

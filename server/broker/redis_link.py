@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from server.broker.shards import Call, Shards
 
-# Connection failures look like any of these depending on where they happen.
-DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
+# Connection failures look like any of these depending on where they happen. redis-py's
+# cluster client raises RedisClusterException ("cannot be connected", a slot not covered),
+# which is not a RedisError.
+DOWN = (RedisError, RedisClusterException, OSError, ConnectionError, TimeoutError)
 
 
 class Link(Protocol):
@@ -27,8 +29,14 @@ class Link(Protocol):
     _shards: Shards
     _wait_replicas: int
     _wait_timeout_ms: int
+    _wait_degrade: bool
+    _down: set[str]
 
-    def _kick(self, exc: BaseException) -> None: ...
+    def replicas_short(self, shard: str) -> bool: ...
+    def replicas_seen(self, shard: str, count: int) -> None: ...
+    def refused_for_replicas(self, shard: str) -> None: ...
+    def _kick(self, exc: BaseException, key: str | bytes | None = None) -> None: ...
+    def serving(self, key: str | bytes) -> bool: ...
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
     async def _listen(self, channels: list[bytes], read: Sequence[Any] | None = None) -> Any: ...
     async def _unlisten(self, channel: bytes) -> None: ...
@@ -66,8 +74,13 @@ class RedisPart:
     def _targets(self) -> dict[bytes, tuple[str, str]]:
         return self._link._targets
 
-    def _kick(self, exc: BaseException) -> None:
-        self._link._kick(exc)
+    def _serving(self, key: str | bytes) -> bool:
+        """Redis is up for this key: on a cluster, the shard that owns it serves now."""
+        return self._link.serving(key)
+
+    def _kick(self, exc: BaseException, key: str | bytes | None = None) -> None:
+        """A command failed: the connection (on a cluster: `key`'s shard) is lost."""
+        self._link._kick(exc, key)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._link._spawn(coro)

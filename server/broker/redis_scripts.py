@@ -402,13 +402,24 @@ return {epoch, seq, n}
 
 # KEYS: meta hist recent sticky pres beat
 # ARGV: 1 epoch if new, 2 history from seq (-1: none), 3 history size, 4 want state (1/0), 5 meta ttl,
-#       6/7 the newest epoch/seq this node delivered ('' / -1: none; rule 1 as in PUBLISH)
+#       6/7 the newest epoch/seq this node delivered ('' / -1: none; rule 1 as in PUBLISH),
+#       8 the epoch to retire ('' none, '*' whichever is current), 9 channel, 10 publish command
 # Returns {epoch, seq, likes, online, unique, recent events, sticky events, history entries}.
+#
+# Retiring: a node that numbered events alone during an outage (a local epoch) comes back; the
+# other nodes' viewers never saw those events, so the stream gets a new epoch (same seqs, state
+# kept) and every node holding the room hears `<new epoch>|` on its channel: it re-reads the room
+# and resets it, so its viewers are told (1012, then recovered: false) instead of missing them.
 LOAD = r"""
 local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local m = redis.call('HMGET', meta, 'e', 's', 'l', 'o', 'u')
 if m[1] and m[1] == ARGV[6] and tonumber(m[2] or '0') < tonumber(ARGV[7]) then
   m[1] = false  -- behind what this node delivered: Redis came back from an older copy
+end
+if m[1] and ARGV[8] ~= '' and (ARGV[8] == '*' or m[1] == ARGV[8]) then
+  m[1] = ARGV[1]
+  redis.call('HSET', meta, 'e', m[1])
+  redis.call(ARGV[10], ARGV[9], m[1] .. '|')
 end
 if not m[1] then
   -- a new stream (rule 1 of server/room/sequencing.py): nothing of the old one counts

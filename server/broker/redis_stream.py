@@ -47,6 +47,7 @@ class _RoomSub:
     view: Room[None]
     pending: list[Batch] | None = None  # batches held while the room is (re)loaded
     local: bool = False  # numbered batches alone during an outage: reset on reconnect
+    local_events: bool = False  # and numbered at least one event: the Redis epoch is retired
     stream: StreamState | None = None  # the local numbering's state while `local`
     redis_seen: tuple[str, int] | None = None  # while `local`: the last Redis (epoch, seq) delivered
     local_count: int = 0  # last local online count the node reported
@@ -77,11 +78,11 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._rooms[room_id] = sub
         channel = keys.channel.encode()
         self._targets[channel] = ("r", room_id)
-        if self._connected:
+        if self._serving(channel):
             try:
                 view = await self._listen_and_load(room_id, channel)
             except _DOWN as exc:
-                self._kick(exc)
+                self._kick(exc, channel)
             else:
                 sub.view = view
                 # batches that came in while loading: after the node has registered the room
@@ -134,7 +135,9 @@ class RedisRoomStream(RedisPart, RoomStream):
             uids, sub.joined_owed = [*sub.joined_owed, *p.joined], []
             staged.append((p, sub, previous, likes, uids))
         sent: set[int] = set()
-        remote = [i for i, (_, sub, *_rest) in enumerate(staged) if self._connected and not sub.local]
+        remote = [
+            i for i, (p, sub, *_rest) in enumerate(staged) if not sub.local and self._room_up(p.room_id)
+        ]
         if remote:
             calls = []
             for i in remote:
@@ -152,9 +155,9 @@ class RedisRoomStream(RedisPart, RoomStream):
                 self._kick(exc)
             else:
                 metrics.broker_tick_pipelines.inc()
-                for i, result in zip(remote, results, strict=True):
+                for i, call, result in zip(remote, calls, results, strict=True):
                     if isinstance(result, Exception):
-                        self._kick(result)
+                        self._kick(result, call[0])
                     else:
                         sent.add(i)
         for i, (p, sub, previous, likes, uids) in enumerate(staged):
@@ -226,6 +229,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         if not sequenced:
             return
         view.apply(view.epoch, sequenced)
+        sub.local_events = True
         metrics.broker_local_batches.inc()
         sub.handler(room_id, view.epoch, frame, sequenced)
 
@@ -247,12 +251,13 @@ class RedisRoomStream(RedisPart, RoomStream):
         )
 
     async def history_since(self, room_id: str, epoch: str, seq: int) -> list[Event] | None:
-        if not self._connected:
+        meta = rs.room_keys(room_id).meta
+        if not self._serving(meta):
             return None
         try:
             view, missed = await self._load(room_id, since=seq, want_state=False)
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, meta)
             return None
         return missed if view.epoch == epoch else None
 
@@ -262,6 +267,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         since: int | None,
         want_state: bool = True,
         seen: tuple[str, int] | None = None,
+        retire: str = "",
     ) -> tuple[Room[None], list[Event] | None]:
         """The room's state (one round trip) and, with `since`, the events after it or None.
 
@@ -269,12 +275,17 @@ class RedisRoomStream(RedisPart, RoomStream):
         older copy) starts the room over under a new epoch rather than number those seqs again.
         """
         keys = rs.room_keys(room_id)
-        script_keys, args = self._load_args(keys, since, want_state, seen)
+        script_keys, args = self._load_args(keys, since, want_state, seen, retire)
         res = await self._load_script(keys=script_keys, args=args)
         return self._loaded(room_id, res, since, want_state)
 
     def _load_args(
-        self, keys: rs.RoomKeys, since: int | None, want_state: bool, seen: tuple[str, int] | None
+        self,
+        keys: rs.RoomKeys,
+        since: int | None,
+        want_state: bool,
+        seen: tuple[str, int] | None,
+        retire: str = "",
     ) -> tuple[list[str], list[Any]]:
         script_keys = [keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat]
         args = [
@@ -285,6 +296,9 @@ class RedisRoomStream(RedisPart, RoomStream):
             self._meta_ttl,
             "" if seen is None else seen[0],
             -1 if seen is None else seen[1],
+            retire,
+            keys.channel,
+            self._publish_cmd,
         ]
         return script_keys, args
 
@@ -321,6 +335,10 @@ class RedisRoomStream(RedisPart, RoomStream):
             return None
         return events
 
+    def _room_up(self, room_id: str) -> bool:
+        """The room's shard serves (the key is only built while some shard is lost)."""
+        return self._connected and (not self._link._down or self._serving(rs.room_keys(room_id).meta))
+
     def _new_view(self, room_id: str) -> Room[None]:
         return Room(room_id, recent_size=self._recent_size)
 
@@ -347,6 +365,8 @@ class RedisRoomStream(RedisPart, RoomStream):
         epoch, frame, events = batch
         if sub.local or epoch != sub.view.epoch:
             return False
+        if not events:  # a retired epoch's notice (redis_scripts.LOAD) naming the one we have
+            return True
         if events[-1]["seq"] <= sub.view.seq:
             return True  # already delivered (history replay overlapped the channel)
         if events[0]["seq"] != sub.view.seq + 1:
@@ -372,9 +392,12 @@ class RedisRoomStream(RedisPart, RoomStream):
             sub.pending = []
         try:
             since = None if sub.local else sub.view.seq
-            view, missed = await self._load(room_id, since=since, seen=_seen(sub))
+            retire = ""
+            if sub.local and sub.local_events:  # others never saw them: retire the Redis epoch
+                retire = sub.redis_seen[0] if sub.redis_seen is not None else "*"
+            view, missed = await self._load(room_id, since=since, seen=_seen(sub), retire=retire)
         except _DOWN as exc:
-            self._kick(exc)
+            self._kick(exc, rs.room_keys(room_id).meta)
             sub.pending = None  # re-read again once reconnected
             return
         if self._rooms.get(room_id) is not sub:
@@ -389,6 +412,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             metrics.broker_resyncs.labels(outcome="reset").inc()
             log.info("room %s restarted from redis (epoch %s)", room_id, view.epoch)
             sub.view, sub.local, sub.stream, sub.redis_seen = view, False, None, None
+            sub.local_events = False
             if self.on_room_reset is not None:
                 self.on_room_reset(room_id, _state_of(view))
         self._flush(room_id, sub)
@@ -401,7 +425,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         for room_id, sub in self._rooms.items():
             if sub.beat_due is None:
                 sub.beat_due = now_s + random.uniform(0, interval)
-            elif sub.beat_due <= now_s and not sub.local and sub.pending is None:
+            elif sub.beat_due <= now_s and not sub.local and sub.pending is None and self._room_up(room_id):
                 sub.beat_due = now_s + interval
                 rooms.append((room_id, sub))
         if not self._rooms and now_s >= self._ping_due:  # nothing to report: still check Redis
@@ -418,14 +442,18 @@ class RedisRoomStream(RedisPart, RoomStream):
             owed.append((sub, likes, joined))
             calls.append(self._publish_call(room_id, [], likes, sub.local_count, now, joined, _seen(sub)))
         try:  # one pipeline per shard, all shards at once
-            for result in await self._pipelined(calls):
-                if isinstance(result, Exception):
-                    raise result
+            results = await self._pipelined(calls)
         except BaseException:
-            for sub, likes, joined in owed:
-                sub.likes_owed += likes
-                sub.joined_owed[:0] = joined
+            results = None
             raise
+        finally:
+            for i, (sub, likes, joined) in enumerate(owed):
+                if results is None or isinstance(results[i], Exception):  # still owed
+                    sub.likes_owed += likes
+                    sub.joined_owed[:0] = joined
+        failed = [(call, r) for call, r in zip(calls, results, strict=True) if isinstance(r, Exception)]
+        for call, error in failed:
+            self._kick(error, call[0])  # that room's shard (one Redis: the connection)
 
 
 def _seen(sub: _RoomSub) -> tuple[str, int] | None:
@@ -476,10 +504,13 @@ def _decode_event(raw: bytes) -> Event:
 
 
 def _parse_batch(room_id: str, data: bytes) -> Batch:
-    """`<epoch>|<batch frame>` from the room channel, checked before anyone sees it."""
+    """`<epoch>|<batch frame>` from the room channel, checked before anyone sees it; `<epoch>|`
+    alone: the stream's epoch changed (a node numbered events alone during an outage)."""
     epoch, sep, frame = data.partition(b"|")
     if not sep or not epoch:
         raise ValueError("no epoch")
+    if not frame:
+        return epoch.decode("ascii", "replace"), b"", []
     try:
         obj = msgpack.unpackb(frame, raw=False)
     except Exception as exc:

@@ -86,8 +86,11 @@ class Shards:
     def add_script(self, sha: str, body: str) -> None:
         self._scripts[sha] = body
 
-    async def refresh(self) -> None:
-        """(Re)read the topology and check every primary answers; raise if one does not."""
+    async def refresh(self, keep: Sequence[str] = ()) -> None:
+        """(Re)read the topology and check every primary answers; raise if one does not.
+
+        `keep`: primaries serving right now (another shard failed): their pooled connections
+        stay open, so their commands in flight are not cut off."""
         if not self.cluster:
             client = self._clients[MAIN]
             await client.connection_pool.disconnect()  # pooled connections to a restarted Redis are dead
@@ -116,7 +119,7 @@ class Shards:
             if client is None:
                 pool = BlockingConnectionPool(host=host, port=port, **self._pool_options())
                 client = self._clients[name] = Redis(connection_pool=pool, retry=self._options.get("retry"))
-            else:
+            elif name not in keep:
                 await client.connection_pool.disconnect()
             await client.ping()
             await self._load_scripts(client)

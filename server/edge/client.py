@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from server import logs, metrics
+from server.broker.redis_link import DOWN as BROKER_DOWN
 from server.edge.connection import (
     Admit,
     AwaitJoin,
@@ -33,8 +34,8 @@ from server.edge.connection import (
     Route,
     Send,
 )
-from server.wire import auth
-from server.wire.protocol import ProtocolError
+from server.wire import auth, protocol
+from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from server.abuse.connstate import ConnState
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from server.node.node import Node
 
 log = logging.getLogger("liveroom.client")
+_broker_down_log = logs.RefusalLog(log)  # one WARNING per 10 s however many frames hit it
+MAX_DMS_IN_FLIGHT = 16  # per connection; past it the read loop waits for one to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,19 @@ class Services:
 class Client:
     """A connected, not yet or already joined, client (a `server.delivery.peer.Peer`)."""
 
-    __slots__ = ("_closing", "abuse", "conn", "dropped", "identity", "opened", "room_id", "services", "ws")
+    __slots__ = (
+        "_closing",
+        "_dm_tails",
+        "_pause_owed",
+        "abuse",
+        "conn",
+        "dropped",
+        "identity",
+        "opened",
+        "room_id",
+        "services",
+        "ws",
+    )
 
     def __init__(self, services: Services, ws: ServerConnection) -> None:
         self.ws = ws
@@ -74,6 +89,8 @@ class Client:
         self._closing: asyncio.Task[None] | None = None
         self.opened = time.perf_counter()
         self.abuse: ConnState | None = None  # set by guard.connect
+        self._dm_tails: dict[str, asyncio.Task[None]] = {}  # recipient -> its newest DM in flight
+        self._pause_owed = 0.0  # a penalty a DM task earned: the read loop serves it
         self.conn = Connection(
             self, services.guard, services.config.join_timeout, _dev_tokens(services.config)
         )
@@ -137,6 +154,8 @@ class Client:
         except ConnectionClosed:
             pass
         finally:
+            if self._dm_tails:  # DMs in flight finish (each is bounded): their claims are answered
+                await asyncio.gather(*self._dm_tails.values(), return_exceptions=True)
             if self._closing is not None:  # returning first would close with 1000 instead
                 await self._closing
             metrics.connections.dec()
@@ -185,15 +204,24 @@ class Client:
     async def _serve(self) -> None:
         conn = self.conn
         async for data in self.ws:
+            if self._pause_owed and self.ws.state is State.OPEN:
+                pause, self._pause_owed = self._pause_owed, 0.0
+                await asyncio.sleep(pause)
             request = self._perform(conn.receive(data))
             if request is None:
                 continue
             kind = type(request)
+            if kind is Dispatch and request.route is Route.DM:
+                await self._send_dm(request.message)
+                continue
             if kind is Dispatch:
                 try:
                     await self._dispatch(request.route, request.message)
                 except ProtocolError as error:
                     request = self._perform(conn.failed(error))
+                except BROKER_DOWN as exc:
+                    self._unavailable(exc, request.message)
+                    request = None
                 except Exception:  # a bug must cost one message, never the room
                     log.exception(
                         "error handling a frame", extra={"fields": {"request_id": logs.request_id(self.ws)}}
@@ -208,6 +236,47 @@ class Client:
             elif kind is Hangup:
                 await self.ws.close(1000, "bye")
                 return
+
+    async def _send_dm(self, message: Any) -> None:
+        """A DM runs beside the read loop: one waiting on Redis (a replica's WAIT, a failover)
+        must not hold up the sender's other frames; its answer carries `cid`/`id`, so it may
+        come after later ones. DMs to one recipient keep their order (each waits for the one
+        before); at most MAX_DMS_IN_FLIGHT at once, then reading waits (TCP pushes back)."""
+        while len(self._dm_tails) >= MAX_DMS_IN_FLIGHT:
+            await asyncio.wait(list(self._dm_tails.values()), return_when=asyncio.FIRST_COMPLETED)
+        before = self._dm_tails.get(message.to)
+        task = asyncio.get_running_loop().create_task(self._dm(message, before))
+        self._dm_tails[message.to] = task
+        task.add_done_callback(lambda done: self._dm_done(message.to, done))
+
+    def _dm_done(self, to: str, task: asyncio.Task[None]) -> None:
+        if self._dm_tails.get(to) is task:
+            del self._dm_tails[to]
+
+    async def _dm(self, message: Any, before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        try:
+            await self.services.node.direct_message(self, message)
+        except ProtocolError as error:
+            pause = self._perform(self.conn.failed(error))
+            if type(pause) is Pause:  # stop reading a flooder: the read loop sleeps it
+                self._pause_owed = max(self._pause_owed, pause.seconds)
+        except BROKER_DOWN as exc:
+            self._unavailable(exc, message)
+        except Exception:  # a bug must cost one message, never the connection
+            log.exception("error handling a DM", extra={"fields": {"request_id": logs.request_id(self.ws)}})
+            self._perform(self.conn.crashed())
+
+    def _unavailable(self, exc: BaseException, message: Any) -> None:
+        """A Redis error a handler did not turn into an answer itself (any class: connection,
+        cluster, timeout): 4501 with retry_after (no strike: the client did nothing wrong), and
+        one rate-limited WARNING line, never a traceback."""
+        _broker_down_log.refused(f"redis error ({type(exc).__name__}: {exc})", time.monotonic())
+        metrics.rejections.labels(reason="broker_unavailable").inc()
+        ref = getattr(message, "cid", None)
+        text = "the shared store is unavailable: retry"
+        self.send(protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, text, ref, retry_after=1.0))
 
     async def _dispatch(self, route: Route, message: Any) -> None:
         services = self.services

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from server.media.gateway import MediaGateway
 
 log = logging.getLogger("liveroom.node")
+_MAYBE = "DM may have been stored: retry with the same cid for its outcome"
 
 
 class Node:
@@ -208,10 +209,18 @@ class Node:
         await self.guard.dm_allowed(who.uid, message)
         now = protocol.now_ms()  # message.text was cleaned and filtered by Guard.check
         dm = {"t": "dm", "from": who.uid, "name": who.name, "to": message.to, "text": message.text, "ts": now}
+        uncertain = False  # a first attempt of this cid may be stored: never release its claim
         if message.cid is not None:
             claimed = await self._claim(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
             if claimed.answer is None and claimed.orphan:  # its node died mid-send: stored or not?
-                claimed = await self._find_orphan(who.uid, message, claimed.orphan)
+                uncertain = True
+                now = dm["ts"] = claimed.orphan.get("ts", now)  # every attempt stores the same ts
+                found = await self._find_orphan(who.uid, message, claimed.orphan)
+                if found is None:  # the backlog cannot be read now: do not store a second copy
+                    await self.sends.abandon(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
+                    client.send(protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, _MAYBE, message.cid, 1.0))
+                    return
+                claimed, uncertain = found, False  # checked: stored (its ack) or not at all
             if claimed.answer is not None:
                 client.send(claimed.answer)  # a retry: the original dm_ack, the DM is not stored twice
                 return
@@ -219,14 +228,19 @@ class Node:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
         except ProtocolError as error:  # the memory broker's DM store is full (4502)
             raise ProtocolError(error.code, error.message, message.cid, error.retry_after) from None
-        except BrokerUnavailable:
+        except BrokerUnavailable as exc:
+            text = "DM not stored or sent: retry"
             if message.cid is not None:
-                await self.sends.release(who.uid, "dm", message.cid)
+                if exc.maybe_stored or uncertain:  # the retry looks for the first copy first
+                    await self.sends.abandon(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
+                    text = _MAYBE  # by this attempt, or an earlier one of this cid
+                else:
+                    await self.sends.release(who.uid, "dm", message.cid)
+            elif exc.maybe_stored:
+                text = "DM may have been stored: its outcome is unknown"
             metrics.rejections.labels(reason="broker_unavailable").inc()
             client.send(
-                protocol.error_frame(
-                    ErrorCode.BROKER_UNAVAILABLE, "DM not sent: retry", message.cid, retry_after=1.0
-                )
+                protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, text, message.cid, retry_after=1.0)
             )
             return
         delivered = receipt.delivered
@@ -235,6 +249,8 @@ class Node:
         )
         metrics.dms.labels(delivery="live" if delivered else "kept").inc()
         ack = {"t": "dm_ack", "id": receipt.id, "to": message.to, "ts": now, "delivered": delivered}
+        if not receipt.replicated:  # stored on a Redis primary alone (PROTOCOL.md, `dm_ack`)
+            ack["replicated"] = False
         if message.cid is not None:
             ack["cid"] = message.cid
         frame = protocol.pack(ack)
@@ -242,12 +258,13 @@ class Node:
             await self.sends.answer(who.uid, "dm", message.cid, frame)
         client.send(frame)
 
-    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed:
-        """A DM whose first send was cut off by its node's death: its ack, if it was stored."""
+    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed | None:
+        """A DM whose first send was cut off (its node died, or Redis mid-store): its ack if it
+        was stored, an empty claim if not, None when the backlog cannot be read to tell."""
         try:
             kept = await self.broker.dm_backlog(message.to)
         except BrokerUnavailable:
-            return Claimed()  # store_dm refuses it too: the client retries later
+            return None
         for frame in kept:
             dm = protocol.unpack(frame)
             if dm.get("from") == uid and dm.get("ts") == note.get("ts") and note.get("to") == message.to:

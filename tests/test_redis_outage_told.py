@@ -1,0 +1,48 @@
+"""No silent loss after a Redis outage (#23): node A numbers a room's danmaku alone under a
+local epoch while Redis is down; a viewer on node B, which saw no local event, must be told
+(1012, then `recovered: false` with a fresh snapshot) once Redis is back, not continue on the
+old epoch as if nothing had happened. Real nodes, a real redis-server restarted with its AOF."""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.exceptions import ConnectionClosed
+
+from tests.redis_fixtures import *  # noqa: F403 - the fixtures
+from tests.redis_fixtures import WAIT, RedisServer, requires_redis
+
+pytestmark = requires_redis
+
+
+async def test_viewer_on_a_quiet_node_is_told_of_events_numbered_alone(
+    persistent_redis: RedisServer, start_nodes, open_client
+) -> None:
+    a, b = start_nodes(persistent_redis.url, 2)
+    talker = await open_client(a, "talker")
+    quiet = await open_client(b, "quiet")  # B's only viewer: it sends nothing
+    await talker.send(t="danmaku", text="before")
+    seen = await quiet.events(lambda e: e.get("text") == "before", 1)
+    epoch, seq = quiet.snapshot["epoch"], seen[0]["seq"]  # where the viewer is
+
+    persistent_redis.stop()
+    await asyncio.gather(a.wait_ready(False), b.wait_ready(False))
+    await talker.send(t="danmaku", text="numbered alone")  # under A's local epoch
+    await talker.events(lambda e: e.get("text") == "numbered alone", 1)
+    persistent_redis.start()
+    await asyncio.gather(a.wait_ready(True), b.wait_ready(True))
+
+    # B's viewer either gets the event or is told: here, told (the event was never in Redis)
+    got: list[str] = []
+    code = None
+    try:
+        while True:
+            frame = await quiet.recv(WAIT)
+            if frame["t"] == "batch":
+                got += [e.get("text", "") for e in frame["events"] if e["t"] == "danmaku"]
+                seq = frame["events"][-1]["seq"]
+    except ConnectionClosed as exc:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+    assert "numbered alone" not in got and code == 1012, (got, code)
+    again = await open_client(b, "quiet", resume={"epoch": epoch, "seq": seq})
+    assert again.snapshot["recovered"] is False and again.snapshot["epoch"] != epoch, again.snapshot
