@@ -16,6 +16,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
 # tests/test_media_turn.py: a relay-only browser viewer gets video through a real TURN server
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+# tests/test_readme.py runs the README's `curl` lines
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
