@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 
 from websockets.asyncio.client import connect
 
@@ -29,8 +31,9 @@ async def _until_open(app: App, count: int) -> None:
             await asyncio.sleep(0.01)
 
 
-def _nodes(config: Config, redis: RedisTarget, url: str) -> list[App]:
-    """Two nodes on one Redis posting to one receiver; flushed only when the test says."""
+@contextlib.asynccontextmanager
+async def _nodes(config: Config, redis: RedisTarget, url: str) -> AsyncIterator[list[App]]:
+    """Two started nodes on one Redis posting to one receiver; flushed only when the test says."""
     base = dataclasses.replace(
         config,
         redis_url=redis.url,
@@ -39,7 +42,14 @@ def _nodes(config: Config, redis: RedisTarget, url: str) -> list[App]:
         webhook_url=url,
         webhook_secret=SECRET,
     )
-    return [App(dataclasses.replace(base, node_id=f"n{i}")) for i in (1, 2)]
+    apps = [App(dataclasses.replace(base, node_id=f"n{i}")) for i in (1, 2)]
+    for app in apps:
+        await app.start()
+    try:
+        yield apps
+    finally:
+        for app in apps:
+            await app.stop()
 
 
 async def _sentinels(rx: Receiver, apps: list[App]) -> None:
@@ -57,11 +67,8 @@ async def test_started_and_ended_once_across_nodes(
 ) -> None:
     rx, url = receiver
     rx.fail = 0
-    apps = _nodes(config, redis_any, url)
-    for app in apps:
-        await app.start()
-    a, b = apps
-    try:
+    async with _nodes(config, redis_any, url) as apps:
+        a, b = apps
         hank = await _open(a, "hank", "host")
         alice = await _open(b, "alice")
         # docs/API.md: room.started comes from the node whose INCRBY took the room's shared count
@@ -95,9 +102,6 @@ async def test_started_and_ended_once_across_nodes(
         assert types.count("room.started") == 1 and types.count("room.ended") == 1
         ids = [e["id"] for e in rx.accepted]
         assert len(set(ids)) == len(ids)
-    finally:
-        for app in apps:
-            await app.stop()
 
 
 async def test_started_once_when_nodes_flush_together(
@@ -110,11 +114,8 @@ async def test_started_once_when_nodes_flush_together(
     nodes is promised, docs/API.md)."""
     rx, url = receiver
     rx.fail = 0
-    apps = _nodes(config, redis_any, url)
-    for app in apps:
-        await app.start()
-    a, b = apps
-    try:
+    async with _nodes(config, redis_any, url) as apps:
+        a, b = apps
         clients = [await _open(a, "hank", "host"), await _open(b, "alice")]
         await asyncio.gather(a.analytics.flush(), b.analytics.flush())
         await _sentinels(rx, apps)
@@ -128,6 +129,3 @@ async def test_started_once_when_nodes_flush_together(
         ]
         for client in clients:
             await client.close()
-    finally:
-        for app in apps:
-            await app.stop()
