@@ -23,8 +23,9 @@ from server.wire import auth
 SECRET = DEFAULT_SECRET
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 TIMEOUT = 20.0  # generous: tests must pass on a loaded 2-core machine
-# pytester: tests/test_ci_skips.py runs pytest on small files; tests.ci_skips: no skips under CI=true
-pytest_plugins = ["pytester", "tests.ci_skips"]
+# pytester: tests/test_ci_skips.py runs pytest on small files; tests.ci_skips: no skips under CI=true;
+# tests.async_timeout: a hung async test fails alone (pytest-timeout cannot stop it)
+pytest_plugins = ["pytester", "tests.ci_skips", "tests.async_timeout"]
 
 
 class WsClient:
