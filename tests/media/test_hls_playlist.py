@@ -22,7 +22,7 @@ SEGMENT = [(0.5, True), (0.5, False), (0.5, False), (0.5, False)]
 
 def test_segments_start_at_a_keyframe_after_the_target() -> None:
     pl = LivePlaylist()
-    grow(pl, SEGMENT + [(0.5, True)])
+    grow(pl, [*SEGMENT, (0.5, True)])
     assert [(s.msn, len(s.parts), s.complete) for s in pl.segments] == [(0, 4, True), (1, 1, False)]
     # a keyframe before the target is an independent part inside the segment, not a new segment
     grow(pl, [(0.5, False), (0.5, True)])
@@ -69,7 +69,7 @@ def test_too_far_ahead_is_refused() -> None:
 
 def test_rendered_playlist_has_every_ll_hls_tag_and_full_segments() -> None:
     pl = LivePlaylist()
-    grow(pl, SEGMENT + [(0.5, True), (0.25, False)])
+    grow(pl, [*SEGMENT, (0.5, True), (0.25, False)])
     text = pl.render()
     lines = text.splitlines()
     assert lines[0] == "#EXTM3U"

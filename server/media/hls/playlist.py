@@ -169,7 +169,8 @@ class LivePlaylist:
         return part < len(seg.parts) or seg.complete
 
     # -- rendering ---------------------------------------------------------------------------
-    def render(self) -> str:
+    def render(self, prefix: str = "") -> str:
+        """The playlist text; `prefix` goes before every URI (the stream id: URIs never repeat)."""
         c = self.config
         lines = [
             "#EXTM3U",
@@ -179,7 +180,7 @@ class LivePlaylist:
             "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
             f"PART-HOLD-BACK={c.part_hold_back:.3f},HOLD-BACK={c.hold_back:.3f}",
             f"#EXT-X-MEDIA-SEQUENCE:{self.first_msn}",
-            f'#EXT-X-MAP:URI="{INIT_URI}"',
+            f'#EXT-X-MAP:URI="{prefix}{INIT_URI}"',
         ]
         with_parts = {s.msn for s in list(self.segments)[-c.part_segments :]}
         for seg in self.segments:
@@ -187,15 +188,15 @@ class LivePlaylist:
             if seg.msn in with_parts and not self.ended:
                 for p in seg.parts:
                     flag = ",INDEPENDENT=YES" if p.independent else ""
-                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{p.uri}"{flag}')
+                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{prefix}{p.uri}"{flag}')
             if seg.complete:
                 lines.append(f"#EXTINF:{seg.duration:.3f},")
-                lines.append(seg.uri)
+                lines.append(prefix + seg.uri)
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         else:
             msn, index = self.next_part()
-            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part_uri(msn, index)}"')
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{prefix}{part_uri(msn, index)}"')
         return "\n".join(lines) + "\n"
 
 
