@@ -93,8 +93,9 @@ class HlsHttp:
         if part is not None and msn is None:
             raise ProtocolError(ErrorCode.BAD_FIELD, "_HLS_part needs _HLS_msn")
         wait = self.service.config.max_wait
-        # a stream just started has no part yet: hold the first request until it has one
-        if not await stream.wait(lambda: bool(stream.playlist and stream.playlist.segments), wait):
+        # a stream just started: hold the request until a whole segment exists, so a client
+        # without LL-HLS (which plays whole segments only) finds something to play
+        if not await stream.wait(lambda: bool(stream.playlist and stream.playlist.ready(0, None)), wait):
             raise ProtocolError(ErrorCode.MEDIA_UNAVAILABLE, "the stream has not started yet", retry_after=1)
         playlist = stream.playlist
         assert playlist is not None
