@@ -108,6 +108,10 @@ class HlsStream:
         self._tasks = [self._loop.create_task(self._pump(k, t)) for k, t in self._tracks.items()]
 
     # -- what the HTTP side reads ----------------------------------------------------------
+    @property
+    def publisher_gone(self) -> bool:
+        return self._pub.ended.is_set()
+
     def touch(self) -> None:
         self.last_request = self._loop.time()
 
@@ -241,19 +245,12 @@ class HlsStream:
                 task.cancel()
         seg = self._segmenter
         if seg is not None:
-            with contextlib.suppress(Exception):
-                self._publish_last(await self._loop.run_in_executor(self._executor, seg.close))
+            with contextlib.suppress(Exception):  # the tail of the stream, if the muxer gives it
+                self._publish(await self._loop.run_in_executor(self._executor, seg.close))
         if self.playlist is not None:
             self.playlist.end()
         self._executor.shutdown(wait=False)
         self._wake()
-
-    def _publish_last(self, fragments: list[Fragment]) -> None:
-        self.ended = False  # let the tail in
-        try:
-            self._publish(fragments)
-        finally:
-            self.ended = True
 
 
 class HlsService:
@@ -278,7 +275,7 @@ class HlsService:
     def stream(self, room_id: str) -> HlsStream | None:
         """The room's stream, started now if the room has a publisher here; None: nothing live."""
         stream = self.streams.get(room_id)
-        if stream is not None and (stream.ended or stream._pub.ended.is_set()):
+        if stream is not None and (stream.ended or stream.publisher_gone):
             self._spawn_stop(stream)
             stream = None
         if stream is None:

@@ -241,8 +241,10 @@ class Segmenter:
         out: list[Fragment] = []
         moof: bytes | None = None
         for box in boxes:
-            if box.type in ("ftyp", "moov"):
-                self.init = (self.init or b"") + box.data if box.type == "moov" else box.data
+            if box.type == "ftyp":
+                self.init = box.data
+            elif box.type == "moov":  # written right after ftyp, once
+                self.init = (self.init or b"") + box.data
             elif box.type == "moof":
                 moof = box.data
             elif box.type == "mdat" and moof is not None:
