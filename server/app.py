@@ -23,11 +23,13 @@ from server.config import Config, ConfigError
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
 from server.edge.client import Client, Services
+from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
 from server.edge.whip import MediaHttp
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
 from server.media.gateway import MediaGateway
+from server.media.hls.live import HlsService
 from server.node.answers import Answers
 from server.node.node import Node
 from server.webhooks.sender import make_webhooks
@@ -122,6 +124,8 @@ class App:
             self.guard,
         )
         add_admin_routes(self.media_http.app, self.admin)  # operator API (docs/API.md), same port
+        self.hls = HlsService(self.media)  # LL-HLS per live room, on the first request (docs/API.md)
+        HlsHttp(self.guard, self.media, self.hls).add_routes(self.media_http.app)
         self.server: Server | None = None
         self.http_port = 0
 
@@ -181,6 +185,7 @@ class App:
         await self.node.close_connections()
         await self.sends.close()
         await self.media_http.stop()
+        await self.hls.close()
         await self.media.close()
         if self.server is not None:
             await self.server.wait_closed()

@@ -86,6 +86,16 @@ TABLE: dict[str, dict[str, Any]] = {
         "wrong_host": (403, H.HOST_FORBIDDEN),
         "unencodable_text": (401, H.TOKEN_INVALID),
     },
+    "hls": {  # GET /hls/<room>/token: the viewer's room token for a URL token
+        "forged_key": (401, H.TOKEN_INVALID),
+        "rotated_key": ACCEPTED,
+        "banned_user": (403, H.BANNED),
+        "replayed_nonce": ACCEPTED,  # not a session: the page's one token also joins the WebSocket
+        "flood": (429, H.JOIN_THROTTLED),
+        "malformed_body": (400, H.BAD_FIELD),  # no body: a room id that is not one
+        "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
+    },
     "stats": {
         "forged_key": (401, H.TOKEN_INVALID),
         "rotated_key": ACCEPTED,
@@ -194,6 +204,8 @@ class Door:
             method, url = "POST", f"{base}/{self.name}/r1"
         elif self.name == "stats":
             method, url, data = "GET", f"{base}/api/rooms/{'bad%20room' if body else 'r1'}/stats", None
+        elif self.name == "hls":
+            method, url, data = "GET", f"{base}/hls/{'bad%20room' if body else 'r1'}/token", None
         else:
             data = body if body is not None else json.dumps({"action": "mute", "rooms": ["r1"]}).encode()
             method, url = "POST", f"{base}/api/admin/users/bob/sanction"
@@ -267,7 +279,7 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
             return await door.attempt(good_credential(name), body=b"\xc1\xff")
         if name in ("whip", "whep"):
             return await door.attempt(good_credential(name), body=b"v=0\r\n\xff\xfe\xc3(")
-        if name == "stats":
+        if name in ("stats", "hls"):
             return await door.attempt(good_credential(name), body=b"x")
         return await door.attempt(ADMIN_TOKEN, body=b"[" * 10_000)
     if attack == "wrong_host":  # DNS rebinding: the page and the Host are evil.example

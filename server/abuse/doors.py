@@ -41,10 +41,14 @@ WHIP = Door(
 WHEP = Door(
     "whep", "room", True, False, ("ip", "user"), True, True, "media sessions per user per room, per IP"
 )
+# the HLS URL token's endpoint (GET /hls/<room>/token); its files then check the URL token and bans
+HLS = Door(
+    "hls", "room", True, False, ("ip", "user"), False, True, "none (one URL token per viewer, expiring)"
+)
 STATS = Door("stats", "host_or_admin", True, False, ("ip",), False, True, "none (read-only)")
 ADMIN = Door("admin", "admin", True, False, ("ip",), False, False, "none (admin token)")
 
-DOORS: tuple[Door, ...] = (WS, WHIP, WHEP, STATS, ADMIN)
+DOORS: tuple[Door, ...] = (WS, WHIP, WHEP, HLS, STATS, ADMIN)
 
 # HTTP status of each refusal code on the HTTP doors (anything else: 400).
 STATUS: dict[ErrorCode, int] = {

@@ -66,7 +66,7 @@ from server.abuse.ratelimit import (
 from server.abuse.tokens import Keyring, nonce_of
 from server.broker.base import Sanction
 from server.config import Config, ConfigError
-from server.wire import auth, protocol
+from server.wire import auth, hls_token, protocol
 from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -257,6 +257,18 @@ class Guard:
         if new_session and door.sanctions:  # ending a session (DELETE) needs no ban check
             self._sanctioned(await self.broker.sanctions(who.room, who.uid))
         return who
+
+    def mint_hls(self, who: auth.Identity, ttl: int = hls_token.DEFAULT_TTL) -> tuple[str, int]:
+        """An HLS URL token for a viewer the `hls` door admitted, and when it expires (epoch s)."""
+        exp = int(time.time()) + ttl
+        return hls_token.mint(self.keyring.signing[1], room=who.room, uid=who.uid, exp=exp), exp
+
+    async def authorize_hls(self, token: str, room: str) -> hls_token.HlsGrant:
+        """Each HLS file request: the URL token's HMAC and expiry, then bans and kicks in the room
+        (a viewer banned after fetching the token is refused from the next request on)."""
+        grant = hls_token.verify([secret for _, secret in self.keyring.keys], token, room, time.time())
+        self._sanctioned(await self.broker.sanctions(room, grant.uid))
+        return grant
 
     def is_admin(self, token: str) -> bool:
         """The admin token, compared in constant time; never when the admin API is off."""

@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from server.abuse.doors import ADMIN, STATS, WHEP, WHIP, Door, bearer, error_body, http_error
+from server.abuse.doors import ADMIN, HLS, STATS, WHEP, WHIP, Door, bearer, error_body, http_error
 from server.broker.base import BrokerUnavailable
 from server.logs import RefusalLog
 from server.wire import auth, protocol
@@ -62,6 +62,8 @@ def door_of(path: str) -> Door:
         return WHIP
     if path.startswith("/whep/"):
         return WHEP
+    if path.startswith("/hls/"):
+        return HLS
     if path.startswith("/api/rooms/"):
         return STATS
     return ADMIN

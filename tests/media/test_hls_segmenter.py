@@ -1,0 +1,59 @@
+"""The segmenter on real encoded streams: VP8 is transcoded with keyframes on segment
+boundaries, H.264 is remuxed untouched; the fMP4 output plays back in FFmpeg."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import av
+import pytest
+
+from load_tests.bench_hls import encode_opus, encode_pattern
+from server.media.hls.fmp4 import BoxReader, track_runs
+from server.media.hls.playlist import LivePlaylist
+from server.media.hls.segmenter import Segmenter
+
+
+@pytest.mark.parametrize(("encoder", "codec"), [("libvpx", "vp8"), ("libx264", "h264")])
+def test_fragments_make_a_playlist_and_decode(encoder: str, codec: str) -> None:
+    video = encode_pattern(encoder, 160, 120, 30, 6.0)
+    audio = encode_opus(6.0)
+    seg = Segmenter(codec, with_audio=True)
+    fragments = []
+    events = sorted([(v[1], 0, v) for v in video] + [(a[1], 1, a) for a in audio], key=lambda e: e[:2])
+    for _at, kind, item in events:
+        fragments += seg.video(*item) if kind == 0 else seg.audio(*item)  # type: ignore[arg-type]
+    fragments += seg.close()
+    assert seg.init is not None and seg.init[4:8] == b"ftyp"
+    assert seg.transcode is (codec == "vp8")
+    playlist = LivePlaylist()
+    for f in fragments:
+        assert f.duration <= 0.5 + 1e-6  # PART-TARGET holds
+        playlist.add_part(f.duration, f.independent, 0.0)
+    starts = [round(s.duration, 2) for s in playlist.segments]
+    assert len(playlist.segments) == 3, starts  # 6 s of 2 s segments (the source's GOP is 2 s too)
+    assert all(s.parts[0].independent for s in playlist.segments)
+    # fragments are contiguous in time and the whole stream decodes
+    for a, b in itertools.pairwise(fragments):
+        assert b.start == pytest.approx(a.start + a.duration, abs=1e-3)
+    data = seg.init + b"".join(f.data for f in fragments)
+    with av.open(io.BytesIO(data)) as container:
+        assert [s.codec_context.name for s in container.streams] == ["h264", "aac"]
+        assert sum(1 for _ in container.decode(video=0)) == len(video)
+    if codec == "h264":  # remux: the publisher's bitstream itself, not a re-encode
+        first = next(b for b in BoxReader().feed(data) if b.type == "mdat")
+        assert video[0][0].split(b"\x00\x00\x01")[-1][:16] in first.data
+
+
+def test_track_runs_reads_the_sync_flag() -> None:
+    video = encode_pattern("libvpx", 160, 120, 30, 3.0)
+    seg = Segmenter("vp8", with_audio=False)
+    fragments = [f for v in video for f in seg.video(*v)] + seg.close()
+    flags = []
+    for f in fragments:
+        moof = next(b for b in BoxReader().feed(f.data) if b.type == "moof")
+        (run,) = track_runs(moof.data)
+        flags.append(run.first_is_sync)
+    assert flags[0] and flags == [f.independent for f in fragments]
+    assert sum(flags) == 2  # keyframes at 0 s and 2 s only: forced on segment boundaries
