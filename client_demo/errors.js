@@ -56,6 +56,8 @@ export const ERRORS = {
   4605: ["MEDIA_ALREADY_PUBLISHING", "You are already live."],
   4606: ["MEDIA_BAD_STATE", "Video is still being set up; try again."],
   4607: ["MEDIA_NO_MEDIA", "The host is not live yet."],
+  4608: ["MEDIA_CODEC_MISMATCH", "This room streams another video format than your encoder sends."],
+  4609: ["MEDIA_VIEWER_CODEC", "Your browser cannot play this room's video format."],
   4610: ["MEDIA_TOO_MANY_PUBLISHERS", "Too many people are already live in this room."],
   4611: ["MEDIA_TOO_MANY_VIEWERS", "Video is full on this server; chat still works."],
   4612: ["MEDIA_TOO_MANY_SESSIONS", "You have too many video sessions open."],

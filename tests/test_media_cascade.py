@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from server.app import App
 from server.config import Config
@@ -24,6 +24,7 @@ from server.media import COUNTERS
 from server.wire import auth
 from server.wire.protocol import ErrorCode
 from tests.conftest import SECRET, token
+from tests.media.pattern import PatternTrack
 from tests.redis_fixtures import RedisServer, apoll, requires_redis
 from tests.test_media_signaling import TIMEOUT, Conn, decoded, ended, is_live, join, loopback  # noqa: F401
 
@@ -345,3 +346,31 @@ async def test_full_origin_feeds_an_edge_through_another_edge(nodes: dict[str, A
     assert [v.split("#")[0] for v in streams_to_nodes(a)] == ["node.b"]  # still one stream
     assert [v.split("#")[0] for v in streams_to_nodes(b)] == ["node.c"]
     assert await b.node.media.claims.edges("r1") == [("b", b.node.media.url)]
+
+
+async def test_h264_room_cascades_as_h264(nodes: dict[str, App], member) -> None:
+    """An H.264-only publisher on the origin: the edge's pull learns H.264 from the origin's answer
+    and its viewers are offered H.264 (not transcoded) and decode it; a late joiner's snapshot
+    says so on every node."""
+    a, b = nodes["a"], nodes["b"]
+    host = await member("a", "hana", role="host")
+    pc = host.new_pc()
+    video = pc.addTransceiver(PatternTrack(160, 120), direction="sendonly")
+    video.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name in ("H264", "rtx")]
+    )
+    await pc.setLocalDescription(await pc.createOffer())
+    await host.send(t="publish", sdp=pc.localDescription.sdp, cid="pub")
+    answer = await host.next("answer")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    assert (await host.event(is_live("hana", True)))["codec"] == "H264"
+
+    viewer = await member("b", "vb1")
+    assert viewer.snapshot["media_codec"] == "H264"
+    await viewer.send(t="subscribe", cid=1)
+    offer = await viewer.accept_offer()
+    assert "H264/90000" in offer["sdp"] and "VP8/90000" not in offer["sdp"]
+    await decoded(viewer.of_kind("video")[0])
+    relayed = b.node.media.rooms["r1"].publications["hana"]
+    assert relayed.video_codec is not None and relayed.video_codec.name == "H264"
+    assert streams_to_nodes(a) and COUNTERS["frames_to_decoder"] == 0

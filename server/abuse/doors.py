@@ -74,6 +74,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_CONTENT_TYPE: 415,
     ErrorCode.MEDIA_UNSUPPORTED: 422,
     ErrorCode.MEDIA_TOO_MANY_TRACKS: 422,
+    ErrorCode.MEDIA_CODEC_MISMATCH: 409,
+    ErrorCode.MEDIA_VIEWER_CODEC: 422,
     ErrorCode.MEDIA_ALREADY_PUBLISHING: 409,
     ErrorCode.MEDIA_BAD_STATE: 409,
     ErrorCode.MEDIA_NO_MEDIA: 409,

@@ -42,6 +42,7 @@ class RoomState:
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name, from `live` events
     media_node: str | None = None  # node holding the room's media (last `live` on event)
     media_url: str | None = None
+    media_codec: str | None = None  # the room's video codec (last `live` on event's `codec`)
     pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event (server.node.answers)
 
 

@@ -97,6 +97,7 @@ class MemoryRoomStream(RoomStream):
             publishers=dict(view.publishers),
             media_node=view.media_node,
             media_url=view.media_url,
+            media_codec=view.media_codec,
             pins=dict(view.pins),
         )
 

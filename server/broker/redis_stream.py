@@ -489,6 +489,7 @@ def _state_of(view: Room[None]) -> RoomState:
         publishers=dict(view.publishers),
         media_node=view.media_node,
         media_url=view.media_url,
+        media_codec=view.media_codec,
         pins=dict(view.pins),
     )
 

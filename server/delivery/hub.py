@@ -265,4 +265,5 @@ def load(room: Room[Peer], state: RoomState) -> None:
     room.publishers = dict(state.publishers)
     room.media_node = state.media_node
     room.media_url = state.media_url
+    room.media_codec = state.media_codec
     room.pins = dict(state.pins)

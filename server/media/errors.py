@@ -8,7 +8,8 @@ class MediaError(Exception):
 
     Codes: ``too_many_publishers``, ``too_many_viewers``, ``already_publishing``,
     ``already_subscribed``, ``unknown_publisher``, ``unknown_viewer``, ``bad_sdp``,
-    ``no_media``, ``too_many_tracks``, ``codec_unsupported``, ``room_closed``,
+    ``no_media``, ``too_many_tracks``, ``codec_unsupported``, ``codec_mismatch``,
+    ``viewer_codec``, ``room_closed``,
     ``bad_state``.
     """
 

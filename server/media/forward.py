@@ -16,6 +16,9 @@ touches aiortc private state, and it is pin-sensitive:
   to route the request upstream.
 * ``RTCRtpReceiver._send_rtcp_pli(media_ssrc)`` sends a PLI to the publisher.
 * ``RTCRtpSender._stream_id`` is the msid stream id announced in SDP.
+* ``aiortc.codecs.CODECS`` lists the codecs aiortc negotiates; it has H.264 baseline and
+  constrained baseline only. :func:`add_h264_main_profile` adds the main profile (a
+  forwarded bitstream is never decoded here, so any profile packetizes the same way).
 
 :func:`check_compatible` verifies all of the above and must pass before the SFU starts.
 """
@@ -36,7 +39,7 @@ from typing import Any
 import aiortc
 import av
 from aiortc import RTCRtpReceiver, RTCRtpSender
-from aiortc.codecs import h264, opus, vpx
+from aiortc.codecs import CODECS, h264, opus, vpx
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
@@ -234,6 +237,39 @@ def _source(obj: Any) -> str | None:
 
 _compatible = False
 
+H264_MAIN = "4d001f"
+
+
+def add_h264_main_profile() -> None:
+    """Let aiortc negotiate H.264 main profile (OBS and hardware encoders send it); idempotent.
+
+    Appended after aiortc's own entries with the next two dynamic payload types (and RTX),
+    the way aiortc builds its table, so existing negotiations do not change.
+    """
+    video = CODECS["video"]
+    if any(c.parameters.get("profile-level-id") == H264_MAIN for c in video):
+        return
+    pt = max(c.payloadType for c in video) + 1
+    feedback = next(c.rtcpFeedback for c in video if c.name == "H264")
+    video.append(
+        RTCRtpCodecParameters(
+            mimeType="video/H264",
+            clockRate=90000,
+            payloadType=pt,
+            rtcpFeedback=list(feedback),
+            parameters={
+                "level-asymmetry-allowed": "1",
+                "packetization-mode": "1",
+                "profile-level-id": H264_MAIN,
+            },
+        )
+    )
+    video.append(
+        RTCRtpCodecParameters(
+            mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
+        )
+    )
+
 
 def ensure_compatible() -> None:
     """:func:`check_compatible`, run once per process (MediaRoom calls it)."""
@@ -295,11 +331,17 @@ def check_compatible() -> None:
         else:
             need(needle in src, f"{func.__qualname__} contains {needle!r}")
 
+    video = CODECS.get("video")
+    need(
+        isinstance(video, list) and all(isinstance(c, RTCRtpCodecParameters) for c in video),
+        "aiortc.codecs.CODECS['video'] as a list of RTCRtpCodecParameters",
+    )
     if problems:
         raise AiortcCompatibilityError(
             f"aiortc {aiortc.__version__} is incompatible with server.media.forward "
             f"(written against {TESTED_AIORTC_VERSION}): missing " + "; ".join(problems)
         )
+    add_h264_main_profile()
     if aiortc.__version__ != TESTED_AIORTC_VERSION:
         logger.warning(
             "media: aiortc %s passed the compatibility checks but only %s was tested",

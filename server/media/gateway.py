@@ -65,6 +65,8 @@ _CODES: dict[str, ErrorCode] = {
     "no_media": ErrorCode.MEDIA_NO_MEDIA,
     "too_many_tracks": ErrorCode.MEDIA_TOO_MANY_TRACKS,
     "codec_unsupported": ErrorCode.MEDIA_UNSUPPORTED,
+    "codec_mismatch": ErrorCode.MEDIA_CODEC_MISMATCH,
+    "viewer_codec": ErrorCode.MEDIA_VIEWER_CODEC,
     "too_many_publishers": ErrorCode.MEDIA_TOO_MANY_PUBLISHERS,
     "too_many_viewers": ErrorCode.MEDIA_TOO_MANY_VIEWERS,
     "already_publishing": ErrorCode.MEDIA_ALREADY_PUBLISHING,
@@ -835,7 +837,9 @@ class MediaGateway:
         if room is None:  # not expected: the room stays open while media is held here
             log.warning("media: live event for room %s that is not open", room_id)
             return
-        room.set_live(who, on, self.node_id, self.url, protocol.now_ms())
+        media = self.rooms.get(room_id)
+        codec = media.video_codec if media is not None else None
+        room.set_live(who, on, self.node_id, self.url, protocol.now_ms(), codec)
         self.hub.mark_dirty(room_id)
 
     async def _offer(self, viewer: WsViewer, cid: Any = None) -> bool:

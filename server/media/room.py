@@ -4,11 +4,12 @@ A :class:`MediaRoom` knows nothing about SDP or the wire protocol (see
 :mod:`server.media.signaling` for that); it wires peer connections to fan-outs:
 
 * :meth:`MediaRoom.add_publisher` prepares a publisher's ``RTCPeerConnection`` *before*
-  its offer is applied: one recvonly transceiver per kind, restricted to the room's codec,
+  its offer is applied: one recvonly transceiver per kind, restricted to the publisher's codec
+  (the room's, see :mod:`server.media.codecs`),
   with a :class:`~server.media.forward.ReceiverTap` so frames are forwarded, not decoded.
 * :meth:`MediaRoom.subscribe` adds one sendonly transceiver per published track to a
   viewer's connection, each sending a :class:`~server.media.fanout.ForwardedTrack`, with
-  the same codec preference so the viewer leg can carry the publisher's bitstream as is.
+  the publisher's codec only, so the viewer leg carries the publisher's bitstream as is.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aiortc import (
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription
 
+from .codecs import H264, PROFILE_LEVEL_IDS, VP8, VideoCodec, answered_video_codec
 from .errors import MediaError, MediaLimitError
 from .fanout import Fanout, ForwardedTrack
 from .forward import (
@@ -54,7 +56,7 @@ class MediaConfig:
 
     max_publishers: int = 4
     max_viewers: int = 200
-    video_codec: str = "VP8"  # or "H264"; both legs of every stream use it
+    video_codec: str = "VP8"  # or "H264": what a room's first publisher gets if it offers both
     audio_codec: str = "opus"
     keyframe_interval: float = 0.1  # at most one upstream PLI per publisher per interval
     keyframe_retry: float = 1.0  # a viewer still waiting for a keyframe asks again after this
@@ -73,16 +75,38 @@ class MediaConfig:
         """
         return RTCConfiguration(iceServers=list(self.ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
-    def codec_name(self, kind: str) -> str:
-        return self.video_codec if kind == "video" else self.audio_codec
+    @property
+    def video_preference(self) -> tuple[str, ...]:
+        """Room codec order for a first publisher offering several: the configured one first."""
+        return (self.video_codec, *(c for c in (VP8, H264) if c != self.video_codec))
 
 
-def codec_preferences(kind: str, codec_name: str) -> list[RTCRtpCodecCapability]:
-    """aiortc capabilities for one codec (all its profiles), plus RTX for video."""
+def codec_preferences(
+    kind: str, codec: VideoCodec | None, audio_codec: str = "opus"
+) -> list[RTCRtpCodecCapability]:
+    """aiortc capabilities for one codec (one H.264 profile), plus RTX for video.
+
+    ``codec`` None for video: every forwardable video codec (an edge's pull, which learns
+    the codec from the origin's answer).
+    """
     caps = RTCRtpSender.getCapabilities(kind).codecs
-    chosen = [c for c in caps if c.name.lower() == codec_name.lower()]
+    if kind != "video":
+        chosen = [c for c in caps if c.name.lower() == audio_codec.lower()]
+    else:
+        wanted = {
+            PROFILE_LEVEL_IDS[p] for p in PROFILE_LEVEL_IDS if codec is None or codec.profile in (None, p)
+        }
+        chosen = [
+            c
+            for c in caps
+            if (codec is None or c.name.upper() == codec.name)
+            and (
+                c.name.upper() == VP8
+                or (c.name.upper() == H264 and c.parameters.get("profile-level-id") in wanted)
+            )
+        ]
     if not chosen:
-        raise MediaError("codec_unsupported", f"aiortc cannot packetize {kind} codec {codec_name!r}")
+        raise MediaError("codec_unsupported", f"aiortc cannot packetize {kind} codec {codec or audio_codec}")
     if kind == "video":
         chosen += [c for c in caps if c.name.lower() == "rtx"]
     return chosen
@@ -96,10 +120,17 @@ def _stream_token(publisher_id: str) -> str:
 class Publication:
     """One publisher's connection and its (up to one audio, one video) published tracks."""
 
-    def __init__(self, publisher_id: str, pc: RTCPeerConnection, config: MediaConfig) -> None:
+    def __init__(
+        self,
+        publisher_id: str,
+        pc: RTCPeerConnection,
+        config: MediaConfig,
+        video_codec: VideoCodec | None = None,
+    ) -> None:
         self.publisher_id = publisher_id
         self.pc = pc
         self.config = config
+        self.video_codec = video_codec  # None until known (an edge's pull learns it from the answer)
         self.transceivers: dict[str, RTCRtpTransceiver] = {}
         self.taps: dict[str, ReceiverTap] = {}
         self.fanouts: dict[str, Fanout] = {}
@@ -114,7 +145,7 @@ class Publication:
 
     def _add_kind(self, kind: str, on_end: Callable[[], None]) -> None:
         transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-        transceiver.setCodecPreferences(codec_preferences(kind, self.config.codec_name(kind)))
+        transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec, self.config.audio_codec))
         fanout = Fanout(
             kind,
             request_keyframe=self.keyframes.request,
@@ -136,10 +167,15 @@ class Publication:
         self.transceivers.pop(kind).direction = "inactive"
 
     def learn_remote_description(self) -> None:
-        """Record the publisher's SSRCs from its offer: PLI must name the media SSRC."""
+        """Record the publisher's SSRCs from its offer: PLI must name the media SSRC.
+
+        An edge's pull (we offered) learns the video codec from the origin's answer here.
+        """
         desc = self.pc.remoteDescription
         if desc is None:
             return
+        if self.video_codec is None and "video" in self.transceivers and desc.type == "answer":
+            self.video_codec = answered_video_codec(desc.sdp)
         parsed = SessionDescription.parse(desc.sdp)
         for kind, transceiver in self.transceivers.items():
             for media in parsed.media:
@@ -176,6 +212,7 @@ class Publication:
             }
         return {
             "publisher_id": self.publisher_id,
+            "video_codec": str(self.video_codec) if self.video_codec else None,
             "tracks": tracks,
             "keyframe_requests": self.keyframes.requests,
             "plis_sent": self.keyframes.sent,
@@ -248,13 +285,27 @@ class MediaRoom:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- publishers ------------------------------------------------------------------
+    @property
+    def video_codec(self) -> str | None:
+        """The room's video codec name (``VP8``/``H264``): its video publishers', None if none."""
+        for pub in self.publications.values():
+            if pub.video_codec is not None and "video" in pub.transceivers:
+                return pub.video_codec.name
+        return None
+
     def add_publisher(
-        self, publisher_id: str, pc: RTCPeerConnection, kinds: Iterable[str] = KINDS
+        self,
+        publisher_id: str,
+        pc: RTCPeerConnection,
+        kinds: Iterable[str] = KINDS,
+        video_codec: VideoCodec | None = None,
     ) -> Publication:
         """Register a publisher and prepare ``pc`` (before ``setRemoteDescription``).
 
         ``kinds`` must follow the order of the offer's m-lines (see
-        :func:`server.media.signaling.offered_kinds`).
+        :func:`server.media.signaling.offered_kinds`); ``video_codec`` is the one chosen for
+        the publisher (:func:`server.media.codecs.choose_publish_codec`), None: learn it.
+        A publisher with another codec than the room's is refused (``codec_mismatch``).
         Raises :class:`MediaLimitError` (``too_many_publishers``) or :class:`MediaError`.
         """
         self._check_open()
@@ -271,7 +322,10 @@ class MediaRoom:
         kinds = [k for k in dict.fromkeys(kinds) if k in KINDS]
         if not kinds:
             raise MediaError("no_media", "nothing to publish")
-        pub = Publication(publisher_id, pc, self.config)
+        room_codec = self.video_codec
+        if video_codec is not None and "video" in kinds and room_codec not in (None, video_codec.name):
+            raise MediaError("codec_mismatch", f"this room forwards {room_codec}, not {video_codec.name}")
+        pub = Publication(publisher_id, pc, self.config, video_codec)
         for kind in kinds:
             pub._add_kind(kind, lambda kind=kind: self._on_track_ended(pub, kind))
         self.publications[publisher_id] = pub
@@ -359,7 +413,7 @@ class MediaRoom:
     def _attach(self, pub: Publication, kind: str, pc: RTCPeerConnection) -> SubscribedTrack:
         track = pub.fanouts[kind].add_track()
         transceiver = pc.addTransceiver(track, direction="sendonly")
-        transceiver.setCodecPreferences(codec_preferences(kind, self.config.codec_name(kind)))
+        transceiver.setCodecPreferences(codec_preferences(kind, pub.video_codec, self.config.audio_codec))
         # Group a publisher's audio and video in one MediaStream on the viewer side.
         set_sender_stream_id(transceiver.sender, _stream_token(pub.publisher_id))
         route_sender_keyframe_requests(transceiver.sender, track.request_keyframe)

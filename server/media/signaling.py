@@ -22,6 +22,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import OperationError
 from aiortc.sdp import SessionDescription
 
+from .codecs import choose_publish_codec, offered_video_codecs
 from .errors import MediaError
 from .room import KINDS, MediaRoom, Subscription
 
@@ -46,24 +47,52 @@ def offered_kinds(sdp: str) -> list[str]:
     return kinds
 
 
-def _sdp_error(exc: Exception) -> MediaError:
+def _sdp_error(exc: Exception, room: MediaRoom | None = None) -> MediaError:
+    """A MediaError for what went wrong; ``room`` given: a viewer's (no codec in common is theirs)."""
     if isinstance(exc, MediaError):
         return exc
     if isinstance(exc, OperationError):  # aiortc: no codec in common
+        if room is not None:
+            return _viewer_codec_error(room)
         return MediaError("codec_unsupported", str(exc))
     return MediaError("bad_sdp", f"{type(exc).__name__}: {exc}")
+
+
+def _viewer_codec_error(room: MediaRoom) -> MediaError:
+    codecs = sorted({str(p.video_codec) for p in room.publications.values() if p.video_codec})
+    return MediaError(
+        "viewer_codec",
+        f"this room sends {', '.join(codecs) or 'a codec'} + Opus, which the viewer does not take",
+    )
+
+
+def _check_viewer_answer(room: MediaRoom, sub: Subscription, sdp: str) -> None:
+    """A viewer that rejects one of its video tracks' m-lines (port 0) cannot decode the codec."""
+    ours = {t.transceiver.mid for t in sub.tracks if t.active and t.kind == "video"}
+    parsed = SessionDescription.parse(sdp)
+    for media in parsed.media:
+        rejected = media.port == 0 or not media.rtp.codecs
+        if media.kind == "video" and rejected and (media.rtp.muxId in ours or not media.rtp.muxId):
+            raise _viewer_codec_error(room)
 
 
 async def handle_publish_offer(room: MediaRoom, publisher_id: str, sdp: str) -> str:
     """Accept a publisher's offer (up to one audio + one video) and return the answer SDP.
 
-    The answer only allows the room's codecs (``MediaConfig.video_codec``/``audio_codec``);
-    media starts flowing to current and future viewers once ICE/DTLS complete.
+    The answer allows one video codec: the room's (``codec_mismatch`` if the offer lacks
+    it), or for the room's first video publisher the first of ``MediaConfig.video_preference``
+    the offer has (see :mod:`server.media.codecs`), and Opus; media starts flowing to current
+    and future viewers once ICE/DTLS complete.
     """
     kinds = offered_kinds(sdp)
+    codec = None
+    if "video" in kinds:
+        codec = choose_publish_codec(
+            offered_video_codecs(sdp), room.video_codec, room.config.video_preference
+        )
     pc = RTCPeerConnection(room.config.rtc_configuration())
     try:
-        pub = room.add_publisher(publisher_id, pc, kinds)
+        pub = room.add_publisher(publisher_id, pc, kinds, codec)
     except MediaError:
         await pc.close()
         raise
@@ -113,10 +142,11 @@ async def handle_subscribe_answer(room: MediaRoom, viewer_id: str, sdp: str) -> 
     if sub.pc.signalingState != "have-local-offer":
         raise MediaError("bad_state", f"no offer pending for viewer {viewer_id!r}")
     try:
+        _check_viewer_answer(room, sub, sdp)
         await sub.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
     except Exception as exc:
         await room.remove_viewer(viewer_id)
-        raise _sdp_error(exc) from exc
+        raise _sdp_error(exc, room) from exc
 
 
 async def handle_subscribe_offer(
@@ -146,7 +176,7 @@ async def handle_subscribe_offer(
     except Exception as exc:
         await room.remove_viewer(viewer_id)
         await pc.close()
-        raise _sdp_error(exc) from exc
+        raise _sdp_error(exc, room) from exc
     return pc.localDescription.sdp
 
 

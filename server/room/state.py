@@ -55,6 +55,7 @@ class Room(Generic[Member]):
     publishers: dict[str, str] = field(default_factory=dict)  # uid -> name of who is live
     media_node: str | None = None  # node holding the room's media, from `live` events
     media_url: str | None = None  # that node's WHIP/WHEP base URL
+    media_codec: str | None = None  # the room's video codec ("VP8", "H264") while someone is live
     pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event, oldest first
     slow_mode: int = 0  # seconds between a viewer's danmaku, from the last `slow_mode` event (0: off)
     _last_said: dict[str, float] = field(default_factory=dict)  # uid -> when slow mode last let them speak
@@ -97,9 +98,17 @@ class Room(Generic[Member]):
             event["cid"] = cid
         self._outbox.append(event)
 
-    def set_live(self, who: Identity, on: bool, node: str, url: str | None, now: int) -> None:
-        """A publisher started or stopped: sequenced like any event, so every node's view agrees."""
-        self._outbox.append(_event("live", who, now, on=on, node=node, url=url))
+    def set_live(
+        self, who: Identity, on: bool, node: str, url: str | None, now: int, codec: str | None = None
+    ) -> None:
+        """A publisher started or stopped: sequenced like any event, so every node's view agrees.
+
+        ``codec``: the room's video codec when it goes live (viewers learn it from the event).
+        """
+        fields: dict[str, Any] = {"on": on, "node": node, "url": url}
+        if on and codec is not None:
+            fields["codec"] = codec
+        self._outbox.append(_event("live", who, now, **fields))
 
     def slow_wait(self, uid: str, now: float) -> float:
         """Seconds `uid` must still wait under slow mode (0: may speak now, which is recorded).
@@ -188,10 +197,11 @@ class Room(Generic[Member]):
                 if event["on"]:
                     self.publishers[event["uid"]] = event["name"]
                     self.media_node, self.media_url = event.get("node"), event.get("url")
+                    self.media_codec = event.get("codec") or self.media_codec
                 else:
                     self.publishers.pop(event["uid"], None)
                     if not self.publishers:  # nobody live: any node may take the media next
-                        self.media_node = self.media_url = None
+                        self.media_node = self.media_url = self.media_codec = None
 
     def snapshot(self, you: Identity, node: str, tick_ms: int, limits: dict[str, int]) -> Event:
         """The first frame a joiner receives: everything needed to draw the room."""
@@ -212,6 +222,7 @@ class Room(Generic[Member]):
             "publishers": [{"uid": u, "name": n} for u, n in self.publishers.items()],
             "media_node": self.media_node,  # None: nobody live; node.join then offers itself
             "media_url": self.media_url,
+            "media_codec": self.media_codec,  # None: nobody live (or no video)
             "pins": list(self.pins.values()),
             "tick_ms": tick_ms,
             "limits": limits,
