@@ -98,6 +98,10 @@ class MemoryRoomStream(RoomStream):
             media_node=view.media_node,
             media_url=view.media_url,
             pins=dict(view.pins),
+            board=view.board,
+            link=view.link,
+            pk=view.pk,
+            schedules=dict(view.schedules),
         )
 
     async def unsubscribe(self, room_id: str) -> None:

@@ -490,6 +490,10 @@ def _state_of(view: Room[None]) -> RoomState:
         media_node=view.media_node,
         media_url=view.media_url,
         pins=dict(view.pins),
+        board=view.board,
+        link=view.link,
+        pk=view.pk,
+        schedules=dict(view.schedules),
     )
 
 

@@ -266,3 +266,5 @@ def load(room: Room[Peer], state: RoomState) -> None:
     room.media_node = state.media_node
     room.media_url = state.media_url
     room.pins = dict(state.pins)
+    room.board, room.link, room.pk = state.board, state.link, state.pk
+    room.schedules = dict(state.schedules)

@@ -60,6 +60,7 @@ class Node:
             "reply_repeat_ms": int(config.reply_repeat_window * 1000),
         }
         self.draining = False
+        self.gift_catalogue: list[dict[str, object]] = []  # the gifts a snapshot offers (app.py sets it)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class Node:
             if missed is not None:
                 snapshot["missed"] = missed
         self.media.describe(room.room_id, snapshot)
+        snapshot["gifts"] = self.gift_catalogue
         client.send(protocol.pack(snapshot))
         room.add_member(client, who, now)
         self.analytics.joined(client, room.room_id, who.uid, who.role)

@@ -1,0 +1,59 @@
+"""Gifts, follows and live notices, PK rounds across node processes on a real Redis (and cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import TIMEOUT, WsClient
+from tests.redis_fixtures import *  # noqa: F403 - the fixtures
+from tests.redis_fixtures import RedisTarget, requires_redis
+
+pytestmark = requires_redis
+WAIT = 30.0
+
+
+async def until_events(
+    client: WsClient, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT):
+        while not done(seen):
+            frame = await client.recv(WAIT)
+            if frame["t"] == "batch":
+                seen.extend(frame["events"])
+    return seen
+
+
+def board_at(version: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda es: any(e["t"] == "board" and e["ver"] >= version for e in es)
+
+
+async def test_gifts_on_two_nodes_one_board_and_a_retry_on_the_other_node(
+    redis_any: RedisTarget, start_nodes, open_client
+) -> None:
+    n0, n1 = start_nodes(redis_any, 2, "--combo-window", "3600")
+    watch0 = await open_client(n0, "w0", "gr")
+    watch1 = await open_client(n1, "w1", "gr")
+    a = await open_client(n0, "a", "gr")
+    b = await open_client(n1, "b", "gr")
+    for i in range(3):
+        await a.send(t="gift", gift="rose", cid=f"a{i}")
+    for i in range(2):
+        await b.send(t="gift", gift="star", cid=f"b{i}")
+    first = [await a.recv_until(lambda f: f["t"] == "gift_ack", TIMEOUT) for _ in range(3)]
+    for _ in range(2):
+        await b.recv_until(lambda f: f["t"] == "gift_ack", TIMEOUT)
+    expected = [{"uid": "b", "name": "b", "score": 100}, {"uid": "a", "name": "a", "score": 30}]
+    for watcher in (watch0, watch1):  # both nodes see every gift and converge on the same board
+        seen = await until_events(watcher, board_at(5))
+        gifts = [e for e in seen if e["t"] == "gift"]
+        assert sum(e["n"] for e in gifts if e["uid"] == "a") == 3
+        assert sum(e["n"] for e in gifts if e["uid"] == "b") == 2
+        assert max((e for e in seen if e["t"] == "board"), key=lambda e: e["ver"])["top"] == expected
+    a_again = await open_client(n1, "a", "gr")  # a's retry of its last gift, through the other node
+    await a_again.send(t="gift", gift="rose", cid="a2")
+    assert await a_again.recv_until(lambda f: f["t"] == "gift_ack", TIMEOUT) == first[2]
+    late = await open_client(n1, "late", "gr")
+    assert late.snapshot is not None and late.snapshot["board"] == expected  # the retry added nothing
