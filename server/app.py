@@ -17,6 +17,7 @@ from server.abuse.moderation import Moderation
 from server.admin.routes import AdminApi, add_admin_routes
 from server.analytics.recorder import make_analytics
 from server.broker.base import Broker
+from server.broker.follow_store import make_follow_store
 from server.broker.gift_store import make_gift_store
 from server.broker.idempotency import make_send_log
 from server.broker.memory import MemoryBroker
@@ -30,6 +31,7 @@ from server.logs import QuietFilter
 from server.media import use_loopback_candidates
 from server.media.gateway import MediaGateway
 from server.node.answers import Answers
+from server.node.fans import Fans
 from server.node.gifts import GiftDesk
 from server.node.node import Node
 from server.room.gifts import Catalogue, CatalogueError
@@ -141,8 +143,16 @@ class App:
             self.webhooks,
         )
         self.node.gift_catalogue = self.gifts.catalogue.describe()  # in every snapshot
+        self.fans = Fans(  # follows, scheduled lives, live notices on the user channel
+            config,
+            self.hub,
+            self.broker,
+            make_follow_store(config.redis_url, config.redis_cluster),
+            self.webhooks,
+        )
+        self.node.on_live.append(self.fans.on_live)
         self.services = Services(
-            config, self.node, self.guard, self.media, self.analytics, self.answers, self.gifts
+            config, self.node, self.guard, self.media, self.analytics, self.answers, self.gifts, self.fans
         )
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
@@ -216,6 +226,7 @@ class App:
         await self.node.close_connections()
         await self.sends.close()
         await self.gifts.close()
+        await self.fans.close()
         await self.media_http.stop()
         await self.media.close()
         if self.server is not None:

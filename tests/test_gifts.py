@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from server.delivery.budget import Budget, sampleable
 from server.room.gifts import Catalogue, CatalogueError, Combos, board_event, merge_gift, newer_board
 from server.room.state import Room
 from server.webhooks.sender import SIGNATURE_HEADER
+from server.wire.auth import Identity
 from server.wire.protocol import ErrorCode
 from tests.conftest import TIMEOUT, WsClient, token
 
@@ -265,4 +267,68 @@ async def test_gift_rate_limit(config: Config) -> None:
         assert codes[:2] == [None, None] and codes[2] == ErrorCode.RATE_LIMITED
         await eve.close()
     finally:
+        await app.stop()
+
+
+# -- followers, scheduled lives, live notices ------------------------------------------------------
+
+
+async def test_followers_anywhere_get_the_live_notice_and_offline_ones_a_webhook(
+    platform: tuple[Platform, str], config: Config
+) -> None:
+    rx, base = platform
+    config.webhook_url, config.webhook_secret = f"{base}/hook", SECRET
+    app = App(config)
+    await app.start()
+    opened: list[WsClient] = []
+
+    async def join(user: str, room: str, role: str = "viewer") -> WsClient:
+        client = WsClient(await connect(f"ws://127.0.0.1:{app.port}/ws?token={token(room, user, role)}"))
+        client.snapshot = await client.recv()
+        opened.append(client)
+        return client
+
+    async def ask(client: WsClient, **frame: Any) -> dict[str, Any]:
+        await client.send(**frame)
+        return await client.recv_until(lambda f: f["t"] in ("error", f"{frame['t']}_ack", "follow_ack"))
+
+    try:
+        hana = await join("hana", "show", "host")
+        fan1 = await join("fan1", "other")
+        fan2 = await join("fan2", "other")
+        res1 = await join("res1", "third")
+        assert (await ask(fan1, t="follow", host="hana", cid=1))["followers"] == 1
+        assert (await ask(fan2, t="follow", host="hana", cid=1))["followers"] == 2
+        assert (await ask(fan1, t="follow", host="fan1"))["code"] == ErrorCode.FOLLOW_TARGET
+        assert (await ask(fan1, t="schedule", at=2**40, title="x"))["code"] == ErrorCode.FORBIDDEN
+        at = time.time_ns() // 1_000_000 + 60_000
+        sched = await ask(hana, t="schedule", at=at, title="Spring sale")
+        assert sched["t"] == "schedule_ack"
+        assert (await ask(res1, t="reserve", host="hana", id=sched["id"]))["t"] == "reserve_ack"
+        assert (await ask(res1, t="reserve", host="hana", id="nope"))["code"] == ErrorCode.FOLLOW_TARGET
+        await hana.recv_until(lambda f: f["t"] == "batch" and any(e["t"] == "schedule" for e in f["events"]))
+        viewer = await join("v", "show")  # the room shows what is scheduled
+        assert viewer.snapshot is not None
+        assert [(s["id"], s["title"]) for s in viewer.snapshot["schedules"]] == [(sched["id"], "Spring sale")]
+        await fan2.close()  # offline: told by webhook (for a push notification)
+        room = app.hub.rooms["show"]
+        # what the media gateway does when hana's publish starts (WebRTC itself: test_redis_retention)
+        room.set_live(Identity("hana", "hana", "show", "host"), True, app.node.node_id, None, 0)
+        app.hub.dirty.add("show")
+        notice = await fan1.recv_until(lambda f: f["t"] == "live_notice")
+        assert (notice["host"], notice["room"]) == ("hana", "show")
+        reserved = await res1.recv_until(lambda f: f["t"] == "live_notice")
+        assert (reserved["title"], reserved["reserved"]) == ("Spring sale", True)
+        async with asyncio.timeout(TIMEOUT):
+            while not any(h["type"] == "host.live" for h in rx.hooks):
+                rx.changed.clear()
+                await rx.changed.wait()
+        hook = next(h for h in rx.hooks if h["type"] == "host.live")
+        assert hook["data"]["offline"] == ["fan2"] and hook["data"]["room"] == "show"
+        gone = await viewer.recv_until(
+            lambda f: f["t"] == "batch" and any(e["t"] == "schedule" and not e["on"] for e in f["events"])
+        )
+        assert gone["events"]
+    finally:
+        await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
         await app.stop()

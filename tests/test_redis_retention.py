@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.conftest import TIMEOUT, WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.redis_fixtures import RedisTarget, requires_redis
+from tests.redis_fixtures import RedisServer, RedisTarget, failover_host, requires_redis
 
 pytestmark = requires_redis
 WAIT = 30.0
@@ -57,3 +57,20 @@ async def test_gifts_on_two_nodes_one_board_and_a_retry_on_the_other_node(
     assert await a_again.recv_until(lambda f: f["t"] == "gift_ack", TIMEOUT) == first[2]
     late = await open_client(n1, "late", "gr")
     assert late.snapshot is not None and late.snapshot["board"] == expected  # the retry added nothing
+
+
+async def test_a_follower_in_another_room_on_another_node_is_told_when_the_host_goes_live(
+    redis_server: RedisServer, start_nodes, open_client
+) -> None:
+    n0, n1 = start_nodes(redis_server.url, 2)
+    fan = await open_client(n1, "fan", "elsewhere")
+    await fan.send(t="follow", host="hana", cid=1)
+    assert (await fan.recv_until(lambda f: f["t"] == "follow_ack", TIMEOUT))["followers"] == 1
+    watcher = await open_client(n0, "w", "show")
+    with failover_host([n0.ws_url], "show", 160, 120):  # a real host publishing over WebRTC on n0
+        live = await watcher.recv_until(
+            lambda f: f["t"] == "batch" and any(e["t"] == "live" and e["on"] for e in f["events"]), WAIT
+        )
+        notice = await fan.recv_until(lambda f: f["t"] == "live_notice", WAIT)
+    assert (notice["host"], notice["room"]) == ("hana", "show")
+    assert notice["ts"] >= next(e for e in live["events"] if e["t"] == "live")["ts"]

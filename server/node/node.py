@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from server import metrics
@@ -61,6 +62,10 @@ class Node:
         }
         self.draining = False
         self.gift_catalogue: list[dict[str, object]] = []  # the gifts a snapshot offers (app.py sets it)
+        # called with (room, `live` event) when a publisher goes live here (followers are told)
+        self.on_live: list[Callable[[str, Event], None]] = []
+        # called with (room, likes) each tick a room's likes are published (PK scores)
+        self.on_likes: list[Callable[[str, int], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -329,6 +334,14 @@ class Node:
             if room is None:
                 continue
             out = room.drain(now, self.config.presence_ms)
+            if self.on_live:
+                for event in out.events:
+                    if event["t"] == "live" and event.get("on"):
+                        for call in self.on_live:
+                            call(room_id, event)
+            if out.likes_delta:
+                for listener in self.on_likes:
+                    listener(room_id, out.likes_delta)
             if room.presence_pending:
                 hub.dirty.add(room_id)  # report the count once its interval has passed
             if out.events or out.likes_delta or out.local_online is not None:
