@@ -21,6 +21,7 @@ from server.broker.follow_store import make_follow_store
 from server.broker.gift_store import make_gift_store
 from server.broker.idempotency import make_send_log
 from server.broker.memory import MemoryBroker
+from server.broker.pk_store import make_pk_store
 from server.config import Config, ConfigError
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
@@ -34,6 +35,7 @@ from server.node.answers import Answers
 from server.node.fans import Fans
 from server.node.gifts import GiftDesk
 from server.node.node import Node
+from server.node.pk import Links
 from server.room.gifts import Catalogue, CatalogueError
 from server.webhooks.callback import GiftCallback
 from server.webhooks.sender import make_webhooks
@@ -151,8 +153,21 @@ class App:
             self.webhooks,
         )
         self.node.on_live.append(self.fans.on_live)
+        self.links = Links(  # cross-room links and PK rounds, scored from gifts and likes
+            config, self.hub, self.broker, make_pk_store(config.redis_url, config.redis_cluster)
+        )
+        self.gifts.listeners.append(self.links.on_gift)
+        self.node.on_likes.append(self.links.on_likes)
         self.services = Services(
-            config, self.node, self.guard, self.media, self.analytics, self.answers, self.gifts, self.fans
+            config,
+            self.node,
+            self.guard,
+            self.media,
+            self.analytics,
+            self.answers,
+            self.gifts,
+            self.fans,
+            self.links,
         )
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
@@ -227,6 +242,7 @@ class App:
         await self.sends.close()
         await self.gifts.close()
         await self.fans.close()
+        await self.links.close()
         await self.media_http.stop()
         await self.media.close()
         if self.server is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.conftest import TIMEOUT, WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
+from tests.test_pk import run_pk
 from tests.redis_fixtures import RedisServer, RedisTarget, failover_host, requires_redis
 
 pytestmark = requires_redis
@@ -47,7 +48,9 @@ async def test_gifts_on_two_nodes_one_board_and_a_retry_on_the_other_node(
         await b.recv_until(lambda f: f["t"] == "gift_ack", TIMEOUT)
     expected = [{"uid": "b", "name": "b", "score": 100}, {"uid": "a", "name": "a", "score": 30}]
     for watcher in (watch0, watch1):  # both nodes see every gift and converge on the same board
-        seen = await until_events(watcher, board_at(5))
+        seen = await until_events(  # a board and the gifts may ride different nodes' ticks
+            watcher, lambda es: board_at(5)(es) and sum(e["n"] for e in es if e["t"] == "gift") == 5
+        )
         gifts = [e for e in seen if e["t"] == "gift"]
         assert sum(e["n"] for e in gifts if e["uid"] == "a") == 3
         assert sum(e["n"] for e in gifts if e["uid"] == "b") == 2
@@ -74,3 +77,12 @@ async def test_a_follower_in_another_room_on_another_node_is_told_when_the_host_
         notice = await fan.recv_until(lambda f: f["t"] == "live_notice", WAIT)
     assert (notice["host"], notice["room"]) == ("hana", "show")
     assert notice["ts"] >= next(e for e in live["events"] if e["t"] == "live")["ts"]
+
+
+async def test_pk_between_two_rooms_on_two_nodes(redis_any: RedisTarget, start_nodes, open_client) -> None:
+    n0, n1 = start_nodes(redis_any, 2)
+    ha = await open_client(n0, "ha", "ra", role="host")
+    hb = await open_client(n1, "hb", "rb", role="host")
+    va = await open_client(n1, "va", "ra")  # each room's viewer on the other room's host's node
+    vb = await open_client(n0, "vb", "rb")
+    await run_pk(ha, hb, va, vb)
