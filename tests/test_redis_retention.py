@@ -8,8 +8,8 @@ from typing import Any
 
 from tests.conftest import TIMEOUT, WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
-from tests.test_pk import run_pk
 from tests.redis_fixtures import RedisServer, RedisTarget, failover_host, requires_redis
+from tests.test_pk import run_pk
 
 pytestmark = requires_redis
 WAIT = 30.0
