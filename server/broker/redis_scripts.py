@@ -176,7 +176,7 @@ def close_with(prefix: bytes, value: Any) -> bytes:
     return prefix + _pack(value)
 
 
-STICKY_KINDS = {"host": "live", "live": "on", "link": "on", "pk_round": "on"}  # kind -> its on flag
+STICKY_KINDS = {"host": "live", "live": "on", "pk_round": "on"}  # kind -> its on flag
 
 
 def classify(event: dict[str, Any]) -> tuple[str, str]:
@@ -191,6 +191,8 @@ def classify(event: dict[str, Any]) -> tuple[str, str]:
         return ("s" if kind == "pin" else "x"), f"pin:{event.get('id')}"
     if kind == "board":  # the newest leaderboard in force (gifts); pk scores ride on pk_round
         return "s", "board:"
+    if kind == "link":  # one link per room, whichever host turned it on or off
+        return ("s" if event.get("on") else "x"), "link:"
     if kind == "schedule":  # a live the host scheduled, per schedule id
         return ("s" if event.get("on") else "x"), f"schedule:{event.get('id')}"
     flag = STICKY_KINDS.get(kind or "")
