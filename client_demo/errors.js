@@ -62,6 +62,13 @@ export const ERRORS = {
   4611: ["MEDIA_TOO_MANY_VIEWERS", "Video is full on this server; chat still works."],
   4612: ["MEDIA_TOO_MANY_SESSIONS", "You have too many video sessions open."],
   4620: ["MEDIA_WRONG_NODE", "Video for this room is on another server; reconnecting."],
+  4700: ["GIFT_UNKNOWN", "That gift is not available in this room."],
+  4701: ["GIFT_REFUSED", "Your gift was not accepted (check your balance)."],
+  4702: ["GIFT_AUTH_UNAVAILABLE", "Gifts cannot be confirmed right now; try again in a moment."],
+  4710: ["FOLLOW_TARGET", "You cannot follow or reserve that."],
+  4720: ["LINK_TARGET", "That room cannot be linked (no host there, or it is this room)."],
+  4721: ["LINK_BUSY", "One of the rooms is already linked or has an invitation pending."],
+  4722: ["LINK_STATE", "There is no such invitation or link."],
   4999: ["INTERNAL", "Something went wrong on the server."],
 };
 

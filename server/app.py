@@ -17,8 +17,11 @@ from server.abuse.moderation import Moderation
 from server.admin.routes import AdminApi, add_admin_routes
 from server.analytics.recorder import make_analytics
 from server.broker.base import Broker
+from server.broker.follow_store import make_follow_store
+from server.broker.gift_store import make_gift_store
 from server.broker.idempotency import make_send_log
 from server.broker.memory import MemoryBroker
+from server.broker.pk_store import make_pk_store
 from server.config import Config, ConfigError
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
@@ -31,7 +34,12 @@ from server.media import use_loopback_candidates
 from server.media.gateway import MediaGateway
 from server.media.hls.live import HlsService
 from server.node.answers import Answers
+from server.node.fans import Fans
+from server.node.gifts import GiftDesk
 from server.node.node import Node
+from server.node.pk import Links
+from server.room.gifts import Catalogue, CatalogueError
+from server.webhooks.callback import GiftCallback
 from server.webhooks.sender import make_webhooks
 
 log = logging.getLogger("liveroom")
@@ -76,6 +84,25 @@ def make_broker(config: Config) -> Broker:
     )
 
 
+def load_catalogue(path: str) -> Catalogue:
+    """The gift catalogue file (--gift-catalogue), or the built-in one."""
+    if not path:
+        return Catalogue()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return Catalogue.parse(file.read(), path)
+    except (OSError, CatalogueError) as exc:
+        raise ConfigError(f"gift catalogue: {exc}") from None
+
+
+def gift_callback(config: Config) -> GiftCallback | None:
+    """The signed authorisation callback, or None: a demo balance per user."""
+    if not config.gift_auth_url:
+        return None
+    secret = config.gift_auth_secret or config.webhook_secret
+    return GiftCallback(config.gift_auth_url, secret, config.gift_auth_timeout)
+
+
 class App:
     """The composition root: builds every component of one node and passes each what it needs.
 
@@ -110,7 +137,40 @@ class App:
         self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
         self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
         self.answers = Answers(config, self.hub, self.analytics)  # replies, pins, product edits
-        self.services = Services(config, self.node, self.guard, self.media, self.analytics, self.answers)
+        self.gifts = GiftDesk(  # catalogue, authorisation, combos, leaderboard, gift.sent
+            config,
+            self.hub,
+            make_gift_store(config.redis_url, config.redis_cluster),
+            self.sends,
+            load_catalogue(config.gift_catalogue),
+            gift_callback(config),
+            self.webhooks,
+        )
+        self.node.gift_catalogue = self.gifts.catalogue.describe()  # in every snapshot
+        self.fans = Fans(  # follows, scheduled lives, live notices on the user channel
+            config,
+            self.hub,
+            self.broker,
+            make_follow_store(config.redis_url, config.redis_cluster),
+            self.webhooks,
+        )
+        self.node.on_live.append(self.fans.on_live)
+        self.links = Links(  # cross-room links and PK rounds, scored from gifts and likes
+            config, self.hub, self.broker, make_pk_store(config.redis_url, config.redis_cluster)
+        )
+        self.gifts.listeners.append(self.links.on_gift)
+        self.node.on_likes.append(self.links.on_likes)
+        self.services = Services(
+            config,
+            self.node,
+            self.guard,
+            self.media,
+            self.analytics,
+            self.answers,
+            self.gifts,
+            self.fans,
+            self.links,
+        )
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
         self.media_http = MediaHttp(config, self.guard, self.media, self.hub)  # WHIP/WHEP, http_port
@@ -184,6 +244,9 @@ class App:
             await self.webhooks.stop()
         await self.node.close_connections()
         await self.sends.close()
+        await self.gifts.close()
+        await self.fans.close()
+        await self.links.close()
         await self.media_http.stop()
         await self.hls.close()
         await self.media.close()

@@ -104,6 +104,14 @@ class Config:
     webhook_secret: str = ""  # HMAC-SHA256 key signing webhook bodies
     reply_interval: float = 3.0  # seconds between two assistant replies in a room (server.node.answers)
     reply_repeat_window: float = 20.0  # seconds before the same answer may be given again in a room
+    gift_catalogue: str = ""  # YAML/JSON file of gifts (id, name, value, tier); empty: the built-in one
+    gift_auth_url: str = ""  # POST each gift here to authorise it (signed); empty: a demo balance per user
+    gift_auth_secret: str = ""  # HMAC-SHA256 key signing the authorisation calls (default: webhook_secret)
+    gift_auth_timeout: float = 2.0  # seconds the authorisation may take; past it the gift is refused (4702)
+    gift_demo_balance: int = 10_000  # coins each user starts with when no callback authorises gifts
+    combo_window: float = 3.0  # seconds: the same gift from the same sender within it is one "x N"
+    pk_like_weight: int = 1  # PK points per like (a gift counts its value)
+    live_notice_every: float = 60.0  # seconds: a host's followers are told at most once per this
     demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
     profile: str = ""  # a named set of defaults (PROFILES); "" for none
 
@@ -154,6 +162,12 @@ class Config:
             raise ConfigError("history_ttl, presence_ttl and dm_keep must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-url needs --webhook-secret (bodies are signed)")
+        if self.gift_auth_url and not (self.gift_auth_secret or self.webhook_secret):
+            raise ConfigError("--gift-auth-url needs --gift-auth-secret (calls are signed)")
+        if self.gift_auth_timeout <= 0 or self.combo_window <= 0 or self.gift_demo_balance < 0:
+            raise ConfigError("gift_auth_timeout and combo_window must be positive, gift_demo_balance >= 0")
+        if self.pk_like_weight < 0 or self.live_notice_every < 0:
+            raise ConfigError("pk_like_weight and live_notice_every must be >= 0")
         if self.body_timeout <= 0:
             raise ConfigError("body_timeout must be positive")
         if self.turn_ttl < 60:
@@ -349,6 +363,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         dest="reply_repeat_window",
         type=float,
         help="s before an answer repeats (20)",
+    )
+    parser.add_argument("--gift-catalogue", dest="gift_catalogue", help="gift catalogue file (YAML/JSON)")
+    parser.add_argument("--gift-auth-url", dest="gift_auth_url", help="POST each gift here to authorise it")
+    parser.add_argument("--gift-auth-secret", dest="gift_auth_secret", help="key signing gift authorisations")
+    parser.add_argument(
+        "--gift-auth-timeout", dest="gift_auth_timeout", type=float, help="s for the authorisation (2)"
+    )
+    parser.add_argument(
+        "--gift-demo-balance", dest="gift_demo_balance", type=int, help="demo coins per user (10000)"
+    )
+    parser.add_argument("--combo-window", dest="combo_window", type=float, help="s of a gift combo (3)")
+    parser.add_argument("--pk-like-weight", dest="pk_like_weight", type=int, help="PK points per like (1)")
+    parser.add_argument(
+        "--live-notice-every", dest="live_notice_every", type=float, help="s between a host's notices (60)"
     )
     parser.add_argument(
         "--demo", dest="demo", action="store_const", const=True, help="also stream a test pattern (room demo)"

@@ -473,9 +473,10 @@ async def open_client() -> AsyncIterator[Callable[..., Any]]:
     async def _open(
         node: NodeProc, user: str, room: str = "r1", resume: dict[str, Any] | None = None, **kw: Any
     ) -> WsClient:
+        role = kw.pop("role", "viewer")  # the token's, not a connect() option
         ws = await connect(node.ws_url, **kw)
         client = WsClient(ws)
-        frame: dict[str, Any] = {"t": "join", "token": token(room, user, kw.pop("role", "viewer"))}
+        frame: dict[str, Any] = {"t": "join", "token": token(room, user, role)}
         if resume is not None:
             frame["resume"] = resume
         await client.send(**frame)

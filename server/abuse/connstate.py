@@ -11,7 +11,9 @@ class ConnState:
     __slots__ = (
         "danmaku",
         "dm",
+        "follow",
         "frames",
+        "gift",
         "inflight",
         "ip",
         "ip_held",
@@ -33,4 +35,6 @@ class ConnState:
         self.like = buckets.get("like")
         self.dm = buckets.get("dm")
         self.mod = buckets.get("mod")
+        self.gift = buckets.get("gift")
+        self.follow = buckets.get("follow")
         self.strikes = strikes

@@ -55,6 +55,7 @@ from server.abuse.content import (
 from server.abuse.doors import Door
 from server.abuse.moderation import Moderation, sanction_error
 from server.abuse.ratelimit import (
+    ACTIONS,
     BucketTable,
     Clock,
     LimitError,
@@ -98,6 +99,8 @@ def _own_hosts(config: Config, origins: frozenset[str]) -> list[str]:
 
 # pins and product edits spend the moderation bucket; replies have their own room throttle
 _STAFF_BUCKETED = frozenset({protocol.Pin, protocol.Unpin, protocol.ProductEdit})
+# follows, schedules, reservations and link actions: rare clicks, one bucket
+_FOLLOW_BUCKETED = frozenset({protocol.Follow, protocol.Schedule, protocol.Reserve, protocol.Link})
 
 
 def _remote_ip(client: Peer) -> str:
@@ -130,7 +133,7 @@ class Guard:
         self._room_budget = BucketTable(room, clock) if room is not None else None
         self._messages = {
             (action, scope): f"too many {action} messages ({scope} limit)"
-            for action in ("frame", "danmaku", "like", "dm", "join", "mod")
+            for action in ACTIONS
             for scope in ("conn", "user", "ip")
         }
         self._counters = {key: abuse_metrics.rate_limited.labels(*key) for key in self._messages}
@@ -380,6 +383,13 @@ class Guard:
             return message
         if kind is protocol.Like:
             self._rate(client, "like", state.like, None)
+        elif kind is protocol.Gift:  # paid, but a muted user is silenced everywhere in the room
+            self._rate(client, "gift", state.gift, message.cid)  # type: ignore[union-attr]
+            self._not_muted(state, message.cid)  # type: ignore[union-attr]
+        elif kind in _FOLLOW_BUCKETED:
+            self._rate(client, "follow", state.follow, message.cid)  # type: ignore[union-attr]
+            if kind is protocol.Link:
+                self._not_muted(state, message.cid)  # type: ignore[union-attr]
         elif kind is protocol.Mod or kind is protocol.Block or kind in _STAFF_BUCKETED:
             self._rate(client, "mod", state.mod, message.cid)  # type: ignore[union-attr]
         if (kind is protocol.Reply or kind is protocol.Pin) and message.text is not None:  # type: ignore[union-attr]
@@ -437,12 +447,7 @@ class Guard:
         now = self.clock()
         if state is not None:
             now = self._rate(client, "danmaku", state.danmaku, message.cid)
-            if state.muted_until:
-                left = state.muted_until - time.time()
-                if left > 0:
-                    retry = None if left == math.inf else round(left, 1)
-                    raise ProtocolError(ErrorCode.MUTED, "you are muted in this room", message.cid, retry)
-                state.muted_until = 0.0
+            self._not_muted(state, message.cid)
         text = protocol.clean_text(message.text, self.config.danmaku_max_len, message.cid)
         text, shadow = self._content(who, text, message.cid, now, contact=True)
         if shadow:
@@ -455,6 +460,16 @@ class Guard:
             return None
         message.text = text
         return message
+
+    @staticmethod
+    def _not_muted(state: ConnState, ref: object) -> None:
+        """A muted user sends no danmaku, gifts or link requests (4401) until the mute ends."""
+        if state.muted_until:
+            left = state.muted_until - time.time()
+            if left > 0:
+                retry = None if left == math.inf else round(left, 1)
+                raise ProtocolError(ErrorCode.MUTED, "you are muted in this room", ref, retry)
+            state.muted_until = 0.0
 
     def _dm(self, client: Peer, message: protocol.DirectMessage) -> protocol.DirectMessage | None:
         state, who = client.abuse, client.identity

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
-ACTIONS = ("frame", "danmaku", "like", "dm", "join", "mod")
+ACTIONS = ("frame", "danmaku", "like", "dm", "join", "mod", "gift", "follow")
 SCOPES = ("conn", "user", "ip", "room")
 
 # rate per second / burst. "frame" counts every frame a connection sends (garbage too),
@@ -43,6 +43,12 @@ DEFAULT_LIMITS: dict[str, tuple[float, float]] = {
     "join.user": (1, 10),
     "join.ip": (20, 100),
     "mod.user": (5, 20),
+    # gifts are paid, so a burst is a combo; follows/reservations/links are rare clicks
+    "gift.conn": (10, 30),
+    "gift.user": (10, 30),
+    "gift.ip": (100, 300),
+    "follow.conn": (2, 10),
+    "follow.user": (2, 10),
 }
 
 

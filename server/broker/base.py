@@ -44,6 +44,10 @@ class RoomState:
     media_url: str | None = None
     media_codec: str | None = None  # the room's video codec (last `live` on event's `codec`)
     pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event (server.node.answers)
+    board: Event | None = None  # the newest leaderboard (server/room/gifts.py)
+    link: Event | None = None  # the link with another room in force, and its PK round
+    pk: Event | None = None
+    schedules: dict[str, Event] = field(default_factory=dict)  # lives the room's host scheduled
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,10 @@ class MemoryRoomStream(RoomStream):
             media_url=view.media_url,
             media_codec=view.media_codec,
             pins=dict(view.pins),
+            board=view.board,
+            link=view.link,
+            pk=view.pk,
+            schedules=dict(view.schedules),
         )
 
     async def unsubscribe(self, room_id: str) -> None:

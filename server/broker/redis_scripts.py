@@ -176,7 +176,7 @@ def close_with(prefix: bytes, value: Any) -> bytes:
     return prefix + _pack(value)
 
 
-STICKY_KINDS = {"host": "live", "live": "on"}  # kind -> the boolean field that turns it on
+STICKY_KINDS = {"host": "live", "live": "on", "pk_round": "on"}  # kind -> its on flag
 
 
 def classify(event: dict[str, Any]) -> tuple[str, str]:
@@ -189,6 +189,12 @@ def classify(event: dict[str, Any]) -> tuple[str, str]:
         return "r", str(event["target"])
     if kind in ("pin", "unpin"):  # pins are sticky per pin id (server.node.answers)
         return ("s" if kind == "pin" else "x"), f"pin:{event.get('id')}"
+    if kind == "board":  # the newest leaderboard in force (gifts); pk scores ride on pk_round
+        return "s", "board:"
+    if kind == "link":  # one link per room, whichever host turned it on or off
+        return ("s" if event.get("on") else "x"), "link:"
+    if kind == "schedule":  # a live the host scheduled, per schedule id
+        return ("s" if event.get("on") else "x"), f"schedule:{event.get('id')}"
     flag = STICKY_KINDS.get(kind or "")
     if flag is not None:
         return ("s" if event.get(flag) else "x"), f"{kind}:{event.get('uid')}"

@@ -491,6 +491,10 @@ def _state_of(view: Room[None]) -> RoomState:
         media_url=view.media_url,
         media_codec=view.media_codec,
         pins=dict(view.pins),
+        board=view.board,
+        link=view.link,
+        pk=view.pk,
+        schedules=dict(view.schedules),
     )
 
 

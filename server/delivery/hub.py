@@ -267,3 +267,5 @@ def load(room: Room[Peer], state: RoomState) -> None:
     room.media_url = state.media_url
     room.media_codec = state.media_codec
     room.pins = dict(state.pins)
+    room.board, room.link, room.pk = state.board, state.link, state.pk
+    room.schedules = dict(state.schedules)

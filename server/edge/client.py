@@ -44,7 +44,10 @@ if TYPE_CHECKING:
     from server.config import Config
     from server.media.gateway import MediaGateway
     from server.node.answers import Answers
+    from server.node.fans import Fans
+    from server.node.gifts import GiftDesk
     from server.node.node import Node
+    from server.node.pk import Links
 
 log = logging.getLogger("liveroom.client")
 _broker_down_log = logs.RefusalLog(log)  # one WARNING per 10 s however many frames hit it
@@ -61,6 +64,9 @@ class Services:
     media: MediaGateway
     analytics: Analytics
     answers: Answers
+    gifts: GiftDesk
+    fans: Fans | None = None
+    links: Links | None = None
 
 
 class Client:
@@ -298,6 +304,12 @@ class Client:
             services.node.slow_mode(self, message)
         elif route is Route.VIEWERS:
             services.node.viewers(self, message)
+        elif route is Route.GIFT:
+            await services.gifts.handle(self, message)
+        elif route is Route.FANS and services.fans is not None:
+            await services.fans.handle(self, message)
+        elif route is Route.LINK and services.links is not None:
+            await services.links.handle(self, message)
         else:
             await services.media.handle(self, message)
 

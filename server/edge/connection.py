@@ -50,6 +50,9 @@ class Route(enum.Enum):
     ANSWER = "answer"  # replies, question tags, pins, product edits (server.node.answers)
     SLOW_MODE = "slow_mode"
     VIEWERS = "viewers"
+    GIFT = "gift"  # server.node.gifts
+    FANS = "fans"  # follows, schedules, reservations (server.node.fans)
+    LINK = "link"  # cross-room links and PK rounds (server.node.pk)
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -127,6 +130,11 @@ ROUTES: dict[type, Route] = {
     protocol.Stats: Route.STATS,
     protocol.SlowMode: Route.SLOW_MODE,
     protocol.Viewers: Route.VIEWERS,
+    protocol.Gift: Route.GIFT,
+    protocol.Follow: Route.FANS,
+    protocol.Schedule: Route.FANS,
+    protocol.Reserve: Route.FANS,
+    protocol.Link: Route.LINK,
     **dict.fromkeys(protocol.MEDIA_MESSAGES, Route.MEDIA),
     **dict.fromkeys(protocol.ANSWER_MESSAGES, Route.ANSWER),
 }
@@ -144,6 +152,11 @@ _TYPE_NAMES: dict[type, str] = {
     protocol.Block: "block",
     protocol.SlowMode: "slow_mode",
     protocol.Viewers: "viewers",
+    protocol.Gift: "gift",
+    protocol.Follow: "follow",
+    protocol.Schedule: "schedule",
+    protocol.Reserve: "reserve",
+    protocol.Link: "link",
     **{cls: cls.__name__.lower() for cls in protocol.MEDIA_MESSAGES},
     protocol.Reply: "reply",
     protocol.Question: "question",

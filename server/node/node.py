@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from server import metrics
@@ -60,6 +61,11 @@ class Node:
             "reply_repeat_ms": int(config.reply_repeat_window * 1000),
         }
         self.draining = False
+        self.gift_catalogue: list[dict[str, object]] = []  # the gifts a snapshot offers (app.py sets it)
+        # called with (room, `live` event) when a publisher goes live here (followers are told)
+        self.on_live: list[Callable[[str, Event], None]] = []
+        # awaited with (room, likes) before a tick's likes are published (PK scores count them)
+        self.on_likes: list[Callable[[str, int], Awaitable[None]]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -114,6 +120,7 @@ class Node:
             if missed is not None:
                 snapshot["missed"] = missed
         self.media.describe(room.room_id, snapshot)
+        snapshot["gifts"] = self.gift_catalogue
         client.send(protocol.pack(snapshot))
         room.add_member(client, who, now)
         self.analytics.joined(client, room.room_id, who.uid, who.role)
@@ -322,11 +329,19 @@ class Node:
         now = protocol.now_ms()
         publishes: list[Publish] = []
         emptied: list[str] = []
+        credits: list[Awaitable[None]] = []
         for room_id in dirty:
             room = hub.rooms.get(room_id)
             if room is None:
                 continue
             out = room.drain(now, self.config.presence_ms)
+            if self.on_live:
+                for event in out.events:
+                    if event["t"] == "live" and event.get("on"):
+                        for call in self.on_live:
+                            call(room_id, event)
+            if out.likes_delta:
+                credits.extend(listener(room_id, out.likes_delta) for listener in self.on_likes)
             if room.presence_pending:
                 hub.dirty.add(room_id)  # report the count once its interval has passed
             if out.events or out.likes_delta or out.local_online is not None:
@@ -335,6 +350,10 @@ class Node:
                 )
             if room.empty:
                 emptied.append(room_id)
+        if credits:  # a PK round counts the likes before any viewer sees them
+            for failed in await asyncio.gather(*credits, return_exceptions=True):
+                if isinstance(failed, Exception):
+                    log.warning("PK like credit failed: %r", failed)
         if publishes:  # the whole tick at once (Redis: one round trip per shard), never room by room
             await self.broker.publish_many(publishes)
             metrics.tick_seconds.observe(time.perf_counter() - started)

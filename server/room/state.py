@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from server.room.gifts import merge_gift, newer_board
 from server.wire.auth import Identity
 from server.wire.protocol import MAX_PINS, PROTOCOL_VERSION, SYSTEM_UID
 
@@ -44,6 +45,7 @@ class Room(Generic[Member]):
     _presence_dirty: bool = False
     _presence_due: int = 0  # ms: presence is reported at most once per presence_ms
     _joined: list[str] = field(default_factory=list)
+    _gift_at: dict[str, int] = field(default_factory=dict)  # combo id -> its event in the outbox
 
     # view of the room's channel
     epoch: str = ""
@@ -59,6 +61,10 @@ class Room(Generic[Member]):
     pins: dict[str, Event] = field(default_factory=dict)  # pin id -> `pin` event, oldest first
     slow_mode: int = 0  # seconds between a viewer's danmaku, from the last `slow_mode` event (0: off)
     _last_said: dict[str, float] = field(default_factory=dict)  # uid -> when slow mode last let them speak
+    board: Event | None = None  # the newest `board` (top gifters) seen (server/room/gifts.py)
+    link: Event | None = None  # the `link` in force with another room (server/room/pk.py)
+    pk: Event | None = None  # the PK round in force (`pk_round` on), with its last score
+    schedules: dict[str, Event] = field(default_factory=dict)  # id -> `schedule` event (lives ahead)
     recent: deque[Event] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +132,19 @@ class Room(Generic[Member]):
         self._last_said[uid] = now
         return 0.0
 
+    def add_gift(self, event: Event) -> None:
+        """A gift: one event per streak per tick (room/gifts.py merge_gift), never sampled."""
+        merge_gift(self._outbox, self._gift_at, event)
+
+    def set_board(self, event: Event) -> None:
+        """The newest leaderboard: one `board` per tick, replaced in the outbox by a newer one."""
+        index = self._gift_at.get(_BOARD_SLOT)
+        if index is None:
+            self._gift_at[_BOARD_SLOT] = len(self._outbox)
+            self._outbox.append(event)
+        elif newer_board(self._outbox[index], event):
+            self._outbox[index] = event
+
     def add_likes(self, count: int) -> None:
         self._pending_likes += count
 
@@ -156,6 +175,7 @@ class Room(Generic[Member]):
             joined=self._joined if report else [],
         )
         self._outbox = []
+        self._gift_at = {}
         self._pending_likes = 0
         if report:
             self._joined = []
@@ -186,6 +206,8 @@ class Room(Generic[Member]):
                         break
             elif kind in ("pin", "unpin"):
                 apply_pin(self.pins, event)
+            elif kind in _RETENTION_KINDS:
+                self._apply_retention(kind, event)
             elif kind == "slow_mode":
                 self.slow_mode = int(event.get("seconds", 0))
             elif kind == "host":
@@ -202,6 +224,26 @@ class Room(Generic[Member]):
                     self.publishers.pop(event["uid"], None)
                     if not self.publishers:  # nobody live: any node may take the media next
                         self.media_node = self.media_url = self.media_codec = None
+
+    def _apply_retention(self, kind: str, event: Event) -> None:
+        """Leaderboard, link, PK round and schedule events: the view keeps what is in force."""
+        if kind == "board":
+            if newer_board(self.board, event):
+                self.board = event
+        elif kind == "link":
+            self.link = event if event.get("on") else None
+            if self.link is None:
+                self.pk = None
+        elif kind == "pk_round":
+            self.pk = event if event.get("on") else None
+        elif kind == "pk":
+            if self.pk is not None and self.pk.get("id") == event.get("id"):
+                self.pk = {**self.pk, "scores": event.get("scores"), "ver": event.get("ver")}
+        elif kind == "schedule":
+            if event.get("on"):
+                self.schedules[str(event.get("id"))] = event
+            else:
+                self.schedules.pop(str(event.get("id")), None)
 
     def snapshot(self, you: Identity, node: str, tick_ms: int, limits: dict[str, int]) -> Event:
         """The first frame a joiner receives: everything needed to draw the room."""
@@ -227,7 +269,15 @@ class Room(Generic[Member]):
             "tick_ms": tick_ms,
             "limits": limits,
             "slow_mode": self.slow_mode,
+            "board": self.board["top"] if self.board else [],
+            "link": self.link,
+            "pk": self.pk,
+            "schedules": list(self.schedules.values()),
         }
+
+
+_BOARD_SLOT = "\0board"  # the outbox index of this tick's `board` (combo ids are never empty)
+_RETENTION_KINDS = frozenset({"board", "link", "pk_round", "pk", "schedule"})
 
 
 def apply_pin(pins: dict[str, Event], event: Event) -> None:

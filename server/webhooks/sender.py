@@ -79,9 +79,11 @@ class Webhooks:
     def on_records(self, records: list[Record]) -> None:
         self._put(records)
 
-    def emit(self, kind: str, data: dict[str, Any]) -> None:
-        """Queue one event (e.g. a moderation action) with a fresh id."""
-        self._put(self._event(kind, data, _fresh_id(kind)))
+    def emit(self, kind: str, data: dict[str, Any], event_id: str | None = None) -> None:
+        """Queue one event (e.g. a moderation action) with a fresh id, or `event_id`: the same
+        for every retry of one thing (a gift's `gift.sent`), so the receiver can drop repeats
+        and the claim lets one node send it."""
+        self._put(self._event(kind, data, event_id or _fresh_id(kind)))
 
     def _put(self, job: list[Record] | dict[str, Any]) -> None:
         try:

@@ -30,6 +30,10 @@ MAX_CID_LEN = 64
 MAX_LIKE_COUNT = 100
 MAX_SLOW_MODE = 3600  # seconds between a viewer's danmaku at most
 MAX_VIEWER_LIST = 500  # users in a `viewers` answer
+MAX_GIFT_COUNT = 99  # gifts of one kind in one `gift` message
+MAX_TITLE_LEN = 100  # a scheduled live's title
+MAX_SCHEDULE_AHEAD_MS = 30 * 86400 * 1000  # a live is scheduled at most 30 days ahead
+PK_SECONDS = (30, 1800)  # a PK round's duration bounds
 MAX_FIRST_FRAME_MS = 600_000  # a first frame later than 10 minutes is not a measurement
 SYSTEM_UID = "sys"
 
@@ -98,6 +102,14 @@ class ErrorCode(IntEnum):
     MEDIA_TOO_MANY_VIEWERS = 4611
     MEDIA_TOO_MANY_SESSIONS = 4612
     MEDIA_WRONG_NODE = 4620
+    # gifts, follows, cross-room links (server.node.gifts, server.node.fans, server.node.pk)
+    GIFT_UNKNOWN = 4700  # no such gift in the catalogue
+    GIFT_REFUSED = 4701  # the authorisation said no (callback refusal, or demo balance too low)
+    GIFT_AUTH_UNAVAILABLE = 4702  # the authorisation callback did not answer in time: retry
+    FOLLOW_TARGET = 4710  # follow yourself, reserve a live that is not scheduled
+    LINK_TARGET = 4720  # link to this room, or to a room without a host
+    LINK_BUSY = 4721  # a room in a link (or with an invitation pending) cannot take another
+    LINK_STATE = 4722  # accept/decline without an invitation, end/pk without a link
     INTERNAL = 4999
 
 
@@ -267,6 +279,55 @@ class Viewers:
     cid: str | int | None
 
 
+@dataclass(slots=True)
+class Gift:
+    """Send `count` of a catalogue gift to the room's host (server.node.gifts)."""
+
+    gift: str
+    count: int
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Follow:
+    """Follow (or unfollow) a host by uid: told on the user channel when the host goes live."""
+
+    host: str
+    on: bool
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Schedule:
+    """A host announces a live at `at` (ms since the epoch) with a title."""
+
+    at: int
+    title: str
+    cid: str | int | None
+
+
+@dataclass(slots=True)
+class Reserve:
+    """A viewer reserves a scheduled live of `host` (`id` from the `schedule` event)."""
+
+    host: str
+    id: str
+    cid: str | int | None
+
+
+LINK_ACTIONS = frozenset({"invite", "accept", "decline", "end", "pk"})
+
+
+@dataclass(slots=True)
+class Link:
+    """Hosts of two rooms: invite / accept / decline / end a link, or start a PK round in it."""
+
+    action: str
+    room: str | None  # the other room (invite, accept, decline)
+    seconds: int | None  # a PK round's duration (pk)
+    cid: str | int | None
+
+
 # Handled by the node's media gateway (server/media/gateway.py).
 MEDIA_MESSAGES = (Publish, Unpublish, Subscribe, Unsubscribe, Answer, Invite)
 
@@ -374,6 +435,11 @@ ClientMessage = (
     | ProductEdit
     | SlowMode
     | Viewers
+    | Gift
+    | Follow
+    | Schedule
+    | Reserve
+    | Link
 )
 
 
@@ -516,6 +582,8 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         return SlowMode(seconds=seconds, cid=cid)
     if kind == "viewers":
         return Viewers(cid=_cid(obj))
+    if kind in _RETENTION_PARSERS:
+        return _RETENTION_PARSERS[kind](obj)
     if kind in _MEDIA_PARSERS:
         return _MEDIA_PARSERS[kind](obj)
     if kind in ("mod", "block", "unblock"):
@@ -568,6 +636,71 @@ _MEDIA_PARSERS: dict[str, Any] = {
     "subscribe": lambda obj: Subscribe(cid=_cid(obj)),
     "unsubscribe": lambda obj: Unsubscribe(cid=_cid(obj)),
     "invite": _invite,
+}
+
+
+# -- gifts, follows, schedules, links (what brings viewers back) -----------------------------
+
+
+def _uid(obj: dict[str, Any], key: str, cid: str | int | None) -> str:
+    value = _str(obj, key, cid)
+    assert value is not None
+    if not valid_id(value):
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"'{key}' is not a valid id", cid)
+    return value
+
+
+def _int(
+    obj: dict[str, Any], key: str, low: int, high: int, cid: str | int | None, default: Any = None
+) -> int:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"'{key}' must be an integer {low}..{high}", cid)
+    return value
+
+
+def _gift(obj: dict[str, Any]) -> Gift:
+    cid = _cid(obj)
+    return Gift(gift=_uid(obj, "gift", cid), count=_int(obj, "count", 1, MAX_GIFT_COUNT, cid, 1), cid=cid)
+
+
+def _follow(on: bool) -> Any:
+    def parse(obj: dict[str, Any]) -> Follow:
+        cid = _cid(obj)
+        return Follow(host=_uid(obj, "host", cid), on=on, cid=cid)
+
+    return parse
+
+
+def _schedule(obj: dict[str, Any]) -> Schedule:
+    cid = _cid(obj)
+    at = _int(obj, "at", 0, 2**53, cid)
+    title = clean_text(_str(obj, "title", cid) or "", MAX_TITLE_LEN, cid)
+    return Schedule(at=at, title=title, cid=cid)
+
+
+def _reserve(obj: dict[str, Any]) -> Reserve:
+    cid = _cid(obj)
+    return Reserve(host=_uid(obj, "host", cid), id=_uid(obj, "id", cid), cid=cid)
+
+
+def _link(obj: dict[str, Any]) -> Link:
+    cid = _cid(obj)
+    action = obj.get("action")
+    if not isinstance(action, str) or action not in LINK_ACTIONS:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"'action' must be one of {sorted(LINK_ACTIONS)}", cid)
+    room = _uid(obj, "room", cid) if action in ("invite", "accept", "decline") else None
+    seconds = _int(obj, "seconds", *PK_SECONDS, cid, 180) if action == "pk" else None
+    return Link(action=action, room=room, seconds=seconds, cid=cid)
+
+
+_RETENTION_PARSERS: dict[str, Any] = {
+    "gift": _gift,
+    "follow": _follow(True),
+    "unfollow": _follow(False),
+    "schedule": _schedule,
+    "reserve": _reserve,
+    "link": _link,
 }
 
 
