@@ -7,10 +7,11 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from websockets.asyncio.client import connect
 
 from server.config import Config
 from server.node.answers import ReplyThrottle
-from server.room.state import apply_pin
+from server.room.state import apply_pin, apply_product
 from server.wire import protocol
 from server.wire.fingerprint import answer_fingerprint
 from server.wire.protocol import ErrorCode, ProtocolError
@@ -120,11 +121,10 @@ async def test_reply_pin_and_snapshot(join: Any) -> None:
     assert pins["product:tee"]["product"] == card
     assert any(p["kind"] == "message" and p["text"] == "包邮哦" for p in pins.values())
 
-    # the host edits the price: a product event, and the pinned card follows
+    # the host edits the price: a product event, and the pinned card follows in every view
     await host.send(t="product", id="tee", price=99)
-    edited = await late.events(lambda e: e["t"] in ("product", "pin"), 2)
-    assert edited[0] == {**edited[0], "t": "product", "id": "tee", "price": 99}
-    assert edited[1]["product"] == {**card, "price": 99}
+    (edited,) = await late.events(lambda e: e["t"] in ("product", "pin"), 1)
+    assert edited == {**edited, "t": "product", "id": "tee", "price": 99}
     again = await join("later")
     assert {p["id"]: p for p in again.snapshot["pins"]}["product:tee"]["product"]["price"] == 99
 
@@ -203,3 +203,98 @@ async def test_answers_go_through_the_banned_words(app: Any, join: Any, tmp_path
     await bot.send(t="pin", text="darn good deal: https://shop.example/tee")  # links allowed, words masked
     (pin,) = await viewer.events(lambda e: e["t"] == "pin", 1)
     assert pin["text"] == "**** good deal: https://shop.example/tee"
+
+
+def test_product_edits_merge_field_by_field_and_edit_the_pinned_card() -> None:
+    products: dict[str, Any] = {}
+    pins: dict[str, Any] = {}
+    apply_pin(pins, {"t": "pin", "id": "product:tee", "product": {"id": "tee", "price": 129, "stock": 40}})
+    apply_pin(pins, {"t": "pin", "id": "msg:1", "text": "hi"})
+    apply_product(products, pins, {"t": "product", "id": "tee", "price": 99, "seq": 3})
+    apply_product(products, pins, {"t": "product", "id": "cap", "stock": 1, "seq": 4})
+    apply_product(products, pins, {"t": "product", "id": "tee", "stock": 5, "seq": 5})
+    assert list(products) == ["cap", "tee"]  # the product edited last comes last
+    assert products["tee"] == {"t": "product", "id": "tee", "price": 99, "stock": 5, "seq": 5}
+    assert list(pins) == ["product:tee", "msg:1"]  # the card keeps its place
+    assert pins["product:tee"]["product"] == {"id": "tee", "price": 99, "stock": 5}
+    for i in range(protocol.MAX_PRODUCT_EDITS):
+        apply_product(products, pins, {"t": "product", "id": f"p{i}", "price": i, "seq": 10 + i})
+    assert len(products) == protocol.MAX_PRODUCT_EDITS and "cap" not in products and "tee" not in products
+
+
+async def _joined(url: str, user: str, role: str, name: str, resume: dict[str, Any] | None = None) -> Any:
+    from tests.conftest import WsClient, token
+
+    client = WsClient(await connect(url))
+    join = {"t": "join", "token": token("r1", user, role, name=name)}  # type: ignore[arg-type]
+    if resume is not None:
+        join["resume"] = resume
+    await client.send(**join)
+    client.snapshot = await client.recv()
+    assert client.snapshot["t"] == "snapshot", client.snapshot
+    return client
+
+
+async def test_host_tools_survive_a_reload(url: str, join: Any) -> None:
+    """A host that reconnects gets the board (questions, names, answered state), the pins, the
+    recent replies and the product edits; a late moderator too; a viewer's snapshot has none."""
+    vic = await _joined(url, "vic", "viewer", "Vic Li")
+    olga = await _joined(url, "olga", "viewer", "Olga K")
+    bot = await join("bot", role="assistant")
+    host = await _joined(url, "hana", "host", "Hana")
+    opened = [vic, olga, host]
+    try:
+        before = host.snapshot
+        assert before["qa"] == [] and before["products"] == []
+        await vic.send(t="danmaku", text="T恤多少钱")
+        await olga.send(t="danmaku", text="how much is the tee")
+        await olga.send(t="danmaku", text="发什么快递")
+        s1, s2, s3 = (e["seq"] for e in await bot.events(lambda e: e["t"] == "danmaku", 3))
+        await bot.send(
+            t="question", key="price:tee", label="price of the tee", seqs=[s1, s2], askers=["vic", "olga"]
+        )
+        await bot.send(t="question", key="faq:courier", label="which courier", seqs=[s3], askers=["olga"])
+        await bot.send(t="reply", text="@Vic Li @Olga K: ¥129", seqs=[s1, s2], askers=["vic", "olga"])
+        await host.send(t="pin", product={"id": "tee", "name": "Tee", "price": 129, "stock": 40})
+        await host.send(t="product", id="tee", price=99)
+        await host.send(t="product", id="tee", stock=5)
+        await host.send(t="reply", text="@Olga K: SF Express", seqs=[s3], askers=["olga"], pin=True)
+        seen = await host.events(lambda e: e["t"] in ("question", "reply", "product"), 6)
+        questions = [e for e in seen if e["t"] == "question"]
+        assert questions[0]["names"] == ["Vic Li", "Olga K"] and questions[1]["names"] == ["Olga K"]
+        await host.close()
+
+        again = await _joined(url, "hana", "host", "Hana")  # a reload: a fresh join
+        late = await _joined(url, "mo", "moderator", "Mo")  # staff joining late
+        viewer = await _joined(url, "vera", "viewer", "Vera")
+        opened += [again, late, viewer]
+        for snap in (again.snapshot, late.snapshot):
+            assert [(e["t"], e["seq"]) for e in snap["qa"]] == [
+                (e["t"], e["seq"]) for e in seen if e["t"] != "product"
+            ]
+            answered = {seq: e["from"] for e in snap["qa"] if e["t"] == "reply" for seq in e["seqs"]}
+            assert answered == {s1: "assistant", s2: "assistant", s3: "host"}
+            assert snap["qa"][0]["names"] == ["Vic Li", "Olga K"]
+            assert [(p["id"], p["price"], p["stock"]) for p in snap["products"]] == [("tee", 99, 5)]
+            pins = {p["id"]: p for p in snap["pins"]}
+            assert (
+                pins["product:tee"]["product"]["price"] == 99 and pins["product:tee"]["product"]["stock"] == 5
+            )
+            assert any(p["kind"] == "message" and p["text"] == "@Olga K: SF Express" for p in pins.values())
+        assert "qa" not in viewer.snapshot and "products" not in viewer.snapshot
+
+        # a resume the room can no longer recover is a fresh snapshot: the board comes with it
+        stale = await _joined(url, "hana", "host", "Hana", resume={"epoch": "gone", "seq": 1})
+        opened.append(stale)
+        assert stale.snapshot["recovered"] is False and len(stale.snapshot["qa"]) == 4
+        # a recovered resume replays what was missed, the board's events among them
+        back = await _joined(
+            url, "hana", "host", "Hana", resume={"epoch": before["epoch"], "seq": before["seq"]}
+        )
+        opened.append(back)
+        assert back.snapshot["recovered"] is True
+        missed = [e["t"] for e in back.snapshot["missed"] if e["t"] in ("question", "reply", "product")]
+        assert missed == ["question", "question", "reply", "product", "product", "reply"]
+    finally:
+        for client in opened:
+            await client.close()

@@ -269,8 +269,8 @@ class Assistant:
             if "reply_repeat_ms" in limits:
                 self.repeat_window = limits["reply_repeat_ms"] / 1000
             self.pinned = []
-            for pin in frame.get("pins", []):
-                self._on_event(pin, now)
+            for event in [*frame.get("pins", []), *frame.get("products", [])]:
+                self._on_event(event, now)  # product edits in force: a restarted assistant knows them
         elif kind == "batch":
             for event in frame.get("events", []):
                 self._on_event(event, now)

@@ -2,7 +2,8 @@
 
 Joins with an `assistant` token, feeds every frame to the pure core, and every 100 ms sends what
 the core says is due (question tags, pins, at most one reply), phrased by the LLM when one is set.
-Reconnects with backoff, resuming nothing: the next snapshot gives it the pins and the limits.
+Reconnects with backoff, resuming nothing: the next snapshot gives it the pins, the product edits
+and the limits.
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ class RoomState:
     link: Event | None = None  # the link with another room in force, and its PK round
     pk: Event | None = None
     schedules: dict[str, Event] = field(default_factory=dict)  # lives the room's host scheduled
+    qa: list[Event] = field(default_factory=list)  # `question`/`reply` events, for the staff
+    products: dict[str, Event] = field(default_factory=dict)  # product id -> its edits, merged
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,8 @@ class MemoryRoomStream(RoomStream):
             link=view.link,
             pk=view.pk,
             schedules=dict(view.schedules),
+            qa=list(view.qa),
+            products=dict(view.products),
         )
 
     async def unsubscribe(self, room_id: str) -> None:

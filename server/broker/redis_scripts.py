@@ -21,7 +21,7 @@ import msgpack
 
 from server.broker.base import Sanction
 from server.broker.idempotency import WINDOW, cid_tag
-from server.wire.protocol import SYSTEM_UID, valid_id
+from server.wire.protocol import QA_SIZE, SYSTEM_UID, valid_id
 
 PREFIX = "lr"
 
@@ -31,15 +31,18 @@ class RoomKeys:
     meta: str  # hash: e epoch, s top seq, l like total, o online, u unique viewers
     hist: str  # stream: id `<seq>-0`, field d = one encoded event (capped, expires)
     recent: str  # list: the last encoded danmaku, for join snapshots
-    sticky: str  # hash: `host:<uid>` / `live:<uid>` -> the event that is still in force
+    sticky: (
+        str  # hash: `host:<uid>` / `live:<uid>` / `pin:<id>` / `product:<fields>:<id>` -> the event in force
+    )
     pres: str  # hash: node -> local online count
     beat: str  # zset: node -> heartbeat deadline (ms, Redis clock)
     uv: str  # HyperLogLog of uids that joined
     channel: str  # pub/sub channel: `<epoch>|<batch frame>`
+    qa: str  # list: the last QA_SIZE encoded `question` and `reply` events, for the staff
 
     @property
     def script_keys(self) -> list[str]:
-        return [self.meta, self.hist, self.recent, self.sticky, self.pres, self.beat, self.uv]
+        return [self.meta, self.hist, self.recent, self.sticky, self.pres, self.beat, self.uv, self.qa]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ def room_keys(room_id: str) -> RoomKeys:
         beat=f"{base}:beat",
         uv=f"{base}:uv",
         channel=f"{base}:ch",
+        qa=f"{base}:qa",
     )
 
 
@@ -181,10 +185,18 @@ STICKY_KINDS = {"host": "live", "live": "on", "pk_round": "on"}  # kind -> its o
 
 def classify(event: dict[str, Any]) -> tuple[str, str]:
     """How the publish script files an event: d (recent danmaku), s/x (sticky on/off),
-    r (a moderator's delete: drop from recent), o (history only)."""
+    r (a moderator's delete: drop from recent), q (the staff's questions and answers), o (history
+    only)."""
     kind = event.get("t")
     if kind == "danmaku":
         return "d", ""
+    if kind in ("question", "reply"):
+        return "q", ""
+    if kind == "product":
+        # one sticky entry per product and set of fields edited: a price edit replaces the last
+        # price edit and leaves the last stock edit; a loader merges them in seq order
+        edited = ",".join(f for f in ("price", "stock") if f in event)
+        return "s", f"product:{edited}:{event.get('id')}"
     if kind == "delete" and isinstance(event.get("target"), int):
         return "r", str(event["target"])
     if kind in ("pin", "unpin"):  # pins are sticky per pin id (server.node.answers)
@@ -263,15 +275,16 @@ def publish_args(
 
 # -- scripts --------------------------------------------------------------------------------
 
-# KEYS: meta hist recent sticky pres beat uv (RoomKeys.script_keys)
+# KEYS: meta hist recent sticky pres beat uv qa (RoomKeys.script_keys)
 # ARGV: 1 epoch if new, 2 history size, 3 history ttl s, 4 meta ttl s, 5 channel,
 #       6 publish command, 7 batch head, 8 node, 9 local online (-1: unchanged),
 #       10 presence ttl ms, 11 likes delta, 12 recent size, 13 now ms, 14 event count,
 #       15 joined count, 16 presence clock ms (-1: Redis' TIME), 17/18 the newest epoch/seq
 #       this node delivered ('' / -1: none), 19 danmaku cid ttl s, then 3 per event (kind
-#       d|s|x|r|o, field, open map), then joined uids.
+#       d|s|x|r|q|o, field, open map), then joined uids.
 #       kinds: d danmaku (recent list; field: its cid's claim key or ''), s/x sticky on/off
-#       (field), r delete from recent (field: seq).
+#       (field), r delete from recent (field: seq), q the staff's questions and answers (capped
+#       list).
 #       Before the rule: a danmaku whose claim key is already set (SET NX) is a client's retry
 #       of one already numbered, and is dropped (idempotency.DanmakuCids in Python).
 # Returns {epoch, top seq, events published}.
@@ -279,7 +292,7 @@ def publish_args(
 # meta e/s/l/o/u is StreamState's epoch/seq/likes/online/unique, pres+beat its presence map.
 PUBLISH = r"""
 local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local pres, beat, uv = KEYS[5], KEYS[6], KEYS[7]
+local pres, beat, uv, qa = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local hist_max, hist_ttl, meta_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local node, local_online, pres_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local likes_delta, recent_max, now = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
@@ -293,7 +306,7 @@ end
 if not epoch then
   -- rule 1: the room's stream is gone (first use, expiry, a Redis that lost its data): new epoch
   epoch = ARGV[1]
-  redis.call('DEL', hist, recent, sticky, pres, beat)
+  redis.call('DEL', hist, recent, sticky, pres, beat, qa)
   redis.call('HDEL', meta, 'l', 'o', 'u')
   redis.call('HSET', meta, 'e', epoch, 's', 0)
   m = {epoch, '0', false, false}
@@ -318,7 +331,7 @@ end
 
 -- rule 2: the tick's events, in order
 local claim_ttl = tonumber(ARGV[19])
-local at, pushed, touched = 20, false, false
+local at, pushed, touched, asked = 20, false, false, false
 for _ = 1, n_events do
   local kind, field, open = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   at = at + 3
@@ -332,6 +345,8 @@ for _ = 1, n_events do
     redis.call('HSET', sticky, field, ev); touched = true
   elseif kind == 'x' then
     redis.call('HDEL', sticky, field)
+  elseif kind == 'q' then
+    redis.call('RPUSH', qa, ev); asked = true
   elseif kind == 'r' then
     -- a moderator deleted the danmaku with seq `field`: joiners must not see it either
     local target = tonumber(field)
@@ -393,6 +408,10 @@ if pushed then
   redis.call('EXPIRE', recent, meta_ttl)
 end
 if touched then redis.call('EXPIRE', sticky, meta_ttl) end
+if asked then
+  redis.call('LTRIM', qa, -__QA__, -1)
+  redis.call('EXPIRE', qa, meta_ttl)
+end
 
 local n = #out
 local header
@@ -404,13 +423,14 @@ else header = string.char(0xdd, math.floor(n / 16777216) % 256, math.floor(n / 6
 redis.call(ARGV[6], ARGV[5], epoch .. '|' .. ARGV[7] .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
   .. cmsgpack.pack('events') .. header .. table.concat(out))
 return {epoch, seq, n}
-""".replace("__SYS__", SYSTEM_UID)
+""".replace("__SYS__", SYSTEM_UID).replace("__QA__", str(QA_SIZE))
 
-# KEYS: meta hist recent sticky pres beat
+# KEYS: meta hist recent sticky pres beat qa
 # ARGV: 1 epoch if new, 2 history from seq (-1: none), 3 history size, 4 want state (1/0), 5 meta ttl,
 #       6/7 the newest epoch/seq this node delivered ('' / -1: none; rule 1 as in PUBLISH),
 #       8 the epoch to retire ('' none, '*' whichever is current), 9 channel, 10 publish command
-# Returns {epoch, seq, likes, online, unique, recent events, sticky events, history entries}.
+# Returns {epoch, seq, likes, online, unique, recent events, sticky events, history entries,
+#          qa events}.
 #
 # Retiring: a node that numbered events alone during an outage (a local epoch) comes back; the
 # other nodes' viewers never saw those events, so the stream gets a new epoch (same seqs, state
@@ -429,16 +449,17 @@ if m[1] and ARGV[8] ~= '' and (ARGV[8] == '*' or m[1] == ARGV[8]) then
 end
 if not m[1] then
   -- a new stream (rule 1 of server/room/sequencing.py): nothing of the old one counts
-  redis.call('DEL', hist, recent, sticky, KEYS[5], KEYS[6])
+  redis.call('DEL', hist, recent, sticky, KEYS[5], KEYS[6], KEYS[7])
   redis.call('HDEL', meta, 'l', 'o', 'u')
   redis.call('HSET', meta, 'e', ARGV[1], 's', 0)
   redis.call('EXPIRE', meta, ARGV[5])
   m = {ARGV[1], '0', false, false, false}
 end
-local res = {m[1], m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '0', {}, {}, {}}
+local res = {m[1], m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '0', {}, {}, {}, {}}
 if ARGV[4] == '1' then
   res[6] = redis.call('LRANGE', recent, 0, -1)
   res[7] = redis.call('HVALS', sticky)
+  res[9] = redis.call('LRANGE', KEYS[7], 0, -1)
 end
 local since = tonumber(ARGV[2])
 if since >= 0 then

@@ -287,7 +287,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         seen: tuple[str, int] | None,
         retire: str = "",
     ) -> tuple[list[str], list[Any]]:
-        script_keys = [keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat]
+        script_keys = [keys.meta, keys.hist, keys.recent, keys.sticky, keys.pres, keys.beat, keys.qa]
         args = [
             _new_epoch(),
             -1 if since is None else since,
@@ -313,6 +313,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             sticky = sorted((_decode_event(raw) for raw in res[6]), key=lambda e: e["seq"])
             view.apply(epoch, sticky)
             view.recent.extend(_decode_event(raw) for raw in res[5])
+            view.qa.extend(_decode_event(raw) for raw in res[8])
         view.epoch, view.seq = epoch, top
         view.likes_total, view.online, view.unique = int(res[2]), int(res[3]), int(res[4])
         missed = None if since is None else self._contiguous(since, top, res[7])
@@ -495,6 +496,8 @@ def _state_of(view: Room[None]) -> RoomState:
         link=view.link,
         pk=view.pk,
         schedules=dict(view.schedules),
+        qa=list(view.qa),
+        products=dict(view.products),
     )
 
 

@@ -269,3 +269,6 @@ def load(room: Room[Peer], state: RoomState) -> None:
     room.pins = dict(state.pins)
     room.board, room.link, room.pk = state.board, state.link, state.pk
     room.schedules = dict(state.schedules)
+    room.qa.clear()  # a reset stream's questions and answers are the new one's
+    room.qa.extend(state.qa)
+    room.products = dict(state.products)

@@ -3,8 +3,10 @@
 The room's assistant (role `assistant`, server/assistant/) and its staff (host, moderators)
 answer viewers' questions with `reply`, pin a product card or a message above every viewer's
 chat with `pin`/`unpin`, and the host edits a product's price or stock with `product`. Every
-one of them becomes a sequenced room event (so it is replayed on resume and, for pins, kept in
-the room view and the join snapshot). Viewers may do none of this (4200).
+one of them becomes a sequenced room event, so it is replayed on resume and kept in the room
+view (server/room/state.py): pins in every join snapshot, and for the staff the question board,
+the recent replies and the product edits, so host tools survive a reload. Viewers may do none
+of this (4200).
 
 Replies are throttled here, per room, on the node the answering connection uses: an assistant
 may post at most one reply every `reply_interval` seconds, and nobody may post the same answer
@@ -145,7 +147,9 @@ class Answers:
         assert room_id is not None
         self._known(room_id, message.seqs, message.cid)
         event = _event("question", who, now, key=message.key, label=message.label)
-        event.update(seqs=message.seqs, askers=message.askers)
+        room = self.hub.rooms[room_id]  # _known found it
+        # names[i] is askers[i]'s display name: the board addresses people as the assistant does
+        event.update(seqs=message.seqs, askers=message.askers, names=room.names_of(message.askers))
         self.hub.enqueue(room_id, event)
         askers = message.askers or [""]
         for i, seq in enumerate(message.seqs):
@@ -160,12 +164,9 @@ class Answers:
             event["price"] = message.price
         if message.stock is not None:
             event["stock"] = message.stock
+        # the pinned card follows in every view, in sequence order (room.state.apply_product): a card
+        # re-pinned from this node's view could undo an edit still on its way
         self.hub.enqueue(room_id, event)
-        room = self.hub.rooms.get(room_id)
-        pinned = room.pins.get(f"product:{message.id}") if room is not None else None
-        if pinned is not None:  # re-pin the edited card: every view and the stored pin follow
-            card = {**pinned["product"], **{k: event[k] for k in ("price", "stock") if k in event}}
-            self.hub.enqueue(room_id, self._pin_event(who, card, None, now, None))
         self._ack(client, {"t": "product_ack", "id": message.id}, message.cid)
 
     @staticmethod

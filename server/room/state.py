@@ -5,8 +5,9 @@ A room on a node has two halves:
   presence changes), drained once per tick into a list of events that the
   broker sequences and publishes;
 - the *view*: what the node has seen on the room's broker channel (sequence,
-  recent danmaku, like total, online count, hosts), so a join snapshot is
-  served from memory without asking anyone.
+  recent danmaku, like total, online count, hosts, pins, and for the staff the
+  question board, replies and product edits), so a join snapshot is served from
+  memory without asking anyone.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any, Generic, TypeVar
 
 from server.room.gifts import merge_gift, newer_board
 from server.wire.auth import Identity
-from server.wire.protocol import MAX_PINS, PROTOCOL_VERSION, SYSTEM_UID
+from server.wire.protocol import MAX_PINS, MAX_PRODUCT_EDITS, PROTOCOL_VERSION, QA_SIZE, SYSTEM_UID
 
 Member = TypeVar("Member")
 Event = dict[str, Any]
+SPEAKERS = 4096  # recent danmaku senders whose display names a room remembers (question `names`)
 
 
 @dataclass(slots=True)
@@ -66,9 +68,14 @@ class Room(Generic[Member]):
     pk: Event | None = None  # the PK round in force (`pk_round` on), with its last score
     schedules: dict[str, Event] = field(default_factory=dict)  # id -> `schedule` event (lives ahead)
     recent: deque[Event] = field(init=False)
+    # for the staff (snapshot `qa`, `products`): the host tools survive a reload
+    qa: deque[Event] = field(init=False)  # `question` and `reply` events, oldest first
+    products: dict[str, Event] = field(default_factory=dict)  # product id -> its edits, merged
+    speakers: dict[str, str] = field(default_factory=dict)  # uid -> name of recent danmaku senders
 
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.recent_size)
+        self.qa = deque(maxlen=QA_SIZE)
 
     # -- membership ------------------------------------------------------------
 
@@ -193,6 +200,7 @@ class Room(Generic[Member]):
             kind = event["t"]
             if kind == "danmaku":
                 self.recent.append(event)
+                self._spoke(event["uid"], event["name"])
             elif kind == "likes":
                 self.likes_total = event["total"]
             elif kind == "presence":
@@ -208,6 +216,10 @@ class Room(Generic[Member]):
                 apply_pin(self.pins, event)
             elif kind in _RETENTION_KINDS:
                 self._apply_retention(kind, event)
+            elif kind in ("question", "reply"):
+                self.qa.append(event)
+            elif kind == "product":
+                apply_product(self.products, self.pins, event)
             elif kind == "slow_mode":
                 self.slow_mode = int(event.get("seconds", 0))
             elif kind == "host":
@@ -245,9 +257,30 @@ class Room(Generic[Member]):
             else:
                 self.schedules.pop(str(event.get("id")), None)
 
+    def _spoke(self, uid: str, name: str) -> None:
+        speakers = self.speakers
+        speakers.pop(uid, None)  # the most recent speakers last: the oldest are forgotten first
+        speakers[uid] = name
+        if len(speakers) > SPEAKERS:
+            del speakers[next(iter(speakers))]
+
+    def names_of(self, uids: list[str]) -> list[str]:
+        """Display names of recent danmaku senders (a uid the room has forgotten stands for itself)."""
+        names = []
+        for uid in uids:
+            name = self.speakers.get(uid)
+            if name is None:  # a view loaded from the broker knows its recent danmaku only
+                name = next((e["name"] for e in reversed(self.recent) if e["uid"] == uid), uid)
+            names.append(name)
+        return names
+
     def snapshot(self, you: Identity, node: str, tick_ms: int, limits: dict[str, int]) -> Event:
-        """The first frame a joiner receives: everything needed to draw the room."""
-        return {
+        """The first frame a joiner receives: everything needed to draw the room.
+
+        The staff (host, moderators, the assistant) also get the question board, the recent
+        replies and the product edits in force, so their tools come back intact after a reload.
+        """
+        snapshot: Event = {
             "t": "snapshot",
             "v": PROTOCOL_VERSION,
             "node": node,
@@ -274,6 +307,10 @@ class Room(Generic[Member]):
             "pk": self.pk,
             "schedules": list(self.schedules.values()),
         }
+        if you.can_answer:
+            snapshot["qa"] = list(self.qa)
+            snapshot["products"] = list(self.products.values())
+        return snapshot
 
 
 _BOARD_SLOT = "\0board"  # the outbox index of this tick's `board` (combo ids are never empty)
@@ -281,7 +318,7 @@ _RETENTION_KINDS = frozenset({"board", "link", "pk_round", "pk", "schedule"})
 
 
 def apply_pin(pins: dict[str, Event], event: Event) -> None:
-    """`pin` adds (or replaces: a product edit re-pins the card) a pin, `unpin` removes it.
+    """`pin` adds (or replaces: pinning a product again) a pin, `unpin` removes it.
 
     Applied in sequence order on every node, so every view keeps the same MAX_PINS pins.
     """
@@ -293,6 +330,27 @@ def apply_pin(pins: dict[str, Event], event: Event) -> None:
             del pins[next(iter(pins))]
     elif kind == "unpin":
         pins.pop(pin_id, None)  # type: ignore[arg-type]
+
+
+def apply_product(products: dict[str, Event], pins: dict[str, Event], event: Event) -> None:
+    """A `product` edit over the earlier ones: each field keeps its latest value, and the
+    product's pinned card (if any) takes it, keeping its place among the pins.
+
+    Applied in sequence order (a loader sorts stored edits and pins by seq), so every view
+    agrees; the MAX_PRODUCT_EDITS products edited last are kept.
+    """
+    product_id = event.get("id")
+    if not isinstance(product_id, str):
+        return
+    earlier = products.pop(product_id, None)
+    products[product_id] = {**earlier, **event} if earlier is not None else dict(event)
+    while len(products) > MAX_PRODUCT_EDITS:
+        del products[next(iter(products))]
+    pin_id = f"product:{product_id}"
+    pinned = pins.get(pin_id)
+    if pinned is not None and isinstance(pinned.get("product"), dict):
+        edited = {k: event[k] for k in ("price", "stock") if k in event}
+        pins[pin_id] = {**pinned, "product": {**pinned["product"], **edited}}
 
 
 def _event(kind: str, who: Identity, now: int, **fields: Any) -> Event:

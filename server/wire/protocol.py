@@ -358,6 +358,8 @@ class Block:
 MAX_REPLY_LEN = 500  # characters of an answer
 MAX_REPLY_TARGETS = 20  # question seqs (and askers) one reply answers
 MAX_PINS = 3  # pins a room shows at once; a newer one pushes the oldest out
+QA_SIZE = 200  # question and reply events a room keeps for its staff (snapshot `qa`)
+MAX_PRODUCT_EDITS = 100  # products whose edits a room keeps (snapshot `products`), latest first kept
 MAX_PRODUCT_ID_LEN = 64
 
 
