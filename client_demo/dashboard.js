@@ -1,7 +1,7 @@
 // Polls GET /api/rooms/<id>/stats (docs/API.md) every 5 s and draws it with the vendored uPlot.
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-$("api").value = params.get("api") || `${location.protocol}//${location.hostname}:8081`;
+$("api").value = params.get("api") || "";
 $("room").value = params.get("room") || $("room").value;
 $("token").value = params.get("token") || "";
 
@@ -27,8 +27,17 @@ const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2)
 let ffLabels = [];
 const times = [];
 const counts = [];
+// uPlot spreads a single sample over years: show at least the last 5 minutes, and 0 on the y axis
+const MIN_SPAN_S = 300;
 const viewersChart = new uPlot(
-  { width: 480, height: 220, series: [{}, { label: "viewers", stroke: "#4a7bd0", width: 2 }] },
+  {
+    width: 480, height: 220,
+    scales: {
+      x: { time: true, range: (_, min, max) => [Math.min(min, max - MIN_SPAN_S), max + 5] },
+      y: { range: (_, min, max) => [0, Math.max(1, max * 1.1)] },
+    },
+    series: [{}, { label: "viewers", stroke: "#4a7bd0", width: 2, points: { show: true } }],
+  },
   [times, counts],
   $("viewers"),
 );
@@ -85,8 +94,22 @@ async function poll() {
     $("windows").hidden = false;
     $("charts").hidden = false;
   } catch (error) {
-    $("status").textContent = `stats: ${error.message}`;
+    // fetch's own message ("Failed to fetch", "NetworkError when…") says nothing of where
+    const unreachable = error instanceof TypeError;
+    $("status").textContent = unreachable ? `stats: cannot reach ${$("api").value} (is the stats API base right?)` : `stats: ${error.message}`;
   }
+}
+
+/** The stats API is on the server's HTTP port (--http-port): the server says where (/api/config). */
+async function apiBase() {
+  try {
+    const response = await fetch("/api/config", { cache: "no-store" });
+    if (response.ok) {
+      const { http_url: url } = await response.json();
+      if (url) return url;
+    }
+  } catch {}
+  return `${location.protocol}//${location.hostname}:8081`; // an older server: the default port
 }
 
 $("settings").addEventListener("submit", (event) => {
@@ -107,5 +130,8 @@ $("dev-token").addEventListener("click", async () => {
   $("token").value = (await response.json()).token;
   $("settings").requestSubmit();
 });
-if ($("token").value) $("settings").requestSubmit();
-else $("status").textContent = "waiting for a token";
+(async () => {
+  if (!$("api").value) $("api").value = await apiBase();
+  if ($("token").value) $("settings").requestSubmit();
+  else $("status").textContent = "waiting for a token";
+})();

@@ -12,7 +12,8 @@ const params = new URLSearchParams(location.search);
 const room = roomFromLocation();
 const user = params.get("user") || "host";
 const CID_TAG = Math.random().toString(36).slice(2, 10); // danmaku cids are remembered 10 min per user
-const state = { me: null, hosts: new Map(), cid: 0, modSupported: true, pendingMod: new Map() };
+const state = { me: null, hosts: new Map(), names: new Map(), cid: 0, modSupported: true, pendingMod: new Map() };
+const REPLIES_ON_RELOAD = 20; // the staff snapshot's last replies put back into the chat
 
 document.title = `${room} · host console`;
 $("#room-title").textContent = room;
@@ -77,7 +78,13 @@ conn.on("snapshot", (snap, { resumed, recovered, since }) => {
   $("#host-avatar").style.background = userColor(snap.you.uid);
   setLikes(snap.likes);
   setOnline(snap.online);
-  if (!recovered) for (const ev of snap.recent || []) if (!(ev.seq <= since)) chatLine(ev);
+  if (!recovered) {
+    // the chat as it was: recent danmaku and the last answers (staff snapshot `qa`), by seq
+    const replies = (snap.qa || []).filter((ev) => ev.t === "reply").slice(-REPLIES_ON_RELOAD);
+    for (const ev of (snap.qa || []).filter((e) => e.t === "question")) rememberNames(ev.askers, ev.names);
+    const lines = [...(snap.recent || []), ...replies].filter((ev) => !(ev.seq <= since)).sort((a, b) => a.seq - b.seq);
+    for (const ev of lines) (ev.t === "reply" ? shop.replyLine(ev) : chatLine(ev));
+  }
   if (resumed) sysLine(recovered ? "Reconnected: caught up." : "Reconnected.");
   if (resumed || publisher.needsSend) publisher.onReconnected();
   setSlowMode(snap.slow_mode || 0);
@@ -111,6 +118,8 @@ conn.on("events", (events) => {
     } else if (ev.t === "host") {
       if (ev.live) state.hosts.set(ev.uid, ev.name);
       else state.hosts.delete(ev.uid);
+    } else if (ev.t === "question") {
+      rememberNames(ev.askers, ev.names);
     }
   }
 });
@@ -121,13 +130,13 @@ conn.on("viewers", (frame) => renderViewers(frame));
 conn.on("dm_ack", (ack) => card.status(ack.delivered ? "Delivered." : "Sent; delivered when they connect."));
 conn.on("mod_ack", (ack) => {
   const what = { mute: "muted", unmute: "unmuted", kick: "kicked", ban: "banned", unban: "unbanned", delete: "deleted" };
-  const target = ack.action === "delete" ? `message #${ack.seq}` : ack.uid;
+  const target = ack.action === "delete" ? `message #${ack.seq}` : nameOf(ack.uid);
   sysLine(`Done: ${target} ${what[ack.action] || ack.action}${ack.until ? ` until ${new Date(ack.until).toLocaleTimeString()}` : ""}.`);
 });
 conn.on("invite_ack", (ack) => {
   $("#invite-note").textContent = ack.delivered
-    ? `${ack.uid} was invited and can go live now.`
-    : `${ack.uid} is not connected; they will see the invitation when they join.`;
+    ? `${nameOf(ack.uid)} was invited and can go live now.`
+    : `${nameOf(ack.uid)} is not connected; they will see the invitation when they join.`;
 });
 conn.on("error", (frame) => {
   if (typeof frame.ref === "string" && frame.ref.startsWith("m")) return cohosts.onError(frame);
@@ -175,7 +184,19 @@ function modButtons(ev) {
   return el("span", { class: "mod" }, el("button", { type: "button", title: "Delete this message", onclick: del, disabled: !state.modSupported }, "Delete"));
 }
 
+// People are shown by display name everywhere (the assistant's answers, the board, acks); a uid
+// only where the page has not seen their name.
+function rememberNames(uids = [], names = []) {
+  uids.forEach((uid, i) => names[i] && state.names.set(uid, names[i]));
+  while (state.names.size > 2000) state.names.delete(state.names.keys().next().value);
+}
+
+function nameOf(uid) {
+  return state.names.get(uid) || uid;
+}
+
 function chatLine(ev) {
+  if (ev.uid && ev.name) rememberNames([ev.uid], [ev.name]);
   const mine = state.me && ev.uid === state.me.uid;
   const li = el(
     "li",

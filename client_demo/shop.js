@@ -91,6 +91,14 @@ export function attachShop(conn, { list, me = () => null, manage = false }) {
         changed = true;
       } else if (ev.t === "unpin") {
         changed = shown.delete(ev.id) || changed;
+      } else if (ev.t === "product") {
+        // the pinned card takes the new figures in place, as the server's view does
+        const pin = shown.get(`product:${ev.id}`);
+        if (pin?.product) {
+          const edited = Object.fromEntries(["price", "stock"].filter((k) => k in ev).map((k) => [k, ev[k]]));
+          shown.set(pin.id, { ...pin, product: { ...pin.product, ...edited } });
+          changed = true;
+        }
       } else if (ev.t === "reply") {
         replyLine(ev);
       }
@@ -98,7 +106,7 @@ export function attachShop(conn, { list, me = () => null, manage = false }) {
     if (changed) render();
   });
   render();
-  return { pins, shown };
+  return { pins, shown, replyLine };
 }
 
 export function pinForms(conn, root) {

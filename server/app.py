@@ -171,7 +171,7 @@ class App:
             self.fans,
             self.links,
         )
-        self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready)
+        self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready, http_url=lambda: self.media.url)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
         self.media_http = MediaHttp(config, self.guard, self.media, self.hub)  # WHIP/WHEP, http_port
         self.admin = AdminApi(

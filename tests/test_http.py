@@ -50,6 +50,15 @@ async def test_health_ready_metrics_static(app: App, join) -> None:
     assert (await get(app.port, "/nope.js"))[0] == 404
 
 
+async def test_config_names_the_http_port(app: App) -> None:
+    """The dashboard on the WebSocket port finds the stats API on the HTTP port (--http-port)."""
+    status, ctype, body = await get(app.port, "/api/config")
+    assert status == 200 and ctype == "application/json"
+    assert json.loads(body) == {"http_url": f"http://127.0.0.1:{app.http_port}"}
+    status, _, _ = await get(app.http_port, "/api/admin/health")  # it is that port indeed
+    assert status in (200, 401)
+
+
 async def test_dev_token_endpoint(app: App) -> None:
     status, _, body = await get(app.port, "/api/dev/token?room=demo&user=zoe&name=Zoe")
     assert status == 200

@@ -1,4 +1,5 @@
-"""Plain HTTP GETs on the WebSocket port: health, readiness, metrics, dev tokens, the demo page."""
+"""Plain HTTP GETs on the WebSocket port: health, readiness, metrics, dev tokens, the HTTP port's
+public URL (`/api/config`, for the dashboard), the demo page."""
 
 from __future__ import annotations
 
@@ -61,11 +62,17 @@ class HttpRoutes:
     """`process_request` hook for websockets: answers GETs that are not the WebSocket path."""
 
     def __init__(
-        self, config: Config, guard: Guard, ready: Callable[[], bool], static_dir: Path = STATIC_DIR
+        self,
+        config: Config,
+        guard: Guard,
+        ready: Callable[[], bool],
+        static_dir: Path = STATIC_DIR,
+        http_url: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
         self.guard = guard
         self.ready = ready
+        self.http_url = http_url  # the HTTP port's public base URL, known once it listens
         self.static_dir = static_dir.resolve()
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -117,6 +124,8 @@ class HttpRoutes:
             return _response(HTTPStatus.OK, body, content_type)
         if path == "/api/dev/token":
             return self._dev_token(parse_qs(url.query))
+        if path == "/api/config":  # what every snapshot says as `media_url`: no secret
+            return _json(HTTPStatus.OK, {"http_url": self.http_url()})
         return self._static(path)
 
     def _dev_token(self, query: dict[str, list[str]]) -> Response:
