@@ -29,12 +29,16 @@ const times = [];
 const counts = [];
 // uPlot spreads a single sample over years: show at least the last 5 minutes, and 0 on the y axis
 const MIN_SPAN_S = 300;
+function viewersSpan() {
+  const last = times.length ? times[times.length - 1] : Date.now() / 1000;
+  return [Math.min(times.length ? times[0] : last, last - MIN_SPAN_S), last + 5];
+}
 const viewersChart = new uPlot(
   {
     width: 480, height: 220,
     scales: {
-      x: { time: true, range: (_, min, max) => [Math.min(min, max - MIN_SPAN_S), max + 5] },
-      y: { range: (_, min, max) => [0, Math.max(1, max * 1.1)] },
+      x: { time: true, range: () => viewersSpan() }, // from the samples: uPlot pads a lone one by ~3 years
+      y: { range: () => [0, Math.max(1, ...counts) * 1.1] },
     },
     series: [{}, { label: "viewers", stroke: "#4a7bd0", width: 2, points: { show: true } }],
   },
@@ -53,6 +57,7 @@ const ffChart = new uPlot(
   $("firstframe"),
 );
 let timer = null;
+window.dashboard = { viewers: viewersChart }; // for tests/test_browser_console.py
 
 function render(stats) {
   const rows = FIGURES.map(([key, label]) => {

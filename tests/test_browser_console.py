@@ -96,6 +96,16 @@ def test_dashboard_without_parameters_prompts_for_a_token(pages: Pages) -> None:
     shot(page, "dashboard-prompt")
     page.click("#dev-token")  # dev mode: a host token of the room from /api/dev/token
     page.wait_for_function("document.querySelector('#token').value.split('.').length === 3", timeout=WAIT_MS)
+    # the stats come from the server's HTTP port, wherever --http-port put it (here: a random one)
+    expect(page.locator("#windows")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#status")).to_have_text("")
+    assert page.input_value("#api") == page.evaluate("fetch('/api/config').then((r) => r.json())")["http_url"]
+    # one sample: the viewers chart spans minutes, not years
+    page.wait_for_function("window.dashboard.viewers.data[0].length >= 1", timeout=WAIT_MS)
+    span = page.evaluate("window.dashboard.viewers.scales.x.max - window.dashboard.viewers.scales.x.min")
+    assert 60 <= span <= 3600, span
+    page.locator("#firstframe").scroll_into_view_if_needed()
+    shot(page, "dashboard-one-sample")
 
 
 def test_without_dev_tokens_the_page_asks_for_a_token(browser: tb.Browser) -> None:
@@ -116,3 +126,11 @@ def test_without_dev_tokens_the_page_asks_for_a_token(browser: tb.Browser) -> No
         opened.close()
         srv.stop()
     assert not opened.errors, opened.errors
+
+
+def test_dashboard_says_when_the_stats_api_is_unreachable(pages: Pages) -> None:
+    page = pages.open("/dashboard.html?api=http://127.0.0.1:9&room=x&token=t")  # nothing listens on 9
+    expect(page.locator("#status")).to_have_text(
+        "stats: cannot reach http://127.0.0.1:9 (is the stats API base right?)", timeout=WAIT_MS
+    )
+    shot(page, "dashboard-unreachable")
