@@ -33,9 +33,31 @@ export function fmtCount(n) {
   return `${(n / 1e6).toFixed(1)}M`;
 }
 
+const following = new WeakMap(); // list -> whether it follows new lines (set while it is shown)
+
+function atBottom(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+}
+
+/** Follow a list's new lines unless the user scrolled up to read, across being hidden: a hidden
+ * list (another tab) has no scroll position, and comes back at the top, so it remembers. */
+function follow(list) {
+  if (following.has(list)) return;
+  following.set(list, true);
+  let shown = list.clientHeight > 0;
+  list.addEventListener("scroll", () => {
+    if (shown && list.clientHeight) following.set(list, atBottom(list)); // the user's scrolling
+  });
+  new ResizeObserver(() => {
+    shown = list.clientHeight > 0;
+    if (shown && following.get(list)) list.scrollTop = list.scrollHeight; // shown again
+  }).observe(list);
+}
+
 /** Keep a scrolling list pinned to the bottom unless the user scrolled up to read. */
 export function appendCapped(list, node, cap = 200) {
-  const pinned = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  follow(list);
+  const pinned = list.clientHeight ? atBottom(list) : following.get(list);
   list.append(node);
   while (list.children.length > cap) list.firstElementChild.remove();
   if (pinned) list.scrollTop = list.scrollHeight;

@@ -134,3 +134,42 @@ def test_dashboard_says_when_the_stats_api_is_unreachable(pages: Pages) -> None:
         "stats: cannot reach http://127.0.0.1:9 (is the stats API base right?)", timeout=WAIT_MS
     )
     shot(page, "dashboard-unreachable")
+
+
+def test_chat_keeps_following_after_switching_tabs(browser: tb.Browser) -> None:
+    """Lines that came while another tab was open: back on the chat, the list is at the newest
+    line, and it goes on following the lines after (viewer page and host console alike)."""
+    srv = tb.ServerProcess(tb._free_port(), "--tick-ms", "20", "--rate-limits", "off")  # a burst of lines
+    srv.start()
+    pages = Pages(browser, srv.base)
+    try:
+        _follow_after_tabs(pages)
+    finally:
+        pages.close()
+        srv.stop()
+    assert not pages.errors, pages.errors
+
+
+def _follow_after_tabs(pages: Pages) -> None:
+    viewer = pages.viewer("follow", "fay", "Fay")
+    host = pages.host("follow")
+    talker = pages.viewer("follow", "tom", "Tom")
+    for page, other_tab in ((viewer, "#tab-dm"), (host, "#tab-viewers")):
+        for i in range(30):  # more than the list shows: it scrolls
+            send_chat(talker, f"line {i} for {other_tab}")
+        expect(page.locator("#chat-list li.msg", has_text=f"line 29 for {other_tab}")).to_have_count(
+            1, timeout=WAIT_MS
+        )
+        page.click(other_tab)
+        for i in range(30, 35):
+            send_chat(talker, f"line {i} for {other_tab}")
+        expect(page.locator("#chat-list li.msg", has_text=f"line 34 for {other_tab}")).to_have_count(
+            1, timeout=WAIT_MS
+        )
+        page.click("#tab-chat")
+        expect(page.locator("#chat-list li.msg", has_text=f"line 34 for {other_tab}")).to_be_in_viewport()
+        send_chat(talker, f"line 35 for {other_tab}")
+        newest = page.locator("#chat-list li.msg", has_text=f"line 35 for {other_tab}")
+        expect(newest).to_have_count(1, timeout=WAIT_MS)
+        expect(newest).to_be_in_viewport()
+    shot(viewer, "viewer-chat-after-tabs")
