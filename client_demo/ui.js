@@ -103,6 +103,21 @@ const STATE_TEXT = {
   closed: "Left the room",
 };
 
+/** What a person reads while the page reconnects: the why in plain words and when it tries
+ * again; the connection's own detail (e.g. "token: cannot reach the server (Failed to fetch)")
+ * stays in the status pill's tooltip. */
+export function reconnectMessage(detail = "") {
+  const why = /server restarting/.test(detail)
+    ? "The server is restarting."
+    : /cannot reach|Failed to fetch|NetworkError|connection lost|1006/.test(detail)
+      ? "The server cannot be reached right now."
+      : "The connection to the room was lost.";
+  const wait = detail.match(/retrying in ([\d.]+) s/);
+  const attempt = detail.match(/attempt (\d+)/);
+  const next = wait ? `Trying again in ${wait[1]}\u00a0s.` : attempt ? `Trying again (attempt ${attempt[1]})…` : "The page is getting it back.";
+  return `${why} ${next}`;
+}
+
 /** Reflect a LiveConnection's state in the top-bar indicator. */
 export function showConnState(box, state, detail, extra = "") {
   box.dataset.state = state;

@@ -4,7 +4,7 @@ import { friendlyError, isBan, isKick } from "./errors.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
 import { attachShop } from "./shop.js";
-import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
+import { $, appendCapped, el, fmtCount, heartBurst, initials, reconnectMessage, showConnState, userColor } from "./ui.js";
 import { UserCard } from "./usercard.js";
 
 const params = new URLSearchParams(location.search);
@@ -95,10 +95,10 @@ conn.on("state", (s, detail) => {
   $("#chat-send").disabled = s !== "live";
   // Disconnected: say so over the (frozen) picture, LIVE off, no stale online count.
   const lost = conn.connects > 0 && s !== "live";
-  $("#reconnecting").hidden = !lost || s === "failed" || s === "closed";
-  $("#reconnecting-sub").textContent = detail
-    ? `The connection to the room was lost (${detail}).`
-    : "The connection to the room was lost; the page is getting it back.";
+  const covering = lost && s !== "failed" && s !== "closed";
+  $("#reconnecting").hidden = !covering;
+  $("#offline").classList.toggle("covered", covering); // one message over the stage, not two
+  $("#reconnecting-sub").textContent = reconnectMessage(detail);
   if (lost) {
     $("#online").textContent = "–";
     $("#online").dataset.count = "";

@@ -5,6 +5,8 @@ tests/test_browser.py; one screenshot per state under test-artifacts/.
 
 from __future__ import annotations
 
+import re
+
 from server.wire.protocol import ErrorCode
 from tests import test_browser as tb
 from tests.test_browser import VIDEO_WAIT_MS, WAIT_MS, Pages, expect, send_chat, shot
@@ -173,3 +175,35 @@ def _follow_after_tabs(pages: Pages) -> None:
         expect(newest).to_have_count(1, timeout=WAIT_MS)
         expect(newest).to_be_in_viewport()
     shot(viewer, "viewer-chat-after-tabs")
+
+
+def test_reconnect_overlay_says_one_clean_thing(browser: tb.Browser) -> None:
+    """Server gone: the reconnecting overlay covers the "not streaming yet" card (one message on
+    the stage) and says why in plain words, not the fetch error; back when the server is."""
+    srv = tb.ServerProcess(tb._free_port(), "--tick-ms", "20")
+    srv.start()
+    pages = Pages(browser, srv.base)
+    try:
+        pages.host("gone")  # in the room, not streaming
+        viewer = pages.viewer("gone", "vic")
+        expect(viewer.locator("#offline-title")).to_contain_text("not streaming yet", timeout=WAIT_MS)
+        srv.stop()
+        # the token fetch fails while the server is down: the raw detail goes to the tooltip only
+        expect(viewer.locator("#conn")).to_have_attribute(
+            "title", re.compile("cannot reach"), timeout=WAIT_MS
+        )
+        expect(viewer.locator("#reconnecting")).to_be_visible()
+        expect(viewer.locator("#offline-title")).to_be_hidden()
+        sub = viewer.locator("#reconnecting-sub")
+        expect(sub).to_have_text(re.compile(r"^The server cannot be reached right now\. Trying again"))
+        expect(sub).not_to_contain_text("Failed to fetch")
+        expect(sub).not_to_contain_text("token")
+        shot(viewer, "viewer-reconnect-overlay")
+        srv.start()
+        tb.wait_live(viewer)
+        expect(viewer.locator("#reconnecting")).to_be_hidden()
+        expect(viewer.locator("#offline-title")).to_be_visible()
+    finally:
+        pages.close()
+        srv.stop()
+    assert not pages.errors, pages.errors
