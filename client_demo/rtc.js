@@ -62,7 +62,9 @@ export class ViewerMedia {
     this.subscribed = false;
     this.playing = false;
     this.t0 = null; // when we started waiting for pictures
-    this.firstFrameMs = null;
+    this.firstFrameMs = null; // the first picture, from the tap (page load) or the host going live
+    this.againMs = null; // after a reconnect: from the reconnect to the picture back
+    this._framed = false; // a picture came on this peer connection
     this._pageLoad = true; // until the first picture: the wait counts from navigation start
     this.detail = "";
     this.stats = "";
@@ -86,6 +88,7 @@ export class ViewerMedia {
       ended: this.ended,
       playing: this.playing,
       firstFrameMs: this.firstFrameMs,
+      againMs: this.againMs,
       detail: this.detail,
       stats: this.stats,
     });
@@ -95,7 +98,7 @@ export class ViewerMedia {
     setIceServers(snap.ice_servers);
     this.publishers = new Map((snap.publishers || []).map((p) => [p.uid, p.name]));
     this.live = Boolean(snap.live) || this.publishers.size > 0;
-    if (resumed) this._reset(); // the old peer connection belongs to a gone WebSocket
+    if (resumed) this._reset(true); // the old peer connection belongs to a gone WebSocket
     if (!resumed && this.conn.joinSubscribed) {
       // index.html subscribed with the join: the offer is on its way. The page's first picture
       // counts from navigation start (performance.now() is relative to performance.timeOrigin).
@@ -120,7 +123,8 @@ export class ViewerMedia {
     this.live = this.publishers.size > 0;
     if (this.live && !wasLive) {
       this.t0 = performance.now(); // first frame counts from the moment the host went live
-      this.firstFrameMs = null;
+      this.firstFrameMs = this.againMs = null;
+      this._framed = false;
       this.detail = "The host just went live.";
     }
     if (!this.live) {
@@ -171,12 +175,16 @@ export class ViewerMedia {
     if (this.subscribed && this.live) this.detail = "Negotiating video…";
   }
 
-  _reset() {
+  /** A new peer connection follows; `reconnect`: the stream is the same, so its first-frame time
+   * stays (the badge must not show the reconnect's as the tap's) and the wait back is `againMs`. */
+  _reset(reconnect = false) {
     if (this.pc) this.pc.close();
     this.pc = null;
     this.subscribed = false;
     this.playing = false;
-    this.firstFrameMs = null;
+    if (!reconnect) this.firstFrameMs = null;
+    this.againMs = null;
+    this._framed = false;
     this.t0 = null;
     this.streams.clear();
     this.trackMap = {};
@@ -312,11 +320,14 @@ export class ViewerMedia {
   }
 
   _markFirstFrame() {
-    if (this.firstFrameMs !== null || this.t0 === null) return;
-    this.firstFrameMs = performance.now() - this.t0;
+    if (this._framed || this.t0 === null) return;
+    this._framed = true;
+    const ms = performance.now() - this.t0;
+    if (this.firstFrameMs === null) this.firstFrameMs = ms;
+    else this.againMs = ms;
     this._pageLoad = false;
     // room analytics (docs/API.md): the server keeps the first report of each connection
-    this.conn.send({ t: "stats", first_frame_ms: Math.min(600000, Math.round(this.firstFrameMs)) });
+    this.conn.send({ t: "stats", first_frame_ms: Math.min(600000, Math.round(ms)) });
   }
 
   _maybePlaying() {

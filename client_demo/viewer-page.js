@@ -250,8 +250,11 @@ function renderMedia(status) {
   const ff = $("#first-frame");
   if (status.firstFrameMs !== null && status.firstFrameMs !== undefined) {
     ff.hidden = false;
-    ff.textContent = `first frame in ${Math.round(status.firstFrameMs)} ms`;
+    // the first picture since the tap; after a reconnect, how long the picture took to come back
+    const again = status.againMs !== null && status.againMs !== undefined;
+    ff.textContent = `first frame in ${Math.round(status.firstFrameMs)} ms${again ? ` · back ${Math.round(status.againMs)} ms after reconnecting` : ""}`;
     ff.dataset.ms = String(Math.round(status.firstFrameMs));
+    ff.dataset.againMs = again ? String(Math.round(status.againMs)) : "";
   }
   $("#video-stats").textContent = status.stats || "";
 }

@@ -207,3 +207,22 @@ def test_reconnect_overlay_says_one_clean_thing(browser: tb.Browser) -> None:
         pages.close()
         srv.stop()
     assert not pages.errors, pages.errors
+
+
+def test_first_frame_badge_keeps_the_tap_time_after_a_reconnect(pages: Pages) -> None:
+    """The badge's first-frame time is the wait since the tap; a reconnect (same stream) does not
+    replace it with its own, it is shown apart, labelled."""
+    pages.host("badge", autostart=True)
+    viewer = pages.viewer("badge", "bea")
+    tb.wait_video_playing(viewer)
+    badge = viewer.locator("#first-frame")
+    expect(badge).to_have_text(re.compile(r"^first frame in \d+ ms$"), timeout=WAIT_MS)
+    tapped = badge.get_attribute("data-ms")
+    viewer.evaluate("window.liveroom.conn.resync('test: drop the socket')")  # a lost connection
+    viewer.wait_for_function("Number(document.body.dataset.reconnects) >= 1", timeout=WAIT_MS)
+    tb.wait_live(viewer)
+    expect(badge).not_to_have_attribute("data-again-ms", "", timeout=VIDEO_WAIT_MS)
+    expect(badge).to_have_attribute("data-ms", tapped or "")
+    expect(badge).to_have_text(re.compile(rf"^first frame in {tapped} ms · back \d+ ms after reconnecting$"))
+    tb.wait_video_playing(viewer)
+    shot(viewer, "viewer-first-frame-after-reconnect")
