@@ -298,3 +298,32 @@ async def test_host_tools_survive_a_reload(url: str, join: Any) -> None:
     finally:
         for client in opened:
             await client.close()
+
+
+async def test_question_names_come_from_the_danmaku_else_the_tagger(url: str, join: Any) -> None:
+    """A question event names its askers: from the danmaku while the room still holds it (the
+    tagger cannot rename anyone), else the display name the tagger gave, else the uid."""
+    vic = await _joined(url, "vic", "viewer", "Vic Li")
+    bot = await join("bot", role="assistant")
+    host = await join("hana", role="host")
+    await vic.send(t="danmaku", text="多少钱")
+    (asked,) = await bot.events(lambda e: e["t"] == "danmaku", 1)
+    await bot.send(
+        t="question", key="k1", label="l", seqs=[asked["seq"]], askers=["vic"], names=["Someone Else"]
+    )
+    (tagged,) = await host.events(lambda e: e["t"] == "question", 1)
+    assert tagged["names"] == ["Vic Li"]
+    for i in range(55):  # more than recent_size (50): the question's danmaku is no longer held
+        await vic.send(t="danmaku", text=f"chat {i}")
+    await bot.events(lambda e: e["t"] == "danmaku", 55)
+    await bot.send(t="question", key="k2", label="l", seqs=[asked["seq"]] * 2, askers=["vic", "olga"])
+    await bot.send(
+        t="question", key="k3", label="l", seqs=[asked["seq"]], askers=["vic"], names=["Vic\u202e Li "]
+    )
+    late = await host.events(lambda e: e["t"] == "question", 2)
+    assert late[0]["names"] == ["vic", "olga"]  # nobody named them: the uids
+    assert late[1]["names"] == ["Vic Li"]  # the tagger's, cleaned like a token's name
+    await bot.send(t="question", key="k4", label="l", seqs=[1], askers=["vic"], names=["x" * 65], cid="n")
+    error = await bot.recv_until(lambda f: f["t"] == "error")
+    assert error["code"] == ErrorCode.BAD_FIELD and error["ref"] == "n"
+    await vic.close()

@@ -408,6 +408,7 @@ class Assistant:
                         "label": group.match.label[:64],
                         "seqs": [a.seq for a in new],
                         "askers": [a.uid for a in new],  # askers[i] asked seqs[i]
+                        "names": [a.name for a in new],  # for the board, in a room too busy to look up
                     }
                 )
         return frames

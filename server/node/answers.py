@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from server.wire import protocol
+from server.wire.auth import display_name
 from server.wire.fingerprint import answer_fingerprint
 from server.wire.protocol import ErrorCode, ProtocolError
 
@@ -147,14 +148,24 @@ class Answers:
         assert room_id is not None
         self._known(room_id, message.seqs, message.cid)
         event = _event("question", who, now, key=message.key, label=message.label)
-        room = self.hub.rooms[room_id]  # _known found it
-        # names[i] is askers[i]'s display name: the board addresses people as the assistant does
-        event.update(seqs=message.seqs, askers=message.askers, names=room.names_of(message.askers))
+        event.update(seqs=message.seqs, askers=message.askers, names=self._names(room_id, message))
         self.hub.enqueue(room_id, event)
         askers = message.askers or [""]
         for i, seq in enumerate(message.seqs):
             asker = askers[min(i, len(askers) - 1)]
             self.analytics.question(room_id, asker, message.label, seq)
+
+    def _names(self, room_id: str, message: protocol.Question) -> list[str]:
+        """names[i]: askers[i]'s display name, so the board addresses people as the assistant does:
+        the name on the danmaku asked (seqs[i]) while the room still holds it, else the name the
+        tagger gave, else the uid."""
+        on_danmaku = self.hub.rooms[room_id].sender_names(message.seqs)  # _known found the room
+        names = []
+        for i, uid in enumerate(message.askers):
+            seq = message.seqs[i] if i < len(message.seqs) else -1
+            given = message.names[i] if i < len(message.names) else ""
+            names.append(on_danmaku.get(seq) or display_name(given, uid))
+        return names
 
     def _product(self, client: Peer, who: Identity, message: protocol.ProductEdit, now: int) -> None:
         room_id = client.room_id

@@ -22,7 +22,6 @@ from server.wire.protocol import MAX_PINS, MAX_PRODUCT_EDITS, PROTOCOL_VERSION, 
 
 Member = TypeVar("Member")
 Event = dict[str, Any]
-SPEAKERS = 4096  # recent danmaku senders whose display names a room remembers (question `names`)
 
 
 @dataclass(slots=True)
@@ -71,7 +70,6 @@ class Room(Generic[Member]):
     # for the staff (snapshot `qa`, `products`): the host tools survive a reload
     qa: deque[Event] = field(init=False)  # `question` and `reply` events, oldest first
     products: dict[str, Event] = field(default_factory=dict)  # product id -> its edits, merged
-    speakers: dict[str, str] = field(default_factory=dict)  # uid -> name of recent danmaku senders
 
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.recent_size)
@@ -200,7 +198,6 @@ class Room(Generic[Member]):
             kind = event["t"]
             if kind == "danmaku":
                 self.recent.append(event)
-                self._spoke(event["uid"], event["name"])
             elif kind == "likes":
                 self.likes_total = event["total"]
             elif kind == "presence":
@@ -257,22 +254,11 @@ class Room(Generic[Member]):
             else:
                 self.schedules.pop(str(event.get("id")), None)
 
-    def _spoke(self, uid: str, name: str) -> None:
-        speakers = self.speakers
-        speakers.pop(uid, None)  # the most recent speakers last: the oldest are forgotten first
-        speakers[uid] = name
-        if len(speakers) > SPEAKERS:
-            del speakers[next(iter(speakers))]
-
-    def names_of(self, uids: list[str]) -> list[str]:
-        """Display names of recent danmaku senders (a uid the room has forgotten stands for itself)."""
-        names = []
-        for uid in uids:
-            name = self.speakers.get(uid)
-            if name is None:  # a view loaded from the broker knows its recent danmaku only
-                name = next((e["name"] for e in reversed(self.recent) if e["uid"] == uid), uid)
-            names.append(name)
-        return names
+    def sender_names(self, seqs: list[int]) -> dict[int, str]:
+        """seq -> the display name on that danmaku, for the ones still among the recent danmaku
+        (found when a question is tagged, not kept per danmaku: nothing added to the hot path)."""
+        wanted = set(seqs)
+        return {e["seq"]: e["name"] for e in self.recent if e.get("seq") in wanted}
 
     def snapshot(self, you: Identity, node: str, tick_ms: int, limits: dict[str, int]) -> Event:
         """The first frame a joiner receives: everything needed to draw the room.

@@ -383,6 +383,7 @@ class Question:
     seqs: list[int]
     askers: list[str]
     cid: str | int | None
+    names: list[str]  # names[i]: askers[i]'s display name as the tagger saw it (optional)
 
 
 @dataclass(slots=True)
@@ -782,8 +783,26 @@ def _question(obj: dict[str, Any]) -> Question:
     if not 0 < len(key) <= MAX_ID_LEN or not 0 < len(label) <= 64:
         raise ProtocolError(ErrorCode.BAD_FIELD, "'key' must be 1-64 and 'label' 1-64 characters", cid)
     # askers[i] asked seqs[i] (a user may ask twice), so not de-duplicated here
+    names = obj.get("names", [])
+    if (
+        not isinstance(names, list)
+        or len(names) > MAX_REPLY_TARGETS
+        or not all(isinstance(n, str) and len(n) <= 64 for n in names)
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD,
+            f"'names' must be a list of at most {MAX_REPLY_TARGETS} names (64 chars)",
+            cid,
+        )
+    for name in names:
+        check_unicode(name, cid)
     return Question(
-        key=key, label=label, seqs=_seqs(obj, cid), askers=_askers(obj, cid, unique=False), cid=cid
+        key=key,
+        label=label,
+        seqs=_seqs(obj, cid),
+        askers=_askers(obj, cid, unique=False),
+        cid=cid,
+        names=names,
     )
 
 
