@@ -31,9 +31,7 @@ class RoomKeys:
     meta: str  # hash: e epoch, s top seq, l like total, o online, u unique viewers
     hist: str  # stream: id `<seq>-0`, field d = one encoded event (capped, expires)
     recent: str  # list: the last encoded danmaku, for join snapshots
-    sticky: (
-        str  # hash: `host:<uid>` / `live:<uid>` / `pin:<id>` / `product:<fields>:<id>` -> the event in force
-    )
+    sticky: str  # hash: `host:<uid>`, `live:<uid>`, `pin:<id>`, `product:<fields>:<id>` -> event in force
     pres: str  # hash: node -> local online count
     beat: str  # zset: node -> heartbeat deadline (ms, Redis clock)
     uv: str  # HyperLogLog of uids that joined

@@ -782,7 +782,6 @@ def _question(obj: dict[str, Any]) -> Question:
     assert key is not None and label is not None
     if not 0 < len(key) <= MAX_ID_LEN or not 0 < len(label) <= 64:
         raise ProtocolError(ErrorCode.BAD_FIELD, "'key' must be 1-64 and 'label' 1-64 characters", cid)
-    # askers[i] asked seqs[i] (a user may ask twice), so not de-duplicated here
     names = obj.get("names", [])
     if (
         not isinstance(names, list)
@@ -800,7 +799,7 @@ def _question(obj: dict[str, Any]) -> Question:
         key=key,
         label=label,
         seqs=_seqs(obj, cid),
-        askers=_askers(obj, cid, unique=False),
+        askers=_askers(obj, cid, unique=False),  # askers[i] asked seqs[i] (a user may ask twice)
         cid=cid,
         names=names,
     )
