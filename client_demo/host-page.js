@@ -1,8 +1,10 @@
 // The host console: publish camera/mic (or screen), watch chat and likes, moderate, see stream stats.
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError } from "./errors.js";
+import { attachGifts } from "./gifts.js";
 import { LiveConnection, devToken, roomFromLocation } from "./live.js";
 import { attachBoard } from "./board.js";
+import { attachPk } from "./pk.js";
 import { Publisher, ViewerMedia, isMediaError, setIceServers } from "./rtc.js";
 import { attachShop, pinForms } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
@@ -59,7 +61,10 @@ document.querySelector("aside.side").prepend(boardRoot);
 const board = attachBoard(conn, boardRoot);
 const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me, manage: true });
 pinForms(conn, document.querySelector(".console-col"));
-window.liveroom = { conn, publisher, state, cohosts, card, board, shop };
+// incoming gifts (on the stage and in the chat), top gifters; links and PK rounds with another room
+const gifts = attachGifts(conn, { stage: $("#stage"), side: document.querySelector("aside.side"), feed: $("#chat-list") });
+const pk = attachPk(conn, { room, stage: $("#stage"), controls: document.querySelector(".console-col"), onNote: (text) => sysLine(text) });
+window.liveroom = { conn, publisher, state, cohosts, card, board, shop, gifts, pk };
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);

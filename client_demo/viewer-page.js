@@ -1,7 +1,10 @@
 // The viewer page: join a room, watch the host, chat (danmaku), like, and DM.
 import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError, isBan, isKick } from "./errors.js";
+import { attachFans } from "./fans.js";
+import { attachGifts } from "./gifts.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
+import { attachPk } from "./pk.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
 import { attachShop } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, reconnectMessage, showConnState, userColor } from "./ui.js";
@@ -87,7 +90,16 @@ const cohost = new Publisher({ conn, preview: $("#self-video"), onStatus: render
 const card = new UserCard({ conn, me: () => state.me, onDm: (uid, name) => openConv(uid, name) });
 card.attach($("#chat-list"));
 const shop = attachShop(conn, { list: $("#chat-list"), me: () => state.me }); // pins above the chat, answers in it
-window.liveroom = { conn, danmaku, media, cohost, state, card, shop }; // for the console and the tests
+// gifts (buttons, combos, top gifters), the PK score bar, follow and the going-live toast
+const gifts = attachGifts(conn, { stage: $("#stage"), side: $("aside.side"), bar: $("#gift-bar"), onError: (f) => showError("chat", f) });
+const pk = attachPk(conn, { room, stage: $("#stage") });
+const fans = attachFans(conn, {
+  button: $("#follow"),
+  toastParent: $("#stage"),
+  host: () => state.hosts.keys().next().value,
+  me: () => state.me,
+});
+window.liveroom = { conn, danmaku, media, cohost, state, card, shop, gifts, pk, fans }; // for the console and the tests
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
@@ -213,6 +225,7 @@ function renderHost() {
   $("#host-avatar").textContent = initials(name || room);
   if (uid) $("#host-avatar").style.background = userColor(uid);
   renderLiveBadge();
+  fans.render();
   media.status(); // the offline card names the host
 }
 
