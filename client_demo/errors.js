@@ -66,7 +66,7 @@ export const ERRORS = {
   4701: ["GIFT_REFUSED", "Your gift was not accepted (check your balance)."],
   4702: ["GIFT_AUTH_UNAVAILABLE", "Gifts cannot be confirmed right now; try again in a moment."],
   4710: ["FOLLOW_TARGET", "You cannot follow or reserve that."],
-  4720: ["LINK_TARGET", "That room cannot be linked (no host there, or it is this room)."],
+  4720: ["LINK_TARGET", "A room cannot be linked to itself."],
   4721: ["LINK_BUSY", "One of the rooms is already linked or has an invitation pending."],
   4722: ["LINK_STATE", "There is no such invitation or link."],
   4999: ["INTERNAL", "Something went wrong on the server."],

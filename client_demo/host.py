@@ -449,6 +449,27 @@ async def read_frames(
                     view.likes = event["total"]
                 elif event["t"] == "danmaku" and args.show_chat:
                     print(f"  💬 {event['name']}: {event['text']}", flush=True)
+                elif event["t"] in LINK_EVENTS:
+                    await on_link_event(ws, event, args)
+
+
+LINK_EVENTS = frozenset({"link_invite", "link", "pk_round", "pk_result"})
+
+
+async def on_link_event(ws: ClientConnection, event: dict[str, Any], args: argparse.Namespace) -> None:
+    """Say what happens to the room's link; with --accept-links, accept invitations at once, so a
+    person at one host console can start a PK with this room (the demo's second room)."""
+    kind = event["t"]
+    if kind == "link_invite" and event.get("to") == args.room:
+        print(f"link: room {event.get('from')} invites {args.room}", flush=True)
+        if args.accept_links:
+            await ws.send(pack({"t": "link", "action": "accept", "room": event.get("from")}))
+    elif kind == "link":
+        print(f"link: {' + '.join(event.get('rooms', []))} {'on' if event.get('on') else 'off'}", flush=True)
+    elif kind == "pk_round" and event.get("on"):
+        print(f"pk: a {event.get('seconds')} s round starts", flush=True)
+    elif kind == "pk_result":
+        print(f"pk: result {event.get('scores')}, winner {event.get('winner')}", flush=True)
 
 
 async def print_stats(
@@ -550,6 +571,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-audio", action="store_true", help="test pattern without the tone")
     p.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats lines (0: none)")
     p.add_argument("--show-chat", action="store_true", help="print the room's danmaku")
+    p.add_argument("--accept-links", action="store_true", help="accept every link invitation (PK demo)")
     p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

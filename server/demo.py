@@ -1,5 +1,8 @@
 """`liveroom serve --demo`: a Python host streams a test pattern into room "demo".
 
+A second Python host streams into room "demo2" and accepts link invitations, so a PK between
+the two rooms starts from the "demo" host console (invite demo2, then Start PK).
+
 It runs as its own process (`python -m client_demo.host`), so encoding video never
 competes with the server's event loop, and it reconnects by itself if the server restarts.
 """
@@ -15,6 +18,7 @@ from pathlib import Path
 from server.config import Config
 
 DEMO_ROOM = "demo"
+PK_ROOM = "demo2"  # the second demo room: its host accepts links, for a PK with DEMO_ROOM
 STATS_INTERVAL = 30  # seconds between the demo host's stats lines in the server's output
 # the demo room's assistant answers from the demo client's catalogue (a file: no import of client_demo)
 CATALOGUE = Path(__file__).resolve().parents[1] / "client_demo" / "catalogue.yaml"
@@ -56,6 +60,26 @@ async def start_demo_host(config: Config, port: int) -> DemoHost:
         str(os.getpid()),
         env=env,
     )
+    rival = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "client_demo.host",
+        "--room",
+        PK_ROOM,
+        "--user",
+        "pyhost2",
+        "--name",
+        "Test pattern 2",
+        "--no-audio",
+        "--accept-links",
+        "--server",
+        server,
+        "--stats-interval",
+        "0",
+        "--parent-pid",
+        str(os.getpid()),
+        env=env,
+    )
     assistant = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -84,4 +108,9 @@ async def start_demo_host(config: Config, port: int) -> DemoHost:
         f"demo: watch at {base}/room/{DEMO_ROOM}   host console: {base}/host.html?room={DEMO_ROOM}",
         flush=True,
     )
-    return DemoHost(proc, [assistant])
+    print(
+        f"demo: PK: a second host streams into room {PK_ROOM!r} and accepts links: in the host console of"
+        f" {DEMO_ROOM!r} invite {PK_ROOM!r}, then Start PK (viewers: {base}/room/{PK_ROOM})",
+        flush=True,
+    )
+    return DemoHost(proc, [rival, assistant])

@@ -112,3 +112,28 @@ def test_two_linked_rooms_show_the_same_pk_score(pages: Pages) -> None:
         expect(result).to_have_attribute("data-winner", "red", timeout=WAIT_MS)
         assert json.loads(result.get_attribute("data-scores") or "{}") == {"red": 50, "blue": 10}
         expect(page.locator("#pk-bar")).to_be_hidden(timeout=WAIT_MS)
+
+
+def test_serve_demo_starts_a_pk_with_its_second_room(browser: tb.Browser) -> None:
+    """`--demo`: the Python host of room demo2 accepts the demo console's invitation; a PK runs."""
+    srv = ServerProcess(tb._free_port(), "--demo")
+    srv.start()
+    opened = Pages(browser, srv.base)
+    try:
+        console = opened.host("demo", "dana")
+        viewer = opened.viewer("demo2", "vic")
+        expect(viewer.locator("#host-name")).to_have_text("Test pattern 2", timeout=VIDEO_WAIT_MS)
+        console.fill("#link-room", "demo2")
+        console.click("#link-invite")
+        expect(console.locator("#pk-start")).to_be_enabled(timeout=WAIT_MS)  # accepted by the Python host
+        console.click("#pk-start")
+        bar = viewer.locator("#pk-bar")
+        expect(bar).to_have_attribute("data-state", "round", timeout=WAIT_MS)
+        viewer.locator("#gift-bar button[data-gift='heart']").click()
+        expect(bar).to_have_attribute("data-mine", "1", timeout=WAIT_MS)
+        expect(console.locator("#pk-bar")).to_have_attribute("data-theirs", "1", timeout=WAIT_MS)
+        shot(viewer, "viewer-demo-pk")
+    finally:
+        opened.close()
+        srv.stop()
+    assert not opened.errors, opened.errors
