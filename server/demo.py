@@ -71,6 +71,13 @@ async def start_demo_host(config: Config, port: int) -> DemoHost:
         "--name",
         "Test pattern 2",
         "--no-audio",
+        # small and slow: its encoder shares the machine with the first picture of room "demo"
+        "--width",
+        "320",
+        "--height",
+        "180",
+        "--fps",
+        "15",
         "--accept-links",
         "--server",
         server,
