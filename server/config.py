@@ -20,7 +20,7 @@ class ConfigError(Exception):
 # buckets), so those are off; per-connection and per-user limits, content filters and
 # moderation stay on, as in production. Never for a public server: nothing caps one address.
 PROFILES: dict[str, dict[str, object]] = {
-    "load": {"max_conns_per_ip": 0, "rate_limits": "join.ip=0,danmaku.ip=0,like.ip=0,dm.ip=0"},
+    "load": {"max_conns_per_ip": 0, "rate_limits": "join.ip=0,danmaku.ip=0,like.ip=0,dm.ip=0,gift.ip=0"},
 }
 
 
