@@ -31,6 +31,7 @@ from server.edge.http import HttpRoutes
 from server.edge.whip import MediaHttp
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
+from server.media.claim import MediaClaims, RedisMediaClaims
 from server.media.gateway import MediaGateway
 from server.media.hls.live import HlsService
 from server.node.answers import Answers
@@ -133,7 +134,12 @@ class App:
         self.moderation = Moderation(self.broker, self.hub, self.webhooks, config.tick_ms)
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
-        self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
+        claims = (
+            RedisMediaClaims(config.redis_url, config.redis_cluster) if config.redis_url else MediaClaims()
+        )
+        self.media = MediaGateway(  # WebRTC of this node's rooms
+            config, self.broker.inbox, self.hub, node_id, claims, self.guard.keyring.signing[1]
+        )
         self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
         self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
         self.answers = Answers(config, self.hub, self.analytics)  # replies, pins, product edits
