@@ -25,7 +25,7 @@ from server.broker.pk_store import make_pk_store
 from server.config import Config, ConfigError
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
-from server.edge.client import Client, Services
+from server.edge.client import Client, Services, WsWriter
 from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
 from server.edge.whip import MediaHttp
@@ -116,7 +116,7 @@ class App:
         self.config = config
         self.broker = broker or make_broker(config)
         node_id = config.node_id or self.broker.node_id
-        self.fanout = RoomFanout(config)
+        self.fanout = RoomFanout(config, WsWriter())
         self.hub = Hub(config, self.broker, self.fanout)
         self.analytics = make_analytics(  # hooks only buffer; flushed to the store each second
             config.redis_url,

@@ -6,7 +6,6 @@ that records what the state machine and the guard ask of it.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -18,6 +17,7 @@ from server.broker.memory import MemoryBroker
 from server.config import Config
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
+from server.edge.client import WsWriter
 from server.edge.connection import (
     Admit,
     AwaitJoin,
@@ -44,7 +44,7 @@ class FakePeer:
     closing = False
 
     def __init__(self) -> None:
-        self.ws = SimpleNamespace(remote_address=("10.0.0.1", 5000))
+        self.remote_ip = "10.0.0.1"
         self.identity: auth.Identity | None = None
         self.room_id: str | None = None
         self.abuse: Any = None
@@ -74,7 +74,7 @@ def _config(**kw: Any) -> Config:
 def _conn(**kw: Any) -> tuple[Connection, FakePeer]:
     config = _config(**kw)
     broker = MemoryBroker(node_id="n1")
-    hub = Hub(config, broker, RoomFanout(config))
+    hub = Hub(config, broker, RoomFanout(config, WsWriter()))
     guard = Guard(config, broker, Moderation(broker, hub, None, config.tick_ms))
     peer = FakePeer()
     conn = Connection(peer, guard, config.join_timeout)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from server.broker.memory import MemoryBroker
 from server.config import Config
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
+from server.edge.client import WsWriter
 from server.edge.connection import Admit, AwaitJoin, Close, Connection, Dispatch, Refused, Route
 from server.media import loopback_candidates
 from server.wire import auth, protocol
@@ -141,9 +142,9 @@ async def test_join_subscribe_must_be_a_cid(app: App) -> None:
 def _machine(dev_tokens: Any = None) -> Connection:
     config = Config(port=0, http_port=0, secret=SECRET)
     broker = MemoryBroker(node_id="n1")
-    hub = Hub(config, broker, RoomFanout(config))
+    hub = Hub(config, broker, RoomFanout(config, WsWriter()))
     guard = Guard(config, broker, Moderation(broker, hub, None, config.tick_ms))
-    peer = SimpleNamespace(ws=SimpleNamespace(remote_address=("10.0.0.2", 1)), identity=None, room_id=None)
+    peer = SimpleNamespace(remote_ip="10.0.0.2", identity=None, room_id=None)
     peer.abuse = None
     return Connection(peer, guard, 2.0, dev_tokens)  # type: ignore[arg-type]
 

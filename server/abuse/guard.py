@@ -103,12 +103,6 @@ _STAFF_BUCKETED = frozenset({protocol.Pin, protocol.Unpin, protocol.ProductEdit}
 _FOLLOW_BUCKETED = frozenset({protocol.Follow, protocol.Schedule, protocol.Reserve, protocol.Link})
 
 
-def _remote_ip(client: Peer) -> str:
-    """The peer address. Behind a proxy every client shares it: set the caps for that (see README)."""
-    address = client.ws.remote_address
-    return str(address[0]) if address else "?"
-
-
 class Guard:
     def __init__(
         self, config: Config, broker: Broker, moderation: Moderation, clock: Clock = time.monotonic
@@ -301,7 +295,7 @@ class Guard:
 
     def connect(self, client: Peer) -> None:
         """First thing in a connection's handler: the per-IP connection cap."""
-        ip = _remote_ip(client)
+        ip = client.remote_ip  # behind a proxy every client shares it: set the caps for that (README)
         if not self.ip_cap.acquire(ip):
             raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
         now = self.clock()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from server import logs, metrics
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("liveroom.client")
 _broker_down_log = logs.RefusalLog(log)  # one WARNING per 10 s however many frames hit it
 MAX_DMS_IN_FLIGHT = 16  # per connection; past it the read loop waits for one to finish
+OPEN = State.OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +83,18 @@ class Client:
         "dropped",
         "identity",
         "opened",
+        "remote_ip",
         "room_id",
         "services",
+        "sink",
         "ws",
     )
 
     def __init__(self, services: Services, ws: ServerConnection) -> None:
         self.ws = ws
+        self.sink = ws  # what WsWriter writes the room fan-out to
+        address = ws.remote_address
+        self.remote_ip = str(address[0]) if address else "?"
         self.services = services
         self.identity: auth.Identity | None = None
         self.room_id: str | None = None
@@ -123,6 +130,13 @@ class Client:
     def close(self, code: int, reason: str) -> None:
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self.ws.close(code, reason[:100]))
+
+    async def close_and_wait(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason[:100])
+
+    def abort(self) -> None:
+        if self.ws.transport is not None:
+            self.ws.transport.abort()
 
     def _perform(self, outputs: list[Output]) -> Any:
         """Write and close as told; return the one request (or pause) left for the caller."""
@@ -312,6 +326,43 @@ class Client:
             await services.links.handle(self, message)
         else:
             await services.media.handle(self, message)
+
+
+class WsWriter:
+    """The room fan-out's writes (server.delivery.fanout.Writer) on WebSockets.
+
+    A server's frames are not masked, so a room's frame is framed once and the same bytes are
+    written to every plain connection's transport; a connection with an extension
+    (permessage-deflate compresses per connection) or a write of its own queued in websockets'
+    protocol goes through websockets.broadcast, which frames it itself."""
+
+    def backlog(self, sink: ServerConnection) -> int:
+        transport = sink.transport
+        if transport is None or sink.protocol.state is not OPEN or sink.send_in_progress is not None:
+            return -1
+        return transport.get_write_buffer_size()
+
+    def write(self, sinks: list[ServerConnection], frame: bytes) -> None:
+        wire: bytes | None = None  # the frame with its WebSocket header, built at the first use
+        others = []  # connections websockets frames itself (extensions, its own writes pending)
+        for ws in sinks:
+            state = ws.protocol
+            if state.extensions or state.writes:
+                others.append(ws)
+                continue
+            if wire is None:
+                wire = framed(frame)
+            ws.transport.write(wire)
+        if others:
+            broadcast(others, frame)
+
+    def write_one(self, sink: ServerConnection, frame: bytes) -> None:
+        broadcast((sink,), frame)
+
+
+def framed(payload: bytes) -> bytes:
+    """A binary WebSocket frame as a server sends it (unmasked, no extension): header + payload."""
+    return Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
 
 
 def _dev_tokens(config: Config) -> DevTokens | None:

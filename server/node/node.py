@@ -89,15 +89,14 @@ class Node:
         """Close every local connection with 1012 (reconnect elsewhere), bounded in time."""
         clients = self.hub.connections()
         loop = asyncio.get_running_loop()
-        closing = [loop.create_task(c.ws.close(1012, "server restarting, reconnect")) for c in clients]
+        closing = [loop.create_task(c.close_and_wait(1012, "server restarting, reconnect")) for c in clients]
         if closing:
             # a client that stopped reading never completes the closing handshake: cut it off
             _, stuck = await asyncio.wait(closing, timeout=5)
             for client, task in zip(clients, closing, strict=True):
                 if task in stuck:
                     task.cancel()
-                    if client.ws.transport is not None:
-                        client.ws.transport.abort()
+                    client.abort()
 
     @property
     def ready(self) -> bool:
