@@ -131,9 +131,9 @@ class App:
         )
         if self.webhooks is not None:
             self.analytics.listeners.append(self.webhooks.on_records)
-        self.moderation = Moderation(self.broker, self.hub, self.webhooks, config.tick_ms)
+        self.moderation = Moderation(self.broker.limits, self.hub, self.webhooks, config.tick_ms)
         self.broker.watch_sanctions(self.moderation.on_sanction)
-        self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
+        self.guard = Guard(config, self.broker.limits, self.moderation)  # rate limits, admission, content
         claims = (
             RedisMediaClaims(config.redis_url, config.redis_cluster) if config.redis_url else MediaClaims()
         )

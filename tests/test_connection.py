@@ -75,7 +75,7 @@ def _conn(**kw: Any) -> tuple[Connection, FakePeer]:
     config = _config(**kw)
     broker = MemoryBroker(node_id="n1")
     hub = Hub(config, broker, RoomFanout(config, WsWriter()))
-    guard = Guard(config, broker, Moderation(broker, hub, None, config.tick_ms))
+    guard = Guard(config, broker.limits, Moderation(broker.limits, hub, None, config.tick_ms))
     peer = FakePeer()
     conn = Connection(peer, guard, config.join_timeout)  # type: ignore[arg-type]
     peer.conn = conn

@@ -143,7 +143,7 @@ def _machine(dev_tokens: Any = None) -> Connection:
     config = Config(port=0, http_port=0, secret=SECRET)
     broker = MemoryBroker(node_id="n1")
     hub = Hub(config, broker, RoomFanout(config, WsWriter()))
-    guard = Guard(config, broker, Moderation(broker, hub, None, config.tick_ms))
+    guard = Guard(config, broker.limits, Moderation(broker.limits, hub, None, config.tick_ms))
     peer = SimpleNamespace(remote_ip="10.0.0.2", identity=None, room_id=None)
     peer.abuse = None
     return Connection(peer, guard, 2.0, dev_tokens)  # type: ignore[arg-type]

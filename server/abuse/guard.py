@@ -71,7 +71,7 @@ from server.wire import auth, hls_token, protocol
 from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.broker.base import Broker
+    from server.broker.base import Sanctions
     from server.delivery.peer import Peer
 
 log = logging.getLogger("liveroom.abuse")
@@ -105,9 +105,9 @@ _FOLLOW_BUCKETED = frozenset({protocol.Follow, protocol.Schedule, protocol.Reser
 
 class Guard:
     def __init__(
-        self, config: Config, broker: Broker, moderation: Moderation, clock: Clock = time.monotonic
+        self, config: Config, sanctions: Sanctions, moderation: Moderation, clock: Clock = time.monotonic
     ) -> None:
-        self.broker = broker
+        self.sanctions = sanctions  # the broker's part for sanctions, nonces and shared rate usage
         self.config = config
         self.clock = clock
         try:
@@ -131,7 +131,7 @@ class Guard:
             for scope in ("conn", "user", "ip")
         }
         self._counters = {key: abuse_metrics.rate_limited.labels(*key) for key in self._messages}
-        self._ledger = UsageLedger() if broker.multi_node and self._user else None
+        self._ledger = UsageLedger() if sanctions.multi_node and self._user else None
         self.ip_cap = ConcurrencyCap(config.max_conns_per_ip)
         self.user_cap = ConcurrencyCap(config.max_conns_per_user)
         self.lag = LoopLag()
@@ -167,7 +167,7 @@ class Guard:
             ticks += 1
             try:
                 if self._ledger is not None:
-                    remote = await self.broker.exchange_usage(self._usage())
+                    remote = await self.sanctions.exchange_usage(self._usage())
                     reconcile(self._user, remote)
                 if ticks % 3 == 0:
                     self.words.maybe_reload()
@@ -252,7 +252,7 @@ class Guard:
             if door.nonce:
                 await self._claim_nonce(token)
         if new_session and door.sanctions:  # ending a session (DELETE) needs no ban check
-            self._sanctioned(await self.broker.sanctions(who.room, who.uid))
+            self._sanctioned(await self.sanctions.sanctions(who.room, who.uid))
         return who
 
     def mint_hls(self, who: auth.Identity, ttl: int = hls_token.DEFAULT_TTL) -> tuple[str, int]:
@@ -279,7 +279,7 @@ class Guard:
         if self.config.join_nonce:
             assert token is not None
             jti, ttl = nonce_of(token)
-            if not await self.broker.claim_nonce(jti, ttl):
+            if not await self.sanctions.claim_nonce(jti, ttl):
                 raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
 
     @staticmethod
@@ -335,7 +335,7 @@ class Guard:
             raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
         state.uid = who.uid
         await self._claim_nonce(token)
-        state.muted_until = self._sanctioned(await self.broker.sanctions(who.room, who.uid))
+        state.muted_until = self._sanctioned(await self.sanctions.sanctions(who.room, who.uid))
         return who
 
     def joined(self, client: Peer) -> None:
@@ -406,7 +406,7 @@ class Guard:
 
     async def dm_allowed(self, sender: str, message: protocol.DirectMessage) -> None:
         """The recipient may have blocked the sender (stored in the broker: any node)."""
-        if await self.broker.dm_blocked(message.to, sender):
+        if await self.sanctions.dm_blocked(message.to, sender):
             raise ProtocolError(ErrorCode.DM_BLOCKED, "this user does not accept your messages", message.cid)
 
     def _rate(self, client: Peer, action: str, bucket: TokenBucket | None, ref: object) -> float:

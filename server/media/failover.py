@@ -109,8 +109,9 @@ class Failover:
             metrics.media_failovers.inc()
             now = protocol.now_ms()
             for uid, name in list(view.publishers.items()):
-                view.set_live(Identity(uid=uid, name=name, room=room_id, role="host"), False, dead, None, now)
-            hub.mark_dirty(room_id)
+                hub.set_live(
+                    room_id, Identity(uid=uid, name=name, room=room_id, role="host"), False, dead, None, now
+                )
             for _ in range(100):  # until our `live` off events come back sequenced
                 if hub.rooms.get(room_id) is not view or view.media_node != dead:
                     break

@@ -81,7 +81,7 @@ class MediaGateway:
         site.sync_relays = self.edges.sync
         site.on_room_event = self._on_room_event
         self._tasks: list[asyncio.Task[None]] = []
-        hub.live_listeners.append(self.edges.view_changed)
+        hub.on_live(self.edges.view_changed)
 
     # -- lifecycle ---------------------------------------------------------------------
 

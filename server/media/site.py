@@ -215,14 +215,11 @@ class MediaSite:
 
     def emit_live(self, room_id: str, who: Identity, on: bool) -> None:
         """A publisher of ours went live or stopped: into the room's outbox, sequenced like any event."""
-        room = self.hub.rooms.get(room_id)
-        if room is None:  # not expected: the room stays open while media is held here
-            log.warning("media: live event for room %s that is not open", room_id)
-            return
         media = self.rooms.get(room_id)
         codec = media.video_codec if media is not None else None
-        room.set_live(who, on, self.node_id, self.url, protocol.now_ms(), codec)
-        self.hub.mark_dirty(room_id)
+        if not self.hub.set_live(room_id, who, on, self.node_id, self.url, protocol.now_ms(), codec):
+            # not expected: the room stays open while media is held here
+            log.warning("media: live event for room %s that is not open", room_id)
 
     # -- background work and gauges -------------------------------------------------------------
 
