@@ -22,6 +22,7 @@ from server.broker.gift_store import make_gift_store
 from server.broker.idempotency import make_send_log
 from server.broker.memory import MemoryBroker
 from server.broker.pk_store import make_pk_store
+from server.broker.redis_clients import RedisClients
 from server.config import Config, ConfigError
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
@@ -116,31 +117,31 @@ class App:
         self.config = config
         self.broker = broker or make_broker(config)
         node_id = config.node_id or self.broker.node_id
+        # the node's Redis clients besides the broker's own connection: claims, send log, analytics
+        self.redis = RedisClients(config.redis_url, config.redis_cluster) if config.redis_url else None
+        commands = self.redis.commands if self.redis is not None else None
         self.fanout = RoomFanout(config, WsWriter())
         self.hub = Hub(config, self.broker, self.fanout)
         self.analytics = make_analytics(  # hooks only buffer; flushed to the store each second
-            config.redis_url,
-            config.redis_cluster,
+            self.redis.text if self.redis is not None else None,
             node_id,
             config.analytics_flush,
             config.analytics_funnel,
             pipeline=getattr(self.broker, "pipelined", None),  # the Redis broker's, when it is one
         )
         self.webhooks = make_webhooks(  # signed POSTs of room/host/viewer/moderation events, or None
-            config.webhook_url, config.webhook_secret, node_id, config.redis_url, config.redis_cluster
+            config.webhook_url, config.webhook_secret, node_id, commands
         )
         if self.webhooks is not None:
             self.analytics.listeners.append(self.webhooks.on_records)
         self.moderation = Moderation(self.broker.limits, self.hub, self.webhooks, config.tick_ms)
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker.limits, self.moderation)  # rate limits, admission, content
-        claims = (
-            RedisMediaClaims(config.redis_url, config.redis_cluster) if config.redis_url else MediaClaims()
-        )
+        claims = RedisMediaClaims(commands) if commands is not None else MediaClaims()
         self.media = MediaGateway(  # WebRTC of this node's rooms
             config, self.broker.inbox, self.hub, node_id, claims, self.guard.keyring.signing[1]
         )
-        self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
+        self.sends = make_send_log(commands)  # cid -> first answer
         self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
         self.answers = Answers(config, self.hub, self.analytics)  # replies, pins, product edits
         self.gifts = GiftDesk(  # catalogue, authorisation, combos, leaderboard, gift.sent
@@ -259,6 +260,8 @@ class App:
         if self.server is not None:
             await self.server.wait_closed()
         await self.broker.close()
+        if self.redis is not None:
+            await self.redis.close()
 
 
 def tune_gc() -> None:

@@ -226,8 +226,7 @@ class Analytics:
 
 
 def make_analytics(
-    redis_url: str | None,
-    cluster: bool,
+    redis: Any,
     node_id: str,
     flush: float,
     funnel: str,
@@ -236,10 +235,10 @@ def make_analytics(
     """Memory store on one node, Redis store (shared) when the node uses a Redis broker (whose
     pipelines it may write through)."""
     store: AnalyticsStore
-    if redis_url:
+    if redis is not None:
         from server.analytics.redis_store import RedisStore
 
-        store = RedisStore(redis_url, cluster, pipeline)
+        store = RedisStore(redis, pipeline)
     else:
         store = MemoryStore()
     steps = [s.strip() for s in funnel.split(",") if s.strip()]
