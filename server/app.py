@@ -27,6 +27,7 @@ from server.config import Config, ConfigError
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
 from server.edge.client import Client, Services, WsWriter
+from server.edge.connection import Handler, handler_table
 from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
 from server.edge.whip import MediaHttp
@@ -43,6 +44,7 @@ from server.node.pk import Links
 from server.room.gifts import Catalogue, CatalogueError
 from server.webhooks.callback import GiftCallback
 from server.webhooks.sender import make_webhooks
+from server.wire import protocol
 
 log = logging.getLogger("liveroom")
 WS_LOG = logging.getLogger("liveroom.ws")
@@ -167,17 +169,7 @@ class App:
         )
         self.gifts.listeners.append(self.links.on_gift)
         self.node.on_likes.append(self.links.on_likes)
-        self.services = Services(
-            config,
-            self.node,
-            self.guard,
-            self.media,
-            self.analytics,
-            self.answers,
-            self.gifts,
-            self.fans,
-            self.links,
-        )
+        self.services = Services(config, self.node, self.guard, self.handler_table())
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready, http_url=lambda: self.media.url)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
         self.media_http = MediaHttp(config, self.guard, self.media, self.hub)  # WHIP/WHEP, http_port
@@ -195,6 +187,31 @@ class App:
         HlsHttp(self.guard, self.media, self.hls).add_routes(self.media_http.app)
         self.server: Server | None = None
         self.http_port = 0
+
+    def handler_table(self) -> dict[type, Handler]:
+        """The one routing table: each message type a joined connection may send -> its handler
+        (the guard has checked it already; join, leave and ping are the connection's own)."""
+        node = self.node
+        return handler_table(
+            {
+                protocol.Danmaku: node.danmaku,
+                protocol.Like: node.like,
+                protocol.DirectMessage: node.direct_message,
+                protocol.DmSeen: node.dm_seen,
+                protocol.SlowMode: node.slow_mode,
+                protocol.Viewers: node.viewers,
+                protocol.Mod: self.moderation.handle,
+                protocol.Block: self.moderation.handle,
+                protocol.Stats: self.analytics.stats_message,
+                protocol.Gift: self.gifts.handle,
+                protocol.Follow: self.fans.handle,
+                protocol.Schedule: self.fans.handle,
+                protocol.Reserve: self.fans.handle,
+                protocol.Link: self.links.handle,
+                **dict.fromkeys(protocol.MEDIA_MESSAGES, self.media.handle),
+                **dict.fromkeys(protocol.ANSWER_MESSAGES, self.answers.handle),
+            }
+        )
 
     async def _handle(self, ws: ServerConnection) -> None:
         if self.node.draining:

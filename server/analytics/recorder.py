@@ -116,6 +116,10 @@ class Analytics:
             self._reported.add(found[2])
             self._add(Record(FIRST_FRAME, found[0], found[1], self.clock(), found[2], ms))
 
+    def stats_message(self, key: Hashable, message: Any) -> None:
+        """A client's `stats` message (`protocol.Stats`): its time to first frame."""
+        self.first_frame(key, message.first_frame_ms)
+
     def _add(self, record: Record) -> None:
         if len(self._buffer) >= MAX_BUFFER:
             self.dropped += 1

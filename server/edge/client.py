@@ -1,8 +1,8 @@
 """One WebSocket connection's I/O: feed its frames to the state machine, perform what it returns.
 
 The rules (join, resume, strikes, dispatch) live in `server.edge.connection`, with no I/O;
-this module reads the socket, writes frames, closes, pauses, and calls the handlers the
-state machine routes each message to (node, guard, media, analytics).
+this module reads the socket, writes frames, closes, pauses, and calls the handler the
+state machine routes each message to (from the table built in app.py).
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from server.edge.connection import (
     DevTokens,
     Dispatch,
     Enter,
+    Handler,
+    Handlers,
     Hangup,
     Output,
     Pause,
     Refused,
-    Route,
     Send,
+    SendLater,
 )
 from server.wire import auth, protocol
 from server.wire.protocol import ErrorCode, ProtocolError
@@ -41,14 +43,8 @@ from server.wire.protocol import ErrorCode, ProtocolError
 if TYPE_CHECKING:
     from server.abuse.connstate import ConnState
     from server.abuse.guard import Guard
-    from server.analytics.recorder import Analytics
     from server.config import Config
-    from server.media.gateway import MediaGateway
-    from server.node.answers import Answers
-    from server.node.fans import Fans
-    from server.node.gifts import GiftDesk
     from server.node.node import Node
-    from server.node.pk import Links
 
 log = logging.getLogger("liveroom.client")
 _broker_down_log = logs.RefusalLog(log)  # one WARNING per 10 s however many frames hit it
@@ -58,17 +54,12 @@ OPEN = State.OPEN
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    """What a connection hands its messages to; one instance shared by every connection."""
+    """What a connection needs besides its socket; one instance shared by every connection."""
 
     config: Config
-    node: Node
-    guard: Guard
-    media: MediaGateway
-    analytics: Analytics
-    answers: Answers
-    gifts: GiftDesk
-    fans: Fans | None = None
-    links: Links | None = None
+    node: Node  # join and leave
+    guard: Guard  # admission, the connection's checks, disconnect
+    handlers: Handlers  # message type -> handler (app.py)
 
 
 class Client:
@@ -105,7 +96,11 @@ class Client:
         self._dm_tails: dict[str, asyncio.Task[None]] = {}  # recipient -> its newest DM in flight
         self._pause_owed = 0.0  # a penalty a DM task earned: the read loop serves it
         self.conn = Connection(
-            self, services.guard, services.config.join_timeout, _dev_tokens(services.config)
+            self,
+            services.guard,
+            services.handlers,
+            services.config.join_timeout,
+            _dev_tokens(services.config),
         )
 
     # -- writing -------------------------------------------------------------
@@ -145,6 +140,8 @@ class Client:
             kind = type(out)
             if kind is Send:
                 self.send(out.frame)  # type: ignore[union-attr]
+            elif kind is SendLater:
+                asyncio.get_running_loop().call_later(out.delay, self.send, out.frame)  # type: ignore[union-attr]
             elif kind is Close:
                 self.close(out.code, out.reason)  # type: ignore[union-attr]
             elif kind is Refused:
@@ -213,7 +210,7 @@ class Client:
                 metrics.join_latency.observe(time.perf_counter() - self.opened)
                 if type(subscribe) is Dispatch:  # media with the join: the offer follows the snapshot
                     try:
-                        await self._dispatch(subscribe.route, subscribe.message)
+                        await self._dispatch(subscribe.handler, subscribe.message)
                     except ProtocolError as error:
                         self._perform(conn.failed(error))
                 return True
@@ -231,12 +228,12 @@ class Client:
             if request is None:
                 continue
             kind = type(request)
-            if kind is Dispatch and request.route is Route.DM:
-                await self._send_dm(request.message)
+            if kind is Dispatch and type(request.message) is protocol.DirectMessage:
+                await self._send_dm(request.handler, request.message)
                 continue
             if kind is Dispatch:
                 try:
-                    await self._dispatch(request.route, request.message)
+                    await self._dispatch(request.handler, request.message)
                 except ProtocolError as error:
                     request = self._perform(conn.failed(error))
                 except BROKER_DOWN as exc:
@@ -257,7 +254,7 @@ class Client:
                 await self.ws.close(1000, "bye")
                 return
 
-    async def _send_dm(self, message: Any) -> None:
+    async def _send_dm(self, handler: Handler, message: Any) -> None:
         """A DM runs beside the read loop: one waiting on Redis (a replica's WAIT, a failover)
         must not hold up the sender's other frames; its answer carries `cid`/`id`, so it may
         come after later ones. DMs to one recipient keep their order (each waits for the one
@@ -265,7 +262,7 @@ class Client:
         while len(self._dm_tails) >= MAX_DMS_IN_FLIGHT:
             await asyncio.wait(list(self._dm_tails.values()), return_when=asyncio.FIRST_COMPLETED)
         before = self._dm_tails.get(message.to)
-        task = asyncio.get_running_loop().create_task(self._dm(message, before))
+        task = asyncio.get_running_loop().create_task(self._dm(handler, message, before))
         self._dm_tails[message.to] = task
         task.add_done_callback(lambda done: self._dm_done(message.to, done))
 
@@ -273,11 +270,11 @@ class Client:
         if self._dm_tails.get(to) is task:
             del self._dm_tails[to]
 
-    async def _dm(self, message: Any, before: asyncio.Task[None] | None) -> None:
+    async def _dm(self, handler: Handler, message: Any, before: asyncio.Task[None] | None) -> None:
         if before is not None:
             await asyncio.gather(before, return_exceptions=True)
         try:
-            await self.services.node.direct_message(self, message)
+            await handler.call(self, message)  # type: ignore[misc]
         except ProtocolError as error:
             pause = self._perform(self.conn.failed(error))
             if type(pause) is Pause:  # stop reading a flooder: the read loop sleeps it
@@ -298,34 +295,11 @@ class Client:
         text = "the shared store is unavailable: retry"
         self.send(protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, text, ref, retry_after=1.0))
 
-    async def _dispatch(self, route: Route, message: Any) -> None:
-        services = self.services
-        if route is Route.DANMAKU:
-            await services.node.danmaku(self, message)
-        elif route is Route.LIKE:
-            services.node.like(self, message)
-        elif route is Route.DM:
-            await services.node.direct_message(self, message)
-        elif route is Route.DM_SEEN:
-            await services.node.dm_seen(self, message)
-        elif route is Route.MODERATE:
-            await services.guard.command(self, message)
-        elif route is Route.STATS:
-            services.analytics.first_frame(self, message.first_frame_ms)
-        elif route is Route.ANSWER:
-            await services.answers.handle(self, message)
-        elif route is Route.SLOW_MODE:
-            services.node.slow_mode(self, message)
-        elif route is Route.VIEWERS:
-            services.node.viewers(self, message)
-        elif route is Route.GIFT:
-            await services.gifts.handle(self, message)
-        elif route is Route.FANS and services.fans is not None:
-            await services.fans.handle(self, message)
-        elif route is Route.LINK and services.links is not None:
-            await services.links.handle(self, message)
+    async def _dispatch(self, handler: Handler, message: Any) -> None:
+        if handler.awaits:
+            await handler.call(self, message)  # type: ignore[misc]
         else:
-            await services.media.handle(self, message)
+            handler.call(self, message)
 
 
 class WsWriter:
