@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from server.abuse.connstate import ConnState
     from server.abuse.guard import Guard
     from server.config import Config
+    from server.delivery.peer import Peer
     from server.node.node import Node
 
 log = logging.getLogger("liveroom.client")
@@ -306,32 +308,52 @@ class WsWriter:
     """The room fan-out's writes (server.delivery.fanout.Writer) on WebSockets.
 
     A server's frames are not masked, so a room's frame is framed once and the same bytes are
-    written to every plain connection's transport; a connection with an extension
-    (permessage-deflate compresses per connection) or a write of its own queued in websockets'
-    protocol goes through websockets.broadcast, which frames it itself."""
+    written to every plain connection's transport (one transport.write each, as close to a
+    raw socket write as Python gets); a connection with an extension (permessage-deflate
+    compresses per connection) or a write of its own queued in websockets' protocol goes
+    through websockets.broadcast, which frames it itself. One loop per room frame: the hot path."""
 
-    def backlog(self, sink: ServerConnection) -> int:
-        transport = sink.transport
-        if transport is None or sink.protocol.state is not OPEN or sink.send_in_progress is not None:
-            return -1
-        return transport.get_write_buffer_size()
-
-    def write(self, sinks: list[ServerConnection], frame: bytes) -> None:
+    def write(
+        self,
+        clients: Iterable[Peer],
+        frame: bytes,
+        own: Mapping[Peer, bytes] | None,
+        limit: int,
+        caught_up: Callable[[Peer], None],
+    ) -> tuple[list[Peer], int]:
         wire: bytes | None = None  # the frame with its WebSocket header, built at the first use
         others = []  # connections websockets frames itself (extensions, its own writes pending)
-        for ws in sinks:
+        full: list[Peer] = []
+        written = 0
+        for client in clients:
+            if client.closing:  # e.g. reset with its room's stream: no batch of the next one
+                continue
+            ws = client.sink
+            transport = ws.transport
+            if transport is None:
+                continue
+            if transport.get_write_buffer_size() > limit:
+                full.append(client)
+                continue
             state = ws.protocol
+            if state.state is not OPEN or ws.send_in_progress is not None:
+                continue  # closing, or a fragmented send: what websockets.broadcast skips too
+            if client.dropped:
+                caught_up(client)
+            if own and client in own:
+                broadcast((ws,), own[client])
+                written += 1
+                continue
             if state.extensions or state.writes:
                 others.append(ws)
                 continue
             if wire is None:
                 wire = framed(frame)
-            ws.transport.write(wire)
+            transport.write(wire)
+            written += 1
         if others:
             broadcast(others, frame)
-
-    def write_one(self, sink: ServerConnection, frame: bytes) -> None:
-        broadcast((sink,), frame)
+        return full, written + len(others)
 
 
 def framed(payload: bytes) -> bytes:
