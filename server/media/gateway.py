@@ -189,6 +189,10 @@ class MediaGateway:
         self.site.max_viewers = limit
 
     @property
+    def media_config(self) -> MediaConfig:
+        return self.site.media_config
+
+    @property
     def viewer_count(self) -> int:
         return self.site.viewer_count
 
