@@ -149,7 +149,7 @@ class App:
         self.gifts = GiftDesk(  # catalogue, authorisation, combos, leaderboard, gift.sent
             config,
             self.hub,
-            make_gift_store(config.redis_url, config.redis_cluster),
+            make_gift_store(commands),
             self.sends,
             load_catalogue(config.gift_catalogue),
             gift_callback(config),
@@ -160,12 +160,12 @@ class App:
             config,
             self.hub,
             self.broker,
-            make_follow_store(config.redis_url, config.redis_cluster),
+            make_follow_store(commands),
             self.webhooks,
         )
         self.node.on_live.append(self.fans.on_live)
         self.links = Links(  # cross-room links and PK rounds, scored from gifts and likes
-            config, self.hub, self.broker, make_pk_store(config.redis_url, config.redis_cluster)
+            config, self.hub, self.broker, make_pk_store(commands)
         )
         self.gifts.listeners.append(self.links.on_gift)
         self.node.on_likes.append(self.links.on_likes)

@@ -1,10 +1,10 @@
 """The node's Redis clients for everything but the room stream's hot path, built in one place.
 
-Why a module of its own: the media claims, the webhook claims, the `cid` send log and the
-analytics store each built a redis-py client from the URL (four places, four connection pools).
-`app.py` now builds one `RedisClients` per node and hands each user the client it needs: one
-bytes client shared by the claims and the send log, one decoding client for analytics (its
-store reads strings). The broker's parts (stream, inbox, sanctions) share the broker's own
+Why a module of its own: the media claims, the webhook claims, the `cid` send log, the gift,
+follow and PK stores and the analytics store each built a redis-py client from the URL (seven
+places, seven connection pools). `app.py` now builds one `RedisClients` per node and hands each
+user the client it needs: one bytes client shared by the claims, the send log and the stores,
+one decoding client for analytics (its store reads strings). The broker's parts (stream, inbox, sanctions) share the broker's own
 connection (`redis.py`: per-primary pools and RESP3 sessions it reconnects itself), built from
 the same URL by the same composition root. The holder closes the clients once, last.
 """
@@ -36,7 +36,7 @@ class RedisClients:
 
     @property
     def commands(self) -> Any:
-        """Bytes replies: media claims, webhook claims, the send log."""
+        """Bytes replies: media claims, webhook claims, the send log, the gift/follow/PK stores."""
         if self._bytes is None:
             self._bytes = self._build(socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
         return self._bytes
