@@ -22,15 +22,18 @@ from server.broker.gift_store import make_gift_store
 from server.broker.idempotency import make_send_log
 from server.broker.memory import MemoryBroker
 from server.broker.pk_store import make_pk_store
+from server.broker.redis_clients import RedisClients
 from server.config import Config, ConfigError
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
-from server.edge.client import Client, Services
+from server.edge.client import Client, Services, WsWriter
+from server.edge.connection import Handler, handler_table
 from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
 from server.edge.whip import MediaHttp
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
+from server.media.claim import MediaClaims, RedisMediaClaims
 from server.media.gateway import MediaGateway
 from server.media.hls.live import HlsService
 from server.node.answers import Answers
@@ -41,6 +44,7 @@ from server.node.pk import Links
 from server.room.gifts import Catalogue, CatalogueError
 from server.webhooks.callback import GiftCallback
 from server.webhooks.sender import make_webhooks
+from server.wire import protocol
 
 log = logging.getLogger("liveroom")
 WS_LOG = logging.getLogger("liveroom.ws")
@@ -115,32 +119,37 @@ class App:
         self.config = config
         self.broker = broker or make_broker(config)
         node_id = config.node_id or self.broker.node_id
-        self.fanout = RoomFanout(config)
+        # the node's Redis clients besides the broker's own connection: claims, send log, analytics
+        self.redis = RedisClients(config.redis_url, config.redis_cluster) if config.redis_url else None
+        commands = self.redis.commands if self.redis is not None else None
+        self.fanout = RoomFanout(config, WsWriter())
         self.hub = Hub(config, self.broker, self.fanout)
         self.analytics = make_analytics(  # hooks only buffer; flushed to the store each second
-            config.redis_url,
-            config.redis_cluster,
+            self.redis.text if self.redis is not None else None,
             node_id,
             config.analytics_flush,
             config.analytics_funnel,
             pipeline=getattr(self.broker, "pipelined", None),  # the Redis broker's, when it is one
         )
         self.webhooks = make_webhooks(  # signed POSTs of room/host/viewer/moderation events, or None
-            config.webhook_url, config.webhook_secret, node_id, config.redis_url, config.redis_cluster
+            config.webhook_url, config.webhook_secret, node_id, commands
         )
         if self.webhooks is not None:
             self.analytics.listeners.append(self.webhooks.on_records)
-        self.moderation = Moderation(self.broker, self.hub, self.webhooks, config.tick_ms)
+        self.moderation = Moderation(self.broker.limits, self.hub, self.webhooks, config.tick_ms)
         self.broker.watch_sanctions(self.moderation.on_sanction)
-        self.guard = Guard(config, self.broker, self.moderation)  # rate limits, admission, content
-        self.media = MediaGateway(config, self.broker, self.hub, node_id)  # WebRTC of this node's rooms
-        self.sends = make_send_log(config.redis_url, config.redis_cluster)  # cid -> first answer
+        self.guard = Guard(config, self.broker.limits, self.moderation)  # rate limits, admission, content
+        claims = RedisMediaClaims(commands) if commands is not None else MediaClaims()
+        self.media = MediaGateway(  # WebRTC of this node's rooms
+            config, self.broker.inbox, self.hub, node_id, claims, self.guard.keyring.signing[1]
+        )
+        self.sends = make_send_log(commands)  # cid -> first answer
         self.node = Node(config, self.broker, self.hub, self.guard, self.media, self.analytics, self.sends)
         self.answers = Answers(config, self.hub, self.analytics)  # replies, pins, product edits
         self.gifts = GiftDesk(  # catalogue, authorisation, combos, leaderboard, gift.sent
             config,
             self.hub,
-            make_gift_store(config.redis_url, config.redis_cluster),
+            make_gift_store(commands),
             self.sends,
             load_catalogue(config.gift_catalogue),
             gift_callback(config),
@@ -151,26 +160,16 @@ class App:
             config,
             self.hub,
             self.broker,
-            make_follow_store(config.redis_url, config.redis_cluster),
+            make_follow_store(commands),
             self.webhooks,
         )
         self.node.on_live.append(self.fans.on_live)
         self.links = Links(  # cross-room links and PK rounds, scored from gifts and likes
-            config, self.hub, self.broker, make_pk_store(config.redis_url, config.redis_cluster)
+            config, self.hub, self.broker, make_pk_store(commands)
         )
         self.gifts.listeners.append(self.links.on_gift)
         self.node.on_likes.append(self.links.on_likes)
-        self.services = Services(
-            config,
-            self.node,
-            self.guard,
-            self.media,
-            self.analytics,
-            self.answers,
-            self.gifts,
-            self.fans,
-            self.links,
-        )
+        self.services = Services(config, self.node, self.guard, self.handler_table())
         self.routes = HttpRoutes(config, self.guard, lambda: self.node.ready, http_url=lambda: self.media.url)
         self.broker.watch_sanctions(self.media.on_sanction)  # a ban or kick ends WHIP/WHEP sessions too
         self.media_http = MediaHttp(config, self.guard, self.media, self.hub)  # WHIP/WHEP, http_port
@@ -188,6 +187,31 @@ class App:
         HlsHttp(self.guard, self.media, self.hls).add_routes(self.media_http.app)
         self.server: Server | None = None
         self.http_port = 0
+
+    def handler_table(self) -> dict[type, Handler]:
+        """The one routing table: each message type a joined connection may send -> its handler
+        (the guard has checked it already; join, leave and ping are the connection's own)."""
+        node = self.node
+        return handler_table(
+            {
+                protocol.Danmaku: node.danmaku,
+                protocol.Like: node.like,
+                protocol.DirectMessage: node.direct_message,
+                protocol.DmSeen: node.dm_seen,
+                protocol.SlowMode: node.slow_mode,
+                protocol.Viewers: node.viewers,
+                protocol.Mod: self.moderation.handle,
+                protocol.Block: self.moderation.handle,
+                protocol.Stats: self.analytics.stats_message,
+                protocol.Gift: self.gifts.handle,
+                protocol.Follow: self.fans.handle,
+                protocol.Schedule: self.fans.handle,
+                protocol.Reserve: self.fans.handle,
+                protocol.Link: self.links.handle,
+                **dict.fromkeys(protocol.MEDIA_MESSAGES, self.media.handle),
+                **dict.fromkeys(protocol.ANSWER_MESSAGES, self.answers.handle),
+            }
+        )
 
     async def _handle(self, ws: ServerConnection) -> None:
         if self.node.draining:
@@ -253,6 +277,8 @@ class App:
         if self.server is not None:
             await self.server.wait_closed()
         await self.broker.close()
+        if self.redis is not None:
+            await self.redis.close()
 
 
 def tune_gc() -> None:

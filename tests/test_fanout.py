@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from server.config import Config
 from server.delivery.fanout import RoomFanout
+from server.edge.client import WsWriter
 
 
 class _Peer:
@@ -20,6 +21,7 @@ class _Peer:
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
+        self.sink = ws  # what the edge's WsWriter writes to
         self.dropped = 0
         self.closed_with: int | None = None
 
@@ -61,7 +63,7 @@ async def _server(
 
 
 async def test_every_viewer_gets_the_same_frame_with_and_without_deflate() -> None:
-    fanout = RoomFanout(Config(port=0, http_port=0))
+    fanout = RoomFanout(Config(port=0, http_port=0), WsWriter())
     frames = [
         msgpack.packb({"t": "batch", "room": "r", "events": [{"seq": i, "text": "x" * 300 * i}]})
         for i in (1, 2, 400)
@@ -77,7 +79,7 @@ async def test_every_viewer_gets_the_same_frame_with_and_without_deflate() -> No
 
 
 async def test_a_closing_connection_gets_nothing_more() -> None:
-    fanout = RoomFanout(Config(port=0, http_port=0))
+    fanout = RoomFanout(Config(port=0, http_port=0), WsWriter())
     async with _server(None, 2) as (peers, conns):
         peers[0].closed_with = 1012
         fanout.write(peers, b"one")

@@ -18,19 +18,15 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import ClientConnection, connect
 
-from server.abuse.guard import Guard
-from server.abuse.moderation import Moderation
 from server.app import App
-from server.broker.memory import MemoryBroker
 from server.config import Config
-from server.delivery.fanout import RoomFanout
-from server.delivery.hub import Hub
-from server.edge.connection import Admit, AwaitJoin, Close, Connection, Dispatch, Refused, Route
+from server.edge.connection import Admit, AwaitJoin, Close, Connection, Dispatch, Refused
 from server.media import loopback_candidates
 from server.wire import auth, protocol
 from server.wire.protocol import ErrorCode
-from tests.conftest import SECRET, token
+from tests.conftest import token
 from tests.media.pattern import PatternTrack
+from tests.test_connection import HANDLERS, FakeChecks
 
 TIMEOUT = 30.0
 
@@ -139,13 +135,8 @@ async def test_join_subscribe_must_be_a_cid(app: App) -> None:
 
 
 def _machine(dev_tokens: Any = None) -> Connection:
-    config = Config(port=0, http_port=0, secret=SECRET)
-    broker = MemoryBroker(node_id="n1")
-    hub = Hub(config, broker, RoomFanout(config))
-    guard = Guard(config, broker, Moderation(broker, hub, None, config.tick_ms))
-    peer = SimpleNamespace(ws=SimpleNamespace(remote_address=("10.0.0.2", 1)), identity=None, room_id=None)
-    peer.abuse = None
-    return Connection(peer, guard, 2.0, dev_tokens)  # type: ignore[arg-type]
+    peer = SimpleNamespace(remote_ip="10.0.0.2", identity=None, room_id=None, abuse=None)
+    return Connection(peer, FakeChecks(), HANDLERS, 2.0, dev_tokens)  # type: ignore[arg-type]
 
 
 def test_machine_dev_join_admits_a_minted_token_then_subscribes() -> None:
@@ -159,7 +150,7 @@ def test_machine_dev_join_admits_a_minted_token_then_subscribes() -> None:
     (admit,) = conn.open("/ws?room=r9&dev_user=dee&name=Dee&subscribe=m0")
     assert isinstance(admit, Admit) and admit.room == "r9" and minted == [("r9", "dee", "Dee")]
     conn.admitted(auth.Identity(uid="dee", name="Dee", role="viewer", room="r9"))
-    assert conn.entered() == [Dispatch(Route.MEDIA, protocol.Subscribe(cid="m0"))]
+    assert conn.entered() == [Dispatch(HANDLERS[protocol.Subscribe], protocol.Subscribe(cid="m0"))]
 
 
 def test_machine_join_frame_subscribe_and_plain_join() -> None:
@@ -169,7 +160,7 @@ def test_machine_join_frame_subscribe_and_plain_join() -> None:
     (admit,) = conn.receive(msgpack.packb({"t": "join", "token": token("r1", "vee"), "subscribe": True}))
     assert isinstance(admit, Admit)
     conn.admitted(auth.Identity(uid="vee", name="vee", role="viewer", room="r1"))
-    assert conn.entered() == [Dispatch(Route.MEDIA, protocol.Subscribe(cid=None))]
+    assert conn.entered() == [Dispatch(HANDLERS[protocol.Subscribe], protocol.Subscribe(cid=None))]
     plain = _machine()
     plain.open(f"/ws?token={token('r1', 'zed')}")
     plain.admitted(auth.Identity(uid="zed", name="zed", role="viewer", room="r1"))

@@ -162,3 +162,22 @@ def test_helpers() -> None:
     assert bench.parse_url("ws://127.0.0.1:9/ws") == ("127.0.0.1", 9)
     with pytest.raises(SystemExit):
         bench.parse_url("ws://10.0.0.1:9/ws")
+
+
+def test_the_fanout_loop_bench_reports_every_tree() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "load_tests.bench_fanout_loop",
+            *("--server-dir", str(ROOT)),
+            *("--viewers", "20", "--writes", "5", "--reps", "1", "--runs", "1"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=True,
+    )
+    (record,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert record["tree"] == str(ROOT) and record["ratio"] == 1.0 and record["ns_per_viewer_write"] > 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from types import BuiltinFunctionType, FunctionType, ModuleType, SimpleNamespace
+from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any
 
 from server.app import App
@@ -31,7 +31,7 @@ class Peer:
     """A connection as the node sees it; writes go nowhere."""
 
     def __init__(self, ip: str) -> None:
-        self.ws = SimpleNamespace(remote_address=(ip, 5000))
+        self.remote_ip = ip
         self.identity: auth.Identity | None = None
         self.room_id: str | None = None
         self.abuse: Any = None

@@ -14,12 +14,15 @@ from server.broker.memory import MemoryBroker
 from server.config import Config
 from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
+from server.edge.client import WsWriter
 
 
 def _moderation() -> tuple[Moderation, MemoryBroker]:
     config = Config(port=0, http_port=0)
     broker = MemoryBroker(node_id="n1")
-    moderation = Moderation(broker, Hub(config, broker, RoomFanout(config)), None, config.tick_ms)
+    moderation = Moderation(
+        broker.limits, Hub(config, broker, RoomFanout(config, WsWriter())), None, config.tick_ms
+    )
     broker.watch_sanctions(moderation.on_sanction)
     return moderation, broker
 

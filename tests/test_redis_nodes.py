@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from server.broker.base import Publish
 from tests.conftest import WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
 from tests.redis_fixtures import RedisServer, RedisTarget, apoll, requires_redis
@@ -279,8 +280,8 @@ async def test_broker_pair_in_process(redis_server: RedisServer, sharded: bool) 
             assert broker.ready
             await broker.subscribe("room", lambda _r, _e, _f, events, i=i: got[i].append(events))
         event = {"t": "danmaku", "uid": "u", "name": "u", "ts": 1, "text": "x"}
-        await brokers[0].publish("room", [dict(event)], 2, 1, 1)
-        await brokers[1].publish("room", [dict(event)], 3, 1, 1)
+        await brokers[0].publish(Publish("room", [dict(event)], 2, 1, 1))
+        await brokers[1].publish(Publish("room", [dict(event)], 3, 1, 1))
         await apoll(lambda: all(sum(len(b) for b in g) >= 6 for g in got))
         for batches in got:
             events = [e for batch in batches for e in batch]
@@ -305,9 +306,9 @@ async def test_state_loaded_on_subscribe_honours_sticky_and_deletes(redis_any: R
         await first.subscribe("room", lambda *_: None)
         said = [{"t": "danmaku", "uid": "u", "name": "u", "ts": 1, "text": f"d{i}"} for i in range(3)]
         host = {"t": "host", "uid": "h", "name": "Hana", "ts": 1, "live": True}
-        await first.publish("room", [*said, host], 0, 2, 1, joined=["u", "h"])
+        await first.publish(Publish("room", [*said, host], 0, 2, 1, joined=["u", "h"]))
         await first.publish(
-            "room", [{"t": "delete", "uid": "h", "name": "Hana", "ts": 2, "target": 2}], 0, None, 2
+            Publish("room", [{"t": "delete", "uid": "h", "name": "Hana", "ts": 2, "target": 2}], 0, None, 2)
         )
         state = await second.subscribe("room", lambda *_: None)
         assert [e["text"] for e in state.recent] == ["d0", "d2"]

@@ -11,6 +11,7 @@ import pytest
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from server.broker.base import Publish
 from server.broker.redis import RedisBroker
 from server.broker.redis_resp3 import Resp3Connection, open_resp3
 from server.broker.shards import MAIN, Shards
@@ -156,7 +157,7 @@ async def test_broker_pipelines_keep_call_order_and_reload_flushed_scripts(redis
         got: list[list[dict[str, Any]]] = []
         await broker.subscribe("r1", lambda _room, _epoch, _frame, events: got.append(events))
         await broker.publish(
-            "r1", [{"t": "danmaku", "uid": "u", "name": "u", "ts": 1, "text": "hi"}], 0, None, 1
+            Publish("r1", [{"t": "danmaku", "uid": "u", "name": "u", "ts": 1, "text": "hi"}], 0, None, 1)
         )
         await apoll(lambda: got, what="the batch published after the flush")
         assert [e["text"] for e in got[0]] == ["hi"]

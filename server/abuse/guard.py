@@ -14,9 +14,10 @@ Per request: Host allow-list (DNS rebinding), Origin allow-list    -> HTTP 403
 The HTTP doors (WHIP, WHEP, stats, admin: server.abuse.doors.DOORS) call `authorize`,
 which runs the same checks in the same order for what each door declares.
 
-Every rejection raises ProtocolError; Connection.reject (server/edge/connection.py) answers with the error frame,
-counts it, and asks `on_reject` whether a connection that keeps being
-rejected should be closed (4307).
+Every rejection raises ProtocolError; Connection.reject (server/edge/connection.py) answers with
+the error frame, counts it, and asks `on_reject` what the refusal costs (`Strike`: tell, stay
+quiet, or refuse with 4307 and close). A message handled here (shadow-dropped, shed) comes back
+as `Shadowed`: the guard decides, the connection writes (server/abuse/decisions.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from server.abuse.content import (
     has_contact_spam,
     normalise,
 )
+from server.abuse.decisions import Shadowed, Strike
 from server.abuse.doors import Door
 from server.abuse.moderation import Moderation, sanction_error
 from server.abuse.ratelimit import (
@@ -71,7 +73,7 @@ from server.wire import auth, hls_token, protocol
 from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.broker.base import Broker
+    from server.broker.base import Sanctions
     from server.delivery.peer import Peer
 
 log = logging.getLogger("liveroom.abuse")
@@ -103,17 +105,20 @@ _STAFF_BUCKETED = frozenset({protocol.Pin, protocol.Unpin, protocol.ProductEdit}
 _FOLLOW_BUCKETED = frozenset({protocol.Follow, protocol.Schedule, protocol.Reserve, protocol.Link})
 
 
-def _remote_ip(client: Peer) -> str:
-    """The peer address. Behind a proxy every client shares it: set the caps for that (see README)."""
-    address = client.ws.remote_address
-    return str(address[0]) if address else "?"
-
-
 class Guard:
+    """Every check of every door, in order of cost, over one set of buckets and caps.
+
+    About 400 lines on purpose: a check that guards the WebSocket must guard WHIP, WHEP,
+    stats and admin too, and the per-IP, per-user and per-connection buckets a join, a frame
+    and an HTTP request spend are shared, so splitting it by door would duplicate the order
+    and the state. The parts with their own concept already live beside it (admission,
+    content, limits, tokens, connstate, moderation).
+    """
+
     def __init__(
-        self, config: Config, broker: Broker, moderation: Moderation, clock: Clock = time.monotonic
+        self, config: Config, sanctions: Sanctions, moderation: Moderation, clock: Clock = time.monotonic
     ) -> None:
-        self.broker = broker
+        self.sanctions = sanctions  # the broker's part for sanctions, nonces and shared rate usage
         self.config = config
         self.clock = clock
         try:
@@ -137,7 +142,7 @@ class Guard:
             for scope in ("conn", "user", "ip")
         }
         self._counters = {key: abuse_metrics.rate_limited.labels(*key) for key in self._messages}
-        self._ledger = UsageLedger() if broker.multi_node and self._user else None
+        self._ledger = UsageLedger() if sanctions.multi_node and self._user else None
         self.ip_cap = ConcurrencyCap(config.max_conns_per_ip)
         self.user_cap = ConcurrencyCap(config.max_conns_per_user)
         self.lag = LoopLag()
@@ -173,7 +178,7 @@ class Guard:
             ticks += 1
             try:
                 if self._ledger is not None:
-                    remote = await self.broker.exchange_usage(self._usage())
+                    remote = await self.sanctions.exchange_usage(self._usage())
                     reconcile(self._user, remote)
                 if ticks % 3 == 0:
                     self.words.maybe_reload()
@@ -258,7 +263,7 @@ class Guard:
             if door.nonce:
                 await self._claim_nonce(token)
         if new_session and door.sanctions:  # ending a session (DELETE) needs no ban check
-            self._sanctioned(await self.broker.sanctions(who.room, who.uid))
+            self._sanctioned(await self.sanctions.sanctions(who.room, who.uid))
         return who
 
     def mint_hls(self, who: auth.Identity, ttl: int = hls_token.DEFAULT_TTL) -> tuple[str, int]:
@@ -285,7 +290,7 @@ class Guard:
         if self.config.join_nonce:
             assert token is not None
             jti, ttl = nonce_of(token)
-            if not await self.broker.claim_nonce(jti, ttl):
+            if not await self.sanctions.claim_nonce(jti, ttl):
                 raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
 
     @staticmethod
@@ -301,7 +306,7 @@ class Guard:
 
     def connect(self, client: Peer) -> None:
         """First thing in a connection's handler: the per-IP connection cap."""
-        ip = _remote_ip(client)
+        ip = client.remote_ip  # behind a proxy every client shares it: set the caps for that (README)
         if not self.ip_cap.acquire(ip):
             raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
         now = self.clock()
@@ -341,7 +346,7 @@ class Guard:
             raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
         state.uid = who.uid
         await self._claim_nonce(token)
-        state.muted_until = self._sanctioned(await self.broker.sanctions(who.room, who.uid))
+        state.muted_until = self._sanctioned(await self.sanctions.sanctions(who.room, who.uid))
         return who
 
     def joined(self, client: Peer) -> None:
@@ -371,8 +376,9 @@ class Guard:
             if wait:
                 self._limited("frame", "conn", wait, None)
 
-    def check(self, client: Peer, message: protocol.ClientMessage) -> protocol.ClientMessage | None:
-        """Rate, mute and content checks after decoding; None when the message was fully handled."""
+    def check(self, client: Peer, message: protocol.ClientMessage) -> protocol.ClientMessage | Shadowed:
+        """Rate, mute and content checks after decoding; `Shadowed` when the message goes no
+        further (only its sender is answered)."""
         kind = type(message)
         if kind is protocol.Danmaku:
             return self._danmaku(client, message)  # type: ignore[arg-type]
@@ -407,12 +413,9 @@ class Guard:
             raise ProtocolError(ErrorCode.CONTENT_REJECTED, "message contains a banned word", ref)
         return verdict.text
 
-    async def command(self, client: Peer, message: protocol.Mod | protocol.Block) -> None:
-        await self.moderation.handle(client, message)
-
     async def dm_allowed(self, sender: str, message: protocol.DirectMessage) -> None:
         """The recipient may have blocked the sender (stored in the broker: any node)."""
-        if await self.broker.dm_blocked(message.to, sender):
+        if await self.sanctions.dm_blocked(message.to, sender):
             raise ProtocolError(ErrorCode.DM_BLOCKED, "this user does not accept your messages", message.cid)
 
     def _rate(self, client: Peer, action: str, bucket: TokenBucket | None, ref: object) -> float:
@@ -441,7 +444,7 @@ class Guard:
         self._counters[action, scope].inc()
         raise ProtocolError(ErrorCode.RATE_LIMITED, self._messages[action, scope], ref, round(wait, 2))
 
-    def _danmaku(self, client: Peer, message: protocol.Danmaku) -> protocol.Danmaku | None:
+    def _danmaku(self, client: Peer, message: protocol.Danmaku) -> protocol.Danmaku | Shadowed:
         state, who = client.abuse, client.identity
         assert who is not None and client.room_id is not None
         now = self.clock()
@@ -451,13 +454,11 @@ class Guard:
         text = protocol.clean_text(message.text, self.config.danmaku_max_len, message.cid)
         text, shadow = self._content(who, text, message.cid, now, contact=True)
         if shadow:
-            self._echo(client, text, message.cid)
-            return None
+            return self._echo(client, text, message.cid)
         budget = self._room_budget
         if budget is not None and not who.can_moderate and budget.take(client.room_id, now):
             abuse_metrics.danmaku_shed.inc()
-            self._echo(client, text, message.cid)
-            return None
+            return self._echo(client, text, message.cid)
         message.text = text
         return message
 
@@ -471,7 +472,7 @@ class Guard:
                 raise ProtocolError(ErrorCode.MUTED, "you are muted in this room", ref, retry)
             state.muted_until = 0.0
 
-    def _dm(self, client: Peer, message: protocol.DirectMessage) -> protocol.DirectMessage | None:
+    def _dm(self, client: Peer, message: protocol.DirectMessage) -> protocol.DirectMessage | Shadowed:
         state, who = client.abuse, client.identity
         assert who is not None
         now = self._rate(client, "dm", state.dm, message.cid) if state is not None else self.clock()
@@ -483,8 +484,7 @@ class Guard:
             ack.update(ts=ts, delivered=True)
             if message.cid is not None:
                 ack["cid"] = message.cid
-            client.send(protocol.pack(ack))
-            return None
+            return Shadowed(protocol.pack(ack))
         message.text = text
         return message
 
@@ -514,7 +514,7 @@ class Guard:
             abuse_metrics.content_filtered.labels(policy=verdict.name).inc()
         return verdict.text, verdict.policy == SHADOW
 
-    def _echo(self, client: Peer, text: str, cid: str | int | None) -> None:
+    def _echo(self, client: Peer, text: str, cid: str | int | None) -> Shadowed:
         """The sender alone sees its danmaku, in the next tick as if broadcast (no seq: not sequenced)."""
         who = client.identity
         assert who is not None and client.room_id is not None
@@ -523,7 +523,7 @@ class Guard:
         if cid is not None:
             event["cid"] = cid
         frame = protocol.batch_frame(client.room_id, [event])
-        asyncio.get_running_loop().call_later(self.config.tick_ms / 1000, client.send, frame)
+        return Shadowed(frame, self.config.tick_ms / 1000)
 
     # -- rejections ------------------------------------------------------------------------
 
@@ -539,17 +539,16 @@ class Guard:
             return min(error.retry_after, PENALTY_MAX)
         return 0.0
 
-    def on_reject(self, client: Peer, error: ProtocolError) -> bool:
-        """Whether to send the error frame; closes (4307) a connection that keeps being refused.
+    def on_reject(self, client: Peer, error: ProtocolError) -> Strike:
+        """What a refusal costs: the error frame, nothing, or the last strike (4307, closed).
 
         A client that does not read its errors (write buffer past the limit)
         gets no more of them: they would only pile up in memory.
         """
         state = client.abuse
         if state is None or error.fatal:
-            return True
+            return Strike.TELL
         if state.strikes is not None and state.strikes.take(self.clock()):
             state.strikes = None  # close once
-            client.reject(ProtocolError(ErrorCode.ABUSIVE, "too many rejected messages"))
-            return False
-        return client.buffered() <= self.config.write_buffer_limit
+            return Strike.OUT
+        return Strike.TELL if client.buffered() <= self.config.write_buffer_limit else Strike.QUIET

@@ -4,7 +4,7 @@ operators (the admin API) sanction users across rooms, post system messages and 
 Every action goes through here, whoever asks: one table of actions, one sanction write
 (an unban also ends a kick's cool-down, on every path), one log line, one webhook.
 
-Sanctions are stored in the broker (`Broker.put_sanction`), which tells every
+Sanctions are stored in the broker (`Sanctions.put_sanction`), which tells every
 node's watcher at once: each node applies them to its local connections (a
 muted user's sends fail with 4401 and the remaining time; kicked and banned
 users get an error frame then a close with 4402/4403) and checks them again at
@@ -32,7 +32,7 @@ from server.wire import protocol
 from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.broker.base import Broker
+    from server.broker.base import Sanctions
     from server.delivery.hub import Hub
     from server.delivery.peer import Peer
     from server.room.state import Room
@@ -76,8 +76,8 @@ class Moderation:
     The broker's sanction watcher must call `on_sanction` (app.py wires it).
     """
 
-    def __init__(self, broker: Broker, hub: Hub, webhooks: Webhooks | None, tick_ms: int) -> None:
-        self.broker = broker
+    def __init__(self, sanctions: Sanctions, hub: Hub, webhooks: Webhooks | None, tick_ms: int) -> None:
+        self.sanctions = sanctions  # the broker's part that stores sanctions and tells every node
         self.hub = hub
         self.webhooks = webhooks
         self.tick_ms = tick_ms  # how often the room's outbox goes out (a room close waits for it)
@@ -95,9 +95,9 @@ class Moderation:
         seconds = duration if duration is not None else DEFAULT_DURATION[kind]
         until = None if lifted or seconds is None else protocol.now_ms() + int(seconds * 1000)
         for room in rooms:
-            await self.broker.put_sanction(Sanction(room, uid, kind, until, by, lifted))
+            await self.sanctions.put_sanction(Sanction(room, uid, kind, until, by, lifted))
             if action == "unban":  # an unban also ends a kick's cool-down
-                await self.broker.put_sanction(Sanction(room, uid, "kick", None, by, True))
+                await self.sanctions.put_sanction(Sanction(room, uid, "kick", None, by, True))
         return until
 
     def _done(self, action: str, record: dict[str, object]) -> None:
@@ -153,7 +153,7 @@ class Moderation:
             if message.uid == who.uid:
                 raise ProtocolError(ErrorCode.MOD_TARGET, "cannot block yourself", message.cid)
             try:
-                await self.broker.set_dm_block(who.uid, message.uid, message.blocked)
+                await self.sanctions.set_dm_block(who.uid, message.uid, message.blocked)
             except BrokerUnavailable:
                 raise _unavailable(message.cid) from None
             ack = {"t": "block_ack", "uid": message.uid, "blocked": message.blocked}
@@ -204,7 +204,7 @@ class Moderation:
 
     def on_sanction(self, sanction: Sanction) -> None:
         """Apply a sanction (from any node) to this node's connections of the user in the room."""
-        for client in list(self.hub.users.get(sanction.uid, ())):
+        for client in self.hub.connections_of(sanction.uid):
             state = client.abuse
             if client.room_id != sanction.room or state is None:
                 continue

@@ -116,6 +116,10 @@ class Analytics:
             self._reported.add(found[2])
             self._add(Record(FIRST_FRAME, found[0], found[1], self.clock(), found[2], ms))
 
+    def stats_message(self, key: Hashable, message: Any) -> None:
+        """A client's `stats` message (`protocol.Stats`): its time to first frame."""
+        self.first_frame(key, message.first_frame_ms)
+
     def _add(self, record: Record) -> None:
         if len(self._buffer) >= MAX_BUFFER:
             self.dropped += 1
@@ -226,8 +230,7 @@ class Analytics:
 
 
 def make_analytics(
-    redis_url: str | None,
-    cluster: bool,
+    redis: Any,
     node_id: str,
     flush: float,
     funnel: str,
@@ -236,10 +239,10 @@ def make_analytics(
     """Memory store on one node, Redis store (shared) when the node uses a Redis broker (whose
     pipelines it may write through)."""
     store: AnalyticsStore
-    if redis_url:
+    if redis is not None:
         from server.analytics.redis_store import RedisStore
 
-        store = RedisStore(redis_url, cluster, pipeline)
+        store = RedisStore(redis, pipeline)
     else:
         store = MemoryStore()
     steps = [s.strip() for s in funnel.split(",") if s.strip()]

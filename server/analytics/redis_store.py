@@ -1,4 +1,4 @@
-"""Analytics records in Redis, shared by every node (redis.asyncio, its own connection).
+"""Analytics records in Redis, shared by every node (the node's decoding redis.asyncio client).
 
 Keys carry the room in a hash tag, so one room's keys sit in one cluster slot:
   an:{<room>}:log:<day>   list of encoded records of that UTC day (expires after KEEP_DAYS)
@@ -14,9 +14,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-
 from server.analytics.records import DAY, JOIN, Record, day_of
 from server.analytics.store import KEEP_DAYS, AnalyticsStore
 
@@ -31,21 +28,15 @@ def _key(room: str, part: str) -> str:
 
 
 class RedisStore(AnalyticsStore):
-    def __init__(self, url: str, cluster: bool = False, pipeline: Pipeline | None = None) -> None:
-        self._redis: aioredis.Redis | RedisCluster = (
-            RedisCluster.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
-            if cluster
-            else aioredis.Redis.from_url(
-                url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
-            )
-        )
+    def __init__(self, redis: Any, pipeline: Pipeline | None = None) -> None:
+        self._redis = redis  # RedisClients.text: replies decoded
         # the broker's pipelines (one write per shard, packed in C) when it has them: a flush with
         # thousands of active rooms is thousands of commands
         self._pipeline = pipeline
         self._expired: set[tuple[str, int]] = set()  # (key, day) given its TTL by this process
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        pass  # the client is the node's (RedisClients), closed by the app
 
     async def append(self, records: list[Record]) -> None:
         grouped: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)

@@ -77,7 +77,7 @@ SanctionHandler = Callable[[Sanction], None]
 
 @dataclass(slots=True)
 class Publish:
-    """One room's share of a tick, as Broker.publish takes it."""
+    """One room's share of a tick, as `RoomStream.publish` (and `publish_many`) take it."""
 
     room_id: str
     events: list[Event]
@@ -132,19 +132,11 @@ class RoomStream(ABC):
     async def unsubscribe(self, room_id: str) -> None: ...
 
     @abstractmethod
-    async def publish(
-        self,
-        room_id: str,
-        events: list[Event],
-        likes_delta: int,
-        local_online: int | None,
-        now: int,
-        joined: Sequence[str] = (),
-    ) -> None:
+    async def publish(self, tick: Publish) -> None:
         """Sequence and publish one tick of a room (server/room/sequencing.py's rule).
 
-        Adds the like total (after adding likes_delta) and the online count (after recording
-        this node's local count) as events, assigns each event the room's next sequence
+        Adds the like total (after adding `likes_delta`) and the online count (after recording
+        this node's `local_online`) as events, assigns each event the room's next sequence
         number, keeps them in history and delivers the batch, encoded once, to every
         subscribed node. `joined`: uids that joined locally this tick (unique viewers).
         """
@@ -155,7 +147,7 @@ class RoomStream(ABC):
         and a room that fails costs that room only: the other rooms of the tick still go out."""
         for p in publishes:
             try:
-                await self.publish(p.room_id, p.events, p.likes_delta, p.local_online, p.now, p.joined)
+                await self.publish(p)
             except BrokerUnavailable:
                 raise
             except Exception:
@@ -302,16 +294,8 @@ class Broker:
         self.limits.unfollow_room(room_id)
         await self.stream.unsubscribe(room_id)
 
-    async def publish(
-        self,
-        room_id: str,
-        events: list[Event],
-        likes_delta: int,
-        local_online: int | None,
-        now: int,
-        joined: Sequence[str] = (),
-    ) -> None:
-        await self.stream.publish(room_id, events, likes_delta, local_online, now, joined)
+    async def publish(self, tick: Publish) -> None:
+        await self.stream.publish(tick)
 
     async def publish_many(self, publishes: Sequence[Publish]) -> None:
         await self.stream.publish_many(publishes)

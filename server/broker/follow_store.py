@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -94,12 +95,8 @@ LIVE_TTL = 31 * 86400  # seconds a scheduled live and its reservations are kept
 class RedisFollowStore(FollowStore):
     """A host's followers, lives and reservations on one slot (`{f:<host>}`)."""
 
-    def __init__(self, url: str, cluster: bool = False) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
-
-        opts = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
-        self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis  # the node's RedisClients.commands
 
     @staticmethod
     def _base(host: str) -> str:
@@ -150,8 +147,9 @@ class RedisFollowStore(FollowStore):
         return bool(await self._redis.set(f"{self._base(host)}:noticed", 1, nx=True, px=int(ttl * 1000)))
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        pass  # the client is the node's (RedisClients), closed by the app
 
 
-def make_follow_store(redis_url: str | None, cluster: bool) -> FollowStore:
-    return RedisFollowStore(redis_url, cluster) if redis_url else MemoryFollowStore()
+def make_follow_store(redis: Any = None) -> FollowStore:
+    """`redis`: the node's RedisClients.commands, or None for one node's memory."""
+    return RedisFollowStore(redis) if redis is not None else MemoryFollowStore()

@@ -107,12 +107,8 @@ ROOM_TTL = 7 * 86400  # seconds a room's gifter totals outlive its last gift
 class RedisGiftStore(GiftStore):
     """Shared by every node; each room's keys on one slot (`{g:<room>}`), each user's too."""
 
-    def __init__(self, url: str, cluster: bool = False, size: int = BOARD_SIZE) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
-
-        opts = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
-        self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
+    def __init__(self, redis: Any, size: int = BOARD_SIZE) -> None:
+        self._redis = redis  # the node's RedisClients.commands
         self.size = size
         self._credit = self._redis.register_script(_CREDIT)
         self._charge = self._redis.register_script(_CHARGE)
@@ -135,8 +131,9 @@ class RedisGiftStore(GiftStore):
         return None if int(left) < 0 else int(left)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        pass  # the client is the node's (RedisClients), closed by the app
 
 
-def make_gift_store(redis_url: str | None, cluster: bool) -> GiftStore:
-    return RedisGiftStore(redis_url, cluster) if redis_url else MemoryGiftStore()
+def make_gift_store(redis: Any = None) -> GiftStore:
+    """`redis`: the node's RedisClients.commands, or None for one node's memory."""
+    return RedisGiftStore(redis) if redis is not None else MemoryGiftStore()

@@ -174,13 +174,10 @@ class RedisSendLog(SendLog):
     a danmaku retried on the same node is still caught).
     """
 
-    def __init__(self, url: str, cluster: bool = False) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
+    def __init__(self, redis: Any) -> None:
         from redis.exceptions import RedisClusterException, RedisError
 
-        opts = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
-        self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
+        self._redis = redis  # the node's RedisClients.commands
         # RedisClusterException ("cannot be connected") is not a RedisError
         self._errors = (OSError, TimeoutError, RedisError, RedisClusterException)
         self._local = MemorySendLog()
@@ -209,9 +206,7 @@ class RedisSendLog(SendLog):
         with contextlib.suppress(*self._errors):  # else the claim expires after CLAIM_TTL
             await self._redis.delete(key_of(uid, kind, cid))
 
-    async def close(self) -> None:
-        await self._redis.aclose()
 
-
-def make_send_log(redis_url: str | None, cluster: bool) -> SendLog:
-    return RedisSendLog(redis_url, cluster) if redis_url else MemorySendLog()
+def make_send_log(redis: Any = None) -> SendLog:
+    """`redis`: the node's RedisClients.commands, or None for one node's memory."""
+    return RedisSendLog(redis) if redis is not None else MemorySendLog()

@@ -11,7 +11,6 @@ import itertools
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from server.broker.base import (
@@ -20,6 +19,7 @@ from server.broker.base import (
     DmReceipt,
     Event,
     Inbox,
+    Publish,
     RoomState,
     RoomStream,
     Sanction,
@@ -130,26 +130,21 @@ class MemoryRoomStream(RoomStream):
             return
         del self._rooms[room_id]
 
-    async def publish(
-        self,
-        room_id: str,
-        events: list[Event],
-        likes_delta: int,
-        local_online: int | None,
-        now: int,
-        joined: Sequence[str] = (),
-    ) -> None:
+    async def publish(self, tick: Publish) -> None:
+        room_id, events, now = tick.room_id, tick.events, tick.now
         channel = self._channel(room_id)
-        channel.viewers.update(joined)
+        channel.viewers.update(tick.joined)
         events = self._cids.fresh(room_id, events)  # a danmaku retried with its cid: numbered once
-        tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=len(channel.viewers))
+        one = Tick(
+            self.node_id, now, events, tick.likes_delta, tick.local_online, unique=len(channel.viewers)
+        )
         view = channel.view
-        sequenced, stream = sequence(channel.stream, tick, view.epoch)
+        sequenced, stream = sequence(channel.stream, one, view.epoch)
         try:  # encoded before the stream moves on: an event no frame can carry is dropped alone
             frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
         except protocol.ENCODE_ERRORS:
-            tick = replace(tick, events=encodable_only(room_id, events))
-            sequenced, stream = sequence(channel.stream, tick, view.epoch)
+            one = replace(one, events=encodable_only(room_id, events))
+            sequenced, stream = sequence(channel.stream, one, view.epoch)
             frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
         channel.stream = stream
         if not sequenced:

@@ -177,12 +177,8 @@ return out
 
 
 class RedisPkStore(PkStore):
-    def __init__(self, url: str, cluster: bool = False) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
-
-        opts = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
-        self._redis = RedisCluster.from_url(url, **opts) if cluster else aioredis.Redis.from_url(url, **opts)
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis  # the node's RedisClients.commands
         self._credit = self._redis.register_script(_CREDIT)
         self._read = self._redis.register_script(_READ)
         self._rooms: dict[str, list[str]] = {}  # pk id -> its rooms (fixed for the round)
@@ -278,8 +274,9 @@ class RedisPkStore(PkStore):
         return await self._score(pk_id, close=True)  # `ended`: it was closed already
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        pass  # the client is the node's (RedisClients), closed by the app
 
 
-def make_pk_store(redis_url: str | None, cluster: bool) -> PkStore:
-    return RedisPkStore(redis_url, cluster) if redis_url else MemoryPkStore()
+def make_pk_store(redis: Any = None) -> PkStore:
+    """`redis`: the node's RedisClients.commands, or None for one node's memory."""
+    return RedisPkStore(redis) if redis is not None else MemoryPkStore()

@@ -46,6 +46,15 @@ HEARTBEAT_SLICES = 10  # the presence heartbeat runs this often per interval, ea
 
 
 class RedisBroker(Broker):
+    """The node's shared Redis connection and the three parts built on it.
+
+    Over 400 lines because one state machine lives here: per-primary connections of our own,
+    their loss and jittered reconnection per shard, resubscription, the replicas' WAIT and
+    the presence heartbeat all read and change the same `_pubsubs`/`_writers`/`_up`/`_lost`
+    state. The per-shard session (pub/sub + writer + its reconnection) is the next piece to
+    give a class of its own (issue 22's remainder).
+    """
+
     stream: RedisRoomStream
     inbox: RedisInbox
     limits: RedisSanctions

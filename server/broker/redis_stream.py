@@ -106,16 +106,8 @@ class RedisRoomStream(RedisPart, RoomStream):
         if self._rooms.pop(room_id, None) is not None:
             await self._unlisten(rs.room_keys(room_id).channel.encode())
 
-    async def publish(
-        self,
-        room_id: str,
-        events: list[Event],
-        likes_delta: int,
-        local_online: int | None,
-        now: int,
-        joined: Sequence[str] = (),
-    ) -> None:
-        await self.publish_many([Publish(room_id, events, likes_delta, local_online, now, joined)])
+    async def publish(self, tick: Publish) -> None:
+        await self.publish_many([tick])
 
     async def publish_many(self, publishes: Sequence[Publish]) -> None:
         """A whole tick in one pipeline per shard, all shards at once: no room waits on another.

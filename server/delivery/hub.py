@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from server.config import Config
     from server.delivery.fanout import RoomFanout
     from server.delivery.peer import Peer
+    from server.wire.auth import Identity
 
 log = logging.getLogger("liveroom.hub")
 
@@ -122,7 +123,60 @@ class Hub:
                 await self.broker.unsubscribe(room_id)
 
     def mark_dirty(self, room_id: str) -> None:
+        """Something for the room's next tick (its outbox, presence, a `live` change)."""
         self.dirty.add(room_id)
+
+    def add_member(self, room: Room[Peer], client: Peer, who: Identity, now: int) -> None:
+        """A joined connection: into the room's members and presence, for the next tick."""
+        room.add_member(client, who, now)
+        self.dirty.add(room.room_id)
+
+    def remove_member(self, client: Peer, now: int) -> bool:
+        """A joined connection left: out of its room's members; False if it was not in one."""
+        room = self.rooms.get(client.room_id or "")
+        if room is None or client not in room.members:
+            return False
+        room.remove_member(client, now)
+        self.dirty.add(room.room_id)
+        return True
+
+    def add_likes(self, room_id: str, count: int) -> None:
+        self.rooms[room_id].add_likes(count)
+        self.dirty.add(room_id)
+
+    def set_live(
+        self,
+        room_id: str,
+        who: Identity,
+        on: bool,
+        node: str,
+        url: str | None,
+        now: int,
+        codec: str | None = None,
+    ) -> bool:
+        """A publisher's `live` change into the room's outbox; False if the room is not open."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return False
+        room.set_live(who, on, node, url, now, codec)
+        self.dirty.add(room_id)
+        return True
+
+    def on_live(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(room_id)` when a batch changes a room's `live` state (media follows it)."""
+        self.live_listeners.append(listener)
+
+    def flush(self, room_id: str) -> None:
+        """Write the room's held frame now (before a snapshot that includes it)."""
+        self.frames.flush(room_id)
+
+    def flush_all(self) -> None:
+        self.frames.flush_all()
+
+    @property
+    def changed(self) -> bool:
+        """Some room has something for the next tick."""
+        return bool(self.dirty)
 
     def enqueue(self, room_id: str, event: Event) -> None:
         """Queue an event (a moderator's `delete`, a `system` message) for the room's next tick."""
@@ -142,6 +196,10 @@ class Hub:
 
     def connections(self) -> list[Peer]:
         return [c for room in self.rooms.values() for c in room.members]
+
+    def connections_of(self, uid: str) -> list[Peer]:
+        """The user's local connections (any room)."""
+        return list(self.users.get(uid, ()))
 
     # -- users ---------------------------------------------------------------------------
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from server.wire.auth import Identity
     from server.wire.protocol import ProtocolError
 
@@ -19,7 +17,9 @@ if TYPE_CHECKING:
 class Peer(Protocol):
     """One client connection as seen from inside the node."""
 
-    ws: ServerConnection
+    remote_ip: str  # the peer's address, set when it connected ("?" when unknown)
+    # what the edge's fan-out Writer writes frames to (the socket): opaque outside server/edge/
+    sink: Any
     identity: Identity | None
     room_id: str | None
     # the guard's per-connection state (server.abuse.connstate.ConnState), set by Guard.connect;
@@ -42,3 +42,9 @@ class Peer(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (once)."""
+
+    async def close_and_wait(self, code: int, reason: str) -> None:
+        """Close and wait for the closing handshake (a peer that stops reading never ends it)."""
+
+    def abort(self) -> None:
+        """Cut the connection at once, without a closing handshake."""

@@ -1,8 +1,8 @@
 """One WebSocket connection's I/O: feed its frames to the state machine, perform what it returns.
 
 The rules (join, resume, strikes, dispatch) live in `server.edge.connection`, with no I/O;
-this module reads the socket, writes frames, closes, pauses, and calls the handlers the
-state machine routes each message to (node, guard, media, analytics).
+this module reads the socket, writes frames, closes, pauses, and calls the handler the
+state machine routes each message to (from the table built in app.py).
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from server import logs, metrics
@@ -27,12 +29,14 @@ from server.edge.connection import (
     DevTokens,
     Dispatch,
     Enter,
+    Handler,
+    Handlers,
     Hangup,
     Output,
     Pause,
     Refused,
-    Route,
     Send,
+    SendLater,
 )
 from server.wire import auth, protocol
 from server.wire.protocol import ErrorCode, ProtocolError
@@ -40,33 +44,24 @@ from server.wire.protocol import ErrorCode, ProtocolError
 if TYPE_CHECKING:
     from server.abuse.connstate import ConnState
     from server.abuse.guard import Guard
-    from server.analytics.recorder import Analytics
     from server.config import Config
-    from server.media.gateway import MediaGateway
-    from server.node.answers import Answers
-    from server.node.fans import Fans
-    from server.node.gifts import GiftDesk
+    from server.delivery.peer import Peer
     from server.node.node import Node
-    from server.node.pk import Links
 
 log = logging.getLogger("liveroom.client")
 _broker_down_log = logs.RefusalLog(log)  # one WARNING per 10 s however many frames hit it
 MAX_DMS_IN_FLIGHT = 16  # per connection; past it the read loop waits for one to finish
+OPEN = State.OPEN
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    """What a connection hands its messages to; one instance shared by every connection."""
+    """What a connection needs besides its socket; one instance shared by every connection."""
 
     config: Config
-    node: Node
-    guard: Guard
-    media: MediaGateway
-    analytics: Analytics
-    answers: Answers
-    gifts: GiftDesk
-    fans: Fans | None = None
-    links: Links | None = None
+    node: Node  # join and leave
+    guard: Guard  # admission, the connection's checks, disconnect
+    handlers: Handlers  # message type -> handler (app.py)
 
 
 class Client:
@@ -81,13 +76,18 @@ class Client:
         "dropped",
         "identity",
         "opened",
+        "remote_ip",
         "room_id",
         "services",
+        "sink",
         "ws",
     )
 
     def __init__(self, services: Services, ws: ServerConnection) -> None:
         self.ws = ws
+        self.sink = ws  # what WsWriter writes the room fan-out to
+        address = ws.remote_address
+        self.remote_ip = str(address[0]) if address else "?"
         self.services = services
         self.identity: auth.Identity | None = None
         self.room_id: str | None = None
@@ -98,7 +98,11 @@ class Client:
         self._dm_tails: dict[str, asyncio.Task[None]] = {}  # recipient -> its newest DM in flight
         self._pause_owed = 0.0  # a penalty a DM task earned: the read loop serves it
         self.conn = Connection(
-            self, services.guard, services.config.join_timeout, _dev_tokens(services.config)
+            self,
+            services.guard,
+            services.handlers,
+            services.config.join_timeout,
+            _dev_tokens(services.config),
         )
 
     # -- writing -------------------------------------------------------------
@@ -124,6 +128,13 @@ class Client:
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self.ws.close(code, reason[:100]))
 
+    async def close_and_wait(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason[:100])
+
+    def abort(self) -> None:
+        if self.ws.transport is not None:
+            self.ws.transport.abort()
+
     def _perform(self, outputs: list[Output]) -> Any:
         """Write and close as told; return the one request (or pause) left for the caller."""
         request = None
@@ -131,6 +142,8 @@ class Client:
             kind = type(out)
             if kind is Send:
                 self.send(out.frame)  # type: ignore[union-attr]
+            elif kind is SendLater:
+                asyncio.get_running_loop().call_later(out.delay, self.send, out.frame)  # type: ignore[union-attr]
             elif kind is Close:
                 self.close(out.code, out.reason)  # type: ignore[union-attr]
             elif kind is Refused:
@@ -199,7 +212,7 @@ class Client:
                 metrics.join_latency.observe(time.perf_counter() - self.opened)
                 if type(subscribe) is Dispatch:  # media with the join: the offer follows the snapshot
                     try:
-                        await self._dispatch(subscribe.route, subscribe.message)
+                        await self._dispatch(subscribe.handler, subscribe.message)
                     except ProtocolError as error:
                         self._perform(conn.failed(error))
                 return True
@@ -217,12 +230,12 @@ class Client:
             if request is None:
                 continue
             kind = type(request)
-            if kind is Dispatch and request.route is Route.DM:
-                await self._send_dm(request.message)
+            if kind is Dispatch and type(request.message) is protocol.DirectMessage:
+                await self._send_dm(request.handler, request.message)
                 continue
             if kind is Dispatch:
                 try:
-                    await self._dispatch(request.route, request.message)
+                    await self._dispatch(request.handler, request.message)
                 except ProtocolError as error:
                     request = self._perform(conn.failed(error))
                 except BROKER_DOWN as exc:
@@ -243,7 +256,7 @@ class Client:
                 await self.ws.close(1000, "bye")
                 return
 
-    async def _send_dm(self, message: Any) -> None:
+    async def _send_dm(self, handler: Handler, message: Any) -> None:
         """A DM runs beside the read loop: one waiting on Redis (a replica's WAIT, a failover)
         must not hold up the sender's other frames; its answer carries `cid`/`id`, so it may
         come after later ones. DMs to one recipient keep their order (each waits for the one
@@ -251,7 +264,7 @@ class Client:
         while len(self._dm_tails) >= MAX_DMS_IN_FLIGHT:
             await asyncio.wait(list(self._dm_tails.values()), return_when=asyncio.FIRST_COMPLETED)
         before = self._dm_tails.get(message.to)
-        task = asyncio.get_running_loop().create_task(self._dm(message, before))
+        task = asyncio.get_running_loop().create_task(self._dm(handler, message, before))
         self._dm_tails[message.to] = task
         task.add_done_callback(lambda done: self._dm_done(message.to, done))
 
@@ -259,11 +272,11 @@ class Client:
         if self._dm_tails.get(to) is task:
             del self._dm_tails[to]
 
-    async def _dm(self, message: Any, before: asyncio.Task[None] | None) -> None:
+    async def _dm(self, handler: Handler, message: Any, before: asyncio.Task[None] | None) -> None:
         if before is not None:
             await asyncio.gather(before, return_exceptions=True)
         try:
-            await self.services.node.direct_message(self, message)
+            await handler.call(self, message)  # type: ignore[misc]
         except ProtocolError as error:
             pause = self._perform(self.conn.failed(error))
             if type(pause) is Pause:  # stop reading a flooder: the read loop sleeps it
@@ -284,34 +297,68 @@ class Client:
         text = "the shared store is unavailable: retry"
         self.send(protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, text, ref, retry_after=1.0))
 
-    async def _dispatch(self, route: Route, message: Any) -> None:
-        services = self.services
-        if route is Route.DANMAKU:
-            await services.node.danmaku(self, message)
-        elif route is Route.LIKE:
-            services.node.like(self, message)
-        elif route is Route.DM:
-            await services.node.direct_message(self, message)
-        elif route is Route.DM_SEEN:
-            await services.node.dm_seen(self, message)
-        elif route is Route.MODERATE:
-            await services.guard.command(self, message)
-        elif route is Route.STATS:
-            services.analytics.first_frame(self, message.first_frame_ms)
-        elif route is Route.ANSWER:
-            await services.answers.handle(self, message)
-        elif route is Route.SLOW_MODE:
-            services.node.slow_mode(self, message)
-        elif route is Route.VIEWERS:
-            services.node.viewers(self, message)
-        elif route is Route.GIFT:
-            await services.gifts.handle(self, message)
-        elif route is Route.FANS and services.fans is not None:
-            await services.fans.handle(self, message)
-        elif route is Route.LINK and services.links is not None:
-            await services.links.handle(self, message)
+    async def _dispatch(self, handler: Handler, message: Any) -> None:
+        if handler.awaits:
+            await handler.call(self, message)  # type: ignore[misc]
         else:
-            await services.media.handle(self, message)
+            handler.call(self, message)
+
+
+class WsWriter:
+    """The room fan-out's writes (server.delivery.fanout.Writer) on WebSockets.
+
+    A server's frames are not masked, so a room's frame is framed once and the same bytes are
+    written to every plain connection's transport (one transport.write each, as close to a
+    raw socket write as Python gets); a connection with an extension (permessage-deflate
+    compresses per connection) or a write of its own queued in websockets' protocol goes
+    through websockets.broadcast, which frames it itself. One loop per room frame: the hot path."""
+
+    def write(
+        self,
+        clients: Iterable[Peer],
+        frame: bytes,
+        own: Mapping[Peer, bytes] | None,
+        limit: int,
+        caught_up: Callable[[Peer], None],
+    ) -> tuple[list[Peer], int]:
+        wire: bytes | None = None  # the frame with its WebSocket header, built at the first use
+        others = []  # connections websockets frames itself (extensions, its own writes pending)
+        full: list[Peer] = []
+        written = 0
+        for client in clients:
+            if client.closing:  # e.g. reset with its room's stream: no batch of the next one
+                continue
+            ws = client.sink
+            transport = ws.transport
+            if transport is None:
+                continue
+            if transport.get_write_buffer_size() > limit:
+                full.append(client)
+                continue
+            state = ws.protocol
+            if state.state is not OPEN or ws.send_in_progress is not None:
+                continue  # closing, or a fragmented send: what websockets.broadcast skips too
+            if client.dropped:
+                caught_up(client)
+            if own and client in own:
+                broadcast((ws,), own[client])
+                written += 1
+                continue
+            if state.extensions or state.writes:
+                others.append(ws)
+                continue
+            if wire is None:
+                wire = framed(frame)
+            transport.write(wire)
+            written += 1
+        if others:
+            broadcast(others, frame)
+        return full, written + len(others)
+
+
+def framed(payload: bytes) -> bytes:
+    """A binary WebSocket frame as a server sends it (unmasked, no extension): header + payload."""
+    return Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
 
 
 def _dev_tokens(config: Config) -> DevTokens | None:

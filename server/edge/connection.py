@@ -2,27 +2,31 @@
 
 Like the sans-I/O core of `websockets`, it is driven by events (`open`, `receive`,
 `timed_out`, `admitted`, `refused`, `entered`, `failed`, `crashed`, `reject`) and answers
-each with a list of outputs: frames to send, a close, a pause in reading, or a request for
-the I/O layer to carry out (read the join frame, admit a token, enter the room, hand a
-message to its handler) and report back. `server.edge.client` only feeds it bytes and performs
-what it returns, so every rule here is tested without a socket (tests/test_connection.py).
+each with a list of outputs: frames to send (now or later), a close, a pause in reading, or a
+request for the I/O layer to carry out (read the join frame, admit a token, enter the room,
+hand a message to its handler) and report back. The checks it asks (`Checks`, the guard in
+production) answer with decisions as data (`server.abuse.decisions`), never by writing to the
+peer; the handlers come as one table keyed by message type, built in `app.py`.
+`server.edge.client` only feeds it bytes and performs what it returns, so every rule here is
+tested without a socket and without a Guard, Hub or Broker (tests/test_connection.py).
 """
 
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from server import metrics
+from server.abuse.decisions import Shadowed, Strike
 from server.wire import protocol
 from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from server.abuse.guard import Guard
     from server.delivery.peer import Peer
     from server.wire.auth import Identity
 
@@ -37,22 +41,42 @@ class Phase(enum.Enum):
     CLOSED = "closed"  # refused, left, or closed for abuse: nothing more is handled
 
 
-class Route(enum.Enum):
-    """Which handler a joined connection's message goes to."""
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """Where a joined connection's message of one type goes: `call(peer, message)`."""
 
-    DANMAKU = "danmaku"
-    LIKE = "like"
-    DM = "dm"
-    DM_SEEN = "dm_seen"
-    MODERATE = "moderate"
-    STATS = "stats"
-    MEDIA = "media"
-    ANSWER = "answer"  # replies, question tags, pins, product edits (server.node.answers)
-    SLOW_MODE = "slow_mode"
-    VIEWERS = "viewers"
-    GIFT = "gift"  # server.node.gifts
-    FANS = "fans"  # follows, schedules, reservations (server.node.fans)
-    LINK = "link"  # cross-room links and PK rounds (server.node.pk)
+    call: Callable[[Any, Any], Awaitable[None] | None]
+    awaits: bool  # a coroutine function: the client awaits it before reading on
+
+
+Handlers = Mapping[type, Handler]
+
+
+def handler_table(calls: Mapping[type, Callable[[Any, Any], Awaitable[None] | None]]) -> dict[type, Handler]:
+    """The one routing table (built in app.py): message type -> its handler."""
+    return {kind: Handler(call, inspect.iscoroutinefunction(call)) for kind, call in calls.items()}
+
+
+class Checks(Protocol):
+    """What the connection asks of the guard; each answer is data (or a ProtocolError)."""
+
+    def connect(self, peer: Peer) -> None:
+        """The per-address connection cap, from `peer.remote_ip`."""
+
+    def joined(self, peer: Peer) -> None:
+        """The join is no longer in flight."""
+
+    def frame(self, peer: Peer) -> None:
+        """The rate of frames, before decoding."""
+
+    def check(self, peer: Peer, message: protocol.ClientMessage) -> protocol.ClientMessage | Shadowed:
+        """Rate, mute and content checks; the message (maybe cleaned) or `Shadowed`."""
+
+    def penalty(self, error: ProtocolError) -> float:
+        """Seconds to stop reading after this refusal."""
+
+    def on_reject(self, peer: Peer, error: ProtocolError) -> Strike:
+        """What this refusal costs the connection."""
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -67,6 +91,14 @@ class Send:
 class Close:
     code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendLater:
+    """Send `frame` after `delay` seconds (a shadow-dropped danmaku's echo at the next tick)."""
+
+    frame: bytes
+    delay: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,30 +146,11 @@ class Enter:
 class Dispatch:
     """Hand the message to its handler; report `failed` if it raises a ProtocolError."""
 
-    route: Route
+    handler: Handler
     message: protocol.ClientMessage
 
 
-Output = Send | Close | Refused | Pause | Hangup | AwaitJoin | Admit | Enter | Dispatch
-
-ROUTES: dict[type, Route] = {
-    protocol.Danmaku: Route.DANMAKU,
-    protocol.Like: Route.LIKE,
-    protocol.DirectMessage: Route.DM,
-    protocol.DmSeen: Route.DM_SEEN,
-    protocol.Mod: Route.MODERATE,
-    protocol.Block: Route.MODERATE,
-    protocol.Stats: Route.STATS,
-    protocol.SlowMode: Route.SLOW_MODE,
-    protocol.Viewers: Route.VIEWERS,
-    protocol.Gift: Route.GIFT,
-    protocol.Follow: Route.FANS,
-    protocol.Schedule: Route.FANS,
-    protocol.Reserve: Route.FANS,
-    protocol.Link: Route.LINK,
-    **dict.fromkeys(protocol.MEDIA_MESSAGES, Route.MEDIA),
-    **dict.fromkeys(protocol.ANSWER_MESSAGES, Route.ANSWER),
-}
+Output = Send | SendLater | Close | Refused | Pause | Hangup | AwaitJoin | Admit | Enter | Dispatch
 
 _TYPE_NAMES: dict[type, str] = {
     protocol.Join: "join",
@@ -179,18 +192,25 @@ class Connection:
         "_resume",
         "_room_hint",
         "_subscribe",
+        "checks",
         "dev_tokens",
-        "guard",
+        "handlers",
         "join_timeout",
         "peer",
         "phase",
     )
 
     def __init__(
-        self, peer: Peer, guard: Guard, join_timeout: float, dev_tokens: DevTokens | None = None
+        self,
+        peer: Peer,
+        checks: Checks,
+        handlers: Handlers,
+        join_timeout: float,
+        dev_tokens: DevTokens | None = None,
     ) -> None:
         self.peer = peer
-        self.guard = guard
+        self.checks = checks
+        self.handlers = handlers
         self.join_timeout = join_timeout
         self.dev_tokens = dev_tokens
         self.phase = Phase.OPENING
@@ -207,7 +227,7 @@ class Connection:
         token = query.get("token", [None])[0]
         room = query.get("room", [None])[0]
         try:
-            self.guard.connect(self.peer)  # per-IP connection cap, before anything else
+            self.checks.connect(self.peer)  # per-IP connection cap, before anything else
             if token is None and "dev_user" not in query:
                 self.phase = Phase.AWAITING_JOIN
                 self._room_hint = room
@@ -253,12 +273,13 @@ class Connection:
     def entered(self) -> list[Output]:
         """The snapshot is written and the connection is a member of its room."""
         self.phase = Phase.JOINED
-        self.guard.joined(self.peer)
+        self.checks.joined(self.peer)
         metrics.joins.inc()
         if self._subscribe is None:
             return []
         cid = None if self._subscribe is True else self._subscribe
-        return [Dispatch(Route.MEDIA, protocol.Subscribe(cid=cid))]  # the offer follows the snapshot
+        # the offer follows the snapshot
+        return [Dispatch(self.handlers[protocol.Subscribe], protocol.Subscribe(cid=cid))]
 
     def _first_frame(self, data: bytes | str) -> list[Output]:
         try:
@@ -285,17 +306,18 @@ class Connection:
         return []  # closed, or a frame racing the admission: nothing to do with it
 
     def _message(self, data: bytes | str) -> list[Output]:
-        guard = self.guard
+        checks = self.checks
         try:
-            guard.frame(self.peer)  # rate of frames, before decoding
-            message = guard.check(self.peer, protocol.parse_client_message(data))
-            if message is None:  # handled by the guard (shadow-dropped)
-                return []
+            checks.frame(self.peer)  # rate of frames, before decoding
+            message = checks.check(self.peer, protocol.parse_client_message(data))
             kind = type(message)
+            if kind is Shadowed:  # goes no further: only the sender is answered
+                frame, delay = message.frame, message.delay  # type: ignore[union-attr]
+                return [SendLater(frame, delay) if delay else Send(frame)]
             _COUNTED[kind].inc()
-            route = ROUTES.get(kind)
-            if route is not None:
-                return [Dispatch(route, message)]
+            handler = self.handlers.get(kind)
+            if handler is not None:
+                return [Dispatch(handler, message)]  # type: ignore[arg-type]
             if kind is protocol.Ping:
                 return [Send(protocol.pong_frame(message.ts))]  # type: ignore[union-attr]
             if kind is protocol.Leave:
@@ -308,7 +330,7 @@ class Connection:
     def failed(self, error: ProtocolError) -> list[Output]:
         """A message was refused (by the guard, the decoder or its handler)."""
         out = self.reject(error)
-        if pause := self.guard.penalty(error):  # stop reading a flooder: TCP pushes back
+        if pause := self.checks.penalty(error):  # stop reading a flooder: TCP pushes back
             out.append(Pause(pause))
         return out
 
@@ -321,13 +343,16 @@ class Connection:
     def reject(self, error: ProtocolError) -> list[Output]:
         """The error frame (unless the client stopped reading them) and, if fatal, the close.
 
-        A connection that keeps being refused uses up its strikes and is closed (4307);
-        the guard decides, and calls back into the peer's `reject` for that close.
+        A connection that keeps being refused uses up its strikes and is refused once more,
+        with 4307 (fatal: closed) instead of this error's frame; the checks decide.
         """
         metrics.rejections.labels(reason=error.code.name.lower()).inc()
         out: list[Output] = [Refused(error)]
-        if self.guard.on_reject(self.peer, error):
+        strike = self.checks.on_reject(self.peer, error)
+        if strike is Strike.TELL:
             out.append(Send(protocol.error_frame(error.code, error.message, error.ref, error.retry_after)))
+        elif strike is Strike.OUT:
+            out.extend(self.reject(ProtocolError(ErrorCode.ABUSIVE, "too many rejected messages")))
         if error.fatal:
             self.phase = Phase.CLOSED
             out.append(Close(int(error.code), error.message))

@@ -9,9 +9,11 @@ Public API (see each module for details):
 * :func:`check_compatible` - call at startup; raises if aiortc internals changed.
 * :func:`use_loopback_candidates` / :func:`loopback_candidates` - ICE on 127.0.0.1 only.
 
-The node's side of media sits beside the core: `gateway.py` (who may publish, sessions, `live`
-events), `relay.py` (an edge's pull from the origin), `claim.py` (which node holds a room's
-media), `ice.py` (ICE servers, TURN credentials), `metrics.py` (the core's counters).
+The node's side of media sits beside the core: `gateway.py` assembles it from `site.py` (rooms
+and who is in them), `publishing.py`, `ws_signaling.py`, `sessions.py` (WHIP/WHEP), `edges.py`
+and `relay.py` (an edge's pull from the origin), `failover.py` and `claim.py` (which node holds a
+room's media), `sampler.py` (stats); `ice.py` (ICE servers, TURN credentials), `metrics.py` (the
+core's counters).
 """
 
 from . import metrics as _metrics  # noqa: F401 - registers the counters' collector

@@ -100,16 +100,11 @@ class MediaClaims:
 
 
 class RedisMediaClaims(MediaClaims):
-    """Claims in Redis, shared by every node; its own connection (not the broker's)."""
+    """Claims in Redis, shared by every node; the node's `RedisClients.commands` client."""
 
-    def __init__(self, url: str, cluster: bool = False) -> None:
+    def __init__(self, redis: Any) -> None:
         super().__init__()
-        from redis.asyncio import Redis, RedisCluster  # imported only when used
-
-        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 2.0}
-        self._redis: Any = (
-            RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
-        )
+        self._redis = redis
         self._claim_script = self._redis.register_script(_CLAIM)
         self._release_script = self._redis.register_script(_RELEASE)
 
@@ -146,4 +141,4 @@ class RedisMediaClaims(MediaClaims):
         await self._release_script(keys=[claim_key(room_id)], args=[node])
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        return None  # the client is the node's (RedisClients), closed by the app

@@ -112,7 +112,7 @@ class GiftDesk:
         room = self.hub.rooms.get(room_id)
         if room is not None:
             room.add_gift(event)
-            self.hub.dirty.add(room_id)
+            self.hub.mark_dirty(room_id)
         self.sent += message.count
         await self._credit(room_id, who.uid, who.name, value)
         for listener in self.listeners:
@@ -161,7 +161,7 @@ class GiftDesk:
         room = self.hub.rooms.get(room_id)
         if room is not None:
             room.set_board(board_event(board.version, board.top, protocol.now_ms(), SYSTEM_UID))
-            self.hub.dirty.add(room_id)
+            self.hub.mark_dirty(room_id)
 
     async def close(self) -> None:
         await self.store.close()

@@ -83,21 +83,20 @@ class Node:
             await asyncio.wait_for(self.tick(), 3.0)
         except TimeoutError:
             log.warning("last tick did not finish within 3 s: its events are not published")
-        self.hub.frames.flush_all()
+        self.hub.flush_all()
 
     async def close_connections(self) -> None:
         """Close every local connection with 1012 (reconnect elsewhere), bounded in time."""
         clients = self.hub.connections()
         loop = asyncio.get_running_loop()
-        closing = [loop.create_task(c.ws.close(1012, "server restarting, reconnect")) for c in clients]
+        closing = [loop.create_task(c.close_and_wait(1012, "server restarting, reconnect")) for c in clients]
         if closing:
             # a client that stopped reading never completes the closing handshake: cut it off
             _, stuck = await asyncio.wait(closing, timeout=5)
             for client, task in zip(clients, closing, strict=True):
                 if task in stuck:
                     task.cancel()
-                    if client.ws.transport is not None:
-                        client.ws.transport.abort()
+                    client.abort()
 
     @property
     def ready(self) -> bool:
@@ -113,7 +112,7 @@ class Node:
         # read history first: from here to add_member nothing awaits, so no batch slips between
         missed = await self._missed(room, *resume) if resume is not None else None
         now = protocol.now_ms()
-        self.hub.frames.flush(room.room_id)  # viewers already in get what the snapshot will include
+        self.hub.flush(room.room_id)  # viewers already in get what the snapshot will include
         snapshot = room.snapshot(who, self.node_id, self.hub.frame_ms(room.room_id), self.limits)
         if resume is not None:
             snapshot["recovered"] = missed is not None
@@ -122,9 +121,8 @@ class Node:
         self.media.describe(room.room_id, snapshot)
         snapshot["gifts"] = self.gift_catalogue
         client.send(protocol.pack(snapshot))
-        room.add_member(client, who, now)
+        self.hub.add_member(room, client, who, now)
         self.analytics.joined(client, room.room_id, who.uid, who.role)
-        self.hub.dirty.add(room.room_id)
         await self.hub.add_user(client)
 
     async def _missed(self, room: Room[Peer], epoch: str, seq: int) -> list[Event] | None:
@@ -146,11 +144,8 @@ class Node:
 
     async def leave(self, client: Peer) -> None:
         await self.media.leave(client)  # first: the `live` off event rides on this tick
-        room = self.hub.rooms.get(client.room_id or "")
-        if room is not None and client in room.members:
-            room.remove_member(client, protocol.now_ms())
+        if self.hub.remove_member(client, protocol.now_ms()):
             self.analytics.left(client)
-            self.hub.dirty.add(room.room_id)
         await self.hub.remove_user(client)
 
     # -- client actions ------------------------------------------------------------------
@@ -171,7 +166,7 @@ class Node:
             )
         room.add_danmaku(who, message.text, message.cid, protocol.now_ms())
         self.analytics.danmaku(client.room_id, who.uid)
-        self.hub.dirty.add(client.room_id)
+        self.hub.mark_dirty(client.room_id)
 
     def slow_mode(self, client: Peer, message: protocol.SlowMode) -> None:
         """A host or moderator sets the room's slow mode: a sequenced event every node applies."""
@@ -204,9 +199,8 @@ class Node:
 
     def like(self, client: Peer, message: protocol.Like) -> None:
         assert client.room_id is not None
-        self.hub.rooms[client.room_id].add_likes(message.count)
+        self.hub.add_likes(client.room_id, message.count)
         self.analytics.like(client.room_id, client.identity.uid if client.identity else "", message.count)
-        self.hub.dirty.add(client.room_id)
 
     async def direct_message(self, client: Peer, message: protocol.DirectMessage) -> None:
         who = client.identity
@@ -322,7 +316,7 @@ class Node:
     async def tick(self) -> None:
         """Publish one batch for every room that changed since the last tick."""
         hub = self.hub
-        if not hub.dirty:
+        if not hub.changed:
             return
         started = time.perf_counter()
         dirty = hub.take_dirty()
@@ -343,7 +337,7 @@ class Node:
             if out.likes_delta:
                 credits.extend(listener(room_id, out.likes_delta) for listener in self.on_likes)
             if room.presence_pending:
-                hub.dirty.add(room_id)  # report the count once its interval has passed
+                hub.mark_dirty(room_id)  # report the count once its interval has passed
             if out.events or out.likes_delta or out.local_online is not None:
                 publishes.append(
                     Publish(room_id, out.events, out.likes_delta, out.local_online, now, out.joined)

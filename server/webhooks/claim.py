@@ -8,9 +8,7 @@ INCRBY on one key per room (hash-tagged: cluster-safe). In memory both are local
 from __future__ import annotations
 
 from collections import defaultdict
-
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from typing import Any
 
 CLAIM_TTL = 86400  # seconds an event id stays claimed (longer than any retry schedule)
 
@@ -31,13 +29,9 @@ class LocalClaims:
 
 
 class RedisClaims(LocalClaims):
-    def __init__(self, url: str, cluster: bool = False) -> None:
+    def __init__(self, redis: Any) -> None:
         super().__init__()
-        self._redis: aioredis.Redis | RedisCluster = (
-            RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-            if cluster
-            else aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        )
+        self._redis = redis  # the node's RedisClients.commands
 
     async def claim(self, event_id: str) -> bool:
         return bool(await self._redis.set(f"wh:{{{event_id}}}", 1, nx=True, ex=CLAIM_TTL))
@@ -46,4 +40,4 @@ class RedisClaims(LocalClaims):
         return int(await self._redis.incrby(f"wh:{{{room}}}:conns", delta))
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        pass  # the client is the node's (RedisClients), closed by the app

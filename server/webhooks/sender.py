@@ -216,13 +216,11 @@ class Webhooks:
         log.warning("webhook %s dropped after %d attempt(s): %s", event["id"], attempts, reason)
 
 
-def make_webhooks(
-    url: str, secret: str, node_id: str, redis_url: str | None, cluster: bool
-) -> Webhooks | None:
+def make_webhooks(url: str, secret: str, node_id: str, redis: Any = None) -> Webhooks | None:
     if not url:
         return None
-    if redis_url:
+    if redis is not None:
         from server.webhooks.claim import RedisClaims
 
-        return Webhooks(url, secret, node_id, RedisClaims(redis_url, cluster))
+        return Webhooks(url, secret, node_id, RedisClaims(redis))
     return Webhooks(url, secret, node_id, LocalClaims())
