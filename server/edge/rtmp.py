@@ -206,7 +206,9 @@ class RtmpIngest:
 
     async def _on_update(self, request: web.Request) -> web.Response:
         session = self.sessions.get(str((await request.post()).get("name", "")))
-        if session is None or session.ended:  # ended here (kick, ban, publisher gone): drop it
+        if session is not None and session.rid not in self.media.resources:  # kicked, banned
+            await self._end(session)
+        if session is None or session.ended:  # ended here: nginx drops the encoder
             return http_error(ProtocolError(ErrorCode.MEDIA_BAD_STATE, "the session has ended"))
         return web.Response(status=200)
 
