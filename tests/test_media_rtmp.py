@@ -23,6 +23,7 @@ from server.app import App
 from server.broker.base import Sanction
 from server.config import Config
 from server.media.codecs import H264, answered_video_codec
+from server.wire.protocol import ErrorCode
 from tests.conftest import token
 from tests.media.encoders import Encoder, rtmp_encoder
 from tests.test_media_h264 import auth, whep_offer
@@ -137,3 +138,17 @@ async def test_rtmp_ban_ends_the_stream(app: App, member, encoders) -> None:  # 
     encoders.append(again.start())
     with pytest.raises(RuntimeError, match="encoder failed"):
         await again.sending(TIMEOUT)
+
+
+async def test_a_key_nginx_cut_is_refused_as_too_long(app: App) -> None:
+    """nginx-rtmp keeps 255 bytes of `<name>?<args>`: a longer key is named as such (4002), not
+    reported as a bad signature."""
+    assert app.rtmp is not None
+    long_key = token("r1", "studio", "host", name="S" * 60)
+    url = f"http://127.0.0.1:{app.rtmp.callback_port}/on_publish"
+    async with aiohttp.ClientSession() as http:
+        form = {"call": "publish", "name": "r1", "token": long_key, "addr": "127.0.0.1"}
+        async with http.post(url, data=form) as resp:
+            assert resp.status == 400
+            body = await resp.json()
+    assert body["code"] == ErrorCode.BAD_FIELD and "255" in body["msg"]

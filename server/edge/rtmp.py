@@ -55,6 +55,7 @@ RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 APP = "live"  # the RTMP application: rtmp://host:port/live/...
 UPDATE_EVERY = 5  # s between nginx's on_update calls (a kicked host's encoder is dropped by then)
 START_TIMEOUT = 10.0  # s for nginx to listen
+MAX_KEY = 255  # bytes of a publish command's stream name with its arguments (NGX_RTMP_MAX_NAME - 1)
 
 CONF = """load_module {module};
 daemon off;
@@ -220,6 +221,13 @@ class RtmpIngest:
 
     async def _admit(self, name: str, query_token: object, ip: str) -> Session:
         """The `rtmp` door: `<room>?token=<jwt>` or the token as the stream name."""
+        sent = len(name) + (len("?token=") + len(query_token) if isinstance(query_token, str) else 0)
+        if sent >= MAX_KEY:  # nginx-rtmp cut it: say so rather than "invalid signature"
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"stream name and key reach nginx-rtmp's limit of {MAX_KEY} bytes (longer ones are cut):"
+                " use a shorter token (short user id and name)",
+            )
         if isinstance(query_token, str) and query_token:
             token, room = query_token, name
             if not protocol.valid_id(room):
