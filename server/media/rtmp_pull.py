@@ -13,7 +13,7 @@ through bounded queues (a stalled consumer drops, never grows memory).
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import threading
 from fractions import Fraction
 from typing import Any
@@ -21,8 +21,6 @@ from typing import Any
 import av
 import av.bitstream
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-
-log = logging.getLogger("liveroom.rtmp")
 
 QUEUE = 256  # packets or frames per track (about 8 s of 30 fps video)
 READ_TIMEOUT_US = 10_000_000  # FFmpeg rw_timeout: a stalled stream ends the pull after 10 s
@@ -75,7 +73,11 @@ class RtmpPull:
         self._stopping.set()
 
     def _emit(self, track: QueuedTrack, item: Any) -> None:
-        self.loop.call_soon_threadsafe(track.push, item)
+        self._call(track.push, item)
+
+    def _call(self, callback: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed under us (process exit)
+            self.loop.call_soon_threadsafe(callback, *args)
 
     def _run(self) -> None:
         try:
@@ -85,7 +87,7 @@ class RtmpPull:
         finally:
             for track in (self.video, self.audio):
                 self._emit(track, None)
-            self.loop.call_soon_threadsafe(self.ended.set)
+            self._call(self.ended.set)
 
     def _read(self) -> None:
         options = {"rw_timeout": str(READ_TIMEOUT_US), "rtmp_live": "live"}
