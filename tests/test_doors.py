@@ -229,11 +229,12 @@ class Door:
             return response.status, (await response.json())["code"]
 
     async def _rtmp(self, credential: str | None, host: str | None, body: bytes | None) -> Any:
-        """What nginx-rtmp sends the node when an encoder publishes rtmp://.../live/r1?token=..."""
+        """What nginx-rtmp sends the node when an encoder publishes with the host token as its
+        stream key (OBS's form; a malformed one: rtmp://.../live/bad room?token=...)."""
         assert self.app.rtmp is not None
-        form = {"call": "publish", "app": "live", "name": "bad room" if body else "r1", "addr": "127.0.0.1"}
-        if credential:
-            form["token"] = credential
+        form = {"call": "publish", "app": "live", "name": credential or "", "addr": "127.0.0.1"}
+        if body:
+            form.update(name="bad room", token=credential or "")
         url = f"http://127.0.0.1:{self.app.rtmp.callback_port}/on_publish"
         async with self.http.post(url, data=form, headers={"Host": host} if host else {}) as response:
             if response.status < 300:

@@ -38,7 +38,6 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from server.abuse.doors import RTMP, http_error
 from server.broker.base import BrokerUnavailable
 from server.logs import RefusalLog
-from server.media.loopback import loopback_candidates
 from server.media.rtmp_pull import RtmpPull
 from server.wire import protocol
 from server.wire.auth import Identity
@@ -221,20 +220,23 @@ class RtmpIngest:
 
     async def _admit(self, name: str, query_token: object, ip: str) -> Session:
         """The `rtmp` door: `<room>?token=<jwt>` or the token as the stream name."""
-        sent = len(name) + (len("?token=") + len(query_token) if isinstance(query_token, str) else 0)
-        if sent >= MAX_KEY:  # nginx-rtmp cut it: say so rather than "invalid signature"
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
-                f"stream name and key reach nginx-rtmp's limit of {MAX_KEY} bytes (longer ones are cut):"
-                " use a shorter token (short user id and name)",
-            )
         if isinstance(query_token, str) and query_token:
             token, room = query_token, name
             if not protocol.valid_id(room):
                 raise ProtocolError(ErrorCode.BAD_FIELD, "the stream name is not a valid room id")
         else:
             token, room = name, None  # the stream key is the host token; its room is the room
-        who = await self.guard.authorize(RTMP, ip, token or None, room)
+        try:
+            who = await self.guard.authorize(RTMP, ip, token or None, room)
+        except ProtocolError as error:
+            sent = len(name) + (len("?token=") + len(token) if room else 0)
+            if error.code == ErrorCode.TOKEN_INVALID and sent == MAX_KEY:  # nginx may have cut it
+                raise ProtocolError(
+                    ErrorCode.TOKEN_INVALID,
+                    f"{error.message}; the stream name and key reach nginx-rtmp's limit of {MAX_KEY}"
+                    " bytes, so the key may have been cut: use a shorter token (short user id and name)",
+                ) from None
+            raise
         assert who is not None  # the rtmp door takes room tokens only
         existing = self.sessions.get(name)
         if existing is not None and not existing.ended:
@@ -248,9 +250,10 @@ class RtmpIngest:
             h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name in ("H264", "rtx")]
             video.setCodecPreferences(h264)
             pc.addTransceiver(pull.audio, direction="sendonly")
-            with loopback_candidates():  # node to itself: 127.0.0.1 only
-                await pc.setLocalDescription(await pc.createOffer())
-            session.rid, answer = await self.media.whip(who, who.room, pc.localDescription.sdp, ip)
+            # the node's own interfaces, gathered as its publishers' are (127.0.0.1 only in dev)
+            await pc.setLocalDescription(await pc.createOffer())
+            sdp = pc.localDescription.sdp
+            session.rid, answer = await self.media.whip(who, who.room, sdp, ip, local=True)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except BaseException:
             await pc.close()
