@@ -18,6 +18,9 @@ dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # tests/test_readme.py runs the README's `curl` lines
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# tests/test_media_rtmp.py: --rtmp-port runs Debian's nginx with its RTMP module (server/edge/rtmp.py)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -30,6 +30,7 @@ from server.edge.client import Client, Services, WsWriter
 from server.edge.connection import Handler, handler_table
 from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
+from server.edge.rtmp import RtmpIngest
 from server.edge.whip import MediaHttp
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
@@ -185,8 +186,10 @@ class App:
         add_admin_routes(self.media_http.app, self.admin)  # operator API (docs/API.md), same port
         self.hls = HlsService(self.media)  # LL-HLS per live room, on the first request (docs/API.md)
         HlsHttp(self.guard, self.media, self.hls).add_routes(self.media_http.app)
+        self.rtmp = RtmpIngest(self.guard, self.media) if config.rtmp_port >= 0 else None
         self.server: Server | None = None
         self.http_port = 0
+        self.rtmp_port = 0
 
     def handler_table(self) -> dict[type, Handler]:
         """The one routing table: each message type a joined connection may send -> its handler
@@ -250,6 +253,8 @@ class App:
         self.http_port = await self.media_http.start(self.config.host, self.config.http_port)
         self.media.url = self.config.media_url or f"http://{self.config.host}:{self.http_port}"
         self.media.start()
+        if self.rtmp is not None:  # encoders push RTMP; each stream is published like a WHIP host
+            self.rtmp_port = await self.rtmp.start(self.config.host, self.config.rtmp_port)
 
     @property
     def port(self) -> int:
@@ -271,6 +276,8 @@ class App:
         await self.gifts.close()
         await self.fans.close()
         await self.links.close()
+        if self.rtmp is not None:
+            await self.rtmp.stop()
         await self.media_http.stop()
         await self.hls.close()
         await self.media.close()
@@ -305,6 +312,8 @@ async def run(config: Config) -> None:
     )
     print(f"demo page: {url}/room/demo", flush=True)
     print(f"media (WHIP/WHEP) on http://{config.host}:{app.http_port}", flush=True)
+    if app.rtmp is not None:
+        print(f"RTMP ingest on rtmp://{config.host}:{app.rtmp_port}/live", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -63,6 +63,7 @@ class Config:
     ping_timeout: float = 20.0
     node_id: str = ""
     http_port: int = 8081  # WHIP/WHEP (aiohttp) next to the WebSocket port; 0: any free port
+    rtmp_port: int = -1  # RTMP ingest (nginx-rtmp, server.edge.rtmp); -1: off, 0: any free port
     media_url: str = ""  # public base URL of http_port put in snapshots (default http://host:port)
     media_max_publishers: int = 4  # per room (host + co-hosts)
     media_max_viewers: int = 200  # media viewers (WS subscribers + WHEP) per node
@@ -298,6 +299,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-id", dest="node_id", help="node name (default: random)")
     parser.add_argument(
         "--http-port", dest="http_port", type=int, help="WHIP/WHEP port, 0 for any free port (default 8081)"
+    )
+    parser.add_argument(
+        "--rtmp-port",
+        dest="rtmp_port",
+        type=int,
+        help="RTMP ingest port (off by default; 0: any free port; needs nginx + libnginx-mod-rtmp)",
     )
     parser.add_argument(
         "--media-max-publishers", dest="media_max_publishers", type=int, help="publishers per room (4)"

@@ -133,6 +133,8 @@ def run_workers(config: Config, count: int, argv: Sequence[str]) -> int:
         http_port = config.http_port + i if config.http_port else 0
         extra = ["--port", str(port), "--http-port", str(http_port), "--node-id", f"{base}-w{i}"]
         extra += ["--redis", redis_url]
+        if config.rtmp_port > 0:  # one nginx-rtmp per worker: ports N, N+1, ... like --http-port
+            extra += ["--rtmp-port", str(config.rtmp_port + i)]
         workers.append(_Worker([*args, *extra], i))
     stopping = False
 

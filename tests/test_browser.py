@@ -28,6 +28,7 @@ from websockets.sync.client import connect
 from load_tests.bench_first_frame import CHROMIUM_ARGS  # one set of flags for tests and benchmarks
 from server.wire.protocol import ErrorCode
 from tests.conftest import token
+from tests.media.encoders import rtmp_key_encoder
 
 Browser, Page, Route, expect = sync_api.Browser, sync_api.Page, sync_api.Route, sync_api.expect
 
@@ -469,6 +470,28 @@ def test_serve_demo_streams_test_pattern(browser: Browser) -> None:
         expect(viewer.locator("#first-frame")).to_be_visible()
         shot(viewer, "viewer-demo-pattern")
     finally:
+        opened.close()
+        srv.stop()
+    assert not opened.errors, opened.errors
+
+
+def test_rtmp_encoder_reaches_viewer_video(browser: Browser) -> None:
+    """FFmpeg's RTMP client (its own process) pushes H.264 + AAC to `--rtmp-port`; the viewer
+    page plays it (H.264 forwarded as is, the AAC as Opus)."""
+    rtmp_port = _free_port()
+    srv = ServerProcess(_free_port(), "--rtmp-port", str(rtmp_port))
+    srv.start()
+    opened = Pages(browser, srv.base)
+    encoder = rtmp_key_encoder(rtmp_port, token("rtmp-room", "studio", "host"))  # key = host token
+    try:
+        encoder.start()
+        assert encoder.proc is not None and encoder.proc.stdout is not None
+        assert encoder.proc.stdout.readline().strip() == "sending", encoder.proc.stderr
+        viewer = opened.viewer("rtmp-room", "rita")
+        wait_video_playing(viewer)
+        shot(viewer, "viewer-rtmp-encoder")
+    finally:
+        encoder.stop()
         opened.close()
         srv.stop()
     assert not opened.errors, opened.errors

@@ -76,6 +76,16 @@ TABLE: dict[str, dict[str, Any]] = {
         "wrong_host": (403, H.HOST_FORBIDDEN),
         "unencodable_text": (401, H.TOKEN_INVALID),
     },
+    "rtmp": {  # nginx-rtmp's on_publish callback (a 4xx: nginx drops the encoder)
+        "forged_key": (401, H.TOKEN_INVALID),
+        "rotated_key": ACCEPTED,
+        "banned_user": (403, H.BANNED),
+        "replayed_nonce": (401, H.TOKEN_REPLAYED),
+        "flood": (429, H.JOIN_THROTTLED),
+        "malformed_body": (400, H.BAD_FIELD),  # a stream name that is not a room id
+        "wrong_host": ACCEPTED,  # RTMP has no Host header, and no browser speaks it: no rebinding
+        "unencodable_text": (401, H.TOKEN_INVALID),
+    },
     "whep": {
         "forged_key": (401, H.TOKEN_INVALID),
         "rotated_key": ACCEPTED,
@@ -166,10 +176,11 @@ async def offer(kind: str) -> str:
     return _OFFERS[kind]
 
 
-def make_config(attack: str) -> Config:
+def make_config(attack: str, door: str = "") -> Config:
     return Config(
         port=0,
         http_port=0,
+        rtmp_port=0 if door == "rtmp" else -1,  # nginx-rtmp only where it is attacked
         tick_ms=20,
         node_id="doors-node",
         join_timeout=2.0,
@@ -194,6 +205,8 @@ class Door:
     ) -> Any:
         if self.name == "ws":
             return await self._ws(credential, host, body)
+        if self.name == "rtmp":
+            return await self._rtmp(credential, host, body)
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         if host:
             headers["Host"] = host
@@ -213,6 +226,19 @@ class Door:
             if response.status < 300:
                 return ACCEPTED
             assert response.content_type == "application/json", (response.status, await response.text())
+            return response.status, (await response.json())["code"]
+
+    async def _rtmp(self, credential: str | None, host: str | None, body: bytes | None) -> Any:
+        """What nginx-rtmp sends the node when an encoder publishes with the host token as its
+        stream key (OBS's form; a malformed one: rtmp://.../live/bad room?token=...)."""
+        assert self.app.rtmp is not None
+        form = {"call": "publish", "app": "live", "name": credential or "", "addr": "127.0.0.1"}
+        if body:
+            form.update(name="bad room", token=credential or "")
+        url = f"http://127.0.0.1:{self.app.rtmp.callback_port}/on_publish"
+        async with self.http.post(url, data=form, headers={"Host": host} if host else {}) as response:
+            if response.status < 300:
+                return ACCEPTED
             return response.status, (await response.json())["code"]
 
     async def _ws(self, credential: str | None, host: str | None, garbage: bytes | None) -> Any:
@@ -243,7 +269,7 @@ class Door:
 def good_credential(door: str, **kw: Any) -> str:
     if door == "admin":
         return ADMIN_TOKEN
-    role = "host" if door in ("whip", "stats") else "viewer"
+    role = "host" if door in ("whip", "rtmp", "stats") else "viewer"
     return mint(role=role, **kw)
 
 
@@ -254,10 +280,10 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
     if attack == "forged_key":  # signed with the public dev default, not in the ring
         if name == "admin":
             return await door.attempt("not-the-admin-token")
-        role = "host" if name in ("whip", "stats") else "viewer"
+        role = "host" if name in ("whip", "rtmp", "stats") else "viewer"
         return await door.attempt(mint(DEFAULT_SECRET, kid=None, role=role))
     if attack == "rotated_key":  # signed with the old key, still in the ring: the same answer everywhere
-        role = "host" if name in ("whip", "stats", "admin") else "viewer"
+        role = "host" if name in ("whip", "rtmp", "stats", "admin") else "viewer"
         return await door.attempt(mint(OLD, kid="k1", role=role))
     if attack == "banned_user":
         await app.broker.put_sanction(Sanction("r1", "mallory", "ban", None, "test", False))
@@ -277,7 +303,7 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
     if attack == "malformed_body":
         if name == "ws":
             return await door.attempt(good_credential(name), body=b"\xc1\xff")
-        if name in ("whip", "whep"):
+        if name in ("whip", "whep", "rtmp"):
             return await door.attempt(good_credential(name), body=b"v=0\r\n\xff\xfe\xc3(")
         if name in ("stats", "hls"):
             return await door.attempt(good_credential(name), body=b"x")
@@ -295,7 +321,7 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
 @pytest.mark.parametrize("attack", ATTACKS)
 @pytest.mark.parametrize("door_name", list(TABLE))
 async def test_door_attack(door_name: str, attack: str) -> None:
-    app = App(make_config(attack))
+    app = App(make_config(attack, door_name))
     await app.start()
     try:
         with loopback_candidates():
@@ -309,15 +335,15 @@ async def test_door_attack(door_name: str, attack: str) -> None:
 
 async def test_rotation_is_identical_on_every_door() -> None:
     """--secret S plus LIVEROOM_SECRETS: S is not in the ring, on any door; a removed key neither."""
-    config = make_config("rotated_key")
+    config = make_config("rotated_key", "rtmp")
     config.secret = "S-" + "x" * 40
     app = App(config)
     await app.start()
     try:
         async with aiohttp.ClientSession() as http:
-            for name in ("ws", "whip", "whep", "stats"):
+            for name in ("ws", "whip", "rtmp", "whep", "stats"):
                 door = Door(app, name, http)
-                role = "host" if name in ("whip", "stats") else "viewer"
+                role = "host" if name in ("whip", "rtmp", "stats") else "viewer"
                 for key in (config.secret, "a-removed-key-" + "y" * 30):
                     assert await door.attempt(mint(key, kid="k0", role=role)) in (
                         (401, H.TOKEN_INVALID),
@@ -659,15 +685,15 @@ async def test_a_ban_ends_the_users_media_sessions() -> None:
 
 async def test_secret_old_accepted_alike_on_every_door() -> None:
     """--secret NEW --secret-old OLD: an OLD-signed token (no kid) is good on every door."""
-    config = make_config("rotated_key")
+    config = make_config("rotated_key", "rtmp")
     config.secrets, config.secret, config.secret_old, config.join_nonce = "", NEW, OLD, False
     app = App(config)
     await app.start()
     try:
         with loopback_candidates():
             async with aiohttp.ClientSession() as http:
-                for name in ("whip", "ws", "whep", "stats"):
-                    role = "host" if name in ("whip", "stats") else "viewer"
+                for name in ("rtmp", "whip", "ws", "whep", "stats"):  # rtmp first: an H.264 room
+                    role = "host" if name in ("whip", "rtmp", "stats") else "viewer"
                     door = Door(app, name, http)
                     assert await door.attempt(mint(OLD, kid=None, role=role, user=f"u-{name}")) == ACCEPTED, (
                         name

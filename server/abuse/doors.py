@@ -38,6 +38,10 @@ WS = Door("ws", "room", True, True, ("ip", "user"), True, True, "connections per
 WHIP = Door(
     "whip", "room", True, False, ("ip", "user"), True, True, "media sessions per user per room, per IP"
 )
+# RTMP ingest (server.edge.rtmp): nginx-rtmp's on_publish callback; RTMP carries no Host or Origin
+RTMP = Door(
+    "rtmp", "room", False, False, ("ip", "user"), True, True, "media sessions per user per room, per IP"
+)
 WHEP = Door(
     "whep", "room", True, False, ("ip", "user"), True, True, "media sessions per user per room, per IP"
 )
@@ -48,7 +52,7 @@ HLS = Door(
 STATS = Door("stats", "host_or_admin", True, False, ("ip",), False, True, "none (read-only)")
 ADMIN = Door("admin", "admin", True, False, ("ip",), False, False, "none (admin token)")
 
-DOORS: tuple[Door, ...] = (WS, WHIP, WHEP, HLS, STATS, ADMIN)
+DOORS: tuple[Door, ...] = (WS, WHIP, RTMP, WHEP, HLS, STATS, ADMIN)
 
 # HTTP status of each refusal code on the HTTP doors (anything else: 400).
 STATUS: dict[ErrorCode, int] = {

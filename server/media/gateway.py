@@ -135,8 +135,10 @@ class MediaGateway:
     async def leave(self, client: Peer) -> None:
         await self.signaling.leave(client)
 
-    async def whip(self, who: Identity, room_id: str, sdp: str, ip: str = "?") -> tuple[str, str]:
-        return await self.sessions.whip(who, room_id, sdp, ip)
+    async def whip(
+        self, who: Identity, room_id: str, sdp: str, ip: str = "?", *, local: bool = False
+    ) -> tuple[str, str]:
+        return await self.sessions.whip(who, room_id, sdp, ip, local=local)
 
     async def whep(
         self,

@@ -48,8 +48,14 @@ class HttpSessions:
         self.ip_sessions = ConcurrencyCap(per_ip)
         self._ice_watches: dict[str, asyncio.Task[None]] = {}
 
-    async def whip(self, who: Identity, room_id: str, sdp: str, ip: str = "?") -> tuple[str, str]:
-        """RFC 9725 ingest: returns (resource id, answer SDP)."""
+    async def whip(
+        self, who: Identity, room_id: str, sdp: str, ip: str = "?", *, local: bool = False
+    ) -> tuple[str, str]:
+        """RFC 9725 ingest: returns (resource id, answer SDP).
+
+        `local`: the node's own publisher (RTMP ingest, server.edge.rtmp) gets the answer's
+        candidates as gathered, not rewritten to the public IP (no NAT between us and us).
+        """
         self._hold(who, room_id, ip)
         try:
             pub = await self.publishing.publish(who, room_id, sdp)
@@ -58,7 +64,8 @@ class HttpSessions:
             raise
         rid = secrets.token_urlsafe(16)
         self._add(rid, Resource("whip", room_id, who.uid, who.uid, pub, ip))
-        return rid, advertise_address(pub.pc.localDescription.sdp, self.site.public_ip)
+        answer = pub.pc.localDescription.sdp
+        return rid, answer if local else advertise_address(answer, self.site.public_ip)
 
     async def whep(
         self,

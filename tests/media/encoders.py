@@ -137,6 +137,11 @@ def rtmp_encoder(port: int, room: str, token: str, **kw: Any) -> Encoder:
     return Encoder(f"rtmp://127.0.0.1:{port}/live/{room}?token={token}", "flv", {}, **kw)
 
 
+def rtmp_key_encoder(port: int, token: str, **kw: Any) -> Encoder:
+    """OBS's way: server rtmp://127.0.0.1:{port}/live, stream key = the host token."""
+    return Encoder(f"rtmp://127.0.0.1:{port}/live/{token}", "flv", {}, **kw)
+
+
 if __name__ == "__main__":
     url, fmt, options, width, height, seconds = sys.argv[1:7]
     if os.environ.get("ENCODER_VERBOSE"):  # FFmpeg's own log lines on stderr (debugging)

@@ -1,0 +1,154 @@
+"""RTMP ingest end to end: FFmpeg's RTMP client (PyAV, its own process) pushes a test pattern to
+a real node running nginx-rtmp; real aiortc viewers decode it (no mocks).
+
+A host token as the stream key puts the host live like a WHIP host (`live` event, H.264 room);
+a WHEP viewer and a WebSocket viewer decode the pattern's frames and audio (AAC -> Opus once);
+the SFU forwards H.264 as is; a bad key is refused by nginx on the node's answer and nothing goes
+live; a ban ends the stream. Every wait is on an event or a decoded frame with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import av
+import pytest
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+
+from server.app import App
+from server.broker.base import Sanction
+from server.config import Config
+from server.media.codecs import H264, answered_video_codec
+from server.wire.protocol import ErrorCode
+from tests.conftest import token
+from tests.media.encoders import Encoder, rtmp_encoder
+from tests.test_media_h264 import auth, whep_offer
+from tests.test_media_signaling import (  # noqa: F401 - fixtures
+    assert_forwarded_not_decoded,
+    decoded,
+    is_live,
+    loopback,
+    member,
+)
+
+TIMEOUT = 30.0
+WIDTH, HEIGHT = 320, 240
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config(
+        port=0,
+        http_port=0,
+        rtmp_port=0,
+        tick_ms=20,
+        node_id="test-node",
+        join_timeout=5.0,
+        media_stats_interval=0,
+        rate_limits="off",
+        repeat_max=0,
+        max_loop_lag=0,
+    )
+
+
+@pytest.fixture
+async def encoders() -> AsyncIterator[list[Encoder]]:
+    started: list[Encoder] = []
+    yield started
+    for encoder in started:
+        encoder.stop()
+
+
+async def watch(app: App, room: str, tracks: list[MediaStreamTrack], http: aiohttp.ClientSession) -> Any:
+    player = await whep_offer(None, tracks)
+    url = f"http://127.0.0.1:{app.http_port}/whep/{room}"
+    async with http.post(url, data=player.localDescription.sdp, headers=auth(room, "wendy")) as resp:
+        assert resp.status == 201, await resp.text()
+        answer = await resp.text()
+    codec = answered_video_codec(answer)
+    assert codec is not None and codec.name == H264
+    await player.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    return player
+
+
+async def test_rtmp_host_goes_live_and_viewers_decode(app: App, member, encoders) -> None:  # noqa: F811
+    watcher = await member("watcher")
+    encoder = rtmp_encoder(app.rtmp_port, "r1", token("r1", "studio", "host"), width=WIDTH, height=HEIGHT)
+    encoders.append(encoder.start())
+    await encoder.sending(TIMEOUT)
+    live = await watcher.event(is_live("studio", True))
+    assert live["codec"] == H264  # the room forwards the encoder's H.264
+    assert app.media.rooms["r1"].video_codec == H264
+
+    tracks: list[MediaStreamTrack] = []
+    async with aiohttp.ClientSession() as http:
+        player = await watch(app, "r1", tracks, http)
+        try:
+            frame = await decoded(next(t for t in tracks if t.kind == "video"))
+            assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+            sound = await decoded(next(t for t in tracks if t.kind == "audio"))
+            assert isinstance(sound, av.AudioFrame)  # AAC in, Opus out, decoded by the viewer
+        finally:
+            await player.close()
+
+    # a WebSocket viewer too: the server's offer carries H.264, the client decodes
+    viewer = await member("vera")
+    await viewer.send(t="subscribe", cid="s")
+    offer = await viewer.accept_offer()
+    assert "H264/90000" in offer["sdp"] and "VP8/90000" not in offer["sdp"]
+    await decoded(next(t for t in viewer.tracks if t.kind == "video"))
+    assert_forwarded_not_decoded(app)
+
+    # the encoder stops: the host goes off like a WHIP host that hangs up
+    encoder.stop()
+    await watcher.event(is_live("studio", False))
+
+
+async def test_rtmp_bad_key_is_refused(app: App, member, encoders) -> None:  # noqa: F811
+    watcher = await member("watcher")
+    forged = token("r1", "mallory", "host").rsplit(".", 1)[0] + ".forged-signature"
+    viewer_key = token("r1", "bob", "viewer")  # a viewer's token may not publish
+    for key in (forged, viewer_key):
+        encoder = rtmp_encoder(app.rtmp_port, "r1", key, width=WIDTH, height=HEIGHT)
+        encoders.append(encoder.start())
+        with pytest.raises(RuntimeError, match="encoder failed"):  # nginx drops it on our 4xx
+            await encoder.sending(TIMEOUT)
+    assert not app.rtmp.sessions and "r1" not in app.media.rooms
+    # the refusals were counted like any door's, and nobody went live
+    assert not [e for e in watcher.events if e["t"] == "live"]
+
+
+async def test_rtmp_ban_ends_the_stream(app: App, member, encoders) -> None:  # noqa: F811
+    watcher = await member("watcher")
+    encoder = rtmp_encoder(app.rtmp_port, "r1", token("r1", "studio", "host"), width=WIDTH, height=HEIGHT)
+    encoders.append(encoder.start())
+    await encoder.sending(TIMEOUT)
+    await watcher.event(is_live("studio", True))
+    await app.broker.put_sanction(Sanction("r1", "studio", "ban", None, "test", False))
+    await watcher.event(is_live("studio", False))
+    # nginx's next on_update is answered 403: it drops the encoder, whose process then ends
+    assert encoder.proc is not None
+    assert await asyncio.wait_for(asyncio.to_thread(encoder.proc.wait), TIMEOUT) is not None
+    # and a new publish with the banned user's token is refused at the door
+    again = rtmp_encoder(app.rtmp_port, "r1", token("r1", "studio", "host"), width=WIDTH, height=HEIGHT)
+    encoders.append(again.start())
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        await again.sending(TIMEOUT)
+
+
+async def test_a_key_nginx_cut_is_refused_with_the_limit_named(app: App) -> None:
+    """nginx-rtmp keeps 255 bytes of `<name>?<args>` (measured: `r1?token=` + 246 bytes): a key it
+    cut is refused 4101 with the limit named, not as a bare bad signature."""
+    assert app.rtmp is not None
+    long_key = token("r1", "studio", "host", name="S" * 60)[:246]  # as nginx-rtmp passes it on
+    url = f"http://127.0.0.1:{app.rtmp.callback_port}/on_publish"
+    async with aiohttp.ClientSession() as http:
+        form = {"call": "publish", "name": "r1", "token": long_key, "addr": "127.0.0.1"}
+        async with http.post(url, data=form) as resp:
+            assert resp.status == 401
+            body = await resp.json()
+    assert body["code"] == ErrorCode.TOKEN_INVALID and "limit of 255 bytes" in body["msg"]
