@@ -163,7 +163,7 @@ class Hub:
         return True
 
     def on_live(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(room_id)` when a batch changes a room's `live` state (media follows it)."""
+        """Call `listener(room_id)` when a batch changes a room's `live` or `link` state (media follows it)."""
         self.live_listeners.append(listener)
 
     def flush(self, room_id: str) -> None:
@@ -246,8 +246,9 @@ class Hub:
         if room is None:
             return
         room.apply(epoch, events)
-        if any(e["t"] == "live" for e in events):
-            for listener in self.live_listeners:  # an edge node follows the room's publishers
+        if any(e["t"] in ("live", "link") for e in events):
+            # an edge node follows the room's publishers, and a linked room's (media/linked.py)
+            for listener in self.live_listeners:
                 listener(room_id)
         metrics.hot.batches += 1
         metrics.batch_events.observe(len(events))

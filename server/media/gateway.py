@@ -25,6 +25,7 @@ from server.media.claim import MediaClaims
 from server.media.edges import Edges
 from server.media.failover import Failover
 from server.media.ice import IceConfigError, IceServers
+from server.media.linked import LinkedMedia
 from server.media.publishing import Publishing
 from server.media.relay import Relay
 from server.media.sampler import MediaStats
@@ -68,7 +69,8 @@ class MediaGateway:
         self.edges = Edges(site, claims, node_secret, config.media_claim_ttl)
         self.failover = Failover(site, claims, self.edges, config.media_claim_ttl)
         self.publishing = Publishing(site, self.failover)
-        self.signaling = WsSignaling(site, self.publishing, self.edges, inbox)
+        self.linked = LinkedMedia(site, node_secret)
+        self.signaling = WsSignaling(site, self.publishing, self.edges, inbox, self.linked)
         self.sessions = HttpSessions(
             site,
             self.publishing,
@@ -79,9 +81,11 @@ class MediaGateway:
         )
         self.stats = MediaStats(site, config.media_stats_interval, self.sessions.prune)
         site.sync_relays = self.edges.sync
+        site.sync_linked = self.linked.sync
         site.on_room_event = self._on_room_event
         self._tasks: list[asyncio.Task[None]] = []
         hub.on_live(self.edges.view_changed)
+        hub.on_live(self.linked.view_changed)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -103,6 +107,7 @@ class MediaGateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.edges.close()
+        await self.linked.close()
         rooms, site.rooms = list(site.rooms.values()), {}
         for room in rooms:
             self.hub.unpin(room.room_id)

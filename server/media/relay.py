@@ -45,10 +45,19 @@ class Relay:
     """One publisher's media pulled from the origin into a local MediaRoom."""
 
     def __init__(
-        self, room: MediaRoom, publisher_id: str, origin_node: str, origin_url: str, via: str | None = None
+        self,
+        room: MediaRoom,
+        publisher_id: str,
+        origin_node: str,
+        origin_url: str,
+        via: str | None = None,
+        source: tuple[str, str] | None = None,
     ) -> None:
         self.room = room
         self.publisher_id = publisher_id
+        # (room, publisher) pulled, when not this room's own publisher: a linked room's host
+        # (server/media/linked.py) shows here under another id
+        self.source = source or (room.room_id, publisher_id)
         self.origin_node = origin_node
         self.origin_url = origin_url.rstrip("/")  # where we pull from: the origin, or the edge `via`
         self.via = via  # None: straight from the origin (such an edge may feed other edges)
@@ -88,7 +97,8 @@ class Relay:
         self.publication = pub
         try:
             await pc.setLocalDescription(await pc.createOffer())
-            url = f"{self.origin_url}/whep/{quote(self.room.room_id)}?publisher={quote(self.publisher_id)}"
+            src_room, src_pub = self.source
+            url = f"{self.origin_url}/whep/{quote(src_room)}?publisher={quote(src_pub)}"
             headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/sdp"}
             async with session.post(
                 url, data=pc.localDescription.sdp, headers=headers, timeout=HTTP_TIMEOUT

@@ -114,10 +114,13 @@ class MediaSite:
         self.relays: dict[str, dict[str, Relay]] = {}  # room -> publisher -> stream pulled from its origin
         # room -> publishers whose relay is being set up: their publication here is not local
         self.pulling: dict[str, set[str]] = {}
+        # room -> local ids of a linked room's hosts pulled into it (server/media/linked.py)
+        self.linked: dict[str, dict[str, Relay]] = {}
         self.ids = itertools.count(1)
         self.tasks: set[asyncio.Task[Any]] = set()
         # set by the gateway: the edges follow the room's viewers; room events go to every part
         self.sync_relays: Callable[[str], Awaitable[None]] = _nothing
+        self.sync_linked: Callable[[str], Awaitable[None]] = _nothing
         self.on_room_event: Callable[[str, str, str], None] = lambda room_id, event, pid: None
 
     # -- who is here ----------------------------------------------------------------------
@@ -129,8 +132,9 @@ class MediaSite:
     def local_publishers(self, room_id: str) -> bool:
         room = self.rooms.get(room_id)
         relayed, pulling = self.relays.get(room_id, {}), self.pulling.get(room_id, ())
+        linked = self.linked.get(room_id, {})
         return room is not None and any(
-            pid not in relayed and pid not in pulling for pid in room.publications
+            pid not in relayed and pid not in pulling and pid not in linked for pid in room.publications
         )
 
     def local_viewers(self, room_id: str) -> bool:
@@ -200,6 +204,8 @@ class MediaSite:
             await room.remove_viewer(viewer_id, handle)
         if room_id in self.relays:
             await self.sync_relays(room_id)  # the last viewer here stops the pull
+        if room_id in self.linked:
+            await self.sync_linked(room_id)  # and the linked host's
         self.maybe_close(room_id)
         self.update_gauges()
 

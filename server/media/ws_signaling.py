@@ -14,6 +14,7 @@ from server import metrics
 from server.media import MediaError, create_subscribe_offer, handle_subscribe_answer
 from server.media.candidates import advertise_address
 from server.media.edges import Edges
+from server.media.linked import LinkedMedia
 from server.media.publishing import Publishing
 from server.media.site import MediaSite, WsViewer, media_error
 from server.wire import protocol
@@ -32,11 +33,14 @@ MAX_INVITES_PER_ROOM = 32
 class WsSignaling:
     """The media messages of joined connections (`site.ws_publishers`, `site.ws_viewers`)."""
 
-    def __init__(self, site: MediaSite, publishing: Publishing, edges: Edges, inbox: Inbox) -> None:
+    def __init__(
+        self, site: MediaSite, publishing: Publishing, edges: Edges, inbox: Inbox, linked: LinkedMedia
+    ) -> None:
         self.site = site
         self.publishing = publishing
         self.edges = edges
         self.inbox = inbox
+        self.linked = linked
 
     async def handle(self, client: Peer, message: protocol.ClientMessage) -> None:
         """Dispatch one media message of a joined connection (see docs/PROTOCOL.md)."""
@@ -120,6 +124,13 @@ class WsSignaling:
                 "sdp": advertise_address(sdp, site.public_ip),
                 "tracks": tracks,
             }
+            linked = self.linked.linked_rooms(viewer.room_id)
+            if linked:  # publisher id -> the linked room whose host it is (shown beside ours)
+                frame["linked"] = {
+                    pid: r
+                    for pid, r in linked.items()
+                    if any(t["publisher_id"] == pid for t in tracks.values())
+                }
             if cid is not None:
                 frame["cid"] = cid
             viewer.client.send(protocol.pack(frame))
@@ -161,6 +172,7 @@ class WsSignaling:
         site.ws_viewers[client] = viewer
         site.room(room_id)
         site.update_gauges()
+        self.linked.viewer_arrived(room_id)  # a linked room's host: pulled, then re-offered
         if not await self.offer(viewer, cid):
             frame: dict[str, Any] = {"t": "subscribed", "live": False}
             if cid is not None:
