@@ -55,6 +55,7 @@ export class ViewerMedia {
     this.pc = null;
     this.streams = new Map(); // publisher uid -> MediaStream
     this.trackMap = {}; // mid -> {publisher_id, kind}, from the server's offers
+    this.linked = {}; // publisher id -> linked room: the other room's host while a PK link lasts
     this.mainId = null;
     this.publishers = new Map();
     this.live = false;
@@ -112,6 +113,12 @@ export class ViewerMedia {
   }
 
   onEvent(ev) {
+    if (ev.t === "link" && !ev.on) {
+      // the link ended: the other room's host is no longer pulled into this room
+      for (const id of Object.keys(this.linked)) this.streams.delete(id);
+      this.linked = {};
+      this._layout();
+    }
     if (ev.t !== "live") return;
     if (ev.on) this.publishers.set(ev.uid, ev.name);
     else {
@@ -188,6 +195,7 @@ export class ViewerMedia {
     this.t0 = null;
     this.streams.clear();
     this.trackMap = {};
+    this.linked = {};
     this._layout();
     clearInterval(this._statsTimer);
     this._statsTimer = null;
@@ -261,7 +269,11 @@ export class ViewerMedia {
         tile.append(v, label);
         this.tiles.append(tile);
       }
-      tile.querySelector(".tile-name").textContent = this.publishers.get(id) || id;
+      const room = this.linked[id];
+      tile.classList.toggle("linked", Boolean(room)); // the linked room's host, side by side
+      tile.querySelector(".tile-name").textContent = room
+        ? `${id.slice(0, id.length - room.length - 1)} · room ${room}`
+        : this.publishers.get(id) || id;
       const v = tile.querySelector("video");
       if (v.srcObject !== this.streams.get(id)) {
         v.srcObject = this.streams.get(id);
@@ -284,6 +296,7 @@ export class ViewerMedia {
     performance.mark("liveroom:offer");
     const pc = this._ensurePc();
     if (frame.tracks) this.trackMap = { ...this.trackMap, ...frame.tracks };
+    this.linked = frame.linked || {}; // "<uid>@<room>" -> the linked room (docs/PROTOCOL.md `offer`)
     await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await waitForGathering(pc);
