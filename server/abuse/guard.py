@@ -275,7 +275,7 @@ class Guard:
         """Each HLS file request: the URL token's HMAC and expiry, then bans and kicks in the room
         (a viewer banned after fetching the token is refused from the next request on)."""
         grant = hls_token.verify([secret for _, secret in self.keyring.keys], token, room, time.time())
-        self._sanctioned(await self.broker.sanctions(room, grant.uid))
+        self._sanctioned(await self.sanctions.sanctions(room, grant.uid))
         return grant
 
     def is_admin(self, token: str) -> bool:
