@@ -120,6 +120,46 @@ def test_goods_the_shop_does_not_sell_are_left_to_the_host(brain: Understanding)
     assert bot.due(200.1)[1] is None
 
 
+def _shop(products: str) -> Understanding:
+    return Understanding(parse({"products": json.loads(products)}))
+
+
+def test_goods_nouns_jieba_splits_are_still_seen() -> None:
+    """充电宝 and 暖手宝 are split by jieba (充电 + 宝): joined back by their head character, they
+    are goods the shop does not sell, so the product in context is not answered for them."""
+    shop = _shop('[{"id": "nuts", "name": "每日坚果", "aliases": ["坚果"], "price": 89, "stock": 9}]')
+    for text in ["充电宝多少钱", "暖手宝多少钱", "电蚊拍还有货吗"]:
+        match = shop.understand(text, "nuts")
+        assert match is not None and not match.confident and match.other, (text, match)
+    match = shop.understand("多少钱", "nuts")  # no goods noun at all: the context answers
+    assert match is not None and match.confident and match.key == "price:nuts"
+    # where the compound is sold, it names the product
+    sold = _shop('[{"id": "pb", "name": "10000毫安充电宝", "price": 99, "stock": 3}]')
+    match = sold.understand("充电宝多少钱", None)
+    assert match is not None and match.confident and match.key == "price:pb"
+
+
+def test_a_bare_head_noun_inside_a_longer_name_is_left_to_the_host() -> None:
+    """A shop selling 拖鞋 (slippers) does not sell 鞋 (shoes) in general: "鞋子多少钱" is
+    ambiguous, so it goes to the host's board instead of the slippers' or the context's price;
+    an alias that is the bare noun says otherwise."""
+    products = [
+        {"id": "slippers", "name": "棉拖鞋", "aliases": ["拖鞋"], "price": 35, "stock": 9},
+        {"id": "lamp", "name": "护眼台灯", "aliases": ["台灯"], "price": 139, "stock": 9},
+    ]
+    shop = _shop(json.dumps(products))
+    for text in ["鞋子多少钱", "鞋有38的吗", "灯多少钱"]:
+        for context in (None, "lamp", "slippers"):
+            match = shop.understand(text, context)
+            assert match is not None and not match.confident, (text, context, match)
+    match = shop.understand("拖鞋多少钱", "lamp")
+    assert match is not None and match.confident and match.key == "price:slippers"
+    products[0]["aliases"] = ["拖鞋", "鞋"]
+    aliased = _shop(json.dumps(products))
+    match = aliased.understand("鞋子多少钱", "lamp")
+    assert match is not None and match.confident and match.key == "price:slippers"
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [

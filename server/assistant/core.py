@@ -17,7 +17,7 @@ from server.assistant.catalogue import Catalogue, Faq
 from server.assistant.intent import PRODUCT_ASPECTS, detect
 from server.assistant.nouns import product_nouns
 from server.assistant.retrieval import Index, product_phrases
-from server.assistant.text import normalise
+from server.assistant.text import has_cjk, normalise, noun_stem
 from server.assistant.topics import ABROAD, off_catalogue
 from server.wire.fingerprint import answer_fingerprint
 from server.wire.protocol import ErrorCode
@@ -159,11 +159,23 @@ class Understanding:
         found: str | None = None
         if hits and hits[0].kind == "product":
             found = hits[0].id
-        elif hits or norm in self._colours or any(norm in p for p in self._products):
+        elif norm in self._colours:
+            found = ""
+        elif self._head_only(norm):
+            found = None  # "鞋" where only 拖鞋 is sold: shoes in general are not sold here
+        elif hits or any(norm in p for p in self._products):
             found = ""
         if len(self._nouns) < 10_000:
             self._nouns[noun] = found
         return found
+
+    def _head_only(self, noun: str) -> bool:
+        """A bare Chinese goods noun that is only the head of longer catalogue names, and no
+        name or alias itself: "鞋" in a shop selling 拖鞋 (slippers are shoes, shoes are not
+        all slippers). Asked about, it is ambiguous: the host answers, not the context."""
+        if not has_cjk(noun) or any(noun in (p, noun_stem(p)) for p in self._products):
+            return False
+        return any(len(p) > len(noun) and p.endswith(noun) and has_cjk(p) for p in self._products)
 
     @staticmethod
     def _open(text: str, lang: str, label: str, confidence: float = 0.0, product: str | None = None) -> Match:

@@ -2,8 +2,11 @@
 
 "鞋子多少钱" in a room that sells no shoes must not be answered with the price of the product
 being discussed: the assistant needs to see that a product noun is there. Chinese nouns come
-from jieba's part-of-speech tags plus a list of goods words (jieba splits some: 充电宝);
-English ones from a list of goods words. Words for what is asked (price, size, colour...) and
+from jieba's part-of-speech tags plus a list of goods words; jieba splits many compound goods
+nouns it does not know (充电宝 -> 充电 + 宝, 暖手宝, 电蚊拍), so pieces that join into a listed
+goods word, or a word followed by a goods head character (宝, 器, 机, 杯, 鞋 ...: the character
+that says what kind of thing a Chinese compound names), are joined back into one noun. English
+ones from a list of goods words. Words for what is asked (price, size, colour...) and
 for the room itself (主播, 宝贝, this one) are not product nouns. Nothing here names a product
 of a particular catalogue: the caller decides which nouns the catalogue knows.
 """
@@ -361,6 +364,9 @@ NOT_PRODUCT_ZH = frozenset(
         "市",
     ]
 )
+# the last character of a Chinese compound names its kind: 充电宝, 暖手宝, 剃须刀, 电蚊拍
+GOODS_HEADS = frozenset("宝器机仪杯壶锅鞋靴裤裙衫衣帽袜包袋箱盒灯镜表链扇伞刀剪拍垫毯枕被巾膏霜乳笔")
+_JOIN_FLAGS = ("n", "nz", "ng", "vn", "v", "a", "nr", "b")  # a modifier piece jieba left apart
 _EN_WORD = re.compile(r"[a-z]+")
 _POS_NOUN = ("n", "nz", "ng", "vn")  # not 'ns' (places: a topic) nor 'nr' (names: "多少钱" at times)
 _ASKED = tuple(p for zh, _ in ASPECTS.values() for p in zh)  # "多少钱", "链接": what is asked
@@ -376,16 +382,55 @@ def _en_stem(word: str) -> str:
     return word
 
 
+def _not_goods(word: str) -> bool:
+    return not word or not has_cjk(word) or word in NOT_PRODUCT_ZH or any(a in word for a in _ASKED)
+
+
+def _pieces(norm: str) -> list[tuple[str, str]]:
+    """jieba's (word, flag) pieces with split compound goods nouns joined back: two or three
+    pieces that make a listed goods word, or a modifier of 2+ characters and a goods head
+    character ("充电" + "宝" -> "充电宝", flag n)."""
+    raw = [(p.word.strip(), p.flag) for p in jieba.posseg.lcut(norm) if p.word.strip()]
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(raw):
+        for span in (3, 2):
+            joined = "".join(w for w, _ in raw[i : i + span])
+            if i + span <= len(raw) and joined in GOODS_ZH:
+                out.append((joined, "n"))
+                i += span
+                break
+        else:
+            word, flag = raw[i]
+            nxt = raw[i + 1][0] if i + 1 < len(raw) else ""
+            if (
+                len(nxt) == 1
+                and nxt in GOODS_HEADS
+                and len(word) >= 2
+                and flag in _JOIN_FLAGS
+                and has_cjk(word)
+                and not _not_goods(word)
+            ):
+                out.append((word + nxt, "n"))
+                i += 2
+            else:
+                out.append((word, flag))
+                i += 1
+    return out
+
+
 def product_nouns(text: str) -> list[str]:
-    """The goods words in a message, in order ("鞋子多少钱" -> ["鞋"], "shoes how much" -> ["shoe"])."""
+    """The goods words in a message, in order ("鞋子多少钱" -> ["鞋"], "shoes how much" -> ["shoe"],
+    "充电宝多少钱" -> ["充电宝"] although jieba splits it)."""
     norm = normalise(text)
     found: list[str] = []
     if has_cjk(norm):
-        for piece in jieba.posseg.lcut(norm):
-            word = noun_stem(piece.word.strip())
-            if not word or not has_cjk(word) or word in NOT_PRODUCT_ZH or any(a in word for a in _ASKED):
+        for piece, flag in _pieces(norm):
+            word = noun_stem(piece)
+            if _not_goods(word):
                 continue
-            if word in GOODS_ZH or (piece.flag in _POS_NOUN and len(word) >= 2):
+            solo_head = len(word) == 1 and word in GOODS_HEADS and word != "宝"  # "灯多少钱"
+            if word in GOODS_ZH or (flag in _POS_NOUN and (len(word) >= 2 or solo_head)):
                 found.append(word)
     for word in _EN_WORD.findall(norm):
         stem = _en_stem(word)
