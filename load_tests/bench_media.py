@@ -37,7 +37,14 @@ import aiohttp
 import av
 import msgpack
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+    RTCRtpSender,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
 from aiortc.mediastreams import MediaStreamTrack
 
 from load_tests.bench import stop_process
@@ -62,15 +69,28 @@ def _pattern(i: int, noise: np.ndarray) -> np.ndarray:
     return y
 
 
-def encode_clip(seconds: int = 3) -> list[bytes]:
-    """Pre-encode a looping clip with libvpx (CBR ~1 Mbps, keyframe every second)."""
-    ctx = av.CodecContext.create("libvpx", "w")
+def encode_clip(seconds: int = 3, codec: str = "VP8") -> list[bytes]:
+    """Pre-encode a looping clip (~1.2 Mbps, keyframe every second): libvpx CBR, or for "H264"
+    libx264 baseline/zerolatency CBR (Annex B, no B-frames: what a WHIP encoder sends)."""
+    ctx = av.CodecContext.create("libx264" if codec == "H264" else "libvpx", "w")
     ctx.width, ctx.height, ctx.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     ctx.bit_rate = BITRATE
     ctx.framerate = fractions.Fraction(FPS, 1)
     ctx.time_base = fractions.Fraction(1, FPS)
     ctx.gop_size = FPS
-    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "end-usage": "cbr"}
+    if codec == "H264":  # CBR (HRD filler) at libvpx's actual ~1.2 Mbps, so both clips cost the same bytes
+        kbps = int(1.2 * BITRATE / 1000)
+        ctx.bit_rate = int(1.2 * BITRATE)
+        vbv = f"nal-hrd=cbr:vbv-maxrate={kbps}:vbv-bufsize={kbps // 2}"
+        ctx.options = {
+            "profile": "baseline",
+            "tune": "zerolatency",
+            "preset": "veryfast",
+            "bf": "0",
+            "x264-params": vbv,
+        }
+    else:
+        ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "end-usage": "cbr"}
     noise = np.random.default_rng(1).integers(0, 255, (32, WIDTH), dtype=np.uint8)
     packets: list[bytes] = []
     for i in range(seconds * FPS):
@@ -84,7 +104,7 @@ def encode_clip(seconds: int = 3) -> list[bytes]:
 
 
 class ClipTrack(MediaStreamTrack):
-    """Plays pre-encoded VP8 frames at 30 fps; the sender packs them (no encoding at run time)."""
+    """Plays pre-encoded VP8 or H.264 frames at 30 fps; the sender packs them (no encoding at run time)."""
 
     kind = "video"
 
@@ -143,8 +163,9 @@ class Server:
         stop_process(self.proc)
 
 
-def start_server(mode: str) -> Server:
-    """The liveroom node (forwarding) or the MediaRelay comparison server, in its own process."""
+def start_server(mode: str, extra: tuple[str, ...] = ()) -> Server:
+    """The liveroom node (forwarding) or the MediaRelay comparison server, in its own process;
+    `extra` are more `serve` flags (e.g. --rtmp-port 0)."""
     env = {**os.environ, "LIVEROOM_RATE_LIMITS": "off", "LIVEROOM_REPEAT_MAX": "0"}
     if mode == "forward":
         cmd = [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"]
@@ -154,6 +175,7 @@ def start_server(mode: str) -> Server:
             "0",
             "--media-ice-timeout",
             "60",
+            *extra,
         ]  # all viewers on 127.0.0.1, a busy CPU
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--relay-server"]
@@ -250,9 +272,17 @@ async def post_sdp(http: aiohttp.ClientSession, url: str, sdp: str, user: str, r
         return await resp.text()
 
 
-async def whip_publish(http: aiohttp.ClientSession, base: str, clip: list[bytes]) -> RTCPeerConnection:
+def only_codec(kind: str, name: str) -> list[RTCRtpCodecParameters]:
+    """aiortc's capabilities for `kind` restricted to one codec (and RTX): an encoder that has only it."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    return [c for c in caps if c.name.upper() == name.upper() or c.name == "rtx"]
+
+
+async def whip_publish(
+    http: aiohttp.ClientSession, base: str, clip: list[bytes], codec: str = "VP8"
+) -> RTCPeerConnection:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(ClipTrack(clip))
+    pc.addTransceiver(ClipTrack(clip), direction="sendonly").setCodecPreferences(only_codec("video", codec))
     await pc.setLocalDescription(await pc.createOffer())
     answer = await post_sdp(http, f"{base}/whip/{ROOM}", pc.localDescription.sdp, "host", "host")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
@@ -270,15 +300,18 @@ async def whep_view(http: aiohttp.ClientSession, base: str, n: int) -> TappedVie
     return viewer
 
 
-async def cpu_run(mode: str, steps: list[int], window: float, clip: list[bytes]) -> list[dict[str, Any]]:
-    """One server process; publisher, then viewers added step by step; CPU over `window` at each."""
+async def cpu_run(
+    mode: str, steps: list[int], window: float, clip: list[bytes], codec: str = "VP8"
+) -> list[dict[str, Any]]:
+    """One server process; publisher (of `clip`, in `codec`), then viewers added step by step;
+    CPU over `window` at each."""
     server = start_server(mode)
     viewers: list[TappedViewer] = []
     results: list[dict[str, Any]] = []
     publisher: RTCPeerConnection | None = None
     try:
         async with aiohttp.ClientSession() as http:
-            publisher = await whip_publish(http, server.http, clip)
+            publisher = await whip_publish(http, server.http, clip, codec)
             for target in [0, *steps]:
                 while len(viewers) < target:
                     batch = min(5, target - len(viewers))
@@ -298,6 +331,7 @@ async def cpu_run(mode: str, steps: list[int], window: float, clip: list[bytes])
                 results.append(
                     {
                         "mode": mode,
+                        "codec": codec,
                         "viewers": count,
                         "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
                         "viewer_fps": frames / elapsed / count if count else 0.0,
@@ -318,8 +352,9 @@ async def cpu_run(mode: str, steps: list[int], window: float, clip: list[bytes])
     return results[1:]
 
 
-async def ttff_run(joins: int) -> list[float]:
-    """Seconds from `subscribe` to the first decoded frame, for `joins` sequential viewers."""
+async def ttff_run(joins: int, codec: str = "VP8") -> list[float]:
+    """Seconds from `subscribe` to the first decoded frame, for `joins` sequential viewers
+    (the live publisher encodes `codec`)."""
     from websockets.asyncio.client import connect
 
     server = start_server("forward")
@@ -328,7 +363,8 @@ async def ttff_run(joins: int) -> list[float]:
         async with connect(f"{server.ws}?token={token('host', 'host')}") as host:
             msgpack.unpackb(await host.recv())
             publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            publisher.addTrack(LiveTrack())
+            video = publisher.addTransceiver(LiveTrack(), direction="sendonly")
+            video.setCodecPreferences(only_codec("video", codec))
             await publisher.setLocalDescription(await publisher.createOffer())
             await host.send(msgpack.packb({"t": "publish", "sdp": publisher.localDescription.sdp}))
             while (frame := msgpack.unpackb(await asyncio.wait_for(host.recv(), STEP_TIMEOUT)))[
