@@ -181,3 +181,27 @@ def test_the_fanout_loop_bench_reports_every_tree() -> None:
     )
     (record,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert record["tree"] == str(ROOT) and record["ratio"] == 1.0 and record["ns_per_viewer_write"] > 0
+
+
+def test_the_encoder_bench_measures_both_codecs_and_both_ingests() -> None:
+    """bench_encoders --quick: every side measured (frames decoded, stamps read), one summary."""
+    out = subprocess.run(
+        [sys.executable, "-m", "load_tests.bench_encoders", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=4 * RUN_TIMEOUT,  # four servers one after the other (two of them with nginx-rtmp)
+        check=True,
+    )
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    summary = records[-1]
+    assert summary["bench"] == "encoders" and "| measure" in out.stdout
+    for codec in ("VP8", "H264"):
+        assert summary["cpu_pct_per_viewer"][codec]["1"] is not None
+        assert summary["viewer_fps"][codec] > 0  # the tapped viewer got the codec's frames
+        assert summary["ttff_ms_p50"][codec] > 0  # a joiner decoded a frame
+    for path in ("whip", "rtmp"):
+        ingest = summary["ingest"][path]
+        assert ingest["fps"] > 0 and ingest["latency_ms_p50"] is not None  # stamps read back
+        assert 0 <= ingest["latency_ms_p50"] <= ingest["latency_ms_p95"]
+    assert summary["ingest_added_latency_ms"] is not None
