@@ -72,6 +72,7 @@ def make_broker(config: Config) -> Broker:
             presence_ttl=config.presence_ttl,
             dm_keep=config.dm_keep,
             dm_ttl=config.dm_ttl,
+            dm_per_sender=config.dm_store_per_sender,
             cluster=config.redis_cluster,
             wait_replicas=None if config.redis_wait_replicas < 0 else config.redis_wait_replicas,
             wait_degrade=config.redis_wait_degrade,

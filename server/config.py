@@ -93,7 +93,7 @@ class Config:
     media_ice_timeout: float = 10.0  # seconds a WHIP/WHEP session has to connect ICE before it is torn down
     dm_store_users: int = 10_000  # memory broker: users with stored DMs, at most
     dm_store_bytes: int = 16 * 1024 * 1024  # memory broker: bytes of stored DMs, at most
-    dm_store_per_sender: int = 1000  # memory broker: stored DMs one sender may have waiting, at most
+    dm_store_per_sender: int = 1000  # stored DMs one sender may have waiting, at most (both brokers)
     dm_ttl: int = 30 * 86400  # seconds a stored DM is kept
     secret_old: str = ""  # previous secret(s), comma-separated, still accepted (key rotation)
     secrets: str = ""  # "kid1:secret1,kid2:secret2": key ids and secrets, the first signs
@@ -347,7 +347,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dm-store-users", dest="dm_store_users", type=int, help="memory broker (10000)")
     parser.add_argument("--dm-store-bytes", dest="dm_store_bytes", type=int, help="memory broker (16 MiB)")
     parser.add_argument(
-        "--dm-store-per-sender", dest="dm_store_per_sender", type=int, help="memory broker (1000)"
+        "--dm-store-per-sender", dest="dm_store_per_sender", type=int, help="stored DMs per sender (1000)"
     )
     parser.add_argument("--dm-ttl", dest="dm_ttl", type=int, help="seconds a stored DM is kept (2592000)")
     parser.add_argument(

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from server.wire.protocol import ErrorCode, ProtocolError
+
 log = logging.getLogger("liveroom.broker")
 
 Event = dict[str, Any]
@@ -109,6 +111,19 @@ class DmReceipt:
     id: str
     delivered: bool
     replicated: bool = True
+
+
+DM_FULL_RETRY = 60.0  # seconds a sender refused 4502 is told to wait
+
+
+def sender_quota_full(limit: int) -> ProtocolError:
+    """4502 for a DM to an offline user whose sender has `limit` DMs waiting (every broker)."""
+    return ProtocolError(
+        ErrorCode.DM_STORE_FULL,
+        f"DM not stored: {limit} of your DMs are waiting to be read",
+        None,
+        DM_FULL_RETRY,
+    )
 
 
 def dm_id_key(dm_id: str) -> tuple[int, int]:

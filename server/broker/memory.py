@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from server.broker.base import (
+    DM_FULL_RETRY,
     BatchHandler,
     Broker,
     DmReceipt,
@@ -27,6 +28,7 @@ from server.broker.base import (
     Sanctions,
     UserHandler,
     dm_id_key,
+    sender_quota_full,
 )
 from server.broker.idempotency import DanmakuCids
 from server.broker.unencodable import encodable_only
@@ -34,8 +36,6 @@ from server.room.sequencing import StreamState, Tick, sequence
 from server.room.state import Room
 from server.wire import protocol
 from server.wire.protocol import ErrorCode, ProtocolError
-
-DM_FULL_RETRY = 60.0  # seconds a refused DM sender is told to wait
 
 
 @dataclass
@@ -285,15 +285,17 @@ class MemoryInbox(Inbox):
         frame = protocol.pack({**dm, "id": dm_id})
         sender = str(dm.get("from", ""))
         handler = self._users.get(user_id)
+        refusal: ProtocolError | None = None
         if self._sender_full(sender):
-            refusal = f"DM not stored: {self._dm_per_sender} of your DMs are waiting to be read"
+            refusal = sender_quota_full(self._dm_per_sender)
         elif not self._has_room(user_id, len(frame)):
-            refusal = "DM not stored: the message store is full"
+            refusal = ProtocolError(
+                ErrorCode.DM_STORE_FULL, "DM not stored: the message store is full", None, DM_FULL_RETRY
+            )
         else:
-            refusal = ""
             self._keep(user_id, dm_id, frame, sender)
-        if refusal and handler is None:
-            raise ProtocolError(ErrorCode.DM_STORE_FULL, refusal, None, DM_FULL_RETRY)
+        if refusal is not None and handler is None:
+            raise refusal
         if handler is not None:  # live even when not kept: no durability promise then
             handler(user_id, frame)
         return DmReceipt(dm_id, handler is not None)

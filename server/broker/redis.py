@@ -70,6 +70,7 @@ class RedisBroker(Broker):
         presence_ttl: float = 6.0,
         dm_keep: int = 1000,
         dm_ttl: int = 30 * 86400,
+        dm_per_sender: int = 1000,
         cluster: bool = False,
         sharded: bool | None = None,
         connect_timeout: float = 5.0,
@@ -133,9 +134,15 @@ class RedisBroker(Broker):
             history_ttl=history_ttl,
             presence_ttl=presence_ttl,
         )
-        self.inbox = RedisInbox(self, dm_keep=dm_keep, dm_ttl=dm_ttl)
+        self.inbox = RedisInbox(self, dm_keep=dm_keep, dm_ttl=dm_ttl, dm_per_sender=dm_per_sender)
         self.limits = RedisSanctions(self)
-        scripts = (self.stream._publish_script, self.stream._load_script, self.inbox._dm_script)
+        scripts = (
+            self.stream._publish_script,
+            self.stream._load_script,
+            self.inbox._dm_script,
+            self.inbox._ack_script,
+            self.inbox._quota_script,
+        )
         for script in (*scripts, self.limits._load_script):
             self._shards.add_script(script.sha, script.script)  # loaded on every primary at connect
 

@@ -5,12 +5,23 @@ the user has a connection there, reads the backlog once subscribed and merges it
 DMs by id, so each node delivers each DM once, in order. Outages: DMs are refused with
 BrokerUnavailable (nothing is acknowledged that is not stored); the backlog is caught up
 after reconnecting.
+
+Per-sender quota (--dm-store-per-sender, like the memory broker): before storing, one script on
+the *sender's* slot adds a token to its quota (a sorted set expiring per member) or says it is
+full. The recipient's stream is on another slot, so the token rides in the DM's entry (`q`);
+whatever drops entries (the cap, an acknowledgement) returns their tokens and they are removed
+from their senders' sets. A full sender's DM is still delivered live to an online recipient
+(published, never kept); to an offline one it is refused 4502. The quota fails open: while the
+sender's shard is unreachable its DMs are stored uncounted, and a token whose removal was lost
+in an outage frees when its DM's dm_ttl passes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +30,15 @@ from redis.exceptions import ResponseError
 
 from server import metrics
 from server.broker import redis_scripts as rs
-from server.broker.base import BrokerUnavailable, DmReceipt, Event, Inbox, UserHandler, dm_id_key
+from server.broker.base import (
+    BrokerUnavailable,
+    DmReceipt,
+    Event,
+    Inbox,
+    UserHandler,
+    dm_id_key,
+    sender_quota_full,
+)
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
 from server.broker.shards import Call
@@ -36,11 +55,14 @@ class _UserSub:
 
 
 class RedisInbox(RedisPart, Inbox):
-    def __init__(self, link: Link, *, dm_keep: int, dm_ttl: int) -> None:
+    def __init__(self, link: Link, *, dm_keep: int, dm_ttl: int, dm_per_sender: int = 1000) -> None:
         super().__init__(link)
         self._dm_keep = dm_keep
         self._dm_ttl = dm_ttl
+        self._dm_per_sender = dm_per_sender
         self._dm_script = self._redis.register_script(rs.SEND_DM)
+        self._ack_script = self._redis.register_script(rs.ACK_DM)
+        self._quota_script = self._redis.register_script(rs.DM_QUOTA)
         self._users: dict[str, _UserSub] = {}
 
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
@@ -87,11 +109,12 @@ class RedisInbox(RedisPart, Inbox):
         try:
             res = await self._dm_script(
                 keys=[keys.dms],
-                args=["f", frame, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 1],
+                args=["f", frame, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 1, ""],
             )
         except _DOWN as exc:
             self._kick(exc, keys.dms)
             return False
+        await self._free(res[2])
         return int(res[1]) > 0
 
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
@@ -112,20 +135,29 @@ class RedisInbox(RedisPart, Inbox):
                     self._link.refused_for_replicas(shard)
                     raise BrokerUnavailable("the DM's Redis shard has no replica: not stored")
                 degraded, wait = True, 0  # opt-in: the primary's AOF alone, said in the ack
+        quota = await self._take_quota(str(dm.get("from", "")))
+        live_only = quota is None  # the sender is at its quota: delivered live or refused 4502
         body = rs.open_map(dm, "id")
-        args = ["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 0]
+        mode = 2 if live_only else 0
+        args = ["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, mode, quota or ""]
         calls: list[Call] = [(keys.dms, ("EVALSHA", self._dm_script.sha, 1, keys.dms, *args))]
-        if wait:  # same pipeline, same connection: WAIT covers this very write
+        if wait and not live_only:  # same pipeline, same connection: WAIT covers this very write
             calls.append((keys.dms, ("WAIT", wait, self._link._wait_timeout_ms)))
         try:
             results = await self._shards.pipelined(calls)
-        except _DOWN as exc:  # sent, answer lost: the script may have run
+        except _DOWN as exc:  # sent, answer lost: the script may have run (its quota token stays)
             self._kick(exc, keys.dms)
             raise BrokerUnavailable(str(exc), maybe_stored=True) from exc
         res = results[0]
         if isinstance(res, Exception):  # refused before running (MOVED, CLUSTERDOWN, OOM): not stored
             self._kick(res, keys.dms)
+            await self._free([quota] if quota else [])
             raise BrokerUnavailable(str(res)) from res
+        await self._free(res[2])  # the DMs the recipient's cap pushed out
+        if live_only:
+            if int(res[1]) == 0:  # nobody listens: nothing was kept or sent
+                raise sender_quota_full(self._dm_per_sender)
+            return DmReceipt(res[0].decode(), True)  # live, not kept: no durability promise
         receipt = DmReceipt(res[0].decode(), int(res[1]) > 0, replicated=not degraded)
         if wait:
             acked = results[1]
@@ -141,13 +173,53 @@ class RedisInbox(RedisPart, Inbox):
         if not self._serving(keys.dms):
             raise BrokerUnavailable("redis is unreachable")
         ms, n = dm_id_key(dm_id)
+        call = ("EVALSHA", self._ack_script.sha, 1, keys.dms, f"{ms}-{n}", f"{ms}-{n + 1}")
         try:  # drop every DM up to and including dm_id
-            await self._redis.xtrim(keys.dms, minid=f"{ms}-{n + 1}", approximate=False)
-        except ResponseError:
-            pass  # an id Redis cannot represent: nothing to drop
+            (res,) = await self._shards.pipelined([(keys.dms, call)])
         except _DOWN as exc:
             self._kick(exc, keys.dms)
             raise BrokerUnavailable(str(exc)) from exc
+        if isinstance(res, ResponseError):
+            return  # an id Redis cannot represent: nothing to drop
+        if isinstance(res, Exception):
+            self._kick(res, keys.dms)
+            raise BrokerUnavailable(str(res)) from res
+        await self._free(res)
+
+    async def _take_quota(self, sender: str) -> str | None:
+        """A place in the sender's quota (`<sender>|<token>`, stored with its DM), None when it
+        is full, '' when not counted (no sender, or its shard is unreachable: fail open)."""
+        if not sender:
+            return ""
+        key = rs.user_keys(sender).dm_quota
+        if not self._serving(key):
+            return ""
+        token = secrets.token_hex(8)
+        call = ("EVALSHA", self._quota_script.sha, 1, key, self._dm_per_sender, token, self._dm_ttl * 1000)
+        try:
+            (res,) = await self._shards.pipelined([(key, call)])
+        except _DOWN as exc:
+            self._kick(exc, key)
+            return ""
+        if isinstance(res, Exception):
+            return ""
+        return f"{sender}|{token}" if int(res) else None
+
+    async def _free(self, quotas: list[bytes] | list[str]) -> None:
+        """Remove these tokens from their senders' quotas (best effort: else they expire)."""
+        if not quotas:
+            return
+        by_key: dict[str, list[str]] = {}
+        for raw in quotas:
+            value = raw.decode() if isinstance(raw, bytes) else raw
+            sender, _, token = value.partition("|")
+            with contextlib.suppress(ValueError):  # not a user id: not ours to free
+                by_key.setdefault(rs.user_keys(sender).dm_quota, []).append(token)
+        calls: list[Call] = [(key, ("ZREM", key, *tokens)) for key, tokens in by_key.items()]
+        try:
+            await self._shards.pipelined(calls)
+        except _DOWN as exc:
+            log.debug("DM quota tokens not freed (they expire with their DMs): %s", exc)
 
     def _shard_label(self, key: str) -> str:
         try:

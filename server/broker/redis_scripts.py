@@ -48,6 +48,7 @@ class UserKeys:
     dms: str  # stream: DMs not yet acknowledged (capped, expires); field b (body) or f (frame)
     channel: str  # pub/sub channel: `b<id>|<body>` or `f|<frame>`
     blocks: str  # set: uids whose DMs this user refuses
+    dm_quota: str  # zset: this user's stored DMs as a sender (member token, score expiry ms)
 
 
 @functools.lru_cache(maxsize=1 << 14)  # built for every publish of a busy room: build once
@@ -72,7 +73,7 @@ def user_keys(user_id: str) -> UserKeys:
     if not valid_id(user_id):
         raise ValueError(f"invalid user id {user_id[:80]!r}")
     base = f"{PREFIX}:{{u:{user_id}}}"
-    return UserKeys(dms=f"{base}:dm", channel=f"{base}:ch", blocks=f"{base}:blocks")
+    return UserKeys(dms=f"{base}:dm", channel=f"{base}:ch", blocks=f"{base}:blocks", dm_quota=f"{base}:dmq")
 
 
 # -- abuse (server/abuse): sanctions, join nonces, rate-limit usage ---------------------------
@@ -466,21 +467,79 @@ end
 return res
 """
 
-# KEYS: the user's DM stream
-# ARGV: 1 field (b: body to complete with its id, f: whole frame), 2 payload, 3 keep,
-#       4 channel, 5 publish command, 6 ttl s, 7 keep only if nobody got it live (1/0)
-# Returns {id or '', live receivers}.
-SEND_DM = r"""
-local stream, field, payload = KEYS[1], ARGV[1], ARGV[2]
+# A stored DM's entry may carry `q` = `<sender>|<token>`: its place in the sender's quota
+# (DM_QUOTA, on the sender's slot, which this script cannot touch). Scripts that drop entries
+# (the cap pushing the oldest out, an acknowledgement) return those values; the inbox then
+# frees them on each sender's slot.
+_QUOTAS_OF = r"""
+local function quotas_of(entries, out)
+  for _, entry in ipairs(entries) do
+    local f = entry[2]
+    for i = 1, #f - 1, 2 do
+      if f[i] == 'q' then out[#out + 1] = f[i + 1] end
+    end
+  end
+  return out
+end
+"""
+
+# KEYS[1]: the recipient's stream. ARGV: field (b body / f frame), payload, keep, channel,
+# publish command, ttl (s), mode, quota (`<sender>|<token>` or ''). Modes: '1' a frame
+# delivered live if someone listens, else kept; '0' a DM stored, then published; '2' a DM its
+# sender may not store (over its quota): it gets a stream id (XADD then XDEL: ids stay ordered
+# per recipient), is published and kept nowhere. Returns {id, receivers, quotas pushed out}.
+SEND_DM = (
+    _QUOTAS_OF
+    + r"""
+local stream, field, payload, keep = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 if ARGV[7] == '1' then
   local n = redis.call(ARGV[5], ARGV[4], 'f|' .. payload)
-  if n > 0 then return {'', n} end
+  if n > 0 then return {'', n, {}} end
 end
-local id = redis.call('XADD', stream, 'MAXLEN', ARGV[3], '*', field, payload)
+if ARGV[7] == '2' then
+  local id = redis.call('XADD', stream, '*', field, '')
+  redis.call('XDEL', stream, id)
+  redis.call('EXPIRE', stream, ARGV[6], 'NX')  -- a new, empty stream keeps its last id a while
+  return {id, redis.call(ARGV[5], ARGV[4], field .. id .. '|' .. payload), {}}
+end
+local out = {}
+local over = redis.call('XLEN', stream) - keep + 1
+if over > 0 then quotas_of(redis.call('XRANGE', stream, '-', '+', 'COUNT', over), out) end
+local id
+if ARGV[8] ~= '' then
+  id = redis.call('XADD', stream, 'MAXLEN', keep, '*', field, payload, 'q', ARGV[8])
+else
+  id = redis.call('XADD', stream, 'MAXLEN', keep, '*', field, payload)
+end
 redis.call('EXPIRE', stream, ARGV[6])
 local n = 0
 if ARGV[7] ~= '1' then n = redis.call(ARGV[5], ARGV[4], field .. id .. '|' .. payload) end
-return {id, n}
+return {id, n, out}
+"""
+)
+
+# The recipient read up to a DM. KEYS[1]: its stream; ARGV: that DM's id, the first id kept.
+# Drops every entry up to it; returns their quotas.
+ACK_DM = (
+    _QUOTAS_OF
+    + r"""
+local out = quotas_of(redis.call('XRANGE', KEYS[1], '-', ARGV[1]), {})
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+return out
+"""
+)
+
+# One sender's DMs waiting to be read, bounded (--dm-store-per-sender). KEYS[1]: the sender's
+# dm_quota; ARGV: the bound, a new token, ttl (ms). Members expire with their DM (score: Redis
+# time + ttl). Returns 1 with the token added, 0 when the sender is at its bound.
+DM_QUOTA = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 # A room's active sanctions, for a node opening the room. KEYS[1]: the index (sanction_index);

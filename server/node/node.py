@@ -227,7 +227,9 @@ class Node:
                 return
         try:
             receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
-        except ProtocolError as error:  # the memory broker's DM store is full (4502)
+        except ProtocolError as error:  # 4502: a full store or sender quota, nothing stored or sent
+            if message.cid is not None and not uncertain:
+                await self.sends.release(who.uid, "dm", message.cid)  # the retry stores it
             raise ProtocolError(error.code, error.message, message.cid, error.retry_after) from None
         except BrokerUnavailable as exc:
             text = "DM not stored or sent: retry"

@@ -86,7 +86,7 @@ class ErrorCode(IntEnum):
     ROOM_CLOSED = 4410  # close code only: an operator closed the room (admin API)
     SHUTTING_DOWN = 4500
     BROKER_UNAVAILABLE = 4501  # the shared store (Redis) is unreachable: retry after `retry_after` s
-    DM_STORE_FULL = 4502  # the node's in-memory DM store is at its bound: retry later
+    DM_STORE_FULL = 4502  # the sender's DM quota or the in-memory DM store is full: retry later
     # media signaling (publish / subscribe / WHIP / WHEP); none closes the connection
     MEDIA_UNAVAILABLE = 4600
     MEDIA_BAD_SDP = 4601
