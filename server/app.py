@@ -28,6 +28,7 @@ from server.delivery.fanout import RoomFanout
 from server.delivery.hub import Hub
 from server.edge.client import Client, Services, WsWriter
 from server.edge.connection import Handler, handler_table
+from server.edge.handshake import HeadFirstConnection
 from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
 from server.edge.rtmp import RtmpIngest
@@ -231,6 +232,7 @@ class App:
             self.config.port,
             process_request=self.routes,
             process_response=self.routes.process_response,
+            create_connection=HeadFirstConnection,  # bytes after the request head wait for the answer
             logger=WS_LOG,  # per-connection lines at DEBUG only (QuietFilter)
             compression=None,  # per-connection deflate would defeat encode-once fan-out
             max_size=self.config.max_frame,

@@ -22,6 +22,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
 
 from server.abuse.doors import DOORS
 from server.abuse.tokens import Keyring
@@ -535,6 +536,66 @@ async def test_the_two_unauthenticated_500s_are_404_and_401(server_faults: None)
             assert (status, body["code"]) in ((401, H.TOKEN_INVALID), (401, H.AUTH_REQUIRED)), (path, body)
     finally:
         await app.stop()
+
+
+async def test_bytes_after_the_request_head_are_answered_without_a_traceback(server_faults: None) -> None:
+    """The HTTP fuzz's "unexpected internal error" (issue #24): websockets parsed the bytes after
+    a request head as frames while still CONNECTING; a trailing CRLF or a pipelined request
+    failed the parser, which half-closed, and the answer then tripped an assertion (ERROR with a
+    traceback, no answer for the client). Now each gets its answer, and nothing is logged."""
+    app = App(make_config("malformed_body"))
+    await app.start()
+    try:
+        for path, status, code in (("/healthz", 200, None), ("/nothing-here", 404, H.NOT_FOUND)):
+            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            for after in (b"\r\n", head, b"\x88\x00garbage\xff", b"\r\n" * 5000):
+                reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+                try:
+                    writer.write(head + after)  # one write: websockets reads both at once
+                    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+                finally:
+                    writer.close()
+                assert answer.startswith(f"HTTP/1.1 {status} ".encode()), (path, after[:20], answer[:80])
+                if code is not None:
+                    assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == code
+    finally:
+        await app.stop()
+
+
+async def test_a_websocket_client_that_does_not_wait_for_the_101_is_still_read(server_faults: None) -> None:
+    """Frames sent in the same write as the handshake request wait for the 101, then are read."""
+    config = make_config("none")
+    config.join_nonce = False
+    app = App(config)
+    await app.start()
+    try:
+        head = f"GET /ws?token={mint()} HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nUpgrade: websocket\r\n"
+        head += "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        head += "Sec-WebSocket-Version: 13\r\n\r\n"
+        ping = Frame(Opcode.BINARY, msgpack.packb({"t": "ping", "ts": 7})).serialize(mask=True)
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            writer.write(head.encode() + ping)
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert answer.startswith(b"HTTP/1.1 101 "), answer
+            frames = []
+            while not frames or frames[-1]["t"] != "pong":
+                frames.append(await asyncio.wait_for(_server_frame(reader), TIMEOUT))
+            assert frames[0]["t"] == "snapshot" and frames[-1]["ts"] == 7, frames
+        finally:
+            writer.close()
+    finally:
+        await app.stop()
+
+
+async def _server_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """One unmasked binary frame from the server, decoded."""
+    first, second = await reader.readexactly(2)
+    assert first & 0x0F == Opcode.BINARY and not second & 0x80, (first, second)
+    size = second & 0x7F
+    if size >= 126:
+        size = int.from_bytes(await reader.readexactly(2 if size == 126 else 8), "big")
+    return msgpack.unpackb(await reader.readexactly(size))
 
 
 def test_time_claims_must_be_numbers() -> None:
