@@ -8,7 +8,8 @@ the handlers, an admin token, --body-timeout 1 so trickled bodies end quickly); 
 afterwards. Requests are random raw HTTP/1.1: a method, a path of door segments and junk (names
 over 255 characters, %-escapes, surrogate escapes), headers (valid, foreign-room, non-ASCII and
 junk Bearer tokens; tokens whose name holds a lone surrogate; declared lengths over the limit),
-bodies (JSON with "\\ud83d", SDP-like text, bytes; some trickled). Reported: answers by status,
+bodies (JSON with "\\ud83d", SDP-like text, bytes; some trickled; on the WebSocket port some
+follow the head with no length: a trailing CRLF, a pipelined request, junk). Reported: answers by status,
 5xx answers, and the ERROR lines and tracebacks the node logged. Prints one JSON line, then a
 table. Exit status 1 when any 5xx or traceback was seen.
 """
@@ -102,7 +103,9 @@ def request(rng: random.Random, tokens: list[str], ports: tuple[int, int]) -> tu
     headers.append(f"Content-Type: {rng.choice(['application/sdp', 'application/json', 'text/plain', ''])}")
     trickled = False
     roll = rng.random()
-    if roll < 0.05:
+    if port == ws_port and rng.random() < 0.3:  # bytes after the head, no length: issue #24's ERROR lines
+        body = rng.choice([b"\r\n", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", body])
+    elif roll < 0.05:
         headers.append("Content-Length: 1000000000000")
     elif roll < 0.08:
         headers.append(f"Content-Length: {len(body) + 500}")  # promised, never sent: the deadline
