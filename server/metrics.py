@@ -104,6 +104,11 @@ media_viewer_rtt = Histogram(
     "Round-trip time to viewers (RTCP receiver reports)",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+hls_requests = Counter(
+    "liveroom_hls_requests_total",
+    "LL-HLS requests this node answered 200 (behind a cache: its misses), by kind",
+    ["kind"],  # playlist, blocking (reload), part, segment, init
+)
 media_viewer_drops = Counter(
     "liveroom_media_viewer_dropped_frames_total", "Frames dropped for viewers (bounded queues, keyframe gate)"
 )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from server import metrics
 from server.abuse.doors import HLS, bearer
 from server.media.hls.playlist import INIT_URI, RequestError
 from server.wire import protocol
@@ -52,6 +53,11 @@ def _int(request: web.Request, name: str) -> int | None:
     if not raw.isdigit() or len(raw) > 9:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{name} must be a non-negative integer")
     return int(raw)
+
+
+def _kind(name: str) -> str:
+    """A served file's metric label (a bounded set)."""
+    return "init" if name == INIT_URI else "part" if name.startswith("p") else "segment"
 
 
 class HlsHttp:
@@ -107,6 +113,9 @@ class HlsHttp:
             if not await stream.wait(lambda: playlist.ready(msn, part), wait):
                 raise ProtocolError(ErrorCode.MEDIA_UNAVAILABLE, "that part is late", retry_after=1)
         cache = CACHE_BLOCKING if msn is not None else CACHE_PLAYLIST
+        key = "index.m3u8" if msn is None else f"index.m3u8?{msn}.{'' if part is None else part}"
+        stream.served[key] += 1
+        metrics.hls_requests.labels("playlist" if msn is None else "blocking").inc()
         return web.Response(
             text=stream.render(), content_type=PLAYLIST_TYPE, headers={"Cache-Control": cache}
         )
@@ -121,6 +130,8 @@ class HlsHttp:
         data = await self._wait_file(stream, name)
         if data is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such part or segment (gone or never made)")
+        stream.served[name] += 1
+        metrics.hls_requests.labels(_kind(name)).inc()
         return web.Response(body=data, content_type=MEDIA_TYPE, headers={"Cache-Control": CACHE_FILE})
 
     # -- internals -------------------------------------------------------------------------

@@ -102,6 +102,24 @@ def preload_hint(playlist: str) -> str:
     return match[1]
 
 
+def decode(url: str, count: int = 30) -> tuple[list[str], int, int]:
+    """A standard HLS client (FFmpeg's hls demuxer, no LL-HLS: it plays the complete segments
+    listed with EXTINF): the stream's codecs, frames decoded (up to `count`), their width."""
+    container = av.open(url, options={"rw_timeout": str(int(TIMEOUT * 1e6))}, timeout=TIMEOUT)
+    try:
+        codecs = sorted(s.codec_context.name for s in container.streams if s.type in ("audio", "video"))
+        frames = 0
+        width = 0
+        for frame in container.decode(video=0):
+            frames += 1
+            width = frame.width
+            if frames >= count:
+                break
+        return codecs, frames, width
+    finally:
+        container.close()
+
+
 async def test_standard_hls_client_decodes_the_live_room(live: App, http: aiohttp.ClientSession) -> None:
     url = await hls_url(live, http)
     status, headers, body = await get(http, url)
@@ -113,23 +131,7 @@ async def test_standard_hls_client_decodes_the_live_room(live: App, http: aiohtt
     for tag in ("#EXT-X-VERSION:9", "#EXT-X-PART-INF:", "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES"):
         assert tag in text
 
-    def decode() -> tuple[list[str], int, int]:
-        # FFmpeg's hls demuxer knows no LL-HLS: it plays the complete segments (EXTINF)
-        container = av.open(url, options={"rw_timeout": str(int(TIMEOUT * 1e6))}, timeout=TIMEOUT)
-        try:
-            codecs = sorted(s.codec_context.name for s in container.streams if s.type in ("audio", "video"))
-            frames = 0
-            width = 0
-            for frame in container.decode(video=0):
-                frames += 1
-                width = frame.width
-                if frames >= 30:
-                    break
-            return codecs, frames, width
-        finally:
-            container.close()
-
-    codecs, frames, width = await asyncio.wait_for(asyncio.to_thread(decode), TIMEOUT * 2)
+    codecs, frames, width = await asyncio.wait_for(asyncio.to_thread(decode, url), TIMEOUT * 2)
     assert codecs == ["aac", "h264"]  # VP8 transcoded once for the room, Opus -> AAC
     assert frames == 30 and width == 160
     (stream,) = live.hls.streams.values()

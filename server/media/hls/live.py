@@ -16,6 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ class HlsStream:
         self.ended = False
         self.codec: str | None = None
         self.parts_made = 0
+        # answers given per file name and per blocking reload ("index.m3u8?M.P"): behind a
+        # cache these are its misses, ~1 per file whatever the audience (docs/API.md)
+        self.served: Counter[str] = Counter()
         self._pub = pub
         self._loop = asyncio.get_running_loop()
         self.last_request = self._loop.time()
@@ -212,11 +216,18 @@ class HlsStream:
                 for index in range(64):
                     if self.files.pop(part_uri(msn, index), None) is None:
                         break
+                self._forget_served(msn)
             previous = pl.segment(part.msn - 1)
             if part.index == 0 and previous is not None and previous.complete:
                 self.files[previous.uri] = b"".join(self.files[p.uri] for p in previous.parts)
             self._ask_keyframe(part.msn)
         self._wake()
+
+    def _forget_served(self, msn: int) -> None:
+        """Keeps `served` as bounded as the window: a dropped segment's names go with it."""
+        segment, part, reload = segment_uri(msn), f"p{msn}.", f"index.m3u8?{msn}."
+        for name in [n for n in self.served if n == segment or n.startswith((part, reload))]:
+            del self.served[name]
 
     def _ask_keyframe(self, msn: int) -> None:
         """Remux: a segment can only end at a keyframe, so ask the publisher for one on time."""
