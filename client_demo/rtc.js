@@ -44,14 +44,20 @@ export function isMediaError(frame) {
 }
 
 /** Receives the room's media into a <video> and measures time to first frame. */
+const CONNECT_TIMEOUT_MS = 20000;
+const everConnected = new WeakSet(); // peer connections that reached "connected" once
+
 export class ViewerMedia {
-  constructor({ conn, video, tiles, onStatus, selfId, onlyOthers }) {
+  constructor({ conn, video, tiles, onStatus, selfId, onlyOthers, onFallback }) {
     this.conn = conn;
     this.video = video;
     this.tiles = tiles || null; // container for co-hosts' videos (picture in picture)
     this.selfId = selfId || (() => null); // our uid: our own publication is not shown back
     this.onlyOthers = Boolean(onlyOthers); // the host console: subscribe once someone else is live
     this.onStatus = onStatus || (() => {});
+    // the viewer page's way out to HLS: called with a reason when this server refuses us
+    // video for capacity (4611) or the peer connection cannot connect (UDP blocked)
+    this.onFallback = onFallback || null;
     this.pc = null;
     this.streams = new Map(); // publisher uid -> MediaStream
     this.trackMap = {}; // mid -> {publisher_id, kind}, from the server's offers
@@ -159,6 +165,7 @@ export class ViewerMedia {
 
   onError(frame) {
     this.detail = `Video unavailable: ${frame.msg || frame.code}`;
+    if (frame.code === 4611 && this.onFallback) return this.onFallback("WebRTC video is full on this server");
     if (frame.code === 4606 && /already subscribed/.test(frame.msg || "")) return;
     this.subscribed = false;
     this.status();
@@ -223,7 +230,11 @@ export class ViewerMedia {
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
+      if (pc.connectionState === "connected") everConnected.add(pc);
       if (pc.connectionState === "failed") {
+        // never connected: UDP is blocked here, HLS over HTTP gets through (a connection that
+        // worked and broke, e.g. its node died, is renegotiated as before)
+        if (this.onFallback && !everConnected.has(pc)) return this.onFallback("the WebRTC connection failed");
         this._fail(new Error("the media connection failed"));
         this.conn.send({ t: "unsubscribe" });
         setTimeout(() => {
@@ -305,6 +316,7 @@ export class ViewerMedia {
     if (frame.cid !== undefined) answer.cid = frame.cid;
     this.conn.send(answer);
     performance.mark("liveroom:answer");
+    this._watchConnect(pc);
     this.negotiations += 1;
     this.detail = "Starting video…";
     this.status();
@@ -317,9 +329,22 @@ export class ViewerMedia {
     for (const ev of answered.tracks.splice(0)) pc.ontrack(ev);
     await answered.done;
     if (pc !== this.pc) return;
+    this._watchConnect(pc);
     this.negotiations += 1;
     this.detail = "Starting video…";
     this.status();
+  }
+
+  /** ICE that has not connected CONNECT_TIMEOUT_MS after the answer will not (UDP blocked):
+   * Chromium takes ~30 s to call it "failed"; the page moves to HLS a little sooner. */
+  _watchConnect(pc) {
+    if (!this.onFallback) return;
+    setTimeout(() => {
+      if (pc.connectionState === "connected") everConnected.add(pc);
+      if (pc === this.pc && !this.stopped && !everConnected.has(pc)) {
+        this.onFallback("the WebRTC connection did not connect");
+      }
+    }, CONNECT_TIMEOUT_MS);
   }
 
   _watchFirstFrame() {

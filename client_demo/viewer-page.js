@@ -3,6 +3,7 @@ import { DanmakuLayer } from "./danmaku.js";
 import { friendlyError, isBan, isKick } from "./errors.js";
 import { attachFans } from "./fans.js";
 import { attachGifts } from "./gifts.js";
+import { HlsPlayer } from "./hls-player.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { attachPk } from "./pk.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
@@ -26,6 +27,9 @@ const state = {
   convs: new Map(), // uid -> {uid, name, items: [], unread}
   openConv: null,
   tab: "chat",
+  // "webrtc", or "hls": ?mode=hls, or after WebRTC was refused for capacity or could not connect
+  mode: params.get("mode") === "hls" ? "hls" : "webrtc",
+  held: new Map(), // seq -> timer of a danmaku held until the HLS picture catches up
 };
 
 document.title = `${room} · liveroom`;
@@ -84,7 +88,15 @@ const media = new ViewerMedia({
   video: $("#video"),
   tiles: $("#tiles"),
   selfId: () => state.me?.uid,
-  onStatus: renderMedia,
+  onStatus: (s) => state.mode === "webrtc" && renderMedia(s),
+  onFallback: (why) => useHls(why),
+});
+const hls = new HlsPlayer({
+  room,
+  video: $("#video"),
+  base: params.get("hls"), // a CDN or cache in front of the media nodes; default: the media node
+  getToken: () => getToken(false),
+  onStatus: (s) => state.mode === "hls" && renderMedia(s),
 });
 const cohost = new Publisher({ conn, preview: $("#self-video"), onStatus: renderCohost });
 const card = new UserCard({ conn, me: () => state.me, onDm: (uid, name) => openConv(uid, name) });
@@ -99,7 +111,9 @@ const fans = attachFans(conn, {
   host: () => state.hosts.keys().next().value,
   me: () => state.me,
 });
-window.liveroom = { conn, danmaku, media, cohost, state, card, shop, gifts, pk, fans }; // for the console and the tests
+window.liveroom = { conn, danmaku, media, hls, cohost, state, card, shop, gifts, pk, fans }; // for the console and the tests
+if (state.mode === "hls") useHls("");
+renderMode();
 
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
@@ -148,6 +162,7 @@ conn.on("snapshot", (snap, { resumed, recovered, since }) => {
     for (const c of state.convs.values()) for (const i of c.items) if (i.mine && i.status === "sending") sendDm(c.uid, i);
   }, 0);
   media.onSnapshot(snap, resumed);
+  hls.onSnapshot(snap);
   if (resumed && cohost.stream) cohost.onReconnected();
 });
 
@@ -181,6 +196,7 @@ conn.on("events", (events) => {
         break;
       default:
         media.onEvent(ev);
+        hls.onEvent(ev);
     }
   }
 });
@@ -240,7 +256,27 @@ function renderSlowMode() {
   document.body.dataset.slowMode = String(secs);
 }
 
+/** Leave WebRTC for HLS (for good on this page: the mass audience's way in). */
+function useHls(why) {
+  if (state.mode === "hls" && hls.active) return;
+  state.mode = "hls";
+  if (media.subscribed) conn.send({ t: "unsubscribe" });
+  media.stop();
+  hls.activate(why ? `${why}: switching to HLS.` : "");
+  renderMode();
+}
+
+function renderMode() {
+  const badge = $("#mode");
+  const latency = state.mode === "hls" ? hls.latencyMs : null;
+  badge.textContent = state.mode === "hls" ? (latency === null ? "HLS" : `HLS · ${(latency / 1000).toFixed(1)} s latency`) : "WebRTC";
+  badge.title = state.mode === "hls" ? "Low-latency HLS over HTTP: danmaku are held to match the picture" : "WebRTC: sub-second video";
+  document.body.dataset.mode = state.mode;
+  document.body.dataset.latencyMs = latency === null ? "" : String(Math.round(latency));
+}
+
 function renderMedia(status) {
+  renderMode();
   state.mediaLive = status.live;
   renderLiveBadge();
   $("#offline").hidden = status.playing;
@@ -330,11 +366,21 @@ function onDanmaku(ev) {
   } else {
     chatLine(ev);
   }
-  danmaku.add({ text: ev.text, name: ev.name, mine, host: state.hosts.has(ev.uid), key: ev.seq });
+  const show = () => {
+    state.held.delete(ev.seq);
+    danmaku.add({ text: ev.text, name: ev.name, mine, host: state.hosts.has(ev.uid), key: ev.seq });
+  };
+  // over HLS the picture is `latency` behind the room: a comment waits for the moment it refers to
+  const hold = state.mode === "hls" && !mine ? hls.latencyMs || 0 : 0;
+  state.lastHoldMs = hold; // for the tests
+  if (hold > 0) state.held.set(ev.seq, setTimeout(show, Math.min(hold, 30000)));
+  else show();
 }
 
 function markDeleted(ev) {
   const seq = ev.target;
+  clearTimeout(state.held.get(seq));
+  state.held.delete(seq);
   danmaku.remove(seq);
   const li = document.querySelector(`#chat-list li[data-seq="${seq}"]`);
   if (li) {
@@ -442,6 +488,7 @@ function block(title, text, final = true) {
   document.body.dataset.blocked = final ? "ban" : "kick";
   conn.stop(title);
   media.stop();
+  hls.stop();
 }
 
 function onNotice(frame) {
