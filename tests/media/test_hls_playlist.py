@@ -57,6 +57,16 @@ def test_blocking_reload_readiness() -> None:
     assert pl.ready(5, 0)
 
 
+def test_preload_hint_names_the_next_segment_once_the_current_one_can_end() -> None:
+    pl = LivePlaylist()
+    grow(pl, SEGMENT[:2])
+    assert pl.hint() == (0, 2) and 'URI="p0.2.m4s"' in pl.render()
+    grow(pl, SEGMENT[2:])  # 2 s: the next keyframe opens segment 1, not part 4 of segment 0
+    assert pl.hint() == (1, 0) and 'URI="p1.0.m4s"' in pl.render()
+    grow(pl, [(0.5, True)])
+    assert pl.next_part() == (1, 1) == pl.hint()
+
+
 def test_too_far_ahead_is_refused() -> None:
     pl = LivePlaylist()
     grow(pl, SEGMENT)

@@ -148,6 +148,19 @@ class LivePlaylist:
             return self.next_msn, 0
         return last.msn, len(last.parts)
 
+    def hint(self) -> tuple[int, int]:
+        """(msn, index) the EXT-X-PRELOAD-HINT names: the next part, predicted to open the next
+        segment once the current one is long enough to end at the next keyframe (keyframes
+        come every segment target: forced when transcoding, asked for by PLI when remuxing).
+        A wrong guess is a 404 per viewer that a cache cannot collapse (errors are uncached),
+        so the guess follows the segmenter's rule in `add_part`."""
+        msn, index = self.next_part()
+        last = self.segments[-1] if self.segments else None
+        threshold = self.config.segment_target - self.config.part_target / 2
+        if last is not None and not last.complete and last.parts and last.duration + 1e-9 >= threshold:
+            return msn + 1, 0
+        return msn, index
+
     def check_request(self, msn: int, part: int | None) -> None:
         """Refuse a blocking reload too far ahead (RFC 8216bis 6.2.5.2: more than 2 segments)."""
         if msn < 0 or (part is not None and part < 0):
@@ -195,7 +208,7 @@ class LivePlaylist:
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         else:
-            msn, index = self.next_part()
+            msn, index = self.hint()
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{prefix}{part_uri(msn, index)}"')
         return "\n".join(lines) + "\n"
 

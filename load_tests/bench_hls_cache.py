@@ -1,0 +1,245 @@
+"""Origin flatness of LL-HLS behind a cache: 10, 100, 1,000 simulated viewers through nginx.
+
+A node (`python -m server serve --demo`: the Python host streams a test pattern in room
+`demo`) with nginx in front of its media port, configured as docs/API.md "HLS behind a CDN"
+says (tests/nginx_fixtures.py writes the config). Each simulated viewer has its own URL token
+and does what hls.js does at the live edge: a blocking reload for the hinted part and the part
+itself, at once, again and again. Per level, over `--seconds` after a warm-up: the node's
+answers per second (its `liveroom_hls_requests_total`, i.e. the cache's misses), the node's
+CPU (utime+stime of its process), and the parts per second the viewers got (did they keep
+up). Target: origin requests/s and node CPU flat from 10 to 1,000 viewers. `--runs` repeats
+the whole ladder; medians are reported, with ratios against the 10-viewer level of the same
+run. Prints one JSON line per level and run, a JSON summary and a Markdown table.
+
+    python -m load_tests.bench_hls_cache --levels 10 100 1000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from load_tests.bench import BENCH_SERVER_ENV, raise_nofile, sample_server, stop_process
+from server.config import DEFAULT_SECRET
+from server.wire import auth
+from tests.nginx_fixtures import NginxCache
+from tests.redis_fixtures import free_port
+
+ROOM = "demo"
+_HINT = re.compile(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="([^"]+)"')
+_PART = re.compile(r"p(\d+)\.(\d+)\.m4s")
+_METRIC = re.compile(r'^liveroom_hls_requests_total\{kind="(\w+)"\} ([0-9.e+]+)$', re.M)
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.parts = 0
+        self.missing = 0  # hinted parts never made (404)
+        self.errors = 0
+
+
+async def follow(http: aiohttp.ClientSession, url: str, tally: Tally, stop: asyncio.Event) -> None:
+    """One LL-HLS viewer at the live edge until `stop`."""
+    directory = url.rsplit("/", 1)[0]
+    hint: str | None = None
+    while not stop.is_set():
+        try:
+            if hint is None:
+                async with http.get(url) as r:
+                    text = await r.text()
+                match = _HINT.search(text)
+                if r.status != 200 or match is None:
+                    tally.errors += 1
+                    await asyncio.sleep(0.5)
+                    continue
+                hint = match[1]
+            part = _PART.fullmatch(hint.split("/")[1])
+            assert part is not None
+            reload_url = f"{url}?_HLS_msn={part[1]}&_HLS_part={part[2]}"
+            async with http.get(reload_url) as r1, http.get(f"{directory}/{hint}") as r2:
+                text, _ = await r1.text(), await r2.read()
+                status = r2.status
+            if r1.status != 200:
+                tally.errors += 1
+                hint = None
+                continue
+            if status == 200:
+                tally.parts += 1
+            elif status == 404:
+                tally.missing += 1
+            else:
+                tally.errors += 1
+            match = _HINT.search(text)
+            hint = match[1] if match else None
+        except (aiohttp.ClientError, TimeoutError):
+            tally.errors += 1
+            hint = None
+            await asyncio.sleep(0.5)
+
+
+async def origin_requests(http: aiohttp.ClientSession, node: str) -> float:
+    async with http.get(f"{node}/metrics") as r:
+        text = await r.text()
+    return sum(float(m[2]) for m in _METRIC.finditer(text))
+
+
+async def viewer_urls(http: aiohttp.ClientSession, cache: str, count: int) -> list[str]:
+    """A URL token per viewer, asked through the cache (the token endpoint is never cached)."""
+    gate = asyncio.Semaphore(20)
+
+    async def one(i: int) -> str:
+        async with gate:
+            token = auth.mint(DEFAULT_SECRET, room=ROOM, user=f"hv{i}", role="viewer")
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.get(f"{cache}/hls/{ROOM}/token", headers=headers) as r:
+                body = await r.json()
+                if r.status != 200:
+                    raise RuntimeError(f"token refused: {body}")
+            return cache + body["url"]
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def level(
+    http: aiohttp.ClientSession, node: str, cache: str, pid: int, viewers: int, warmup: float, seconds: float
+) -> dict[str, Any]:
+    urls = await viewer_urls(http, cache, viewers)
+    stop, tally = asyncio.Event(), Tally()
+    tasks = [asyncio.create_task(follow(http, u, tally, stop)) for u in urls]
+    try:
+        await asyncio.sleep(warmup)
+        req0, cpu0, parts0, t0 = (
+            await origin_requests(http, node),
+            sample_server(pid),
+            tally.parts,
+            time.monotonic(),
+        )
+        await asyncio.sleep(seconds)
+        req1, cpu1, parts1, t1 = (
+            await origin_requests(http, node),
+            sample_server(pid),
+            tally.parts,
+            time.monotonic(),
+        )
+    finally:
+        stop.set()
+        await asyncio.wait(tasks, timeout=15)
+        for task in tasks:
+            task.cancel()
+    assert cpu0 is not None and cpu1 is not None
+    span = t1 - t0
+    return {
+        "viewers": viewers,
+        "origin_rps": round((req1 - req0) / span, 2),
+        "node_cpu_pct": round(100 * (cpu1.cpu_s - cpu0.cpu_s) / span, 1),
+        "viewer_parts_per_s": round((parts1 - parts0) / span / viewers, 2),
+        "missing_hints": tally.missing,
+        "errors": tally.errors,
+    }
+
+
+def start_node(http_port: int) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {**os.environ, **BENCH_SERVER_ENV, "LIVEROOM_HTTP_PORT": str(http_port)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--port",
+        str(port),
+        "--http-port",
+        str(http_port),
+        "--demo",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        stop_process(proc)
+        raise RuntimeError(f"node did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def wait_live(http: aiohttp.ClientSession, cache: str, node: str, deadline: float) -> None:
+    """Until the demo host publishes and the room's HLS playlist answers."""
+    (url,) = await viewer_urls(http, cache, 1)
+    while time.monotonic() < deadline:
+        async with http.get(url) as r:
+            if r.status == 200:
+                return
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the demo room's HLS never started")
+
+
+async def run_once(levels: list[int], warmup: float, seconds: float) -> list[dict[str, Any]]:
+    http_port = free_port()
+    proc, node = start_node(http_port)
+    cache = NginxCache(Path(tempfile.mkdtemp(prefix="bench-hls-nginx-")), http_port)
+    try:
+        cache.start()
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            await wait_live(http, cache.base, node, time.monotonic() + 60)
+            return [await level(http, node, cache.base, proc.pid, n, warmup, seconds) for n in levels]
+    finally:
+        cache.stop()
+        stop_process(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    raise_nofile()
+    rows: dict[int, list[dict[str, Any]]] = {n: [] for n in args.levels}
+    for run in range(args.runs):
+        for row in asyncio.run(run_once(args.levels, args.warmup, args.seconds)):
+            print(json.dumps({"run": run, **row}), flush=True)
+            rows[row["viewers"]].append(row)
+    base = args.levels[0]
+    summary = []
+    for n in args.levels:
+        med = {
+            k: statistics.median(r[k] for r in rows[n])
+            for k in ("origin_rps", "node_cpu_pct", "viewer_parts_per_s")
+        }
+        ratio = {
+            f"{k}_vs_{base}": round(
+                statistics.median(r[k] / max(b[k], 1e-9) for r, b in zip(rows[n], rows[base], strict=True)), 2
+            )
+            for k in ("origin_rps", "node_cpu_pct")
+        }
+        summary.append(
+            {"viewers": n, **med, **ratio, "missing_hints": sum(r["missing_hints"] for r in rows[n])}
+        )
+    print(json.dumps({"summary": summary}))
+    print(
+        f"\n| viewers | origin req/s | node CPU % | parts/s per viewer | origin vs {base} | CPU vs {base} |"
+    )
+    print("|---|---|---|---|---|---|")
+    for s in summary:
+        print(
+            f"| {s['viewers']} | {s['origin_rps']} | {s['node_cpu_pct']} | {s['viewer_parts_per_s']} "
+            f"| {s[f'origin_rps_vs_{base}']} | {s[f'node_cpu_pct_vs_{base}']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
