@@ -43,10 +43,10 @@ export function isMediaError(frame) {
   return frame.code >= 4600 && frame.code < 4700;
 }
 
-/** Receives the room's media into a <video> and measures time to first frame. */
 const CONNECT_TIMEOUT_MS = 20000;
 const everConnected = new WeakSet(); // peer connections that reached "connected" once
 
+/** Receives the room's media into a <video> and measures time to first frame. */
 export class ViewerMedia {
   constructor({ conn, video, tiles, onStatus, selfId, onlyOthers, onFallback }) {
     this.conn = conn;
@@ -165,7 +165,10 @@ export class ViewerMedia {
 
   onError(frame) {
     this.detail = `Video unavailable: ${frame.msg || frame.code}`;
-    if (frame.code === 4611 && this.onFallback) return this.onFallback("WebRTC video is full on this server");
+    if (frame.code === 4611 && this.onFallback) {
+      this.subscribed = false; // refused: nothing to unsubscribe from
+      return this.onFallback("WebRTC video is full on this server");
+    }
     if (frame.code === 4606 && /already subscribed/.test(frame.msg || "")) return;
     this.subscribed = false;
     this.status();

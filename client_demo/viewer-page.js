@@ -113,6 +113,7 @@ const fans = attachFans(conn, {
 });
 window.liveroom = { conn, danmaku, media, hls, cohost, state, card, shop, gifts, pk, fans }; // for the console and the tests
 if (state.mode === "hls") useHls("");
+else if (!media.supported) useHls("this browser has no WebRTC");
 renderMode();
 
 conn.on("state", (s, detail) => {
