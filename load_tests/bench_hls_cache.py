@@ -204,6 +204,35 @@ async def run_once(levels: list[int], warmup: float, seconds: float) -> list[dic
         stop_process(proc)
 
 
+def report(rows: dict[int, list[dict[str, Any]]]) -> None:
+    """Medians per level, ratios against the first level of the same run; JSON then a table."""
+    levels = list(rows)
+    base = levels[0]
+    summary = []
+    for n in levels:
+        keys = ("origin_rps", "node_cpu_pct", "viewer_parts_per_s", "clients_cpu_pct")
+        med = {k: statistics.median(r[k] for r in rows[n]) for k in keys}
+        ratio = {
+            f"{k}_vs_{base}": round(
+                statistics.median(r[k] / max(b[k], 1e-9) for r, b in zip(rows[n], rows[base], strict=True)), 2
+            )
+            for k in ("origin_rps", "node_cpu_pct")
+        }
+        summary.append(
+            {"viewers": n, **med, **ratio, "missing_hints": sum(r["missing_hints"] for r in rows[n])}
+        )
+    print(json.dumps({"summary": summary}))
+    print(
+        f"\n| viewers | origin req/s | node CPU % | parts/s per viewer | clients CPU % | origin vs {base} | CPU vs {base} |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for s in summary:
+        print(
+            f"| {s['viewers']} | {s['origin_rps']} | {s['node_cpu_pct']} | {s['viewer_parts_per_s']} "
+            f"| {s['clients_cpu_pct']} | {s[f'origin_rps_vs_{base}']} | {s[f'node_cpu_pct_vs_{base}']} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[10, 100, 1000])
@@ -217,32 +246,7 @@ def main() -> None:
         for row in asyncio.run(run_once(args.levels, args.warmup, args.seconds)):
             print(json.dumps({"run": run, **row}), flush=True)
             rows[row["viewers"]].append(row)
-    base = args.levels[0]
-    summary = []
-    for n in args.levels:
-        med = {
-            k: statistics.median(r[k] for r in rows[n])
-            for k in ("origin_rps", "node_cpu_pct", "viewer_parts_per_s")
-        }
-        ratio = {
-            f"{k}_vs_{base}": round(
-                statistics.median(r[k] / max(b[k], 1e-9) for r, b in zip(rows[n], rows[base], strict=True)), 2
-            )
-            for k in ("origin_rps", "node_cpu_pct")
-        }
-        summary.append(
-            {"viewers": n, **med, **ratio, "missing_hints": sum(r["missing_hints"] for r in rows[n])}
-        )
-    print(json.dumps({"summary": summary}))
-    print(
-        f"\n| viewers | origin req/s | node CPU % | parts/s per viewer | origin vs {base} | CPU vs {base} |"
-    )
-    print("|---|---|---|---|---|---|")
-    for s in summary:
-        print(
-            f"| {s['viewers']} | {s['origin_rps']} | {s['node_cpu_pct']} | {s['viewer_parts_per_s']} | {s['clients_cpu_pct']} "
-            f"| {s[f'origin_rps_vs_{base}']} | {s[f'node_cpu_pct_vs_{base}']} |"
-        )
+    report(rows)
 
 
 if __name__ == "__main__":

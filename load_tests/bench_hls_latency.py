@@ -7,8 +7,10 @@ page opens with `?mode=hls` (through an nginx cache, tests/nginx_fixtures.py, un
 it presents (requestVideoFrameCallback, canvas, the digits' segments) and compares it with
 its own wall clock: capture -> VP8 encode -> WebRTC to the node -> transcode -> CMAF part ->
 cache -> hls.js -> screen. It also records the page's own figure (now minus the
-PROGRAM-DATE-TIME of the frame shown, what the page displays). First picture: navigation
-start to the first video frame. `--loads` fresh page loads; p50/p95 over all samples.
+PROGRAM-DATE-TIME of the frame shown, what the page displays; it cannot see the time from
+capture to the node). First picture: navigation start to the first video frame. `--webrtc`:
+the same page and clock over WebRTC, the baseline (capture to node included in both).
+`--loads` fresh page loads; p50/p95 over all samples.
 Prints one JSON line per load, a JSON summary and a Markdown table.
 
     python -m load_tests.bench_hls_latency --loads 5 --seconds 15
@@ -71,7 +73,7 @@ READ_CLOCK = """
     const midnight = new Date(now); midnight.setHours(0, 0, 0, 0);
     if (shown === null) out.unread++;
     else out.clock.push((((now - midnight) - shown) % 86400000 + 86400000) % 86400000);
-    const date = window.liveroom.hls.hls && window.liveroom.hls.hls.playingDate;
+    const date = window.liveroom.hls.hls?.playingDate;
     if (date) out.pdt.push(Date.now() - date.getTime());
     if (performance.now() > end) resolve(out); else v.requestVideoFrameCallback(tick);
   };
@@ -91,7 +93,10 @@ def one_load(browser: sync_api.Browser, url: str, seconds: float) -> dict[str, A
         page = context.new_page()
         page.goto(url)
         page.wait_for_function("document.body.dataset.stream === 'playing'", timeout=60_000)
-        first = page.evaluate("window.liveroom.hls._t0 + window.liveroom.hls.firstFrameMs")
+        first = page.evaluate(
+            "document.body.dataset.mode === 'hls' ? window.liveroom.hls._t0 + window.liveroom.hls.firstFrameMs"
+            " : window.liveroom.media.firstFrameMs"  # WebRTC: counted from navigation start already
+        )
         out = page.evaluate(READ_CLOCK, seconds)
         return {"first_picture_ms": round(first), **out}
     finally:
@@ -103,17 +108,23 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--direct", action="store_true", help="no nginx: the page reads the node")
+    parser.add_argument("--webrtc", action="store_true", help="the baseline: the same page over WebRTC")
     args = parser.parse_args()
     http_port = free_port()
     proc, node = start_node(http_port)
-    cache = None if args.direct else NginxCache(Path(tempfile.mkdtemp(prefix="bench-hls-nginx-")), http_port)
+    cache = (
+        None
+        if args.direct or args.webrtc
+        else NginxCache(Path(tempfile.mkdtemp(prefix="bench-hls-nginx-")), http_port)
+    )
     clock: list[float] = []
     pdt: list[float] = []
     firsts: list[float] = []
     try:
         if cache is not None:
             cache.start()
-        url = f"{node}/room/demo?user=lat&mode=hls" + (f"&hls={cache.base}" if cache else "")
+        url = f"{node}/room/demo?user=lat" + ("" if args.webrtc else "&mode=hls")
+        url += f"&hls={cache.base}" if cache else ""
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             one_load(browser, url, 2)  # warm-up: the room's HLS stream starts with its first viewer
@@ -141,7 +152,7 @@ def main() -> None:
             cache.stop()
         stop_process(proc)
     summary = {
-        "via": "direct" if args.direct else "nginx",
+        "via": "webrtc" if args.webrtc else "direct" if args.direct else "nginx",
         "glass_to_glass_p50_ms": pct(clock, 0.5),
         "glass_to_glass_p95_ms": pct(clock, 0.95),
         "pdt_latency_p50_ms": pct(pdt, 0.5),

@@ -4,7 +4,9 @@
 nginx caching proxy in front of its media port (tests/nginx_fixtures.py), and the page opened
 with `?mode=hls&hls=<nginx>`: the picture plays (frames advance), the page says it is in HLS
 mode with its latency (from PROGRAM-DATE-TIME), the files came through the cache, and a
-danmaku from the WebSocket is held by that latency before it flies over the picture.
+danmaku from the WebSocket is held by that latency before it flies over the picture. A node
+that refuses every WebRTC viewer (`--media-max-viewers 0`: 4611) sends the page, opened
+without `?mode=hls`, to HLS by itself, read straight from the node's `media_url`.
 Every wait is a Playwright condition with a generous timeout; nothing asserts a duration.
 """
 
@@ -90,4 +92,29 @@ def test_viewer_page_plays_ll_hls_through_nginx(
         shot(page, "viewer-hls-nginx")
     finally:
         context.close()
+    assert not errors, errors
+
+
+def test_viewer_page_falls_back_to_hls_when_webrtc_is_full(browser: Browser) -> None:  # noqa: F811
+    srv = ServerProcess(free_port(), "--demo", "--media-max-viewers", "0")
+    srv.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(f"{srv.base}/room/demo?user=fred")
+        wait_live(page)
+        page.wait_for_function("document.body.dataset.mode === 'hls'", timeout=WAIT_MS)
+        page.wait_for_function("document.body.dataset.stream === 'playing'", timeout=VIDEO_WAIT_MS)
+        start = page.evaluate("document.querySelector('#video').currentTime")
+        page.wait_for_function(
+            f"document.querySelector('#video').currentTime > {start} + 0.5", timeout=VIDEO_WAIT_MS
+        )
+        expect(page.locator("#mode")).to_contain_text("HLS")
+        assert page.evaluate("window.liveroom.hls.fixedBase") is None  # the node's media_url
+        shot(page, "viewer-hls-fallback")
+    finally:
+        context.close()
+        srv.stop()
     assert not errors, errors

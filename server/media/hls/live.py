@@ -97,6 +97,11 @@ class HlsStream:
         self._loop = asyncio.get_running_loop()
         self.last_request = self._loop.time()
         self._epoch = time.time() - self._loop.time()  # loop seconds -> epoch seconds
+        # PROGRAM-DATE-TIME correction (<= 0): the tap starts with the fan-out's cached GOP,
+        # up to a segment old but arriving now, and the video clock is anchored on its first
+        # frame; live frames then arrive this much "earlier" than their timestamps say. The
+        # smallest arrival - timestamp seen is the least delayed frame: dates use it.
+        self._lag = 0.0
         self._changed = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"hls-{room_id[:16]}")
         self._segmenter: Segmenter | None = None
@@ -161,7 +166,10 @@ class HlsStream:
             while True:
                 packet: av.Packet = await track.recv()  # type: ignore[assignment]
                 rate = packet.time_base.denominator if packet.time_base else 90000
-                at = clock.seconds(packet.pts or 0, rate, self._loop.time())
+                now = self._loop.time()
+                at = clock.seconds(packet.pts or 0, rate, now)
+                if kind == "video":
+                    self._lag = min(self._lag, now - at)
                 data = bytes(packet)
                 if kind == "video":
                     if self._segmenter is None and not self._start(fanout.codec_name or "", kind):
@@ -205,7 +213,7 @@ class HlsStream:
             self.init = seg.init
         assert seg.started_at is not None
         for fragment in fragments:
-            date = self._epoch + seg.started_at + fragment.start
+            date = self._epoch + seg.started_at + fragment.start + self._lag
             if not pl.segments and not fragment.independent:
                 continue
             part, dropped = pl.add_part(fragment.duration, fragment.independent, date)
