@@ -283,11 +283,11 @@ class HlsService:
 
     def main_publisher(self, room_id: str) -> Publication | None:
         """The room's main host: a host's ready publication (else any, e.g. a co-host alone)."""
-        room = self.gateway.rooms.get(room_id)
+        room = self.gateway.site.rooms.get(room_id)
         if room is None:
             return None
         ready = [p for p in room.publications.values() if p.ready and not p.ended.is_set()]
-        identities = self.gateway.identities
+        identities = self.gateway.site.identities
         hosts = [p for p in ready if getattr(identities.get((room_id, p.publisher_id)), "role", "") == "host"]
         return (hosts or ready or [None])[0]
 
