@@ -16,11 +16,10 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
 # tests/test_media_turn.py: a relay-only browser viewer gets video through a real TURN server
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
-# tests/media/test_hls_cache.py: LL-HLS through a real caching proxy (request collapsing)
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
 # tests/test_readme.py runs the README's `curl` lines
 command -v curl >/dev/null 2>&1 || need+=(curl)
-# tests/test_media_rtmp.py: --rtmp-port runs Debian's nginx with its RTMP module (server/edge/rtmp.py)
+# tests/test_media_rtmp.py: --rtmp-port runs Debian's nginx with its RTMP module (server/edge/rtmp.py);
+# tests/media/test_hls_cache.py, tests/test_browser_hls.py: nginx as the LL-HLS caching proxy
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 if [ ${#need[@]} -gt 0 ]; then
