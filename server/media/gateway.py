@@ -220,11 +220,6 @@ class MediaGateway:
         return self.site.resources
 
     @property
-    def identities(self) -> dict[tuple[str, str], Identity]:
-        """(room, publisher uid) -> who publishes (LL-HLS picks the room's main host from it)."""
-        return self.site.identities
-
-    @property
     def user_sessions(self) -> ConcurrencyCap:
         return self.sessions.user_sessions
 
