@@ -7,7 +7,8 @@
 With `--redis-cluster` Redis is a 3+3 Redis Cluster (AOF fsynced always, cluster-node-timeout
 2000, cluster-require-full-coverage no), there is one room per primary, and `primary_kill`
 SIGKILLs the primary of one room's shard (each in turn), waits for its replica to take over and
-restarts it (it rejoins as a replica). Per round it also counts, from the clients' side, what
+restarts it (it rejoins as a replica); `primary_stop` SIGSTOPs it instead (a hung host: the
+nodes' connections stay open and nothing answers) and kills it once the replica took over. Per round it also counts, from the clients' side, what
 the *other* shards cost: `other_resets` (closes of their viewers), `other_refused` (4501 to DMs
 whose recipient is on another shard) and the longest stall between two events of a room
 (`stall_hit_ms` for the failed shard's room, `stall_other_ms` for the others').
@@ -62,7 +63,7 @@ from server.wire import auth
 
 ROOM = "chaos"
 KINDS = ("node_kill", "node_term", "redis_kill")
-CLUSTER_KINDS = ("primary_kill", "node_kill")
+CLUSTER_KINDS = ("primary_kill", "node_kill", "primary_stop")
 NODE_ENV = {  # the abuse limits are not what is tested here
     "LIVEROOM_RATE_LIMITS": "off",
     "LIVEROOM_REPEAT_MAX": "0",
@@ -241,15 +242,24 @@ class RedisCluster:
     def shards(self) -> list[int]:
         return [start for start, _, _, _ in self.slots()]
 
-    async def kill_primary(self, shard: int) -> None:
-        """SIGKILL the shard's primary, wait for its replica to take over, restart the dead one."""
+    async def kill_primary(self, shard: int, freeze: bool = False) -> None:
+        """SIGKILL the shard's primary, wait for its replica to take over, restart the dead one.
+
+        `freeze`: SIGSTOP it instead (a hung host: connections to it stay open, nothing answers),
+        and SIGKILL it only once its replica has taken over."""
         port = next(p for start, _, p, _ in self.slots() if start == shard)
         proc = self.procs.pop(port)
-        proc.kill()
-        await asyncio.to_thread(proc.wait)
+        if freeze:
+            proc.send_signal(signal.SIGSTOP)
+        else:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
         await self._until(
             lambda: any(start == shard and p in self.procs for start, _, p, _ in self.slots()), "failover"
         )
+        if freeze:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
         self._spawn(port)  # it rejoins as a replica of the promoted one
         await self._until(self.healthy, "the replica back")
 
@@ -637,12 +647,12 @@ async def _talk(
 async def inject(cluster: Cluster, kind: str) -> dict[str, Any]:
     """One fault; returns what it cost (seconds the faulted part was away)."""
     started = time.monotonic()
-    if kind == "primary_kill":
+    if kind in ("primary_kill", "primary_stop"):
         assert cluster.shards is not None
         shards = cluster.shards.shards()
         shard = shards[cluster.turn % len(shards)]
         cluster.turn += 1
-        await cluster.shards.kill_primary(shard)
+        await cluster.shards.kill_primary(shard, freeze=kind == "primary_stop")
         return {"kind": kind, "shard": shard, "seconds": round(time.monotonic() - started, 2)}
     if kind == "redis_kill":
         await cluster.redis.kill()

@@ -129,7 +129,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             named = {p.room_id for p in publishes}
             publishes = [
                 *publishes,
-                *(Publish(r, [], 0, None, protocol.now_ms()) for r in self._held - named),
+                *(Publish(r, [], 0, None, protocol.now_ms()) for r in self._held - named if r in self._rooms),
             ]
             self._held.clear()
         for p in publishes:
