@@ -7,7 +7,8 @@
 With `--redis-cluster` Redis is a 3+3 Redis Cluster (AOF fsynced always, cluster-node-timeout
 2000, cluster-require-full-coverage no), there is one room per primary, and `primary_kill`
 SIGKILLs the primary of one room's shard (each in turn), waits for its replica to take over and
-restarts it (it rejoins as a replica). Per round it also counts, from the clients' side, what
+restarts it (it rejoins as a replica); `primary_stop` SIGSTOPs it instead (a hung host: the
+nodes' connections stay open and nothing answers) and kills it once the replica took over. Per round it also counts, from the clients' side, what
 the *other* shards cost: `other_resets` (closes of their viewers), `other_refused` (4501 to DMs
 whose recipient is on another shard) and the longest stall between two events of a room
 (`stall_hit_ms` for the failed shard's room, `stall_other_ms` for the others').
@@ -62,7 +63,7 @@ from server.wire import auth
 
 ROOM = "chaos"
 KINDS = ("node_kill", "node_term", "redis_kill")
-CLUSTER_KINDS = ("primary_kill", "node_kill")
+CLUSTER_KINDS = ("primary_kill", "node_kill", "primary_stop")
 NODE_ENV = {  # the abuse limits are not what is tested here
     "LIVEROOM_RATE_LIMITS": "off",
     "LIVEROOM_REPEAT_MAX": "0",
@@ -241,15 +242,24 @@ class RedisCluster:
     def shards(self) -> list[int]:
         return [start for start, _, _, _ in self.slots()]
 
-    async def kill_primary(self, shard: int) -> None:
-        """SIGKILL the shard's primary, wait for its replica to take over, restart the dead one."""
+    async def kill_primary(self, shard: int, freeze: bool = False) -> None:
+        """SIGKILL the shard's primary, wait for its replica to take over, restart the dead one.
+
+        `freeze`: SIGSTOP it instead (a hung host: connections to it stay open, nothing answers),
+        and SIGKILL it only once its replica has taken over."""
         port = next(p for start, _, p, _ in self.slots() if start == shard)
         proc = self.procs.pop(port)
-        proc.kill()
-        await asyncio.to_thread(proc.wait)
+        if freeze:
+            proc.send_signal(signal.SIGSTOP)
+        else:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
         await self._until(
             lambda: any(start == shard and p in self.procs for start, _, p, _ in self.slots()), "failover"
         )
+        if freeze:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
         self._spawn(port)  # it rejoins as a replica of the promoted one
         await self._until(self.healthy, "the replica back")
 
@@ -323,6 +333,7 @@ class Ledger:
     acked_by_cid: dict[str, str] = field(default_factory=dict)  # cid -> dm id of its ack
     ack_changed: int = 0  # a retry got another id than the first ack: stored twice
     danmaku_sent: int = 0
+    sent_at: dict[str, float] = field(default_factory=dict)  # danmaku text -> monotonic send time
     dm_errors: int = 0  # 4501 answers (refused, retried)
     dm_errors_to: dict[str, int] = field(default_factory=dict)  # recipient -> its 4501 answers
     visible_gaps: int = 0  # seq jumps the client saw (and resynced)
@@ -352,6 +363,10 @@ class Conn:
         self.last_event = 0.0  # monotonic time of the last event shown
         self.stall = 0.0  # longest wait between two events while `timing`
         self.timing = False
+        # while `timing`: (monotonic time, wait since the previous event) per event, and
+        # (monotonic time, send-to-show latency) per danmaku of this process's senders
+        self.gaps: list[tuple[float, float]] = []
+        self.latencies: list[tuple[float, float]] = []
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
         self.epoch: str | None = None
@@ -446,6 +461,9 @@ class Conn:
         now = time.monotonic()
         if self.timing and self.last_event:
             self.stall = max(self.stall, now - self.last_event)
+            self.gaps.append((now, now - self.last_event))
+        if self.timing and event["t"] == "danmaku" and (sent := self.ledger.sent_at.get(event["text"])):
+            self.latencies.append((now, now - sent))
         self.last_event = now
         self.seq = seq
         self.segments[-1][2] = seq
@@ -489,6 +507,7 @@ class Conn:
         ws = self.ws
         if ws is not None:
             with contextlib.suppress(ConnectionClosed):
+                self.ledger.sent_at[text] = time.monotonic()
                 await ws.send(msgpack.packb({"t": "danmaku", "text": text, "cid": text}))
                 self.ledger.danmaku_sent += 1
 
@@ -588,25 +607,37 @@ class Traffic:
         return [*self.viewers, *(c for conns in self.recipients.values() for c in conns), *self.senders]
 
 
-async def _talk(traffic: Traffic, stop: asyncio.Event, tag: str, rate: float) -> None:
-    """Each sender: a danmaku every 1/rate s, and a DM (to each recipient in turn) at the same
-    rate while none of its DMs is waiting for an answer. A DM being retried (its recipient's
-    shard failing over) does not hold up the sender's danmaku: a room's stall is the room's."""
+async def _talk(
+    traffic: Traffic, stop: asyncio.Event, tag: str, rate: float, danmaku_every: float | None = None
+) -> None:
+    """Each sender: a danmaku every `danmaku_every` s (1/rate unless given: a short interval
+    lets a stall of less than 100 ms be seen), and a DM (to each recipient in turn) every 1/rate s
+    while none of its DMs is waiting for an answer. A DM being retried (its recipient's shard
+    failing over) does not hold up the sender's danmaku: a room's stall is the room's."""
+    every = danmaku_every or 1 / rate
+
+    async def chat(n: int, sender: Conn) -> None:
+        i = 0
+        while not stop.is_set():
+            await sender.ready.wait()
+            await sender.danmaku(f"{tag}-d{n}-{i}")
+            i += 1
+            await asyncio.sleep(every)
 
     async def one(n: int, sender: Conn) -> None:
-        i = j = 0
+        j = 0
         targets = list(traffic.recipients)
         dm: asyncio.Task[None] | None = None
+        chatter = asyncio.create_task(chat(n, sender))
         try:
             while not stop.is_set():
                 await sender.ready.wait()
-                await sender.danmaku(f"{tag}-d{n}-{i}")
                 if dm is None or dm.done():
                     dm = asyncio.create_task(sender.send_dm(targets[j % len(targets)], f"{tag}-m{n}-{j}"))
                     j += 1
-                i += 1
                 await asyncio.sleep(1 / rate)
         finally:
+            await chatter
             if dm is not None:  # the last DM is retried until acked
                 await dm
 
@@ -616,12 +647,12 @@ async def _talk(traffic: Traffic, stop: asyncio.Event, tag: str, rate: float) ->
 async def inject(cluster: Cluster, kind: str) -> dict[str, Any]:
     """One fault; returns what it cost (seconds the faulted part was away)."""
     started = time.monotonic()
-    if kind == "primary_kill":
+    if kind in ("primary_kill", "primary_stop"):
         assert cluster.shards is not None
         shards = cluster.shards.shards()
         shard = shards[cluster.turn % len(shards)]
         cluster.turn += 1
-        await cluster.shards.kill_primary(shard)
+        await cluster.shards.kill_primary(shard, freeze=kind == "primary_stop")
         return {"kind": kind, "shard": shard, "seconds": round(time.monotonic() - started, 2)}
     if kind == "redis_kill":
         await cluster.redis.kill()
@@ -704,8 +735,30 @@ def verdict(traffic: Traffic) -> dict[str, int]:
     return out
 
 
-def shard_costs(traffic: Traffic, fault: dict[str, Any]) -> dict[str, Any]:
-    """On a Redis Cluster with a primary killed: what the failed shard and the others cost."""
+def _ms(values: list[float], q: float = 1.0) -> int:
+    """The q-quantile of `values` (seconds) in ms; 0 when there are none."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000)
+
+
+def _timed(conns: list[Conn], fault_at: float) -> dict[str, list[float]]:
+    """The conns' gaps and latencies, split at the fault: before it (the control) and from it on."""
+    out: dict[str, list[float]] = {"gap_quiet": [], "gap": [], "late_quiet": [], "late": []}
+    for c in conns:
+        for name, pairs in (("gap", c.gaps), ("late", c.latencies)):
+            for at, value in pairs:
+                out[name if at >= fault_at else f"{name}_quiet"].append(value)
+    return out
+
+
+def shard_costs(traffic: Traffic, fault: dict[str, Any], fault_at: float = 0.0) -> dict[str, Any]:
+    """On a Redis Cluster with a primary killed: what the failed shard and the others cost.
+
+    `stall_*_ms`: the longest wait between two events of a viewer from the kill on; `late_*`: a
+    danmaku's send-to-show latency from the kill on (max and p99); `*_quiet_ms`: the same before
+    the kill, the control (what the loaded machine costs with no fault)."""
     cluster = traffic.cluster
     if cluster.shards is None or "shard" not in fault:
         return {}
@@ -719,13 +772,30 @@ def shard_costs(traffic: Traffic, fault: dict[str, Any]) -> dict[str, Any]:
         "other_resets": sum(len(c.closes) for c in other),
         "other_refused": sum(cluster.ledger.dm_errors_to.get(u, 0) for u in other_users),
         "hit_resets": sum(len(c.closes) for c in hit),
-        "stall_hit_ms": round(max((c.stall for c in hit), default=0) * 1000),
-        "stall_other_ms": round(max((c.stall for c in other), default=0) * 1000),
+        **_summary("hit", _timed(hit, fault_at)),
+        **_summary("other", _timed(other, fault_at)),
+    }
+
+
+def _summary(who: str, timed: dict[str, list[float]]) -> dict[str, int]:
+    return {
+        f"stall_{who}_ms": _ms(timed["gap"]),
+        f"stall_{who}_quiet_ms": _ms(timed["gap_quiet"]),
+        f"late_{who}_ms": _ms(timed["late"]),
+        f"late_{who}_p99_ms": _ms(timed["late"], 0.99),
+        f"late_{who}_quiet_ms": _ms(timed["late_quiet"]),
+        f"late_{who}_quiet_p99_ms": _ms(timed["late_quiet"], 0.99),
     }
 
 
 async def run_round(
-    cluster: Cluster, kind: str, tag: str, before: float, after: float, rate: float
+    cluster: Cluster,
+    kind: str,
+    tag: str,
+    before: float,
+    after: float,
+    rate: float,
+    danmaku_every: float | None = None,
 ) -> dict[str, Any]:
     """Traffic, one fault of `kind` after `before` s, more traffic for `after` s, settle, verdict."""
     cluster.ledger = Ledger()  # counted per round
@@ -737,10 +807,12 @@ async def run_round(
             for c in traffic.all:
                 await c.ready.wait()
         talk_stop = asyncio.Event()
-        talker = asyncio.create_task(_talk(traffic, talk_stop, tag, rate))
+        talker = asyncio.create_task(_talk(traffic, talk_stop, tag, rate, danmaku_every))
         await asyncio.sleep(before)
         for c in traffic.all:
             c.timing, c.closes = True, []
+        await asyncio.sleep(before)  # the control: as long again with the timing on, no fault
+        fault_at = time.monotonic()
         fault = await inject(cluster, kind)
         await asyncio.sleep(after)
         for c in traffic.all:
@@ -761,7 +833,7 @@ async def run_round(
             "epoch_adopted": ledger.epoch_adopted,
             "epoch_resyncs": ledger.epoch_resyncs,
         }
-        return {**fault, **verdict(traffic), **counts, **shard_costs(traffic, fault)}
+        return {**fault, **verdict(traffic), **counts, **shard_costs(traffic, fault, fault_at)}
     finally:
         stop.set()
         for c in traffic.all:
@@ -784,7 +856,13 @@ async def shutdown_with_redis_frozen(cluster: Cluster) -> float:
 
 
 async def chaos(
-    faults: int, kinds: tuple[str, ...], nodes: int, rate: float, budget: float, redis_cluster: bool = False
+    faults: int,
+    kinds: tuple[str, ...],
+    nodes: int,
+    rate: float,
+    budget: float,
+    redis_cluster: bool = False,
+    danmaku_every: float | None = None,
 ) -> dict[str, Any]:
     """`faults` rounds (kinds in turn), stopping early when `budget` seconds have passed."""
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
@@ -797,7 +875,11 @@ async def chaos(
                 if time.monotonic() - started > budget:
                     break
                 async with asyncio.timeout(ROUND_LIMIT):  # a hung round ends the run, loudly
-                    rounds.append(await run_round(cluster, kinds[i % len(kinds)], f"f{i}", 1.5, 1.5, rate))
+                    rounds.append(
+                        await run_round(
+                            cluster, kinds[i % len(kinds)], f"f{i}", 1.5, 1.5, rate, danmaku_every
+                        )
+                    )
             shutdown_s = await shutdown_with_redis_frozen(cluster) if not redis_cluster else 0.0
         finally:
             await cluster.close()
@@ -824,10 +906,18 @@ async def chaos(
             "sigterm_exit_s_redis_frozen": round(shutdown_s, 2),
             "settle_s_max": max((r["settle_s"] for r in rounds), default=0.0),
             "wall_s": round(time.monotonic() - started, 1),
-            **{k: max((r.get(k, 0) for r in rounds), default=0) for k in ("stall_hit_ms", "stall_other_ms")},
+            **{k: max((r.get(k, 0) for r in rounds), default=0) for k in _STALL_KEYS},
             **{k: sum(r.get(k, 0) for r in rounds) for k in ("other_resets", "other_refused", "hit_resets")},
             "rounds": rounds,
         }
+
+
+_STALL_KEYS = tuple(
+    f"{kind}_{who}_{rest}"
+    for kind, rests in (("stall", ("ms", "quiet_ms")), ("late", ("ms", "p99_ms", "quiet_ms", "quiet_p99_ms")))
+    for who in ("hit", "other")
+    for rest in rests
+)
 
 
 def main() -> None:
@@ -838,7 +928,10 @@ def main() -> None:
         help=f"comma-separated, of {', '.join(KINDS)} (all); with --redis-cluster of {', '.join(CLUSTER_KINDS)}",
     )
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=10.0, help="danmaku and DMs per second per sender")
+    parser.add_argument("--rate", type=float, default=10.0, help="DMs per second per sender")
+    parser.add_argument(
+        "--danmaku-ms", type=float, default=20.0, help="a danmaku per sender every this many ms"
+    )
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; no new fault after this")
     parser.add_argument(
         "--redis-cluster", action="store_true", help="a 3+3 Redis Cluster, one room per shard"
@@ -850,7 +943,17 @@ def main() -> None:
     kinds = tuple(k for k in args.kinds.split(",") if k) if args.kinds else allowed
     if not kinds or any(k not in allowed for k in kinds):
         sys.exit(f"--kinds: choose from {', '.join(allowed)}")
-    result = asyncio.run(chaos(args.faults, kinds, args.nodes, args.rate, args.budget, args.redis_cluster))
+    result = asyncio.run(
+        chaos(
+            args.faults,
+            kinds,
+            args.nodes,
+            args.rate,
+            args.budget,
+            args.redis_cluster,
+            args.danmaku_ms / 1000,
+        )
+    )
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}))
     print()
     print(
@@ -860,7 +963,10 @@ def main() -> None:
         if "shard" in r:
             print(
                 f"  shard {r['shard']}: other_resets {r['other_resets']} other_refused {r['other_refused']} "
-                f"stall_hit_ms {r['stall_hit_ms']} stall_other_ms {r['stall_other_ms']}"
+                f"stall_hit_ms {r['stall_hit_ms']} stall_other_ms {r['stall_other_ms']} "
+                f"(no fault: {r['stall_other_quiet_ms']}) late_other_ms {r['late_other_ms']} "
+                f"p99 {r['late_other_p99_ms']} (no fault: {r['late_other_quiet_ms']} "
+                f"p99 {r['late_other_quiet_p99_ms']})"
             )
         print(
             f"{r['kind']:<11} {r['seconds']:>5} {r['settle_s']:>6} {r['dm_acked']:>6} {r['dm_lost']:>4} "

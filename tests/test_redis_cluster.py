@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
 from websockets.exceptions import ConnectionClosed
 
@@ -255,3 +256,43 @@ async def test_a_primary_failover_costs_only_its_shard(
         assert watch.texts, "the healthy room delivered"
     for watch in hit_watch:  # the failed shard: every event in order, or told to rejoin
         assert watch.closed in (None, 1012), watch.closed
+
+
+async def test_a_hung_primary_holds_only_its_own_rooms(
+    redis_cluster: RedisClusterServer, start_nodes, open_client
+) -> None:
+    """A primary that stops answering (SIGSTOP: no reset, the node's connection just hangs)
+    must not hold the tick of the other shards' rooms (#23): their danmaku go on under the same
+    Redis epoch while the stopped shard's pipeline is unanswered, i.e. before the node gives up
+    on it (its 10 s command timeout, which counts a disconnect). Before, every tick after the
+    hung one waited for that timeout, and then the whole session started over."""
+    victim = redis_cluster.primaries()[0]
+    healthy = next(p for p in redis_cluster.primaries() if p != victim)
+    hit, calm = _room_on(redis_cluster, victim), _room_on(redis_cluster, healthy)
+    (n0,) = start_nodes(redis_cluster.url, 1, "--redis-cluster")
+    viewer = await open_client(n0, "cv", room=calm)
+    epoch = viewer.snapshot["epoch"]
+    calm_talker = await open_client(n0, "ct", room=calm)
+    hit_talker = await open_client(n0, "ht", room=hit)
+    seen: list[tuple[str, str]] = []  # (batch epoch, text) as the calm viewer got them
+
+    async def want(text: str) -> None:
+        while text not in [t for _, t in seen]:
+            frame = await viewer.recv(WAIT)
+            if frame["t"] == "batch":
+                seen.extend((frame.get("epoch", epoch), e.get("text", "")) for e in frame["events"])
+
+    proc = redis_cluster.procs[victim]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        await hit_talker.send(t="danmaku", text="h1")  # a pipeline to the hung primary
+        await calm_talker.send(t="danmaku", text="c1")
+        await asyncio.wait_for(want("c1"), WAIT)
+        await hit_talker.send(t="danmaku", text="h2")
+        await calm_talker.send(t="danmaku", text="c2")
+        await asyncio.wait_for(want("c2"), WAIT)
+        metrics = (await asyncio.to_thread(n0.http, "/metrics"))[1]
+        assert prom.total(metrics, "liveroom_broker_disconnects_total") == 0  # not waited out
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert {e for e, _ in seen} == {epoch}, seen  # the calm room never went local: no reset

@@ -443,10 +443,15 @@ class RedisBroker(Broker):
             async with asyncio.timeout(10):
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
+            hung = ConnectionError("redis did not answer in 10 s")
+            if self._cluster and self._connected and len(self._shards.names) > 1:
+                for name in by_shard:  # those shards only (the tick asks one at a time)
+                    self._shard_lost(name, hung)
+                raise hung from None
             for name in by_shard:  # a hung primary: its connection is out of step from now on
                 if name in self._writers:
                     self._writers[name].close()
-            self._on_connection_lost(ConnectionError("redis did not answer in 10 s"))
+            self._on_connection_lost(hung)
             raise ConnectionError("redis did not answer in 10 s") from None
         for i, result in enumerate(results):
             if isinstance(result, ConnectionError):

@@ -39,6 +39,9 @@ from server.wire import protocol
 log = logging.getLogger("liveroom.broker.redis")
 
 Batch = tuple[str, bytes, list[Event]]  # (epoch, frame, events)
+# On a cluster, how long a tick waits for a shard's pipeline before going on without it (one
+# default tick): a primary that stopped answering holds its own rooms, never the others'.
+SHARD_HOLD = 0.05
 
 
 @dataclass
@@ -54,6 +57,7 @@ class _RoomSub:
     likes_owed: int = 0  # likes counted locally, not yet added in Redis
     joined_owed: list[str] = field(default_factory=list)
     beat_due: float | None = None  # monotonic time of the room's next presence heartbeat
+    held: Publish | None = None  # ticks kept back while the room's shard has a pipeline unanswered
 
 
 class RedisRoomStream(RedisPart, RoomStream):
@@ -71,6 +75,8 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._rooms: dict[str, _RoomSub] = {}
         self._cids = DanmakuCids()  # while numbering alone: retries caught on this node
         self._ping_due = 0.0  # heartbeat with no room to report: when to PING instead
+        self._busy: dict[str, asyncio.Task[None]] = {}  # shard -> its tick pipeline, unanswered
+        self._held: set[str] = set()  # rooms with a tick held back (_RoomSub.held)
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
         keys = rs.room_keys(room_id)
@@ -113,51 +119,102 @@ class RedisRoomStream(RedisPart, RoomStream):
         """A whole tick in one pipeline per shard, all shards at once: no room waits on another.
 
         Rooms that cannot reach Redis (down, or a room sequencing alone since an outage) are
-        numbered here instead, and their likes and joins stay owed.
+        numbered here instead, and their likes and joins stay owed. On a cluster each shard's
+        pipeline is answered on its own: the tick waits SHARD_HOLD at most, a slower shard's
+        answer is handled when it comes, and until then its rooms' ticks are held back (merged
+        into the next), so a room's batches keep their order and no shard waits on another.
         """
         staged: list[tuple[Publish, _RoomSub, int, int, list[str]]] = []
+        if self._held:  # rooms held back with nothing new this tick: their turn once answered
+            named = {p.room_id for p in publishes}
+            publishes = [
+                *publishes,
+                *(Publish(r, [], 0, None, protocol.now_ms()) for r in self._held - named if r in self._rooms),
+            ]
+            self._held.clear()
         for p in publishes:
             sub = self._rooms.get(p.room_id)
             if sub is None:  # the node publishes only for rooms it holds; keep going regardless
                 sub = _RoomSub(handler=lambda *_: None, view=self._new_view(p.room_id))
+            if sub.held is not None:
+                p, sub.held = _merged(sub.held, p), None
+            if self._busy and p.room_id in self._rooms and self._shard_busy(p.room_id):
+                sub.held = p  # after the shard's answer (or its loss): in order, then
+                self._held.add(p.room_id)
+                continue
             previous = sub.local_count
             if p.local_online is not None:
                 sub.local_count = p.local_online
             likes, sub.likes_owed = sub.likes_owed + p.likes_delta, 0
             uids, sub.joined_owed = [*sub.joined_owed, *p.joined], []
             staged.append((p, sub, previous, likes, uids))
-        sent: set[int] = set()
         remote = [
             i for i, (p, sub, *_rest) in enumerate(staged) if not sub.local and self._room_up(p.room_id)
         ]
-        if remote:
-            calls = []
-            for i in remote:
-                p, sub, _, likes, uids = staged[i]
-                args = (likes, p.local_online, p.now, uids, _seen(sub))
-                try:
-                    calls.append(self._publish_call(p.room_id, p.events, *args))
-                except protocol.ENCODE_ERRORS:  # an event no frame can carry: dropped alone
-                    kept = encodable_only(p.room_id, p.events)
-                    staged[i] = (replace(p, events=kept), sub, staged[i][2], likes, uids)
-                    calls.append(self._publish_call(p.room_id, kept, *args))
+        calls: list[Call] = []
+        for i in remote:
+            p, sub, _, likes, uids = staged[i]
+            args = (likes, p.local_online, p.now, uids, _seen(sub))
             try:
-                results = await self._pipelined(calls)
-            except _DOWN as exc:
-                self._kick(exc)
-            else:
-                metrics.broker_tick_pipelines.inc()
-                for i, call, result in zip(remote, calls, results, strict=True):
-                    if isinstance(result, Exception):
-                        self._kick(result, call[0])
-                    else:
-                        sent.add(i)
-        for i, (p, sub, previous, likes, uids) in enumerate(staged):
-            if i in sent:
-                continue
-            sub.likes_owed += likes
-            sub.joined_owed = uids[-10_000:]
-            self._publish_locally(p.room_id, sub, p.events, p.likes_delta, p.local_online, previous, p.now)
+                calls.append(self._publish_call(p.room_id, p.events, *args))
+            except protocol.ENCODE_ERRORS:  # an event no frame can carry: dropped alone
+                kept = encodable_only(p.room_id, p.events)
+                staged[i] = (replace(p, events=kept), sub, staged[i][2], likes, uids)
+                calls.append(self._publish_call(p.room_id, kept, *args))
+        remote_set = set(remote)
+        for i, item in enumerate(staged):  # rooms without Redis now: numbered here, at once
+            if i not in remote_set:
+                self._unsent(item)
+        if not remote:
+            return
+        metrics.broker_tick_pipelines.inc()
+        if not self._shards.cluster or len(self._shards.names) < 2:  # one Redis: one pipeline
+            await self._answered([staged[i] for i in remote], calls)
+            return
+        groups: dict[str, list[int]] = {}
+        for j, call in enumerate(calls):
+            groups.setdefault(self._shards.name_of(call[0]), []).append(j)
+        tasks = []
+        for shard, idx in groups.items():
+            task = asyncio.get_running_loop().create_task(
+                self._answered([staged[remote[j]] for j in idx], [calls[j] for j in idx])
+            )
+            self._busy[shard] = task
+            task.add_done_callback(lambda done, shard=shard: self._shard_answered(shard, done))
+            tasks.append(task)
+        await asyncio.wait(tasks, timeout=SHARD_HOLD)
+
+    async def _answered(
+        self, staged: list[tuple[Publish, _RoomSub, int, int, list[str]]], calls: list[Call]
+    ) -> None:
+        """Send the calls (one pipeline per shard) and handle the answers: a room whose call
+        failed loses its shard (only that one, on a cluster) and is numbered here instead."""
+        try:
+            results: list[Any] = await self._pipelined(calls)
+        except _DOWN as exc:
+            self._kick(exc, calls[0][0] if len({self._shards.name_of(c[0]) for c in calls}) == 1 else None)
+            results = [exc] * len(calls)
+        for item, call, result in zip(staged, calls, results, strict=True):
+            if isinstance(result, Exception):
+                self._kick(result, call[0])
+                self._unsent(item)
+
+    def _unsent(self, item: tuple[Publish, _RoomSub, int, int, list[str]]) -> None:
+        """A room's tick that did not reach Redis: numbered here, its likes and joins owed."""
+        p, sub, previous, likes, uids = item
+        sub.likes_owed += likes
+        sub.joined_owed = uids[-10_000:]
+        self._publish_locally(p.room_id, sub, p.events, p.likes_delta, p.local_online, previous, p.now)
+
+    def _shard_busy(self, room_id: str) -> bool:
+        task = self._busy.get(self._shards.name_of(rs.room_keys(room_id).meta))
+        return task is not None and not task.done()
+
+    def _shard_answered(self, shard: str, task: asyncio.Task[None]) -> None:
+        if self._busy.get(shard) is task:
+            del self._busy[shard]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("a tick's pipeline failed", exc_info=exc)
 
     def _publish_call(
         self,
@@ -447,6 +504,18 @@ class RedisRoomStream(RedisPart, RoomStream):
         failed = [(call, r) for call, r in zip(calls, results, strict=True) if isinstance(r, Exception)]
         for call, error in failed:
             self._kick(error, call[0])  # that room's shard (one Redis: the connection)
+
+
+def _merged(held: Publish, p: Publish) -> Publish:
+    """A held tick and the next one of the same room, as one (events in order, counts added)."""
+    return Publish(
+        p.room_id,
+        [*held.events, *p.events],
+        held.likes_delta + p.likes_delta,
+        p.local_online if p.local_online is not None else held.local_online,
+        p.now,
+        [*held.joined, *p.joined],
+    )
 
 
 def _seen(sub: _RoomSub) -> tuple[str, int] | None:
