@@ -58,6 +58,7 @@ class ServerProcess:
         self.port = port
         self.args = args
         self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []  # stdout lines read by wait_output
 
     @property
     def base(self) -> str:
@@ -88,6 +89,21 @@ class ServerProcess:
         if "listening on" not in line:
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r} (see {log.name})")
+
+    def wait_output(self, text: str) -> str:
+        """Read the server's stdout (its demo children print there too) up to a line with `text`:
+        the event a test waits on, e.g. the demo assistant has joined and pinned (which takes
+        many seconds on a loaded machine: it loads jieba's dictionary). Bounded by the test's
+        pytest-timeout; an ended output fails at once."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.output:  # read before, while waiting for another line
+            if text in line:
+                return line
+        while line := self.proc.stdout.readline():
+            self.output.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"the server's output ended without {text!r}: {''.join(self.output)[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
