@@ -162,16 +162,25 @@ class RedisBroker(Broker):
         """Stop the background tasks and wait for them. Each loop also checks `_closed`: on
         Python 3.11 `asyncio.wait_for` (redis-py writes a command through one) returns its result
         and drops a cancel that arrives as the command completes, so a `while True` loop ran on
-        and this close awaited it forever (a test run hung 18 min)."""
+        and this close awaited it forever; and this close swallowed its own caller's cancel, so
+        not even a timeout around it ended the wait (the likely cause of a test run that hung
+        18 min)."""
         self._closed = True
         self._broken.set()
         for task in (self._supervisor, self._heartbeat, self._replica_watch, *self._tasks):
             if task is not None:
                 task.cancel()
+        current = asyncio.current_task()
         for task in (self._supervisor, self._heartbeat, self._replica_watch):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if task is None:
+                continue
+            try:
+                await task
+            except asyncio.CancelledError:
+                if current is not None and current.cancelling():
+                    raise  # our caller is cancelling this close (a timeout): do not swallow it
+            except Exception:
+                log.exception("a redis broker task failed")
         with contextlib.suppress(Exception):
             await self._redis.aclose()
         await self._shards.aclose()
