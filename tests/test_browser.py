@@ -481,6 +481,7 @@ def test_serve_demo_streams_test_pattern(browser: Browser) -> None:
     opened = Pages(browser, srv.base)
     try:
         viewer = opened.viewer("demo", "dee")
+        srv.wait_output("joined room 'demo'")  # the Python host started (its imports are slow when loaded)
         wait_video_playing(viewer)
         expect(viewer.locator("#host-name")).to_have_text("Test pattern", timeout=WAIT_MS)
         expect(viewer.locator("#first-frame")).to_be_visible()
@@ -529,7 +530,9 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
             held.append(route)
 
     try:
-        wait_video_playing(opened.viewer("demo", "first"))  # the demo host is live
+        first = opened.viewer("demo", "first")
+        srv.wait_output("joined room 'demo'")  # the Python host started (its imports are slow when loaded)
+        wait_video_playing(first)  # the demo host is live
         context = browser.new_context(viewport={"width": 1280, "height": 720})
         opened.contexts.append(context)
         page = context.new_page()
