@@ -21,7 +21,9 @@ reported through `environment.events.request`, so the web UI and the CSV show:
 
 Chatters, Likers and DMers act once as soon as they have joined, and a stopping user
 waits up to 10 s for the answers still on their way, so even a short run measures
-every kind of round trip and its last requests are counted, not dropped.
+every kind of round trip and its last requests are counted, not dropped. With
+`--each-once` each user does each of its round trips once (and a ping) and the run stops
+when every one is answered (tests/test_load_tests.py: nothing hangs on how much gets done in -t).
 
 Tokens are minted locally from LIVEROOM_SECRET (or the dev default), as the server
 would accept them. Only loopback hosts are accepted unless LIVEROOM_LOAD_ALLOW_REMOTE=1
@@ -52,6 +54,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PENDING_TIMEOUT = 10.0  # seconds before an unanswered request counts as a failure
 _ids = itertools.count()
 _online_uids: set[str] = set()  # users of this Locust process that are joined: DM targets
+_finished: set[str] = set()  # --each-once: users whose round trips were all answered
 
 
 @events.init_command_line_parser.add_listener
@@ -65,6 +68,12 @@ def _add_arguments(parser: Any) -> None:
         help="per Chatter",
     )
     parser.add_argument("--like-burst", type=int, default=int(os.environ.get("LIVEROOM_LIKE_BURST", "10")))
+    parser.add_argument(
+        "--each-once",
+        action="store_true",
+        help="each user does each of its round trips once; the run stops when all are answered "
+        "(-t stays the limit): a check that does not depend on how much a slow machine does in -t",
+    )
 
 
 def _option(environment: Environment, name: str, default: Any) -> Any:
@@ -249,6 +258,20 @@ class LiveroomUser(User):
         self.conn.connect()
         _online_uids.add(self.uid)
         self.on_arrival()
+        if _option(self.environment, "each_once", False):
+            self._once()
+
+    def _once(self) -> None:
+        """--each-once: a ping besides the arrival's round trip, wait for every answer; the last
+        user to finish stops the run. Until then (and after) this user only waits."""
+        assert self.conn is not None
+        self.ping()
+        self.conn.drain(PENDING_TIMEOUT)
+        _finished.add(self.uid)
+        runner = self.environment.runner
+        if runner is not None and len(_finished) >= runner.target_user_count:
+            gevent.spawn(runner.quit)  # not from this greenlet: quit() stops every user, this one too
+        gevent.sleep(PENDING_TIMEOUT * 100)  # stopped by quit() (or -t) long before this ends
 
     def on_arrival(self) -> None:
         """What this kind of user does as soon as it has joined (before its first wait)."""

@@ -60,7 +60,9 @@ def test_endpoint_paths() -> None:
 
 async def test_phrasing_is_grounded_and_falls_back(model: tuple[FakeModel, str]) -> None:
     fake, url = model
-    phraser = Phraser(LlmConfig(url, key="k-123", model="tiny", timeout=0.5))
+    # a model that answers gets all the time a loaded machine needs; only the "slow" one (which
+    # never answers until the test ends) meets a short timeout below
+    phraser = Phraser(LlmConfig(url, key="k-123", model="tiny", timeout=60))
     entries = [{"id": "dress", "name": "碎花连衣裙", "price": 259}]
     try:
         text = await phraser.phrase("多少钱", entries, "碎花连衣裙 ¥259，S/M/L")
@@ -73,6 +75,7 @@ async def test_phrasing_is_grounded_and_falls_back(model: tuple[FakeModel, str])
 
         for mode in ("error", "garbage", "slow"):
             fake.mode = mode
+            phraser.config.timeout = 0.5 if mode == "slow" else 60
             assert await phraser.phrase("多少钱", entries, "TEMPLATE") == "TEMPLATE", mode
         assert phraser.fallbacks == 3
     finally:
@@ -81,7 +84,7 @@ async def test_phrasing_is_grounded_and_falls_back(model: tuple[FakeModel, str])
 
 async def test_real_assistant_uses_the_model(app: Any, join: Any, model: tuple[FakeModel, str]) -> None:
     fake, url = model
-    llm = ("--llm-url", url, "--llm-model", "tiny", "--llm-timeout", "5")
+    llm = ("--llm-url", url, "--llm-model", "tiny", "--llm-timeout", "60")  # no race with a slow machine
     async with running_assistant(app.port, *llm) as (_, line):
         assert "answering" in line
         amy = await join("amy")

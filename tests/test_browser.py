@@ -58,6 +58,7 @@ class ServerProcess:
         self.port = port
         self.args = args
         self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []  # stdout lines read by wait_output
 
     @property
     def base(self) -> str:
@@ -88,6 +89,21 @@ class ServerProcess:
         if "listening on" not in line:
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r} (see {log.name})")
+
+    def wait_output(self, text: str) -> str:
+        """Read the server's stdout (its demo children print there too) up to a line with `text`:
+        the event a test waits on, e.g. the demo assistant has joined and pinned (which takes
+        many seconds on a loaded machine: it loads jieba's dictionary). Bounded by the test's
+        pytest-timeout; an ended output fails at once."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.output:  # read before, while waiting for another line
+            if text in line:
+                return line
+        while line := self.proc.stdout.readline():
+            self.output.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"the server's output ended without {text!r}: {''.join(self.output)[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -465,6 +481,7 @@ def test_serve_demo_streams_test_pattern(browser: Browser) -> None:
     opened = Pages(browser, srv.base)
     try:
         viewer = opened.viewer("demo", "dee")
+        srv.wait_output("joined room 'demo'")  # the Python host started (its imports are slow when loaded)
         wait_video_playing(viewer)
         expect(viewer.locator("#host-name")).to_have_text("Test pattern", timeout=WAIT_MS)
         expect(viewer.locator("#first-frame")).to_be_visible()
@@ -513,7 +530,9 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
             held.append(route)
 
     try:
-        wait_video_playing(opened.viewer("demo", "first"))  # the demo host is live
+        first = opened.viewer("demo", "first")
+        srv.wait_output("joined room 'demo'")  # the Python host started (its imports are slow when loaded)
+        wait_video_playing(first)  # the demo host is live
         context = browser.new_context(viewport={"width": 1280, "height": 720})
         opened.contexts.append(context)
         page = context.new_page()

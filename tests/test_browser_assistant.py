@@ -185,6 +185,9 @@ def test_serve_demo_assistant_answers_in_room_demo(browser) -> None:  # noqa: F8
     pages = Pages(browser, srv.base)
     try:
         viewer = pages.viewer("demo", "dee", "Dee")
+        # the assistant pins the tee when it joins, and joins only after loading its dictionary
+        # (over 15 s on a loaded machine): wait for that, then the pin has WAIT_MS to show
+        srv.wait_output("assistant: answering in room 'demo'")
         expect(viewer.locator('#pins .pin.product[data-id="product:tee"]')).to_contain_text(
             "¥129", timeout=WAIT_MS
         )

@@ -122,6 +122,7 @@ def test_serve_demo_starts_a_pk_with_its_second_room(browser: tb.Browser) -> Non
     try:
         console = opened.host("demo", "dana")
         viewer = opened.viewer("demo2", "vic")
+        srv.wait_output("joined room 'demo2'")  # its Python host started (aiortc: slow to import)
         expect(viewer.locator("#host-name")).to_have_text("Test pattern 2", timeout=VIDEO_WAIT_MS)
         console.fill("#link-room", "demo2")
         console.click("#link-invite")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
 from collections import Counter
 from typing import Any
@@ -20,7 +21,10 @@ pytestmark = requires_redis
 async def test_heartbeat_reports_each_room_once_per_interval_in_slices(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker = RedisBroker(redis_server.url, "n1")
+    # the broker's own heartbeat task must not run in between: it would stamp rooms' due times
+    # with the real clock while the 60 subscribes wait on Redis (one of its slices every 0.2 s at
+    # the default presence TTL), and those rooms would never come due on the test's clock
+    broker = RedisBroker(redis_server.url, "n1", presence_ttl=36_000.0)  # first slice after 20 min
     await broker.start()
     try:
         rooms = [f"room{i}" for i in range(60)]
@@ -48,3 +52,27 @@ async def test_heartbeat_reports_each_room_once_per_interval_in_slices(
         assert max(len(call) for call in reported) < len(rooms) // 2  # spread, not one burst
     finally:
         await broker.close()
+
+
+async def test_close_returns_when_the_heartbeat_swallowed_its_cancel(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 `asyncio.wait_for` (redis-py writes a command through one) drops a cancel
+    that arrives as the command completes: a heartbeat in that call runs on. close() must still
+    return (with `while True` it awaited the heartbeat forever: a test run hung 18 min)."""
+    broker = RedisBroker(redis_server.url, "n1", presence_ttl=0.3)
+    beating = asyncio.Event()
+
+    async def swallowing(interval: float) -> None:
+        beating.set()
+        with contextlib.suppress(asyncio.CancelledError):  # what 3.11's wait_for may do
+            await asyncio.sleep(3600)
+
+    monkeypatch.setattr(broker.stream, "_heartbeat_once", swallowing)
+    await broker.start()
+    try:
+        async with asyncio.timeout(20):
+            await beating.wait()
+    finally:
+        async with asyncio.timeout(20):  # a hang fails here, with this message
+            await broker.close()

@@ -29,7 +29,7 @@ from server.wire import protocol
 from server.wire.protocol import ErrorCode
 from tests.conftest import SECRET, TIMEOUT, WsClient, token
 from tests.redis_fixtures import *  # noqa: F403
-from tests.redis_fixtures import RedisServer, apoll
+from tests.redis_fixtures import RedisServer, apoll, requires_redis
 
 BAD = "\ud83d"  # the first half of 😀: what a token service that cuts an emoji in half sends
 ADMIN = "admin-token-for-the-unencodable-test"
@@ -69,6 +69,7 @@ async def test_memory_broker_drops_the_bad_event_alone() -> None:
     await _publish_isolated(MemoryBroker())
 
 
+@requires_redis
 async def test_redis_broker_drops_the_bad_event_alone(redis_server: RedisServer) -> None:
     from server.broker.redis import RedisBroker
 
@@ -80,6 +81,7 @@ async def test_redis_broker_drops_the_bad_event_alone(redis_server: RedisServer)
         await broker.close()
 
 
+@requires_redis
 async def test_redis_broker_alone_drops_the_bad_event_alone(redis_server: RedisServer) -> None:
     """Redis unreachable: the broker numbers the tick itself, by the same rule, same isolation."""
     from server.broker.redis import RedisBroker

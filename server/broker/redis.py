@@ -159,15 +159,28 @@ class RedisBroker(Broker):
             await asyncio.wait_for(self._up.wait(), self._connect_timeout)
 
     async def close(self) -> None:
+        """Stop the background tasks and wait for them. Each loop also checks `_closed`: on
+        Python 3.11 `asyncio.wait_for` (redis-py writes a command through one) returns its result
+        and drops a cancel that arrives as the command completes, so a `while True` loop ran on
+        and this close awaited it forever; and this close swallowed its own caller's cancel, so
+        not even a timeout around it ended the wait (the likely cause of a test run that hung
+        18 min)."""
         self._closed = True
         self._broken.set()
         for task in (self._supervisor, self._heartbeat, self._replica_watch, *self._tasks):
             if task is not None:
                 task.cancel()
+        current = asyncio.current_task()
         for task in (self._supervisor, self._heartbeat, self._replica_watch):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if task is None:
+                continue
+            try:
+                await task
+            except asyncio.CancelledError:
+                if current is not None and current.cancelling():
+                    raise  # our caller is cancelling this close (a timeout): do not swallow it
+            except Exception:
+                log.exception("a redis broker task failed")
         with contextlib.suppress(Exception):
             await self._redis.aclose()
         await self._shards.aclose()
@@ -525,7 +538,8 @@ class RedisBroker(Broker):
             else:
                 pushes = [("SUBSCRIBE", *names)]
             waits += pubsub.send(pushes, [read] if read is not None else [])
-        results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+        async with asyncio.timeout(10):  # not wait_for: on 3.11 it can drop a cancel (close())
+            results = await asyncio.gather(*waits)
         if not all(results[: len(channels)]):
             raise ConnectionError("redis connection lost while subscribing")
         return results[-1] if read is not None else None
@@ -548,7 +562,7 @@ class RedisBroker(Broker):
         node (and its viewers' latency) every few seconds.
         """
         interval = self._presence_ttl / 3
-        while True:
+        while not self._closed:  # not `while True`: see close()
             await asyncio.sleep(interval / HEARTBEAT_SLICES)
             if not self._connected:
                 continue
@@ -580,7 +594,7 @@ class RedisBroker(Broker):
         """Every interval, ask each primary how many replicas it has (INFO replication): a gauge
         per shard, and one WARNING per interval per shard short of --redis-wait-replicas, with
         the DMs refused for it (docs/ARCHITECTURE.md, "Replica loss", says what to do)."""
-        while True:
+        while not self._closed:  # not `while True`: see close()
             await asyncio.sleep(self._replica_check_s)
             for shard in self._shards.names:
                 try:

@@ -37,7 +37,9 @@ class GiftCallback:
         body = json.dumps(gift, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body)}
         try:
-            async with self._session.post(self.url, data=body, headers=headers) as response:
+            async with self._session.post(
+                self.url, data=body, headers=headers, timeout=self.timeout
+            ) as response:
                 status = response.status
                 answer = await response.json(content_type=None) if 200 <= status < 300 else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
