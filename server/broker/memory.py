@@ -11,7 +11,7 @@ import itertools
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from server.broker.base import (
     DM_FULL_RETRY,
@@ -31,8 +31,8 @@ from server.broker.base import (
     sender_quota_full,
 )
 from server.broker.idempotency import DanmakuCids
-from server.broker.unencodable import encodable_only
-from server.room.sequencing import StreamState, Tick, sequence
+from server.broker.unencodable import sequence_and_encode
+from server.room.sequencing import StreamState, Tick
 from server.room.state import Room
 from server.wire import protocol
 from server.wire.protocol import ErrorCode, ProtocolError
@@ -139,13 +139,7 @@ class MemoryRoomStream(RoomStream):
             self.node_id, now, events, tick.likes_delta, tick.local_online, unique=len(channel.viewers)
         )
         view = channel.view
-        sequenced, stream = sequence(channel.stream, one, view.epoch)
-        try:  # encoded before the stream moves on: an event no frame can carry is dropped alone
-            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
-        except protocol.ENCODE_ERRORS:
-            one = replace(one, events=encodable_only(room_id, events))
-            sequenced, stream = sequence(channel.stream, one, view.epoch)
-            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        sequenced, stream, frame = sequence_and_encode(room_id, channel.stream, one, view.epoch)
         channel.stream = stream
         if not sequenced:
             return

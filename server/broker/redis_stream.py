@@ -31,8 +31,8 @@ from server.broker.idempotency import DanmakuCids
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
 from server.broker.shards import Call
-from server.broker.unencodable import encodable_only
-from server.room.sequencing import NEVER, StreamState, Tick, sequence
+from server.broker.unencodable import encodable_only, sequence_and_encode
+from server.room.sequencing import NEVER, StreamState, Tick
 from server.room.state import Room
 from server.wire import protocol
 
@@ -267,13 +267,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             self._go_local(sub, previous)
         events = self._cids.fresh(room_id, events)  # the publish script's cid claims, on this node
         tick = Tick(self.node_id, now, events, likes_delta, local_online, unique=view.unique)
-        sequenced, stream = sequence(sub.stream, tick, view.epoch)
-        try:  # encoded before the stream moves on: an event no frame can carry is dropped alone
-            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
-        except protocol.ENCODE_ERRORS:
-            tick = replace(tick, events=encodable_only(room_id, events))
-            sequenced, stream = sequence(sub.stream, tick, view.epoch)
-            frame = protocol.batch_frame(room_id, sequenced, view.epoch) if sequenced else b""
+        sequenced, stream, frame = sequence_and_encode(room_id, sub.stream, tick, view.epoch)
         sub.stream = stream
         if not sequenced:
             return

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from server import metrics
 from server.broker.base import Event
 from server.logs import RefusalLog
+from server.room.sequencing import StreamState, Tick, sequence
 from server.wire import protocol
 
 _warnings = RefusalLog(logging.getLogger("liveroom.encode"))
@@ -29,3 +31,18 @@ def encodable_only(room_id: str, events: list[Event]) -> list[Event]:
             f"{dropped} event(s) of room {room_id} could not be encoded (dropped)", time.monotonic()
         )
     return kept
+
+
+def sequence_and_encode(
+    room_id: str, stream: StreamState | None, tick: Tick, epoch: str
+) -> tuple[list[Event], StreamState, bytes]:
+    """Number a tick and encode its batch before the stream moves on (both brokers' numbering):
+    when an event cannot be encoded, the tick is numbered again without it, so it is dropped
+    alone and leaves no gap in the room's seqs. Returns (sequenced events, new stream, frame)."""
+    sequenced, new_stream = sequence(stream, tick, epoch)
+    try:
+        return sequenced, new_stream, protocol.batch_frame(room_id, sequenced, epoch) if sequenced else b""
+    except protocol.ENCODE_ERRORS:
+        tick = replace(tick, events=encodable_only(room_id, list(tick.events)))
+        sequenced, new_stream = sequence(stream, tick, epoch)
+        return sequenced, new_stream, protocol.batch_frame(room_id, sequenced, epoch) if sequenced else b""
