@@ -78,6 +78,7 @@ def make_broker(config: Config) -> Broker:
             wait_replicas=None if config.redis_wait_replicas < 0 else config.redis_wait_replicas,
             wait_degrade=config.redis_wait_degrade,
             replica_check_s=config.redis_replica_check,
+            wait_timeout_ms=config.redis_wait_timeout,
         )
     return MemoryBroker(
         node_id=node_id,

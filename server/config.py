@@ -41,6 +41,7 @@ class Config:
     redis_wait_replicas: int = -1
     redis_wait_degrade: bool = False
     redis_replica_check: float = 5.0  # seconds between asking each primary for its replicas
+    redis_wait_timeout: int = 500  # ms a DM's WAIT may take before it is acked `replicated: false`
     history_ttl: int = 600  # seconds: a room's history expires this long after its last event
     presence_ttl: float = 6.0  # seconds: a node that stops heartbeating stops counting online
     dm_keep: int = 1000  # unacknowledged DMs kept per user
@@ -185,6 +186,8 @@ class Config:
             raise ConfigError("media session caps must be >= 0 and media_ice_timeout > 0")
         if self.redis_replica_check <= 0:
             raise ConfigError("redis_replica_check must be positive")
+        if self.redis_wait_timeout <= 0:
+            raise ConfigError("redis_wait_timeout must be a positive number of milliseconds")
         if min(self.dm_store_users, self.dm_store_bytes, self.dm_ttl, self.dm_store_per_sender) < 1:
             raise ConfigError(
                 "dm_store_users, dm_store_bytes, dm_store_per_sender and dm_ttl must be positive"
@@ -285,6 +288,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         help="a shard short of replicas acks DMs on its primary alone (replicated=false) instead of 4501",
+    )
+    parser.add_argument(
+        "--redis-wait-timeout",
+        dest="redis_wait_timeout",
+        type=int,
+        help="ms a DM's WAIT may take before the DM is acked replicated=false (default 500)",
     )
     parser.add_argument(
         "--redis-replica-check",

@@ -55,7 +55,10 @@ def _replicas(node: NodeProc) -> float | None:
 async def test_refused_dm_is_not_stored_and_its_retry_stores_once(
     redis_server: RedisServer, start_nodes, open_client, start_replica
 ) -> None:
-    (node,) = start_nodes(redis_server.url, 1, "--redis-wait-replicas", "1", "--redis-replica-check", "0.2")
+    (node,) = start_nodes(
+        redis_server.url, 1, "--redis-wait-replicas", "1", "--redis-replica-check", "0.2",
+        "--redis-wait-timeout", "60000",  # the retry's WAIT: replicated however slow the machine
+    )  # fmt: skip
     await apoll(lambda: asyncio.to_thread(lambda: _replicas(node) == 0), what="the replica check")
     carol = await open_client(node, "carol")
     alice = await open_client(node, "alice")
