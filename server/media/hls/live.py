@@ -41,7 +41,11 @@ _WRAP = 1 << 32
 
 @dataclass(frozen=True, slots=True)
 class HlsConfig:
-    part_target: float = 0.5
+    # A player holds PART-HOLD-BACK behind the live edge, and a part is served once complete:
+    # 1/3 s parts held 2 deep put hls.js ~1.9-2.2 s behind the host's clock on loopback, against
+    # ~2.9-3.2 s for 0.5 s parts held 3 deep (docs/BENCHMARKS.md, "LL-HLS glass-to-glass").
+    part_target: float = 0.334
+    hold_back_parts: float = 2.0
     segment_target: float = 2.0
     window: int = 6  # complete segments kept behind the live edge
     idle: float = 30.0  # seconds without a request before a room's stream stops
@@ -55,6 +59,7 @@ class HlsConfig:
             segment_target=self.segment_target,
             target_duration=max(1, round(target + 0.49)),
             window=self.window,
+            hold_back_parts=self.hold_back_parts,
         )
 
 

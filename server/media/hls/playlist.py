@@ -64,10 +64,11 @@ class PlaylistConfig:
     target_duration: int = 2  # EXT-X-TARGETDURATION: no segment rounds to more than this
     window: int = 6  # complete segments listed (and kept) behind the live edge
     part_segments: int = 3  # the last this many segments list their parts (~3 target durations)
+    hold_back_parts: float = 3.0  # PART-HOLD-BACK in parts: at least 2 (RFC 8216bis); 3 is Apple's advice
 
     @property
     def part_hold_back(self) -> float:
-        return 3 * self.part_target  # at least 2x PART-TARGET; 3x is Apple's and hls.js's default
+        return self.hold_back_parts * self.part_target
 
     @property
     def hold_back(self) -> float:
