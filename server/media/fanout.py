@@ -61,7 +61,7 @@ class ForwardedTrack(MediaStreamTrack):
         self.keyframe_retry = keyframe_retry
         self._gated = kind == "video"
         self._waiting_keyframe = self._gated
-        self._queue: deque[av.Packet] = deque()
+        self._queue: deque[tuple[av.Packet, float]] = deque()  # (frame, when it came in)
         self._wakeup = asyncio.Event()
         self._publisher_ended = False
         self._request_upstream = request_keyframe
@@ -112,7 +112,7 @@ class ForwardedTrack(MediaStreamTrack):
             self.stats.dropped_overflow += dropped
             if self._waiting_keyframe:
                 return dropped
-        self._queue.append(frame.packet)
+        self._queue.append((frame.packet, frame.arrived))
         self._wakeup.set()
         return dropped
 
@@ -124,6 +124,11 @@ class ForwardedTrack(MediaStreamTrack):
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
         """Next encoded frame for the viewer's sender; raises ``MediaStreamError`` at the end."""
+        return (await self.recv_arrived())[0]
+
+    async def recv_arrived(self) -> tuple[av.Packet, float]:
+        """The next frame and when it came in from the publisher (``time.monotonic()``): a
+        frame replayed from the GOP cache is as old as that, not as its delivery."""
         if not self._started:
             # The viewer's transport is up now; the subscribe-time keyframe may be gone.
             self._started = True
@@ -133,10 +138,10 @@ class ForwardedTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
             if self._queue:
-                packet = self._queue.popleft()
+                packet, arrived = self._queue.popleft()
                 self.stats.frames_forwarded += 1
                 self.stats.bytes_forwarded += packet.size
-                return packet
+                return packet, arrived
             if self._publisher_ended:
                 self.stop()
                 raise MediaStreamError

@@ -30,6 +30,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ class EncodedFrame:
     codec: RTCRtpCodecParameters
     data: bytes
     packet: av.Packet
+    # time.monotonic() when the frame came in: a frame replayed from the GOP cache is older
+    # than its delivery, and the HLS tap dates frames by when they were live (hls/live.py)
+    arrived: float = 0.0
 
     @property
     def codec_name(self) -> str:
@@ -157,7 +161,8 @@ class ReceiverTap:
         COUNTERS["frames_tapped"] += 1
         COUNTERS["bytes_tapped"] += len(data)
         try:
-            self._on_frame(EncodedFrame(codec=codec, data=data, packet=to_packet(codec, frame)))
+            packet = to_packet(codec, frame)
+            self._on_frame(EncodedFrame(codec=codec, data=data, packet=packet, arrived=time.monotonic()))
         except Exception:  # an SFU bug must not tear down the publisher's transport
             logger.exception("media: forwarding a %s frame failed", codec.name)
 

@@ -9,6 +9,7 @@ the keyframe request went upstream.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fractions
 from collections.abc import AsyncIterator
 
@@ -233,6 +234,18 @@ async def test_audio_queue_drops_oldest_and_gop_cache_starts_new_viewer() -> Non
         fanout.on_frame(vp8_frame(key, 3000 * i))
     late = fanout.add_track()
     assert late.queued == 3 and not requests  # started from the cache, no PLI needed
+
+
+@pytest.mark.asyncio
+async def test_a_cached_frame_keeps_when_it_came_in() -> None:
+    """The HLS tap dates frames by when they were live: a frame replayed from the GOP cache
+    to a late track says when it arrived, not when it was replayed (hls/live.py)."""
+    fanout = Fanout("video", request_keyframe=lambda: None, gop_cache_frames=10)
+    for i, key in enumerate([True, False]):
+        fanout.on_frame(dataclasses.replace(vp8_frame(key, 3000 * i), arrived=100.0 + i))
+    late = fanout.add_track()
+    arrivals = [(await asyncio.wait_for(late.recv_arrived(), TIMEOUT))[1] for _ in range(2)]
+    assert arrivals == [100.0, 101.0]
 
 
 @pytest.mark.asyncio

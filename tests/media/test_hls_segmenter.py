@@ -57,3 +57,32 @@ def test_track_runs_reads_the_sync_flag() -> None:
         flags.append(run.first_is_sync)
     assert flags[0] and flags == [f.independent for f in fragments]
     assert sum(flags) == 2  # keyframes at 0 s and 2 s only: forced on segment boundaries
+
+
+@pytest.mark.parametrize(("encoder", "codec"), [("libvpx", "vp8"), ("libx264", "h264")])
+def test_audio_that_starts_late_stays_in_step_with_the_picture(encoder: str, codec: str) -> None:
+    """The tap's video starts with the node's cached GOP, older than any audio it gets: the
+    first sound (here 1.2 s into the picture) must play 1.2 s into the picture, not at once
+    (the muxer starts every track at zero, so the segmenter leads audio in with silence)."""
+    late = 1.2
+    video = encode_pattern(encoder, 160, 120, 30, 4.0)
+    audio = [(data, at + late) for data, at in encode_opus(2.8)]
+    seg = Segmenter(codec, with_audio=True)
+    events = sorted([(v[1], 0, v) for v in video] + [(a[1], 1, a) for a in audio], key=lambda e: e[:2])
+    fragments = []
+    for _at, kind, item in events:
+        fragments += seg.video(*item) if kind == 0 else seg.audio(*item)  # type: ignore[arg-type]
+    fragments += seg.close()
+    assert seg.init is not None
+    data = seg.init + b"".join(f.data for f in fragments)
+    with av.open(io.BytesIO(data)) as container:
+        firsts: dict[str, float] = {}
+        loud_at = None
+        for frame in container.decode(video=0, audio=0):
+            kind = "video" if isinstance(frame, av.VideoFrame) else "audio"
+            firsts.setdefault(kind, float(frame.time))
+            if kind == "audio" and loud_at is None and abs(frame.to_ndarray()).max() > 0.01:
+                loud_at = float(frame.time)
+    assert firsts["audio"] == pytest.approx(firsts["video"], abs=0.05)  # both tracks start together
+    assert loud_at is not None
+    assert loud_at - firsts["video"] == pytest.approx(late, abs=0.1)  # the sound where it was live

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import av
 from aiortc.mediastreams import MediaStreamError
 
 from ..fanout import Fanout, ForwardedTrack
@@ -101,11 +100,11 @@ class HlsStream:
         self._pub = pub
         self._loop = asyncio.get_running_loop()
         self.last_request = self._loop.time()
-        self._epoch = time.time() - self._loop.time()  # loop seconds -> epoch seconds
-        # PROGRAM-DATE-TIME correction (<= 0): the tap starts with the fan-out's cached GOP,
-        # up to a segment old but arriving now, and the video clock is anchored on its first
-        # frame; live frames then arrive this much "earlier" than their timestamps say. The
-        # smallest arrival - timestamp seen is the least delayed frame: dates use it.
+        self._epoch = time.time() - time.monotonic()  # arrival seconds -> epoch seconds
+        # Each track's clock is anchored on when its first frame came in from the publisher
+        # (for the fan-out's cached GOP: when it was live, not when the tap got it), so audio
+        # and video share one timeline. PROGRAM-DATE-TIME correction (<= 0): the smallest
+        # arrival - timestamp seen, i.e. the least delayed frame, dates the parts.
         self._lag = 0.0
         self._changed = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"hls-{room_id[:16]}")
@@ -169,9 +168,9 @@ class HlsStream:
         fanout = self._pub.fanouts[kind]
         try:
             while True:
-                packet: av.Packet = await track.recv()  # type: ignore[assignment]
+                packet, now = await track.recv_arrived()
+                now = now or time.monotonic()  # a frame made here, not received
                 rate = packet.time_base.denominator if packet.time_base else 90000
-                now = self._loop.time()
                 at = clock.seconds(packet.pts or 0, rate, now)
                 if kind == "video":
                     self._lag = min(self._lag, now - at)

@@ -30,6 +30,7 @@ VIDEO_CLOCK = 90000
 AUDIO_RATE = 48000
 _VIDEO_TB = Fraction(1, VIDEO_CLOCK)
 _AUDIO_TB = Fraction(1, AUDIO_RATE)
+SILENCE_SAMPLES = 960  # 20 ms, an Opus frame: the silence that leads audio in is made of these
 X264_OPTIONS = {
     "preset": "ultrafast",
     "tune": "zerolatency",
@@ -127,12 +128,15 @@ class Segmenter:
         pts = round(rel * AUDIO_RATE)
         if self._last_audio_pts is not None and pts <= self._last_audio_pts:
             return []
+        first = self._last_audio_pts is None
         self._last_audio_pts = pts
         try:
             frames = self._audio_decoder.decode(av.Packet(data))
         except av.FFmpegError as exc:
             log.info("hls: undecodable opus frame dropped: %s", exc)
             return []
+        if first and frames:
+            self._silence_until(pts, frames[0])
         for frame in frames:
             frame.pts = pts
             frame.time_base = _AUDIO_TB
@@ -140,6 +144,21 @@ class Segmenter:
             for packet in self._audio.encode(frame):
                 self._out.mux(packet)
         return self._drain()
+
+    def _silence_until(self, end: int, like: av.AudioFrame) -> None:
+        """Silence from the video's start to the first sound: the muxer starts every track at
+        zero, so audio that starts later (the video began with the node's cached GOP, older
+        than any audio the tap gets) would otherwise play that much ahead of the picture."""
+        assert self._audio is not None and self._out is not None
+        for start in range(0, end, SILENCE_SAMPLES):
+            frame = av.AudioFrame(
+                format=like.format.name, layout=like.layout.name, samples=min(SILENCE_SAMPLES, end - start)
+            )
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+            frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, start, _AUDIO_TB
+            for packet in self._audio.encode(frame):
+                self._out.mux(packet)
 
     def close(self) -> list[Fragment]:
         """Flush the encoders and the muxer: the last fragment comes out."""
