@@ -25,6 +25,7 @@ export class ReplayPlayer {
     this.ended = false;
     this.detail = "Loading the recording…";
     this.shown = 0; // danmaku shown so far (the tests read it)
+    this.lastShownAt = null;
     this._sampler = null;
     video.addEventListener("playing", () => this._frame());
     video.addEventListener("seeked", () => this._rewind());
@@ -108,9 +109,9 @@ export class ReplayPlayer {
     const now = date.getTime();
     while (this.next < this.danmaku.length && this.danmaku[this.next].ts <= now) {
       this.shown++;
+      this.lastShownAt = now; // the picture's date when the last one flew (the tests read it)
       this.onDanmaku(this.danmaku[this.next++]);
     }
-    document.body.dataset.replayMs = String(now);
   }
 
   /** After a seek: the next danmaku is the first at or after the new picture's moment. */
