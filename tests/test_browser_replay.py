@@ -10,7 +10,6 @@ when the replay reaches its moment. Every wait is a condition with a generous ti
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import msgpack
 from playwright import sync_api
 from websockets.sync.client import connect
 
-from tests.redis_fixtures import free_port
+from tests.redis_fixtures import free_port, poll
 from tests.test_browser import (
     VIDEO_WAIT_MS,
     WAIT_MS,
@@ -32,13 +31,9 @@ Browser, expect = sync_api.Browser, sync_api.expect
 TEXT = "said while recording"
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = VIDEO_WAIT_MS / 1000) -> None:
-    """A condition on the recording directory, checked every 0.1 s until the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """A condition on the recording directory (the server writes it in another process)."""
+    poll(condition, VIDEO_WAIT_MS / 1000, what)
 
 
 def segments(folder: Path) -> int:
@@ -52,7 +47,7 @@ def record_demo(root: Path) -> Path:
     try:
         rooms = root / "demo"
         wait_for(lambda: rooms.is_dir() and any(segments(f) >= 1 for f in rooms.iterdir()), "a first segment")
-        (folder,) = list(rooms.iterdir())
+        folder = next(f for f in rooms.iterdir() if segments(f) >= 1)
         with connect(f"ws://127.0.0.1:{srv.port}/ws?room=demo&dev_user=dora&name=Dora") as ws:
             assert msgpack.unpackb(ws.recv(timeout=30))["t"] == "snapshot"
             ws.send(msgpack.packb({"t": "danmaku", "text": TEXT, "cid": "c1"}))

@@ -42,6 +42,7 @@ from server.wire.auth import Identity
 from tests.conftest import token
 from tests.media.pattern import PatternTrack
 from tests.media.test_hls import TIMEOUT, base, get, hls_url
+from tests.redis_fixtures import apoll
 from tests.test_webhooks import SECRET, Receiver
 
 ADMIN = "admin-token-for-the-recording-test"
@@ -122,16 +123,9 @@ async def publishing(app: App, room: str = "r1") -> AsyncIterator[ClientConnecti
         await ws.close()
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """A condition of the node's state, checked each loop turn it could have changed in."""
-    async with asyncio.timeout(TIMEOUT * 2):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
 async def segments_written(app: App, room: str, count: int) -> None:
     """Until the room's recording has `count` segments on disk (each write wakes its event)."""
-    await until(lambda: room in app.archive.active)  # type: ignore[union-attr]
+    await apoll(lambda: room in app.archive.active, TIMEOUT, "the recording to start")  # type: ignore[union-attr]
     recording = app.archive.active[room]  # type: ignore[union-attr]
     async with asyncio.timeout(TIMEOUT * 2):
         while len(recording.written) < count:

@@ -43,9 +43,8 @@ class Archive:
         probe.unlink()
 
     def start(self, room_id: str, publisher_id: str) -> Recording:
-        previous = self.active.get(room_id)
-        if previous is not None:  # a stream restarted before the old one finished: it ends now
-            asyncio.get_running_loop().create_task(previous.finish())
+        # a stream restarting while the old one still finishes: the old one keeps its segments
+        # (its stream finishes it), the room's danmaku go to the new one from now on
         recording = self.active[room_id] = Recording(self.config, room_id, publisher_id, self._finished)
         log.info("recording %s/%s started", room_id, recording.id)
         return recording

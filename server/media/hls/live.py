@@ -319,6 +319,7 @@ class HlsService:
         self.archive = archive  # recording on: every stream records, a host's starts with its publishing
         self.streams: dict[str, HlsStream] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # streams ending (close waits for them)
         if archive is not None:
             gateway.on_publishing(self._on_publishing)
 
@@ -368,7 +369,9 @@ class HlsService:
     def _spawn_stop(self, stream: HlsStream) -> None:
         if self.streams.get(stream.room_id) is stream:
             del self.streams[stream.room_id]
-        asyncio.get_running_loop().create_task(stream.stop())
+        task = asyncio.get_running_loop().create_task(stream.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def _reap_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -385,4 +388,5 @@ class HlsService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         streams, self.streams = list(self.streams.values()), {}
-        await asyncio.gather(*(s.stop() for s in streams), return_exceptions=True)
+        # every stream's end, those already ending included: their recordings finish here
+        await asyncio.gather(*(s.stop() for s in streams), *self._stopping, return_exceptions=True)
