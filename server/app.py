@@ -119,7 +119,9 @@ def make_archive(config: Config, webhooks: Webhooks | None) -> Archive | None:
         raise ConfigError(f"--record {config.record}: {exc}") from None
     if webhooks is not None:
         archive.ready_listeners.append(
-            lambda meta: webhooks.emit("recording.ready", meta, f"recording.ready:{meta['room']}:{meta['id']}")
+            lambda meta: webhooks.emit(
+                "recording.ready", meta, f"recording.ready:{meta['room']}:{meta['id']}"
+            )
         )
     return archive
 
@@ -161,6 +163,9 @@ class App:
         )
         if self.webhooks is not None:
             self.analytics.listeners.append(self.webhooks.on_records)
+        self.archive = make_archive(config, self.webhooks)  # --record: recordings, or None
+        if self.archive is not None:
+            self.hub.on_events(self.archive.on_events)  # the recorded rooms' danmaku
         self.moderation = Moderation(self.broker.limits, self.hub, self.webhooks, config.tick_ms)
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker.limits, self.moderation)  # rate limits, admission, content
@@ -209,9 +214,6 @@ class App:
             self.archive,
         )
         add_admin_routes(self.media_http.app, self.admin)  # operator API (docs/API.md), same port
-        self.archive = make_archive(config, self.webhooks)  # --record: recordings, or None
-        if self.archive is not None:
-            self.hub.on_events(self.archive.on_events)  # the recorded rooms' danmaku
         # LL-HLS per live room, on the first request (or when a host goes live, recording on)
         self.hls = HlsService(self.media, archive=self.archive)
         HlsHttp(self.guard, self.media, self.hls).add_routes(self.media_http.app)

@@ -20,7 +20,6 @@ from websockets.sync.client import connect
 from tests.redis_fixtures import free_port, poll
 from tests.test_browser import (
     VIDEO_WAIT_MS,
-    WAIT_MS,
     ServerProcess,
     browser,  # noqa: F401 (fixture)
     shot,

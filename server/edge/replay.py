@@ -50,7 +50,9 @@ class ReplayHttp:
         name = request.match_info["name"]
         path = self.archive.file(room, request.match_info["rid"], name)
         if path is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, "no such recording or file (unknown, unfinished, or on another node)")
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, "no such recording or file (unknown, unfinished, or on another node)"
+            )
         content_type = TYPES.get(name, MEDIA_TYPE)
         cache = CACHE_LISTING if name in TYPES else CACHE_FILE
         return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": cache})

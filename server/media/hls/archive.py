@@ -61,7 +61,13 @@ class Archive:
         if meta is None:
             log.info("recording %s/%s: nothing recorded", recording.room_id, recording.id)
             return
-        log.info("recording %s/%s ready: %.1f s, %d bytes", recording.room_id, recording.id, meta["duration"], meta["size"])
+        log.info(
+            "recording %s/%s ready: %.1f s, %d bytes",
+            recording.room_id,
+            recording.id,
+            meta["duration"],
+            meta["size"],
+        )
         for listener in self.ready_listeners:
             try:
                 listener(meta)
@@ -78,7 +84,9 @@ class Archive:
     def _read_all(self, room_id: str) -> list[dict[str, Any]]:
         room_dir = self.config.root / room_dir_name(room_id)
         try:
-            names = sorted((n for n in (p.name for p in room_dir.iterdir()) if valid_recording_id(n)), reverse=True)
+            names = sorted(
+                (n for n in (p.name for p in room_dir.iterdir()) if valid_recording_id(n)), reverse=True
+            )
         except (FileNotFoundError, NotADirectoryError):
             return []
         out = []

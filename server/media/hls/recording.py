@@ -140,7 +140,9 @@ class Recording:
             return
         if self.bytes + len(data) > self.config.max_bytes:
             self.truncated = True
-            log.warning("recording %s/%s: %d bytes reached: no more segments", self.room_id, self.id, self.bytes)
+            log.warning(
+                "recording %s/%s: %d bytes reached: no more segments", self.room_id, self.id, self.bytes
+            )
             return
         self.segments += 1
         self.bytes += len(data)
