@@ -216,7 +216,9 @@ async def test_a_live_room_is_recorded_and_replays_with_its_danmaku(
     assert len([e for e in rx.accepted if e["type"] == "recording.ready"]) == 1  # once
 
     # the replay has the room's access rules: a forged, an expired, a banned viewer's token
-    status, _, body = await get(http, f"{replay}/index.m3u8".replace(tok, tok[:-2] + ("AA" if not tok.endswith("AA") else "BB")))
+    status, _, body = await get(
+        http, f"{replay}/index.m3u8".replace(tok, tok[:-2] + ("AA" if not tok.endswith("AA") else "BB"))
+    )
     assert status == 401 and b"TOKEN_INVALID" in body
     expired, _ = app.guard.mint_hls(Identity(uid="vera", name="vera", room="r1", role="viewer"), ttl=-60)
     status, _, body = await get(http, f"{replay}/index.m3u8".replace(tok, expired))
@@ -291,7 +293,9 @@ async def test_recording_off_is_a_clear_refusal(config: Config, http: aiohttp.Cl
 
 
 def test_vod_playlist_lists_every_segment_with_its_date() -> None:
-    text = render_vod([VodSegment("s0.m4s", 2.0, 1_700_000_000.0), VodSegment("s1.m4s", 2.4, 1_700_000_002.0)])
+    text = render_vod(
+        [VodSegment("s0.m4s", 2.0, 1_700_000_000.0), VodSegment("s1.m4s", 2.4, 1_700_000_002.0)]
+    )
     assert text.splitlines() == [
         "#EXTM3U",
         "#EXT-X-VERSION:7",

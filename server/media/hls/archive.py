@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ class Archive:
     def check(self) -> None:
         """At start: the directory exists (made if not) and is writable, or OSError."""
         self.config.root.mkdir(parents=True, exist_ok=True)
-        probe = self.config.root / ".write-test"
+        probe = self.config.root / f".write-test-{os.getpid()}"  # --workers: one per process
         probe.write_bytes(b"")
         probe.unlink()
 
