@@ -10,7 +10,8 @@ const RETRY_MS = [1000, 2000, 4000, 8000]; // then every 8 s while the host is l
 const SAMPLE_MS = 500;
 
 let loading = null;
-function loadHls() {
+/** hls.js, loaded once on first use (the replay page uses it too). */
+export function loadHls() {
   if (globalThis.Hls) return Promise.resolve(globalThis.Hls);
   loading ||= new Promise((resolve, reject) => {
     const s = Object.assign(document.createElement("script"), { src: HLS_SCRIPT, async: true });

@@ -6,6 +6,7 @@ import { attachGifts } from "./gifts.js";
 import { HlsPlayer } from "./hls-player.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { attachPk } from "./pk.js";
+import { ReplayPlayer } from "./replay-player.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
 import { attachShop } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, reconnectMessage, showConnState, userColor } from "./ui.js";
@@ -27,8 +28,9 @@ const state = {
   convs: new Map(), // uid -> {uid, name, items: [], unread}
   openConv: null,
   tab: "chat",
-  // "webrtc", or "hls": ?mode=hls, or after WebRTC was refused for capacity or could not connect
-  mode: params.get("mode") === "hls" ? "hls" : "webrtc",
+  // "webrtc", or "hls": ?mode=hls, or after WebRTC was refused for capacity or could not connect;
+  // "replay": ?replay=<recording id>, a recording with its danmaku (the room's chat stays live)
+  mode: params.get("replay") ? "replay" : params.get("mode") === "hls" ? "hls" : "webrtc",
   held: new Map(), // seq -> timer of a danmaku held until the HLS picture catches up
 };
 
@@ -111,8 +113,22 @@ const fans = attachFans(conn, {
   host: () => state.hosts.keys().next().value,
   me: () => state.me,
 });
-window.liveroom = { conn, danmaku, media, hls, cohost, state, card, shop, gifts, pk, fans }; // for the console and the tests
-if (state.mode === "hls") useHls("");
+const replay = params.get("replay")
+  ? new ReplayPlayer({
+      room,
+      id: params.get("replay"),
+      video: $("#video"),
+      base: params.get("hls"),
+      getToken: () => getToken(false),
+      onStatus: (s) => renderMedia(s),
+      onDanmaku: (d) => danmaku.add({ text: d.text, name: d.name, mine: false, host: d.role === "host", key: `r${d.seq}` }),
+    })
+  : null;
+window.liveroom = { conn, danmaku, media, hls, replay, cohost, state, card, shop, gifts, pk, fans }; // for the console and the tests
+if (replay) {
+  media.stop(); // the picture is the recording: no WebRTC, no live HLS
+  replay.start();
+} else if (state.mode === "hls") useHls("");
 else if (!media.supported) useHls("this browser has no WebRTC");
 renderMode();
 
@@ -259,7 +275,7 @@ function renderSlowMode() {
 
 /** Leave WebRTC for HLS (for good on this page: the mass audience's way in). */
 function useHls(why) {
-  if (state.mode === "hls" && hls.active) return;
+  if (state.mode === "replay" || (state.mode === "hls" && hls.active)) return;
   state.mode = "hls";
   if (media.subscribed) conn.send({ t: "unsubscribe" });
   media.stop();
@@ -269,6 +285,12 @@ function useHls(why) {
 
 function renderMode() {
   const badge = $("#mode");
+  document.body.dataset.mode = state.mode;
+  if (state.mode === "replay") {
+    badge.textContent = "Replay";
+    badge.title = "A recording of this room: its danmaku fly at the moment they were sent";
+    return;
+  }
   const latency = state.mode === "hls" ? hls.latencyMs : null;
   badge.textContent = state.mode === "hls" ? (latency === null ? "HLS" : `HLS · ${(latency / 1000).toFixed(1)} s latency`) : "WebRTC";
   badge.title = state.mode === "hls" ? "Low-latency HLS over HTTP: danmaku are held to match the picture" : "WebRTC: sub-second video";
@@ -278,7 +300,7 @@ function renderMode() {
 
 function renderMedia(status) {
   renderMode();
-  state.mediaLive = status.live;
+  state.mediaLive = status.live && state.mode !== "replay"; // a recording is never LIVE
   renderLiveBadge();
   $("#offline").hidden = status.playing;
   $("#offline").classList.toggle("ended", !status.live && status.ended);
@@ -367,6 +389,7 @@ function onDanmaku(ev) {
   } else {
     chatLine(ev);
   }
+  if (state.mode === "replay") return; // the picture is the past: live danmaku stay in the chat
   const show = () => {
     state.held.delete(ev.seq);
     danmaku.add({ text: ev.text, name: ev.name, mine, host: state.hosts.has(ev.uid), key: ev.seq });

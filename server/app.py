@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import threading
+from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -31,13 +32,16 @@ from server.edge.connection import Handler, handler_table
 from server.edge.handshake import HeadFirstConnection
 from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
+from server.edge.replay import ReplayHttp
 from server.edge.rtmp import RtmpIngest
 from server.edge.whip import MediaHttp
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
 from server.media.claim import MediaClaims, RedisMediaClaims
 from server.media.gateway import MediaGateway
+from server.media.hls.archive import Archive
 from server.media.hls.live import HlsService
+from server.media.hls.recording import RecordConfig
 from server.node.answers import Answers
 from server.node.fans import Fans
 from server.node.gifts import GiftDesk
@@ -45,7 +49,7 @@ from server.node.node import Node
 from server.node.pk import Links
 from server.room.gifts import Catalogue, CatalogueError
 from server.webhooks.callback import GiftCallback
-from server.webhooks.sender import make_webhooks
+from server.webhooks.sender import Webhooks, make_webhooks
 from server.wire import protocol
 
 log = logging.getLogger("liveroom")
@@ -103,6 +107,25 @@ def load_catalogue(path: str) -> Catalogue:
         raise ConfigError(f"gift catalogue: {exc}") from None
 
 
+def make_archive(config: Config, webhooks: Webhooks | None) -> Archive | None:
+    """--record DIR: the node's recordings (checked writable now), each announced by a signed
+    `recording.ready` webhook (its id names the recording: a receiver drops repeats)."""
+    if not config.record:
+        return None
+    archive = Archive(RecordConfig(Path(config.record), config.record_max_mb * 1024 * 1024))
+    try:
+        archive.check()
+    except OSError as exc:
+        raise ConfigError(f"--record {config.record}: {exc}") from None
+    if webhooks is not None:
+        archive.ready_listeners.append(
+            lambda meta: webhooks.emit(
+                "recording.ready", meta, f"recording.ready:{meta['room']}:{meta['id']}"
+            )
+        )
+    return archive
+
+
 def gift_callback(config: Config) -> GiftCallback | None:
     """The signed authorisation callback, or None: a demo balance per user."""
     if not config.gift_auth_url:
@@ -140,6 +163,9 @@ class App:
         )
         if self.webhooks is not None:
             self.analytics.listeners.append(self.webhooks.on_records)
+        self.archive = make_archive(config, self.webhooks)  # --record: recordings, or None
+        if self.archive is not None:
+            self.hub.on_events(self.archive.on_events)  # the recorded rooms' danmaku
         self.moderation = Moderation(self.broker.limits, self.hub, self.webhooks, config.tick_ms)
         self.broker.watch_sanctions(self.moderation.on_sanction)
         self.guard = Guard(config, self.broker.limits, self.moderation)  # rate limits, admission, content
@@ -185,10 +211,13 @@ class App:
             self.analytics,
             self.moderation,
             self.guard,
+            self.archive,
         )
         add_admin_routes(self.media_http.app, self.admin)  # operator API (docs/API.md), same port
-        self.hls = HlsService(self.media)  # LL-HLS per live room, on the first request (docs/API.md)
+        # LL-HLS per live room, on the first request (or when a host goes live, recording on)
+        self.hls = HlsService(self.media, archive=self.archive)
         HlsHttp(self.guard, self.media, self.hls).add_routes(self.media_http.app)
+        ReplayHttp(self.guard, self.archive).add_routes(self.media_http.app)
         self.rtmp = RtmpIngest(self.guard, self.media) if config.rtmp_port >= 0 else None
         self.server: Server | None = None
         self.http_port = 0
@@ -273,6 +302,7 @@ class App:
         await self.guard.stop()
         await self.node.stop()  # the last tick
         await self.analytics.stop()
+        await self.hls.close()  # recordings finish here: their recording.ready goes out below
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.node.close_connections()
@@ -283,7 +313,6 @@ class App:
         if self.rtmp is not None:
             await self.rtmp.stop()
         await self.media_http.stop()
-        await self.hls.close()
         await self.media.close()
         if self.server is not None:
             await self.server.wait_closed()

@@ -114,6 +114,10 @@ class Config:
     combo_window: float = 3.0  # seconds: the same gift from the same sender within it is one "x N"
     pk_like_weight: int = 1  # PK points per like (a gift counts its value)
     live_notice_every: float = 60.0  # seconds: a host's followers are told at most once per this
+    # keep each live room's HLS segments under record/<room>/<id>/ and a VOD playlist (docs/API.md
+    # "Recordings"); empty: off. record_max_mb bounds one recording (~675 MB an hour at 1.5 Mbit/s)
+    record: str = ""
+    record_max_mb: int = 4096
     demo: bool = False  # serve also starts client_demo.host streaming a test pattern into room "demo"
     profile: str = ""  # a named set of defaults (PROFILES); "" for none
 
@@ -196,6 +200,8 @@ class Config:
             raise ConfigError("media_max_publishers must be >= 1 and media_max_viewers >= 0")
         if self.media_gop_cache_frames < 0:
             raise ConfigError("media_gop_cache_frames must be >= 0")
+        if self.record_max_mb < 1:
+            raise ConfigError("record_max_mb must be at least 1")
 
 
 _BOOL = {
@@ -393,6 +399,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pk-like-weight", dest="pk_like_weight", type=int, help="PK points per like (1)")
     parser.add_argument(
         "--live-notice-every", dest="live_notice_every", type=float, help="s between a host's notices (60)"
+    )
+    parser.add_argument(
+        "--record", dest="record", metavar="DIR", help="record live rooms' HLS under DIR (off by default)"
+    )
+    parser.add_argument(
+        "--record-max-mb", dest="record_max_mb", type=int, help="MB at most per recording (4096)"
     )
     parser.add_argument(
         "--demo", dest="demo", action="store_const", const=True, help="also stream a test pattern (room demo)"

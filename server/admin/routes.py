@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from server.broker.base import Broker
     from server.config import Config
     from server.delivery.hub import Hub
+    from server.media.hls.archive import Archive
     from server.node.node import Node
 
 MAX_SYSTEM_TEXT = 500
@@ -40,6 +41,7 @@ MAX_JSON_DEPTH = 8  # admin bodies are flat objects
 def add_admin_routes(app: web.Application, api: AdminApi) -> None:
     app.router.add_get("/api/rooms/{room}/stats", api.stats)
     app.router.add_get("/api/admin/rooms", api.rooms)
+    app.router.add_get("/api/admin/rooms/{room}/recordings", api.recordings)
     app.router.add_post("/api/admin/rooms/{room}/close", api.close_room)
     app.router.add_post("/api/admin/rooms/{room}/system", api.system)
     app.router.add_post("/api/admin/users/{uid}/sanction", api.sanction)
@@ -105,6 +107,7 @@ class AdminApi:
         analytics: Analytics,
         moderation: Moderation,
         guard: Guard,
+        archive: Archive | None = None,
     ) -> None:
         self.config = config
         self.broker = broker
@@ -113,6 +116,7 @@ class AdminApi:
         self.analytics = analytics
         self.moderation = moderation  # every action: system messages, closes, sanctions
         self.guard = guard  # every caller is authorised by the guard (docs/API.md "Doors")
+        self.archive = archive  # --record: this node's recordings
 
     async def _authorize(self, request: web.Request, door: Door, room: str | None = None) -> None:
         token = bearer(request.headers.get("Authorization", ""))
@@ -143,6 +147,16 @@ class AdminApi:
             for room in self.hub.rooms.values()
         ]
         return web.json_response({"node": self.node.node_id, "rooms": out})
+
+    async def recordings(self, request: web.Request) -> web.Response:
+        """The room's recordings on this node, newest first: the one being written, then the
+        finished ones (id, start, end, duration, size, danmaku...; docs/API.md "Recordings")."""
+        await self._admin(request)
+        room_id = _room(request)
+        if self.archive is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "this node keeps no recordings (--record is off)")
+        recordings = await self.archive.list(room_id)
+        return web.json_response({"node": self.node.node_id, "room": room_id, "recordings": recordings})
 
     async def close_room(self, request: web.Request) -> web.Response:
         """A sequenced `system` event every node delivers, then this node's connections of the

@@ -89,6 +89,7 @@ class Hub:
         self.dirty: set[str] = set()  # rooms with something for the next tick
         self.pinned: set[str] = set()  # rooms kept open by local media (e.g. a WHIP publisher)
         self.live_listeners: list[Callable[[str], None]] = []  # media: a room's `live` state changed
+        self.event_listeners: list[Callable[[str, list[Event]], None]] = []  # every sequenced batch
         self.room_locks = KeyedLocks()
         self.user_locks = KeyedLocks()
         # one frame per room per tick to local viewers, however many nodes send batches; a big
@@ -165,6 +166,11 @@ class Hub:
     def on_live(self, listener: Callable[[str], None]) -> None:
         """Call `listener(room_id)` when a batch changes a room's `live` or `link` state (media follows it)."""
         self.live_listeners.append(listener)
+
+    def on_events(self, listener: Callable[[str, list[Event]], None]) -> None:
+        """Call `listener(room_id, events)` with every sequenced batch of a room open here, before
+        its viewers get it (a recording keeps the room's danmaku: server.media.hls.archive)."""
+        self.event_listeners.append(listener)
 
     def flush(self, room_id: str) -> None:
         """Write the room's held frame now (before a snapshot that includes it)."""
@@ -250,6 +256,8 @@ class Hub:
             # an edge node follows the room's publishers, and a linked room's (media/linked.py)
             for listener in self.live_listeners:
                 listener(room_id)
+        for on_events in self.event_listeners:
+            on_events(room_id, events)
         metrics.hot.batches += 1
         metrics.batch_events.observe(len(events))
         self.frames.offer(room_id, epoch, frame, events)

@@ -62,7 +62,7 @@ def door_of(path: str) -> Door:
         return WHIP
     if path.startswith("/whep/"):
         return WHEP
-    if path.startswith("/hls/"):
+    if path.startswith(("/hls/", "/replay/")):  # a replay's files take the HLS URL token
         return HLS
     if path.startswith("/api/rooms/"):
         return STATS

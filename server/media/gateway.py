@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -84,6 +85,7 @@ class MediaGateway:
         site.sync_linked = self.linked.sync
         site.on_room_event = self._on_room_event
         self._tasks: list[asyncio.Task[None]] = []
+        self._publishing_listeners: list[Callable[[str, str, Identity | None], None]] = []
         hub.on_live(self.edges.view_changed)
         hub.on_live(self.linked.view_changed)
 
@@ -243,3 +245,10 @@ class MediaGateway:
             site.emit_live(room_id, who, event == "published")
         if event == "published":
             self.signaling.on_published(room_id)
+        for listener in self._publishing_listeners:
+            listener(room_id, event, who)
+
+    def on_publishing(self, listener: Callable[[str, str, Identity | None], None]) -> None:
+        """Call `listener(room, "published" | "unpublished", who)` after the gateway's own
+        handling; `who` is None for a stream pulled from another node (e.g. recording follows it)."""
+        self._publishing_listeners.append(listener)

@@ -7,6 +7,10 @@ it codes), and keeps the last segments' parts in memory with the playlist. It st
 first HLS request for the room and stops when no request came for `idle` seconds or the
 host stops publishing. Each start gets a new stream id in every URL, so a file name never
 means two different contents and caches may keep files for as long as they like.
+
+With recording on (`--record DIR`, :mod:`.archive`) a host's stream starts when the host
+publishes, is never stopped for want of requests, and hands each complete segment to its
+:class:`Recording`; the recording ends with the stream (host stopped, room closed, shutdown).
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..fanout import Fanout, ForwardedTrack
 from ..keyframes import is_keyframe
-from .playlist import LivePlaylist, PlaylistConfig, part_uri, segment_uri
+from .playlist import LivePlaylist, PlaylistConfig, Segment, part_uri, segment_uri
 from .segmenter import Fragment, Segmenter
 
 if TYPE_CHECKING:
+    from server.wire.auth import Identity
+
     from ..gateway import MediaGateway
     from ..room import Publication
+    from .archive import Archive
+    from .recording import Recording
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +91,11 @@ class _Clock:
 class HlsStream:
     """A room's LL-HLS output: playlist, init segment, parts and segments, and who waits for them."""
 
-    def __init__(self, room_id: str, pub: Publication, config: HlsConfig) -> None:
+    def __init__(
+        self, room_id: str, pub: Publication, config: HlsConfig, recording: Recording | None = None
+    ) -> None:
         self.room_id = room_id
+        self.recording = recording  # gets the init segment and each complete segment
         self.publisher_id = pub.publisher_id
         self.config = config
         self.stream_id = secrets.token_hex(4)
@@ -112,6 +123,7 @@ class HlsStream:
         self._tracks: dict[str, ForwardedTrack] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keyframe_asked = -1  # msn a keyframe was last asked for (remux)
+        self._stopping: asyncio.Task[None] | None = None
         for kind in ("video", "audio"):
             fanout: Fanout | None = pub.fanouts.get(kind)
             if fanout is not None:
@@ -206,6 +218,8 @@ class HlsStream:
             log.warning("hls: room %s: %s", self.room_id, exc)
             return False
         self.codec = codec
+        if self.recording is not None:
+            self.recording.codec = codec
         self.playlist = LivePlaylist(self.config.playlist(remux=not self._segmenter.transcode))
         return True
 
@@ -215,6 +229,8 @@ class HlsStream:
             return
         if self.init is None:
             self.init = seg.init
+            if self.recording is not None and seg.init is not None:
+                self.recording.add_init(seg.init)
         assert seg.started_at is not None
         for fragment in fragments:
             date = self._epoch + seg.started_at + fragment.start + self._lag
@@ -231,9 +247,15 @@ class HlsStream:
                 self._forget_served(msn)
             previous = pl.segment(part.msn - 1)
             if part.index == 0 and previous is not None and previous.complete:
-                self.files[previous.uri] = b"".join(self.files[p.uri] for p in previous.parts)
+                self._complete(previous)
             self._ask_keyframe(part.msn)
         self._wake()
+
+    def _complete(self, segment: Segment) -> None:
+        """A segment is complete: its file is its parts joined, and it goes to the recording."""
+        data = self.files[segment.uri] = b"".join(self.files[p.uri] for p in segment.parts)
+        if self.recording is not None:
+            self.recording.add_segment(segment.msn, segment.duration, segment.date, data)
 
     def _forget_served(self, msn: int) -> None:
         """Keeps `served` as bounded as the window: a dropped segment's names go with it."""
@@ -256,9 +278,13 @@ class HlsStream:
         self._changed = asyncio.Event()
 
     async def stop(self) -> None:
-        """Stop tapping; the playlist ends (EXT-X-ENDLIST) and waiting requests are answered."""
-        if self.ended:
-            return
+        """Stop tapping; the playlist ends (EXT-X-ENDLIST), waiting requests are answered, the
+        recording is finished. Every caller returns once all of that is done."""
+        if self._stopping is None:
+            self._stopping = self._loop.create_task(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         self.ended = True
         for track in self._tracks.values():
             track.stop()
@@ -272,18 +298,29 @@ class HlsStream:
                 self._publish(await self._loop.run_in_executor(self._executor, seg.close))
         if self.playlist is not None:
             self.playlist.end()
+            last = self.playlist.segments[-1] if self.playlist.segments else None
+            if last is not None and last.complete and last.uri not in self.files:
+                self._complete(last)  # listed with EXTINF after ENDLIST: its file exists too
         self._executor.shutdown(wait=False)
         self._wake()
+        if self.recording is not None:
+            await self.recording.finish()
 
 
 class HlsService:
     """The node's HLS streams by room: started on demand, reaped when idle or orphaned."""
 
-    def __init__(self, gateway: MediaGateway, config: HlsConfig | None = None) -> None:
+    def __init__(
+        self, gateway: MediaGateway, config: HlsConfig | None = None, archive: Archive | None = None
+    ) -> None:
         self.gateway = gateway  # read only: its rooms and who publishes in them
         self.config = config or HlsConfig()
+        self.archive = archive  # recording on: every stream records, a host's starts with its publishing
         self.streams: dict[str, HlsStream] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # streams ending (close waits for them)
+        if archive is not None:
+            gateway.on_publishing(self._on_publishing)
 
     def main_publisher(self, room_id: str) -> Publication | None:
         """The room's main host: a host's ready publication (else any, e.g. a co-host alone)."""
@@ -305,24 +342,43 @@ class HlsService:
             pub = self.main_publisher(room_id)
             if pub is None or "video" not in pub.fanouts:
                 return None
-            stream = self.streams[room_id] = HlsStream(room_id, pub, self.config)
+            recording = self.archive.start(room_id, pub.publisher_id) if self.archive is not None else None
+            try:
+                stream = HlsStream(room_id, pub, self.config, recording)
+            except ValueError:
+                if recording is not None:
+                    asyncio.get_running_loop().create_task(recording.finish())  # nothing written
+                raise
+            self.streams[room_id] = stream
             log.info("hls: room %s: stream %s started", room_id, stream.stream_id)
             if self._reaper is None:
                 self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
         stream.touch()
         return stream
 
+    def _on_publishing(self, room_id: str, event: str, who: Identity | None) -> None:
+        """Recording on: a host of ours went live, so its stream starts now, asked for or not."""
+        if event != "published" or who is None or who.role != "host":
+            return
+        try:
+            self.stream(room_id)
+        except ValueError as exc:  # e.g. no video: nothing to record
+            log.info("hls: room %s: not recorded: %s", room_id, exc)
+
     def _spawn_stop(self, stream: HlsStream) -> None:
         if self.streams.get(stream.room_id) is stream:
             del self.streams[stream.room_id]
-        asyncio.get_running_loop().create_task(stream.stop())
+        task = asyncio.get_running_loop().create_task(stream.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def _reap_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(max(0.1, self.config.idle / 4))
             for stream in list(self.streams.values()):
-                if stream.ended or loop.time() - stream.last_request > self.config.idle:
+                idle = loop.time() - stream.last_request > self.config.idle
+                if stream.ended or stream.publisher_gone or (idle and stream.recording is None):
                     self._spawn_stop(stream)
 
     async def close(self) -> None:
@@ -331,4 +387,5 @@ class HlsService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         streams, self.streams = list(self.streams.values()), {}
-        await asyncio.gather(*(s.stop() for s in streams), return_exceptions=True)
+        # every stream's end, those already ending included: their recordings finish here
+        await asyncio.gather(*(s.stop() for s in streams), *self._stopping, return_exceptions=True)

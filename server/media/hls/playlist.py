@@ -214,6 +214,41 @@ class LivePlaylist:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True, slots=True)
+class VodSegment:
+    """A recorded segment as the VOD playlist lists it."""
+
+    uri: str
+    duration: float  # seconds
+    date: float  # epoch seconds of its first frame
+
+
+VOD_VERSION = 7  # fMP4 with EXT-X-MAP needs 6; nothing here needs more than 7
+
+
+def render_vod(segments: list[VodSegment], init_uri: str = INIT_URI) -> str:
+    """A recording's playlist: every segment, PROGRAM-DATE-TIME each, EXT-X-ENDLIST (RFC 8216bis
+    4.4.3.5: PLAYLIST-TYPE VOD, it never changes). Relative URIs, so the page's URL token is kept."""
+    if not segments:
+        raise ValueError("a VOD playlist needs at least one segment")
+    target = max(1, math.ceil(max(s.duration for s in segments) - 1e-6))
+    lines = [
+        "#EXTM3U",
+        f"#EXT-X-VERSION:{VOD_VERSION}",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+        f'#EXT-X-MAP:URI="{init_uri}"',
+    ]
+    for seg in segments:
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{program_date_time(seg.date)}")
+        lines.append(f"#EXTINF:{seg.duration:.3f},")
+        lines.append(seg.uri)
+    lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
 def program_date_time(epoch: float) -> str:
     """ISO 8601 with milliseconds and a zone, as EXT-X-PROGRAM-DATE-TIME wants."""
     stamp = datetime.fromtimestamp(epoch, UTC)
