@@ -75,6 +75,8 @@ export class ViewerMedia {
     this._pageLoad = true; // until the first picture: the wait counts from navigation start
     this.detail = "";
     this.stats = "";
+    this.codec = null; // the room's video codec ("VP8", "H264"): snapshot `media_codec`, `live` event
+    this.decoded = null; // what this browser decodes, from getStats: {codec, decoder}
     this.negotiations = 0;
     this.stopped = false;
     this._seq = 0;
@@ -98,6 +100,8 @@ export class ViewerMedia {
       againMs: this.againMs,
       detail: this.detail,
       stats: this.stats,
+      codec: this.codec,
+      decoded: this.decoded,
     });
   }
 
@@ -105,6 +109,7 @@ export class ViewerMedia {
     setIceServers(snap.ice_servers);
     this.publishers = new Map((snap.publishers || []).map((p) => [p.uid, p.name]));
     this.live = Boolean(snap.live) || this.publishers.size > 0;
+    this.codec = snap.media_codec || null;
     if (resumed) this._reset(true); // the old peer connection belongs to a gone WebSocket
     if (!resumed && this.conn.joinSubscribed) {
       // index.html subscribed with the join: the offer is on its way. The page's first picture
@@ -126,8 +131,10 @@ export class ViewerMedia {
       this._layout();
     }
     if (ev.t !== "live") return;
-    if (ev.on) this.publishers.set(ev.uid, ev.name);
-    else {
+    if (ev.on) {
+      this.publishers.set(ev.uid, ev.name);
+      if (ev.codec) this.codec = ev.codec;
+    } else {
       this.publishers.delete(ev.uid);
       this.streams.delete(ev.uid);
     }
@@ -146,6 +153,7 @@ export class ViewerMedia {
       this.playing = false;
       this.detail = "";
       this.stats = "";
+      this.codec = this.decoded = null;
       this._last = null;
     } else {
       this.ended = false;
@@ -210,6 +218,7 @@ export class ViewerMedia {
     clearInterval(this._statsTimer);
     this._statsTimer = null;
     this.stats = "";
+    this.decoded = null; // a new peer connection: read again from its getStats
   }
 
   _ensurePc() {
@@ -414,7 +423,10 @@ export class ViewerMedia {
     this._last = { now, bytes };
     if (!video || !last) return;
     const bps = ((bytes - last.bytes) * 8 * 1000) / (now - last.now);
+    const codec = video.codecId && report.get(video.codecId);
+    if (codec) this.decoded = { codec: codec.mimeType.replace(/^video\//, ""), decoder: video.decoderImplementation || "" };
     const parts = [];
+    if (this.decoded) parts.push(this.decoded.codec);
     if (video.frameHeight) parts.push(`${video.frameWidth}×${video.frameHeight}`);
     if (video.framesPerSecond !== undefined) parts.push(`${Math.round(video.framesPerSecond)} fps`);
     parts.push(fmtRate(bps));

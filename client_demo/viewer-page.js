@@ -329,6 +329,10 @@ function renderMedia(status) {
     ff.dataset.againMs = again ? String(Math.round(status.againMs)) : "";
   }
   $("#video-stats").textContent = status.stats || "";
+  // the room's codec (what its host sends) and what this browser decodes (getStats), for people and tests
+  document.body.dataset.codec = status.codec || "";
+  document.body.dataset.decodedCodec = status.decoded ? status.decoded.codec : "";
+  document.body.dataset.decoder = status.decoded ? status.decoded.decoder : "";
 }
 
 $("#unmute").addEventListener("click", () => {

@@ -34,6 +34,7 @@ from server.edge.hls import HlsHttp
 from server.edge.http import HttpRoutes
 from server.edge.replay import ReplayHttp
 from server.edge.rtmp import RtmpIngest
+from server.edge.rtmp_key import PublishKeyHttp
 from server.edge.whip import MediaHttp
 from server.logs import QuietFilter
 from server.media import use_loopback_candidates
@@ -219,6 +220,7 @@ class App:
         HlsHttp(self.guard, self.media, self.hls).add_routes(self.media_http.app)
         ReplayHttp(self.guard, self.archive).add_routes(self.media_http.app)
         self.rtmp = RtmpIngest(self.guard, self.media) if config.rtmp_port >= 0 else None
+        PublishKeyHttp(self.guard, lambda: self.rtmp_port).add_routes(self.media_http.app)  # RTMP keys
         self.server: Server | None = None
         self.http_port = 0
         self.rtmp_port = 0

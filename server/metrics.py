@@ -109,6 +109,11 @@ hls_requests = Counter(
     "LL-HLS requests this node answered 200 (behind a cache: its misses), by kind",
     ["kind"],  # playlist, blocking (reload), part, segment, init
 )
+rtmp_refusals = Counter(
+    "liveroom_rtmp_refusals_total",
+    "RTMP publishes refused at the rtmp door (nginx-rtmp drops the encoder: RTMP carries no error)",
+    ["code"],  # the refusal's code name, e.g. TOKEN_EXPIRED, BANNED
+)
 media_viewer_drops = Counter(
     "liveroom_media_viewer_dropped_frames_total", "Frames dropped for viewers (bounded queues, keyframe gate)"
 )

@@ -42,6 +42,11 @@ WHIP = Door(
 RTMP = Door(
     "rtmp", "room", False, False, ("ip", "user"), True, True, "media sessions per user per room, per IP"
 )
+# POST /rtmp/<room>/key: a host token for a short RTMP publish key (its nonce is claimed when it
+# publishes, at the rtmp door: getting one is not a session, like the HLS token's endpoint)
+RTMP_KEY = Door(
+    "rtmp_key", "room", True, False, ("ip", "user"), False, True, "none (a key per request, expiring)"
+)
 WHEP = Door(
     "whep", "room", True, False, ("ip", "user"), True, True, "media sessions per user per room, per IP"
 )
@@ -52,7 +57,7 @@ HLS = Door(
 STATS = Door("stats", "host_or_admin", True, False, ("ip",), False, True, "none (read-only)")
 ADMIN = Door("admin", "admin", True, False, ("ip",), False, False, "none (admin token)")
 
-DOORS: tuple[Door, ...] = (WS, WHIP, RTMP, WHEP, HLS, STATS, ADMIN)
+DOORS: tuple[Door, ...] = (WS, WHIP, RTMP, RTMP_KEY, WHEP, HLS, STATS, ADMIN)
 
 # HTTP status of each refusal code on the HTTP doors (anything else: 400).
 STATUS: dict[ErrorCode, int] = {

@@ -30,6 +30,7 @@ import math
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -69,7 +70,7 @@ from server.abuse.ratelimit import (
 from server.abuse.tokens import Keyring, nonce_of
 from server.broker.base import Sanction
 from server.config import Config, ConfigError
-from server.wire import auth, hls_token, protocol
+from server.wire import auth, hls_token, protocol, publish_key
 from server.wire.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -258,13 +259,39 @@ class Guard:
         if door.credential == "host_or_admin" and who.role != "host":
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a host of this room or an admin")
         if new_session:
-            if "user" in door.rate:
-                self._join_rate("user", who.uid, now)
-            if door.nonce:
-                await self._claim_nonce(token)
-        if new_session and door.sanctions:  # ending a session (DELETE) needs no ban check
-            self._sanctioned(await self.sanctions.sanctions(who.room, who.uid))
+            await self._new_session(door, who, now, lambda: nonce_of(token or ""))
         return who
+
+    async def authorize_publish_key(self, door: Door, ip: str, key: str) -> auth.Identity:
+        """The `rtmp` door with a publish key (server.wire.publish_key) instead of a host token:
+        the same checks in the same order (IP join bucket, the key's signature and expiry, user
+        join bucket, its nonce with --join-nonce, bans and kicks in its room)."""
+        now = self.clock()
+        if "ip" in door.rate:
+            self._join_rate("ip", ip, now)
+        grant = publish_key.verify([secret for _, secret in self.keyring.keys], key, time.time())
+        who = auth.Identity(grant.uid, auth.display_name(grant.name, grant.uid), grant.room, "host")
+        ttl = grant.exp + auth.CLOCK_SKEW - time.time()
+        await self._new_session(door, who, now, lambda: (f"rtmpkey:{grant.nonce}", max(ttl, 1.0)))
+        return who
+
+    def mint_publish_key(self, who: auth.Identity, ttl: int = publish_key.DEFAULT_TTL) -> tuple[str, int]:
+        """An RTMP publish key for a host the `rtmp_key` door admitted, and when it expires (epoch s)."""
+        exp = int(time.time()) + ttl
+        key = publish_key.mint(self.keyring.signing[1], room=who.room, uid=who.uid, name=who.name, exp=exp)
+        return key, exp
+
+    async def _new_session(
+        self, door: Door, who: auth.Identity, now: float, nonce: Callable[[], tuple[str, float]]
+    ) -> None:
+        """What a new session on an HTTP door runs after its credential: the user join bucket,
+        the one-time nonce (`nonce()`: its id and lifetime, read only with --join-nonce), bans."""
+        if "user" in door.rate:
+            self._join_rate("user", who.uid, now)
+        if door.nonce and self.config.join_nonce:
+            await self._claim(*nonce())
+        if door.sanctions:
+            self._sanctioned(await self.sanctions.sanctions(who.room, who.uid))
 
     def mint_hls(self, who: auth.Identity, ttl: int = hls_token.DEFAULT_TTL) -> tuple[str, int]:
         """An HLS URL token for a viewer the `hls` door admitted, and when it expires (epoch s)."""
@@ -289,9 +316,11 @@ class Guard:
         """With --join-nonce a token starts one session, on whichever door (shared by every node)."""
         if self.config.join_nonce:
             assert token is not None
-            jti, ttl = nonce_of(token)
-            if not await self.sanctions.claim_nonce(jti, ttl):
-                raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
+            await self._claim(*nonce_of(token))
+
+    async def _claim(self, jti: str, ttl: float) -> None:
+        if not await self.sanctions.claim_nonce(jti, ttl):
+            raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
 
     @staticmethod
     def _sanctioned(sanctions: list[Sanction]) -> float:

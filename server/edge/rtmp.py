@@ -16,8 +16,9 @@ host does (same caps, same codec rules, same live events). nginx calls `on_updat
 seconds: a session that ended on our side (kicked, banned, unpublished) is answered 403 and nginx
 drops the encoder.
 
-Stream key: `rtmp://host:port/live/<room>?token=<host token>`, or server `rtmp://host:port/live`
-with the host token itself as the stream key (the room is the token's).
+Stream key: a publish key (server.wire.publish_key, from POST /rtmp/<room>/key: server.edge.
+rtmp_key), or `rtmp://host:port/live/<room>?token=<host token>`, or server
+`rtmp://host:port/live` with the host token itself as the stream key (the room is the token's).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 
 from server.abuse.doors import RTMP, http_error
 from server.broker.base import BrokerUnavailable
+from server import metrics
 from server.logs import RefusalLog
 from server.media.rtmp_pull import RtmpPull
-from server.wire import protocol
+from server.wire import protocol, publish_key
 from server.wire.auth import Identity
 from server.wire.protocol import ErrorCode, ProtocolError
 
@@ -195,14 +197,19 @@ class RtmpIngest:
         name, ip = str(form.get("name", "")), str(form.get("addr", "?"))
         try:
             session = await self._admit(name, form.get("token"), ip)
-        except ProtocolError as error:
-            self.refusals.refused(f"rtmp publish {name[:40]!r} from {ip}: {error.code.name}", _now())
-            return http_error(error)
         except BrokerUnavailable:
             error = ProtocolError(ErrorCode.BROKER_UNAVAILABLE, "broker unavailable: retry", retry_after=1)
-            return http_error(error)
+            return self._refuse(name, ip, error)
+        except ProtocolError as error:
+            return self._refuse(name, ip, error)
         log.info("rtmp: %s publishes in %s from %s", session.who.uid, session.who.room, ip)
         return web.Response(status=200)
+
+    def _refuse(self, name: str, ip: str, error: ProtocolError) -> web.Response:
+        """The encoder learns nothing (nginx just drops it): the log line and the counter say why."""
+        metrics.rtmp_refusals.labels(code=error.code.name).inc()
+        self.refusals.refused(f"rtmp publish {name[:40]!r} from {ip}: {error.code.name}", _now())
+        return http_error(error)
 
     async def _on_update(self, request: web.Request) -> web.Response:
         session = self.sessions.get(str((await request.post()).get("name", "")))
@@ -219,11 +226,13 @@ class RtmpIngest:
         return web.Response(status=200)
 
     async def _admit(self, name: str, query_token: object, ip: str) -> Session:
-        """The `rtmp` door: `<room>?token=<jwt>` or the token as the stream name."""
+        """The `rtmp` door: a publish key, `<room>?token=<jwt>` or the token as the stream name."""
         if isinstance(query_token, str) and query_token:
             token, room = query_token, name
             if not protocol.valid_id(room):
                 raise ProtocolError(ErrorCode.BAD_FIELD, "the stream name is not a valid room id")
+        elif publish_key.looks_like_key(name):  # the short key of POST /rtmp/<room>/key
+            return await self._start(name, await self.guard.authorize_publish_key(RTMP, ip, name), ip)
         else:
             token, room = name, None  # the stream key is the host token; its room is the room
         try:
@@ -234,10 +243,14 @@ class RtmpIngest:
                 raise ProtocolError(
                     ErrorCode.TOKEN_INVALID,
                     f"{error.message}; the stream name and key reach nginx-rtmp's limit of {MAX_KEY}"
-                    " bytes, so the key may have been cut: use a shorter token (short user id and name)",
+                    " bytes, so the key may have been cut: use a publish key (POST /rtmp/<room>/key)",
                 ) from None
             raise
         assert who is not None  # the rtmp door takes room tokens only
+        return await self._start(name, who, ip)
+
+    async def _start(self, name: str, who: Identity, ip: str) -> Session:
+        """An admitted stream: publish it into the room through a loopback peer connection."""
         existing = self.sessions.get(name)
         if existing is not None and not existing.ended:
             raise ProtocolError(ErrorCode.MEDIA_ALREADY_PUBLISHING, "this stream is already live")

@@ -23,7 +23,18 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from server.abuse.doors import ADMIN, HLS, STATS, WHEP, WHIP, Door, bearer, error_body, http_error
+from server.abuse.doors import (
+    ADMIN,
+    HLS,
+    RTMP_KEY,
+    STATS,
+    WHEP,
+    WHIP,
+    Door,
+    bearer,
+    error_body,
+    http_error,
+)
 from server.broker.base import BrokerUnavailable
 from server.logs import RefusalLog
 from server.wire import auth, protocol
@@ -64,6 +75,8 @@ def door_of(path: str) -> Door:
         return WHEP
     if path.startswith(("/hls/", "/replay/")):  # a replay's files take the HLS URL token
         return HLS
+    if path.startswith("/rtmp/"):
+        return RTMP_KEY
     if path.startswith("/api/rooms/"):
         return STATS
     return ADMIN
