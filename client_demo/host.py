@@ -393,11 +393,10 @@ async def publish_session(args: argparse.Namespace, backoff: Backoff) -> None:
         try:
             for track in tracks:
                 transceiver = pc.addTransceiver(track, direction="sendonly")
-                if track.kind == "video":
+                if track.kind == "video":  # one codec: the room forwards what its first host sends
                     codecs = RTCRtpSender.getCapabilities("video").codecs
-                    transceiver.setCodecPreferences(
-                        [c for c in codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
-                    )
+                    wanted = (f"video/{args.codec.lower()}", "video/rtx")
+                    transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in wanted])
             await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers candidates here
             await ws.send(pack({"t": "publish", "sdp": pc.localDescription.sdp, "cid": "p1"}))
             failed = asyncio.Event()
@@ -569,6 +568,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=float, default=30)
     p.add_argument("--no-audio", action="store_true", help="test pattern without the tone")
+    p.add_argument(
+        "--codec",
+        choices=("VP8", "H264"),
+        default="VP8",
+        help="video codec (default VP8); H264 makes an H.264 room, as OBS or a hardware encoder does",
+    )
     p.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats lines (0: none)")
     p.add_argument("--show-chat", action="store_true", help="print the room's danmaku")
     p.add_argument("--accept-links", action="store_true", help="accept every link invitation (PK demo)")

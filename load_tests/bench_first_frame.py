@@ -14,6 +14,14 @@ every step) and a Markdown table.
     python -m load_tests.bench_first_frame --loads 20 --url http://127.0.0.1:8081/room/demo  # your nodes
     python -m load_tests.bench_first_frame --loads 20 --background-rate 200   # a fixed load beside
 
+`--codec VP8|H264` measures a room of that codec instead of the demo room: the server starts
+without `--demo`, and the Python host (`python -m client_demo.host --codec ...`, the same
+640x360 30 fps pattern and tone as the demo host) publishes into `--room` (default
+`bench-<codec>`), so the first picture of an H.264 room and of a VP8 room are measured alike.
+
+    python -m load_tests.bench_first_frame --loads 20 --codec H264
+    python -m load_tests.bench_first_frame --loads 20 --codec VP8
+
 `--background-rate R` runs the same loads beside a fixed background load, so a loaded machine
 is measured the same way every time: a generator process keeps `--background-conns` dev
 viewers in room `background` of the same server, together sending R danmaku/s (each within
@@ -128,12 +136,13 @@ def chromium_path() -> str:
 
 
 def start_server(
-    server_dir: str | None, extra_env: dict[str, str] | None = None
+    server_dir: str | None, extra_env: dict[str, str] | None = None, demo: bool = True
 ) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, **(extra_env or {})}
     cwd = server_dir or str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "server", "serve", "--demo", "--port", "0", "--http-port", "0"]
+    cmd = [sys.executable, "-m", "server", "serve", *(["--demo"] if demo else []), "--port", "0"]
+    cmd += ["--http-port", "0"]
     cmd += ["--log-level", "WARNING"]
     proc = subprocess.Popen(
         cmd,
@@ -150,6 +159,17 @@ def start_server(
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
     return proc, int(line.split("http://127.0.0.1:")[1].split()[0])
+
+
+def start_host(server_dir: str | None, port: int, room: str, codec: str) -> subprocess.Popen[str]:
+    """The Python host publishing the demo's pattern and tone in `codec` into `room`."""
+    cwd = server_dir or str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [cwd, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "client_demo.host", "--server", f"ws://127.0.0.1:{port}", "--room", room]
+    cmd += ["--codec", codec, "--stats-interval", "0", "--user", "benchhost", "--name", "Bench host"]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -255,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         "--background-rate", type=float, default=0, help="danmaku/s into another room meanwhile (0: none)"
     )
     ap.add_argument("--background-conns", type=int, default=100, help="connections of that load (100)")
+    ap.add_argument("--codec", choices=("VP8", "H264"), help="a room of this codec instead of the demo room")
+    ap.add_argument("--room", help="the room --codec publishes into (default bench-<codec>)")
     args = ap.parse_args(argv)
+    load_at_start = os.getloadavg()
+    if args.codec and args.url:
+        ap.error("--codec needs the server this script starts (not --url)")
     if args.background_rate and args.url:
         ap.error("--background-rate needs the server this script starts (not --url)")
     if args.background_rate and not 0 < args.background_rate <= 2 * args.background_conns:
@@ -265,11 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     proc: subprocess.Popen[str] | None = None
+    host: subprocess.Popen[str] | None = None
     if args.url:  # e.g. a node that is not the room's origin: the picture comes through it (cascading)
         url = args.url
     else:
-        proc, port = start_server(args.server_dir, BACKGROUND_SERVER_ENV if args.background_rate else None)
-        url = f"http://127.0.0.1:{port}/room/demo"
+        env = BACKGROUND_SERVER_ENV if args.background_rate else None
+        proc, port = start_server(args.server_dir, env, demo=not args.codec)
+        room = "demo"
+        if args.codec:
+            room = args.room or f"bench-{args.codec.lower()}"
+            host = start_host(args.server_dir, port, room, args.codec)
+        url = f"http://127.0.0.1:{port}/room/{room}"
     loads: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     background: multiprocessing.Process | None = None
@@ -315,10 +346,16 @@ def main(argv: list[str] | None = None) -> int:
             background.join(10)
             if background.is_alive():
                 background.kill()
+        if host is not None and host.poll() is None:
+            host.terminate()
+            host.wait(20)
         if proc is not None:
             stop_server(proc)
 
     summary: dict[str, Any] = {"label": args.label, "loads": len(loads), "failed": len(failed)}
+    summary["codec"] = args.codec or "VP8 (demo room)"
+    # the machine is shared: how busy it was (1, 5, 15 min) when the run started and ended
+    summary["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     if args.background_rate:
         summary["background"] = {
             "target_rate": args.background_rate,
@@ -334,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     bg = summary.get("background")
     beside = f", beside {bg.get('rate')} danmaku/s into another room" if bg else ""
     print(
-        f"\n| step ({args.label or 'run'}: {len(loads)} loads, {len(failed)} without a picture in time{beside};"
+        f"\n| step ({args.label or 'run'}, {summary['codec']}: {len(loads)} loads, {len(failed)} without a"
+        f" picture in time{beside}; load average {load_at_start[0]:.1f} -> {os.getloadavg()[0]:.1f};"
         " ms from navigation start) | p50 | p95 | max |"
     )
     print("|---|---|---|---|")

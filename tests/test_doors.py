@@ -87,6 +87,16 @@ TABLE: dict[str, dict[str, Any]] = {
         "wrong_host": ACCEPTED,  # RTMP has no Host header, and no browser speaks it: no rebinding
         "unencodable_text": (401, H.TOKEN_INVALID),
     },
+    "rtmp_key": {  # POST /rtmp/<room>/key: a host token for a short RTMP publish key
+        "forged_key": (401, H.TOKEN_INVALID),
+        "rotated_key": ACCEPTED,
+        "banned_user": (403, H.BANNED),
+        "replayed_nonce": ACCEPTED,  # not a session: the key's own nonce is claimed when it publishes
+        "flood": (429, H.JOIN_THROTTLED),
+        "malformed_body": (400, H.BAD_FIELD),  # no body: a room id that is not one
+        "wrong_host": (403, H.HOST_FORBIDDEN),
+        "unencodable_text": (401, H.TOKEN_INVALID),
+    },
     "whep": {
         "forged_key": (401, H.TOKEN_INVALID),
         "rotated_key": ACCEPTED,
@@ -220,6 +230,8 @@ class Door:
             method, url, data = "GET", f"{base}/api/rooms/{'bad%20room' if body else 'r1'}/stats", None
         elif self.name == "hls":
             method, url, data = "GET", f"{base}/hls/{'bad%20room' if body else 'r1'}/token", None
+        elif self.name == "rtmp_key":
+            method, url, data = "POST", f"{base}/rtmp/{'bad%20room' if body else 'r1'}/key", None
         else:
             data = body if body is not None else json.dumps({"action": "mute", "rooms": ["r1"]}).encode()
             method, url = "POST", f"{base}/api/admin/users/bob/sanction"
@@ -267,10 +279,13 @@ class Door:
                     return 101, frame["code"]
 
 
+HOST_DOORS = ("whip", "rtmp", "rtmp_key", "stats")  # doors a host token is the good credential of
+
+
 def good_credential(door: str, **kw: Any) -> str:
     if door == "admin":
         return ADMIN_TOKEN
-    role = "host" if door in ("whip", "rtmp", "stats") else "viewer"
+    role = "host" if door in HOST_DOORS else "viewer"
     return mint(role=role, **kw)
 
 
@@ -281,10 +296,10 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
     if attack == "forged_key":  # signed with the public dev default, not in the ring
         if name == "admin":
             return await door.attempt("not-the-admin-token")
-        role = "host" if name in ("whip", "rtmp", "stats") else "viewer"
+        role = "host" if name in HOST_DOORS else "viewer"
         return await door.attempt(mint(DEFAULT_SECRET, kid=None, role=role))
     if attack == "rotated_key":  # signed with the old key, still in the ring: the same answer everywhere
-        role = "host" if name in ("whip", "rtmp", "stats", "admin") else "viewer"
+        role = "host" if name in (*HOST_DOORS, "admin") else "viewer"
         return await door.attempt(mint(OLD, kid="k1", role=role))
     if attack == "banned_user":
         await app.broker.put_sanction(Sanction("r1", "mallory", "ban", None, "test", False))
@@ -306,7 +321,7 @@ async def run_attack(app: App, door: Door, attack: str) -> Any:
             return await door.attempt(good_credential(name), body=b"\xc1\xff")
         if name in ("whip", "whep", "rtmp"):
             return await door.attempt(good_credential(name), body=b"v=0\r\n\xff\xfe\xc3(")
-        if name in ("stats", "hls"):
+        if name in ("stats", "hls", "rtmp_key"):
             return await door.attempt(good_credential(name), body=b"x")
         return await door.attempt(ADMIN_TOKEN, body=b"[" * 10_000)
     if attack == "wrong_host":  # DNS rebinding: the page and the Host are evil.example
@@ -342,9 +357,9 @@ async def test_rotation_is_identical_on_every_door() -> None:
     await app.start()
     try:
         async with aiohttp.ClientSession() as http:
-            for name in ("ws", "whip", "rtmp", "whep", "stats"):
+            for name in ("ws", "whip", "rtmp", "rtmp_key", "whep", "stats"):
                 door = Door(app, name, http)
-                role = "host" if name in ("whip", "rtmp", "stats") else "viewer"
+                role = "host" if name in HOST_DOORS else "viewer"
                 for key in (config.secret, "a-removed-key-" + "y" * 30):
                     assert await door.attempt(mint(key, kid="k0", role=role)) in (
                         (401, H.TOKEN_INVALID),
@@ -753,8 +768,8 @@ async def test_secret_old_accepted_alike_on_every_door() -> None:
     try:
         with loopback_candidates():
             async with aiohttp.ClientSession() as http:
-                for name in ("rtmp", "whip", "ws", "whep", "stats"):  # rtmp first: an H.264 room
-                    role = "host" if name in ("whip", "rtmp", "stats") else "viewer"
+                for name in ("rtmp", "rtmp_key", "whip", "ws", "whep", "stats"):  # rtmp first: an H.264 room
+                    role = "host" if name in HOST_DOORS else "viewer"
                     door = Door(app, name, http)
                     assert await door.attempt(mint(OLD, kid=None, role=role, user=f"u-{name}")) == ACCEPTED, (
                         name

@@ -6,7 +6,7 @@
 
 Why: a host token is too long to be a stream key when the host's name or ids are long
 (nginx-rtmp's 255-byte limit, server.wire.publish_key); the key this returns is what OBS's
-Stream Key field takes. Only a host of the room gets one (4603 otherwise); a banned or kicked
+Stream Key field takes. Only a host of the room gets one (4604 otherwise); a banned or kicked
 host is refused like at every door. `server` and `url` are null when this node takes no RTMP
 (--rtmp-port off): the key is good at any node of the deployment that does (same secret).
 """
