@@ -66,6 +66,34 @@ const gifts = attachGifts(conn, { stage: $("#stage"), side: document.querySelect
 const pk = attachPk(conn, { room, stage: $("#stage"), controls: document.querySelector(".console-col"), onNote: (text) => sysLine(text) });
 window.liveroom = { conn, publisher, state, cohosts, card, board, shop, gifts, pk };
 
+// RTMP: a short publish key for OBS or a hardware encoder (POST /rtmp/<room>/key on the media
+// port, with this console's host token; docs/PROTOCOL.md "Encoders: OBS and FFmpeg over RTMP").
+$("#rtmp-key-btn").addEventListener("click", async () => {
+  const note = $("#rtmp-note");
+  note.textContent = "Getting a stream key…";
+  try {
+    const config = await fetch("/api/config", { cache: "no-store" }).then((r) => (r.ok ? r.json() : {}));
+    const base = config.http_url || `${location.protocol}//${location.hostname}:8081`;
+    const res = await fetch(`${base}/rtmp/${encodeURIComponent(room)}/key`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${await getToken()}` },
+    });
+    const body = await res.json();
+    if (!res.ok) throw new Error(`${body.msg} (${body.code})`);
+    $("#rtmp-server").value = body.server || "";
+    $("#rtmp-key").value = body.stream_key;
+    $("#rtmp-box").hidden = false;
+    const until = new Date(body.expires * 1000).toLocaleString();
+    note.textContent = body.server
+      ? `OBS: Service Custom, this Server and Stream key; x264, keyframe interval 1 s, tune zerolatency (no B-frames), AAC 48 kHz. Valid until ${until}.`
+      : `This node takes no RTMP (--rtmp-port is off); the key works at a node that does. Valid until ${until}.`;
+    note.dataset.state = "ready";
+  } catch (err) {
+    note.textContent = `No stream key: ${err.message || err}`;
+    note.dataset.state = "error";
+  }
+});
+
 conn.on("state", (s, detail) => {
   showConnState($("#conn"), s, detail);
   document.body.dataset.conn = s;

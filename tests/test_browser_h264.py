@@ -3,7 +3,7 @@
 Two publishers, each its own process, against `python -m server serve` (real sockets): an aiortc
 WHIP publisher whose offer has H.264 only (tests/media/whip_host.py: what OBS's WHIP output or a
 hardware encoder sends), and FFmpeg's RTMP client (PyAV, tests/media/encoders.py) pushing to
-`--rtmp-port` with a publish key from `POST /rtmp/<room>/key`. For each, the page's video
+`--rtmp-port` with the publish key the host console shows (`POST /rtmp/<room>/key`). For each, the page's video
 advances frame after frame (requestVideoFrameCallback: presented frames and media time grow),
 the page shows the room's codec from the snapshot (body `data-codec`), and Chromium's own
 decoder says H.264 (getStats: `data-decoded-codec`, `data-decoder`). Every wait is a Playwright
@@ -12,11 +12,9 @@ condition or a child's output line, bounded; nothing asserts a duration.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,9 +43,7 @@ class H264Server(ServerProcess):
 
     def __init__(self) -> None:
         self.http_port, self.rtmp_port = _free_port(), _free_port()
-        super().__init__(
-            _free_port(), "--http-port", str(self.http_port), "--rtmp-port", str(self.rtmp_port)
-        )
+        super().__init__(_free_port(), "--http-port", str(self.http_port), "--rtmp-port", str(self.rtmp_port))
 
     @property
     def media(self) -> str:
@@ -129,16 +125,16 @@ def test_chromium_plays_an_h264_whip_room(pages: Pages, node: H264Server) -> Non
 
 
 def test_chromium_plays_an_h264_rtmp_room_published_with_a_key(pages: Pages, node: H264Server) -> None:
+    """The host console gets a publish key (its "Stream from OBS" button), FFmpeg pushes RTMP
+    with it as OBS would (Server + Stream Key), and a viewer page plays the H.264."""
     room = "rtmp-h264"
-    request = urllib.request.Request(
-        f"{node.media}/rtmp/{room}/key",
-        method="POST",
-        headers={"Authorization": f"Bearer {token(room, 'studio', 'host', name='Studio')}"},
-    )
-    with urllib.request.urlopen(request, timeout=WAIT_MS / 1000) as resp:
-        grant = json.load(resp)
-    assert grant["server"] == f"rtmp://127.0.0.1:{node.rtmp_port}/live"
-    encoder = rtmp_key_encoder(node.rtmp_port, grant["stream_key"], width=320, height=240)
+    console = pages.host(room, "studio")
+    console.click("#rtmp-key-btn")
+    expect(console.locator("#rtmp-note")).to_have_attribute("data-state", "ready", timeout=WAIT_MS)
+    server = console.locator("#rtmp-server").input_value()
+    key = console.locator("#rtmp-key").input_value()
+    assert server == f"rtmp://127.0.0.1:{node.rtmp_port}/live" and len(key) < 100
+    encoder = rtmp_key_encoder(node.rtmp_port, key, width=320, height=240)
     try:
         encoder.start()
         assert encoder.proc is not None and encoder.proc.stdout is not None
@@ -147,7 +143,11 @@ def test_chromium_plays_an_h264_rtmp_room_published_with_a_key(pages: Pages, nod
         decoder = plays_h264(viewer, (320, 240))
         # the publisher is named as the key says (the host token's name, carried in the key)
         assert viewer.evaluate("window.liveroom.media.publishers.get('studio')") == "Studio"
+        expect(console.locator("#chat-list li.sys", has_text="Studio went live")).to_have_count(
+            1, timeout=WAIT_MS
+        )
         print(f"Chromium decoder for H.264 over RTMP: {decoder}")
+        shot(console, "host-rtmp-key")
         shot(viewer, "viewer-h264-rtmp")
     finally:
         encoder.stop()

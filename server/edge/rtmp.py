@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
+from server import metrics
 from server.abuse.doors import RTMP, http_error
 from server.broker.base import BrokerUnavailable
-from server import metrics
 from server.logs import RefusalLog
 from server.media.rtmp_pull import RtmpPull
 from server.wire import protocol, publish_key

@@ -47,7 +47,9 @@ async def publish(base: str, room: str, token: str, codec: str, seconds: float) 
     try:
         await pc.setLocalDescription(await pc.createOffer())
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{base}/whip/{room}", data=pc.localDescription.sdp, headers=headers) as resp:
+            async with http.post(
+                f"{base}/whip/{room}", data=pc.localDescription.sdp, headers=headers
+            ) as resp:
                 if resp.status != 201:
                     print(f"refused {resp.status} {await resp.text()}", flush=True)
                     return 1
