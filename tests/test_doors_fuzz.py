@@ -22,7 +22,7 @@ from server.media import loopback_candidates
 from tests.conftest import TIMEOUT, token
 from tests.test_doors import ADMIN_TOKEN, offer
 
-SEGMENTS = ["whip", "whep", "api", "rooms", "admin", "users", "r1", "bob", "stats", "sanction", "system",
+SEGMENTS = ["whip", "whep", "api", "rooms", "admin", "users", "r1", "bob", "stats", "sanction", "system", "rtmp", "key",
             "close", "health", "..", "%00", "%ff", "", "x" * 300, "r1%2f..", "ws", "metrics", "room"]  # fmt: skip
 CONTENT_TYPES = ["application/sdp", "application/json", "text/plain", "", "application/sdp; charset=utf-16",
                  "multipart/form-data; boundary=x"]  # fmt: skip
@@ -48,6 +48,7 @@ ENDPOINTS = {  # path -> (method, content type, credentials that pass, body kind
     "/whep/r1": ("POST", "application/sdp", ["viewer", "host"], ["sdp", "sdp-mutated", "bytes"]),
     "/whip/r1/nope": ("DELETE", "", ["host"], ["none"]),
     "/api/rooms/r1/stats": ("GET", "", ["host", "admin"], ["none"]),
+    "/rtmp/r1/key": ("POST", "", ["host"], ["none", "bytes"]),
     "/api/admin/rooms": ("GET", "", ["admin"], ["none"]),
     "/api/admin/health": ("GET", "", ["admin"], ["none"]),
     "/api/admin/users/bob/sanction": ("POST", "application/json", ["admin"], ["sanction", "json", "bytes"]),
