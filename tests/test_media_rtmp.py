@@ -261,8 +261,15 @@ def test_publish_key_format() -> None:
     longest = publish_key.mint("s", room="r" * 64, uid="u" * 64, name="名" * 32, exp=exp)
     assert len(longest) <= publish_key.MAX_LEN < MAX_KEY
     assert publish_key.verify(["s"], longest, time.time()).name == "名" * 8
-    room, uid, *rest = key.split("~")
-    for changed in ("~".join(["r2", uid, *rest]), "~".join([room, "u2", *rest]), key + "x", "a~b"):
+    room, uid, name, exp_text, *rest = key.split("~")
+    respelled = "~".join([room, uid, name, "0" + exp_text, *rest])  # the same expiry, spelled otherwise
+    for changed in (
+        "~".join(["r2", uid, name, exp_text, *rest]),
+        "~".join([room, "u2", name, exp_text, *rest]),
+        respelled,
+        key + "x",
+        "a~b",
+    ):
         with pytest.raises(ProtocolError) as info:
             publish_key.verify(["s"], changed, time.time())
         assert info.value.code == ErrorCode.TOKEN_INVALID

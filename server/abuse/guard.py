@@ -272,7 +272,9 @@ class Guard:
         grant = publish_key.verify([secret for _, secret in self.keyring.keys], key, time.time())
         who = auth.Identity(grant.uid, auth.display_name(grant.name, grant.uid), grant.room, "host")
         ttl = grant.exp + auth.CLOCK_SKEW - time.time()
-        await self._new_session(door, who, now, lambda: (f"rtmpkey:{grant.nonce}", max(ttl, 1.0)))
+        await self._new_session(
+            door, who, now, lambda: (f"rtmpkey:{grant.nonce}", max(ttl, 1.0)), "publish key"
+        )
         return who
 
     def mint_publish_key(self, who: auth.Identity, ttl: int = publish_key.DEFAULT_TTL) -> tuple[str, int]:
@@ -282,14 +284,19 @@ class Guard:
         return key, exp
 
     async def _new_session(
-        self, door: Door, who: auth.Identity, now: float, nonce: Callable[[], tuple[str, float]]
+        self,
+        door: Door,
+        who: auth.Identity,
+        now: float,
+        nonce: Callable[[], tuple[str, float]],
+        credential: str = "token",
     ) -> None:
         """What a new session on an HTTP door runs after its credential: the user join bucket,
         the one-time nonce (`nonce()`: its id and lifetime, read only with --join-nonce), bans."""
         if "user" in door.rate:
             self._join_rate("user", who.uid, now)
         if door.nonce and self.config.join_nonce:
-            await self._claim(*nonce())
+            await self._claim(*nonce(), credential)
         if door.sanctions:
             self._sanctioned(await self.sanctions.sanctions(who.room, who.uid))
 
@@ -318,9 +325,9 @@ class Guard:
             assert token is not None
             await self._claim(*nonce_of(token))
 
-    async def _claim(self, jti: str, ttl: float) -> None:
+    async def _claim(self, jti: str, ttl: float, credential: str = "token") -> None:
         if not await self.sanctions.claim_nonce(jti, ttl):
-            raise ProtocolError(ErrorCode.TOKEN_REPLAYED, "this token was already used to join")
+            raise ProtocolError(ErrorCode.TOKEN_REPLAYED, f"this {credential} was already used to join")
 
     @staticmethod
     def _sanctioned(sanctions: list[Sanction]) -> float:

@@ -98,7 +98,8 @@ def verify(secrets: list[str], key: str, now: float) -> PublishGrant:
         exp = int(exp_text, 36)
     except (ValueError, binascii.Error):
         raise ProtocolError(ErrorCode.TOKEN_INVALID, "publish key invalid: malformed") from None
-    if not (valid_id(room) and valid_id(uid) and 8 <= len(nonce) <= 16):
+    canonical = exp >= 0 and _base36(exp) == exp_text  # one spelling per key ("+", "_", "0" prefixes)
+    if not (canonical and valid_id(room) and valid_id(uid) and 8 <= len(nonce) <= 16):
         raise ProtocolError(ErrorCode.TOKEN_INVALID, "publish key invalid: malformed")
     if not any(
         hmac.compare_digest(_signature(publish_key_key(s), room, uid, encoded, exp, nonce), signature)
