@@ -6,7 +6,7 @@ hardware encoder sends), and FFmpeg's RTMP client (PyAV, tests/media/encoders.py
 `--rtmp-port` with the publish key the host console shows (`POST /rtmp/<room>/key`). For each, the page's video
 advances frame after frame (requestVideoFrameCallback: presented frames and media time grow),
 the page shows the room's codec from the snapshot (body `data-codec`), and Chromium's own
-decoder says H.264 (getStats: `data-decoded-codec`, `data-decoder`). Every wait is a Playwright
+decoder says H.264 (getStats: `data-decoded-codec`). Every wait is a Playwright
 condition or a child's output line, bounded; nothing asserts a duration.
 """
 
@@ -91,17 +91,16 @@ def frames_advance(page: Page) -> dict[str, Any]:
     return seen
 
 
-def plays_h264(page: Page, size: tuple[int, int]) -> str:
+def plays_h264(page: Page, size: tuple[int, int]) -> None:
     """The page plays H.264: frames advance at the encoder's size, the room's codec is shown, and
-    Chromium's decoder is an H.264 one. Returns the decoder's name (getStats)."""
+    the codec Chromium decodes (getStats' inbound video codec) is H.264. (Chromium leaves
+    `decoderImplementation` empty for a page without camera permission: not asserted.)"""
     seen = frames_advance(page)
     assert (seen["last"]["width"], seen["last"]["height"]) == size, seen
     body = page.locator("body")
     expect(body).to_have_attribute("data-codec", "H264", timeout=WAIT_MS)  # snapshot media_codec
     expect(body).to_have_attribute("data-decoded-codec", "H264", timeout=WAIT_MS)  # getStats
-    expect(body).to_have_attribute("data-decoder", re.compile(r".+"), timeout=WAIT_MS)
-    expect(page.locator("#video-stats")).to_contain_text("H264", timeout=WAIT_MS)
-    return page.locator("body").get_attribute("data-decoder") or ""
+    expect(page.locator("#video-stats")).to_contain_text(re.compile(r"^H264 · 320\u00d7240"), timeout=WAIT_MS)
 
 
 def test_chromium_plays_an_h264_whip_room(pages: Pages, node: H264Server) -> None:
@@ -116,8 +115,7 @@ def test_chromium_plays_an_h264_whip_room(pages: Pages, node: H264Server) -> Non
         assert host.stdout is not None
         assert host.stdout.readline().strip() == "live"  # the WHIP session is connected
         viewer = pages.viewer(room, "vic")
-        decoder = plays_h264(viewer, (320, 240))
-        print(f"Chromium decoder for H.264 over WHIP: {decoder}")
+        plays_h264(viewer, (320, 240))
         shot(viewer, "viewer-h264-whip")
     finally:
         host.terminate()
@@ -140,13 +138,12 @@ def test_chromium_plays_an_h264_rtmp_room_published_with_a_key(pages: Pages, nod
         assert encoder.proc is not None and encoder.proc.stdout is not None
         assert encoder.proc.stdout.readline().strip() == "sending", encoder.proc.stderr
         viewer = pages.viewer(room, "rita")
-        decoder = plays_h264(viewer, (320, 240))
+        plays_h264(viewer, (320, 240))
         # the publisher is named as the key says (the host token's name, carried in the key)
         assert viewer.evaluate("window.liveroom.media.publishers.get('studio')") == "Studio"
         expect(console.locator("#chat-list li.sys", has_text="Studio went live")).to_have_count(
             1, timeout=WAIT_MS
         )
-        print(f"Chromium decoder for H.264 over RTMP: {decoder}")
         shot(console, "host-rtmp-key")
         shot(viewer, "viewer-h264-rtmp")
     finally:
