@@ -562,10 +562,17 @@ export class Publisher {
     for (const track of this.stream.getTracks()) {
       const tr = pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
       if (track.kind === "video" && RTCRtpSender.getCapabilities) {
+        // What the SFU forwards as is: VP8 first (a new room's codec), then H.264 in
+        // packetization-mode 1, baseline or main (an H.264 room, e.g. one an RTMP or OBS encoder
+        // started: the server answers the room's codec, not a 4608 refusal).
         const codecs = RTCRtpSender.getCapabilities("video").codecs;
-        const vp8 = codecs.filter((c) => /vp8|rtx/i.test(c.mimeType));
+        const vp8 = codecs.filter((c) => /vp8/i.test(c.mimeType));
+        const h264 = codecs.filter(
+          (c) => /h264/i.test(c.mimeType) && /packetization-mode=1/.test(c.sdpFmtpLine || "") && /profile-level-id=(42|4d)/i.test(c.sdpFmtpLine || ""),
+        );
+        const rtx = codecs.filter((c) => /rtx/i.test(c.mimeType));
         try {
-          if (vp8.length) tr.setCodecPreferences(vp8); // the room forwards VP8 as is
+          if (vp8.length) tr.setCodecPreferences([...vp8, ...h264, ...rtx]);
         } catch {}
       }
     }

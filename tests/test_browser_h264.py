@@ -148,3 +148,45 @@ def test_chromium_plays_an_h264_rtmp_room_published_with_a_key(pages: Pages, nod
         shot(viewer, "viewer-h264-rtmp")
     finally:
         encoder.stop()
+
+
+def test_a_browser_cohost_joins_an_h264_room(pages: Pages, node: H264Server) -> None:
+    """An H.264-only encoder made the room H.264; a viewer the host invites goes live from the
+    page with Chromium's camera (the page offers VP8 and H.264; the room's codec is chosen, not a
+    4608 refusal), and another viewer plays both pictures."""
+    room = "cohost-h264"
+    host = subprocess.Popen(
+        [sys.executable, "-m", "tests.media.whip_host", node.media, room, token(room, "obs", "host"), "H264"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        assert host.stdout.readline().strip() == "live"
+        console = pages.host(room, "hana")
+        lea = pages.viewer(room, "lea")
+        vic = pages.viewer(room, "vic")
+        plays_h264(vic, (320, 240))
+        console.fill("#invite-uid", "lea")
+        console.press("#invite-uid", "Enter")
+        expect(lea.locator("#invite-toast")).to_be_visible(timeout=WAIT_MS)
+        lea.click("#cohost-go")
+        lea.wait_for_function("document.body.dataset.cohost === 'live'", timeout=VIDEO_WAIT_MS)
+        tile = "document.querySelector(\"#tiles .tile[data-uid='lea'] video\")"
+        vic.wait_for_function(f"{tile} !== null && {tile}.videoWidth > 0", timeout=VIDEO_WAIT_MS)
+        sent = lea.evaluate(
+            """async () => {
+              const report = await window.liveroom.cohost.pc.getStats();
+              let codec = null;
+              report.forEach((s) => {
+                if (s.type === "outbound-rtp" && s.kind === "video" && s.codecId) codec = report.get(s.codecId).mimeType;
+              });
+              return codec;
+            }"""
+        )
+        assert sent == "video/H264", sent  # Chromium encodes the room's codec
+        shot(vic, "viewer-h264-cohost")
+    finally:
+        host.terminate()
+        host.wait(30)
