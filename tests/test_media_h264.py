@@ -9,6 +9,7 @@ frame with a timeout; no durations are asserted.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -192,3 +193,32 @@ def test_codec_choice_rules() -> None:
             assert exc.code == expected
         else:
             raise AssertionError("no refusal")
+
+
+async def test_ws_viewer_that_rejects_the_video_is_told_4609(app: App, member) -> None:  # noqa: F811
+    """A browser without H.264 answers the server's offer with the video m-line rejected (port
+    0): it is told 4609 MEDIA_VIEWER_CODEC (its page says so) instead of getting a black video."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    publisher = await whip_offer("H264")
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{base}/whip/r1", data=publisher.localDescription.sdp, headers=auth("r1", "obs", "host")
+            ) as resp,
+        ):
+            assert resp.status == 201
+            await publisher.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
+        viewer = await member("nora")
+        await viewer.event(is_live("obs", True))
+        await viewer.send(t="subscribe", cid="s")
+        offer = await viewer.next("offer")
+        pc = viewer.new_pc()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        rejected = re.sub(r"^m=video \d+ ", "m=video 0 ", pc.localDescription.sdp, flags=re.MULTILINE)
+        assert rejected != pc.localDescription.sdp
+        await viewer.send(t="answer", sdp=rejected)
+        assert await viewer.error() == ErrorCode.MEDIA_VIEWER_CODEC
+    finally:
+        await publisher.close()
