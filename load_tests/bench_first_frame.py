@@ -21,6 +21,11 @@ without `--demo`, and the Python host (`python -m client_demo.host --codec ...`,
 
     python -m load_tests.bench_first_frame --loads 20 --codec H264
     python -m load_tests.bench_first_frame --loads 20 --codec VP8
+    python -m load_tests.bench_first_frame --loads 20 --codec H264 --ingest rtmp   # FFmpeg over RTMP
+
+`--ingest rtmp` publishes with FFmpeg's RTMP client instead (tests/media/encoders.py: libx264
+baseline zerolatency, a keyframe every second, AAC; a publish key from POST /rtmp/<room>/key),
+into a node started with `--rtmp-port` (needs nginx and libnginx-mod-rtmp).
 
 `--background-rate R` runs the same loads beside a fixed background load, so a loaded machine
 is measured the same way every time: a generator process keeps `--background-conns` dev
@@ -136,13 +141,16 @@ def chromium_path() -> str:
 
 
 def start_server(
-    server_dir: str | None, extra_env: dict[str, str] | None = None, demo: bool = True
+    server_dir: str | None,
+    extra_env: dict[str, str] | None = None,
+    demo: bool = True,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, **(extra_env or {})}
     cwd = server_dir or str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "server", "serve", *(["--demo"] if demo else []), "--port", "0"]
-    cmd += ["--http-port", "0"]
+    cmd += ["--http-port", "0", *extra_args]  # a later --http-port wins
     cmd += ["--log-level", "WARNING"]
     proc = subprocess.Popen(
         cmd,
@@ -170,6 +178,39 @@ def start_host(server_dir: str | None, port: int, room: str, codec: str) -> subp
     return subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
     )
+
+
+def start_rtmp_encoder(port: int, http_port: int, rtmp_port: int, room: str) -> Any:
+    """FFmpeg's RTMP client (PyAV, its own process: tests/media/encoders.py; libx264 baseline
+    zerolatency, keyframe every second, AAC) pushing 640x360 30 fps with a publish key, as OBS."""
+    import urllib.request
+
+    from tests.media.encoders import rtmp_key_encoder
+
+    base = f"http://127.0.0.1:{port}/api/dev/token?room={room}&user=benchhost&name=Bench+host&role=host"
+    with urllib.request.urlopen(base, timeout=30) as resp:
+        token = json.load(resp)["token"]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/rtmp/{room}/key",
+        method="POST",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        key = json.load(resp)["stream_key"]
+    encoder = rtmp_key_encoder(rtmp_port, key, width=640, height=360, seconds=3600).start()
+    assert encoder.proc is not None and encoder.proc.stdout is not None
+    if encoder.proc.stdout.readline().strip() != "sending":
+        encoder.stop()
+        raise SystemExit("the RTMP encoder did not start")
+    return encoder
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -277,10 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--background-conns", type=int, default=100, help="connections of that load (100)")
     ap.add_argument("--codec", choices=("VP8", "H264"), help="a room of this codec instead of the demo room")
     ap.add_argument("--room", help="the room --codec publishes into (default bench-<codec>)")
+    ap.add_argument(
+        "--ingest",
+        choices=("ws", "rtmp"),
+        default="ws",
+        help="with --codec H264: the Python host over the WebSocket (ws), or FFmpeg over RTMP",
+    )
     args = ap.parse_args(argv)
     load_at_start = os.getloadavg()
     if args.codec and args.url:
         ap.error("--codec needs the server this script starts (not --url)")
+    if args.ingest == "rtmp" and args.codec != "H264":
+        ap.error("--ingest rtmp needs --codec H264 (RTMP carries H.264)")
     if args.background_rate and args.url:
         ap.error("--background-rate needs the server this script starts (not --url)")
     if args.background_rate and not 0 < args.background_rate <= 2 * args.background_conns:
@@ -291,15 +340,21 @@ def main(argv: list[str] | None = None) -> int:
 
     proc: subprocess.Popen[str] | None = None
     host: subprocess.Popen[str] | None = None
+    encoder: Any = None
     if args.url:  # e.g. a node that is not the room's origin: the picture comes through it (cascading)
         url = args.url
     else:
         env = BACKGROUND_SERVER_ENV if args.background_rate else None
-        proc, port = start_server(args.server_dir, env, demo=not args.codec)
+        rtmp = (free_port(), free_port()) if args.ingest == "rtmp" else None
+        ports = ("--http-port", str(rtmp[0]), "--rtmp-port", str(rtmp[1])) if rtmp else ()
+        proc, port = start_server(args.server_dir, env, demo=not args.codec, extra_args=ports)
         room = "demo"
         if args.codec:
-            room = args.room or f"bench-{args.codec.lower()}"
-            host = start_host(args.server_dir, port, room, args.codec)
+            room = args.room or f"bench-{args.codec.lower()}{'-rtmp' if rtmp else ''}"
+            if rtmp:
+                encoder = start_rtmp_encoder(port, rtmp[0], rtmp[1], room)
+            else:
+                host = start_host(args.server_dir, port, room, args.codec)
         url = f"http://127.0.0.1:{port}/room/{room}"
     loads: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -346,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             background.join(10)
             if background.is_alive():
                 background.kill()
+        if encoder is not None:
+            encoder.stop()
         if host is not None and host.poll() is None:
             host.terminate()
             host.wait(20)
@@ -353,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(proc)
 
     summary: dict[str, Any] = {"label": args.label, "loads": len(loads), "failed": len(failed)}
-    summary["codec"] = args.codec or "VP8 (demo room)"
+    summary["codec"] = f"{args.codec} over {args.ingest.upper()}" if args.codec else "VP8 (demo room)"
     # the machine is shared: how busy it was (1, 5, 15 min) when the run started and ended
     summary["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     if args.background_rate:
