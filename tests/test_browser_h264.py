@@ -12,6 +12,7 @@ condition or a child's output line, bounded; nothing asserts a duration.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -103,8 +104,9 @@ def plays_h264(page: Page, size: tuple[int, int]) -> None:
     expect(page.locator("#video-stats")).to_contain_text(re.compile(r"^H264 · 320\u00d7240"), timeout=WAIT_MS)
 
 
-def test_chromium_plays_an_h264_whip_room(pages: Pages, node: H264Server) -> None:
-    room = "whip-h264"
+@contextlib.contextmanager
+def whip_h264_host(node: H264Server, room: str) -> Iterator[None]:
+    """tests/media/whip_host.py live in `room` (user `obs`, H.264 only) for the block."""
     host = subprocess.Popen(
         [sys.executable, "-m", "tests.media.whip_host", node.media, room, token(room, "obs", "host"), "H264"],
         cwd=ROOT,
@@ -114,12 +116,18 @@ def test_chromium_plays_an_h264_whip_room(pages: Pages, node: H264Server) -> Non
     try:
         assert host.stdout is not None
         assert host.stdout.readline().strip() == "live"  # the WHIP session is connected
-        viewer = pages.viewer(room, "vic")
-        plays_h264(viewer, (320, 240))
-        shot(viewer, "viewer-h264-whip")
+        yield
     finally:
         host.terminate()
         host.wait(30)
+
+
+def test_chromium_plays_an_h264_whip_room(pages: Pages, node: H264Server) -> None:
+    room = "whip-h264"
+    with whip_h264_host(node, room):
+        viewer = pages.viewer(room, "vic")
+        plays_h264(viewer, (320, 240))
+        shot(viewer, "viewer-h264-whip")
 
 
 def test_chromium_plays_an_h264_rtmp_room_published_with_a_key(pages: Pages, node: H264Server) -> None:
@@ -155,15 +163,7 @@ def test_a_browser_cohost_joins_an_h264_room(pages: Pages, node: H264Server) -> 
     page with Chromium's camera (the page offers VP8 and H.264; the room's codec is chosen, not a
     4608 refusal), and another viewer plays both pictures."""
     room = "cohost-h264"
-    host = subprocess.Popen(
-        [sys.executable, "-m", "tests.media.whip_host", node.media, room, token(room, "obs", "host"), "H264"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert host.stdout is not None
-        assert host.stdout.readline().strip() == "live"
+    with whip_h264_host(node, room):
         console = pages.host(room, "hana")
         lea = pages.viewer(room, "lea")
         vic = pages.viewer(room, "vic")
@@ -187,6 +187,3 @@ def test_a_browser_cohost_joins_an_h264_room(pages: Pages, node: H264Server) -> 
         )
         assert sent == "video/H264", sent  # Chromium encodes the room's codec
         shot(vic, "viewer-h264-cohost")
-    finally:
-        host.terminate()
-        host.wait(30)

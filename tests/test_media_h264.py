@@ -73,6 +73,22 @@ def auth(room: str, user: str, role: str = "viewer") -> dict[str, str]:
     return {**SDP, "Authorization": f"Bearer {token(room, user, role)}"}  # type: ignore[arg-type]
 
 
+async def h264_whip_publisher(app: App) -> RTCPeerConnection:
+    """An H.264-only WHIP publisher (user `obs`) answered in room r1: the room is H.264."""
+    publisher = await whip_offer("H264")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{app.http_port}/whip/r1",
+            data=publisher.localDescription.sdp,
+            headers=auth("r1", "obs", "host"),
+        ) as resp,
+    ):
+        assert resp.status == 201
+        await publisher.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
+    return publisher
+
+
 async def test_h264_whip_room_whep_and_ws_viewers_decode(app: App, member) -> None:  # noqa: F811
     base = f"http://127.0.0.1:{app.http_port}"
     watcher = await member("watcher")
@@ -146,17 +162,8 @@ async def test_h264_whip_room_whep_and_ws_viewers_decode(app: App, member) -> No
 
 async def test_ws_publisher_offering_both_joins_the_h264_room(app: App, member) -> None:  # noqa: F811
     """A browser offers VP8 and H.264: in an H.264 room it is answered H.264, not refused."""
-    base = f"http://127.0.0.1:{app.http_port}"
-    publisher = await whip_offer("H264")
+    publisher = await h264_whip_publisher(app)
     try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                f"{base}/whip/r1", data=publisher.localDescription.sdp, headers=auth("r1", "obs", "host")
-            ) as resp,
-        ):
-            assert resp.status == 201
-            await publisher.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
         cohost = await member("cora", role="host")
         pc = cohost.new_pc()
         pc.addTrack(PatternTrack(WIDTH, HEIGHT))  # default preferences: VP8 first, H.264 too
@@ -198,18 +205,9 @@ def test_codec_choice_rules() -> None:
 async def test_ws_viewer_that_rejects_the_video_is_told_4609(app: App, member) -> None:  # noqa: F811
     """A browser without H.264 answers the server's offer with the video m-line rejected (port
     0): it is told 4609 MEDIA_VIEWER_CODEC (its page says so) instead of getting a black video."""
-    base = f"http://127.0.0.1:{app.http_port}"
-    publisher = await whip_offer("H264")
+    viewer = await member("nora")  # in the room first: it sees the `live` event
+    publisher = await h264_whip_publisher(app)
     try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                f"{base}/whip/r1", data=publisher.localDescription.sdp, headers=auth("r1", "obs", "host")
-            ) as resp,
-        ):
-            assert resp.status == 201
-            await publisher.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
-        viewer = await member("nora")
         await viewer.event(is_live("obs", True))
         await viewer.send(t="subscribe", cid="s")
         offer = await viewer.next("offer")

@@ -80,6 +80,21 @@ async def watch(app: App, room: str, tracks: list[MediaStreamTrack], http: aioht
     return player
 
 
+async def whep_viewer_decodes(app: App, audio: bool = False) -> None:
+    """A WHEP viewer of r1 decodes a frame of the encoder's size (and, `audio`, its sound)."""
+    tracks: list[MediaStreamTrack] = []
+    async with aiohttp.ClientSession() as http:
+        player = await watch(app, "r1", tracks, http)
+        try:
+            frame = await decoded(next(t for t in tracks if t.kind == "video"))
+            assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+            if audio:
+                sound = await decoded(next(t for t in tracks if t.kind == "audio"))
+                assert isinstance(sound, av.AudioFrame)  # AAC in, Opus out, decoded by the viewer
+        finally:
+            await player.close()
+
+
 async def test_rtmp_host_goes_live_and_viewers_decode(app: App, member, encoders) -> None:  # noqa: F811
     watcher = await member("watcher")
     encoder = rtmp_encoder(app.rtmp_port, "r1", token("r1", "studio", "host"), width=WIDTH, height=HEIGHT)
@@ -89,16 +104,7 @@ async def test_rtmp_host_goes_live_and_viewers_decode(app: App, member, encoders
     assert live["codec"] == H264  # the room forwards the encoder's H.264
     assert app.media.rooms["r1"].video_codec == H264
 
-    tracks: list[MediaStreamTrack] = []
-    async with aiohttp.ClientSession() as http:
-        player = await watch(app, "r1", tracks, http)
-        try:
-            frame = await decoded(next(t for t in tracks if t.kind == "video"))
-            assert (frame.width, frame.height) == (WIDTH, HEIGHT)
-            sound = await decoded(next(t for t in tracks if t.kind == "audio"))
-            assert isinstance(sound, av.AudioFrame)  # AAC in, Opus out, decoded by the viewer
-        finally:
-            await player.close()
+    await whep_viewer_decodes(app, audio=True)
 
     # a WebSocket viewer too: the server's offer carries H.264, the client decodes
     viewer = await member("vera")
@@ -205,14 +211,7 @@ async def test_publish_key_goes_live_where_the_token_is_too_long(app: App, membe
     await encoder.sending(TIMEOUT)
     live = await watcher.event(is_live("studio", True))
     assert live["codec"] == H264 and live["name"] == name[:8]  # the name, cut to 24 UTF-8 bytes
-    tracks: list[MediaStreamTrack] = []
-    async with aiohttp.ClientSession() as http:
-        player = await watch(app, "r1", tracks, http)
-        try:
-            frame = await decoded(next(t for t in tracks if t.kind == "video"))
-            assert (frame.width, frame.height) == (WIDTH, HEIGHT)
-        finally:
-            await player.close()
+    await whep_viewer_decodes(app)
     encoder.stop()
     await watcher.event(is_live("studio", False))
     await refused_at_rtmp(app, key, ErrorCode.TOKEN_REPLAYED, encoders)  # its nonce was used
