@@ -9,9 +9,15 @@ answers per second (its `liveroom_hls_requests_total`, i.e. the cache's misses),
 CPU (utime+stime of its process), and the parts per second the viewers got (did they keep
 up). Target: origin requests/s and node CPU flat from 10 to 1,000 viewers. `--runs` repeats
 the whole ladder; medians are reported, with ratios against the 10-viewer level of the same
-run. Prints one JSON line per level and run, a JSON summary and a Markdown table.
+run. `--browsers N` adds N real headless Chromium viewers (load_tests/hls_browsers.py) of the
+demo page in `?mode=hls` through the same cache, playing through every level: per level and
+browser, the frames it presented against 30 a second, its stalls (`waiting` events, time
+stalled, hls.js buffer-stall errors, player restarts) and the page's latency figure; the
+window runs from the level's start (the simulated viewers' tokens and ramp-up included) to
+the end of its measurement. Prints one JSON line per level and run, a JSON summary and a
+Markdown table.
 
-    python -m load_tests.bench_hls_cache --levels 10 100 1000 --runs 3
+    python -m load_tests.bench_hls_cache --levels 10 100 1000 --runs 3 --browsers 3
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from load_tests.bench import BENCH_SERVER_ENV, raise_nofile, sample_server, stop_process
+from load_tests.hls_browsers import RealViewers
 from server.config import DEFAULT_SECRET
 from server.wire import auth
 from tests.nginx_fixtures import NginxCache
@@ -113,8 +120,17 @@ async def viewer_urls(http: aiohttp.ClientSession, cache: str, count: int) -> li
 
 
 async def level(
-    http: aiohttp.ClientSession, node: str, cache: str, pid: int, viewers: int, warmup: float, seconds: float
+    http: aiohttp.ClientSession,
+    node: str,
+    cache: str,
+    pid: int,
+    viewers: int,
+    warmup: float,
+    seconds: float,
+    browsers: RealViewers | None = None,
 ) -> dict[str, Any]:
+    if browsers is not None:
+        await browsers.watch()
     urls = await viewer_urls(http, cache, viewers)
     stop, tally = asyncio.Event(), Tally()
     tasks = [asyncio.create_task(follow(http, u, tally, stop)) for u in urls]
@@ -135,6 +151,7 @@ async def level(
             time.monotonic(),
         )
         own1 = time.process_time()
+        seen = await browsers.collect() if browsers is not None else None
     finally:
         stop.set()
         await asyncio.wait(tasks, timeout=15)
@@ -151,6 +168,7 @@ async def level(
         "clients_cpu_pct": round(100 * (own1 - own0) / span, 1),
         "missing_hints": tally.missing,
         "errors": tally.errors,
+        **({"browsers": seen} if seen is not None else {}),
     }
 
 
@@ -188,18 +206,26 @@ async def wait_live(http: aiohttp.ClientSession, cache: str, node: str, deadline
     raise RuntimeError("the demo room's HLS never started")
 
 
-async def run_once(levels: list[int], warmup: float, seconds: float) -> list[dict[str, Any]]:
+async def run_once(
+    levels: list[int], warmup: float, seconds: float, browsers: int = 0
+) -> list[dict[str, Any]]:
     http_port = free_port()
     proc, node = start_node(http_port)
     cache = NginxCache(Path(tempfile.mkdtemp(prefix="bench-hls-nginx-")), http_port)
+    real = RealViewers() if browsers else None
     try:
         cache.start()
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             await wait_live(http, cache.base, node, time.monotonic() + 60)
-            return [await level(http, node, cache.base, proc.pid, n, warmup, seconds) for n in levels]
+            if real is not None:  # the page from the node, its HLS through the cache
+                pages = [f"{node}/room/{ROOM}?user=bv{i}&mode=hls&hls={cache.base}" for i in range(browsers)]
+                await real.open(pages)
+            return [await level(http, node, cache.base, proc.pid, n, warmup, seconds, real) for n in levels]
     finally:
+        if real is not None:
+            await real.close()
         cache.stop()
         stop_process(proc)
 
@@ -219,18 +245,53 @@ def report(rows: dict[int, list[dict[str, Any]]]) -> None:
             for k in ("origin_rps", "node_cpu_pct")
         }
         summary.append(
-            {"viewers": n, **med, **ratio, "missing_hints": sum(r["missing_hints"] for r in rows[n])}
+            {
+                "viewers": n,
+                **med,
+                **ratio,
+                "missing_hints": sum(r["missing_hints"] for r in rows[n]),
+                **browsers_summary([r["browsers"] for r in rows[n] if "browsers" in r]),
+            }
         )
     print(json.dumps({"summary": summary}))
-    print(
-        f"\n| viewers | origin req/s | node CPU % | parts/s per viewer | clients CPU % | origin vs {base} | CPU vs {base} |"
+    real = any("browsers" in s for s in summary)
+    extra = (
+        " browsers' frames % (worst) | waiting / stalled s / restarts | page latency p50 s |" if real else ""
     )
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"\n| viewers | origin req/s | node CPU % | parts/s per viewer | clients CPU % | origin vs {base} "
+        f"| CPU vs {base} |{extra}"
+    )
+    print("|---|---|---|---|---|---|---|" + ("---|---|---|" if real else ""))
     for s in summary:
-        print(
+        line = (
             f"| {s['viewers']} | {s['origin_rps']} | {s['node_cpu_pct']} | {s['viewer_parts_per_s']} "
             f"| {s['clients_cpu_pct']} | {s[f'origin_rps_vs_{base}']} | {s[f'node_cpu_pct_vs_{base}']} |"
         )
+        if "browser_frames_pct_worst" in s:
+            latency = s["browser_latency_p50_ms"]
+            line += (
+                f" {s['browser_frames_pct_worst']} | {s['browser_waiting']} / {s['browser_stalled_ms'] / 1000:.1f}"
+                f" / {s['browser_restarts']} | {'-' if latency is None else f'{latency / 1000:.2f}'} |"
+            )
+        print(line)
+
+
+def browsers_summary(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """The real viewers of one level over all runs: the worst page's frames (median over runs),
+    every stall counted, the median of the pages' latency medians."""
+    if not runs:
+        return {}
+    pages = [b for run in runs for b in run]
+    latencies = [b["latency_p50_ms"] for b in pages if b["latency_p50_ms"] is not None]
+    return {
+        "browser_frames_pct_worst": statistics.median(min(b["frames_pct"] or 0 for b in run) for run in runs),
+        "browser_waiting": sum(b["waiting"] for b in pages),
+        "browser_stalled_ms": sum(b["stalled_ms"] for b in pages),
+        "browser_buffer_stalls": sum(b["buffer_stalls"] for b in pages),
+        "browser_restarts": sum(b["restarts"] for b in pages),
+        "browser_latency_p50_ms": round(statistics.median(latencies)) if latencies else None,
+    }
 
 
 def main() -> None:
@@ -239,11 +300,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--browsers", type=int, default=0, help="real Chromium viewers through the cache")
     args = parser.parse_args()
     raise_nofile()
     rows: dict[int, list[dict[str, Any]]] = {n: [] for n in args.levels}
     for run in range(args.runs):
-        for row in asyncio.run(run_once(args.levels, args.warmup, args.seconds)):
+        for row in asyncio.run(run_once(args.levels, args.warmup, args.seconds, args.browsers)):
             print(json.dumps({"run": run, **row}), flush=True)
             rows[row["viewers"]].append(row)
     report(rows)

@@ -30,6 +30,7 @@ from playwright import sync_api
 from load_tests.bench import stop_process
 from load_tests.bench_first_frame import CHROMIUM_ARGS, chromium_path
 from load_tests.bench_hls_cache import start_node
+from load_tests.hls_browsers import open_viewer
 from tests.nginx_fixtures import NginxCache
 from tests.redis_fixtures import free_port
 
@@ -88,15 +89,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def one_load(browser: sync_api.Browser, url: str, seconds: float) -> dict[str, Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    context, page, first = open_viewer(browser, url)
     try:
-        page = context.new_page()
-        page.goto(url)
-        page.wait_for_function("document.body.dataset.stream === 'playing'", timeout=60_000)
-        first = page.evaluate(
-            "document.body.dataset.mode === 'hls' ? window.liveroom.hls._t0 + window.liveroom.hls.firstFrameMs"
-            " : window.liveroom.media.firstFrameMs"  # WebRTC: counted from navigation start already
-        )
         out = page.evaluate(READ_CLOCK, seconds)
         return {"first_picture_ms": round(first), **out}
     finally:

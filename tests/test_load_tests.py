@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from load_tests import bench
+from tests.nginx_fixtures import requires_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 120  # seconds: a hang fails the test instead of the whole session
@@ -210,3 +211,29 @@ def test_the_encoder_bench_measures_both_codecs_and_both_ingests() -> None:
         assert ingest["fps"] > 0 and ingest["latency_ms_p50"] is not None  # stamps read back
         assert 0 <= ingest["latency_ms_p50"] <= ingest["latency_ms_p95"]
     assert summary["ingest_added_latency_ms"] is not None
+
+
+@requires_nginx
+def test_the_hls_cache_bench_with_a_real_chromium_viewer() -> None:
+    """bench_hls_cache --browsers: simulated viewers and a real Chromium page through nginx, one level."""
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "load_tests.bench_hls_cache"),
+            *("--levels", "3", "--runs", "1", "--warmup", "1", "--seconds", "3", "--browsers", "1"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=2 * RUN_TIMEOUT,  # a node, nginx and Chromium, one after the other
+        check=True,
+    )
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    (row,) = [r for r in records if "run" in r]
+    assert row["viewers"] == 3 and row["origin_rps"] > 0 and row["viewer_parts_per_s"] > 0
+    (page,) = row["browsers"]
+    assert page["frames"] > 0 and page["seconds"] > 0  # the page kept presenting frames in the window
+    assert page["latency_p50_ms"] is not None  # the page's PROGRAM-DATE-TIME figure
+    assert page["waiting"] >= 0 and page["stalled_ms"] >= 0 and page["restarts"] >= 0
+    (level,) = records[-1]["summary"]
+    assert level["browser_frames_pct_worst"] > 0 and "browser_restarts" in level
+    assert "browsers' frames % (worst)" in out.stdout  # the Markdown table has the browsers' columns
