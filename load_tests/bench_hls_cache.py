@@ -254,7 +254,7 @@ def report(rows: dict[int, list[dict[str, Any]]]) -> None:
             }
         )
     print(json.dumps({"summary": summary}))
-    real = any("browsers" in s for s in summary)
+    real = any("browser_frames_pct_worst" in s for s in summary)
     extra = (
         " browsers' frames % (worst) | waiting / stalled s / restarts | page latency p50 s |" if real else ""
     )
