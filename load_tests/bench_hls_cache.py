@@ -96,10 +96,11 @@ async def follow(http: aiohttp.ClientSession, url: str, tally: Tally, stop: asyn
             await asyncio.sleep(0.5)
 
 
-async def origin_requests(http: aiohttp.ClientSession, node: str) -> float:
+async def origin_requests(http: aiohttp.ClientSession, node: str) -> dict[str, float]:
+    """The node's HLS answers so far, by kind (playlist, blocking, part, segment, init)."""
     async with http.get(f"{node}/metrics") as r:
         text = await r.text()
-    return sum(float(m[2]) for m in _METRIC.finditer(text))
+    return {m[1]: float(m[2]) for m in _METRIC.finditer(text)}
 
 
 async def viewer_urls(http: aiohttp.ClientSession, cache: str, count: int) -> list[str]:
@@ -161,7 +162,9 @@ async def level(
     span = t1 - t0
     return {
         "viewers": viewers,
-        "origin_rps": round((req1 - req0) / span, 2),
+        "origin_rps": round((sum(req1.values()) - sum(req0.values())) / span, 2),
+        # each part crosses the cache once: the rate the room's stream makes parts (3 a second is real time)
+        "origin_parts_per_s": round((req1.get("part", 0) - req0.get("part", 0)) / span, 2),
         "node_cpu_pct": round(100 * (cpu1.cpu_s - cpu0.cpu_s) / span, 1),
         "viewer_parts_per_s": round((parts1 - parts0) / span / viewers, 2),
         # the simulated viewers' own process: at 100 % of a core they, not the origin, limit
@@ -236,7 +239,7 @@ def report(rows: dict[int, list[dict[str, Any]]]) -> None:
     base = levels[0]
     summary = []
     for n in levels:
-        keys = ("origin_rps", "node_cpu_pct", "viewer_parts_per_s", "clients_cpu_pct")
+        keys = ("origin_rps", "origin_parts_per_s", "node_cpu_pct", "viewer_parts_per_s", "clients_cpu_pct")
         med = {k: statistics.median(r[k] for r in rows[n]) for k in keys}
         ratio = {
             f"{k}_vs_{base}": round(
@@ -256,22 +259,24 @@ def report(rows: dict[int, list[dict[str, Any]]]) -> None:
     print(json.dumps({"summary": summary}))
     real = any("browser_frames_pct_worst" in s for s in summary)
     extra = (
-        " browsers' frames % (worst) | waiting / stalled s / restarts | page latency p50 s |" if real else ""
+        " browsers' frames % presented / received (worst) | waiting / stalled s / restarts | page latency p50 s |"
+        if real
+        else ""
     )
     print(
-        f"\n| viewers | origin req/s | node CPU % | parts/s per viewer | clients CPU % | origin vs {base} "
+        f"\n| viewers | origin req/s | origin parts/s | node CPU % | parts/s per viewer | clients CPU % | origin vs {base} "
         f"| CPU vs {base} |{extra}"
     )
-    print("|---|---|---|---|---|---|---|" + ("---|---|---|" if real else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if real else ""))
     for s in summary:
         line = (
-            f"| {s['viewers']} | {s['origin_rps']} | {s['node_cpu_pct']} | {s['viewer_parts_per_s']} "
+            f"| {s['viewers']} | {s['origin_rps']} | {s['origin_parts_per_s']} | {s['node_cpu_pct']} | {s['viewer_parts_per_s']} "
             f"| {s['clients_cpu_pct']} | {s[f'origin_rps_vs_{base}']} | {s[f'node_cpu_pct_vs_{base}']} |"
         )
         if "browser_frames_pct_worst" in s:
             latency = s["browser_latency_p50_ms"]
             line += (
-                f" {s['browser_frames_pct_worst']} | {s['browser_waiting']} / {s['browser_stalled_ms'] / 1000:.1f}"
+                f" {s['browser_frames_pct_worst']} / {s['browser_decoded_pct_worst']} | {s['browser_waiting']} / {s['browser_stalled_ms'] / 1000:.1f}"
                 f" / {s['browser_restarts']} | {'-' if latency is None else f'{latency / 1000:.2f}'} |"
             )
         print(line)
@@ -286,6 +291,10 @@ def browsers_summary(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
     latencies = [b["latency_p50_ms"] for b in pages if b["latency_p50_ms"] is not None]
     return {
         "browser_frames_pct_worst": statistics.median(min(b["frames_pct"] or 0 for b in run) for run in runs),
+        "browser_decoded_pct_worst": statistics.median(
+            min(b["decoded_pct"] or 0 for b in run) for run in runs
+        ),
+        "browser_dropped": sum(b["dropped"] for b in pages),
         "browser_waiting": sum(b["waiting"] for b in pages),
         "browser_stalled_ms": sum(b["stalled_ms"] for b in pages),
         "browser_buffer_stalls": sum(b["buffer_stalls"] for b in pages),

@@ -5,9 +5,11 @@ clock from it). `RealViewers` keeps a few such viewers playing while an asyncio 
 loads the same cache (bench_hls_cache): Playwright's sync API owns one thread of its own, so
 every browser call goes through a one-thread executor and the benchmark's event loop is never
 blocked by it. Per watched window each page counts the frames it presented
-(requestVideoFrameCallback), its video element's `waiting` events and the time until it
-played again, hls.js's buffer-stall errors and player restarts, and samples the page's own
-latency figure (wall clock minus the PROGRAM-DATE-TIME of the frame shown).
+(requestVideoFrameCallback; beside it getVideoPlaybackQuality's frames received and dropped:
+fewer presented than received is the browser, fewer received than 30 a second the stream),
+its video element's `waiting` events and the time until it played again, hls.js's
+buffer-stall errors and player restarts, and samples the page's own latency figure (wall
+clock minus the PROGRAM-DATE-TIME of the frame shown).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ WATCH = """
   const v = document.querySelector('#video');
   const player = window.liveroom.hls;
   const w = { t0: performance.now(), frames: 0, waiting: 0, stalledMs: 0, since: null, errors: {},
-              latency: [], run0: player._run };
+              latency: [], run0: player._run, q0: v.getVideoPlaybackQuality() };
   window.__watch = w;
   const mine = () => window.__watch === w;
   const tick = () => { if (!mine()) return; w.frames++; v.requestVideoFrameCallback(tick); };
@@ -59,9 +61,11 @@ COLLECT = """
   clearInterval(w.sampler);
   const now = performance.now();
   if (w.since !== null) w.stalledMs += now - w.since;
+  const q = document.querySelector('#video').getVideoPlaybackQuality();
   return { seconds: (now - w.t0) / 1000, frames: w.frames, waiting: w.waiting, stalledMs: w.stalledMs,
            stalledAtEnd: w.since !== null, errors: w.errors, latency: w.latency,
-           restarts: player._run - w.run0, playing: player.playing };
+           restarts: player._run - w.run0, playing: player.playing,
+           decoded: q.totalVideoFrames - w.q0.totalVideoFrames, dropped: q.droppedVideoFrames - w.q0.droppedVideoFrames };
 }
 """
 
@@ -93,6 +97,10 @@ def summarize(seen: dict[str, Any], first_ms: float) -> dict[str, Any]:
         "seconds": round(seen["seconds"], 2),
         "frames": seen["frames"],
         "frames_pct": round(100 * seen["frames"] / expected, 1) if expected else None,
+        # the media pipeline's own count: frames it got, and those it dropped (late) instead of showing
+        "decoded": seen["decoded"],
+        "decoded_pct": round(100 * seen["decoded"] / expected, 1) if expected else None,
+        "dropped": seen["dropped"],
         "waiting": seen["waiting"],
         "stalled_ms": round(seen["stalledMs"]),
         "stalled_at_end": seen["stalledAtEnd"],

@@ -230,10 +230,14 @@ def test_the_hls_cache_bench_with_a_real_chromium_viewer() -> None:
     records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     (row,) = [r for r in records if "run" in r]
     assert row["viewers"] == 3 and row["origin_rps"] > 0 and row["viewer_parts_per_s"] > 0
+    assert 0 < row["origin_parts_per_s"] < row["origin_rps"]  # parts and the reloads for them
     (page,) = row["browsers"]
     assert page["frames"] > 0 and page["seconds"] > 0  # the page kept presenting frames in the window
+    assert page["decoded"] > 0 and 0 <= page["dropped"] <= page["decoded"]  # the media pipeline counted too
     assert page["latency_p50_ms"] is not None  # the page's PROGRAM-DATE-TIME figure
     assert page["waiting"] >= 0 and page["stalled_ms"] >= 0 and page["restarts"] >= 0
     (level,) = records[-1]["summary"]
     assert level["browser_frames_pct_worst"] > 0 and "browser_restarts" in level
-    assert "browsers' frames % (worst)" in out.stdout  # the Markdown table has the browsers' columns
+    assert (
+        "browsers' frames % presented / received (worst)" in out.stdout
+    )  # the Markdown table has the browsers' columns
