@@ -163,7 +163,7 @@ async def level(
     return {
         "viewers": viewers,
         "origin_rps": round((sum(req1.values()) - sum(req0.values())) / span, 2),
-        # each part crosses the cache once: the rate the room's stream makes parts (3 a second is real time)
+        # each part crosses the cache once: the parts the viewers pulled through (~3.5 a second at the live edge)
         "origin_parts_per_s": round((req1.get("part", 0) - req0.get("part", 0)) / span, 2),
         "origin_rps_by_kind": {k: round((v - req0.get(k, 0)) / span, 2) for k, v in sorted(req1.items())},
         "node_cpu_pct": round(100 * (cpu1.cpu_s - cpu0.cpu_s) / span, 1),
