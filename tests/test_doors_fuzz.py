@@ -186,6 +186,31 @@ async def test_fuzz_http_doors(app: App, server_faults: None) -> None:
                 await asyncio.wait_for(_send(http, base, request, sdp), TIMEOUT)
 
 
+
+async def test_an_offer_missing_its_video_m_line_is_refused_not_a_500(app: App) -> None:
+    """Found by the fuzz above: a WHEP offer whose `m=video` line is gone (its attributes then
+    belong to the audio section, and BUNDLE names a mid with no section) made aiortc build a
+    transceiver without a transport; creating the answer and closing the connection both
+    raised, and the viewer got 500. Now a 4xx with a code, and the node serves the next one."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    with loopback_candidates():
+        sdp = await offer("whip")
+        async with aiohttp.ClientSession() as http:
+            host = {"Authorization": f"Bearer {token('r1', 'obs', 'host')}", "Content-Type": "application/sdp"}
+            async with http.post(f"{base}/whip/r1", data=sdp, headers=host) as response:
+                assert response.status == 201
+            viewer = {"Authorization": f"Bearer {token('r1', 'v', 'viewer')}", "Content-Type": "application/sdp"}
+            broken = "\r\n".join(line for line in sdp.split("\r\n") if not line.startswith("m=video"))
+            async with http.post(f"{base}/whep/r1", data=broken, headers=viewer) as response:
+                body = await response.read()
+                assert 400 <= response.status < 500, (response.status, body[:300])
+                assert "code" in json.loads(body)
+            whep = await offer("whep")
+            viewer2 = {**viewer, "Authorization": f"Bearer {token('r1', 'v2', 'viewer')}"}
+            async with http.post(f"{base}/whep/r1", data=whep, headers=viewer2) as response:
+                assert response.status == 201, await response.text()
+
+
 RAW = [
     b"GARBAGE\r\n\r\n",
     b"GET / HTTP/9.9\r\n\r\n",

@@ -15,6 +15,7 @@ A :class:`MediaRoom` knows nothing about SDP or the wire protocol (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +47,32 @@ from .forward import (
 from .keyframes import KeyframeRequester
 
 logger = logging.getLogger(__name__)
+
+
+async def close_connection(pc: RTCPeerConnection) -> None:
+    """Close a peer connection, even one a malformed remote offer left half made: aiortc's
+    close() assumes every transceiver got a transport and raises on the first that did not
+    (a fuzzed WHEP offer with its video m-line removed did), leaving the rest open."""
+    try:
+        await pc.close()
+    except AttributeError as exc:
+        logger.debug("media: closing a half-made connection: %s", exc)
+        for transceiver in pc.getTransceivers():  # those close() did not reach (bounded)
+            dtls = transceiver.receiver.transport
+            if dtls is None:
+                continue
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    if dtls.state != "closed":
+                        await dtls.stop()
+                    if dtls.transport.state != "closed":
+                        await dtls.transport.stop()
+        # aiortc marks the connection closed only at the end of close(), and a later close()
+        # awaits that mark: without it, the next close() of this connection never returns
+        closed = getattr(pc, "_RTCPeerConnection__isClosed", None)
+        if isinstance(closed, asyncio.Future) and not closed.done():
+            closed.set_result(True)
+
 
 KINDS = ("audio", "video")
 
@@ -355,7 +382,7 @@ class MediaRoom:
             pub.fanouts[kind].end()
         await asyncio.gather(*(self._end_viewer_tracks(publisher_id, k) for k in pub.kinds))
         pub.ended.set()
-        await pub.pc.close()
+        await close_connection(pub.pc)
         if pub.ready:
             self._notify("unpublished", publisher_id)
 
@@ -428,7 +455,7 @@ class MediaRoom:
         for t in sub.tracks:
             t.active = False
             t.track.stop()
-        await sub.pc.close()
+        await close_connection(sub.pc)
 
     # -- room ------------------------------------------------------------------------
     async def close(self) -> None:

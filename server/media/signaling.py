@@ -24,7 +24,7 @@ from aiortc.sdp import SessionDescription
 
 from .codecs import choose_publish_codec, offered_video_codecs
 from .errors import MediaError
-from .room import KINDS, MediaRoom, Subscription
+from .room import KINDS, MediaRoom, Subscription, close_connection
 
 
 def mline_kinds(sdp: str) -> list[str]:
@@ -131,7 +131,7 @@ async def create_subscribe_offer(
     except Exception as exc:
         if existing is None:
             await room.remove_viewer(viewer_id)
-            await pc.close()
+            await close_connection(pc)
         raise _sdp_error(exc) from exc
     return pc.localDescription.sdp
 
@@ -175,7 +175,7 @@ async def handle_subscribe_offer(
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:
         await room.remove_viewer(viewer_id)
-        await pc.close()
+        await close_connection(pc)
         raise _sdp_error(exc, room) from exc
     return pc.localDescription.sdp
 
