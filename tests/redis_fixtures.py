@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import signal
@@ -319,7 +320,7 @@ class NodeProc:
     def __init__(self, redis_url: str, node_id: str, *args: str, log: Any = None) -> None:
         self.node_id = node_id
         self._log = None
-        if log is None:
+        if log is None and not os.environ.get("LIVEROOM_TEST_NODE_LOGS"):  # set: logs go to stderr
             self._log = log = tempfile.NamedTemporaryFile("w", prefix=f"liveroom-{node_id}-", suffix=".log")
         self.proc, self.port = start_server_process(
             "--redis",
