@@ -7,7 +7,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgpack
@@ -24,27 +24,13 @@ SECRET = DEFAULT_SECRET
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 TIMEOUT = 20.0  # generous: tests must pass on a loaded 2-core machine
 # pytester: tests/test_ci_skips.py runs pytest on small files; tests.ci_skips: no skips under CI=true;
-# tests.async_timeout: a hung async test fails alone (pytest-timeout cannot stop it)
-pytest_plugins = ["pytester", "tests.ci_skips", "tests.async_timeout"]
+# tests.async_timeout: a hung async test fails alone (pytest-timeout cannot stop it);
+# tests.child_logs: a failed test's report shows its node processes' logs
+pytest_plugins = ["pytester", "tests.ci_skips", "tests.async_timeout", "tests.child_logs"]
 # Server processes the tests start (browser pages' servers, Redis nodes, load_tests' bench servers)
 # inherit this: on a loaded machine their event loop lags for reasons that are not the test's, and
 # the lag gate would refuse joins (4302) at random. As in `config` below; tests of the gate set it.
 os.environ.setdefault("LIVEROOM_MAX_LOOP_LAG", "0")
-# Logs of child processes a test started, as (title, read): a failing test's report shows them
-# (pytest_runtest_makereport below). The nodes' WARNING lines say what the broker saw.
-CHILD_LOGS = pytest.StashKey[list[tuple[str, Callable[[], str]]]]()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failed test's report carries the logs of the node processes it started."""
-    report = yield
-    if report.failed:
-        for title, read in item.stash.get(CHILD_LOGS, []):
-            report.sections.append((title, read()))
-    return report
 
 
 class WsClient:

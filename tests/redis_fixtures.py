@@ -29,7 +29,8 @@ import redis
 from websockets.asyncio.client import connect
 
 from tests import prom
-from tests.conftest import CHILD_LOGS, WsClient, start_server_process, token
+from tests.child_logs import CHILD_LOGS
+from tests.conftest import WsClient, start_server_process, token
 
 WAIT = 30.0  # seconds: generous, a loaded 2-core machine must pass
 # the core of these tests is throughput across nodes, not the abuse limits
@@ -321,7 +322,8 @@ class NodeProc:
         self.node_id = node_id
         self._log = None
         if log is None and not os.environ.get("LIVEROOM_TEST_NODE_LOGS"):  # set: logs go to stderr
-            self._log = log = tempfile.NamedTemporaryFile("w", prefix=f"liveroom-{node_id}-", suffix=".log")
+            # closed (and so deleted) by close_log, after the test
+            self._log = log = tempfile.NamedTemporaryFile("w", prefix=f"{node_id}-", suffix=".log")  # noqa: SIM115
         self.proc, self.port = start_server_process(
             "--redis",
             redis_url,
