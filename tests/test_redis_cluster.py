@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import signal
 
+import redis
+from redis.exceptions import RedisClusterException
 from websockets.exceptions import ConnectionClosed
 
 from server.broker.redis import RedisBroker
@@ -43,6 +45,14 @@ class Watch:
                         self.texts.append(event["text"])
         except ConnectionClosed as exc:
             self.closed = exc.rcvd.code if exc.rcvd is not None else None
+
+
+def _replaced(cluster: RedisClusterServer, key: str, port: int) -> bool:
+    """Another primary (a promoted replica) serves key's slot, no longer the one at `port`."""
+    try:
+        return cluster.primary_of(key) != port
+    except (redis.RedisError, RedisClusterException):  # the cluster is between two views
+        return False
 
 
 def _room_on(cluster: RedisClusterServer, port: int) -> str:
@@ -108,7 +118,12 @@ async def test_primary_killed_under_traffic(
     try:
         await apoll(lambda: len(acked) >= 10, what="DMs acknowledged before the kill")
         redis_cluster.kill(victim)
-        # the replica takes over; both nodes find it without being told
+        # the replica takes over; both nodes find it without being told. Wait for that promotion
+        # itself: right after the SIGKILL every node still reports the slots served (the death
+        # is not detected yet), and a victim restarted then came back as the primary, empty
+        await apoll(
+            lambda: asyncio.to_thread(_replaced, redis_cluster, "lr:{u:bob}:dm", victim), what="failover"
+        )
         await apoll(lambda: asyncio.to_thread(redis_cluster.healthy, False), what="failover")
         await n0.wait_ready()
         await n1.wait_ready()
