@@ -24,8 +24,9 @@ SECRET = DEFAULT_SECRET
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 TIMEOUT = 20.0  # generous: tests must pass on a loaded 2-core machine
 # pytester: tests/test_ci_skips.py runs pytest on small files; tests.ci_skips: no skips under CI=true;
-# tests.async_timeout: a hung async test fails alone (pytest-timeout cannot stop it)
-pytest_plugins = ["pytester", "tests.ci_skips", "tests.async_timeout"]
+# tests.async_timeout: a hung async test fails alone (pytest-timeout cannot stop it);
+# tests.child_logs: a failed test's report shows its node processes' logs
+pytest_plugins = ["pytester", "tests.ci_skips", "tests.async_timeout", "tests.child_logs"]
 # Server processes the tests start (browser pages' servers, Redis nodes, load_tests' bench servers)
 # inherit this: on a loaded machine their event loop lags for reasons that are not the test's, and
 # the lag gate would refuse joins (4302) at random. As in `config` below; tests of the gate set it.

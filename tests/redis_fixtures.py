@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +29,7 @@ import redis
 from websockets.asyncio.client import connect
 
 from tests import prom
+from tests.child_logs import CHILD_LOGS
 from tests.conftest import WsClient, start_server_process, token
 
 WAIT = 30.0  # seconds: generous, a loaded 2-core machine must pass
@@ -312,10 +315,15 @@ class RedisClusterServer:
 
 
 class NodeProc:
-    """A `python -m server serve --redis URL` process."""
+    """A `python -m server serve --redis URL` process. Its log lines (stderr) go to `log`, or to a
+    temporary file that `log_text()` reads (start_nodes shows it with a failed test)."""
 
     def __init__(self, redis_url: str, node_id: str, *args: str, log: Any = None) -> None:
         self.node_id = node_id
+        self._log = None
+        if log is None and not os.environ.get("LIVEROOM_TEST_NODE_LOGS"):  # set: logs go to stderr
+            # closed (and so deleted) by close_log, after the test
+            self._log = log = tempfile.NamedTemporaryFile("w", prefix=f"{node_id}-", suffix=".log")  # noqa: SIM115
         self.proc, self.port = start_server_process(
             "--redis",
             redis_url,
@@ -369,6 +377,18 @@ class NodeProc:
                 self.proc.wait(WAIT)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()  # deletes it
+            self._log = None
+
+    def log_text(self) -> str:
+        """What the node logged so far (read on a handle of our own: the node writes on)."""
+        if self._log is None:
+            return ""
+        with open(self._log.name, errors="replace") as log:
+            return log.read()
 
 
 @pytest.fixture
@@ -446,9 +466,11 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def start_nodes() -> Iterator[Callable[..., list[NodeProc]]]:
-    """start_nodes(redis_url or RedisTarget, n, *args): n node processes, stopped after the test."""
+def start_nodes(request: pytest.FixtureRequest) -> Iterator[Callable[..., list[NodeProc]]]:
+    """start_nodes(redis_url or RedisTarget, n, *args): n node processes, stopped after the test;
+    a failed test's report shows their logs."""
     started: list[NodeProc] = []
+    logs = request.node.stash.setdefault(CHILD_LOGS, [])
 
     def _start(target: str | RedisTarget, count: int, *args: str) -> list[NodeProc]:
         if isinstance(target, RedisTarget):  # a cluster needs --redis-cluster
@@ -457,12 +479,14 @@ def start_nodes() -> Iterator[Callable[..., list[NodeProc]]]:
             url = target
         nodes = [NodeProc(url, f"n{len(started) + i}", *args) for i in range(count)]
         started.extend(nodes)
+        logs.extend((f"node {node.node_id} log", node.log_text) for node in nodes)
         return nodes
 
     yield _start
     for node in started:
         with contextlib.suppress(Exception):
             node.stop()
+        node.close_log()
 
 
 @pytest.fixture

@@ -43,6 +43,10 @@ from server.broker.shards import MAIN, Call, Shards
 
 log = logging.getLogger("liveroom.broker.redis")
 HEARTBEAT_SLICES = 10  # the presence heartbeat runs this often per interval, each time on the rooms due
+# A primary that answers nothing in this long is hung (its shard is lost). One bound for every
+# wait on an answer (a pipeline, a subscription, a PING probe): a shorter one would lose a
+# shard that is only slow, e.g. a PING queued behind a big tick pipeline on a loaded machine.
+ANSWER_TIMEOUT_S = 10.0
 
 
 class RedisBroker(Broker):
@@ -298,15 +302,29 @@ class RedisBroker(Broker):
         await self._open(self._shards.names)
 
     async def _open(self, names: list[str]) -> None:
-        async def one(into: dict[str, Resp3Connection], name: str) -> None:
-            into[name] = await open_resp3(
+        """Open both connections of each shard named, all or none: a shard never has half of
+        them, and a failed attempt leaves nothing behind (recovery then tries again)."""
+
+        async def one(name: str) -> Resp3Connection:
+            return await open_resp3(
                 **self._shards.endpoint(name),
                 timeout=self._connect_timeout,
                 on_push=self._on_push,
                 on_lost=lambda exc: self._on_connection_lost(exc, name),
             )
 
-        await asyncio.gather(*(one(into, n) for n in names for into in (self._pubsubs, self._writers)))
+        pairs = [(n, into) for n in names for into in (self._pubsubs, self._writers)]
+        opened = await asyncio.gather(*(one(n) for n, _ in pairs), return_exceptions=True)
+        conns = [c for c in opened if isinstance(c, Resp3Connection)]
+        failed = next((c for c in opened if isinstance(c, BaseException)), None)
+        if failed is None and any(c.closed for c in conns):  # lost while the others opened
+            failed = ConnectionError("a redis connection closed while opening")
+        if failed is not None:
+            for conn in conns:
+                conn.close()
+            raise failed
+        for (name, into), conn in zip(pairs, conns, strict=True):
+            into[name] = conn
 
     def _on_connection_lost(self, exc: BaseException, shard: str | None = None) -> None:
         """A connection died (a dead primary, a reset). One Redis: the session ends, and the
@@ -357,7 +375,7 @@ class RedisBroker(Broker):
                 try:
                     if writer is None:
                         raise ConnectionError(f"no connection to redis shard {name}")
-                    async with asyncio.timeout(2):
+                    async with asyncio.timeout(ANSWER_TIMEOUT_S):  # slow is not lost
                         await writer.send((), [("PING",)])[0]
                 except (*_DOWN, TimeoutError) as failed:
                     self._shard_lost(name, failed)
@@ -370,7 +388,13 @@ class RedisBroker(Broker):
         """Find the lost shards' replacements (a promoted replica) and bring their rooms and
         users back, with no pause for the others: re-read the slot map, open connections to the
         new primaries, resubscribe the channels now on them, re-read those rooms (continue or
-        reset) and catch up those users. Jittered backoff between attempts."""
+        reset) and catch up those users. Jittered backoff between attempts.
+
+        Once the slot map names a replacement, it counts as lost (instead of the primary it
+        replaces) until its connections are open and its channels followed: a command routed to
+        it meanwhile fails as any lost shard's does, and does not count as one more lost shard
+        (it did, and two of three lost made /readyz 503). A step that fails for a shard loses
+        that shard again, to be retried here; it never ends the others' session."""
         delay = 0.1
         while self._down and self._connected:
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -378,50 +402,79 @@ class RedisBroker(Broker):
             healthy = [n for n in self._shards.names if n not in self._down]
             try:
                 await self._shards.refresh(keep=healthy)
-                fresh = [n for n in self._shards.names if n not in self._pubsubs]
-                await self._open(fresh)
             except _DOWN as exc:
                 log.debug("redis shards not back yet: %s", exc)
+                continue
+            # the shards without connections now: the lost ones, or the replicas that replaced them
+            fresh = [n for n in self._shards.names if n not in self._pubsubs]
+            gone, self._down = self._down, set(fresh)
+            for name in gone - set(self._shards.names):  # replaced in the failover
+                metrics.broker_shard_up.remove(name)
+            for name in fresh:
+                metrics.broker_shard_up.labels(shard=name).set(0)
+            try:
+                await self._open(fresh)
+            except _DOWN as exc:
+                log.debug("redis shards %s not back yet: %s", fresh, exc)
                 continue
             if self._cluster_known:
                 with contextlib.suppress(*_DOWN):
                     await self._redis.nodes_manager.initialize()
-            gone, self._down = self._down, set()
-            for name in gone - set(self._shards.names):  # replaced in the failover
-                metrics.broker_shard_up.remove(name)
-            for name in fresh:
-                metrics.broker_shard_up.labels(shard=name).set(1)
-            rooms = [
-                (room_id, sub)
-                for room_id, sub in self.stream._rooms.items()
-                if self._shards.name_of(rs.room_keys(room_id).channel) in fresh
-            ]
-            users = [
-                (uid, user)
-                for uid, user in self.inbox._users.items()
-                if self._shards.name_of(rs.user_keys(uid).channel) in fresh
-            ]
-            for _, sub in rooms:
-                if sub.pending is None:
-                    sub.pending = []
-            for _, user in users:
-                if user.pending is None:
-                    user.pending = []
-            channels = [c for c in self._targets if self._shards.name_of(c) in fresh]
-            control = rs.control_channel(self.node_id).encode()
-            if self._shards.name_of(control) in fresh:
-                channels.append(control)
-            try:
-                await self._listen(channels)
-            except _DOWN as exc:
-                self._on_connection_lost(exc)  # rare: let the whole session start over
-                return
-            log.warning("redis shards %s replaced by %s: serving again", sorted(gone), sorted(fresh))
-            await asyncio.gather(
-                *(self.stream._resync(room_id, sub) for room_id, sub in rooms),
-                *(self.inbox._catch_up(uid, user) for uid, user in users),
-            )
-            delay = 0.1
+            back = await self._follow(fresh)
+            if back:
+                log.warning("redis shards %s serving again (lost: %s)", sorted(back), sorted(gone))
+                delay = 0.1
+
+    async def _follow(self, names: list[str]) -> list[str]:
+        """Bring shards whose connections just opened back into service: subscribe their
+        channels again, then re-read their rooms and catch up their users (batches arriving
+        meanwhile are held). A shard whose subscription fails is lost again. Returns those back."""
+        for name in names:
+            self._down.discard(name)
+            metrics.broker_shard_up.labels(shard=name).set(1)
+        rooms = [
+            (r, sub)
+            for r, sub in self.stream._rooms.items()
+            if self._shards.name_of(rs.room_keys(r).channel) in names
+        ]
+        users = [
+            (u, user)
+            for u, user in self.inbox._users.items()
+            if self._shards.name_of(rs.user_keys(u).channel) in names
+        ]
+        for _, sub in rooms:
+            if sub.pending is None:
+                sub.pending = []
+        for _, user in users:
+            if user.pending is None:
+                user.pending = []
+        channels: dict[str, list[bytes]] = {name: [] for name in names}
+        for channel in [*self._targets, rs.control_channel(self.node_id).encode()]:
+            shard = self._shards.name_of(channel)
+            if shard in channels:
+                channels[shard].append(channel)
+        outcomes = await asyncio.gather(*(self._listen(channels[n]) for n in names), return_exceptions=True)
+        back: list[str] = []
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, _DOWN):
+                self._shard_lost(name, outcome)  # its rooms and users stay held: retried
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                back.append(name)
+        await asyncio.gather(
+            *(
+                self.stream._resync(r, sub)
+                for r, sub in rooms
+                if self._shards.name_of(rs.room_keys(r).channel) in back
+            ),
+            *(
+                self.inbox._catch_up(u, user)
+                for u, user in users
+                if self._shards.name_of(rs.user_keys(u).channel) in back
+            ),
+        )
+        return back
 
     async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
         """The tick's script calls, the heartbeats, analytics' flush: like Shards.pipelined (one
@@ -453,7 +506,7 @@ class RedisBroker(Broker):
                 slots[i] = fut
         futures = [f for f in slots if f is not None]
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
             hung = ConnectionError("redis did not answer in 10 s")
@@ -538,7 +591,7 @@ class RedisBroker(Broker):
             else:
                 pushes = [("SUBSCRIBE", *names)]
             waits += pubsub.send(pushes, [read] if read is not None else [])
-        async with asyncio.timeout(10):  # not wait_for: on 3.11 it can drop a cancel (close())
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):  # not wait_for: on 3.11 it can drop a cancel
             results = await asyncio.gather(*waits)
         if not all(results[: len(channels)]):
             raise ConnectionError("redis connection lost while subscribing")
