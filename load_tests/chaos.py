@@ -41,6 +41,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -263,6 +264,18 @@ class RedisCluster:
         self._spawn(port)  # it rejoins as a replica of the promoted one
         await self._until(self.healthy, "the replica back")
 
+    async def restart_all(self, down: float) -> None:
+        """SIGKILL every Redis process (the whole store goes away), restart them after `down` s
+        (each reloads its AOF and its role from nodes.conf) and wait for the cluster to be whole."""
+        for proc in self.procs.values():
+            proc.kill()
+        for proc in self.procs.values():
+            await asyncio.to_thread(proc.wait)
+        await asyncio.sleep(down)
+        for port in list(self.procs):
+            self._spawn(port)
+        await self._until(self.healthy, "the cluster back", timeout=120)
+
     async def stop(self) -> None:
         for proc in self.procs.values():
             proc.kill()
@@ -286,7 +299,14 @@ class Node:
         return self.proc.poll() is None
 
 
-async def start_node(redis_url: str, node_id: str, *extra: str) -> Node:
+def raise_nofile() -> None:
+    """Lift the soft open-files limit to the hard one (thousands of sockets per process)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def start_node(redis_url: str, node_id: str, *extra: str, env: dict[str, str] | None = None) -> Node:
     cmd = [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"]
     cmd += ["--redis", redis_url, "--node-id", node_id, "--tick-ms", "50", "--presence-ttl", "1.5", *extra]
     proc = subprocess.Popen(
@@ -294,7 +314,8 @@ async def start_node(redis_url: str, node_id: str, *extra: str) -> Node:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, **NODE_ENV},
+        env={**os.environ, **NODE_ENV, **(env or {})},
+        preexec_fn=raise_nofile,
     )
     assert proc.stdout is not None
     line = await asyncio.to_thread(proc.stdout.readline)

@@ -451,21 +451,27 @@ class RedisBroker(Broker):
                 continue
             for i, fut in zip(order[name], writer.send((), commands), strict=True):
                 slots[i] = fut
-        futures = [f for f in slots if f is not None]
+        answers = [f for f in slots if f is not None]
+        assert len(answers) == len(calls)  # every call has its answer's future, in call order
+        gathered = asyncio.gather(*answers, return_exceptions=True)
         try:
-            async with asyncio.timeout(10):
-                results = await asyncio.gather(*futures, return_exceptions=True)
-        except TimeoutError:
+            await asyncio.wait([gathered], timeout=10)
+        finally:
+            unanswered = [n for n in by_shard if any(not answers[i].done() for i in order[n])]
+            if not gathered.done():
+                gathered.cancel()
+        if unanswered:
             hung = ConnectionError("redis did not answer in 10 s")
             if self._cluster and self._connected and len(self._shards.names) > 1:
-                for name in by_shard:  # those shards only (the tick asks one at a time)
+                for name in unanswered:  # those shards only: one that answered is not lost
                     self._shard_lost(name, hung)
-                raise hung from None
+                raise hung
             for name in by_shard:  # a hung primary: its connection is out of step from now on
                 if name in self._writers:
                     self._writers[name].close()
             self._on_connection_lost(hung)
-            raise ConnectionError("redis did not answer in 10 s") from None
+            raise hung
+        results = gathered.result()
         for i, result in enumerate(results):
             if isinstance(result, ConnectionError):
                 if not self._cluster:
