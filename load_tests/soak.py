@@ -188,7 +188,9 @@ class Viewer:
         resumed = self.epoch is not None
 
         def on_joined(data: bytes) -> None:
-            self._on_snapshot(msgpack.unpackb(data), resumed)
+            if not self._on_snapshot(msgpack.unpackb(data), resumed):
+                proto.close()  # its `missed` did not follow our seq: resume again
+                return
             self.ws, self.node = proto, node
             self.ready.set()
 
@@ -218,17 +220,15 @@ class Viewer:
 
     # -- what the client does with frames (docs/PROTOCOL.md) --------------------------------
 
-    def _on_snapshot(self, snap: dict[str, Any], resumed: bool) -> None:
+    def _on_snapshot(self, snap: dict[str, Any], resumed: bool) -> bool:
         now = time.monotonic()
         if resumed and snap.get("recovered"):  # the missed events follow our (epoch, seq)
-            for event in snap.get("missed", ()):
-                if not self._on_event(event, now):
-                    break
-            return
+            return all(self._on_event(event, now) for event in snap.get("missed", ()))
         if resumed:
             self.ledger.not_recovered += 1
         self.epoch, self.seq = snap["epoch"], snap["seq"]
         self.segments.append([now, now])  # told: a new stretch starts here
+        return True
 
     def _on_frame(self, frame: dict[str, Any]) -> bool:
         kind = frame.get("t")
