@@ -76,10 +76,9 @@ NODE_ENV = {  # 5,000 clients share 127.0.0.1; nobody sends dm_seen, so stores m
     "LIVEROOM_MAX_CONNS_PER_USER": "0",
     "LIVEROOM_DM_STORE_PER_SENDER": "100000",
     "LIVEROOM_DM_KEEP": "10000",
-    "LIVEROOM_LOG_LEVEL": "WARNING",
 }
 LATE = 20.0  # s: a danmaku others showed this long ago is missed, not late
-QUIET = 20.0  # s before each fault: the control window
+QUIET = 20.0  # s before each fault: the control window (a third of --fault-every at most)
 WINDOW = 40.0  # s from each fault: the fault's window
 SETTLE = 90.0  # s at most, after the traffic, for every connection to catch up
 CONNECT_AT_ONCE = 100  # joins in flight while opening the connections
@@ -114,7 +113,7 @@ class Ledger:
     acked_by_cid: dict[str, str] = field(default_factory=dict)
     ack_changed: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # cid -> recipient: a final 4501
-    answers_4501: list[tuple[float, str]] = field(default_factory=list)  # (time, recipient)
+    answers_4501: list[tuple[float, str, str]] = field(default_factory=list)  # (time, sender, recipient)
     dm_other_errors: int = 0  # answers other than 4501 (none expected)
     dm_sent: int = 0
     danmaku_sent: int = 0
@@ -318,7 +317,7 @@ class Viewer:
                 await asyncio.sleep(0.05)
                 continue
             if answer.get("code") == 4501:
-                self.ledger.answers_4501.append((time.monotonic(), to))
+                self.ledger.answers_4501.append((time.monotonic(), self.uid, to))
             else:
                 self.ledger.dm_other_errors += 1
             message = str(answer.get("msg", ""))
@@ -383,6 +382,7 @@ class Soak:
                 self.viewers += conns
             for i in range(2):
                 uid = self.cluster.named(f"s{n}-{i}-", "lr:{{u:{}}}:dm", shard)
+                self.user_shard[uid] = shard  # its cid claims and DM quota live there
                 sender = Viewer(self, uid, bulk[(n + i) % len(bulk)], prefer=n + i)
                 self.senders.append(sender)
                 self.viewers.append(sender)
@@ -482,11 +482,12 @@ async def faults(soak: Soak, t0: float, stop: asyncio.Event) -> list[dict[str, A
     args = soak.args
     out: list[dict[str, Any]] = []
     every = args.fault_every
+    quiet_s = min(QUIET, every / 3)
     for i in itertools.count():
         at = t0 + every / 2 + i * every
         if at >= t0 + args.seconds:  # the traffic runs on until the last fault's window ends
             break
-        await asyncio.sleep(max(0.0, at - QUIET - time.monotonic()))
+        await asyncio.sleep(max(0.0, at - quiet_s - time.monotonic()))
         for v in soak.viewers:
             v.window()
         await asyncio.sleep(max(0.0, at - time.monotonic()))
@@ -494,15 +495,16 @@ async def faults(soak: Soak, t0: float, stop: asyncio.Event) -> list[dict[str, A
         kind = FAULTS[i % len(FAULTS)]
         fault_at = time.monotonic()
         fault = await inject(soak, kind, i // len(FAULTS))
-        await asyncio.sleep(max(0.0, fault_at + min(WINDOW, every - QUIET - 1) - time.monotonic()))
+        await asyncio.sleep(max(0.0, fault_at + min(WINDOW, every - quiet_s - 1) - time.monotonic()))
         hurt = {v: v.window() for v in soak.viewers}
         hit: list[Viewer] = fault.pop("hit")
         hit_set = set(hit)
         others = [v for v in soak.viewers if v not in hit_set]
-        refused = [to for at_, to in soak.ledger.answers_4501 if at_ >= fault_at]
         hit_users = {
             u for u, s in soak.user_shard.items() if kind == "redis_restart" or s == fault.get("shard")
         }
+        # per 4501 since the fault: True when neither its sender nor its recipient is on the failed shard
+        refused = [not {frm, to} & hit_users for at_, frm, to in soak.ledger.answers_4501 if at_ >= fault_at]
         row = {
             **fault,
             "at_s": round(fault_at - t0, 1),
@@ -510,8 +512,8 @@ async def faults(soak: Soak, t0: float, stop: asyncio.Event) -> list[dict[str, A
             **_stalls("hit", hit, hurt),
             **_stalls("other", others, hurt),
             **{f"quiet_{k}": v for k, v in _stalls("other", soak.viewers, quiet).items() if "stall" in k},
-            "dm_4501_other": sum(1 for to in refused if to not in hit_users),
-            "dm_4501_hit": sum(1 for to in refused if to in hit_users),
+            "dm_4501_other": sum(refused),
+            "dm_4501_hit": len(refused) - sum(refused),
             "live_connections": soak.live(),
         }
         out.append(row)
@@ -725,7 +727,7 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="how long the traffic runs")
     parser.add_argument("--connections", type=int, default=5000)
@@ -734,11 +736,16 @@ def main() -> None:
     parser.add_argument("--dm-rate", type=float, default=7.5, help="DMs per second per sender (6 senders)")
     parser.add_argument("--bulk-every", type=float, default=0.5, help="s between danmaku in a bulk room")
     parser.add_argument("--probe-every", type=float, default=0.05, help="s between danmaku in a probe room")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.fault_every < 10:
+        parser.error("--fault-every: 10 s at least")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is required")
-    if args.fault_every <= QUIET + 1:
-        sys.exit(f"--fault-every must be more than {QUIET + 1:.0f} s")
     try:
         import uvloop
     except ImportError:
