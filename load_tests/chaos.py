@@ -41,7 +41,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import socket
@@ -59,6 +58,7 @@ from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from load_tests.bench import raise_nofile
 from server.config import DEFAULT_SECRET
 from server.wire import auth
 
@@ -297,13 +297,6 @@ class Node:
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-
-def raise_nofile() -> None:
-    """Lift the soft open-files limit to the hard one (thousands of sockets per process)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def start_node(redis_url: str, node_id: str, *extra: str, env: dict[str, str] | None = None) -> Node:

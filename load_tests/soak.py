@@ -66,7 +66,7 @@ from typing import Any
 
 import msgpack
 
-from load_tests import chaos, wsraw
+from load_tests import bench, chaos, wsraw
 from server.config import DEFAULT_SECRET
 from server.wire import auth
 
@@ -635,7 +635,7 @@ def resources(soak: Soak) -> dict[str, Any]:
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    chaos.raise_nofile()
+    bench.raise_nofile()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         cluster = SoakCluster(Path(tmp), nodes=3, redis_cluster=True)
         await cluster.start()
