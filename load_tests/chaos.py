@@ -305,7 +305,7 @@ async def start_node(redis_url: str, node_id: str, *extra: str, env: dict[str, s
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=open(os.environ["CHAOS_LOGS"] + f"/{node_id}.log", "w") if os.environ.get("CHAOS_LOGS") else subprocess.DEVNULL,
         text=True,
         env={**os.environ, **NODE_ENV, **(env or {})},
         preexec_fn=raise_nofile,

@@ -492,9 +492,9 @@ async def faults(soak: Soak, t0: float, stop: asyncio.Event) -> list[dict[str, A
             v.window()
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         quiet = {v: v.window() for v in soak.viewers}
-        kind = FAULTS[i % len(FAULTS)]
+        kind = args.kinds[i % len(args.kinds)]
         fault_at = time.monotonic()
-        fault = await inject(soak, kind, i // len(FAULTS))
+        fault = await inject(soak, kind, sum(1 for r in out if r["kind"] == kind))
         await asyncio.sleep(max(0.0, fault_at + min(WINDOW, every - quiet_s - 1) - time.monotonic()))
         hurt = {v: v.window() for v in soak.viewers}
         hit: list[Viewer] = fault.pop("hit")
@@ -736,7 +736,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dm-rate", type=float, default=7.5, help="DMs per second per sender (6 senders)")
     parser.add_argument("--bulk-every", type=float, default=0.5, help="s between danmaku in a bulk room")
     parser.add_argument("--probe-every", type=float, default=0.05, help="s between danmaku in a probe room")
+    parser.add_argument("--kinds", default=",".join(FAULTS), help=f"faults in turn, of {', '.join(FAULTS)}")
     args = parser.parse_args(argv)
+    args.kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not args.kinds or any(k not in FAULTS for k in args.kinds):
+        parser.error(f"--kinds: choose from {', '.join(FAULTS)}")
     if args.fault_every < 10:
         parser.error("--fault-every: 10 s at least")
     return args

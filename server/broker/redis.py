@@ -284,6 +284,16 @@ class RedisBroker(Broker):
         self._connected = False
         self._broken.set()
 
+    def lose_shard(self, name: str, exc: BaseException) -> None:
+        """A command sent to shard `name` failed: on a cluster that shard is lost (one Redis: the
+        connection). By the name it was sent to, not by its key: a failover may have handed the
+        key's slot to the promoted replica meanwhile, which an old primary's error must not lose
+        (a soak saw it: the healthy new primary lost, then the whole session reset)."""
+        if self._cluster and self._connected and len(self._shards.names) > 1:
+            self._shard_lost(name, exc)  # a name no longer serving (replaced) is ignored there
+        else:
+            self._kick(exc)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -472,11 +482,12 @@ class RedisBroker(Broker):
             self._on_connection_lost(hung)
             raise hung
         results = gathered.result()
-        for i, result in enumerate(results):
-            if isinstance(result, ConnectionError):
+        for name, indexes in order.items():
+            failed = next((results[i] for i in indexes if isinstance(results[i], ConnectionError)), None)
+            if failed is not None:
                 if not self._cluster:
-                    raise result
-                self._kick(result, calls[i][0])  # that shard only; the call answers its error
+                    raise failed
+                self.lose_shard(name, failed)  # that shard only; its calls answer their error
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:  # a promoted replica or a flushed cache: load, then run those again
             for name in {self._shards.name_of(calls[i][0]) for i in missing}:

@@ -267,15 +267,19 @@ class RedisRoomStream(RedisPart, RoomStream):
     ) -> None:
         """Send the calls (one pipeline per shard) and handle the answers: a room whose call
         failed loses its shard (only that one, on a cluster) and is numbered here instead."""
+        names = [self._shards.name_of(c[0]) for c in calls]  # where they go now, not after a failover
         try:
             results: list[Any] = await self._pipelined(calls)
         except _DOWN as exc:
-            self._kick(exc, calls[0][0] if len({self._shards.name_of(c[0]) for c in calls}) == 1 else None)
+            if len(set(names)) == 1:
+                self._lose_shard(names[0], exc)
+            else:
+                self._kick(exc)
             results = [exc] * len(calls)
         closed = []
-        for item, call, result in zip(staged, calls, results, strict=True):
+        for item, name, result in zip(staged, names, results, strict=True):
             if isinstance(result, Exception):
-                self._kick(result, call[0])
+                self._lose_shard(name, result)
                 if self._is_open(item):
                     self._unsent(item)
                 else:
@@ -611,20 +615,21 @@ class RedisRoomStream(RedisPart, RoomStream):
         its room's shard (one Redis: the connection) is lost. `shard`: the calls' one shard, on
         a cluster (a failure of the whole pipeline loses that shard only)."""
         results: list[Any] | None = None
+        names = [self._shards.name_of(c[0]) for c in calls]  # where they go now, not after a failover
         try:
             results = await self._pipelined(calls)
         except _DOWN as exc:
             if shard is None:
                 raise  # one Redis: the heartbeat loop kicks the connection
-            self._kick(exc, calls[0][0])
+            self._lose_shard(shard, exc)
         finally:
             for i, (sub, likes, joined) in enumerate(owed):
                 if results is None or isinstance(results[i], Exception):  # still owed
                     sub.likes_owed += likes
                     sub.joined_owed[:0] = joined
-        for call, result in zip(calls, results or [], strict=False):
+        for name, result in zip(names, results or [], strict=False):
             if isinstance(result, Exception):
-                self._kick(result, call[0])  # that room's shard (one Redis: the connection)
+                self._lose_shard(name, result)  # that room's shard (one Redis: the connection)
 
     def _beat_busy(self, room_id: str) -> bool:
         """A heartbeat of the room's shard is still unanswered (a cluster only)."""
