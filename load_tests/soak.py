@@ -21,7 +21,8 @@ progress"); a plain 4501 is final, and such a DM must never be delivered.
 Faults, one every `--fault-every` s (first after half of it), in turn: `node_kill` (SIGKILL a
 node, start a new one: its viewers reconnect elsewhere and resume), `primary_kill` (SIGKILL
 one shard's primary, each shard in turn; its replica takes over and the old one comes back as
-a replica), `redis_restart` (SIGKILL all six Redis processes, restart them 2 s later).
+a replica), `redis_restart` (SIGKILL all six Redis processes, restart them 2 s later);
+`--kinds` picks others (e.g. one kind only, to see what it alone costs).
 
 The client follows docs/PROTOCOL.md alone: it joins with `resume` after any close, tracks
 `(epoch, seq)` (a batch naming another epoch that continues its seq is taken over, as
