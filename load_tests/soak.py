@@ -36,8 +36,11 @@ PROTOCOL.md "Stream identity" says; any other jump is resumed), and takes a snap
 - `dm_stored_twice`: one DM (`cid`) shown under two ids, or acked under two ids;
 - `silent_misses`: (viewer, danmaku) pairs where another viewer of the room showed the danmaku
   and this one never did, although it followed one unbroken stream (no fresh snapshot) from
-  before the danmaku was sent until `LATE` s after another viewer showed it. A seq gap the
-  client sees is resumed (`visible_gaps_resynced`), so it is never silent by construction;
+  before the danmaku was sent until `LATE` s after another viewer showed it, and was never told
+  afterwards either (that stream is its last: no `recovered: false` snapshot ended it).
+  `misses_told_late`: the same, but a fresh snapshot did end that stream later (told, more
+  than `LATE` s after the fact: a long outage). A seq gap the client sees is resumed
+  (`visible_gaps_resynced`), so it is never silent by construction;
 - `conflicts`: `(epoch, seq)` pairs shown with different events; `shown_twice`;
 - per fault, the longest wait between two events of a viewer (the stall), for the failed
   part's rooms (`hit`: the shard's rooms; the killed node's viewers; every room for a Redis
@@ -578,6 +581,7 @@ def verdict(soak: Soak) -> dict[str, int]:
         "danmaku_never_shown": 0,
         "silent_misses": 0,
         "viewers_with_silent_misses": 0,
+        "misses_told_late": 0,
         "conflicts": ledger.conflicts,
         "shown_twice": 0,
         "visible_gaps_resynced": ledger.visible_gaps,
@@ -610,8 +614,11 @@ def verdict(soak: Soak) -> dict[str, int]:
             if k < len(v.shown) and v.shown[k]:
                 continue
             sent = v.room.sent_at[k]
-            if any(start < sent and end > first + LATE for start, end in v.segments):
+            spans = [i for i, (start, end) in enumerate(v.segments) if start < sent and end > first + LATE]
+            if spans and spans[-1] == len(v.segments) - 1:  # its last stream: never told
                 missed += 1
+            elif spans:
+                out["misses_told_late"] += 1
         out["silent_misses"] += missed
         out["viewers_with_silent_misses"] += missed > 0
     return out
