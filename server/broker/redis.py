@@ -427,10 +427,21 @@ class RedisBroker(Broker):
                 self._on_connection_lost(exc)  # rare: let the whole session start over
                 return
             log.warning("redis shards %s replaced by %s: serving again", sorted(gone), sorted(fresh))
-            await asyncio.gather(
+            results = await asyncio.gather(
                 *(self.stream._resync(room_id, sub) for room_id, sub in rooms),
                 *(self.inbox._catch_up(uid, user) for uid, user in users),
+                return_exceptions=True,
             )
+            # a re-read that failed in a way the parts do not turn into a lost shard (redis-py on
+            # uvloop raises RuntimeError for a connection closed under it) must not end this
+            # task: its rooms and users would wait forever (a soak saw DMs held, never shown)
+            failed = next((r for r in results if isinstance(r, Exception)), None)
+            if failed is not None:
+                log.warning(
+                    "redis shards %s: re-reading after the failover failed (%r): again", sorted(fresh), failed
+                )
+                for name in fresh:
+                    self._shard_lost(name, failed)
             delay = 0.1
 
     async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
