@@ -13,7 +13,8 @@ the *other* shards cost: `other_resets` (closes of their viewers), `other_refuse
 whose recipient is on another shard) and the longest stall between two events of a room
 (`stall_hit_ms` for the failed shard's room, `stall_other_ms` for the others').
 
-Nodes are `python -m server serve --redis URL` subprocesses; Redis is `redis-server` with an
+Nodes are `python -m server serve --redis URL` subprocesses (with `CHAOS_LOGS=DIR`, each
+node's log goes to DIR/<node id>.log); Redis is `redis-server` with an
 AOF fsynced on every write (what "never loses an acked DM" relies on). The client is written
 from docs/PROTOCOL.md alone: it joins with `resume`, tracks `(epoch, seq)` (a batch's epoch
 included: "Stream identity"), reconnects to
@@ -58,6 +59,7 @@ from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from load_tests.bench import raise_nofile
 from server.config import DEFAULT_SECRET
 from server.wire import auth
 
@@ -263,6 +265,18 @@ class RedisCluster:
         self._spawn(port)  # it rejoins as a replica of the promoted one
         await self._until(self.healthy, "the replica back")
 
+    async def restart_all(self, down: float) -> None:
+        """SIGKILL every Redis process (the whole store goes away), restart them after `down` s
+        (each reloads its AOF and its role from nodes.conf) and wait for the cluster to be whole."""
+        for proc in self.procs.values():
+            proc.kill()
+        for proc in self.procs.values():
+            await asyncio.to_thread(proc.wait)
+        await asyncio.sleep(down)
+        for port in list(self.procs):
+            self._spawn(port)
+        await self._until(self.healthy, "the cluster back", timeout=120)
+
     async def stop(self) -> None:
         for proc in self.procs.values():
             proc.kill()
@@ -286,16 +300,19 @@ class Node:
         return self.proc.poll() is None
 
 
-async def start_node(redis_url: str, node_id: str, *extra: str) -> Node:
+async def start_node(redis_url: str, node_id: str, *extra: str, env: dict[str, str] | None = None) -> Node:
     cmd = [sys.executable, "-m", "server", "serve", "--port", "0", "--http-port", "0"]
     cmd += ["--redis", redis_url, "--node-id", node_id, "--tick-ms", "50", "--presence-ttl", "1.5", *extra]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **NODE_ENV},
-    )
+    logs = os.environ.get("CHAOS_LOGS")  # a directory: each node's log in <node id>.log there
+    with open(Path(logs) / f"{node_id}.log", "w") if logs else contextlib.nullcontext() as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log if log is not None else subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **NODE_ENV, **(env or {})},
+            preexec_fn=raise_nofile,
+        )
     assert proc.stdout is not None
     line = await asyncio.to_thread(proc.stdout.readline)
     if "listening on" not in line:

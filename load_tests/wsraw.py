@@ -60,10 +60,21 @@ class RawWs(asyncio.Protocol):
     with the payload still inside the receive buffer, so counting needs no copy.
     """
 
-    def __init__(self, path: str, host: str, on_message: Callable[[bytearray, int, int], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        host: str,
+        on_message: Callable[[bytearray, int, int], None],
+        hello: dict[str, Any] | None = None,
+        on_joined: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.path = path
         self.host = host
         self.on_message = on_message
+        # `hello`: a frame sent as soon as the handshake is accepted (a `join` with `resume`);
+        # `on_joined`: given the snapshot's bytes before any later frame reaches on_message
+        self.hello = hello
+        self.on_joined = on_joined
         self.transport: asyncio.Transport | None = None
         self.joined: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -96,6 +107,8 @@ class RawWs(asyncio.Protocol):
                 return
             del buf[: end + 4]
             self._open = True
+            if self.hello is not None:
+                self.send(self.hello)
         pos, n = 0, len(buf)
         while n - pos >= 2:
             b0, length = buf[pos], buf[pos + 1] & 0x7F
@@ -118,6 +131,8 @@ class RawWs(asyncio.Protocol):
                 if not self.joined.done():
                     if buf.find(SNAPSHOT_PATTERN, start, end) >= 0:
                         self.joined.set_result(time.perf_counter())
+                        if self.on_joined is not None:
+                            self.on_joined(bytes(buf[start:end]))
                     else:
                         self._refused(bytes(buf[start:end]))
                 else:

@@ -168,6 +168,10 @@ broker_resyncs = Counter(
 broker_local_batches = Counter(
     "liveroom_broker_local_batches_total", "Batches sequenced locally while the broker was unreachable"
 )
+broker_kept_dropped = Counter(
+    "liveroom_broker_kept_dropped_total",
+    "Events of rooms closed on this node dropped while waiting for their Redis shard (over the bound)",
+)
 broker_abuse_fallbacks = Counter(
     "liveroom_broker_abuse_fallbacks_total",
     "Abuse checks answered from this node alone because the broker was unreachable (fail open)",

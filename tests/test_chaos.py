@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from load_tests import chaos
+from load_tests import chaos, soak
 from server.app import SHUTDOWN_TIMEOUT
 from tests.redis_fixtures import requires_redis
 
@@ -100,3 +100,31 @@ def test_cluster_primary_kill_costs_only_its_shard(cluster_round: dict[str, Any]
     ):
         assert r[key] == 0, (key, r)
     assert r["shown_twice"] == 0, r
+
+
+@pytest.fixture(scope="module")
+def soaked() -> dict[str, Any]:
+    """load_tests/soak.py at CI size: 3 nodes on a 3+3 cluster, ~90 connections, one fault of
+    each kind (node SIGKILL, primary SIGKILL, every Redis process SIGKILLed and restarted)."""
+    args = soak.arguments(
+        ["--seconds", "66", "--connections", "90", "--fault-every", "22", "--recipients", "2"]
+    )
+    return asyncio.run(soak.soak(args))
+
+
+def test_the_soak_loses_nothing_silently(soaked: dict[str, Any]) -> None:
+    r = {k: v for k, v in soaked.items() if k != "rounds"}
+    assert [f["kind"] for f in soaked["rounds"]] == list(soak.FAULTS), soaked["rounds"]
+    assert r["dm_acked"] > 0 and r["danmaku_sent"] > 0, r  # the faults happened under traffic
+    assert r["dm_lost"] == 0, r
+    assert r["dm_missing_on_connection"] == 0, r
+    assert r["dm_refused_but_delivered"] == 0, r  # a final 4501 is the truth
+    assert r["dm_stored_twice"] == 0, r
+    assert r["silent_misses"] == 0, r  # a viewer missed nothing without being told
+    assert r["conflicts"] == 0 and r["shown_twice"] == 0, r
+
+
+def test_the_soak_primary_kill_costs_the_other_shards_no_reset_and_no_4501(soaked: dict[str, Any]) -> None:
+    (kill,) = [f for f in soaked["rounds"] if f["kind"] == "primary_kill"]
+    assert kill["reconnects_other"] == 0, kill  # the other shards' viewers were not reset
+    assert kill["dm_4501_other"] == 0, kill  # nor their users' DMs refused

@@ -186,7 +186,6 @@ async def test_fuzz_http_doors(app: App, server_faults: None) -> None:
                 await asyncio.wait_for(_send(http, base, request, sdp), TIMEOUT)
 
 
-
 async def test_an_offer_missing_its_video_m_line_is_refused_not_a_500(app: App) -> None:
     """Found by the fuzz above: a WHEP offer whose `m=video` line is gone (its attributes then
     belong to the audio section, and BUNDLE names a mid with no section) made aiortc build a
@@ -196,10 +195,16 @@ async def test_an_offer_missing_its_video_m_line_is_refused_not_a_500(app: App) 
     with loopback_candidates():
         sdp = await offer("whip")
         async with aiohttp.ClientSession() as http:
-            host = {"Authorization": f"Bearer {token('r1', 'obs', 'host')}", "Content-Type": "application/sdp"}
+            host = {
+                "Authorization": f"Bearer {token('r1', 'obs', 'host')}",
+                "Content-Type": "application/sdp",
+            }
             async with http.post(f"{base}/whip/r1", data=sdp, headers=host) as response:
                 assert response.status == 201
-            viewer = {"Authorization": f"Bearer {token('r1', 'v', 'viewer')}", "Content-Type": "application/sdp"}
+            viewer = {
+                "Authorization": f"Bearer {token('r1', 'v', 'viewer')}",
+                "Content-Type": "application/sdp",
+            }
             broken = "\r\n".join(line for line in sdp.split("\r\n") if not line.startswith("m=video"))
             async with http.post(f"{base}/whep/r1", data=broken, headers=viewer) as response:
                 body = await response.read()

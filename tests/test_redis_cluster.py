@@ -349,3 +349,100 @@ async def test_the_promoted_replica_is_not_lost_again_while_its_connections_open
     assert len(ready) > 1  # the loop did run through the failover
     assert all(ready), f"not ready on {ready.count(False)} of {len(ready)} turns"
     assert lost == 1, lost
+
+
+async def test_a_hung_primary_holds_only_its_own_rooms_heartbeats(
+    redis_cluster: RedisClusterServer, start_nodes, open_client
+) -> None:
+    """The presence heartbeat is answered per shard (#23): while one primary is stopped
+    (SIGSTOP), the other shards' rooms keep being re-reported (the node's presence deadline in
+    the room moves on) before the node gives up on the stopped one (its 10 s command timeout,
+    which counts a disconnect). Before, the heartbeat waited on every shard at once: a room of
+    a healthy shard went unreported for 10 s (its presence expired after 1.5 s), and the
+    timeout then lost every shard in that pipeline. When the node does give up, it loses the
+    stopped shard only."""
+    victim = redis_cluster.primaries()[0]
+    healthy = next(p for p in redis_cluster.primaries() if p != victim)
+    hit, calm = _room_on(redis_cluster, victim), _room_on(redis_cluster, healthy)
+    (n0,) = start_nodes(redis_cluster.url, 1, "--redis-cluster")  # --presence-ttl 1.5: a beat per 0.5 s
+    viewer = await open_client(n0, "cv", room=calm)
+    epoch = viewer.snapshot["epoch"]
+    await open_client(n0, "hv", room=hit)
+
+    def deadline() -> float | None:  # the node's presence deadline in the calm room (Redis clock)
+        with redis.Redis(port=healthy, socket_timeout=5) as client:
+            return client.zscore(f"lr:{{r:{calm}}}:beat", n0.node_id)
+
+    await apoll(lambda: asyncio.to_thread(deadline), what="the calm room reported")
+    others = [p for p in redis_cluster.primaries() if p != victim]
+    proc = redis_cluster.procs.pop(victim)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        seen: set[float] = set()
+
+        async def beats() -> bool:
+            seen.add(await asyncio.to_thread(deadline))
+            return len(seen) >= 4  # 3 renewals after the stop: one is surely after the hit room's
+
+        await apoll(beats, what="the calm room re-reported while the other shard hangs")
+        assert n0.metric("liveroom_broker_disconnects_total") == 0  # not after the timeout
+        # the node gives up on the stopped primary: that shard only
+        await apoll(
+            lambda: asyncio.to_thread(n0.metric, "liveroom_broker_disconnects_total"), what="the shard lost"
+        )
+        metrics = (await asyncio.to_thread(n0.http, "/metrics"))[1]
+        for port in others:  # the shards that never stopped answering
+            assert prom.sample(metrics, "liveroom_broker_shard_up", shard=f"127.0.0.1:{port}") == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    talker = await open_client(n0, "ct", room=calm)
+    await talker.send(t="danmaku", text="after")
+    frame = await viewer.recv_until(
+        lambda f: f["t"] == "batch" and any(e.get("text") == "after" for e in f["events"])
+    )
+    assert frame.get("epoch", epoch) == epoch  # the calm room never went local: no reset
+
+
+async def test_a_room_closed_while_its_shard_hangs_keeps_its_events(
+    redis_cluster: RedisClusterServer, start_nodes, open_client
+) -> None:
+    """A node whose room empties while the room's ticks wait on a hung primary (one in flight,
+    one held back behind it) keeps them and sends them once the shard serves again (its
+    replica took over): a viewer on another node gets them late, in order, with no gap. Before,
+    the held tick went with the room and the failed one was numbered for nobody: never
+    delivered, and nothing told the viewer (#23)."""
+    victim = redis_cluster.primaries()[0]
+    hit = _room_on(redis_cluster, victim)
+    n0, n1 = start_nodes(redis_cluster.url, 2, "--redis-cluster")
+    watch = Watch(await open_client(n1, "v", room=hit))
+    reader = asyncio.create_task(watch.run())
+    talker = await open_client(n0, "t", room=hit)
+    await talker.send(t="danmaku", text="before")
+    await apoll(lambda: "before" in watch.texts, what="the room delivering")
+    proc = redis_cluster.procs.pop(victim)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        ticks = await asyncio.to_thread(n0.metric, "liveroom_broker_tick_pipelines_total")
+        await talker.send(t="danmaku", text="h1")
+        await apoll(  # h1's tick is sent (to the stopped primary: unanswered)
+            lambda: asyncio.to_thread(lambda: n0.metric("liveroom_broker_tick_pipelines_total") > ticks),
+            what="h1's tick sent",
+        )
+        await talker.send(t="danmaku", text="h2")  # held back behind it
+        await talker.close()  # n0's last viewer of the room: the room closes there
+        await apoll(
+            lambda: asyncio.to_thread(lambda: n0.metric("liveroom_rooms") == 0), what="the room closed on n0"
+        )
+        await apoll(lambda: asyncio.to_thread(redis_cluster.healthy, False), what="failover")
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        await apoll(lambda: "h2" in watch.texts or watch.closed is not None, what="the kept danmaku")
+    finally:
+        reader.cancel()
+        ended = await asyncio.gather(reader, return_exceptions=True)
+    assert not [e for e in ended if isinstance(e, AssertionError)], ended  # no silent gap
+    assert watch.closed is None, watch.closed  # nothing reset: the room's stream went on
+    assert watch.texts == ["before", "h1", "h2"], watch.texts

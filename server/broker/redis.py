@@ -288,6 +288,16 @@ class RedisBroker(Broker):
         self._connected = False
         self._broken.set()
 
+    def lose_shard(self, name: str, exc: BaseException) -> None:
+        """A command sent to shard `name` failed: on a cluster that shard is lost (one Redis: the
+        connection). By the name it was sent to, not by its key: a failover may have handed the
+        key's slot to the promoted replica meanwhile, which an old primary's error must not lose
+        (a soak saw it: the healthy new primary lost, then the whole session reset)."""
+        if self._cluster and self._connected and len(self._shards.names) > 1:
+            self._shard_lost(name, exc)  # a name no longer serving (replaced) is ignored there
+        else:
+            self._kick(exc)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -462,7 +472,7 @@ class RedisBroker(Broker):
                 raise outcome
             else:
                 back.append(name)
-        await asyncio.gather(
+        results = await asyncio.gather(
             *(
                 self.stream._resync(r, sub)
                 for r, sub in rooms
@@ -473,7 +483,19 @@ class RedisBroker(Broker):
                 for u, user in users
                 if self._shards.name_of(rs.user_keys(u).channel) in back
             ),
+            return_exceptions=True,
         )
+        # a re-read that failed in a way the parts do not turn into a lost shard (redis-py on
+        # uvloop raises RuntimeError for a connection closed under it) must not end the
+        # recovery: those rooms and users would wait forever (a soak saw DMs held, never shown)
+        failed = next((r for r in results if isinstance(r, Exception)), None)
+        if failed is not None:
+            log.warning(
+                "redis shards %s: re-reading after the failover failed (%r): again", sorted(back), failed
+            )
+            for name in back:
+                self._shard_lost(name, failed)
+            return []
         return back
 
     async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
@@ -504,26 +526,33 @@ class RedisBroker(Broker):
                 continue
             for i, fut in zip(order[name], writer.send((), commands), strict=True):
                 slots[i] = fut
-        futures = [f for f in slots if f is not None]
+        answers = [f for f in slots if f is not None]
+        assert len(answers) == len(calls)  # every call has its answer's future, in call order
+        gathered = asyncio.gather(*answers, return_exceptions=True)
         try:
-            async with asyncio.timeout(ANSWER_TIMEOUT_S):
-                results = await asyncio.gather(*futures, return_exceptions=True)
-        except TimeoutError:
+            await asyncio.wait([gathered], timeout=ANSWER_TIMEOUT_S)
+        finally:
+            unanswered = [n for n in by_shard if any(not answers[i].done() for i in order[n])]
+            if not gathered.done():
+                gathered.cancel()
+        if unanswered:
             hung = ConnectionError("redis did not answer in 10 s")
             if self._cluster and self._connected and len(self._shards.names) > 1:
-                for name in by_shard:  # those shards only (the tick asks one at a time)
+                for name in unanswered:  # those shards only: one that answered is not lost
                     self._shard_lost(name, hung)
-                raise hung from None
+                raise hung
             for name in by_shard:  # a hung primary: its connection is out of step from now on
                 if name in self._writers:
                     self._writers[name].close()
             self._on_connection_lost(hung)
-            raise ConnectionError("redis did not answer in 10 s") from None
-        for i, result in enumerate(results):
-            if isinstance(result, ConnectionError):
+            raise hung
+        results = gathered.result()
+        for name, indexes in order.items():
+            failed = next((results[i] for i in indexes if isinstance(results[i], ConnectionError)), None)
+            if failed is not None:
                 if not self._cluster:
-                    raise result
-                self._kick(result, calls[i][0])  # that shard only; the call answers its error
+                    raise failed
+                self.lose_shard(name, failed)  # that shard only; its calls answer their error
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:  # a promoted replica or a flushed cache: load, then run those again
             for name in {self._shards.name_of(calls[i][0]) for i in missing}:

@@ -42,6 +42,7 @@ Batch = tuple[str, bytes, list[Event]]  # (epoch, frame, events)
 # On a cluster, how long a tick waits for a shard's pipeline before going on without it (one
 # default tick): a primary that stopped answering holds its own rooms, never the others'.
 SHARD_HOLD = 0.05
+KEPT_MAX = 10_000  # closed rooms' ticks kept for Redis at most (oldest dropped, counted)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class _RoomSub:
     joined_owed: list[str] = field(default_factory=list)
     beat_due: float | None = None  # monotonic time of the room's next presence heartbeat
     held: Publish | None = None  # ticks kept back while the room's shard has a pipeline unanswered
+    closed: bool = False  # a stand-in for a room this node does not follow (a PK event, a kept tick)
 
 
 class RedisRoomStream(RedisPart, RoomStream):
@@ -77,16 +79,28 @@ class RedisRoomStream(RedisPart, RoomStream):
         self._ping_due = 0.0  # heartbeat with no room to report: when to PING instead
         self._busy: dict[str, asyncio.Task[None]] = {}  # shard -> its tick pipeline, unanswered
         self._held: set[str] = set()  # rooms with a tick held back (_RoomSub.held)
+        self._beating: dict[str, asyncio.Task[None]] = {}  # shard -> its heartbeat, unanswered
+        # rooms closed on this node with a tick not yet in Redis (held back for a busy shard, or
+        # its pipeline failed; likes and joiners owed): sent once their shard serves (_kept_due)
+        self._kept: dict[str, Publish] = {}
+        # rooms closed while numbered alone: the Redis epoch to retire once their shard serves,
+        # so the other nodes' viewers are told (reset) instead of silently missing those events
+        self._retire: dict[str, str] = {}
+        self._retiring: set[str] = set()
 
     async def subscribe(self, room_id: str, handler: BatchHandler) -> RoomState:
         keys = rs.room_keys(room_id)
         sub = _RoomSub(handler=handler, view=self._new_view(room_id), pending=[])
         self._rooms[room_id] = sub
+        if (kept := self._kept.pop(room_id, None)) is not None:  # sent first, in order
+            sub.held = kept
+            self._held.add(room_id)
+        retire = self._retire.pop(room_id, "")
         channel = keys.channel.encode()
         self._targets[channel] = ("r", room_id)
         if self._serving(channel):
             try:
-                view = await self._listen_and_load(room_id, channel)
+                view = await self._listen_and_load(room_id, channel, retire)
             except _DOWN as exc:
                 self._kick(exc, channel)
             else:
@@ -97,20 +111,79 @@ class RedisRoomStream(RedisPart, RoomStream):
         # Redis is down: serve the room alone; it is re-read (and reset) on reconnect
         sub.pending = None
         self._go_local(sub, previous=0)
+        if retire:  # still owed: the reconnect's resync retires it
+            sub.local_events = True
+            sub.redis_seen = (retire, 0) if retire != "*" else None
         return _state_of(sub.view)
 
-    async def _listen_and_load(self, room_id: str, channel: bytes) -> Room[None]:
+    async def _listen_and_load(self, room_id: str, channel: bytes, retire: str = "") -> Room[None]:
         """Subscribe and read the room in one round trip: the script runs on the subscribing
         connection right after the subscription, so no batch falls between the two. EVAL with
-        the body, not EVALSHA: a NOSCRIPT there would end the pub/sub session (redis_resp3)."""
+        the body, not EVALSHA: a NOSCRIPT there would end the pub/sub session (redis_resp3).
+        `retire`: an epoch this node left behind numbering alone (see _retire)."""
         keys = rs.room_keys(room_id)
-        script_keys, args = self._load_args(keys, None, True, None)
+        script_keys, args = self._load_args(keys, None, True, None, retire)
         res = await self._listen([channel], read=("EVAL", rs.LOAD, len(script_keys), *script_keys, *args))
         return self._loaded(room_id, res, None, True)[0]
 
     async def unsubscribe(self, room_id: str) -> None:
-        if self._rooms.pop(room_id, None) is not None:
-            await self._unlisten(rs.room_keys(room_id).channel.encode())
+        sub = self._rooms.pop(room_id, None)
+        if sub is None:
+            return
+        self._held.discard(room_id)
+        if sub.held is not None or sub.likes_owed or sub.joined_owed:
+            held = sub.held or Publish(room_id, [], 0, None, protocol.now_ms())
+            self._keep(
+                replace(
+                    held,
+                    likes_delta=held.likes_delta + sub.likes_owed,
+                    joined=[*sub.joined_owed, *held.joined],
+                )
+            )
+        if sub.local and sub.local_events:
+            self._retire[room_id] = sub.redis_seen[0] if sub.redis_seen is not None else "*"
+        await self._unlisten(rs.room_keys(room_id).channel.encode())
+
+    def _keep(self, p: Publish, first: bool = False) -> None:
+        """A closed room's tick that is not in Redis yet: sent once its shard serves (`first`:
+        an older one, ahead of what is kept)."""
+        known = self._kept.get(p.room_id)
+        self._kept[p.room_id] = p if known is None else _merged(p, known) if first else _merged(known, p)
+        if len(self._kept) > KEPT_MAX:  # bounded: the oldest goes, loudly
+            lost = self._kept.pop(next(iter(self._kept)))
+            metrics.broker_kept_dropped.inc(len(lost.events))
+            log.warning(
+                "dropped %d events of closed room %s: too many rooms waiting for Redis",
+                len(lost.events),
+                lost.room_id,
+            )
+
+    def _kept_due(self) -> list[Publish]:
+        """Closed rooms' kept ticks whose shard serves and answered its last pipeline; and, for
+        rooms closed while numbered alone, their old epoch retired (_retire_epoch)."""
+        due = []
+        for room_id in list(self._kept):
+            if self._room_up(room_id) and not self._shard_busy(room_id):
+                due.append(self._kept.pop(room_id))
+        for room_id, epoch in list(self._retire.items()):
+            if room_id not in self._retiring and self._room_up(room_id):
+                self._retiring.add(room_id)
+                self._spawn(self._retire_epoch(room_id, epoch))
+        return due
+
+    async def _retire_epoch(self, room_id: str, epoch: str) -> None:
+        """Retire the Redis epoch a room closed here left behind while numbering alone: every
+        node holding the room resets it (its viewers told), as _resync does for an open room."""
+        meta = rs.room_keys(room_id).meta
+        try:
+            if self._retire.get(room_id) == epoch:
+                await self._load(room_id, since=None, want_state=False, retire=epoch)
+                if self._retire.get(room_id) == epoch:
+                    del self._retire[room_id]
+        except _DOWN as exc:
+            self._kick(exc, meta)  # kept: tried again once the shard serves
+        finally:
+            self._retiring.discard(room_id)
 
     async def publish(self, tick: Publish) -> None:
         await self.publish_many([tick])
@@ -125,6 +198,8 @@ class RedisRoomStream(RedisPart, RoomStream):
         into the next), so a room's batches keep their order and no shard waits on another.
         """
         staged: list[tuple[Publish, _RoomSub, int, int, list[str]]] = []
+        if self._kept or self._retire:  # closed rooms' kept ticks go first, in order
+            publishes = [*self._kept_due(), *publishes]
         if self._held:  # rooms held back with nothing new this tick: their turn once answered
             named = {p.room_id for p in publishes}
             publishes = [
@@ -134,8 +209,11 @@ class RedisRoomStream(RedisPart, RoomStream):
             self._held.clear()
         for p in publishes:
             sub = self._rooms.get(p.room_id)
-            if sub is None:  # the node publishes only for rooms it holds; keep going regardless
-                sub = _RoomSub(handler=lambda *_: None, view=self._new_view(p.room_id))
+            if sub is None and p.room_id in self._kept:  # after the kept one, in order
+                self._keep(p)
+                continue
+            if sub is None:  # a room the node does not follow (a PK event, a kept tick)
+                sub = _RoomSub(handler=lambda *_: None, view=self._new_view(p.room_id), closed=True)
             if sub.held is not None:
                 p, sub.held = _merged(sub.held, p), None
             if self._busy and p.room_id in self._rooms and self._shard_busy(p.room_id):
@@ -189,22 +267,41 @@ class RedisRoomStream(RedisPart, RoomStream):
     ) -> None:
         """Send the calls (one pipeline per shard) and handle the answers: a room whose call
         failed loses its shard (only that one, on a cluster) and is numbered here instead."""
+        names = [self._shards.name_of(c[0]) for c in calls]  # where they go now, not after a failover
         try:
             results: list[Any] = await self._pipelined(calls)
         except _DOWN as exc:
-            self._kick(exc, calls[0][0] if len({self._shards.name_of(c[0]) for c in calls}) == 1 else None)
+            if len(set(names)) == 1:
+                self._lose_shard(names[0], exc)
+            else:
+                self._kick(exc)
             results = [exc] * len(calls)
-        for item, call, result in zip(staged, calls, results, strict=True):
+        closed = []
+        for item, name, result in zip(staged, names, results, strict=True):
             if isinstance(result, Exception):
-                self._kick(result, call[0])
-                self._unsent(item)
+                self._lose_shard(name, result)
+                if self._is_open(item):
+                    self._unsent(item)
+                else:
+                    closed.append(item)
+        for item in reversed(closed):  # older than any tick kept since: ahead of them, in order
+            self._unsent(item, first=True)
 
-    def _unsent(self, item: tuple[Publish, _RoomSub, int, int, list[str]]) -> None:
-        """A room's tick that did not reach Redis: numbered here, its likes and joins owed."""
+    def _unsent(self, item: tuple[Publish, _RoomSub, int, int, list[str]], first: bool = False) -> None:
+        """A room's tick that did not reach Redis: numbered here, its likes and joins owed. A
+        room this node no longer follows has no viewer here: its tick is kept for Redis
+        (`first`: ahead of what is kept already)."""
         p, sub, previous, likes, uids = item
+        if not self._is_open(item):
+            self._keep(replace(p, likes_delta=likes, joined=uids), first)
+            return
         sub.likes_owed += likes
         sub.joined_owed = uids[-10_000:]
         self._publish_locally(p.room_id, sub, p.events, p.likes_delta, p.local_online, previous, p.now)
+
+    def _is_open(self, item: tuple[Publish, _RoomSub, int, int, list[str]]) -> bool:
+        """The tick's room is still followed here (not closed since it was staged)."""
+        return not item[1].closed and self._rooms.get(item[0].room_id) is item[1]
 
     def _shard_busy(self, room_id: str) -> bool:
         task = self._busy.get(self._shards.name_of(rs.room_keys(room_id).meta))
@@ -463,13 +560,26 @@ class RedisRoomStream(RedisPart, RoomStream):
 
     async def _heartbeat_once(self, interval: float) -> None:
         """Re-report the local count of every followed room due (each once per `interval`, first
-        after a random part of it), with owed likes and joiners: one pipeline."""
+        after a random part of it), with owed likes and joiners: one pipeline per shard.
+
+        On a cluster each shard's heartbeat is answered on its own, as a tick's pipelines are: a
+        primary that stopped answering holds its own rooms' heartbeats (they are not sent again
+        until it answers or is lost), never the other shards', whose presence must not expire
+        while one shard hangs."""
+        if self._kept or self._retire:  # closed rooms' kept ticks, even on a node with no tick
+            await self.publish_many([])
         now_s = time.monotonic()
         rooms = []
         for room_id, sub in self._rooms.items():
             if sub.beat_due is None:
                 sub.beat_due = now_s + random.uniform(0, interval)
-            elif sub.beat_due <= now_s and not sub.local and sub.pending is None and self._room_up(room_id):
+            elif (
+                sub.beat_due <= now_s
+                and not sub.local
+                and sub.pending is None
+                and self._room_up(room_id)
+                and not self._beat_busy(room_id)
+            ):
                 sub.beat_due = now_s + interval
                 rooms.append((room_id, sub))
         if not self._rooms and now_s >= self._ping_due:  # nothing to report: still check Redis
@@ -478,26 +588,61 @@ class RedisRoomStream(RedisPart, RoomStream):
         if not rooms:
             return
         calls: list[Call] = []
-        owed = []
+        owed: list[tuple[_RoomSub, int, list[str]]] = []
         now = protocol.now_ms()
         for room_id, sub in rooms:
             likes, sub.likes_owed = sub.likes_owed, 0
             joined, sub.joined_owed = sub.joined_owed, []
             owed.append((sub, likes, joined))
             calls.append(self._publish_call(room_id, [], likes, sub.local_count, now, joined, _seen(sub)))
-        try:  # one pipeline per shard, all shards at once
+        if not self._shards.cluster or len(self._shards.names) < 2:  # one Redis: one pipeline
+            await self._beat(calls, owed)
+            return
+        groups: dict[str, list[int]] = {}
+        for i, call in enumerate(calls):
+            groups.setdefault(self._shards.name_of(call[0]), []).append(i)
+        for shard, idx in groups.items():
+            task = asyncio.get_running_loop().create_task(
+                self._beat([calls[i] for i in idx], [owed[i] for i in idx], shard)
+            )
+            self._beating[shard] = task
+            task.add_done_callback(lambda done, shard=shard: self._beat_answered(shard, done))
+
+    async def _beat(
+        self, calls: list[Call], owed: list[tuple[_RoomSub, int, list[str]]], shard: str | None = None
+    ) -> None:
+        """Send heartbeats and handle the answers: what a failed call carried stays owed, and
+        its room's shard (one Redis: the connection) is lost. `shard`: the calls' one shard, on
+        a cluster (a failure of the whole pipeline loses that shard only)."""
+        results: list[Any] | None = None
+        names = [self._shards.name_of(c[0]) for c in calls]  # where they go now, not after a failover
+        try:
             results = await self._pipelined(calls)
-        except BaseException:
-            results = None
-            raise
+        except _DOWN as exc:
+            if shard is None:
+                raise  # one Redis: the heartbeat loop kicks the connection
+            self._lose_shard(shard, exc)
         finally:
             for i, (sub, likes, joined) in enumerate(owed):
                 if results is None or isinstance(results[i], Exception):  # still owed
                     sub.likes_owed += likes
                     sub.joined_owed[:0] = joined
-        failed = [(call, r) for call, r in zip(calls, results, strict=True) if isinstance(r, Exception)]
-        for call, error in failed:
-            self._kick(error, call[0])  # that room's shard (one Redis: the connection)
+        for name, result in zip(names, results or [], strict=False):
+            if isinstance(result, Exception):
+                self._lose_shard(name, result)  # that room's shard (one Redis: the connection)
+
+    def _beat_busy(self, room_id: str) -> bool:
+        """A heartbeat of the room's shard is still unanswered (a cluster only)."""
+        if not self._beating:
+            return False
+        task = self._beating.get(self._shards.name_of(rs.room_keys(room_id).meta))
+        return task is not None and not task.done()
+
+    def _beat_answered(self, shard: str, task: asyncio.Task[None]) -> None:
+        if self._beating.get(shard) is task:
+            del self._beating[shard]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("a presence heartbeat failed", exc_info=exc)
 
 
 def _merged(held: Publish, p: Publish) -> Publish:
