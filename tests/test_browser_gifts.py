@@ -3,7 +3,8 @@ server process (the browser and pages fixtures of tests/test_browser.py): a gift
 "x N" on another viewer's page and on the host console, a follower watching another room gets
 the "going live" toast when the host publishes, and two linked rooms' viewers each see both
 hosts' video (frames presented on the linked host's tile), the same PK score, the result and
-the penalty's countdown. Screenshots under test-artifacts/.
+the penalty's countdown; a viewer reserves a live the host scheduled and is told when it
+starts. Screenshots under test-artifacts/.
 """
 
 from __future__ import annotations
@@ -74,6 +75,38 @@ def test_follower_in_another_room_gets_the_going_live_toast(pages: Pages) -> Non
     expect(toast).to_contain_text("Sol is going live")
     expect(fan.locator("#live-toast-go")).to_have_attribute("href", "/room/stage?user=fay&name=Fay")
     shot(fan, "viewer-live-toast")
+
+
+LOCAL_IN_10_MIN = """() => {
+    const d = new Date(Date.now() + 10 * 60000), p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}"""
+
+
+def test_a_viewer_reserves_a_scheduled_live_and_is_told_when_it_starts(pages: Pages) -> None:
+    host = pages.host("sched", "sam")
+    fan = pages.viewer("sched", "rae", "Rae")
+    host.fill("#schedule-at", host.evaluate(LOCAL_IN_10_MIN))  # within the 15 min a start is looked for
+    host.fill("#schedule-title", "Spring sale")
+    host.click("#schedule-add")
+    item = fan.locator("#schedule-list li", has_text="Spring sale")
+    expect(item).to_be_visible(timeout=WAIT_MS)
+    expect(host.locator("#schedule-list li[data-id]")).to_have_count(1, timeout=WAIT_MS)
+    late = pages.viewer("sched", "lou")  # a joiner gets the schedule in its snapshot
+    expect(late.locator("#schedule-list li", has_text="Spring sale")).to_be_visible(timeout=WAIT_MS)
+    item.locator(".reserve-btn").click()
+    expect(item.locator(".reserve-btn")).to_have_attribute("aria-pressed", "true", timeout=WAIT_MS)
+    expect(item.locator(".reserve-btn")).to_have_text("Reserved")
+    shot(fan, "viewer-schedule")
+
+    fan.goto(pages.base + "/room/elsewhere?user=rae&name=Rae")  # reserved, not following
+    tb.wait_live(fan)
+    host.click("#go-camera")
+    toast = fan.locator("#live-toast")
+    expect(toast).to_contain_text("Sam is going live: Spring sale", timeout=VIDEO_WAIT_MS)
+    expect(toast).to_have_attribute("data-room", "sched")
+    expect(late.locator("#schedule")).to_be_hidden(timeout=WAIT_MS)  # started: no longer ahead
+    shot(fan, "viewer-reserved-toast")
 
 
 def _scores(page: tb.Page) -> dict[str, int]:
