@@ -190,7 +190,11 @@ class Links:
         await self._adopt(pk_id)
 
     async def _adopt(self, pk_id: str) -> None:
-        if pk_id not in self._drivers and await self.store.claim(pk_id, self.node_id, DRIVER_LEASE_MS):
+        """Drive the round here if nobody does (a claim renews our own lease: checked twice, as
+        the watch and a host's `end` may both get here)."""
+        if pk_id in self._drivers or not await self.store.claim(pk_id, self.node_id, DRIVER_LEASE_MS):
+            return
+        if pk_id not in self._drivers:
             self._spawn(pk_id)
 
     async def _watch(self) -> None:
