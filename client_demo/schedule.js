@@ -10,7 +10,8 @@ export function attachSchedule(conn, { parent, manage = false, onNote = () => {}
   const s = { lives: new Map(), reserved: new Set(), cid: 0 }; // id -> `schedule` event; ids reserved here
   const list = el("ol", { class: "schedule-list", id: "schedule-list" });
   const root = el("section", { class: "schedule", id: "schedule", hidden: !manage }, el("h3", {}, "Upcoming lives"), list);
-  parent.prepend(root);
+  if (manage) parent.append(root); // below the console's own controls
+  else parent.prepend(root); // above the chat, beside the top gifters
 
   function render() {
     const lives = [...s.lives.values()].sort((a, b) => a.at - b.at);

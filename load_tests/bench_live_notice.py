@@ -68,7 +68,9 @@ class Follower:
             self.acked += 1
 
 
-async def publish(http: aiohttp.ClientSession, base: str, room: str, user: str, clip: list[bytes]) -> RTCPeerConnection:
+async def publish(
+    http: aiohttp.ClientSession, base: str, room: str, user: str, clip: list[bytes]
+) -> RTCPeerConnection:
     """A host going live: WHIP, one pre-encoded VP8 track."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver(ClipTrack(clip), direction="sendonly").setCodecPreferences(only_codec("video", "VP8"))
@@ -106,7 +108,9 @@ async def measure(args: argparse.Namespace, ports: list[int], http_ports: list[i
     use_loopback_candidates()
     conns: list[wsraw.RawWs] = []
 
-    async def open_(room: str, user: str, port: int, cb: Callable[[bytearray, int, int], None]) -> wsraw.RawWs:
+    async def open_(
+        room: str, user: str, port: int, cb: Callable[[bytearray, int, int], None]
+    ) -> wsraw.RawWs:
         path = f"/ws?token={auth.mint(DEFAULT_SECRET, room=room, user=user, role='viewer')}"
         conn, _ = await wsraw.connect("127.0.0.1", port, path, cb, 120)
         conns.append(conn)
@@ -160,7 +164,11 @@ async def measure(args: argparse.Namespace, ports: list[int], http_ports: list[i
             base = live_ts[0] if live_ts else posted
             per_node = {
                 f"n{k}": percentiles(
-                    [f.notice_at - base for i, f in enumerate(followers) if i % len(ports) == k and f.notice_at]
+                    [
+                        f.notice_at - base
+                        for i, f in enumerate(followers)
+                        if i % len(ports) == k and f.notice_at
+                    ]
                 )
                 for k in range(len(ports))
             }
@@ -194,7 +202,9 @@ async def measure(args: argparse.Namespace, ports: list[int], http_ports: list[i
 
 
 def table(r: dict[str, Any]) -> str:
-    rows = ["| run | notices / followers | live -> notice p50 / p90 / p99 / max (ms) | live event after WHIP POST (ms) |"]
+    rows = [
+        "| run | notices / followers | live -> notice p50 / p90 / p99 / max (ms) | live event after WHIP POST (ms) |"
+    ]
     rows.append("|---|---|---|---|")
     for i, run in enumerate(r["runs"]):
         p = run["live_to_notice_ms"]
@@ -207,7 +217,9 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m load_tests.bench_live_notice", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m load_tests.bench_live_notice", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--nodes", type=int, default=2, help="node processes (with one redis-server)")
     p.add_argument("--cluster", action="store_true", help="a 3+3 Redis Cluster instead of one redis-server")
     p.add_argument("--followers", type=int, default=10_000)

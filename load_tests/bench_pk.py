@@ -194,10 +194,22 @@ async def measure(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
     procs: list[subprocess.Popen[str]] = []
     if args.viewer_procs:  # the counting viewers in their own processes: one client cannot read 4,000
         for r in ROOMS:
-            per = [args.viewers // args.viewer_procs + (i < args.viewers % args.viewer_procs) for i in range(args.viewer_procs)]
+            per = [
+                args.viewers // args.viewer_procs + (i < args.viewers % args.viewer_procs)
+                for i in range(args.viewer_procs)
+            ]
             first = 0
             for n in filter(None, per):
-                cmd = [sys.executable, "-m", "load_tests.bench_pk", "--viewer-worker", r, str(home[r]), str(first), str(n)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "load_tests.bench_pk",
+                    "--viewer-worker",
+                    r,
+                    str(home[r]),
+                    str(first),
+                    str(n),
+                ]
                 procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
                 first += n
         for proc in procs:
@@ -380,9 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--like-weight", type=int, default=1, help="PK points per like")
     p.add_argument("--duration", type=float, default=20, help="seconds of sending")
     p.add_argument("--tick-ms", type=int, default=50)
-    p.add_argument("--viewer-procs", type=int, default=0, help="processes per room for the counting viewers (0: this one)")
+    p.add_argument(
+        "--viewer-procs",
+        type=int,
+        default=0,
+        help="processes per room for the counting viewers (0: this one)",
+    )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--viewer-worker", nargs=4, metavar=("ROOM", "PORT", "FIRST", "COUNT"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--viewer-worker", nargs=4, metavar=("ROOM", "PORT", "FIRST", "COUNT"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     if args.viewer_worker:
         room, port, first, count = args.viewer_worker

@@ -216,7 +216,17 @@ def test_the_live_notice_bench_tells_every_follower_on_both_nodes() -> None:
     """bench_live_notice at tiny scale (a real redis-server, 2 nodes, a WHIP host): every
     follower got its notice, and the latency is measured from the `live` event."""
     out = subprocess.run(
-        [sys.executable, "-m", "load_tests.bench_live_notice", "--followers", "40", "--rooms", "4", "--runs", "1"],
+        [
+            sys.executable,
+            "-m",
+            "load_tests.bench_live_notice",
+            "--followers",
+            "40",
+            "--rooms",
+            "4",
+            "--runs",
+            "1",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

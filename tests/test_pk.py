@@ -7,7 +7,18 @@ from typing import Any
 
 from server.app import App
 from server.broker.pk_store import MemoryPkStore
-from server.room.pk import CLOSED, DONE, PENALTY, RUNNING, Score, loser, penalty_event, result_event, step, winner
+from server.room.pk import (
+    CLOSED,
+    DONE,
+    PENALTY,
+    RUNNING,
+    Score,
+    loser,
+    penalty_event,
+    result_event,
+    step,
+    winner,
+)
 from server.wire.protocol import ErrorCode
 from tests.conftest import WsClient
 from tests.test_gifts import until_events

@@ -49,6 +49,7 @@ class RoomState:
     board: Event | None = None  # the newest leaderboard (server/room/gifts.py)
     link: Event | None = None  # the link with another room in force, and its PK round
     pk: Event | None = None
+    pk_penalty: Event | None = None  # the penalty after a round's result
     schedules: dict[str, Event] = field(default_factory=dict)  # lives the room's host scheduled
     qa: list[Event] = field(default_factory=list)  # `question`/`reply` events, for the staff
     products: dict[str, Event] = field(default_factory=dict)  # product id -> its edits, merged

@@ -180,7 +180,9 @@ class Links:
         penalty_ends = now + score.penalty * 1000 if score.penalty else 0
         if penalty_ends:
             events.append(penalty_event(pk_id, score, penalty_ends, True, now, SYSTEM_UID))
-        await self.broker.publish_many([Publish(room, [dict(e) for e in events], 0, None, now) for room in rooms])
+        await self.broker.publish_many(
+            [Publish(room, [dict(e) for e in events], 0, None, now) for room in rooms]
+        )
         await self.store.advance(pk_id, CLOSED, PENALTY if penalty_ends else DONE, penalty_ends)
 
     async def end_now(self, pk_id: str) -> None:
