@@ -40,6 +40,8 @@ from server.wire import auth
 
 NOTICE = b"live_notice"
 FOLLOW_ACK = b"follow_ack"
+ERROR = b"\xa1t\xa5error"  # msgpack of "t": "error"
+FOLLOWS_PER_S = 2000  # follows are clicks spread over time, not one burst of 10,000
 
 
 def free_port() -> int:
@@ -53,12 +55,13 @@ def wall_ms() -> float:
 
 
 class Follower:
-    __slots__ = ("acked", "conn", "notice_at", "uid")
+    __slots__ = ("acked", "conn", "notice_at", "refused", "uid")
 
     def __init__(self, uid: str) -> None:
         self.uid = uid
         self.conn: wsraw.RawWs | None = None
         self.acked = 0
+        self.refused = 0  # follows refused (e.g. 4503 while the node's Redis pool is full): resent
         self.notice_at: float | None = None
 
     def on_message(self, buf: bytearray, start: int, end: int) -> None:
@@ -66,6 +69,29 @@ class Follower:
             self.notice_at = self.notice_at or wall_ms()
         elif buf.find(FOLLOW_ACK, start, end) >= 0:
             self.acked += 1
+        elif buf.find(ERROR, start, end) >= 0:
+            self.refused += 1
+
+
+async def follow_all(followers: list[Follower], host: str, n: int) -> int:
+    """Every follower follows `host`, paced (refused ones again, paced too): the refusals seen."""
+    for f in followers:
+        f.acked = f.refused = 0
+    todo, refused = followers, 0
+    async with asyncio.timeout(300):
+        while todo:
+            t0 = time.perf_counter()
+            for i, f in enumerate(todo):
+                if i % 100 == 0 and (due := t0 + i / FOLLOWS_PER_S - time.perf_counter()) > 0:
+                    await asyncio.sleep(due)
+                f.refused = 0
+                assert f.conn is not None
+                f.conn.send({"t": "follow", "host": host, "cid": f"f{n}"})
+            while (waiting := [f for f in todo if not f.acked]) and not all(f.refused for f in waiting):
+                await asyncio.sleep(0.2)
+            todo = [f for f in waiting if f.refused]
+            refused += len(todo)
+    return refused
 
 
 async def publish(
@@ -133,11 +159,7 @@ async def measure(args: argparse.Namespace, ports: list[int], http_ports: list[i
             host, room = f"star{n}", f"stage{n}"
             for f in followers:
                 f.notice_at = None
-                assert f.conn is not None
-                f.conn.send({"t": "follow", "host": host, "cid": f"f{n}"})
-            async with asyncio.timeout(300):
-                while any(f.acked <= n for f in followers):
-                    await asyncio.sleep(0.05)
+            follows_refused = await follow_all(followers, host, n)
             live_ts: list[float] = []
 
             def on_watch(buf: bytearray, start: int, end: int, live_ts: list[float] = live_ts) -> None:
@@ -175,6 +197,7 @@ async def measure(args: argparse.Namespace, ports: list[int], http_ports: list[i
             runs.append(
                 {
                     "host": host,
+                    "follows_refused_then_resent": follows_refused,
                     "notices": len(got),
                     "missing": len(followers) - len(got),
                     "live_event_after_whip_post_ms": round(base - posted, 1) if live_ts else None,
