@@ -5,6 +5,7 @@ import { attachGifts } from "./gifts.js";
 import { LiveConnection, devToken, roomFromLocation } from "./live.js";
 import { attachBoard } from "./board.js";
 import { attachPk } from "./pk.js";
+import { attachSchedule } from "./schedule.js";
 import { Publisher, ViewerMedia, isMediaError, setIceServers } from "./rtc.js";
 import { attachShop, pinForms } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, showConnState, userColor } from "./ui.js";
@@ -64,7 +65,8 @@ pinForms(conn, document.querySelector(".console-col"));
 // incoming gifts (on the stage and in the chat), top gifters; links and PK rounds with another room
 const gifts = attachGifts(conn, { stage: $("#stage"), side: document.querySelector("aside.side"), feed: $("#chat-list") });
 const pk = attachPk(conn, { room, stage: $("#stage"), controls: document.querySelector(".console-col"), onNote: (text) => sysLine(text) });
-window.liveroom = { conn, publisher, state, cohosts, card, board, shop, gifts, pk };
+const schedule = attachSchedule(conn, { parent: document.querySelector(".console-col"), manage: true, onNote: (text) => sysLine(text) });
+window.liveroom = { conn, publisher, state, cohosts, card, board, shop, gifts, pk, schedule };
 
 // RTMP: a short publish key for OBS or a hardware encoder (POST /rtmp/<room>/key on the media
 // port, with this console's host token; docs/PROTOCOL.md "Encoders: OBS and FFmpeg over RTMP").

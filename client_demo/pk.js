@@ -1,14 +1,15 @@
 // Cross-room links and PK rounds on a room page (docs/PROTOCOL.md "Links and PK rounds"): the
 // score bar (this room on the left, the linked room on the right) with the round's countdown,
-// and the result when it ends. Scores come from `pk` events (highest `ver` per round kept), which
-// the server publishes identically into both rooms, so both rooms' pages show the same numbers.
+// the result when it ends, then the penalty's countdown (`pk_penalty`) if the round has one.
+// Scores come from `pk` events (highest `ver` per round kept), which the server publishes
+// identically into both rooms, so both rooms' pages show the same numbers.
 // With `controls` (the host console) it also invites, accepts or declines, starts a round, ends.
 import { el, fmtCount } from "./ui.js";
 
 const RESULT_MS = 8000; // the result banner stays this long
 
 export function attachPk(conn, { room, stage, controls = null, onNote = () => {} }) {
-  const s = { link: null, round: null, scores: {}, ver: -1, invite: null, timer: null, cid: 0 };
+  const s = { link: null, round: null, penalty: null, scores: {}, ver: -1, invite: null, timer: null, cid: 0 };
   const mine = el("span", { class: "pk-score mine", id: "pk-mine" }, "0");
   const theirs = el("span", { class: "pk-score theirs", id: "pk-theirs" }, "0");
   const fillMine = el("div", { class: "pk-fill mine" });
@@ -29,8 +30,9 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
 
   function render() {
     const linked = Boolean(s.link);
-    bar.hidden = !linked && !s.round;
-    bar.dataset.state = s.round ? "round" : linked ? "linked" : "off";
+    bar.hidden = !linked && !s.round && !s.penalty;
+    bar.dataset.state = s.round ? "round" : s.penalty ? "penalty" : linked ? "linked" : "off";
+    bar.dataset.loser = s.penalty ? s.penalty.loser || "" : "";
     other.textContent = otherRoom() ? `vs ${otherRoom()}` : "";
     const a = Number(s.scores[room] || 0);
     const b = Number(s.scores[otherRoom()] || 0);
@@ -46,14 +48,22 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
 
   function tick() {
     clearTimeout(s.timer);
-    if (!s.round) {
+    const phase = s.round || s.penalty;
+    if (!phase) {
       clock.textContent = s.link ? "linked" : "";
+      delete clock.dataset.left;
       return;
     }
-    const left = Math.max(0, Math.ceil((s.round.ends - Date.now()) / 1000));
-    clock.textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    const left = Math.max(0, Math.ceil((phase.ends - Date.now()) / 1000));
+    const mmss = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    clock.textContent = s.round ? mmss : `${penaltyLabel(s.penalty)} ${mmss}`;
     clock.dataset.left = String(left);
     if (left > 0) s.timer = setTimeout(tick, 250);
+  }
+
+  function penaltyLabel(p) {
+    if (!p.loser) return "Penalty: both";
+    return p.loser === room ? "Penalty: you" : `Penalty: ${p.loser}`;
   }
 
   function showResult(ev) {
@@ -72,6 +82,7 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
   conn.on("snapshot", (snap) => {
     s.link = snap.link || null;
     s.round = snap.pk || null;
+    s.penalty = snap.pk_penalty || null;
     s.scores = snap.pk?.scores || {};
     s.ver = snap.pk?.ver ?? -1;
     render();
@@ -82,7 +93,7 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
       if (ev.t === "link") {
         s.link = ev.on ? ev : null;
         s.invite = null;
-        if (!ev.on) s.round = null;
+        if (!ev.on) s.round = s.penalty = null;
         if (controls) onNote(ev.on ? `Linked with ${otherRoom()}.` : `Link ended${ev.reason ? ` (${ev.reason})` : ""}.`);
       } else if (ev.t === "link_invite") {
         s.invite = ev;
@@ -93,6 +104,9 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
           s.scores = {};
           s.ver = -1;
         }
+      } else if (ev.t === "pk_penalty") {
+        s.penalty = ev.on ? ev : null;
+        if (controls && ev.on) onNote(`Penalty time: ${penaltyLabel(ev).slice(9)} (${ev.seconds} s).`);
       } else if (ev.t === "pk") {
         if (s.round && ev.id !== s.round.id) continue;
         if (ev.ver <= s.ver) continue;
@@ -116,14 +130,17 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
     const target = el("input", { class: "field", id: "link-room", placeholder: "other room id", "aria-label": "Room to link" });
     const seconds = el("select", { class: "field", id: "pk-seconds", "aria-label": "PK round length" });
     for (const v of [30, 60, 180, 300]) seconds.append(el("option", { value: String(v), selected: v === 180 }, `${v / 60 >= 1 ? `${v / 60} min` : `${v} s`}`));
+    const penalty = el("select", { class: "field", id: "pk-penalty", "aria-label": "Penalty after the round" });
+    for (const v of [0, 15, 30, 60, 120]) penalty.append(el("option", { value: String(v), selected: v === 0 }, v ? `penalty ${v} s` : "no penalty"));
     ui = {
       invite: el("button", { type: "submit", class: "btn", id: "link-invite" }, "Invite to link"),
       accept: el("button", { type: "button", class: "btn go", id: "link-accept", onclick: () => send("accept", { room: s.invite?.from }) }, "Accept"),
       decline: el("button", { type: "button", class: "btn", id: "link-decline", onclick: () => send("decline", { room: s.invite?.from }) }, "Decline"),
-      start: el("button", { type: "button", class: "btn go", id: "pk-start", onclick: () => send("pk", { seconds: Number(seconds.value) }) }, "Start PK"),
+      start: el("button", { type: "button", class: "btn go", id: "pk-start", onclick: () => send("pk", { seconds: Number(seconds.value), penalty: Number(penalty.value) }) }, "Start PK"),
       end: el("button", { type: "button", class: "btn stop", id: "link-end", onclick: () => send("end") }, "End link"),
       target,
       seconds,
+      penalty,
     };
     controls.append(
       el(
@@ -143,6 +160,7 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
         ui.accept,
         ui.decline,
         seconds,
+        penalty,
         ui.start,
         ui.end,
       ),
@@ -154,7 +172,7 @@ export function attachPk(conn, { room, stage, controls = null, onNote = () => {}
     const invited = Boolean(s.invite && s.invite.to === room && !s.link);
     ui.accept.hidden = ui.decline.hidden = !invited;
     ui.invite.disabled = ui.target.disabled = Boolean(s.link);
-    ui.start.disabled = !s.link || Boolean(s.round);
+    ui.start.disabled = !s.link || Boolean(s.round) || Boolean(s.penalty);
     ui.end.disabled = !s.link;
   }
 

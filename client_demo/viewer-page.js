@@ -7,6 +7,7 @@ import { HlsPlayer } from "./hls-player.js";
 import { LiveConnection, TokenError, devToken, randomId, roomFromLocation, tokenClaims } from "./live.js";
 import { attachPk } from "./pk.js";
 import { ReplayPlayer } from "./replay-player.js";
+import { attachSchedule } from "./schedule.js";
 import { Publisher, ViewerMedia, isMediaError } from "./rtc.js";
 import { attachShop } from "./shop.js";
 import { $, appendCapped, el, fmtCount, heartBurst, initials, reconnectMessage, showConnState, userColor } from "./ui.js";
@@ -124,7 +125,8 @@ const replay = params.get("replay")
       onDanmaku: (d) => danmaku.add({ text: d.text, name: d.name, mine: false, host: d.role === "host", key: `r${d.seq}` }),
     })
   : null;
-window.liveroom = { conn, danmaku, media, hls, replay, cohost, state, card, shop, gifts, pk, fans }; // for the console and the tests
+const schedule = attachSchedule(conn, { parent: $("aside.side") }); // the host's lives ahead, to reserve
+window.liveroom = { conn, danmaku, media, hls, replay, cohost, state, card, shop, gifts, pk, fans, schedule }; // for the console and the tests
 if (replay) {
   media.stop(); // the picture is the recording: no WebRTC, no live HLS
   replay.start();

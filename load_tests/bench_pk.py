@@ -1,11 +1,13 @@
 """Gifts in a PK: two linked rooms on two nodes (+ Redis), gifts and likes, scores checked exactly.
 
     python -m load_tests.bench_pk --nodes 2 --viewers 300 --gift-rate 200 --like-rate 1000 --duration 20
+    python -m load_tests.bench_pk --nodes 2 --viewers 2000 --viewer-procs 2 --cluster
 
 Starts a redis-server and --nodes node processes (one node and no Redis with --nodes 1). Room
 pkA lives on node 0 and room pkB on the last node: their hosts link the rooms and start a PK
 round; --viewers viewers per room join the room's node and count the `pk` score events they get
-(a byte match on the event's type: at most one per tick is the rule); one observer per room
+(a byte match on the event's type: at most one per tick is the rule), in --viewer-procs
+processes per room (0: in this one); one observer per room
 joins the OTHER node and decodes everything. Gifters send --gift-rate gifts/s in total (half per
 room, each with a cid that carries its send time) and likers --like-rate likes/s for --duration
 seconds; once every gift is acknowledged and every like counted (the observers' like totals), the host ends the link, which closes the round and publishes one `pk_result`.
@@ -26,6 +28,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +86,21 @@ class Viewer:
     doubles: int = 0  # frames holding more than one pk event (two publishes within one batch)
     first: float = 0.0
     last: float = 0.0
+
+
+def counting(v: Viewer) -> Callable[[bytearray, int, int], None]:
+    """A viewer's handler: counts `pk` events by a byte match, none decoded."""
+
+    def on_message(buf: bytearray, start: int, end: int) -> None:
+        n = buf.count(PK_EVENT, start, end)
+        if n:
+            v.pk_events += n
+            v.max_per_frame = max(v.max_per_frame, n)
+            v.doubles += n > 1
+            v.last = now()
+            v.first = v.first or v.last
+
+    return on_message
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,18 +180,6 @@ async def measure(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
 
     viewers: list[Viewer] = []
 
-    def counting(v: Viewer) -> Callable[[bytearray, int, int], None]:
-        def on_message(buf: bytearray, start: int, end: int) -> None:
-            n = buf.count(PK_EVENT, start, end)
-            if n:
-                v.pk_events += n
-                v.max_per_frame = max(v.max_per_frame, n)
-                v.doubles += n > 1
-                v.last = now()
-                v.first = v.first or v.last
-
-        return on_message
-
     hosts = {r: await open_(r, f"host-{r}", home[r], _noop, "host") for r in ROOMS}
     for r in ROOMS:
         await open_(r, f"obs-{r}", away[r], observer(r))
@@ -184,7 +191,33 @@ async def measure(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
             await open_(r, f"v{i}-{r}", home[r], counting(v))
         viewers.append(v)
 
-    await asyncio.gather(*(viewer(r, i) for r in ROOMS for i in range(args.viewers)))
+    procs: list[subprocess.Popen[str]] = []
+    if args.viewer_procs:  # the counting viewers in their own processes: one client cannot read 4,000
+        for r in ROOMS:
+            per = [
+                args.viewers // args.viewer_procs + (i < args.viewers % args.viewer_procs)
+                for i in range(args.viewer_procs)
+            ]
+            first = 0
+            for n in filter(None, per):
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "load_tests.bench_pk",
+                    "--viewer-worker",
+                    r,
+                    str(home[r]),
+                    str(first),
+                    str(n),
+                ]
+                procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                first += n
+        for proc in procs:
+            assert proc.stdout is not None
+            if (await asyncio.to_thread(proc.stdout.readline)).strip() != "ready":
+                raise RuntimeError("a viewer worker failed to join its viewers")
+    else:
+        await asyncio.gather(*(viewer(r, i) for r in ROOMS for i in range(args.viewers)))
     gifters = {r: [await open_(r, f"g{i}-{r}", home[r], acks(r)) for i in range(args.gifters)] for r in ROOMS}
     likers = {r: [await open_(r, f"l{i}-{r}", home[r], _noop) for i in range(2)] for r in ROOMS}
 
@@ -234,9 +267,36 @@ async def measure(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
         async with asyncio.timeout(10):
             while any(len(s.seen) < len(s.acked) for s in sides.values()):
                 await asyncio.sleep(0.1)
+    for proc in procs:  # the workers' viewers, counted as this process counts its own
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        for row in json.loads(await asyncio.to_thread(proc.stdout.readline)):
+            viewers.append(Viewer(*row))
+        await asyncio.to_thread(proc.wait, 60)
     for c in conns:
         c.close()
     return {**report(args, sides, viewers, send_s), "catch_up_s": round(caught_up_s, 2)}
+
+
+async def viewer_worker(room: str, port: int, first: int, count: int) -> None:
+    """`count` counting viewers of `room`: "ready" once joined, their counts (JSON) when stdin closes."""
+    viewers = [Viewer() for _ in range(count)]
+    sem = asyncio.Semaphore(100)
+    conns = []
+
+    async def join(i: int, v: Viewer) -> None:
+        path = f"/ws?token={auth.mint(DEFAULT_SECRET, room=room, user=f'v{first + i}-{room}', role='viewer')}"
+        async with sem:
+            conn, _ = await wsraw.connect("127.0.0.1", port, path, counting(v), 120)
+        conns.append(conn)
+
+    await asyncio.gather(*(join(i, v) for i, v in enumerate(viewers)))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    rows = [[v.pk_events, v.max_per_frame, v.doubles, v.first, v.last] for v in viewers]
+    print(json.dumps(rows), flush=True)
+    for c in conns:
+        c.close()
 
 
 def _noop(buf: bytearray, start: int, end: int) -> None:
@@ -267,7 +327,8 @@ def report(
     rates.sort()
     return {
         "scenario": "pk",
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "nodes": args.nodes,
         "redis": ("cluster" if args.cluster else "single") if args.nodes > 1 else None,
         "viewers_per_room": args.viewers,
@@ -331,8 +392,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--like-weight", type=int, default=1, help="PK points per like")
     p.add_argument("--duration", type=float, default=20, help="seconds of sending")
     p.add_argument("--tick-ms", type=int, default=50)
+    p.add_argument(
+        "--viewer-procs",
+        type=int,
+        default=0,
+        help="processes per room for the counting viewers (0: this one)",
+    )
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--viewer-worker", nargs=4, metavar=("ROOM", "PORT", "FIRST", "COUNT"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
+    if args.viewer_worker:
+        room, port, first, count = args.viewer_worker
+        raise_nofile()
+        asyncio.run(viewer_worker(room, int(port), int(first), int(count)))
+        return 0
     if args.host not in LOOPBACK or not 1 <= args.nodes <= 4 or not 0 < args.duration <= 600:
         p.error("loopback only; 1-4 nodes; duration 0-600 s")
     raise_nofile()

@@ -196,7 +196,7 @@ class App:
         )
         self.node.on_live.append(self.fans.on_live)
         self.links = Links(  # cross-room links and PK rounds, scored from gifts and likes
-            config, self.hub, self.broker, make_pk_store(commands)
+            config, self.hub, self.broker, make_pk_store(commands), node_id
         )
         self.gifts.listeners.append(self.links.on_gift)
         self.node.on_likes.append(self.links.on_likes)
@@ -288,6 +288,7 @@ class App:
         self.http_port = await self.media_http.start(self.config.host, self.config.http_port)
         self.media.url = self.config.media_url or f"http://{self.config.host}:{self.http_port}"
         self.media.start()
+        self.links.start()
         if self.rtmp is not None:  # encoders push RTMP; each stream is published like a WHIP host
             self.rtmp_port = await self.rtmp.start(self.config.host, self.config.rtmp_port)
 

@@ -1,8 +1,10 @@
 """Gifts, followers and PK rounds on the demo pages, in real headless Chromium against a real
 server process (the browser and pages fixtures of tests/test_browser.py): a gift combo shows
 "x N" on another viewer's page and on the host console, a follower watching another room gets
-the "going live" toast when the host publishes, and two linked rooms' viewers show the same
-PK score. Screenshots under test-artifacts/.
+the "going live" toast when the host publishes, and two linked rooms' viewers each see both
+hosts' video (frames presented on the linked host's tile), the same PK score, the result and
+the penalty's countdown; a viewer reserves a live the host scheduled and is told when it
+starts. Screenshots under test-artifacts/.
 """
 
 from __future__ import annotations
@@ -75,27 +77,104 @@ def test_follower_in_another_room_gets_the_going_live_toast(pages: Pages) -> Non
     shot(fan, "viewer-live-toast")
 
 
+LOCAL_IN_10_MIN = """() => {
+    const d = new Date(Date.now() + 10 * 60000), p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}"""
+
+
+def test_a_viewer_reserves_a_scheduled_live_and_is_told_when_it_starts(pages: Pages) -> None:
+    host = pages.host("sched", "sam")
+    fan = pages.viewer("sched", "rae", "Rae")
+    host.fill("#schedule-at", host.evaluate(LOCAL_IN_10_MIN))  # within the 15 min a start is looked for
+    host.fill("#schedule-title", "Spring sale")
+    host.click("#schedule-add")
+    item = fan.locator("#schedule-list li", has_text="Spring sale")
+    expect(item).to_be_visible(timeout=WAIT_MS)
+    expect(host.locator("#schedule-list li[data-id]")).to_have_count(1, timeout=WAIT_MS)
+    late = pages.viewer("sched", "lou")  # a joiner gets the schedule in its snapshot
+    expect(late.locator("#schedule-list li", has_text="Spring sale")).to_be_visible(timeout=WAIT_MS)
+    item.locator(".reserve-btn").click()
+    expect(item.locator(".reserve-btn")).to_have_attribute("aria-pressed", "true", timeout=WAIT_MS)
+    expect(item.locator(".reserve-btn")).to_have_text("Reserved")
+    shot(fan, "viewer-schedule")
+
+    fan.goto(pages.base + "/room/elsewhere?user=rae&name=Rae")  # reserved, not following
+    tb.wait_live(fan)
+    host.click("#go-camera")
+    toast = fan.locator("#live-toast")
+    expect(toast).to_contain_text("Sam is going live: Spring sale", timeout=VIDEO_WAIT_MS)
+    expect(toast).to_have_attribute("data-room", "sched")
+    expect(late.locator("#schedule")).to_be_hidden(timeout=WAIT_MS)  # started: no longer ahead
+    shot(fan, "viewer-reserved-toast")
+
+
 def _scores(page: tb.Page) -> dict[str, int]:
     return json.loads(page.locator("#pk-bar").get_attribute("data-scores") or "{}")
 
 
-def test_two_linked_rooms_show_the_same_pk_score(pages: Pages) -> None:
+def wait_frames(page: tb.Page, selector: str, count: int = 10) -> None:
+    """The video element at `selector` presents `count` new frames with growing media times
+    (requestVideoFrameCallback: frames decoded and shown, not just a clock running)."""
+    page.wait_for_function(
+        "(sel) => { const v = document.querySelector(sel); return v !== null && v.videoWidth > 0; }",
+        arg=selector,
+        timeout=VIDEO_WAIT_MS,
+    )
+    page.evaluate(
+        """(sel) => {
+            const v = document.querySelector(sel), seen = [];
+            v.dataset.frames = "";
+            const tick = (_, meta) => {
+                seen.push(meta.mediaTime);
+                v.dataset.frames = JSON.stringify(seen.slice(-20));
+                v.requestVideoFrameCallback(tick);
+            };
+            v.requestVideoFrameCallback(tick);
+        }""",
+        selector,
+    )
+    page.wait_for_function(
+        """([sel, n]) => {
+            const f = JSON.parse(document.querySelector(sel).dataset.frames || "[]");
+            return f.length >= n && f[f.length - 1] > f[0];
+        }""",
+        arg=[selector, count],
+        timeout=VIDEO_WAIT_MS,
+    )
+    times = json.loads(page.evaluate("(sel) => document.querySelector(sel).dataset.frames", selector))
+    assert times == sorted(times), times
+
+
+def test_two_linked_rooms_show_both_hosts_one_score_and_the_penalty(pages: Pages) -> None:
     red = pages.host("red", "rita")
     blue = pages.host("blue", "bo")
     fan_red = pages.viewer("red", "ray")
     fan_blue = pages.viewer("blue", "bea")
+    red.click("#go-camera")  # Chromium's fake camera, one per host
+    blue.click("#go-camera")
 
     red.fill("#link-room", "blue")
     red.click("#link-invite")
     expect(blue.locator("#link-accept")).to_be_visible(timeout=WAIT_MS)
     blue.click("#link-accept")
     expect(fan_red.locator("#pk-bar")).to_have_attribute("data-state", "linked", timeout=WAIT_MS)
+    # each room's viewer: the linked room's host in a tile (pulled across rooms), the room's own
+    # host on the stage (the tile exists only when the linked host is not the stage), both playing
+    for page, linked, other in ((fan_red, "bo@blue", "blue"), (fan_blue, "rita@red", "red")):
+        tile = f"#tiles .tile.linked[data-uid='{linked}']"
+        wait_frames(page, f"{tile} video")
+        expect(page.locator(f"{tile} .tile-name")).to_have_text(f"{linked.split('@')[0]} · room {other}")
+        wait_frames(page, "#video")
+    shot(fan_red, "viewer-linked-hosts")
+
     expect(red.locator("#pk-start")).to_be_enabled(timeout=WAIT_MS)
-    red.select_option("#pk-seconds", "300")
+    red.select_option("#pk-seconds", "60")
+    red.select_option("#pk-penalty", "15")
     red.click("#pk-start")
     for page in (fan_red, fan_blue):
         expect(page.locator("#pk-bar")).to_have_attribute("data-state", "round", timeout=WAIT_MS)
-        expect(page.locator("#pk-clock")).to_have_text(re.compile(r"^[0-5]:[0-5]\d$"))
+        expect(page.locator("#pk-clock")).to_have_text(re.compile(r"^[01]:[0-5]\d$"))
 
     fan_red.locator("#gift-bar button[data-gift='star']").click()  # 50 for red
     fan_blue.locator("#gift-bar button[data-gift='rose']").click()  # 10 for blue
@@ -106,11 +185,48 @@ def test_two_linked_rooms_show_the_same_pk_score(pages: Pages) -> None:
     assert _scores(fan_red) == _scores(fan_blue) == {"red": 50, "blue": 10}
     shot(fan_blue, "viewer-pk-bar")
 
-    red.click("#link-end")  # ends the round first: the same result in both rooms
+    # the round ends on its own: one result in both rooms, then the loser's penalty countdown
     for page in (fan_red, fan_blue):
         result = page.locator("#pk-result")
-        expect(result).to_have_attribute("data-winner", "red", timeout=WAIT_MS)
+        expect(result).to_have_attribute("data-winner", "red", timeout=2 * VIDEO_WAIT_MS)
         assert json.loads(result.get_attribute("data-scores") or "{}") == {"red": 50, "blue": 10}
+        expect(page.locator("#pk-bar")).to_have_attribute("data-state", "penalty", timeout=WAIT_MS)
+        expect(page.locator("#pk-bar")).to_have_attribute("data-loser", "blue")
+    expect(fan_blue.locator("#pk-clock")).to_have_text(re.compile(r"^Penalty: you 0:[01]\d$"))
+    expect(fan_red.locator("#pk-clock")).to_have_text(re.compile(r"^Penalty: blue 0:[01]\d$"))
+    expect(blue.locator("#pk-start")).to_be_disabled()  # no new round during the penalty
+    shot(fan_blue, "viewer-pk-penalty")
+    for page in (fan_red, fan_blue):  # the penalty is over: still linked, ready for a round
+        expect(page.locator("#pk-bar")).to_have_attribute("data-state", "linked", timeout=VIDEO_WAIT_MS)
+    expect(red.locator("#pk-start")).to_be_enabled(timeout=WAIT_MS)
+
+    red.click("#link-end")
+    for page in (fan_red, fan_blue):
+        expect(page.locator("#pk-bar")).to_be_hidden(timeout=WAIT_MS)
+        expect(page.locator("#tiles .tile.linked")).to_have_count(0, timeout=VIDEO_WAIT_MS)
+
+
+def test_ending_the_link_mid_round_gives_one_result_in_both_rooms(pages: Pages) -> None:
+    red = pages.host("red2", "rex")
+    blue = pages.host("blue2", "bia")
+    fan_red = pages.viewer("red2", "rue")
+    fan_blue = pages.viewer("blue2", "bet")
+    red.fill("#link-room", "blue2")
+    red.click("#link-invite")
+    expect(blue.locator("#link-accept")).to_be_visible(timeout=WAIT_MS)
+    blue.click("#link-accept")
+    expect(red.locator("#pk-start")).to_be_enabled(timeout=WAIT_MS)
+    red.select_option("#pk-seconds", "300")
+    red.select_option("#pk-penalty", "60")
+    red.click("#pk-start")
+    expect(fan_blue.locator("#pk-bar")).to_have_attribute("data-state", "round", timeout=WAIT_MS)
+    fan_blue.locator("#gift-bar button[data-gift='rose']").click()  # 10 for blue2
+    expect(fan_red.locator("#pk-bar")).to_have_attribute("data-theirs", "10", timeout=WAIT_MS)
+    blue.click("#link-end")  # closes the round: the result, and no penalty once unlinked
+    for page in (fan_red, fan_blue):
+        result = page.locator("#pk-result")
+        expect(result).to_have_attribute("data-winner", "blue2", timeout=WAIT_MS)
+        assert json.loads(result.get_attribute("data-scores") or "{}") == {"red2": 0, "blue2": 10}
         expect(page.locator("#pk-bar")).to_be_hidden(timeout=WAIT_MS)
 
 

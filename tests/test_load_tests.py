@@ -241,3 +241,33 @@ def test_the_hls_cache_bench_with_a_real_chromium_viewer() -> None:
     assert (
         "browsers' frames % presented / received (worst)" in out.stdout
     )  # the Markdown table has the browsers' columns
+
+
+def test_the_live_notice_bench_tells_every_follower_on_both_nodes() -> None:
+    """bench_live_notice at tiny scale (a real redis-server, 2 nodes, a WHIP host): every
+    follower got its notice, and the latency is measured from the `live` event."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "load_tests.bench_live_notice",
+            "--followers",
+            "40",
+            "--rooms",
+            "4",
+            "--runs",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=2 * RUN_TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (record,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert record["missing_total"] == 0 and record["nodes"] == 2 and "| run |" in out.stdout
+    (run,) = record["runs"]
+    assert run["notices"] == 40 and run["live_event_after_whip_post_ms"] is not None
+    assert_percentiles(run["live_to_notice_ms"])
+    for node in ("n0", "n1"):  # followers on the host's node and on the other one
+        assert_percentiles(run["by_follower_node"][node])

@@ -6,7 +6,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from server.app import App
-from server.room.pk import Score, result_event, winner
+from server.broker.pk_store import MemoryPkStore
+from server.room.pk import (
+    CLOSED,
+    DONE,
+    PENALTY,
+    RUNNING,
+    Score,
+    loser,
+    penalty_event,
+    result_event,
+    step,
+    winner,
+)
 from server.wire.protocol import ErrorCode
 from tests.conftest import WsClient
 from tests.test_gifts import until_events
@@ -21,6 +33,46 @@ def test_winner_and_result_are_read_from_one_score() -> None:
     assert result["winner"] == "a" and len(result["top"]["a"]) == 3 and result["scores"] == {"a": 10, "b": 2}
 
 
+def test_the_driver_steps_through_a_rounds_phases() -> None:
+    """The whole schedule a driver (or the node that takes over from a dead one) follows."""
+    score = Score(1, {"a": 3, "b": 5}, {}, RUNNING, ends=1000, penalty=30)
+    assert step(score, 999) == "score" and step(score, 1000) == "close"
+    assert step(Score(1, {}, {}, CLOSED, ends=1000), 5000) == "announce"
+    penalty = Score(1, {"a": 3, "b": 5}, {}, PENALTY, ends=1000, penalty=30, penalty_ends=31_000)
+    assert step(penalty, 30_999) == "wait" and step(penalty, 31_000) == "lift"
+    assert step(Score(1, {}, {}, DONE), 0) == "stop"
+    assert loser({"a": 3, "b": 5}) == "a" and loser({"a": 4, "b": 4}) is None
+    event = penalty_event("p", penalty, 31_000, True, 1000, "sys")
+    assert (event["t"], event["loser"], event["seconds"], event["ends"], event["rooms"]) == (
+        "pk_penalty",
+        "a",
+        30,
+        31_000,
+        ["a", "b"],
+    )
+
+
+async def test_phases_move_once_and_a_lapsed_lease_is_taken() -> None:
+    store = MemoryPkStore()
+    await store.open_round("p", ["a", "b"], ends=10**15, penalty=10)
+    assert await store.claim("p", "n0", 60_000) and await store.claim("p", "n0", 60_000)  # renewed
+    assert not await store.claim("p", "n1", 60_000)  # held by a live driver
+    await store.credit("p", "a", 7, "u", "U")
+    assert not (await store.close_round("p")).ended  # this call closed it
+    await store.credit("p", "b", 100)  # after the close: nothing
+    final = await store.close_round("p")
+    assert final.ended and final.points == {"a": 7, "b": 0} and final.phase == CLOSED
+    assert await store.advance("p", CLOSED, PENALTY, 5000) and not await store.advance("p", CLOSED, DONE)
+    await store.cut("p", 2000)  # a host ended the link during the penalty: over now
+    assert (await store.read("p")).penalty_ends == 2000  # type: ignore[union-attr]
+    expiring = MemoryPkStore()
+    await expiring.open_round("q", ["a", "b"], ends=0, penalty=0)
+    assert await expiring.claim("q", "n0", 0)  # a lease of 0 ms lapses at once: n0 "died"
+    assert await expiring.claim("q", "n1", 60_000)
+    await expiring.cut("q", 0)  # ended while running: closed, and no penalty after it
+    assert (await expiring.read("q")).phase == CLOSED and (await expiring.read("q")).penalty == 0  # type: ignore[union-attr]
+
+
 async def ask(client: WsClient, **frame: Any) -> dict[str, Any]:
     await client.send(**frame)
     return await client.recv_until(lambda f: f["t"] in ("error", "link_ack"))
@@ -31,6 +83,8 @@ async def run_pk(ha: WsClient, hb: WsClient, va: WsClient, vb: WsClient) -> None
     assert (await ask(va, t="link", action="invite", room="rb"))["code"] == ErrorCode.FORBIDDEN
     assert (await ask(ha, t="link", action="invite", room="ra"))["code"] == ErrorCode.LINK_TARGET
     assert (await ask(ha, t="link", action="pk", seconds=60))["code"] == ErrorCode.LINK_STATE
+    for bad in ({"seconds": 10}, {"seconds": 60, "penalty": 601}, {"penalty": -1}, {"penalty": "30"}):
+        assert (await ask(ha, t="link", action="pk", **bad))["code"] == ErrorCode.BAD_FIELD
     assert (await ask(ha, t="link", action="invite", room="rb"))["t"] == "link_ack"
     assert (await ask(ha, t="link", action="invite", room="rb"))["code"] == ErrorCode.LINK_BUSY
     assert (await ask(hb, t="link", action="accept", room="zz"))["code"] == ErrorCode.LINK_STATE

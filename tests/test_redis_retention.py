@@ -16,12 +16,12 @@ WAIT = 30.0
 
 
 async def until_events(
-    client: WsClient, done: Callable[[list[dict[str, Any]]], bool]
+    client: WsClient, done: Callable[[list[dict[str, Any]]], bool], wait: float = WAIT
 ) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
-    async with asyncio.timeout(WAIT):
+    async with asyncio.timeout(wait):
         while not done(seen):
-            frame = await client.recv(WAIT)
+            frame = await client.recv(wait)
             if frame["t"] == "batch":
                 seen.extend(frame["events"])
     return seen
@@ -86,3 +86,54 @@ async def test_pk_between_two_rooms_on_two_nodes(redis_any: RedisTarget, start_n
     va = await open_client(n1, "va", "ra")  # each room's viewer on the other room's host's node
     vb = await open_client(n0, "vb", "rb")
     await run_pk(ha, hb, va, vb)
+
+
+async def test_a_pk_round_and_its_penalty_end_when_the_driving_node_is_killed(
+    redis_server: RedisServer, start_nodes, open_client
+) -> None:
+    """n0 starts (and drives) the round and is SIGKILLed mid-round: n1, which holds both rooms'
+    viewers, takes the lapsed lease over, keeps pushing the score, ends the round on time with the
+    exact result in both rooms, then runs the penalty to its end."""
+    n0, n1 = start_nodes(redis_server.url, 2)
+    ha = await open_client(n0, "ha", "ra", role="host")
+    hb = await open_client(n0, "hb", "rb", role="host")
+    va = await open_client(n1, "va", "ra")
+    vb = await open_client(n1, "vb", "rb")
+    await ha.send(t="link", action="invite", room="rb", cid=1)
+    await ha.recv_until(lambda f: f["t"] == "link_ack", TIMEOUT)
+    await hb.send(t="link", action="accept", room="ra", cid=1)
+    await hb.recv_until(lambda f: f["t"] == "link_ack", TIMEOUT)
+    await ha.send(t="link", action="pk", seconds=30, penalty=2, cid=2)
+    await ha.recv_until(lambda f: f["t"] == "link_ack", TIMEOUT)
+    started = await until_events(va, lambda es: any(e["t"] == "pk_round" and e["on"] for e in es))
+    round_on = next(e for e in started if e["t"] == "pk_round")
+    assert (round_on["seconds"], round_on["penalty"]) == (30, 2)
+    await va.send(t="gift", gift="rose", cid="a0")  # 10 for ra, pushed by n0's driver
+    await until_events(vb, lambda es: any(e["t"] == "pk" and e["scores"] == {"ra": 10, "rb": 0} for e in es))
+
+    n0.kill()  # SIGKILL: its lease lapses, nobody tells n1
+    await vb.send(t="gift", gift="star", cid="b0")  # 50 for rb, credited by n1
+    await vb.send(t="like", count=3)
+    want = {"ra": 10, "rb": 53}
+    for viewer in (va, vb):  # the score moves on: n1 drives now
+        await until_events(viewer, lambda es: any(e["t"] == "pk" and e["scores"] == want for e in es))
+    results = []
+    for viewer in (va, vb):  # ends on time (30 s after the start), announced by n1
+        seen = await until_events(
+            viewer, lambda es: any(e["t"] == "pk_penalty" and e["on"] for e in es), 2 * WAIT
+        )
+        result = next(e for e in seen if e["t"] == "pk_result")
+        penalty = next(e for e in seen if e["t"] == "pk_penalty")
+        assert result["ts"] >= round_on["ends"] and result["id"] == round_on["id"]
+        assert (penalty["loser"], penalty["seconds"], penalty["id"]) == ("ra", 2, round_on["id"])
+        results.append(result)
+    assert results[0]["scores"] == results[1]["scores"] == want  # exact, equal in both rooms
+    assert results[0]["winner"] == "rb"
+    for viewer in (va, vb):
+        seen = await until_events(viewer, lambda es: any(e["t"] == "pk_penalty" and not e["on"] for e in es))
+        off = next(e for e in seen if e["t"] == "pk_penalty")
+        assert off["ts"] >= penalty["ends"]
+    late = await open_client(n1, "late", "ra")
+    assert late.snapshot is not None
+    assert (late.snapshot["pk"], late.snapshot["pk_penalty"]) == (None, None)
+    assert late.snapshot["link"] is not None  # the link itself lives on

@@ -49,6 +49,7 @@ class RoomState:
     board: Event | None = None  # the newest leaderboard (server/room/gifts.py)
     link: Event | None = None  # the link with another room in force, and its PK round
     pk: Event | None = None
+    pk_penalty: Event | None = None  # the penalty after a round's result
     schedules: dict[str, Event] = field(default_factory=dict)  # lives the room's host scheduled
     qa: list[Event] = field(default_factory=list)  # `question`/`reply` events, for the staff
     products: dict[str, Event] = field(default_factory=dict)  # product id -> its edits, merged
@@ -193,6 +194,11 @@ class Inbox(ABC):
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         """Deliver or keep a frame for a user; True when a connection of the user got it live."""
 
+    async def send_dms(self, frames: dict[str, bytes]) -> list[str]:
+        """send_dm to many users (a host's live notice to its followers): the users no
+        connection got. One call each here; the Redis inbox sends them in one pipeline per shard."""
+        return [uid for uid, frame in frames.items() if not await self.send_dm(uid, frame)]
+
     @abstractmethod
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
         """Store a DM durably, give it its id, then deliver it live; raises BrokerUnavailable.
@@ -331,6 +337,9 @@ class Broker:
 
     async def send_dm(self, user_id: str, frame: bytes) -> bool:
         return await self.inbox.send_dm(user_id, frame)
+
+    async def send_dms(self, frames: dict[str, bytes]) -> list[str]:
+        return await self.inbox.send_dms(frames)
 
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
         return await self.inbox.store_dm(user_id, dm)

@@ -102,6 +102,7 @@ class MemoryRoomStream(RoomStream):
             board=view.board,
             link=view.link,
             pk=view.pk,
+            pk_penalty=view.pk_penalty,
             schedules=dict(view.schedules),
             qa=list(view.qa),
             products=dict(view.products),

@@ -16,6 +16,8 @@ from typing import Any
 # One timeout for the small users: a claim, a SET NX, an INCRBY; past it they fall back or retry.
 TIMEOUT = 2.0
 ANALYTICS_TIMEOUT = 5.0  # a flush is one pipeline of many commands
+POOL_SIZE = 64  # connections per client to one Redis (shards.py's figure); more wait their turn
+CLUSTER_MAX = 1000  # per cluster node, as the broker's own cluster client (redis.py)
 
 
 class RedisClients:
@@ -28,11 +30,19 @@ class RedisClients:
         self._text: Any = None
 
     def _build(self, **options: Any) -> Any:
-        from redis.asyncio import Redis, RedisCluster  # imported only when used
+        """redis-py's async pools refuse a command past 100 in flight ("Too many connections"):
+        a burst of 5,000 follows on one node was refused (bench_live_notice). One Redis: at
+        most POOL_SIZE connections and a command waits for a free one (up to its connect
+        timeout); a cluster client has no waiting pool, so it may open CLUSTER_MAX per node."""
+        from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster  # imported only when used
 
         if self.cluster:
-            return RedisCluster.from_url(self.url, **options)
-        return Redis.from_url(self.url, **options)
+            return RedisCluster.from_url(self.url, max_connections=CLUSTER_MAX, **options)
+        timeout = options.get("socket_connect_timeout", TIMEOUT)
+        pool = BlockingConnectionPool.from_url(
+            self.url, max_connections=POOL_SIZE, timeout=timeout, **options
+        )
+        return Redis.from_pool(pool)  # closes the pool with the client
 
     @property
     def commands(self) -> Any:

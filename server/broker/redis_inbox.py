@@ -117,6 +117,36 @@ class RedisInbox(RedisPart, Inbox):
         await self._free(res[2])
         return int(res[1]) > 0
 
+    async def send_dms(self, frames: dict[str, bytes]) -> list[str]:
+        """send_dm's script for every user in one pipeline per shard (not one round trip per
+        follower: 10,000 live notices took seconds that way, docs/BENCHMARKS.md)."""
+        missed: list[str] = []
+        users: list[str] = []
+        calls: list[Call] = []
+        for uid, frame in frames.items():
+            keys = rs.user_keys(uid)
+            if not self._serving(keys.dms):
+                missed.append(uid)
+                continue
+            args = ["f", frame, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, 1, ""]
+            calls.append((keys.dms, ("EVALSHA", self._dm_script.sha, 1, keys.dms, *args)))
+            users.append(uid)
+        if not calls:
+            return missed
+        try:
+            results = await self._shards.pipelined(calls)
+        except _DOWN as exc:
+            self._kick(exc, calls[0][0])
+            return missed + users
+        freed: list[bytes] = []
+        for uid, res in zip(users, results, strict=True):
+            if isinstance(res, Exception) or int(res[1]) <= 0:
+                missed.append(uid)
+            else:
+                freed.extend(res[2])
+        await self._free(freed)
+        return missed
+
     async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
         """Store and publish in one script, then WAIT on the same connection (when replicas are
         required). The answer is always the truth: refused (4501) only when nothing was stored,

@@ -179,7 +179,7 @@ def close_with(prefix: bytes, value: Any) -> bytes:
     return prefix + _pack(value)
 
 
-STICKY_KINDS = {"host": "live", "live": "on", "pk_round": "on"}  # kind -> its on flag
+STICKY_KINDS = {"host": "live", "live": "on", "pk_round": "on", "pk_penalty": "on"}  # kind -> its on flag
 
 
 def classify(event: dict[str, Any]) -> tuple[str, str]:

@@ -695,6 +695,7 @@ def _state_of(view: Room[None]) -> RoomState:
         board=view.board,
         link=view.link,
         pk=view.pk,
+        pk_penalty=view.pk_penalty,
         schedules=dict(view.schedules),
         qa=list(view.qa),
         products=dict(view.products),

@@ -334,7 +334,7 @@ def load(room: Room[Peer], state: RoomState) -> None:
     room.media_url = state.media_url
     room.media_codec = state.media_codec
     room.pins = dict(state.pins)
-    room.board, room.link, room.pk = state.board, state.link, state.pk
+    room.board, room.link, room.pk, room.pk_penalty = state.board, state.link, state.pk, state.pk_penalty
     room.schedules = dict(state.schedules)
     room.qa.clear()  # a reset stream's questions and answers are the new one's
     room.qa.extend(state.qa)

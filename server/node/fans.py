@@ -4,7 +4,8 @@ When a host starts publishing (the room's `live` event with `on`, queued on the 
 the host's media), this node tells every follower of the host, and everyone who reserved a live
 the host scheduled that is due, with a `live_notice` on their user channel: the broker's
 per-user delivery that DMs use, so a follower connected to any room on any node gets it in the
-next hop (memory: a call; Redis: one PUBLISH per follower). Followers with no connection
+next hop (memory: a call; Redis: the user-channel script per follower, 1,000 followers per
+pipeline and round trip). Followers with no connection
 anywhere are listed in `host.live` webhooks (for push notifications), 500 per event. A host that
 republishes (or goes live on two nodes) tells its followers once per `live_notice_every` s.
 """
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from server.webhooks.sender import Webhooks
 
 log = logging.getLogger("liveroom.fans")
-NOTICE_BATCH = 200  # user-channel sends in flight at once
+NOTICE_BATCH = 1000  # users per pipelined send (one round trip per Redis shard)
 HOOK_BATCH = 500  # offline followers per `host.live` webhook
 DUE_AHEAD_MS = 15 * 60 * 1000  # a live scheduled up to 15 min from now is the one starting
 
@@ -105,19 +106,19 @@ class Fans:
             log.exception("live notices for %s failed", host)
 
     async def _deliver(self, frames: dict[str, bytes]) -> list[str]:
-        """Send each user its notice; the users with no connection anywhere."""
+        """Send each user its notice, NOTICE_BATCH users per broker call (one pipeline per Redis
+        shard): the users with no connection anywhere."""
         users = list(frames)
         offline: list[str] = []
         for i in range(0, len(users), NOTICE_BATCH):
-            chunk = users[i : i + NOTICE_BATCH]
-            got = await asyncio.gather(
-                *(self.broker.send_dm(uid, frames[uid]) for uid in chunk), return_exceptions=True
-            )
-            for uid, delivered in zip(chunk, got, strict=True):
-                if delivered is True:
-                    self.notices_sent += 1
-                else:
-                    offline.append(uid)
+            chunk = {uid: frames[uid] for uid in users[i : i + NOTICE_BATCH]}
+            try:
+                missed = await self.broker.send_dms(chunk)
+            except Exception:
+                log.exception("live notices: a batch of %d failed", len(chunk))
+                missed = list(chunk)
+            self.notices_sent += len(chunk) - len(missed)
+            offline += missed
         return offline
 
     async def close(self) -> None:

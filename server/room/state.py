@@ -65,6 +65,7 @@ class Room(Generic[Member]):
     board: Event | None = None  # the newest `board` (top gifters) seen (server/room/gifts.py)
     link: Event | None = None  # the `link` in force with another room (server/room/pk.py)
     pk: Event | None = None  # the PK round in force (`pk_round` on), with its last score
+    pk_penalty: Event | None = None  # the penalty after a round's result (`pk_penalty` on)
     schedules: dict[str, Event] = field(default_factory=dict)  # id -> `schedule` event (lives ahead)
     recent: deque[Event] = field(init=False)
     # for the staff (snapshot `qa`, `products`): the host tools survive a reload
@@ -242,7 +243,9 @@ class Room(Generic[Member]):
         elif kind == "link":
             self.link = event if event.get("on") else None
             if self.link is None:
-                self.pk = None
+                self.pk = self.pk_penalty = None
+        elif kind == "pk_penalty":
+            self.pk_penalty = event if event.get("on") else None
         elif kind == "pk_round":
             self.pk = event if event.get("on") else None
         elif kind == "pk":
@@ -291,6 +294,7 @@ class Room(Generic[Member]):
             "board": self.board["top"] if self.board else [],
             "link": self.link,
             "pk": self.pk,
+            "pk_penalty": self.pk_penalty,
             "schedules": list(self.schedules.values()),
         }
         if you.can_answer:
@@ -300,7 +304,7 @@ class Room(Generic[Member]):
 
 
 _BOARD_SLOT = "\0board"  # the outbox index of this tick's `board` (combo ids are never empty)
-_RETENTION_KINDS = frozenset({"board", "link", "pk_round", "pk", "schedule"})
+_RETENTION_KINDS = frozenset({"board", "link", "pk_round", "pk", "pk_penalty", "schedule"})
 
 
 def apply_pin(pins: dict[str, Event], event: Event) -> None:

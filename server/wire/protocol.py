@@ -34,6 +34,7 @@ MAX_GIFT_COUNT = 99  # gifts of one kind in one `gift` message
 MAX_TITLE_LEN = 100  # a scheduled live's title
 MAX_SCHEDULE_AHEAD_MS = 30 * 86400 * 1000  # a live is scheduled at most 30 days ahead
 PK_SECONDS = (30, 1800)  # a PK round's duration bounds
+PK_PENALTY_SECONDS = (0, 600)  # the penalty after a round's result (0: none)
 MAX_FIRST_FRAME_MS = 600_000  # a first frame later than 10 minutes is not a measurement
 SYSTEM_UID = "sys"
 
@@ -326,6 +327,7 @@ class Link:
     room: str | None  # the other room (invite, accept, decline)
     seconds: int | None  # a PK round's duration (pk)
     cid: str | int | None
+    penalty: int | None = None  # seconds of penalty after the round's result (pk; 0: none)
 
 
 # Handled by the node's media gateway (server/media/gateway.py).
@@ -694,7 +696,8 @@ def _link(obj: dict[str, Any]) -> Link:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"'action' must be one of {sorted(LINK_ACTIONS)}", cid)
     room = _uid(obj, "room", cid) if action in ("invite", "accept", "decline") else None
     seconds = _int(obj, "seconds", *PK_SECONDS, cid, 180) if action == "pk" else None
-    return Link(action=action, room=room, seconds=seconds, cid=cid)
+    penalty = _int(obj, "penalty", *PK_PENALTY_SECONDS, cid, 0) if action == "pk" else None
+    return Link(action=action, room=room, seconds=seconds, cid=cid, penalty=penalty)
 
 
 _RETENTION_PARSERS: dict[str, Any] = {
