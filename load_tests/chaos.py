@@ -44,7 +44,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from load_tests.bench import raise_nofile
 from server.config import DEFAULT_SECRET
 from server.wire import auth
+from tests.redis_fixtures import cluster_ports, free_port
 
 ROOM = "chaos"
 KINDS = ("node_kill", "node_term", "redis_kill")
@@ -77,35 +77,6 @@ ROUND_LIMIT = 240.0  # seconds one round may take at most (start, fault, settle)
 SETTLE = 45.0  # seconds to wait, after the traffic stops, for every connection to catch up
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _cluster_ports(count: int) -> list[int]:
-    """Distinct ports whose cluster bus port (+10000) is free too, all below 55536."""
-    socks: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            port = random.randrange(20000, 45000)
-            pair = [socket.socket(), socket.socket()]
-            try:
-                pair[0].bind(("127.0.0.1", port))
-                pair[1].bind(("127.0.0.1", port + 10000))
-            except OSError:
-                for sock in pair:
-                    sock.close()
-                continue
-            socks += pair
-            ports.append(port)
-        return ports
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 # -- processes --------------------------------------------------------------------------------
 
 
@@ -113,7 +84,7 @@ class Redis:
     """redis-server on a fixed port (nodes keep its URL across restarts), AOF fsynced always."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -162,7 +133,7 @@ class RedisCluster:
 
     def __init__(self, workdir: Path, masters: int = 3) -> None:
         self.workdir = workdir
-        self.ports = _cluster_ports(masters * 2)
+        self.ports = cluster_ports(masters * 2)
         self.masters = masters
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -341,14 +312,34 @@ async def stop_node(node: Node, sig: int = signal.SIGTERM, timeout: float = 30.0
 
 
 @dataclass
-class Ledger:
-    """What every client saw, shared, checked at the end."""
+class Truth:
+    """What a PROTOCOL.md client can check of the server's answers: no `(epoch, seq)` names two
+    events, and a DM's retries are acked with the id of its first ack (else stored twice)."""
 
     events: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
     conflicts: int = 0
     acked: dict[str, tuple[str, str]] = field(default_factory=dict)  # dm id -> (recipient, cid)
     acked_by_cid: dict[str, str] = field(default_factory=dict)  # cid -> dm id of its ack
     ack_changed: int = 0  # a retry got another id than the first ack: stored twice
+
+    def saw(self, epoch: str, event: dict[str, Any]) -> None:
+        key = (epoch, event["seq"])
+        who = (event["t"], event.get("uid"), event.get("text"), event.get("ts"))
+        known = self.events.setdefault(key, who)
+        if known != who:
+            self.conflicts += 1
+
+    def dm_acked(self, cid: str, dm_id: str, to: str) -> None:
+        first = self.acked_by_cid.setdefault(cid, dm_id)
+        if first != dm_id:
+            self.ack_changed += 1
+        self.acked[dm_id] = (to, cid)
+
+
+@dataclass
+class Ledger(Truth):
+    """What every client saw, shared, checked at the end."""
+
     danmaku_sent: int = 0
     sent_at: dict[str, float] = field(default_factory=dict)  # danmaku text -> monotonic send time
     dm_errors: int = 0  # 4501 answers (refused, retried)
@@ -358,13 +349,6 @@ class Ledger:
     not_recovered: int = 0  # resumes answered with recovered: false (fresh snapshot)
     epoch_adopted: int = 0  # batches under a new epoch that continued the stream
     epoch_resyncs: int = 0  # batches under a new epoch that did not: resumed
-
-    def saw(self, epoch: str, event: dict[str, Any]) -> None:
-        key = (epoch, event["seq"])
-        who = (event["t"], event.get("uid"), event.get("text"), event.get("ts"))
-        known = self.events.setdefault(key, who)
-        if known != who:
-            self.conflicts += 1
 
 
 class Conn:
@@ -508,10 +492,7 @@ class Conn:
             finally:
                 self.waiting.pop(cid, None)
             if answer["t"] == "dm_ack":
-                first = self.ledger.acked_by_cid.setdefault(cid, answer["id"])
-                if first != answer["id"]:
-                    self.ledger.ack_changed += 1
-                self.ledger.acked[answer["id"]] = (to, cid)
+                self.ledger.dm_acked(cid, answer["id"], to)
                 return
             if answer["t"] == "closed":
                 await asyncio.sleep(0.05)

@@ -105,27 +105,17 @@ class RoomPlan:
 
 
 @dataclass
-class Ledger:
-    events: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
-    conflicts: int = 0
+class Ledger(chaos.Truth):
     visible_gaps: int = 0
     not_recovered: int = 0
     epoch_adopted: int = 0
     reconnects: int = 0
     refused_joins: int = 0
-    acked: dict[str, tuple[str, str]] = field(default_factory=dict)  # dm id -> (recipient, cid)
-    acked_by_cid: dict[str, str] = field(default_factory=dict)
-    ack_changed: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # cid -> recipient: a final 4501
     answers_4501: list[tuple[float, str, str]] = field(default_factory=list)  # (time, sender, recipient)
     dm_other_errors: int = 0  # answers other than 4501 (none expected)
     dm_sent: int = 0
     danmaku_sent: int = 0
-
-    def saw(self, epoch: str, event: dict[str, Any]) -> None:
-        who = (event["t"], event.get("uid"), event.get("text"), event.get("ts"))
-        if self.events.setdefault((epoch, event["seq"]), who) != who:
-            self.conflicts += 1
 
 
 class Viewer:
@@ -312,10 +302,7 @@ class Viewer:
             finally:
                 self.waiting.pop(cid, None)
             if answer["t"] == "dm_ack":
-                first = self.ledger.acked_by_cid.setdefault(cid, answer["id"])
-                if first != answer["id"]:
-                    self.ledger.ack_changed += 1
-                self.ledger.acked[answer["id"]] = (to, cid)
+                self.ledger.dm_acked(cid, answer["id"], to)
                 return
             if answer["t"] == "closed":
                 await asyncio.sleep(0.05)
