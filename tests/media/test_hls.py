@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -52,10 +53,10 @@ async def _frame(ws: ClientConnection, kind: str) -> dict[str, Any]:
                 return frame
 
 
-@pytest.fixture
-async def live(app: App) -> AsyncIterator[App]:
-    """Room r1 with its host publishing a moving test pattern and (silent) Opus audio."""
-    ws = await connect(f"ws://127.0.0.1:{app.port}/ws?token={token('r1', 'hana', 'host')}")
+@asynccontextmanager
+async def publishing(app: App, room: str = "r1") -> AsyncIterator[ClientConnection]:
+    """The room's host publishing a moving test pattern and (silent) Opus over its WebSocket."""
+    ws = await connect(f"ws://127.0.0.1:{app.port}/ws?token={token(room, 'hana', 'host')}")
     await _frame(ws, "snapshot")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(PatternTrack(160, 120))
@@ -65,10 +66,17 @@ async def live(app: App) -> AsyncIterator[App]:
     answer = await _frame(ws, "answer")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
     try:
-        yield app
+        yield ws
     finally:
         await pc.close()
         await ws.close()
+
+
+@pytest.fixture
+async def live(app: App) -> AsyncIterator[App]:
+    """Room r1 with its host publishing a moving test pattern and (silent) Opus audio."""
+    async with publishing(app):
+        yield app
 
 
 @pytest.fixture

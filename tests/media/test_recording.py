@@ -13,7 +13,6 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,7 @@ import av
 import msgpack
 import pytest
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 from server.app import App
 from server.broker.base import Sanction
@@ -39,9 +36,7 @@ from server.media.hls.recording import (
     valid_recording_id,
 )
 from server.wire.auth import Identity
-from tests.conftest import token
-from tests.media.pattern import PatternTrack
-from tests.media.test_hls import TIMEOUT, base, get, hls_url
+from tests.media.test_hls import TIMEOUT, base, get, hls_url, publishing
 from tests.redis_fixtures import apoll
 from tests.test_webhooks import SECRET, Receiver
 
@@ -87,14 +82,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def _frame(ws: ClientConnection, kind: str) -> dict[str, Any]:
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            frame = msgpack.unpackb(await ws.recv())
-            if frame["t"] == kind:
-                return frame
-
-
 async def _event(ws: ClientConnection, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     async with asyncio.timeout(TIMEOUT):
         while True:
@@ -102,25 +89,6 @@ async def _event(ws: ClientConnection, match: Callable[[dict[str, Any]], bool]) 
             for event in frame.get("events", []) if frame["t"] == "batch" else []:
                 if match(event):
                     return event
-
-
-@asynccontextmanager
-async def publishing(app: App, room: str = "r1") -> AsyncIterator[ClientConnection]:
-    """The room's host publishing a moving test pattern and (silent) Opus over its WebSocket."""
-    ws = await connect(f"ws://127.0.0.1:{app.port}/ws?token={token(room, 'hana', 'host')}")
-    await _frame(ws, "snapshot")
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(PatternTrack(160, 120))
-    pc.addTrack(AudioStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
-    await ws.send(msgpack.packb({"t": "publish", "sdp": pc.localDescription.sdp, "cid": "p"}))
-    answer = await _frame(ws, "answer")
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-    try:
-        yield ws
-    finally:
-        await pc.close()
-        await ws.close()
 
 
 async def segments_written(app: App, room: str, count: int) -> None:
