@@ -64,6 +64,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ class Ledger(chaos.Truth):
     reconnects: int = 0
     refused_joins: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # cid -> recipient: a final 4501
-    answers_4501: list[tuple[float, str, str]] = field(default_factory=list)  # (time, sender, recipient)
+    # (time, sender, recipient, the answer's msg): which 4501s a fault cost whom, and why
+    answers_4501: list[tuple[float, str, str, str]] = field(default_factory=list)
     dm_other_errors: int = 0  # answers other than 4501 (none expected)
     dm_sent: int = 0
     danmaku_sent: int = 0
@@ -308,7 +310,7 @@ class Viewer:
                 await asyncio.sleep(0.05)
                 continue
             if answer.get("code") == 4501:
-                self.ledger.answers_4501.append((time.monotonic(), self.uid, to))
+                self.ledger.answers_4501.append((time.monotonic(), self.uid, to, str(answer.get("msg", ""))))
             else:
                 self.ledger.dm_other_errors += 1
             message = str(answer.get("msg", ""))
@@ -495,7 +497,9 @@ async def faults(soak: Soak, t0: float, stop: asyncio.Event) -> list[dict[str, A
             u for u, s in soak.user_shard.items() if kind == "redis_restart" or s == fault.get("shard")
         }
         # per 4501 since the fault: True when neither its sender nor its recipient is on the failed shard
-        refused = [not {frm, to} & hit_users for at_, frm, to in soak.ledger.answers_4501 if at_ >= fault_at]
+        since = [(frm, to, msg) for at_, frm, to, msg in soak.ledger.answers_4501 if at_ >= fault_at]
+        refused = [not {frm, to} & hit_users for frm, to, _ in since]
+        other_why = Counter(msg for (frm, to, msg), other in zip(since, refused, strict=True) if other)
         row = {
             **fault,
             "at_s": round(fault_at - t0, 1),
@@ -504,6 +508,7 @@ async def faults(soak: Soak, t0: float, stop: asyncio.Event) -> list[dict[str, A
             **_stalls("other", others, hurt),
             **{f"quiet_{k}": v for k, v in _stalls("other", soak.viewers, quiet).items() if "stall" in k},
             "dm_4501_other": sum(refused),
+            "dm_4501_other_why": dict(other_why),  # their answers' messages (e.g. a cid still in progress)
             "dm_4501_hit": len(refused) - sum(refused),
             "live_connections": soak.live(),
         }
