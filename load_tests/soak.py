@@ -496,9 +496,13 @@ async def faults(soak: Soak, t0: float, stop: asyncio.Event) -> list[dict[str, A
         hit_users = {
             u for u, s in soak.user_shard.items() if kind == "redis_restart" or s == fault.get("shard")
         }
-        # per 4501 since the fault: True when neither its sender nor its recipient is on the failed shard
+        # a sender whose own connection the fault closed (its room's stream reset) retries its DM
+        # on a new one, and may hear "in progress" while the first try still runs: hit too
+        reset_senders = {v.uid for v in hit if v in soak.senders}
+        # per 4501 since the fault: True when neither its sender nor its recipient is on the failed
+        # shard, and the sender's connection was not closed by the fault
         since = [(frm, to, msg) for at_, frm, to, msg in soak.ledger.answers_4501 if at_ >= fault_at]
-        refused = [not {frm, to} & hit_users for frm, to, _ in since]
+        refused = [not {frm, to} & hit_users and frm not in reset_senders for frm, to, _ in since]
         other_why = Counter(msg for (frm, to, msg), other in zip(since, refused, strict=True) if other)
         row = {
             **fault,

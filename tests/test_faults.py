@@ -119,3 +119,27 @@ async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -
     assert await _dm(alice, "bob", "hi", cid="k-stored") == retry  # remembered from now on
     texts = [protocol.unpack(f)["text"] for f in await app.broker.dm_backlog("bob")]
     assert texts == ["hi", "hello"]
+
+
+async def test_a_redis_connection_closed_under_uvloop_is_an_outage_not_a_bug() -> None:
+    """redis-py on uvloop raises a plain RuntimeError for a command written to a connection
+    Redis just closed (a soak's Redis restart): the send log falls back to this node's memory
+    as for any outage, where it answered 4500 with a traceback; any other RuntimeError raises."""
+    import pytest
+
+    from server.broker.idempotency import RedisSendLog
+
+    class Closing:  # what redis.asyncio did on uvloop while Redis restarted (the error's own text)
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        async def set(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError(self.text)
+
+    closed = "unable to perform operation on <TCPTransport closed=True reading=False 0x55ca5883cba0>; the handler is closed"
+    log = RedisSendLog(Closing(closed))
+    assert (await log.claim("u", "dm", "c1")).answer is None  # claimed here, this node's memory
+    await log.answer("u", "dm", "c1", b"ack")
+    assert (await log.claim("u", "dm", "c1")).answer == b"ack"
+    with pytest.raises(RuntimeError, match="a bug"):
+        await RedisSendLog(Closing("a bug")).claim("u", "dm", "c2")

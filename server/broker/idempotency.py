@@ -21,10 +21,10 @@ the first copy before storing (never a second copy).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,34 +177,48 @@ class RedisSendLog(SendLog):
     def __init__(self, redis: Any) -> None:
         from redis.exceptions import RedisClusterException, RedisError
 
+        from server.broker.redis_link import closed_under_us
+
         self._redis = redis  # the node's RedisClients.commands
         # RedisClusterException ("cannot be connected") is not a RedisError
         self._errors = (OSError, TimeoutError, RedisError, RedisClusterException)
+        self._closed_under_us = closed_under_us  # uvloop's RuntimeError for a closed connection
         self._local = MemorySendLog()
+
+    def _down(self, exc: BaseException) -> bool:
+        """Redis unreachable (any class redis-py raises for it, uvloop's too), not a bug."""
+        return isinstance(exc, self._errors) or self._closed_under_us(exc)
 
     async def _claim(self, key: str, value: bytes) -> bytes | None:
         try:
             if await self._redis.set(key, value, nx=True, ex=WINDOW):
                 return None
             found = await self._redis.get(key)
-        except self._errors:
+        except Exception as exc:
+            if not self._down(exc):
+                raise
             return await self._local._claim(key, value)
         return _pending({"until": 0}) if found is None else found  # gone in between: claim again
 
     async def _put(self, key: str, value: bytes) -> None:
         await self._local._put(key, value)
-        with contextlib.suppress(*self._errors):
-            await self._redis.set(key, value, ex=WINDOW)
+        await self._quietly(self._redis.set(key, value, ex=WINDOW))
 
     async def answer(self, uid: str, kind: str, cid: str | int, answer: bytes) -> None:
         await self._local.answer(uid, kind, cid, answer)
-        with contextlib.suppress(*self._errors):  # else remembered on this node only
-            await self._redis.set(key_of(uid, kind, cid), answer, ex=WINDOW)
+        await self._quietly(self._redis.set(key_of(uid, kind, cid), answer, ex=WINDOW))  # else this node's
 
     async def release(self, uid: str, kind: str, cid: str | int) -> None:
         await self._local.release(uid, kind, cid)
-        with contextlib.suppress(*self._errors):  # else the claim expires after CLAIM_TTL
-            await self._redis.delete(key_of(uid, kind, cid))
+        await self._quietly(self._redis.delete(key_of(uid, kind, cid)))  # else it expires after CLAIM_TTL
+
+    async def _quietly(self, command: Awaitable[Any]) -> None:
+        """Best effort while Redis is unreachable; a bug still raises."""
+        try:
+            await command
+        except Exception as exc:
+            if not self._down(exc):
+                raise
 
 
 def make_send_log(redis: Any = None) -> SendLog:

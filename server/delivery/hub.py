@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("liveroom.hub")
 
 
+OWED_BACKLOG_FIRST_S = 0.25  # a connection owed its DM backlog asks again after this, doubling
+OWED_BACKLOG_MAX_S = 2.0
+
+
 class KeyedLocks:
     """One asyncio.Lock per key, alive only while someone holds or waits for it."""
 
@@ -92,6 +96,7 @@ class Hub:
         self.event_listeners: list[Callable[[str, list[Event]], None]] = []  # every sequenced batch
         self.room_locks = KeyedLocks()
         self.user_locks = KeyedLocks()
+        self._owed: set[asyncio.Task[None]] = set()  # connections still owed their DM backlog
         # one frame per room per tick to local viewers, however many nodes send batches; a big
         # room's frames paced slower, and carrying a sample of its chat above a rate
         self._tiers = config.frame_tier_list()
@@ -225,9 +230,35 @@ class Hub:
                 try:
                     backlog = await self.broker.dm_backlog(who.uid)
                 except BrokerUnavailable:
-                    backlog = []  # DMs are refused meanwhile; this connection gets the live ones
+                    # The user's shard is down: this connection still owes the DMs stored before.
+                    # Opening its cursor empty would let the next live DM skip past them for good
+                    # (a soak saw 121 DMs a connection never showed); read them once it is back.
+                    task = asyncio.create_task(self._owe_backlog(client, cursor))
+                    self._owed.add(task)
+                    task.add_done_callback(self._owed.discard)
+                    return
             for frame in cursor.open(backlog):
                 client.send(frame)
+
+    async def _owe_backlog(self, client: Peer, cursor: DmCursor) -> None:
+        """Read a connection's DM backlog once the broker serves its user again (live DMs wait
+        behind it in the cursor), for as long as the connection stays."""
+        who = client.identity
+        assert who is not None
+        delay = OWED_BACKLOG_FIRST_S
+        while self.users.get(who.uid, {}).get(client) is cursor:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OWED_BACKLOG_MAX_S)
+            async with self.user_locks(who.uid):
+                if self.users.get(who.uid, {}).get(client) is not cursor:
+                    return
+                try:
+                    backlog = await self.broker.dm_backlog(who.uid)
+                except BrokerUnavailable:
+                    continue
+                for frame in cursor.open(backlog):
+                    client.send(frame)
+                return
 
     def dm_cursor(self, client: Peer) -> DmCursor | None:
         who = client.identity

@@ -21,6 +21,7 @@ from websockets.protocol import State
 
 from server import logs, metrics
 from server.broker.redis_link import DOWN as BROKER_DOWN
+from server.broker.redis_link import closed_under_us
 from server.edge.connection import (
     Admit,
     AwaitJoin,
@@ -241,7 +242,10 @@ class Client:
                 except BROKER_DOWN as exc:
                     self._unavailable(exc, request.message)
                     request = None
-                except Exception:  # a bug must cost one message, never the room
+                except Exception as exc:  # a bug must cost one message, never the room
+                    if closed_under_us(exc):
+                        self._unavailable(exc, request.message)
+                        continue
                     log.exception(
                         "error handling a frame", extra={"fields": {"request_id": logs.request_id(self.ws)}}
                     )
@@ -283,7 +287,10 @@ class Client:
                 self._pause_owed = max(self._pause_owed, pause.seconds)
         except BROKER_DOWN as exc:
             self._unavailable(exc, message)
-        except Exception:  # a bug must cost one message, never the connection
+        except Exception as exc:  # a bug must cost one message, never the connection
+            if closed_under_us(exc):
+                self._unavailable(exc, message)
+                return
             log.exception("error handling a DM", extra={"fields": {"request_id": logs.request_id(self.ws)}})
             self._perform(self.conn.crashed())
 
