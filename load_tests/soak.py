@@ -29,9 +29,10 @@ The client follows docs/PROTOCOL.md alone: it joins with `resume` after any clos
 PROTOCOL.md "Stream identity" says; any other jump is resumed), and takes a snapshot without
 `recovered: true` as being told it may have missed events. What is counted:
 
-- `dm_lost`: acked DMs no connection of the recipient showed; `dm_missing_on_connection`:
-  (connection, acked DM) pairs a connection never showed (nobody sends `dm_seen`, so every
-  connection gets the backlog);
+- `dm_lost`: acked DMs the recipient never got: no connection showed them, nor a fresh
+  connection's backlog at the end; `dm_not_shown_live`: acked DMs no connection showed (they
+  may still be in the backlog); `dm_missing_on_connection`: (connection, acked DM) pairs a
+  connection never showed (nobody sends `dm_seen`, so every connection gets the backlog);
 - `dm_refused_but_delivered`: DMs answered with a final 4501 that a recipient showed anyway;
 - `dm_stored_twice`: one DM (`cid`) shown under two ids, or acked under two ids;
 - `silent_misses`: (viewer, danmaku) pairs where another viewer of the room showed the danmaku
@@ -86,6 +87,7 @@ LATE = 20.0  # s: a danmaku others showed this long ago is missed, not late
 QUIET = 20.0  # s before each fault: the control window (a third of --fault-every at most)
 WINDOW = 40.0  # s from each fault: the fault's window
 SETTLE = 90.0  # s at most, after the traffic, for every connection to catch up
+BACKLOG_WAIT = 15.0  # s at most for a fresh connection per recipient to get every acked DM
 CONNECT_AT_ONCE = 100  # joins in flight while opening the connections
 DM_IN_FLIGHT = 4  # unanswered DMs per sender
 MAYBE = ("may have been stored", "in progress")  # 4501 answers that do not say "not stored"
@@ -118,6 +120,7 @@ class Ledger(chaos.Truth):
     dm_other_errors: int = 0  # answers other than 4501 (none expected)
     dm_sent: int = 0
     danmaku_sent: int = 0
+    acked_at: dict[str, float] = field(default_factory=dict)  # dm id -> when its ack came
 
 
 class Viewer:
@@ -138,6 +141,7 @@ class Viewer:
         self.segments: list[list[float]] = []  # [start, last event] of stretches believed whole
         self.shown = bytearray(64)  # danmaku k of the room -> times shown
         self.dms: dict[str, str] | None = {} if dms else None  # dm id -> text
+        self.joins: list[tuple[float, str]] = []  # (monotonic time, node id) of each join
         self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.last_event = 0.0
         self.gap = 0.0  # longest wait between two events since the window began
@@ -187,6 +191,7 @@ class Viewer:
                 proto.close()  # its `missed` did not follow our seq: resume again
                 return
             self.ws, self.node = proto, node
+            self.joins.append((time.monotonic(), node.node_id))
             self.ready.set()
 
         def on_message(buf: bytearray, start: int, end: int) -> None:
@@ -305,6 +310,7 @@ class Viewer:
                 self.waiting.pop(cid, None)
             if answer["t"] == "dm_ack":
                 self.ledger.dm_acked(cid, answer["id"], to)
+                self.ledger.acked_at.setdefault(answer["id"], time.monotonic())
                 return
             if answer["t"] == "closed":
                 await asyncio.sleep(0.05)
@@ -342,6 +348,7 @@ class Soak:
         self.senders: list[Viewer] = []
         self.recipients: dict[str, list[Viewer]] = {}
         self.user_shard: dict[str, int] = {}
+        self.t0 = time.monotonic()  # the traffic's start (set again when it starts)
 
     def pick(self, prefer: int) -> chaos.Node:
         alive = [n for n in self.cluster.nodes if n.alive] or self.cluster.nodes
@@ -561,12 +568,38 @@ async def settle(soak: Soak) -> float:
     return time.monotonic() - started
 
 
-def verdict(soak: Soak) -> dict[str, int]:
+async def backlogs(soak: Soak) -> dict[str, dict[str, str]]:
+    """Each recipient's backlog as a fresh connection gets it (dm id -> text): an acked DM a
+    connection did not show live is still delivered if it is there (PROTOCOL.md: stored until
+    `dm_seen`). Waits until every acked DM is there, or BACKLOG_WAIT s."""
+    want: dict[str, set[str]] = {}
+    for dm_id, (to, _) in soak.ledger.acked.items():
+        want.setdefault(to, set()).add(dm_id)
+    stop = asyncio.Event()
+    fresh = {
+        uid: Viewer(soak, uid, conns[0].room, prefer=7, dms=True) for uid, conns in soak.recipients.items()
+    }
+    tasks = [asyncio.create_task(v.run(stop)) for v in fresh.values()]
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BACKLOG_WAIT):
+                while any(not want.get(uid, set()) <= (v.dms or {}).keys() for uid, v in fresh.items()):
+                    await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        for v in fresh.values():
+            v.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {uid: dict(v.dms or {}) for uid, v in fresh.items()}
+
+
+def verdict(soak: Soak, backlog: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     ledger = soak.ledger
     out = {
         "dm_sent": ledger.dm_sent,
         "dm_acked": len(ledger.acked),
         "dm_lost": 0,
+        "dm_not_shown_live": 0,
         "dm_missing_on_connection": 0,
         "dm_refused": len(ledger.refused),
         "dm_refused_but_delivered": 0,
@@ -589,13 +622,29 @@ def verdict(soak: Soak) -> dict[str, int]:
     by_uid: dict[str, set[str]] = {}
     for dm_id, (to, _) in ledger.acked.items():
         by_uid.setdefault(to, set()).add(dm_id)
+    detail: list[dict[str, Any]] = []
     for uid, conns in soak.recipients.items():
         want = by_uid.get(uid, set())
         shown: dict[str, str] = {}
         for c in conns:
             shown.update(c.dms or {})
-        out["dm_lost"] += len(want - shown.keys())
-        out["dm_missing_on_connection"] += sum(len(want - (c.dms or {}).keys()) for c in conns)
+        out["dm_lost"] += len(want - shown.keys() - (backlog or {}).get(uid, {}).keys())
+        out["dm_not_shown_live"] += len(want - shown.keys())
+        for j, c in enumerate(conns):
+            missing = want - (c.dms or {}).keys()
+            out["dm_missing_on_connection"] += len(missing)
+            if missing:  # when, and where, this connection was while those DMs were acked
+                at = sorted(ledger.acked_at.get(m, 0.0) - soak.t0 for m in missing)
+                detail.append(
+                    {
+                        "uid": uid,
+                        "connection": j,
+                        "missing": len(missing),
+                        "acked_s": [round(at[0], 1), round(at[-1], 1)],
+                        "joins": [(round(t - soak.t0, 1), n) for t, n in c.joins],
+                        "live": c.ready.is_set(),
+                    }
+                )
         ids_per_text: dict[str, set[str]] = {}
         for dm_id, text in shown.items():
             ids_per_text.setdefault(text, set()).add(dm_id)
@@ -617,6 +666,7 @@ def verdict(soak: Soak) -> dict[str, int]:
                 out["misses_told_late"] += 1
         out["silent_misses"] += missed
         out["viewers_with_silent_misses"] += missed > 0
+    out["dm_missing_detail"] = detail  # per connection that missed some: when it joined where
     return out
 
 
@@ -657,7 +707,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             start = resources(run)
             talk_stop = asyncio.Event()
             talker = asyncio.create_task(_talk(run, talk_stop))
-            t0 = time.monotonic()
+            t0 = run.t0 = time.monotonic()
 
             async def sample() -> None:
                 while True:
@@ -673,6 +723,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.wait_for(talker, 90)
             sampler.cancel()
             settle_s = await settle(run)
+            backlog = await backlogs(run)
             end = resources(run)
             return {
                 "seconds": args.seconds,
@@ -683,7 +734,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "settle_s": round(settle_s, 1),
                 "faults": len(rounds),
                 "by_kind": {k: sum(1 for r in rounds if r["kind"] == k) for k in FAULTS},
-                **verdict(run),
+                **verdict(run, backlog),
                 "loadavg_max": round(max(loads, default=0.0), 2),
                 "start": start,
                 "end": end,

@@ -297,13 +297,20 @@ class RedisInbox(RedisPart, Inbox):
         if user is None:
             return
         try:
-            dm_id, frame = _parse_user_message(data)
+            dm_id, prev, frame = _parse_user_message(data)
         except ValueError as exc:
             metrics.broker_bad_messages.inc()
             log.warning("dropped an undecodable DM message for %s: %s", user_id, exc)
             return
         if user.pending is not None:
             user.pending.append((dm_id, frame))
+        elif prev and user.last is not None and dm_id_key(prev) > user.last:
+            # A DM kept before this one never reached this node: a message lost on the way (a
+            # subscription on a restarted primary that had not yet given up its slots, which a
+            # soak saw). Read what was missed first; this one waits behind it.
+            log.info("DMs for %s published while this node was not listening: catching up", user_id)
+            user.pending = [(dm_id, frame)]
+            self._spawn(self._catch_up(user_id, user))
         else:
             self._deliver_user(user_id, user, dm_id, frame)
 
@@ -329,12 +336,15 @@ def _stored_frame(dm_id: str, fields: dict[bytes, bytes]) -> bytes | None:
     return fields.get(b"f")
 
 
-def _parse_user_message(data: bytes) -> tuple[str, bytes]:
-    """`b<id>|<body>` (a stored DM) or `f|<frame>` (a frame delivered live only)."""
+def _parse_user_message(data: bytes) -> tuple[str, str, bytes]:
+    """`b<id>,<prev>|<body>` (a stored DM, and the newest kept before it), `f<id>,<prev>|<frame>`
+    (a frame kept as is) or `f|<frame>` (a frame delivered live only): (id, prev, frame)."""
     head, sep, payload = data.partition(b"|")
     if not sep or head[:1] not in (b"b", b"f"):
         raise ValueError("bad envelope")
-    dm_id = head[1:].decode("ascii", "replace")
+    dm_id, _, prev = head[1:].decode("ascii", "replace").partition(",")
+    if prev and not protocol.valid_dm_id(prev):
+        raise ValueError("bad previous DM id")
     if head[:1] == b"b":
         if not protocol.valid_dm_id(dm_id):
             raise ValueError("bad DM id")
@@ -347,4 +357,4 @@ def _parse_user_message(data: bytes) -> tuple[str, bytes]:
         raise ValueError(f"undecodable frame: {type(exc).__name__}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
         raise ValueError("not a frame")
-    return dm_id, frame
+    return dm_id, prev, frame

@@ -488,6 +488,8 @@ end
 # delivered live if someone listens, else kept; '0' a DM stored, then published; '2' a DM its
 # sender may not store (over its quota): it gets a stream id (XADD then XDEL: ids stay ordered
 # per recipient), is published and kept nowhere. Returns {id, receivers, quotas pushed out}.
+# Published as `<field><id>,<prev>|<payload>` (`prev`: the newest DM kept before it, '0-0' for
+# none), or `f|<frame>` for a frame that gets no id.
 SEND_DM = (
     _QUOTAS_OF
     + r"""
@@ -496,11 +498,14 @@ if ARGV[7] == '1' then
   local n = redis.call(ARGV[5], ARGV[4], 'f|' .. payload)
   if n > 0 then return {'', n, {}} end
 end
+-- the newest DM kept before this one: a node that did not deliver it missed a message
+local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+local prev = last[1] and last[1][1] or '0-0'
 if ARGV[7] == '2' then
   local id = redis.call('XADD', stream, '*', field, '')
   redis.call('XDEL', stream, id)
   redis.call('EXPIRE', stream, ARGV[6], 'NX')  -- a new, empty stream keeps its last id a while
-  return {id, redis.call(ARGV[5], ARGV[4], field .. id .. '|' .. payload), {}}
+  return {id, redis.call(ARGV[5], ARGV[4], field .. id .. ',' .. prev .. '|' .. payload), {}}
 end
 local out = {}
 local over = redis.call('XLEN', stream) - keep + 1
@@ -513,7 +518,7 @@ else
 end
 redis.call('EXPIRE', stream, ARGV[6])
 local n = 0
-if ARGV[7] ~= '1' then n = redis.call(ARGV[5], ARGV[4], field .. id .. '|' .. payload) end
+if ARGV[7] ~= '1' then n = redis.call(ARGV[5], ARGV[4], field .. id .. ',' .. prev .. '|' .. payload) end
 return {id, n, out}
 """
 )

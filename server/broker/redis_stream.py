@@ -551,7 +551,13 @@ class RedisRoomStream(RedisPart, RoomStream):
                 sub.handler(room_id, view.epoch, frame, missed)
         else:
             metrics.broker_resyncs.labels(outcome="reset").inc()
-            log.info("room %s restarted from redis (epoch %s)", room_id, view.epoch)
+            if sub.local:
+                why = f"numbered here alone under {sub.view.epoch}"
+            elif view.epoch != sub.view.epoch:
+                why = f"epoch was {sub.view.epoch}"
+            else:
+                why = f"its history no longer reaches seq {sub.view.seq} (at {view.seq})"
+            log.info("room %s restarted from redis (epoch %s: %s)", room_id, view.epoch, why)
             sub.view, sub.local, sub.stream, sub.redis_seen = view, False, None, None
             sub.local_events = False
             if self.on_room_reset is not None:
