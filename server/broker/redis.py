@@ -249,7 +249,16 @@ class RedisBroker(Broker):
             followed = self.limits._reload_rooms()
             self._lost = None
             await self._open_connections()
-            await self._listen([rs.control_channel(self.node_id).encode(), *self._targets])
+            # Rooms and users followed while this runs are not served yet (they wait for the
+            # catch-up below) but their channels must be subscribed too: until the last listen
+            # returns with nothing new, then serving starts with no await in between. (A soak's
+            # users who joined in that window never got a live DM, and rooms missed batches.)
+            listened: set[bytes] = set()
+            while todo := [
+                c for c in [rs.control_channel(self.node_id).encode(), *self._targets] if c not in listened
+            ]:
+                await self._listen(todo)
+                listened.update(todo)
             self._connected = True
             self._up.set()
             await asyncio.gather(

@@ -83,7 +83,9 @@ class RedisInbox(RedisPart, Inbox):
                 frames = self._backlog(user, entries)
                 asyncio.get_running_loop().call_soon(self._flush_user, user_id, user)
                 return frames
-        user.pending = None  # the backlog is delivered once Redis is back (_catch_up)
+        # The backlog is delivered once Redis is back (_catch_up); live DMs wait behind it, or a
+        # live one would move `last` past the backlog for good.
+        user.pending = []
         return []
 
     async def unsubscribe_user(self, user_id: str) -> None:
