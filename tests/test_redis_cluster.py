@@ -446,3 +446,39 @@ async def test_a_room_closed_while_its_shard_hangs_keeps_its_events(
     assert not [e for e in ended if isinstance(e, AssertionError)], ended  # no silent gap
     assert watch.closed is None, watch.closed  # nothing reset: the room's stream went on
     assert watch.texts == ["before", "h1", "h2"], watch.texts
+
+
+async def test_a_planned_failover_is_followed_with_no_dm_or_danmaku_missed(
+    redis_cluster: RedisClusterServer, start_nodes, open_client
+) -> None:
+    """A replica takes over with CLUSTER FAILOVER (planned maintenance): the old primary lives
+    on as a replica, so the node's connections to it stay open. The node must move to the new
+    primary by itself (Redis unsubscribes the moved slots' channels): a DM acked after the
+    failover reaches its recipient live, and a danmaku reaches the room's viewer."""
+    victim = redis_cluster.primaries()[0]
+    room, user = _room_on(redis_cluster, victim), _user_on(redis_cluster, victim, "r")
+    (node,) = start_nodes(redis_cluster.url, 1, "--redis-cluster")
+    viewer = await open_client(node, "viewer", room=room)
+    bob = await open_client(node, user, room=room)
+    alice = await open_client(node, "alice", room=room)
+    with redis.Redis(port=victim, decode_responses=True) as c:
+        replica = next(
+            int(line.split()[1].split(":")[1].split("@")[0])
+            for line in c.execute_command("CLUSTER", "NODES").splitlines()
+            if "slave" in line and c.execute_command("CLUSTER", "MYID") in line
+        )
+    with redis.Redis(port=replica) as c:
+        c.execute_command("CLUSTER", "FAILOVER")
+    await apoll(lambda: asyncio.to_thread(lambda: _replaced(redis_cluster, f"lr:{{r:{room}}}:meta", victim)))
+    cid = 0
+    while True:  # until the node serves the new primary: 4501s meanwhile are the truth
+        cid += 1
+        await alice.send(t="dm", to=user, text=f"after{cid}", cid=cid)
+        answer = await alice.recv_until(lambda f, cid=cid: cid in (f.get("cid"), f.get("ref")))
+        if answer["t"] == "dm_ack":
+            break
+        assert answer["code"] == 4501, answer
+    got = await bob.recv_until(lambda f: f["t"] == "dm" and f["text"] == f"after{cid}")
+    assert got["id"] == answer["id"]
+    await alice.send(t="danmaku", text="after the failover")
+    await viewer.events(lambda e: e.get("text") == "after the failover", 1)

@@ -70,9 +70,9 @@ async def test_second_connection_opened_during_an_outage_gets_the_backlog_after_
 async def test_a_dm_whose_message_never_reached_the_node_is_caught_up(
     redis_server: RedisServer, start_nodes, open_client
 ):
-    """A DM stored but whose pub/sub message this node never got (a soak saw a node subscribed on
-    a restarted primary that had not yet given up its slots: 9 s of DMs never shown on its
-    connections) comes before the next DM: each message names the DM kept before it."""
+    """A DM stored but whose pub/sub message this node never got (pub/sub promises nothing
+    across a reconnect or a failover) comes before the next DM: each message names the DM kept
+    before it, and a node that did not deliver that one reads the stream first."""
     from server.broker import redis_scripts as rs
 
     (node,) = start_nodes(redis_server.url, 1)

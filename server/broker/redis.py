@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -48,10 +47,6 @@ HEARTBEAT_SLICES = 10  # the presence heartbeat runs this often per interval, ea
 # wait on an answer (a pipeline, a subscription, a PING probe): a shorter one would lose a
 # shard that is only slow, e.g. a PING queued behind a big tick pipeline on a loaded machine.
 ANSWER_TIMEOUT_S = 10.0
-# How often a cluster node asks each primary it uses whether it still is one. A Redis restarted
-# with stale slots may take subscriptions until it learns it was replaced and becomes a replica,
-# without telling its subscribers: a soak saw a node's users miss every DM for the rest of the run.
-ROLE_CHECK_S = 2.0
 
 
 class RedisBroker(Broker):
@@ -129,8 +124,6 @@ class RedisBroker(Broker):
         self._down: set[str] = set()
         self._recovering: asyncio.Task[None] | None = None
         self._probing = False
-        self._roles_due = 0.0  # when to check next that our primaries are still primaries
-        self._checking_roles = False
         self._up = asyncio.Event()
         self._broken = asyncio.Event()
         self._closed = False
@@ -410,28 +403,6 @@ class RedisBroker(Broker):
         finally:
             self._probing = False
 
-    async def _check_roles(self) -> None:
-        """Lose a shard whose primary now says it is a replica: the recovery re-reads the slot
-        map, follows the new primary's channels and catches up its rooms and users."""
-        try:
-
-            async def role(name: str) -> None:
-                writer = self._writers.get(name)
-                if writer is None:
-                    return
-                try:
-                    async with asyncio.timeout(ANSWER_TIMEOUT_S):
-                        answer = await writer.send((), [("ROLE",)])[0]
-                except (*_DOWN, TimeoutError):
-                    return  # the commands' own failures lose the shard
-                kind = answer[0] if isinstance(answer, list | tuple) and answer else b""
-                if kind not in (b"master", "master"):
-                    self._shard_lost(name, ConnectionError(f"redis {name} is no longer a primary"))
-
-            await asyncio.gather(*(role(n) for n in self._shards.names if n not in self._down))
-        finally:
-            self._checking_roles = False
-
     async def _recover_shards(self) -> None:
         """Find the lost shards' replacements (a promoted replica) and bring their rooms and
         users back, with no pause for the others: re-read the slot map, open connections to the
@@ -686,10 +657,6 @@ class RedisBroker(Broker):
             await asyncio.sleep(interval / HEARTBEAT_SLICES)
             if not self._connected:
                 continue
-            if self._cluster and time.monotonic() >= self._roles_due and not self._checking_roles:
-                self._roles_due = time.monotonic() + ROLE_CHECK_S
-                self._checking_roles = True
-                self._spawn(self._check_roles())
             try:
                 await self.stream._heartbeat_once(interval)
             except _DOWN as exc:

@@ -307,9 +307,9 @@ class RedisInbox(RedisPart, Inbox):
         if user.pending is not None:
             user.pending.append((dm_id, frame))
         elif prev and user.last is not None and dm_id_key(prev) > user.last:
-            # A DM kept before this one never reached this node: a message lost on the way (a
-            # subscription on a restarted primary that had not yet given up its slots, which a
-            # soak saw). Read what was missed first; this one waits behind it.
+            # A DM kept before this one never reached this node: a pub/sub message lost on the
+            # way (pub/sub promises nothing across a reconnect or a failover). Read what was
+            # missed first; this one waits behind it.
             log.info("DMs for %s published while this node was not listening: catching up", user_id)
             user.pending = [(dm_id, frame)]
             self._spawn(self._catch_up(user_id, user))
