@@ -143,3 +143,22 @@ async def test_a_redis_connection_closed_under_uvloop_is_an_outage_not_a_bug() -
     assert (await log.claim("u", "dm", "c1")).answer == b"ack"
     with pytest.raises(RuntimeError, match="a bug"):
         await RedisSendLog(Closing("a bug")).claim("u", "dm", "c2")
+
+
+def test_what_redis_py_raises_for_a_closed_connection_is_told_from_bugs() -> None:
+    from server.broker.redis_sturdy import closed_under_us
+
+    closed = (
+        "unable to perform operation on <TCPTransport closed=True reading=False 0x5>; the handler is closed"
+    )
+    assert closed_under_us(RuntimeError(closed))
+    assert not closed_under_us(RuntimeError("Event loop is closed"))
+    writer = None
+    try:
+        writer.writelines([b"PING"])  # type: ignore[attr-defined]  # what redis-py's torn-down connection does
+    except AttributeError as exc:
+        assert closed_under_us(exc)
+    try:
+        print(writer.room_id)  # type: ignore[attr-defined]  # a bug of ours
+    except AttributeError as exc:
+        assert not closed_under_us(exc)

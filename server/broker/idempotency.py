@@ -177,7 +177,7 @@ class RedisSendLog(SendLog):
     def __init__(self, redis: Any) -> None:
         from redis.exceptions import RedisClusterException, RedisError
 
-        from server.broker.redis_link import closed_under_us
+        from server.broker.redis_sturdy import closed_under_us
 
         self._redis = redis  # the node's RedisClients.commands
         # RedisClusterException ("cannot be connected") is not a RedisError

@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -39,6 +38,7 @@ from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_resp3 import Resp3Connection, open_resp3
 from server.broker.redis_sanctions import RedisSanctions
 from server.broker.redis_stream import RedisRoomStream
+from server.broker.redis_sturdy import SturdyRedisCluster
 from server.broker.shards import MAIN, Call, Shards
 
 log = logging.getLogger("liveroom.broker.redis")
@@ -107,7 +107,7 @@ class RedisBroker(Broker):
         self._shards = Shards(url, cluster, options)  # per-primary connections: pipelines, pub/sub, WAIT
         # single-key commands; on a cluster redis-py follows MOVED replies by itself
         self._redis: Any = (
-            RedisCluster.from_url(url, max_connections=1000, **options)
+            SturdyRedisCluster.from_url(url, max_connections=1000, **options)
             if cluster
             else self._shards.client(MAIN)
         )

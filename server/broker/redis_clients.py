@@ -34,15 +34,17 @@ class RedisClients:
         a burst of 5,000 follows on one node was refused (bench_live_notice). One Redis: at
         most POOL_SIZE connections and a command waits for a free one (up to its connect
         timeout); a cluster client has no waiting pool, so it may open CLUSTER_MAX per node."""
-        from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster  # imported only when used
+        from redis.asyncio import BlockingConnectionPool  # imported only when used
+
+        from server.broker.redis_sturdy import SturdyRedis, SturdyRedisCluster
 
         if self.cluster:
-            return RedisCluster.from_url(self.url, max_connections=CLUSTER_MAX, **options)
+            return SturdyRedisCluster.from_url(self.url, max_connections=CLUSTER_MAX, **options)
         timeout = options.get("socket_connect_timeout", TIMEOUT)
         pool = BlockingConnectionPool.from_url(
             self.url, max_connections=POOL_SIZE, timeout=timeout, **options
         )
-        return Redis.from_pool(pool)  # closes the pool with the client
+        return SturdyRedis.from_pool(pool)  # closes the pool with the client
 
     @property
     def commands(self) -> Any:

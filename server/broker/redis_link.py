@@ -20,14 +20,6 @@ from server.broker.shards import Call, Shards
 DOWN = (RedisError, RedisClusterException, OSError, ConnectionError, TimeoutError)
 
 
-def closed_under_us(exc: BaseException) -> bool:
-    """redis-py on uvloop: a command written to a connection Redis just closed raises a plain
-    RuntimeError ("unable to perform operation on <TCPTransport closed=True ...>"), not a
-    ConnectionError. It means Redis is down, like DOWN, not a bug (a soak's Redis restart
-    answered DMs with 4500 and a traceback)."""
-    return isinstance(exc, RuntimeError) and "closed=True" in str(exc)
-
-
 class Link(Protocol):
     node_id: str
     _redis: Any

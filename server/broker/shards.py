@@ -21,6 +21,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoScriptError, RedisError
 
+from server.broker.redis_sturdy import SturdyRedis
+
 MAIN = "main"  # the name of the only shard of a single Redis
 # Connections per shard. Past this, a command waits for a free one (up to the connect
 # timeout) instead of failing "Too many connections": a burst of joins must queue, not
@@ -42,7 +44,7 @@ class Shards:
         self._scripts: dict[str, str] = {}  # sha -> body, loaded on every primary at refresh
         if not cluster:
             pool = BlockingConnectionPool.from_url(url, **self._pool_options())
-            self._clients[MAIN] = Redis(connection_pool=pool, retry=self._options.get("retry"))
+            self._clients[MAIN] = SturdyRedis(connection_pool=pool, retry=self._options.get("retry"))
 
     def _pool_options(self) -> dict[str, Any]:
         timeout = self._options.get("socket_connect_timeout", 5.0)
@@ -118,7 +120,9 @@ class Shards:
             client = self._clients.get(name)
             if client is None:
                 pool = BlockingConnectionPool(host=host, port=port, **self._pool_options())
-                client = self._clients[name] = Redis(connection_pool=pool, retry=self._options.get("retry"))
+                client = self._clients[name] = SturdyRedis(
+                    connection_pool=pool, retry=self._options.get("retry")
+                )
             elif name not in keep:
                 await client.connection_pool.disconnect()
             await client.ping()

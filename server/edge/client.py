@@ -21,7 +21,7 @@ from websockets.protocol import State
 
 from server import logs, metrics
 from server.broker.redis_link import DOWN as BROKER_DOWN
-from server.broker.redis_link import closed_under_us
+from server.broker.redis_sturdy import closed_under_us
 from server.edge.connection import (
     Admit,
     AwaitJoin,
