@@ -350,6 +350,13 @@ class Soak:
         self.user_shard: dict[str, int] = {}
         self.t0 = time.monotonic()  # the traffic's start (set again when it starts)
 
+    def acked_to(self) -> dict[str, set[str]]:
+        """Each recipient's acked DM ids."""
+        out: dict[str, set[str]] = {}
+        for dm_id, (to, _) in self.ledger.acked.items():
+            out.setdefault(to, set()).add(dm_id)
+        return out
+
     def pick(self, prefer: int) -> chaos.Node:
         alive = [n for n in self.cluster.nodes if n.alive] or self.cluster.nodes
         return alive[prefer % len(alive)]
@@ -545,9 +552,7 @@ async def settle(soak: Soak) -> float:
             k = markers[v.room.index]
             if k >= len(v.shown) or not v.shown[k]:
                 return False
-        by_uid: dict[str, set[str]] = {}
-        for dm_id, (to, _) in soak.ledger.acked.items():
-            by_uid.setdefault(to, set()).add(dm_id)
+        by_uid = soak.acked_to()
         for uid, conns in soak.recipients.items():
             if any(not by_uid.get(uid, set()) <= (c.dms or {}).keys() for c in conns):
                 return False
@@ -572,9 +577,7 @@ async def backlogs(soak: Soak) -> dict[str, dict[str, str]]:
     """Each recipient's backlog as a fresh connection gets it (dm id -> text): an acked DM a
     connection did not show live is still delivered if it is there (PROTOCOL.md: stored until
     `dm_seen`). Waits until every acked DM is there, or BACKLOG_WAIT s."""
-    want: dict[str, set[str]] = {}
-    for dm_id, (to, _) in soak.ledger.acked.items():
-        want.setdefault(to, set()).add(dm_id)
+    want = soak.acked_to()
     stop = asyncio.Event()
     fresh = {
         uid: Viewer(soak, uid, conns[0].room, prefer=7, dms=True) for uid, conns in soak.recipients.items()
@@ -619,9 +622,7 @@ def verdict(soak: Soak, backlog: dict[str, dict[str, str]] | None = None) -> dic
         "reconnects": ledger.reconnects,
         "joins_refused_busy": ledger.refused_joins,
     }
-    by_uid: dict[str, set[str]] = {}
-    for dm_id, (to, _) in ledger.acked.items():
-        by_uid.setdefault(to, set()).add(dm_id)
+    by_uid = soak.acked_to()
     detail: list[dict[str, Any]] = []
     for uid, conns in soak.recipients.items():
         want = by_uid.get(uid, set())

@@ -1,7 +1,7 @@
 """redis-py clients whose commands fail as every caller here expects when Redis closes a connection.
 
 Around a Redis restart, redis-py on uvloop raises a plain RuntimeError or AttributeError from a
-write on a connection Redis just closed (redis_link.closed_under_us), not a ConnectionError. A
+write on a connection Redis just closed (closed_under_us below), not a ConnectionError. A
 caller that handles DOWN then let it escape: a room re-read after a gap died with it, and the
 room's batches stayed held on that node for good (a soak's three Redis restarts: every room
 stalled for the rest of the run). These clients raise ConnectionError instead, once redis-py is

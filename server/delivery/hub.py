@@ -232,7 +232,7 @@ class Hub:
                 except BrokerUnavailable:
                     # The user's shard is down: this connection still owes the DMs stored before.
                     # Opening its cursor empty would let the next live DM skip past them for good
-                    # (a soak saw 121 DMs a connection never showed); read them once it is back.
+                    # (it did: the connection showed only later DMs); read them once it is back.
                     task = asyncio.create_task(self._owe_backlog(client, cursor))
                     self._owed.add(task)
                     task.add_done_callback(self._owed.discard)
