@@ -448,37 +448,78 @@ async def test_a_room_closed_while_its_shard_hangs_keeps_its_events(
     assert watch.texts == ["before", "h1", "h2"], watch.texts
 
 
+def _replica_of(port: int) -> int:
+    """The port of the replica of the primary at `port`."""
+    with redis.Redis(port=port, decode_responses=True) as c:
+        me = c.execute_command("CLUSTER", "MYID")
+        return next(
+            int(line.split()[1].split(":")[1].split("@")[0])
+            for line in c.execute_command("CLUSTER", "NODES").splitlines()
+            if "slave" in line and me in line
+        )
+
+
+async def _acked_dm(alice: WsClient, to: str, text: str) -> dict:
+    """Send until acked (the same cid): a 4501 meanwhile is the truth while a shard fails over."""
+    while True:
+        await alice.send(t="dm", to=to, text=text, cid=text)
+        answer = await alice.recv_until(lambda f: text in (f.get("cid"), f.get("ref")))
+        if answer["t"] == "dm_ack":
+            return answer
+        assert answer["code"] == 4501, answer
+        await asyncio.sleep(0.2)
+
+
 async def test_a_planned_failover_is_followed_with_no_dm_or_danmaku_missed(
     redis_cluster: RedisClusterServer, start_nodes, open_client
 ) -> None:
     """A replica takes over with CLUSTER FAILOVER (planned maintenance): the old primary lives
     on as a replica, so the node's connections to it stay open. The node must move to the new
     primary by itself (Redis unsubscribes the moved slots' channels): a DM acked after the
-    failover reaches its recipient live, and a danmaku reaches the room's viewer."""
+    failover reaches its recipient live, and the shard's room delivers danmaku again."""
     victim = redis_cluster.primaries()[0]
+    calm = _room_on(redis_cluster, next(p for p in redis_cluster.primaries() if p != victim))
     room, user = _room_on(redis_cluster, victim), _user_on(redis_cluster, victim, "r")
     (node,) = start_nodes(redis_cluster.url, 1, "--redis-cluster")
-    viewer = await open_client(node, "viewer", room=room)
-    bob = await open_client(node, user, room=room)
-    alice = await open_client(node, "alice", room=room)
-    with redis.Redis(port=victim, decode_responses=True) as c:
-        replica = next(
-            int(line.split()[1].split(":")[1].split("@")[0])
-            for line in c.execute_command("CLUSTER", "NODES").splitlines()
-            if "slave" in line and c.execute_command("CLUSTER", "MYID") in line
-        )
-    with redis.Redis(port=replica) as c:
+    bob = await open_client(node, user, room=calm)  # a room on another shard: never reset here
+    alice = await open_client(node, "alice", room=calm)
+    await open_client(node, "watcher", room=room)  # the node follows the shard's room throughout
+    with redis.Redis(port=_replica_of(victim)) as c:
         c.execute_command("CLUSTER", "FAILOVER")
     await apoll(lambda: asyncio.to_thread(lambda: _replaced(redis_cluster, f"lr:{{r:{room}}}:meta", victim)))
-    cid = 0
-    while True:  # until the node serves the new primary: 4501s meanwhile are the truth
-        cid += 1
-        await alice.send(t="dm", to=user, text=f"after{cid}", cid=cid)
-        answer = await alice.recv_until(lambda f, cid=cid: cid in (f.get("cid"), f.get("ref")))
-        if answer["t"] == "dm_ack":
-            break
-        assert answer["code"] == 4501, answer
-    got = await bob.recv_until(lambda f: f["t"] == "dm" and f["text"] == f"after{cid}")
+    answer = await _acked_dm(alice, user, "after the failover")
+    got = await bob.recv_until(lambda f: f["t"] == "dm" and f["text"] == "after the failover")
     assert got["id"] == answer["id"]
-    await alice.send(t="danmaku", text="after the failover")
+    viewer = await open_client(node, "viewer", room=room)  # told to rejoin (1012) or not: joined now
+    talker = await open_client(node, "talker", room=room)
+    await talker.send(t="danmaku", text="after the failover")
     await viewer.events(lambda e: e.get("text") == "after the failover", 1)
+
+
+async def test_a_connection_opened_while_its_users_shard_is_down_gets_the_backlog(
+    redis_cluster: RedisClusterServer, start_nodes, open_client
+) -> None:
+    """A user's second connection on a node joins while the user's shard has no primary (killed,
+    its replica held stopped so it cannot take over yet): once the replica serves, that
+    connection gets the DMs acked before, then the live ones. (It got only the live ones: its
+    DM cursor was opened empty, and the next live DM moved it past the backlog for good.)"""
+    victim = redis_cluster.primaries()[0]
+    calm = _room_on(redis_cluster, next(p for p in redis_cluster.primaries() if p != victim))
+    user = _user_on(redis_cluster, victim, "b")
+    (node,) = start_nodes(redis_cluster.url, 1, "--redis-cluster")
+    await open_client(node, user, room=calm)  # the user is followed on the node
+    alice = await open_client(node, "alice", room=calm)
+    acks = [await _acked_dm(alice, user, f"m{i}") for i in range(3)]  # on the replica too (WAIT 1)
+    replica = redis_cluster.procs[_replica_of(victim)]
+    replica.send_signal(signal.SIGSTOP)  # no takeover until we say
+    try:
+        redis_cluster.kill(victim)
+        await apoll(lambda: asyncio.to_thread(lambda: node.metric("liveroom_broker_shard_up") < 3))
+        fresh = await open_client(node, user, room=calm)  # the shard is down: its backlog is owed
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    got = [await fresh.recv_until(lambda f: f["t"] == "dm", WAIT * 6) for _ in range(3)]
+    assert [d["id"] for d in got] == [a["id"] for a in acks]
+    redis_cluster.restart(victim)  # back as the new primary's replica: its DMs are stored again
+    await _acked_dm(alice, user, "live")
+    assert (await fresh.recv_until(lambda f: f["t"] == "dm"))["text"] == "live"
