@@ -9,10 +9,24 @@ import asyncio
 
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
 from tests.redis_fixtures import WAIT, RedisServer, apoll, requires_redis
 
 pytestmark = requires_redis
+
+
+async def _until_closed(viewer: WsClient, seq: int) -> tuple[list[str], int | None, int]:
+    """The danmaku texts a viewer gets until its connection closes, the close code, its last seq."""
+    got: list[str] = []
+    try:
+        while True:
+            frame = await viewer.recv(WAIT)
+            if frame["t"] == "batch":
+                got += [e.get("text", "") for e in frame["events"] if e["t"] == "danmaku"]
+                seq = frame["events"][-1]["seq"]
+    except ConnectionClosed as exc:
+        return got, exc.rcvd.code if exc.rcvd is not None else None, seq
 
 
 async def test_viewer_on_a_quiet_node_is_told_of_events_numbered_alone(
@@ -33,16 +47,7 @@ async def test_viewer_on_a_quiet_node_is_told_of_events_numbered_alone(
     await asyncio.gather(a.wait_ready(True), b.wait_ready(True))
 
     # B's viewer either gets the event or is told: here, told (the event was never in Redis)
-    got: list[str] = []
-    code = None
-    try:
-        while True:
-            frame = await quiet.recv(WAIT)
-            if frame["t"] == "batch":
-                got += [e.get("text", "") for e in frame["events"] if e["t"] == "danmaku"]
-                seq = frame["events"][-1]["seq"]
-    except ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd is not None else None
+    got, code, seq = await _until_closed(quiet, seq)
     assert "numbered alone" not in got and code == 1012, (got, code)
     again = await open_client(b, "quiet", resume={"epoch": epoch, "seq": seq})
     assert again.snapshot["recovered"] is False and again.snapshot["epoch"] != epoch, again.snapshot
@@ -71,13 +76,5 @@ async def test_viewer_is_told_even_when_the_room_closed_where_it_was_numbered_al
     persistent_redis.start()
     await asyncio.gather(a.wait_ready(True), b.wait_ready(True))
 
-    got: list[str] = []
-    code = None
-    try:
-        while True:
-            frame = await quiet.recv(WAIT)
-            if frame["t"] == "batch":
-                got += [e.get("text", "") for e in frame["events"] if e["t"] == "danmaku"]
-    except ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd is not None else None
+    got, code, _ = await _until_closed(quiet, 0)
     assert "numbered alone" not in got and code == 1012, (got, code)

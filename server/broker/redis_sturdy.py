@@ -17,20 +17,22 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
-class SturdyRedis(Redis):
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **options)
-        except (RuntimeError, AttributeError) as exc:
-            raise _converted(exc) from exc
+class _Sturdy:
+    """execute_command, with closed_under_us's errors raised as ConnectionError."""
 
-
-class SturdyRedisCluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().execute_command(*args, **kwargs)
+            return await super().execute_command(*args, **kwargs)  # type: ignore[misc]
         except (RuntimeError, AttributeError) as exc:
             raise _converted(exc) from exc
+
+
+class SturdyRedis(_Sturdy, Redis):
+    pass
+
+
+class SturdyRedisCluster(_Sturdy, RedisCluster):
+    pass
 
 
 def _converted(exc: RuntimeError | AttributeError) -> BaseException:
