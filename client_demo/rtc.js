@@ -338,6 +338,9 @@ export class ViewerMedia {
   async _adoptAnswered(frame, answered) {
     if (frame.tracks) this.trackMap = { ...this.trackMap, ...frame.tracks };
     const pc = this._ensurePc(); // the boot connection: the snapshot named no ICE servers
+    // the stream index.html put on the stage already: keep it there (a new one would reload the video)
+    if (answered.stage) this.streams.set(answered.stage.pid, answered.stage.stream);
+    this._stage = answered.stage || null; // and when it showed the first picture (if it has)
     for (const ev of answered.tracks.splice(0)) pc.ontrack(ev);
     await answered.done;
     if (pc !== this.pc) return;
@@ -372,7 +375,10 @@ export class ViewerMedia {
   _markFirstFrame() {
     if (this._framed || this.t0 === null) return;
     this._framed = true;
-    const ms = performance.now() - this.t0;
+    // the page-load picture may have been shown by index.html before this module ran
+    const shown = this._pageLoad && this._stage?.firstFrame;
+    this._stage = null;
+    const ms = (shown || performance.now()) - this.t0;
     if (this.firstFrameMs === null) this.firstFrameMs = ms;
     else this.againMs = ms;
     this._pageLoad = false;

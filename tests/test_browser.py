@@ -515,8 +515,9 @@ def test_rtmp_encoder_reaches_viewer_video(browser: Browser) -> None:
 
 
 def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Browser) -> None:
-    """index.html answers the offer that follows the snapshot itself (no wait for the modules);
-    viewer-page.js, held back here until that answer is sent, adopts the connection and plays."""
+    """index.html answers the offer that follows the snapshot itself and shows the host's picture
+    with no module loaded; viewer-page.js, held back here, adopts the connection and the stage's
+    stream (no reload) and reports the picture's own moment as the page's first frame."""
     srv = ServerProcess(_free_port(), "--demo")
     srv.start()
     opened = Pages(browser, srv.base)
@@ -542,11 +543,17 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
         page.wait_for_function("window.__liveroomBoot?.answered?.done !== undefined", timeout=VIDEO_WAIT_MS)
         assert page.evaluate("window.__liveroomBoot.answered.done.then(() => true)")  # the answer went out
         assert page.evaluate("window.liveroom === undefined")  # before any module ran
+        stage = "window.__liveroomBoot.answered.stage"
+        page.wait_for_function(f"document.getElementById('video').videoWidth > 0 && {stage}.firstFrame > 0")
+        assert page.evaluate("window.liveroom === undefined")  # the picture came with no module
         released = True
         while held:
             held.pop().continue_()
         wait_video_playing(page)
         assert page.evaluate("window.liveroom.media.negotiations") == 1  # answered once, by index.html
+        assert page.evaluate(f"document.getElementById('video').srcObject === {stage}.stream")
+        page.wait_for_function("window.liveroom.media.firstFrameMs !== null")
+        assert page.evaluate(f"window.liveroom.media.firstFrameMs === {stage}.firstFrame")
     finally:
         opened.close()
         srv.stop()
