@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ import msgpack
 import pytest
 import uvloop
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from server import metrics
 from server.app import App
@@ -73,7 +75,18 @@ class WsClient:
         return found
 
     async def close(self) -> None:
-        await self.ws.close()
+        """Close, reading what is still queued meanwhile: websockets reads nothing more while its
+        queue is full, so a client that stopped reading would wait out the 10 s close timeout."""
+        drain = asyncio.create_task(self._discard())
+        try:
+            await self.ws.close()
+        finally:
+            drain.cancel()
+
+    async def _discard(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.ws.recv()
 
 
 def pytest_configure(config: pytest.Config) -> None:
