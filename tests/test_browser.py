@@ -549,6 +549,8 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
         released = True
         while held:
             held.pop().continue_()
+        # the picture plays already: wait for the modules to have adopted the connection
+        page.wait_for_function("window.liveroom?.media?.negotiations >= 1", timeout=VIDEO_WAIT_MS)
         wait_video_playing(page)
         assert page.evaluate("window.liveroom.media.negotiations") == 1  # answered once, by index.html
         assert page.evaluate(f"document.getElementById('video').srcObject === {stage}.stream")
