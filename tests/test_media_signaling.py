@@ -419,3 +419,45 @@ async def test_media_errors_have_codes(app: App, member) -> None:
     # nothing above disturbed the room
     await host.send(t="danmaku", text="still fine")
     await viewers[4].event(lambda e: e["t"] == "danmaku" and e["text"] == "still fine")
+
+
+async def test_claim_renewal_announces_a_live_publisher_once(app: App, member) -> None:
+    """The claim renewal re-announces a publisher the room's view lost (a reaper's `live` off while
+    we still publish), never one whose own `live` on is still on its way to the view: a renewal
+    that fell between the two (a loaded machine, issue #21) made the room see the host go live
+    twice (the host console's chat said so twice; fans would be told twice)."""
+    renewals: list[asyncio.Future[None]] = []
+
+    def renew_at_once(room_id: str, event: str, who: Any) -> None:
+        # called right after the `live` on went into the room's outbox: this renewal runs before
+        # any tick takes it to the broker (the in-process claim does not wait)
+        if event == "published":
+            renewals.append(asyncio.ensure_future(app.media.claims_once()))
+
+    app.media.on_publishing(renew_at_once)
+    host = await member("hana", role="host")
+    await host.publish(audio=False)
+    await host.event(is_live("hana", True))
+    await asyncio.gather(*renewals)
+    assert renewals
+    await host.send(t="danmaku", text="after the renewal")  # sequenced after anything it queued
+    await host.event(lambda e: e["t"] == "danmaku" and e["text"] == "after the renewal")
+    assert [(e["uid"], e["on"]) for e in host.events if e["t"] == "live"] == [("hana", True)]
+
+    # a reaper that took the room for dead announces the publisher gone (what Failover._reap
+    # queues): the next renewal puts it back, once
+    view = app.hub.rooms["r1"]
+    who = app.media.site.identities[("r1", "hana")]
+    assert app.hub.set_live("r1", who, False, "test-node", None, 0)
+    await host.event(is_live("hana", False))
+    assert "hana" not in view.publishers
+    await app.media.claims_once()
+    await app.media.claims_once()  # the announcement is on its way: not a second one
+    await host.send(t="danmaku", text="after the reaper")
+    await host.event(lambda e: e["t"] == "danmaku" and e["text"] == "after the reaper")
+    assert [(e["uid"], e["on"]) for e in host.events if e["t"] == "live"] == [
+        ("hana", True),
+        ("hana", False),
+        ("hana", True),
+    ]
+    assert view.publishers == {"hana": "hana"}

@@ -50,3 +50,25 @@ def test_view_applies_sequenced_events() -> None:
     assert room.seq == 6 and room.epoch == "e1"
     assert [e["text"] for e in room.recent] == ["b", "c"]
     assert (room.likes_total, room.online, room.hosts) == (9, 2, {"h": "H"})
+
+
+def test_a_live_change_is_on_its_way_until_the_view_applies_it() -> None:
+    """What the claim renewal asks before announcing a publisher again (server/media/failover.py):
+    our own `live` on, drained but not yet back sequenced, must not be announced twice (#21)."""
+    room: Room[str] = Room("r")
+    hana = who("hana", "host")
+    room.set_live(hana, True, "n1", "http://n1", now=0)
+    sent = room.drain(now=0).events
+    assert room.live_on_its_way("hana") and "hana" not in room.publishers  # being sequenced
+    room.apply("e1", [{**sent[0], "seq": 1, "on": False, "node": "n2"}])  # not ours: still on its way
+    assert room.live_on_its_way("hana")
+    room.apply("e1", [{**sent[0], "seq": 2}])
+    assert not room.live_on_its_way("hana") and room.publishers == {"hana": "hana"}
+    room.apply("e1", [{**sent[0], "seq": 3, "on": False}])  # a reaper's `live` off for us
+    assert not room.live_on_its_way("hana") and room.publishers == {}  # the renewal may announce again
+
+    room.set_live(hana, True, "n1", "http://n1", now=0)  # the stream restarts: a drained one may be lost,
+    room.drain(now=0)
+    room.set_live(who("cora", "host"), True, "n1", "http://n1", now=0)  # a queued one goes into the new one
+    room.forget_lost_live()
+    assert not room.live_on_its_way("hana") and room.live_on_its_way("cora")

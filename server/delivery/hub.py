@@ -340,6 +340,7 @@ class Hub:
         self.frames.drop(room_id)  # held events belong to the old stream
         self.budget.forget(room_id)
         room.recent.clear()
+        room.forget_lost_live()
         load(room, state)
         for client in list(room.members):
             client.close(1012, "room stream reset, rejoin")

@@ -80,7 +80,12 @@ class Failover:
                 continue
             for pid, pub in list(site.rooms[room_id].publications.items()):
                 who = site.identities.get((room_id, pid))
-                if pub.ready and who is not None and pid not in view.publishers:
+                if (
+                    pub.ready
+                    and who is not None
+                    and pid not in view.publishers
+                    and not view.live_on_its_way(pid)
+                ):
                     site.emit_live(room_id, who, True)  # a reaper dropped us (e.g. Redis lost the claim)
         await self.edges.renew()
         suspects = [

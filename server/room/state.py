@@ -47,6 +47,7 @@ class Room(Generic[Member]):
     _presence_due: int = 0  # ms: presence is reported at most once per presence_ms
     _joined: list[str] = field(default_factory=list)
     _gift_at: dict[str, int] = field(default_factory=dict)  # combo id -> its event in the outbox
+    _live_sent: dict[str, tuple[bool, str]] = field(default_factory=dict)  # uid -> (on, node) not yet seen
 
     # view of the room's channel
     epoch: str = ""
@@ -121,6 +122,19 @@ class Room(Generic[Member]):
         if on and codec is not None:
             fields["codec"] = codec
         self._outbox.append(_event("live", who, now, **fields))
+        self._live_sent[who.uid] = (on, node)
+
+    def live_on_its_way(self, uid: str) -> bool:
+        """A `live` change of `uid` from this node is still on its way to the view (in the outbox
+        or being sequenced): until it comes back, the view's `publishers` do not show it yet."""
+        return uid in self._live_sent
+
+    def forget_lost_live(self) -> None:
+        """The room's stream restarted: a `live` change already handed to the broker may be lost
+        with the old stream (the claim renewal then announces the publisher again); one still in
+        the outbox is not, it goes into the new stream."""
+        queued = {e["uid"] for e in self._outbox if e["t"] == "live"}
+        self._live_sent = {uid: sent for uid, sent in self._live_sent.items() if uid in queued}
 
     def slow_wait(self, uid: str, now: float) -> float:
         """Seconds `uid` must still wait under slow mode (0: may speak now, which is recorded).
@@ -226,6 +240,8 @@ class Room(Generic[Member]):
                 else:
                     self.hosts.pop(event["uid"], None)
             elif kind == "live":
+                if self._live_sent.get(event["uid"]) == (event["on"], event.get("node")):
+                    del self._live_sent[event["uid"]]  # ours came back: the view shows it now
                 if event["on"]:
                     self.publishers[event["uid"]] = event["name"]
                     self.media_node, self.media_url = event.get("node"), event.get("url")
