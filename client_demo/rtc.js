@@ -597,7 +597,7 @@ export class Publisher {
         this.detail = "The media connection failed; retrying…";
         this.status();
         // Only if nothing published since: a reconnect within the delay has (onReconnected), and
-        // a second publish would close the one viewers were just offered, then be refused.
+        // a second publish would close the one viewers were just offered, and may be refused.
         setTimeout(() => pc === this.pc && this.stream && this.conn.state === "live" && this._publish(), REPUBLISH_DELAY_MS);
       }
     };
