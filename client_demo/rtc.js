@@ -44,6 +44,7 @@ export function isMediaError(frame) {
 }
 
 const CONNECT_TIMEOUT_MS = 20000;
+export const REPUBLISH_DELAY_MS = 1500; // a publication whose connection failed is offered again after this
 const everConnected = new WeakSet(); // peer connections that reached "connected" once
 
 /** Receives the room's media into a <video> and measures time to first frame. */
@@ -254,6 +255,9 @@ export class ViewerMedia {
         }, 1000);
       }
     };
+    // index.html's connection may have connected before this handler was set (under load its
+    // modules run late): its failure later is then a broken connection, not a blocked network
+    if (pc.connectionState === "connected") everConnected.add(pc);
     this.pc = pc;
     this._statsTimer = setInterval(() => this._sampleStats(), 1000);
     return pc;
@@ -592,7 +596,9 @@ export class Publisher {
         this.state = "error";
         this.detail = "The media connection failed; retrying…";
         this.status();
-        setTimeout(() => this.stream && this.conn.state === "live" && this._publish(), 1500);
+        // Only if nothing published since: a reconnect within the delay has (onReconnected), and
+        // a second publish would close the one viewers were just offered, and may be refused.
+        setTimeout(() => pc === this.pc && this.stream && this.conn.state === "live" && this._publish(), REPUBLISH_DELAY_MS);
       }
     };
     this.state = "negotiating";

@@ -204,6 +204,29 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+class Held:
+    """A page's requests for a URL wait (intercepted, paused) until `release()`; later ones pass."""
+
+    def __init__(self, page: Page, url: str) -> None:
+        self.routes: list[Route] = []
+        self.released = False
+        page.route(url, self._hold)
+
+    def _hold(self, route: Route) -> None:
+        if self.released:
+            route.continue_()
+        else:
+            self.routes.append(route)
+
+    def release(self) -> int:
+        """Let the held requests go; how many there were."""
+        self.released = True
+        count = len(self.routes)
+        while self.routes:
+            self.routes.pop().continue_()
+        return count
+
+
 # -- chat, likes, DMs ------------------------------------------------------------------------------
 
 
@@ -399,6 +422,69 @@ def test_viewer_reconnects_after_server_restart(browser: Browser) -> None:
     assert not opened.errors, opened.errors
 
 
+def test_restart_after_the_old_connections_failed_on_both_pages(browser: Browser) -> None:
+    """Two orderings the restart test above met only under load (issue #21), made to happen every
+    time by holding requests back. The viewer: index.html's peer connection connected before the
+    page's modules took it over, so rtc.js never saw it connect and took its failure when the
+    server went away for a network that blocks WebRTC (HLS). The host: its old connection failed
+    while it was reconnecting, and the reconnect came within that failure's retry delay: it
+    published twice, the second publish closing the first one the viewer had just negotiated (and
+    refused, already publishing, when it came before the server saw the first one end: the viewer
+    never saw a picture again)."""
+    srv = ServerProcess(_free_port(), "--tick-ms", "20")
+    srv.start()
+    opened = Pages(browser, srv.base)
+    try:
+        host = opened.host("failed", autostart=True)
+        host.wait_for_function("window.liveroom.publisher.state === 'live'", timeout=VIDEO_WAIT_MS)
+        context = browser.new_context(viewport={"width": 1280, "height": 720})
+        opened.contexts.append(context)
+        viewer = context.new_page()
+        viewer.on("pageerror", lambda exc: opened.errors.append(f"viewer: {exc}"))
+        modules = Held(viewer, "**/viewer-page.js")  # the modules wait: index.html's connection first
+        with viewer.expect_request("**/viewer-page.js", timeout=VIDEO_WAIT_MS):
+            viewer.goto(f"{srv.base}/room/failed?user=rex&name=Rex", wait_until="commit")
+        viewer.wait_for_function(
+            "window.__liveroomBoot.pc.connectionState === 'connected'", timeout=VIDEO_WAIT_MS
+        )
+        assert modules.release() == 1
+        wait_live(viewer)
+        wait_video_playing(viewer)
+        negotiations = viewer.evaluate("window.liveroom.media.negotiations")
+        # publish offers made so far (autostart may have made its first again, after the join)
+        published = host.evaluate("window.liveroom.publisher._seq")
+
+        # both pages' reconnects wait for their tokens until their old connections have failed
+        tokens = {"host": Held(host, "**/api/dev/token*"), "viewer": Held(viewer, "**/api/dev/token*")}
+        srv.stop()
+        srv.start()  # same port
+        for page, name, failed in (
+            (host, "host", "window.liveroom.publisher.state === 'error'"),
+            (viewer, "viewer", "window.liveroom.media.pc === null"),
+        ):
+            # no answer to their ICE checks: Chromium calls the connection failed (~20 s)
+            page.wait_for_function(failed, timeout=VIDEO_WAIT_MS)
+            assert tokens[name].release(), f"the {name} page did not try to reconnect"
+        assert viewer.evaluate("document.body.dataset.mode") == "webrtc"  # not HLS: it had connected
+
+        wait_live(host)
+        wait_live(viewer)
+        viewer.wait_for_function(
+            f"window.liveroom.media.negotiations > {negotiations}", timeout=VIDEO_WAIT_MS
+        )
+        wait_video_playing(viewer)
+        # a timer queued now, with the failure's retry delay, runs after that retry's timer did
+        host.evaluate(
+            "import('/rtc.js').then((m) => new Promise((ok) => setTimeout(ok, m.REPUBLISH_DELAY_MS)))"
+        )
+        assert host.evaluate("window.liveroom.publisher._seq") == published + 1  # once since the restart
+        assert viewer.evaluate("document.body.dataset.mode") == "webrtc"
+    finally:
+        opened.close()
+        srv.stop()
+    assert not opened.errors, opened.errors
+
+
 # -- abuse module: inline errors, bans -----------------------------------------------------------------
 
 
@@ -521,15 +607,6 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
     srv = ServerProcess(_free_port(), "--demo")
     srv.start()
     opened = Pages(browser, srv.base)
-    held: list[Route] = []
-    released = False
-
-    def hold(route: Route) -> None:
-        if released:
-            route.continue_()
-        else:
-            held.append(route)
-
     try:
         first = opened.viewer("demo", "first")
         srv.wait_output("joined room 'demo'")  # the Python host started (its imports are slow when loaded)
@@ -538,7 +615,7 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
         opened.contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: opened.errors.append(f"held: {exc}"))
-        page.route("**/viewer-page.js", hold)  # the page's modules wait (intercepted: paused)
+        modules = Held(page, "**/viewer-page.js")  # the page's modules wait
         page.goto(srv.base + "/room/demo?user=second&name=Second", wait_until="commit")
         page.wait_for_function("window.__liveroomBoot?.answered?.done !== undefined", timeout=VIDEO_WAIT_MS)
         assert page.evaluate("window.__liveroomBoot.answered.done.then(() => true)")  # the answer went out
@@ -546,9 +623,7 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
         stage = "window.__liveroomBoot.answered.stage"
         page.wait_for_function(f"document.getElementById('video').videoWidth > 0 && {stage}.firstFrame > 0")
         assert page.evaluate("window.liveroom === undefined")  # the picture came with no module
-        released = True
-        while held:
-            held.pop().continue_()
+        modules.release()
         # the picture plays already: wait for the modules to have adopted the connection
         page.wait_for_function("window.liveroom?.media?.negotiations >= 1", timeout=VIDEO_WAIT_MS)
         wait_video_playing(page)
