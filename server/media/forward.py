@@ -54,8 +54,9 @@ _THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
 
 #: Process-wide counters, so tests and metrics can prove the forwarding path is used and
 #: the decoder is not. ``frames_to_decoder`` counts frames a decoder thread received
-#: through a tap (0 unless aiortc changed how it feeds the decoder).
-COUNTERS: dict[str, int] = {"frames_tapped": 0, "bytes_tapped": 0, "frames_to_decoder": 0}
+#: through a tap (0 unless aiortc changed how it feeds the decoder); ``frames_stale`` counts
+#: frames a tap dropped for being older than one it forwarded (:class:`FrameOrder`).
+COUNTERS: dict[str, int] = {"frames_tapped": 0, "bytes_tapped": 0, "frames_to_decoder": 0, "frames_stale": 0}
 
 _TIME_BASES: dict[int, Fraction] = {}
 
@@ -89,6 +90,49 @@ def time_base_for(codec: RTCRtpCodecParameters) -> Fraction:
     return tb
 
 
+RTP_WRAP = 1 << 32
+#: how far back in time a frame counts as stale; further back, the stream has restarted
+#: (a sender with a new timestamp origin) and is followed from there
+STALE_WINDOW_S = 30
+
+
+class FrameOrder:
+    """The RTP timestamps of one receiver's frames: only newer frames pass, unwrapped.
+
+    Why: aiortc 1.16's jitter buffer restarts at any packet 100 or more sequence numbers
+    behind its window (a late retransmission or duplicate, which a loaded node's socket
+    backlog makes) and hands out the old frames such a run of packets completes; its
+    TimestampMapper takes their older timestamps for a wrap. Forwarded as is, those frames go
+    out on each viewer's sender after newer ones: the viewer's stream jumps seconds back in
+    time (issue #21). A frame is newer when its timestamp is ahead in 32-bit serial
+    arithmetic (RFC 1982); the unwrapped count it gets is the time viewers, HLS and recordings
+    see, continuous whatever aiortc's mapper guessed.
+    """
+
+    def __init__(self) -> None:
+        self.last: int | None = None  # the last passed frame's RTP timestamp, mod 2**32
+        self.pts = 0
+        self.restarts = 0  # jumps back further than STALE_WINDOW_S, followed
+
+    def next_pts(self, timestamp: int, clock_rate: int) -> int | None:
+        """The frame's unwrapped timestamp, or None when it is not newer than the last."""
+        ts = timestamp % RTP_WRAP
+        if self.last is None:
+            self.last = self.pts = ts
+            return ts
+        step = (ts - self.last) % RTP_WRAP
+        if step == 0:
+            return None  # the same frame again
+        if step >= RTP_WRAP // 2:  # behind the last frame
+            if RTP_WRAP - step <= STALE_WINDOW_S * clock_rate:
+                return None
+            self.restarts += 1
+            step = 1  # a restarted stream: keep the time moving forward
+        self.last = ts
+        self.pts += step
+        return self.pts
+
+
 def to_packet(codec: RTCRtpCodecParameters, frame: JitterFrame) -> av.Packet:
     """Wrap encoded bytes as an ``av.Packet`` so a sender packs instead of encoding."""
     packet = av.Packet(frame.data)
@@ -115,7 +159,9 @@ class ReceiverTap:
         self.frames_tapped = 0
         self.bytes_tapped = 0
         self.frames_to_decoder = 0
+        self.frames_stale = 0  # older than a frame already forwarded: dropped (FrameOrder)
         self.ended = False
+        self._order = FrameOrder()
         self._on_frame = on_frame
         self._on_end = on_end
         self._original: queue.Queue[Any] = getattr(receiver, _QUEUE_ATTR)
@@ -155,6 +201,13 @@ class ReceiverTap:
     def _frame(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         if self.ended:
             return
+        pts = self._order.next_pts(frame.timestamp, codec.clockRate)
+        if pts is None:
+            self.frames_stale += 1
+            COUNTERS["frames_stale"] += 1
+            logger.info("media: dropped a stale %s frame (RTP timestamp %d)", codec.name, frame.timestamp)
+            return
+        frame.timestamp = pts
         data = frame.data
         self.frames_tapped += 1
         self.bytes_tapped += len(data)

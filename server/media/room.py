@@ -235,6 +235,7 @@ class Publication:
                 "viewers": len(fanout.tracks),
                 "frames_tapped": tap.frames_tapped,
                 "frames_to_decoder": tap.frames_to_decoder,
+                "frames_stale": tap.frames_stale,
                 **fanout.stats.as_dict(),
             }
         return {

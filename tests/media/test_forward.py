@@ -9,8 +9,10 @@ the keyframe request went upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fractions
+import itertools
 from collections.abc import AsyncIterator
 
 import aioice.ice
@@ -21,6 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 from server.media import (
     COUNTERS,
@@ -36,7 +39,7 @@ from server.media import (
     handle_subscribe_offer,
 )
 from server.media.fanout import Fanout, ForwardedTrack
-from server.media.forward import EncodedFrame, tap_of, to_packet
+from server.media.forward import EncodedFrame, FrameOrder, tap_of, to_packet
 from server.media.gop_cache import GopCache
 from server.media.keyframes import KeyframeRequester, is_keyframe
 from server.media.loopback import loopback_host_addresses
@@ -483,3 +486,72 @@ async def test_limits_raise_coded_errors(harness: Harness) -> None:
     with pytest.raises(MediaError) as err:
         await handle_publish_offer(room, "x", "not sdp")
     assert err.value.code in {"bad_sdp", "no_media"}
+
+
+def rtp_ahead(a: int, b: int) -> bool:
+    """`b` is a later RTP timestamp than `a` on the wire (32-bit serial arithmetic)."""
+    return 0 < (b - a) % (1 << 32) < 1 << 31
+
+
+def test_frame_order_passes_newer_frames_across_a_wrap_only() -> None:
+    order = FrameOrder()
+    last = (1 << 32) - 3000
+    assert order.next_pts(last, 90000) == last
+    assert order.next_pts(last - 5 * 90000, 90000) is None  # 5 s older
+    assert order.next_pts(last, 90000) is None  # the same frame again
+    assert order.next_pts(3000, 90000) == last + 6000  # past the wrap: unwrapped, continuous
+    assert order.next_pts((1 << 32) + 6000, 90000) == last + 9000  # aiortc's mapper's false wrap
+    # a minute back is no late frame but a restarted stream: followed, time still moving on
+    assert order.next_pts(9000 - 60 * 90000, 90000) == last + 9001
+    assert order.next_pts(12000 - 60 * 90000, 90000) == last + 12001
+    assert order.restarts == 1
+
+
+@pytest.mark.asyncio
+async def test_a_late_run_of_old_packets_is_not_forwarded_as_a_frame(harness: Harness) -> None:
+    """A run of retransmitted packets 100+ sequence numbers late: aiortc's jitter buffer restarts
+    at it and completes an old frame. The tap must not forward it: on the viewer's sender it would
+    go out after newer frames, and the viewer's stream would jump back in time (#21)."""
+    room = harness.room()
+    await harness.publish(room, "alice", audio=False)
+    pub = room.publications["alice"]
+    receiver = pub.transceivers["video"].receiver
+    handle = receiver._handle_rtp_packet
+    got: list[RtpPacket] = []
+    enough = asyncio.Event()
+
+    async def record(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if packet.ssrc == pub.media_ssrc["video"]:  # not RTX
+            got.append(packet)
+            if len(got) >= 150:
+                enough.set()
+        await handle(packet, arrival_time_ms)
+
+    track = pub.fanouts["video"].add_track()  # what a viewer's sender pulls from
+    sent: list[int] = []
+
+    async def pull() -> None:  # like a sender, at once: the queue never overflows
+        while True:
+            sent.append((await track.recv()).pts)
+
+    receiver._handle_rtp_packet = record  # type: ignore[method-assign]
+    puller = asyncio.ensure_future(pull())
+    try:
+        await asyncio.wait_for(enough.wait(), TIMEOUT)
+    finally:
+        puller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await puller
+    # a whole old frame and the first packet of the next, 110+ packets behind the newest
+    old = got[: len(got) - 110]
+    starts = [i for i in range(1, len(old)) if old[i].timestamp != old[i - 1].timestamp]
+    first, after = starts[-2], starts[-1]
+    for packet in old[first : after + 1]:
+        await handle(packet, arrival_time_ms=0)
+    while track.queued:  # a frame the tap forwards is queued at once (no decoder, no task)
+        sent.append((await track.recv()).pts)
+
+    assert pub.taps["video"].frames_stale >= 1  # the jitter buffer did hand out the old frame
+    assert len(sent) > 1
+    assert all(rtp_ahead(a, b) for a, b in itertools.pairwise(sent)), sent
+    assert room.stats()["publishers"]["alice"]["tracks"]["video"]["frames_stale"] >= 1
