@@ -23,6 +23,11 @@ class _ForwardingCollector:
             "Frames that reached an aiortc decoder on the server (must stay 0)",
             COUNTERS["frames_to_decoder"],
         )
+        yield CounterMetricFamily(
+            "liveroom_media_frames_stale",
+            "Publishers' frames dropped for being older than one already forwarded (aiortc's jitter buffer)",
+            COUNTERS["frames_stale"],
+        )
 
 
 REGISTRY.register(_ForwardingCollector())  # type: ignore[arg-type]
