@@ -51,12 +51,16 @@ def free_port() -> int:
 
 
 def cluster_ports(count: int) -> list[int]:
-    """`count` distinct ports whose cluster bus port (+10000) is free too, all below 55536."""
+    """`count` distinct ports whose cluster bus port (+10000) is free too, both below Linux's
+    ephemeral range (32768 and up): a port in that range can be taken, between this check and
+    redis-server's bind, by any process's outgoing connection or `bind(0)` (a node, a browser,
+    another suite). A fresh-clone run once timed out on a node at 30630, whose bus port 40630 is
+    in that range."""
     socks: list[socket.socket] = []
     ports: list[int] = []
     try:
         while len(ports) < count:
-            port = random.randrange(20000, 45000)
+            port = random.randrange(10000, 22000)  # bus ports 20000-31999
             pair = [socket.socket(), socket.socket()]
             try:
                 pair[0].bind(("127.0.0.1", port))
