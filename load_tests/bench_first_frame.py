@@ -5,9 +5,10 @@ Starts `python -m server serve --demo` (the Python host streams a test pattern i
 `--loads` fresh browser contexts one after the other. Each load is measured by the page's
 own clock origin (`performance.timeOrigin`, i.e. navigation start), independently of what
 the page reports: an init script records DOMContentLoaded, the token response, the first
-WebSocket message, the RTCPeerConnection's creation, ICE connected and the first
-`requestVideoFrameCallback`. Prints one JSON line per load, a JSON summary (p50/p95/max of
-every step) and a Markdown table.
+WebSocket message, the RTCPeerConnection's creation, its first track, ICE connected and the
+first `requestVideoFrameCallback`, then reads the video receiver's counters (frames, keyframes,
+lost packets, NACKs, PLIs: a load that needed a repair is counted as such). Prints one JSON
+line per load, a JSON summary (p50/p95/max of every step) and a Markdown table.
 
     python -m load_tests.bench_first_frame --loads 20
     python -m load_tests.bench_first_frame --loads 20 --server-dir /tmp/base   # another revision
@@ -97,6 +98,8 @@ PROBE = """
     constructor(...a) {
       super(...a);
       if (marks.pc_created === undefined) marks.pc_created = now();
+      if (!window.__ffpc) window.__ffpc = this;  // the first connection: its stats after the first frame
+      this.addEventListener("track", () => { if (marks.track === undefined) marks.track = now(); });
       this.addEventListener("iceconnectionstatechange", () => {
         if (["connected", "completed"].includes(this.iceConnectionState) && marks.ice_connected === undefined)
           marks.ice_connected = now();
@@ -113,6 +116,19 @@ PROBE = """
 })();
 """
 
+# The video receiver's counters once the first frame showed: a NACK/PLI or a lost packet, or
+# more than one keyframe, means the picture waited on a repair, not on the path itself.
+VIDEO_RX = """async () => {
+  const pc = window.__ffpc;
+  if (!pc) return null;
+  for (const r of (await pc.getStats()).values())
+    if (r.type === "inbound-rtp" && r.kind === "video")
+      return {frames_received: r.framesReceived, frames_decoded: r.framesDecoded,
+              key_frames: r.keyFramesDecoded, packets_lost: r.packetsLost, nacks: r.nackCount,
+              plis: r.pliCount, firs: r.firCount};
+  return null;
+}"""
+
 STEPS = [
     "html",
     "token",
@@ -124,6 +140,7 @@ STEPS = [
     "adopt",
     "offer",
     "pc_created",
+    "track",
     "answer",
     "ice_connected",
     "first_frame",
@@ -300,6 +317,7 @@ def one_load(browser: Any, url: str, timeout_ms: int) -> dict[str, Any]:
         # The page's own report must agree with the probe (both from navigation start), give or take a frame.
         page.wait_for_function("document.querySelector('#first-frame')?.dataset.ms", timeout=timeout_ms)
         marks["page_reported"] = int(page.evaluate("document.querySelector('#first-frame').dataset.ms"))
+        marks["video_rx"] = page.evaluate(VIDEO_RX)
         return {k: round(v, 1) if isinstance(v, float) else v for k, v in marks.items()}
     finally:
         context.close()
@@ -424,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         p = percentiles(values)
         p95 = sorted(values)[max(0, math.ceil(0.95 * len(values)) - 1)] if values else None
         summary[step] = {"p50": p["p50"], "p95": p95, "max": p["max"]}
+    rx = [m["video_rx"] for m in loads if m.get("video_rx")]
+    summary["repaired"] = sum(1 for r in rx if r.get("nacks") or r.get("plis") or r.get("packets_lost"))
     print(json.dumps({"summary": summary}), flush=True)
     bg = summary.get("background")
     beside = f", beside {bg.get('rate')} danmaku/s into another room" if bg else ""
@@ -437,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         s = summary[step]
         cells = ["-" if s[k] is None else f"{s[k]:.0f}" for k in ("p50", "p95", "max")]
         print(f"| {step} | {' | '.join(cells)} |")
+    print(
+        f"\nloads whose video receiver lost a packet or sent a NACK/PLI by then: {summary['repaired']} of {len(rx)}"
+    )
     return 0
 
 
