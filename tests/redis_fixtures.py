@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from websockets.asyncio.client import connect
 from tests import prom
 from tests.child_logs import CHILD_LOGS
 from tests.conftest import WsClient, start_server_process, token
+from tests.ports import cluster_ports, free_port
 
 WAIT = 30.0  # seconds: generous, a loaded 2-core machine must pass
 # the core of these tests is throughput across nodes, not the abuse limits
@@ -42,39 +41,6 @@ NODE_ENV = {
 }
 
 requires_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cluster_ports(count: int) -> list[int]:
-    """`count` distinct ports whose cluster bus port (+10000) is free too, both below Linux's
-    ephemeral range (32768 and up): a port in that range can be taken, between this check and
-    redis-server's bind, by any process's outgoing connection or `bind(0)` (a node, a browser,
-    another suite). A fresh-clone run once timed out on a node at 30630, whose bus port 40630 is
-    in that range."""
-    socks: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            port = random.randrange(10000, 22000)  # bus ports 20000-31999
-            pair = [socket.socket(), socket.socket()]
-            try:
-                pair[0].bind(("127.0.0.1", port))
-                pair[1].bind(("127.0.0.1", port + 10000))
-            except OSError:
-                for sock in pair:
-                    sock.close()
-                continue
-            socks += pair
-            ports.append(port)
-        return ports
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def poll(condition: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:

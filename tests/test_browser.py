@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from load_tests.bench_first_frame import CHROMIUM_ARGS  # one set of flags for t
 from server.wire.protocol import ErrorCode
 from tests.conftest import token
 from tests.media.encoders import rtmp_key_encoder
+from tests.ports import free_port
 
 Browser, Page, Route, expect = sync_api.Browser, sync_api.Page, sync_api.Route, sync_api.expect
 
@@ -43,12 +43,6 @@ def _chromium() -> str | None:
         if path and Path(path).exists():
             return path
     return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -134,7 +128,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     ARTIFACTS.mkdir(exist_ok=True)
-    srv = ServerProcess(_free_port(), "--tick-ms", "20")
+    srv = ServerProcess(free_port(), "--tick-ms", "20")
     srv.start()
     yield srv
     srv.stop()
@@ -380,7 +374,7 @@ def test_host_camera_reaches_viewer_video(pages: Pages) -> None:
 
 
 def test_viewer_reconnects_after_server_restart(browser: Browser) -> None:
-    srv = ServerProcess(_free_port(), "--tick-ms", "20")
+    srv = ServerProcess(free_port(), "--tick-ms", "20")
     srv.start()
     opened = Pages(browser, srv.base)
     try:
@@ -431,7 +425,7 @@ def test_restart_after_the_old_connections_failed_on_both_pages(browser: Browser
     published twice, the second publish closing the first one the viewer had just negotiated (and
     refused, already publishing, when it came before the server saw the first one end: the viewer
     never saw a picture again)."""
-    srv = ServerProcess(_free_port(), "--tick-ms", "20")
+    srv = ServerProcess(free_port(), "--tick-ms", "20")
     srv.start()
     opened = Pages(browser, srv.base)
     try:
@@ -562,7 +556,7 @@ def test_moderation_delete_mute_and_ban(pages: Pages) -> None:
 
 def test_serve_demo_streams_test_pattern(browser: Browser) -> None:
     """`--demo` starts the Python host (aiortc test pattern + tone); the viewer page plays it."""
-    srv = ServerProcess(_free_port(), "--demo")
+    srv = ServerProcess(free_port(), "--demo")
     srv.start()
     opened = Pages(browser, srv.base)
     try:
@@ -581,8 +575,8 @@ def test_serve_demo_streams_test_pattern(browser: Browser) -> None:
 def test_rtmp_encoder_reaches_viewer_video(browser: Browser) -> None:
     """FFmpeg's RTMP client (its own process) pushes H.264 + AAC to `--rtmp-port`; the viewer
     page plays it (H.264 forwarded as is, the AAC as Opus)."""
-    rtmp_port = _free_port()
-    srv = ServerProcess(_free_port(), "--rtmp-port", str(rtmp_port))
+    rtmp_port = free_port()
+    srv = ServerProcess(free_port(), "--rtmp-port", str(rtmp_port))
     srv.start()
     opened = Pages(browser, srv.base)
     encoder = rtmp_key_encoder(rtmp_port, token("rtmp-room", "studio", "host"))  # key = host token
@@ -604,7 +598,7 @@ def test_viewer_page_answers_the_join_offer_before_its_modules_run(browser: Brow
     """index.html answers the offer that follows the snapshot itself and shows the host's picture
     with no module loaded; viewer-page.js, held back here, adopts the connection and the stage's
     stream (no reload) and reports the picture's own moment as the page's first frame."""
-    srv = ServerProcess(_free_port(), "--demo")
+    srv = ServerProcess(free_port(), "--demo")
     srv.start()
     opened = Pages(browser, srv.base)
     try:

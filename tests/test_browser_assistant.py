@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.test_browser import (
     ARTIFACTS,
     WAIT_MS,
     Pages,
     ServerProcess,
-    _free_port,
     browser,  # noqa: F401 (fixture)
     expect,
     send_chat,
@@ -47,7 +47,7 @@ def _assistant(srv: ServerProcess, room: str) -> subprocess.Popen[str]:
 @pytest.fixture(scope="module")
 def shop_server() -> Iterator[ServerProcess]:
     ARTIFACTS.mkdir(exist_ok=True)
-    srv = ServerProcess(_free_port(), "--tick-ms", "20", "--reply-interval", "1")
+    srv = ServerProcess(free_port(), "--tick-ms", "20", "--reply-interval", "1")
     srv.start()
     bots = [_assistant(srv, "shop"), _assistant(srv, "reload")]
     yield srv
@@ -180,7 +180,7 @@ def test_host_console_reload_keeps_the_board_pins_and_answers(browser, shop_serv
 def test_serve_demo_assistant_answers_in_room_demo(browser) -> None:  # noqa: F811
     """`serve --demo` (what scripts/serve.sh runs) starts the assistant: the tee is pinned and
     a viewer's "多少钱" gets its answer on the page."""
-    srv = ServerProcess(_free_port(), "--demo")
+    srv = ServerProcess(free_port(), "--demo")
     srv.start()
     pages = Pages(browser, srv.base)
     try:

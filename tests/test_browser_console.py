@@ -9,6 +9,7 @@ import re
 
 from server.wire.protocol import ErrorCode
 from tests import test_browser as tb
+from tests.ports import free_port
 from tests.test_browser import VIDEO_WAIT_MS, WAIT_MS, Pages, expect, send_chat, shot
 
 # the browser, server and pages fixtures of tests/test_browser.py (module-scoped there: here too)
@@ -112,7 +113,7 @@ def test_dashboard_without_parameters_prompts_for_a_token(pages: Pages) -> None:
 
 def test_without_dev_tokens_the_page_asks_for_a_token(browser: tb.Browser) -> None:
     """The early dev join is refused (4100): the page falls back to asking, then joins with it."""
-    srv = tb.ServerProcess(tb._free_port(), "--no-dev-tokens")
+    srv = tb.ServerProcess(free_port(), "--no-dev-tokens")
     srv.start()
     opened = Pages(browser, srv.base)
     try:
@@ -141,7 +142,7 @@ def test_dashboard_says_when_the_stats_api_is_unreachable(pages: Pages) -> None:
 def test_chat_keeps_following_after_switching_tabs(browser: tb.Browser) -> None:
     """Lines that came while another tab was open: back on the chat, the list is at the newest
     line, and it goes on following the lines after (viewer page and host console alike)."""
-    srv = tb.ServerProcess(tb._free_port(), "--tick-ms", "20", "--rate-limits", "off")  # a burst of lines
+    srv = tb.ServerProcess(free_port(), "--tick-ms", "20", "--rate-limits", "off")  # a burst of lines
     srv.start()
     pages = Pages(browser, srv.base)
     try:
@@ -180,7 +181,7 @@ def _follow_after_tabs(pages: Pages) -> None:
 def test_reconnect_overlay_says_one_clean_thing(browser: tb.Browser) -> None:
     """Server gone: the reconnecting overlay covers the "not streaming yet" card (one message on
     the stage) and says why in plain words, not the fetch error; back when the server is."""
-    srv = tb.ServerProcess(tb._free_port(), "--tick-ms", "20")
+    srv = tb.ServerProcess(free_port(), "--tick-ms", "20")
     srv.start()
     pages = Pages(browser, srv.base)
     try:

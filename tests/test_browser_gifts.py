@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import test_browser as tb
+from tests.ports import free_port
 from tests.test_browser import VIDEO_WAIT_MS, WAIT_MS, Pages, ServerProcess, expect, shot
 
 browser, pages = tb.browser, tb.pages
@@ -26,7 +27,7 @@ browser, pages = tb.browser, tb.pages
 def server() -> Iterator[ServerProcess]:
     """A combo window no loaded machine outlasts between three clicks."""
     tb.ARTIFACTS.mkdir(exist_ok=True)
-    srv = ServerProcess(tb._free_port(), "--tick-ms", "20", "--combo-window", "60")
+    srv = ServerProcess(free_port(), "--tick-ms", "20", "--combo-window", "60")
     srv.start()
     yield srv
     srv.stop()
@@ -249,7 +250,7 @@ def test_ending_the_link_mid_round_gives_one_result_in_both_rooms(pages: Pages) 
 
 def test_serve_demo_starts_a_pk_with_its_second_room(browser: tb.Browser) -> None:
     """`--demo`: the Python host of room demo2 accepts the demo console's invitation; a PK runs."""
-    srv = ServerProcess(tb._free_port(), "--demo")
+    srv = ServerProcess(free_port(), "--demo")
     srv.start()
     opened = Pages(browser, srv.base)
     try:

@@ -24,13 +24,13 @@ from playwright import sync_api
 
 from tests.conftest import token
 from tests.media.encoders import rtmp_key_encoder
+from tests.ports import free_port
 from tests.test_browser import (
     ROOT,
     VIDEO_WAIT_MS,
     WAIT_MS,
     Pages,
     ServerProcess,
-    _free_port,
     browser,  # noqa: F401 (fixture)
     shot,
 )
@@ -43,8 +43,8 @@ class H264Server(ServerProcess):
     """A node with a known media port (WHIP, publish keys) and RTMP ingest."""
 
     def __init__(self) -> None:
-        self.http_port, self.rtmp_port = _free_port(), _free_port()
-        super().__init__(_free_port(), "--http-port", str(self.http_port), "--rtmp-port", str(self.rtmp_port))
+        self.http_port, self.rtmp_port = free_port(), free_port()
+        super().__init__(free_port(), "--http-port", str(self.http_port), "--rtmp-port", str(self.rtmp_port))
 
     @property
     def media(self) -> str:

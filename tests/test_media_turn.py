@@ -20,12 +20,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.ports import free_port
 from tests.test_browser import (  # noqa: F401 - `browser` is a fixture
     ARTIFACTS,
     ROOT,
     Pages,
     ServerProcess,
-    _free_port,
     browser,
     wait_video_playing,
 )
@@ -50,7 +50,7 @@ def stun_answers(port: int) -> bool:
 
 @pytest.fixture
 def turn_port() -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     relay_low = 49160 + (port % 50) * 20  # a small relay range of our own
     log = open(ARTIFACTS / "turnserver.log", "w")  # noqa: SIM115 (closed below)
     args = [f"--listening-port={port}", f"--min-port={relay_low}", f"--max-port={relay_low + 19}"]
@@ -84,7 +84,7 @@ def turn_port() -> Iterator[int]:
 def turn_server_node(turn_port: int) -> Iterator[ServerProcess]:
     ARTIFACTS.mkdir(exist_ok=True)
     srv = ServerProcess(
-        _free_port(),
+        free_port(),
         "--tick-ms",
         "20",
         "--ice-servers",
