@@ -355,9 +355,18 @@ export class ViewerMedia {
   }
 
   /** ICE that has not connected CONNECT_TIMEOUT_MS after the answer will not (UDP blocked):
-   * Chromium takes ~30 s to call it "failed"; the page moves to HLS a little sooner. */
+   * Chromium takes ~30 s to call it "failed"; the page moves to HLS a little sooner. An answer
+   * without one candidate (relay-only ICE and no TURN server gave a relay address) can never
+   * connect: the page moves at once instead of waiting for a check that will not be sent. */
   _watchConnect(pc) {
     if (!this.onFallback) return;
+    // gathering complete (not cut short by GATHER_TIMEOUT_MS: a slow TURN server's address may
+    // still reach the node, as a peer-reflexive candidate) and not one candidate gathered
+    const none = pc.iceGatheringState === "complete" && !/^a=candidate:/m.test(pc.localDescription?.sdp || "");
+    if (none && !everConnected.has(pc) && pc.connectionState !== "connected") {
+      if (pc === this.pc && !this.stopped) this.onFallback("no ICE candidate to connect with");
+      return;
+    }
     setTimeout(() => {
       if (pc.connectionState === "connected") everConnected.add(pc);
       if (pc === this.pc && !this.stopped && !everConnected.has(pc)) {

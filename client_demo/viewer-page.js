@@ -279,6 +279,7 @@ function renderSlowMode() {
 function useHls(why) {
   if (state.mode === "replay" || (state.mode === "hls" && hls.active)) return;
   state.mode = "hls";
+  document.body.dataset.fallback = why || ""; // why the page left WebRTC (none: ?mode=hls)
   if (media.subscribed) conn.send({ t: "unsubscribe" });
   media.stop();
   hls.activate(why ? `${why}: switching to HLS.` : "");

@@ -97,16 +97,27 @@ def test_viewer_page_plays_ll_hls_through_nginx(
 
 
 def test_viewer_page_falls_back_to_hls_when_webrtc_is_full(browser: Browser) -> None:  # noqa: F811
-    falls_back_to_hls(browser, ServerProcess(free_port(), "--demo", "--media-max-viewers", "0"), "full")
+    falls_back_to_hls(
+        browser, ServerProcess(free_port(), "--demo", "--media-max-viewers", "0"), "full", why="video is full"
+    )
 
 
 def test_viewer_page_falls_back_to_hls_when_webrtc_cannot_connect(browser: Browser) -> None:  # noqa: F811
     # relay-only ICE (`?ice=relay`) on a node that names no TURN server: not one candidate,
-    # the peer connection cannot connect, as where UDP is blocked
-    falls_back_to_hls(browser, ServerProcess(free_port(), "--demo"), "no-connect", "&ice=relay")
+    # the peer connection cannot connect, as where UDP is blocked; the page sees its answer has
+    # no candidate and moves at once (not after the 20 s wait for a connection)
+    falls_back_to_hls(
+        browser, ServerProcess(free_port(), "--demo"), "no-connect", "&ice=relay", why="no ICE candidate"
+    )
 
 
-def falls_back_to_hls(browser: Browser, srv: ServerProcess, name: str, query: str = "") -> None:  # noqa: F811
+def falls_back_to_hls(
+    browser: Browser,  # noqa: F811
+    srv: ServerProcess,
+    name: str,
+    query: str = "",
+    why: str = "",
+) -> None:
     """The page, opened without ?mode=hls, ends up playing HLS from the node's media_url."""
     srv.start()
     context = browser.new_context(viewport={"width": 1280, "height": 720})
@@ -123,6 +134,7 @@ def falls_back_to_hls(browser: Browser, srv: ServerProcess, name: str, query: st
             f"document.querySelector('#video').currentTime > {start} + 0.5", timeout=VIDEO_WAIT_MS
         )
         expect(page.locator("#mode")).to_contain_text("HLS")
+        assert why in page.evaluate("document.body.dataset.fallback")  # the page says why it moved
         assert page.evaluate("window.liveroom.hls.fixedBase") is None  # the node's media_url
         shot(page, f"viewer-hls-fallback-{name}")
     finally:
