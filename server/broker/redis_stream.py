@@ -558,10 +558,11 @@ class RedisRoomStream(RedisPart, RoomStream):
             else:
                 why = f"its history no longer reaches seq {sub.view.seq} (at {view.seq})"
             log.info("room %s restarted from redis (epoch %s: %s)", room_id, view.epoch, why)
+            alone = sub.local and sub.local_events
             sub.view, sub.local, sub.stream, sub.redis_seen = view, False, None, None
             sub.local_events = False
             if self.on_room_reset is not None:
-                self.on_room_reset(room_id, _state_of(view))
+                self.on_room_reset(room_id, _state_of(view), alone)
         self._flush(room_id, sub)
 
     async def _heartbeat_once(self, interval: float) -> None:

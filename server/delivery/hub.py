@@ -102,6 +102,8 @@ class Hub:
         self._tiers = config.frame_tier_list()
         self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame, pace=self._room_period)
         self.budget = Budget(config.sample_above, config.frame_danmaku)
+        # a reset room's members get a fresh snapshot on their connection (set by the node)
+        self.on_reset: Callable[[Room[Peer]], None] | None = None
         broker.on_room_reset = self._on_room_reset
 
     # -- rooms -------------------------------------------------------------------------
@@ -331,19 +333,31 @@ class Hub:
                 own.update(dict.fromkeys(peers, framed))
         self.fanout.write(room.members, frame, own)
 
-    def _on_room_reset(self, room_id: str, state: RoomState) -> None:
-        """The room's stream restarted (Redis lost it, or this node sequenced alone through an
-        outage): viewers' seqs no longer mean anything, so reload the view and have them rejoin."""
+    def _on_room_reset(self, room_id: str, state: RoomState, alone: bool = False) -> None:
+        """The room's stream restarted (Redis lost it, this node sequenced alone through an
+        outage, or the shared history no longer reaches this node's seq): viewers' seqs no
+        longer mean anything, so reload the view and resync them on their live connections
+        (`on_reset`: a fresh snapshot each, server.node.node.Node.resync), not a reconnect storm.
+
+        A client that ignores that snapshot is still told by the next batch (PROTOCOL.md, *Stream
+        identity*): a new epoch whose first seq is not its last + 1, or a seq jump. One case would
+        look contiguous: this node numbered the old stream alone (a local epoch) up to exactly the
+        seq the new stream starts after. Its connections are closed with 1012 then, as before."""
         room = self.rooms.get(room_id)
         if room is None:
             return
+        looks_contiguous = alone and state.epoch != room.epoch and state.seq == room.seq
         self.frames.drop(room_id)  # held events belong to the old stream
         self.budget.forget(room_id)
         room.recent.clear()
         room.forget_lost_live()
         load(room, state)
-        for client in list(room.members):
-            client.close(1012, "room stream reset, rejoin")
+        metrics.room_resets.labels(told="reconnect" if looks_contiguous else "snapshot").inc()
+        if looks_contiguous or self.on_reset is None:
+            for client in list(room.members):
+                client.close(1012, "room stream reset, rejoin")
+            return
+        self.on_reset(room)
 
     def _on_user_frame(self, user_id: str, frame: bytes) -> None:
         # DMs are rare and must not be skipped like danmaku batches: write them directly.
