@@ -102,3 +102,39 @@ async def test_viewer_is_told_even_when_the_room_closed_where_it_was_numbered_al
 
     got, snap, _, _ = await _until_reset(quiet, "", 0)
     assert "numbered alone" not in got and snap["reset"] is True, (got, snap)
+
+
+async def test_redis_that_lost_the_room_resets_it_in_band_on_every_node(
+    redis_server: RedisServer, start_nodes, open_client
+) -> None:
+    """Redis restarts empty (no persistence): the room's stream starts over under a new epoch.
+    Viewers on both nodes get the in-band snapshot and stay; had they ignored it, the first
+    batch after it tells them (a new epoch whose first seq does not follow theirs)."""
+    a, b = start_nodes(redis_server.url, 2)
+    talker = await open_client(a, "talker")
+    viewers = {"a": await open_client(a, "va"), "b": await open_client(b, "vb")}
+    for i in range(3):
+        await talker.send(t="danmaku", text=f"before {i}")
+    where = {}
+    for name, viewer in viewers.items():
+        got = await viewer.recv_until(
+            lambda f: f["t"] == "batch" and any(e.get("text") == "before 2" for e in f["events"])
+        )
+        where[name] = (got["epoch"], got["events"][-1]["seq"])
+
+    redis_server.stop()
+    await asyncio.gather(a.wait_ready(False), b.wait_ready(False))
+    redis_server.start()  # empty: the room is gone
+    await asyncio.gather(a.wait_ready(True), b.wait_ready(True))
+
+    for name, viewer in viewers.items():
+        _, snap, last_epoch, last_seq = await _until_reset(viewer, *where[name])
+        assert snap["reset"] is True and snap["recovered"] is False, snap
+        assert snap["epoch"] not in (where[name][0], last_epoch), (snap, last_epoch)
+        where[name] = (last_epoch, last_seq)
+    await talker.send(t="danmaku", text="after")
+    for name, viewer in viewers.items():
+        first = await _first_batch(viewer)
+        assert _told_by(first, *where[name]), (first, where[name])
+        if not any(e.get("text") == "after" for e in first["events"]):
+            await viewer.events(lambda e: e.get("text") == "after", 1)  # same connection

@@ -1,7 +1,7 @@
 """A room reset resyncs its connections in-band (#23): each member gets a fresh snapshot on its
 live connection (`reset: true`, `recovered: false`, its own `you`, the staff fields for the
-staff) and stays connected; only a reset whose next batch would look like a continuation of
-a stream numbered alone falls back to 1012. Real in-process node and WebSocket clients; the
+staff) and stays connected; only a reset whose next batch would pass for a continuation of
+the stream the viewers followed, without being one, falls back to 1012. Real in-process node and WebSocket clients; the
 reset enters where the Redis stream calls it (`broker.on_room_reset`, real-Redis cases in
 tests/test_redis_outage_told.py)."""
 
@@ -47,7 +47,7 @@ async def test_a_reset_sends_every_member_a_snapshot_on_its_connection(app: App,
     joined = {"hana": host.snapshot, "vic": viewer.snapshot}
 
     recent = [e for e in app.hub.rooms["r1"].recent if e.get("text") == "before"]
-    app.broker.on_room_reset("r1", _state_of(app, "r1", recent=recent, likes_total=41), False)
+    app.broker.on_room_reset("r1", _state_of(app, "r1", recent=recent, likes_total=41), "")
 
     snaps = {}
     for who, client in (("hana", host), ("vic", viewer)):
@@ -72,25 +72,35 @@ async def test_a_reset_sends_every_member_a_snapshot_on_its_connection(app: App,
 
 
 async def test_a_reset_that_would_look_contiguous_closes_with_1012(app: App, join) -> None:
-    """The stream this node numbered alone ends at the seq the new one starts after: a client
-    ignoring the snapshot would take the next batch (new epoch, seq + 1) for a continuation
-    (PROTOCOL.md, *Stream identity*), so it is told by a close instead."""
+    """A new stream (not the viewers' renamed) starts right after the seq they stand at: a
+    client ignoring the snapshot would take the next batch (new epoch, seq + 1) for a
+    continuation (PROTOCOL.md, *Stream identity*), so it is told by a close instead."""
     viewer = await join("vic")
     room = app.hub.rooms["r1"]
     state = _state_of(app, "r1", epoch="another-epoch")
     assert state.seq == room.seq
-    app.broker.on_room_reset("r1", state, True)
+    app.broker.on_room_reset("r1", state, "some-other-epoch>another-epoch")
     with pytest.raises(ConnectionClosed) as info:
         await viewer.recv_until(lambda f: f["t"] == "snapshot")
     assert info.value.rcvd is not None and info.value.rcvd.code == 1012
 
 
-async def test_a_reset_after_a_seq_the_new_stream_passed_is_in_band(app: App, join) -> None:
-    """Numbered alone, but the new stream goes on past that seq: the next batch jumps, so the
-    snapshot alone tells the client (no close)."""
+async def test_a_renamed_stream_at_the_same_seq_is_in_band(app: App, join) -> None:
+    """Another node retired the epoch the viewers follow: the new one is the same events seq
+    for seq, so a client taking the next batch for a continuation is right (no close)."""
     viewer = await join("vic")
     room = app.hub.rooms["r1"]
-    app.broker.on_room_reset("r1", _state_of(app, "r1", epoch="another", seq=room.seq + 5), True)
+    app.broker.on_room_reset("r1", _state_of(app, "r1", epoch="renamed"), f"{room.epoch}>renamed")
+    snap = await viewer.recv_until(lambda f: f["t"] == "snapshot")
+    assert snap["reset"] is True and snap["epoch"] == "renamed" and snap["seq"] == room.seq
+
+
+async def test_a_new_stream_past_the_viewers_seq_is_in_band(app: App, join) -> None:
+    """A new stream already past the viewers' seq: the next batch jumps, so the snapshot alone
+    tells the client (no close)."""
+    viewer = await join("vic")
+    room = app.hub.rooms["r1"]
+    app.broker.on_room_reset("r1", _state_of(app, "r1", epoch="another", seq=room.seq + 5), "")
     snap = await viewer.recv_until(lambda f: f["t"] == "snapshot")
     assert snap["reset"] is True and snap["epoch"] == "another" and snap["seq"] == room.seq
 
@@ -111,7 +121,7 @@ async def test_a_member_closing_gets_no_snapshot(app: App, join) -> None:
     second = await join("b")
     peers = {w.uid: p for p, w in app.hub.rooms["r1"].members.items()}
     peers["a"].close(4403, "kicked")
-    app.broker.on_room_reset("r1", _state_of(app, "r1"), False)
+    app.broker.on_room_reset("r1", _state_of(app, "r1"), "")
     snap = await asyncio.wait_for(second.recv_until(lambda f: f["t"] == "snapshot"), TIMEOUT)
     assert snap["you"]["uid"] == "b"
     with pytest.raises(ConnectionClosed):

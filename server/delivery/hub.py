@@ -333,21 +333,28 @@ class Hub:
                 own.update(dict.fromkeys(peers, framed))
         self.fanout.write(room.members, frame, own)
 
-    def _on_room_reset(self, room_id: str, state: RoomState, alone: bool = False) -> None:
+    def _on_room_reset(self, room_id: str, state: RoomState, retired: str = "") -> None:
         """The room's stream restarted (Redis lost it, this node sequenced alone through an
         outage, or the shared history no longer reaches this node's seq): viewers' seqs no
         longer mean anything, so reload the view and resync them on their live connections
         (`on_reset`: a fresh snapshot each, server.node.node.Node.resync), not a reconnect storm.
 
-        A client that ignores that snapshot is still told by the next batch (PROTOCOL.md, *Stream
-        identity*): a new epoch whose first seq is not its last + 1, or a seq jump. One case would
-        look contiguous: this node numbered the old stream alone (a local epoch) up to exactly the
-        seq the new stream starts after. Its connections are closed with 1012 then, as before."""
+        A client that ignores that snapshot must still be told by the next batch (PROTOCOL.md,
+        *Stream identity*): a new epoch whose first seq is not its last + 1, or a seq jump. So
+        what the room held for its next frame goes out first (every viewer not skipped for a
+        full socket then stands at the view's seq; a skipped one is told `dropped`), and when
+        the new stream starts right after that seq under another epoch without being the same
+        events renamed (`retired` names the epoch the viewers followed: another node retired
+        it), the next batch would pass for a continuation: the room's connections are closed
+        with 1012 then, as before (a stream this node numbered alone, a restart that reached
+        the same seq by chance)."""
         room = self.rooms.get(room_id)
         if room is None:
             return
-        looks_contiguous = alone and state.epoch != room.epoch and state.seq == room.seq
-        self.frames.drop(room_id)  # held events belong to the old stream
+        self.frames.flush(room_id)  # the old stream's last events, before its snapshot
+        renamed = retired == f"{room.epoch}>{state.epoch}"
+        looks_contiguous = state.epoch != room.epoch and state.seq == room.seq and not renamed
+        self.frames.drop(room_id)
         self.budget.forget(room_id)
         room.recent.clear()
         room.forget_lost_live()

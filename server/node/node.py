@@ -147,7 +147,8 @@ class Node:
                 client.send(fields.pack(own, staff))
             else:
                 client.send(fields.pack(own))
-            client.dropped = 0  # batches it missed of the old stream: the snapshot replaces them
+            # a connection skipped for a full socket keeps its count of `dropped` batches: it is
+            # told once it catches up, so a client that ignores this snapshot still resumes
 
     async def _missed(self, room: Room[Peer], epoch: str, seq: int) -> list[Event] | None:
         """Events after seq up to what this node's viewers have been sent (room.seq), or None.
