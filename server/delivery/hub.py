@@ -361,6 +361,15 @@ class Hub:
         load(room, state)
         metrics.room_resets.labels(told="reconnect" if looks_contiguous else "snapshot").inc()
         if looks_contiguous or self.on_reset is None:
+            if looks_contiguous:
+                log.info(
+                    "room %s reset to %s at seq %d: its next batch would pass for a continuation, "
+                    "%d connections closed (1012)",
+                    room_id,
+                    state.epoch,
+                    state.seq,
+                    len(room.members),
+                )
             for client in list(room.members):
                 client.close(1012, "room stream reset, rejoin")
             return
