@@ -8,6 +8,7 @@ tests/test_redis_outage_told.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import msgpack
 import pytest
@@ -15,28 +16,14 @@ from websockets.exceptions import ConnectionClosed
 
 from server.app import App
 from server.broker.base import RoomState
+from server.broker.redis_stream import _state_of as state_of_view
 from server.wire import protocol
 from tests.conftest import TIMEOUT
 
 
 def _state_of(app: App, room_id: str, **changes: object) -> RoomState:
-    """The room's state as the shared store would hand it back after a reset."""
-    room = app.hub.rooms[room_id]
-    state = RoomState(
-        epoch=room.epoch,
-        seq=room.seq,
-        likes_total=room.likes_total,
-        online=room.online,
-        hosts=dict(room.hosts),
-        recent=list(room.recent),
-        unique=room.unique,
-        pins=dict(room.pins),
-        qa=list(room.qa),
-        products=dict(room.products),
-    )
-    for key, value in changes.items():
-        setattr(state, key, value)
-    return state
+    """The room's state as the Redis stream hands it to the hub on a reset (its own reader)."""
+    return dataclasses.replace(state_of_view(app.hub.rooms[room_id]), **changes)  # type: ignore[arg-type]
 
 
 async def test_a_reset_sends_every_member_a_snapshot_on_its_connection(app: App, join) -> None:
