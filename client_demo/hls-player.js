@@ -4,6 +4,10 @@
 // node (the snapshot's media_url) or from ?hls=<base> (a CDN or cache in front of the nodes).
 // The live latency is the wall clock minus the PROGRAM-DATE-TIME of the frame on screen:
 // the page holds each danmaku that long so comments appear with the picture they refer to.
+// The node dates each frame by when it came in from the host (within a frame of its capture),
+// and the page measures at each presented frame (requestVideoFrameCallback's mediaTime):
+// hls.js's playingDate is the date at currentTime, which runs about a frame ahead of the
+// picture (docs/BENCHMARKS.md, "Where the PDT gap went").
 
 const HLS_SCRIPT = "/vendor/hls.light.min.js";
 const RETRY_MS = [1000, 2000, 4000, 8000]; // then every 8 s while the host is live
@@ -46,6 +50,7 @@ export class HlsPlayer {
     this._t0 = null;
     this._retry = null;
     this._sampler = null;
+    this._perFrame = false; // latency measured at each presented frame (requestVideoFrameCallback)
     this._run = 0; // bumped by every (re)start: callbacks of an older run do nothing
     video.addEventListener("playing", () => this._frame());
   }
@@ -145,9 +150,11 @@ export class HlsPlayer {
   _watchFrames(run) {
     const v = this.video;
     if (typeof v.requestVideoFrameCallback !== "function") return;
-    const tick = () => {
+    this._perFrame = true;
+    const tick = (_now, meta) => {
       if (run !== this._run) return;
       this._frame();
+      this._measure(meta.mediaTime);
       v.requestVideoFrameCallback(tick);
     };
     v.requestVideoFrameCallback(tick);
@@ -164,10 +171,17 @@ export class HlsPlayer {
   }
 
   _sample() {
+    if (!this._perFrame) this._measure(this.video.currentTime);
+    if (this.latencyMs !== null) this.status();
+  }
+
+  /** Now minus the date of the frame at `mediaTime`: hls.js dates currentTime, so step back
+   * from there by how far currentTime is past that frame. */
+  _measure(mediaTime) {
     const date = this.hls && this.hls.playingDate;
     if (!date) return;
-    this.latencyMs = Math.max(0, Date.now() - date.getTime());
-    this.status();
+    const ahead = this.video.currentTime - mediaTime;
+    this.latencyMs = Math.max(0, Math.round(Date.now() - date.getTime() + ahead * 1000));
   }
 
   _stopPlayer() {

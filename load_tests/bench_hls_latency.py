@@ -6,11 +6,12 @@ page opens with `?mode=hls` (through an nginx cache, tests/nginx_fixtures.py, un
 `--direct`) in headless Chromium; for `--seconds` the page reads the clock out of each frame
 it presents (requestVideoFrameCallback, canvas, the digits' segments) and compares it with
 its own wall clock: capture -> VP8 encode -> WebRTC to the node -> transcode -> CMAF part ->
-cache -> hls.js -> screen. It also records the page's own figure (now minus the
-PROGRAM-DATE-TIME of the frame shown, what the page displays; it cannot see the time from
-capture to the node). First picture: navigation start to the first video frame. `--webrtc`:
-the same page and clock over WebRTC, the baseline (capture to node included in both).
-`--loads` fresh page loads; p50/p95 over all samples.
+cache -> hls.js -> screen. It also records hls.js's figure ("PDT latency": now minus
+`playingDate`, the PROGRAM-DATE-TIME at `currentTime`) and the page's own (`latencyMs`: what
+it shows and holds danmaku by, the date of the frame presented), and per frame the gap between
+the drawn clock's latency and the page's: what the danmaku hold misses. First picture:
+navigation start to the first video frame. `--webrtc`: the same page and clock over WebRTC,
+the baseline (capture to node included in both). `--loads` fresh page loads; p50/p95 over all samples.
 Prints one JSON line per load, a JSON summary and a Markdown table.
 
     python -m load_tests.bench_hls_latency --loads 5 --seconds 15
@@ -42,7 +43,7 @@ READ_CLOCK = """
   const canvas = document.createElement('canvas');
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   const DIGITS = { abcdef: 0, bc: 1, abdeg: 2, abcdg: 3, bcfg: 4, acdfg: 5, acdefg: 6, abc: 7, abcdefg: 8, abcdfg: 9 };
-  const out = { clock: [], pdt: [], unread: 0 };
+  const out = { clock: [], pdt: [], page: [], gap: [], unread: 0 };
   const end = performance.now() + seconds * 1000;
   const read = (img, w, h) => {
     const s = Math.max(1, Math.floor(h / 180)), dw = 10 * s, dh = 20 * s, t = 2 * s, gap = 4 * s;
@@ -72,10 +73,16 @@ READ_CLOCK = """
     ctx.drawImage(v, 0, 0, w, h);
     const shown = read(ctx.getImageData(0, 0, w, Math.min(h, 120)).data, w, h);
     const midnight = new Date(now); midnight.setHours(0, 0, 0, 0);
-    if (shown === null) out.unread++;
-    else out.clock.push((((now - midnight) - shown) % 86400000 + 86400000) % 86400000);
+    const clock = shown === null ? null : (((now - midnight) - shown) % 86400000 + 86400000) % 86400000;
+    if (clock === null) out.unread++;
+    else out.clock.push(clock);
     const date = window.liveroom.hls.hls?.playingDate;
     if (date) out.pdt.push(Date.now() - date.getTime());
+    const page = window.liveroom.hls.latencyMs;  // what the page shows and holds danmaku by
+    if (page !== null && page !== undefined) {
+      out.page.push(page);
+      if (clock !== null) out.gap.push(clock - page);
+    }
     if (performance.now() > end) resolve(out); else v.requestVideoFrameCallback(tick);
   };
   v.requestVideoFrameCallback(tick);
@@ -113,6 +120,8 @@ def main() -> None:
     )
     clock: list[float] = []
     pdt: list[float] = []
+    page: list[float] = []
+    gap: list[float] = []
     firsts: list[float] = []
     try:
         if cache is not None:
@@ -126,6 +135,8 @@ def main() -> None:
                 row = one_load(browser, url, args.seconds)
                 clock += row["clock"]
                 pdt += row["pdt"]
+                page += row["page"]
+                gap += row["gap"]
                 firsts.append(row["first_picture_ms"])
                 print(
                     json.dumps(
@@ -136,6 +147,8 @@ def main() -> None:
                             "unread": row["unread"],
                             "clock_p50_ms": pct(row["clock"], 0.5),
                             "pdt_p50_ms": pct(row["pdt"], 0.5),
+                            "page_p50_ms": pct(row["page"], 0.5),
+                            "gap_p50_ms": pct(row["gap"], 0.5),
                         }
                     ),
                     flush=True,
@@ -151,6 +164,11 @@ def main() -> None:
         "glass_to_glass_p95_ms": pct(clock, 0.95),
         "pdt_latency_p50_ms": pct(pdt, 0.5),
         "pdt_latency_p95_ms": pct(pdt, 0.95),
+        "page_latency_p50_ms": pct(page, 0.5),
+        "page_latency_p95_ms": pct(page, 0.95),
+        "gap_p5_ms": pct(gap, 0.05),
+        "gap_p50_ms": pct(gap, 0.5),
+        "gap_p95_ms": pct(gap, 0.95),
         "first_picture_p50_ms": pct(firsts, 0.5),
         "first_picture_p95_ms": pct(firsts, 0.95),
         "first_picture_median_ms": round(statistics.median(firsts)),
@@ -158,13 +176,16 @@ def main() -> None:
     }
     print(json.dumps({"summary": summary}))
     print(
-        "\n| via | glass-to-glass p50 / p95 ms | PDT latency p50 / p95 ms | first picture p50 / p95 ms | frames |"
+        "\n| via | glass-to-glass p50 / p95 ms | PDT latency p50 / p95 ms | page's latency p50 / p95 ms "
+        "| gap p5 / p50 / p95 ms | first picture p50 / p95 ms | frames |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     s = summary
     print(
         f"| {s['via']} | {s['glass_to_glass_p50_ms']} / {s['glass_to_glass_p95_ms']} "
         f"| {s['pdt_latency_p50_ms']} / {s['pdt_latency_p95_ms']} "
+        f"| {s['page_latency_p50_ms']} / {s['page_latency_p95_ms']} "
+        f"| {s['gap_p5_ms']} / {s['gap_p50_ms']} / {s['gap_p95_ms']} "
         f"| {s['first_picture_p50_ms']} / {s['first_picture_p95_ms']} | {s['frames']} |"
     )
 
