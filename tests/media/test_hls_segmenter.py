@@ -86,3 +86,43 @@ def test_audio_that_starts_late_stays_in_step_with_the_picture(encoder: str, cod
     assert firsts["audio"] == pytest.approx(firsts["video"], abs=0.05)  # both tracks start together
     assert loud_at is not None
     assert loud_at - firsts["video"] == pytest.approx(late, abs=0.1)  # the sound where it was live
+
+
+@pytest.mark.parametrize(("encoder", "codec"), [("libvpx", "vp8"), ("libx264", "h264")])
+def test_every_segment_starts_with_its_picture_at_the_time_the_playlist_dates(
+    encoder: str, codec: str
+) -> None:
+    """hls.js times a muxed fMP4 part from its earliest sample and dates the picture as the
+    segment's PROGRAM-DATE-TIME plus the time since that start. Audio that began before a
+    segment's first frame would date the picture late by that much (and MSE's buffered range,
+    where audio and video overlap, would end that much before the playlist's edge): the
+    0.5-1.4 s gap between the drawn clock and the page's figure, and ~1.5 s of glass-to-glass,
+    of issue 27 (docs/BENCHMARKS.md, "Where the PDT gap went"). The tap's video starts with
+    the cached GOP, here 1.2 s older than the first sound, at a time that is not zero."""
+    base, late = 1000.25, 1.2
+    video = [(data, at + base, key) for data, at, key in encode_pattern(encoder, 160, 120, 30, 6.0)]
+    audio = [(data, at + base + late) for data, at in encode_opus(4.8)]
+    seg = Segmenter(codec, with_audio=True, part_target=0.334)
+    events = sorted([(v[1], 0, v) for v in video] + [(a[1], 1, a) for a in audio], key=lambda e: e[:2])
+    fragments = []
+    for _at, kind, item in events:
+        fragments += seg.video(*item) if kind == 0 else seg.audio(*item)  # type: ignore[arg-type]
+    assert seg.started_at == base  # the first frame (a keyframe) anchors the stream
+    frame_times = {round((at - base) * 90000) for _data, at, _key in video}
+    segments: list[list[float]] = []  # each segment's sample run starts, seconds
+    for f in fragments:
+        # a fragment is one moof+mdat, or more when the muxer wrote one with audio alone
+        runs = [r for b in BoxReader().feed(f.data) if b.type == "moof" for r in track_runs(b.data)]
+        (video_run,) = [r for r in runs if r.track_id == 1]
+        # the part starts at one of the frames given, at the time that frame was given
+        assert video_run.start in frame_times
+        assert f.start == video_run.start / 90000
+        if f.independent:
+            segments.append([])
+        segments[-1] += [r.start / (90000 if r.track_id == 1 else 48000) for r in runs]
+    assert len(segments) == 3  # a segment every 2 s
+    starts = [0.0, 2.0, 4.0]
+    # nothing in a segment plays before its first picture (the audio that came late is led
+    # in with silence from the picture's start: the first segment's audio starts at 0 too)
+    assert [min(s) for s in segments] == pytest.approx(starts, abs=1e-6)
+    assert [s[0] for s in segments] == pytest.approx(starts, abs=1e-6)
