@@ -243,6 +243,25 @@ def test_the_hls_cache_bench_with_a_real_chromium_viewer() -> None:
     )  # the Markdown table has the browsers' columns
 
 
+def test_the_hls_dates_bench_reads_the_drawn_clock_of_every_frame_it_dates() -> None:
+    """bench_hls_dates: follows the demo room's live edge, decodes each part and dates each frame."""
+    out = subprocess.run(
+        [sys.executable, "-m", "load_tests.bench_hls_dates", "--seconds", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=True,
+    )
+    (summary,) = [json.loads(line)["summary"] for line in out.stdout.splitlines() if line.startswith("{")]
+    assert summary["parts"] > 0 and summary["frames"] > 0  # parts followed, frames read and dated
+    assert summary["unread"] == 0  # every frame's clock read back (H.264 of the pattern is clean)
+    p5, p50, p95 = (summary[f"date_minus_capture_p{q}_ms"] for q in (5, 50, 95))
+    assert p5 <= p50 <= p95
+    assert summary["announced_after_first_frame_p50_ms"] >= summary["announced_after_last_frame_p50_ms"]
+    assert "PDT date - capture" in out.stdout  # the Markdown table
+
+
 def test_the_live_notice_bench_tells_every_follower_on_both_nodes() -> None:
     """bench_live_notice at tiny scale (a real redis-server, 2 nodes, a WHIP host): every
     follower got its notice, and the latency is measured from the `live` event."""
