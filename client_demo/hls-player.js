@@ -12,6 +12,9 @@
 const HLS_SCRIPT = "/vendor/hls.light.min.js";
 const RETRY_MS = [1000, 2000, 4000, 8000]; // then every 8 s while the host is live
 const SAMPLE_MS = 500;
+// hls.js holds PART-HOLD-BACK behind the live edge; after a stall it plays on further back, and
+// by default (rate 1) never catches up: up to 1.5x, it returns to the target (pitch kept).
+const HLS_CONFIG = { lowLatencyMode: true, backBufferLength: 30, maxLiveSyncPlaybackRate: 1.5 };
 
 let loading = null;
 /** hls.js, loaded once on first use (the replay page uses it too). */
@@ -132,7 +135,7 @@ export class HlsPlayer {
     if (!res.ok) throw new Error(body.msg || `HLS token: HTTP ${res.status}`);
     if (run !== this._run) return;
     if (!Hls.isSupported()) throw new Error("this browser cannot play HLS with Media Source Extensions");
-    const hls = (this.hls = new Hls({ lowLatencyMode: true, backBufferLength: 30 }));
+    const hls = (this.hls = new Hls(HLS_CONFIG));
     hls.on(Hls.Events.MANIFEST_PARSED, () => this.video.play().catch(() => {}));
     hls.on(Hls.Events.ERROR, (_, data) => {
       if (data.fatal) this._failed(run, `HLS ${data.type}: ${data.details}`);
