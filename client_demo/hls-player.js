@@ -6,8 +6,8 @@
 // the page holds each danmaku that long so comments appear with the picture they refer to.
 // The node dates each frame by when it came in from the host (within a frame of its capture),
 // and the page measures at each presented frame (requestVideoFrameCallback's mediaTime):
-// hls.js's playingDate is the date at currentTime, which runs about a frame ahead of the
-// picture (docs/BENCHMARKS.md, "Where the PDT gap went").
+// hls.js's playingDate is the date at currentTime, which can be a frame off the picture
+// (docs/BENCHMARKS.md, "Where the PDT gap went").
 
 const HLS_SCRIPT = "/vendor/hls.light.min.js";
 const RETRY_MS = [1000, 2000, 4000, 8000]; // then every 8 s while the host is live
@@ -178,8 +178,8 @@ export class HlsPlayer {
     if (this.latencyMs !== null) this.status();
   }
 
-  /** Now minus the date of the frame at `mediaTime`: hls.js dates currentTime, so step back
-   * from there by how far currentTime is past that frame. */
+  /** Now minus the date of the frame at `mediaTime`: hls.js dates currentTime, so step from
+   * there by how far currentTime is past (or short of) that frame. */
   _measure(mediaTime) {
     const date = this.hls && this.hls.playingDate;
     if (!date) return;

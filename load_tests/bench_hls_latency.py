@@ -11,7 +11,8 @@ cache -> hls.js -> screen. It also records hls.js's figure ("PDT latency": now m
 it shows and holds danmaku by, the date of the frame presented), and per frame the gap between
 the drawn clock's latency and the page's: what the danmaku hold misses. First picture:
 navigation start to the first video frame. `--webrtc`: the same page and clock over WebRTC,
-the baseline (capture to node included in both). `--loads` fresh page loads; p50/p95 over all samples.
+the baseline (capture to node included in both). `--loads` fresh page loads; p50/p95 over all
+samples.
 Prints one JSON line per load, a JSON summary and a Markdown table.
 
     python -m load_tests.bench_hls_latency --loads 5 --seconds 15
