@@ -104,12 +104,7 @@ conn.on("pong", (rtt) => {
   if (conn.state === "live") showConnState($("#conn"), "live", "", ` · ${Math.round(rtt)} ms`);
 });
 
-conn.on("snapshot", (snap, { resumed, recovered, since, reset }) => {
-  if (reset) {
-    // the room's stream restarted (docs/PROTOCOL.md, `snapshot`): its chat is the snapshot's
-    document.querySelectorAll("#chat-list li.msg, #chat-list li.reply").forEach((li) => li.remove());
-    sysLine("The room was refreshed.");
-  }
+conn.on("snapshot", (snap, { resumed, recovered, since }) => {
   setIceServers(snap.ice_servers);
   state.me = snap.you;
   state.hosts = new Map((snap.hosts || []).map((h) => [h.uid, h.name]));
