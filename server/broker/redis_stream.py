@@ -38,8 +38,8 @@ from server.room.state import Room
 from server.wire import protocol
 
 log = logging.getLogger("liveroom.broker.redis")
-# a room's tick that Redis refused is numbered here; say why, but not on every tick of an outage
-_TICK_FAILURES = Throttle(rate=1.0, burst=10.0)
+# a room Redis failed is numbered here; say why, but not on every tick of an outage
+_ALONE = Throttle(rate=1.0, burst=10.0)
 
 Batch = tuple[str, bytes, list[Event]]  # (epoch, frame, events)
 # On a cluster, how long a tick waits for a shard's pipeline before going on without it (one
@@ -105,6 +105,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             try:
                 view = await self._listen_and_load(room_id, channel, retire)
             except _DOWN as exc:
+                _alone(room_id, "could not be read", exc)
                 self._kick(exc, channel)
             else:
                 sub.view = view
@@ -282,7 +283,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         closed = []
         for item, name, result in zip(staged, names, results, strict=True):
             if isinstance(result, Exception):
-                _tick_failed(item[0].room_id, name, result)
+                _alone(item[0].room_id, f"its tick did not reach shard {name}", result)
                 self._lose_shard(name, result)
                 if self._is_open(item):
                     self._unsent(item)
@@ -674,22 +675,15 @@ def _seen(sub: _RoomSub) -> tuple[str, int] | None:
     return (sub.view.epoch, sub.view.seq) if sub.view.epoch else None
 
 
-def _tick_failed(room_id: str, shard: str, exc: BaseException) -> None:
-    """One line (throttled) per room tick Redis did not take: the room is numbered here for it,
-    and a later re-read resets the room, so a call that keeps failing while its shard still
-    serves (no "shard lost" line) must leave a trace of why."""
-    if not _TICK_FAILURES.allow(time.monotonic()):
+def _alone(room_id: str, what: str, exc: BaseException) -> None:
+    """One line (throttled) each time Redis failed a room and the node serves it alone: a later
+    re-read resets the room, so a failure while its shard still serves (no "shard lost" line)
+    must leave a trace of why (a 5,000-connection soak reset rooms in a loop with none)."""
+    if not _ALONE.allow(time.monotonic()):
         return
-    dropped, _TICK_FAILURES.dropped = _TICK_FAILURES.dropped, 0
+    dropped, _ALONE.dropped = _ALONE.dropped, 0
     more = f" ({dropped} more not logged)" if dropped else ""
-    log.warning(
-        "room %s: its tick did not reach redis shard %s (%s: %s), numbered here%s",
-        room_id,
-        shard,
-        type(exc).__name__,
-        exc,
-        more,
-    )
+    log.warning("room %s %s (%s: %s): numbered here alone%s", room_id, what, type(exc).__name__, exc, more)
 
 
 _EPOCH_PREFIX = secrets.token_hex(4)  # this process's; the counter below makes each epoch unique
