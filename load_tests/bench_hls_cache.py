@@ -42,7 +42,7 @@ from load_tests.hls_browsers import RealViewers
 from server.config import DEFAULT_SECRET
 from server.wire import auth
 from tests.nginx_fixtures import NginxCache
-from tests.redis_fixtures import free_port
+from tests.ports import free_port
 
 ROOM = "demo"
 _HINT = re.compile(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="([^"]+)"')

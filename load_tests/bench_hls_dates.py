@@ -30,7 +30,7 @@ import av
 from load_tests.bench import stop_process
 from load_tests.bench_hls_cache import start_node, viewer_urls
 from server.media.hls.fmp4 import BoxReader, track_runs
-from tests.redis_fixtures import free_port
+from tests.ports import free_port
 
 # seven-segment digits by their lit segments (client_demo/host.py draws them)
 DIGITS = {

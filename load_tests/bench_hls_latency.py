@@ -34,7 +34,7 @@ from load_tests.bench_first_frame import CHROMIUM_ARGS, chromium_path
 from load_tests.bench_hls_cache import start_node
 from load_tests.hls_browsers import open_viewer
 from tests.nginx_fixtures import NginxCache
-from tests.redis_fixtures import free_port
+from tests.ports import free_port
 
 # Reads client_demo/host.py's clock: same geometry (x0 = y0 = 16, scale = height // 180,
 # digit 10x20 * scale, stroke 2 * scale, gap 4 * scale), one luma sample per segment.

@@ -61,7 +61,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from load_tests.bench import raise_nofile
 from server.config import DEFAULT_SECRET
 from server.wire import auth
-from tests.redis_fixtures import cluster_ports, free_port
+from tests.ports import cluster_ports, free_port
 
 ROOM = "chaos"
 KINDS = ("node_kill", "node_term", "redis_kill")

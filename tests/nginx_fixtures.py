@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_fixtures import free_port, poll
+from tests.ports import free_port
+from tests.redis_fixtures import poll
 
 requires_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
 

@@ -22,7 +22,7 @@ from playwright import sync_api
 from websockets.sync.client import connect
 
 from tests.nginx_fixtures import NginxCache, requires_nginx
-from tests.redis_fixtures import free_port
+from tests.ports import free_port
 from tests.test_browser import (
     VIDEO_WAIT_MS,
     WAIT_MS,

@@ -17,7 +17,8 @@ import msgpack
 from playwright import sync_api
 from websockets.sync.client import connect
 
-from tests.redis_fixtures import free_port, poll
+from tests.ports import free_port
+from tests.redis_fixtures import poll
 from tests.test_browser import (
     VIDEO_WAIT_MS,
     ServerProcess,

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests import prom
+from tests.ports import free_port
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
 from tests.redis_fixtures import (
     NodeProc,
     RedisClusterServer,
     RedisServer,
     apoll,
-    free_port,
     poll,
     requires_redis,
 )
