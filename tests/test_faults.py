@@ -100,8 +100,9 @@ async def test_danmaku_copies_within_one_tick_are_sequenced_once(join) -> None:
 
 async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -> None:
     """The sender's node died between storing a DM and recording its ack: the claim is orphaned.
-    The retry takes the claim over, finds the first copy in the recipient's backlog, and answers
-    with its id; an orphan whose DM never got stored is stored by the retry."""
+    The retry takes the claim over and the store, which recorded the send with the DM, answers
+    with the first copy's id, even though the recipient has read and acknowledged it since (the
+    backlog no longer holds it); an orphan whose DM never got stored is stored by the retry."""
     from server.broker import idempotency
 
     alice = await join("alice")
@@ -109,7 +110,12 @@ async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -
     ts = 1_700_000_000_000
     await app.node.sends.claim("alice", "dm", "k-stored", {"to": "bob", "ts": ts})
     dm = {"t": "dm", "from": "alice", "name": "alice", "to": "bob", "text": "hi", "ts": ts}
-    receipt = await app.broker.store_dm("bob", dm)
+    receipt = await app.broker.store_dm("bob", dm, idempotency.dm_send("alice", "k-stored"))
+    bob = await join("bob", room="r2")
+    got = await bob.recv_until(lambda f: f["t"] == "dm")
+    await bob.send(t="dm_seen", id=got["id"])  # read: dropped from the backlog
+    await _drain_acks(bob)
+    assert await app.broker.dm_backlog("bob") == []
     await app.node.sends.claim("alice", "dm", "k-lost", {"to": "bob", "ts": ts + 1})  # never stored
     monkeypatch.setattr(idempotency, "CLAIM_TTL", 12.0)
     retry = await _dm(alice, "bob", "hi", cid="k-stored")
@@ -118,7 +124,9 @@ async def test_retry_after_the_first_send_was_orphaned(join, app, monkeypatch) -
     assert lost["t"] == "dm_ack" and lost["id"] != receipt.id
     assert await _dm(alice, "bob", "hi", cid="k-stored") == retry  # remembered from now on
     texts = [protocol.unpack(f)["text"] for f in await app.broker.dm_backlog("bob")]
-    assert texts == ["hi", "hello"]
+    assert texts == ["hello"]  # "hi" was not stored a second time
+    nxt = await bob.recv_until(lambda f: f["t"] == "dm")  # in order: a second "hi" would come first
+    assert (nxt["text"], nxt["id"]) == ("hello", lost["id"])
 
 
 async def test_a_redis_connection_closed_under_uvloop_is_an_outage_not_a_bug() -> None:

@@ -154,6 +154,37 @@ async def test_offline_dm_backlog_in_order_and_acked(redis_any: RedisTarget, sta
     assert (await third.recv_until(lambda f: f["t"] == "dm"))["text"] == "four"
 
 
+async def test_a_retry_whose_claim_was_lost_gets_the_first_id(
+    redis_any: RedisTarget, start_nodes, open_client
+):
+    """The sender's claim lives on the sender's slot and the DM on the recipient's: a failover
+    can lose the claim's answer and keep the DM. The recipient has read and acknowledged it, so
+    the backlog no longer holds it either. The retry, through another node, still gets the
+    first id, and the recipient nothing twice: the store recorded the send with the DM."""
+    from server.broker.idempotency import key_of
+
+    n0, n1 = start_nodes(redis_any, 2)
+    carol = await open_client(n1, "carol", room="elsewhere")
+    alice = await open_client(n0, "alice")
+    await alice.send(t="dm", to="carol", text="once", cid="c-1")
+    ack = await alice.recv_until(lambda f: f["t"] == "dm_ack")
+    dm = await carol.recv_until(lambda f: f["t"] == "dm")
+    assert (dm["id"], dm["text"]) == (ack["id"], "once")
+    await carol.send(t="dm_seen", id=dm["id"])
+    await carol.send(t="ping")
+    await carol.recv_until(lambda f: f["t"] == "pong")  # handled in order: acknowledged
+    with redis_any.server.client() as r:
+        assert r.delete(key_of("alice", "dm", "c-1")) == 1  # the claim and its answer, lost
+    again = await open_client(n1, "alice", room="r2")
+    await again.send(t="dm", to="carol", text="once", cid="c-1")
+    retry = await again.recv_until(lambda f: f["t"] in ("dm_ack", "error"))
+    assert (retry["t"], retry["id"], retry["ts"], retry["cid"]) == ("dm_ack", ack["id"], ack["ts"], "c-1")
+    await again.send(t="dm", to="carol", text="next", cid="c-2")
+    await again.recv_until(lambda f: f["t"] == "dm_ack")
+    nxt = await carol.recv_until(lambda f: f["t"] == "dm")  # in order: a second "once" comes first
+    assert nxt["text"] == "next"
+
+
 async def test_acked_dm_survives_sigkill_of_recipient_node(redis_any: RedisTarget, start_nodes, open_client):
     n0, n1, n2 = start_nodes(redis_any, 3)
     carol = await open_client(n1, "carol")

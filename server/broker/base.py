@@ -107,11 +107,13 @@ class DmReceipt:
     """A stored DM: its id (ordered per recipient, what `dm_seen` acknowledges) and whether
     some connection of the recipient got it live. `replicated` is False when the DM is stored
     on its Redis primary but no replica confirmed it in time (WAIT): a failover of that primary
-    right now could lose it (docs/PROTOCOL.md, `dm_ack`)."""
+    right now could lose it (docs/PROTOCOL.md, `dm_ack`). `ts`: set when this send was stored
+    before (a retry with its `cid`), the first copy's."""
 
     id: str
     delivered: bool
     replicated: bool = True
+    ts: int | None = None
 
 
 DM_FULL_RETRY = 60.0  # seconds a sender refused 4502 is told to wait
@@ -200,10 +202,13 @@ class Inbox(ABC):
         return [uid for uid, frame in frames.items() if not await self.send_dm(uid, frame)]
 
     @abstractmethod
-    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+    async def store_dm(self, user_id: str, dm: Event, send: str | None = None) -> DmReceipt:
         """Store a DM durably, give it its id, then deliver it live; raises BrokerUnavailable.
 
         Stored DMs come back from subscribe_user (in order) until acknowledged with ack_dm.
+        `send` (idempotency.dm_send: its sender and `cid`) is recorded with the DM for the
+        idempotency WINDOW: the same send again stores nothing and gets the first receipt, even
+        after the DM was acknowledged and whatever the sender's node forgot.
         """
 
     @abstractmethod
@@ -341,8 +346,8 @@ class Broker:
     async def send_dms(self, frames: dict[str, bytes]) -> list[str]:
         return await self.inbox.send_dms(frames)
 
-    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
-        return await self.inbox.store_dm(user_id, dm)
+    async def store_dm(self, user_id: str, dm: Event, send: str | None = None) -> DmReceipt:
+        return await self.inbox.store_dm(user_id, dm, send)
 
     async def ack_dm(self, user_id: str, dm_id: str) -> None:
         await self.inbox.ack_dm(user_id, dm_id)

@@ -11,11 +11,16 @@ second copy. The first send *claims* `(sender, kind, cid)` (Redis: `SET NX`, so 
 it) with a note of what it is about to store and a deadline, then records its answer for
 `WINDOW` seconds. A retry that finds the answer gets it; one that finds a claim still in flight
 waits for it (or is told to retry). A claim past its deadline was orphaned by a node that died
-mid-send: the retry takes it over and gets the note back, so it can look for the first copy
-before storing (node.py checks the recipient's backlog). A send refused before anything was
-stored (4501) releases its claim so the retry stores it; one whose store call lost its answer
-(the DM may be stored) *abandons* it: the claim stays, orphaned at once, so the retry looks for
-the first copy before storing (never a second copy).
+mid-send: the retry takes it over and gets the note back (the first attempt's timestamp, which
+every attempt stores). A send refused before anything was stored (4501) releases its claim so
+the retry stores it; one whose store call lost its answer (the DM may be stored) *abandons* it:
+the claim stays, orphaned at once.
+
+The claim is not what stops a second copy: it lives on the sender's slot, apart from the DM,
+and can be lost after the DM was stored (a failover of an unreplicated write, a node killed
+between the two). So the store itself records each send (`dm_send`) beside the recipient's DMs,
+in the same script (Inbox.store_dm), for WINDOW seconds: a send stored before gets its first id
+back, even after the recipient read and acknowledged it (a soak stored one DM twice that way).
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ PENDING = b"p"  # prefix of a claim whose send has not answered yet (answers are
 
 def cid_tag(cid: str | int) -> str:
     return f"i{cid}" if isinstance(cid, int) else f"s{cid}"  # 1 and "1" are different cids
+
+
+def dm_send(sender: str, cid: str | int) -> str:
+    """One DM send, as the recipient's store records it (Inbox.store_dm's `send`)."""
+    return f"{sender}|{cid_tag(cid)}"
 
 
 class DanmakuCids:
@@ -129,8 +139,8 @@ class SendLog(ABC):
         """The send failed: a retry must do it again."""
 
     async def abandon(self, uid: str, kind: str, cid: str | int, note: dict[str, Any]) -> None:
-        """The send may have been stored: a retry takes the claim over at once (orphaned) and
-        looks for the first copy (the note says what) before storing."""
+        """The send may have been stored: a retry takes the claim over at once (orphaned), with
+        the note (its timestamp), and the store tells whether the first copy is there."""
         await self._put(key_of(uid, kind, cid), PENDING + msgpack.packb({**note, "until": 0}))
 
     async def close(self) -> None:  # noqa: B027 - optional hook

@@ -10,8 +10,8 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
 
 from server.broker.base import (
     DM_FULL_RETRY,
@@ -30,7 +30,7 @@ from server.broker.base import (
     dm_id_key,
     sender_quota_full,
 )
-from server.broker.idempotency import DanmakuCids
+from server.broker.idempotency import MEMORY_MAX, WINDOW, DanmakuCids
 from server.broker.unencodable import sequence_and_encode
 from server.room.sequencing import StreamState, Tick
 from server.room.state import Room
@@ -191,6 +191,8 @@ class MemoryInbox(Inbox):
         self._dm_count = 0
         self._dm_order: deque[tuple[int, str, str]] = deque()  # (expires ms, user, dm id), oldest first
         self._dm_counter = itertools.count(1)
+        # sends with a cid (user, idempotency.dm_send) -> (expires, receipt): a repeat stores nothing
+        self._sends: OrderedDict[tuple[str, str], tuple[float, DmReceipt]] = OrderedDict()
 
     async def subscribe_user(self, user_id: str, handler: UserHandler) -> list[bytes]:
         self._users[user_id] = handler
@@ -275,7 +277,9 @@ class MemoryInbox(Inbox):
         ]
         self._dm_order = deque(sorted(entries))
 
-    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+    async def store_dm(self, user_id: str, dm: Event, send: str | None = None) -> DmReceipt:
+        if send is not None and (known := self._sent(user_id, send)) is not None:
+            return known
         dm_id = self._next_dm_id()
         frame = protocol.pack({**dm, "id": dm_id})
         sender = str(dm.get("from", ""))
@@ -293,7 +297,21 @@ class MemoryInbox(Inbox):
             raise refusal
         if handler is not None:  # live even when not kept: no durability promise then
             handler(user_id, frame)
-        return DmReceipt(dm_id, handler is not None)
+        receipt = DmReceipt(dm_id, handler is not None)
+        if send is not None:
+            first = replace(receipt, ts=dm.get("ts"))
+            self._sends[(user_id, send)] = (time.monotonic() + WINDOW, first)
+            if len(self._sends) > MEMORY_MAX:  # bounded: the oldest record goes first
+                self._sends.popitem(last=False)
+        return receipt
+
+    def _sent(self, user_id: str, send: str) -> DmReceipt | None:
+        """The receipt of this send if it was stored in the last WINDOW (oldest expire first)."""
+        now = time.monotonic()
+        while self._sends and next(iter(self._sends.values()))[0] <= now:
+            self._sends.popitem(last=False)
+        known = self._sends.get((user_id, send))
+        return known[1] if known is not None else None
 
     async def ack_dm(self, user_id: str, dm_id: str) -> None:
         kept = self._kept.get(user_id)

@@ -39,12 +39,14 @@ from server.broker.base import (
     dm_id_key,
     sender_quota_full,
 )
+from server.broker.idempotency import WINDOW
 from server.broker.redis_link import DOWN as _DOWN
 from server.broker.redis_link import Link, RedisPart
 from server.broker.shards import Call
 from server.wire import protocol
 
 log = logging.getLogger("liveroom.broker.redis")
+SEND_RECORD_TTL = WINDOW  # seconds a DM send (sender, cid) is recorded beside the recipient's DMs
 
 
 @dataclass
@@ -149,11 +151,13 @@ class RedisInbox(RedisPart, Inbox):
         await self._free(freed)
         return missed
 
-    async def store_dm(self, user_id: str, dm: Event) -> DmReceipt:
+    async def store_dm(self, user_id: str, dm: Event, send: str | None = None) -> DmReceipt:
         """Store and publish in one script, then WAIT on the same connection (when replicas are
         required). The answer is always the truth: refused (4501) only when nothing was stored,
         `maybe_stored` when the call's answer was lost, `replicated=False` when stored on the
-        primary alone (WAIT timed out): the DM is kept and maybe delivered, so it is acked."""
+        primary alone (WAIT timed out): the DM is kept and maybe delivered, so it is acked.
+        `send`: recorded by the same script on the recipient's slot (SEND_DM), so a send seen
+        before returns its first receipt instead of storing a copy."""
         keys = rs.user_keys(user_id)
         if not self._serving(keys.dms):
             metrics.broker_dm_refused.labels(shard=self._shard_label(keys.dms), reason="unreachable").inc()
@@ -172,7 +176,10 @@ class RedisInbox(RedisPart, Inbox):
         body = rs.open_map(dm, "id")
         mode = 2 if live_only else 0
         args = ["b", body, self._dm_keep, keys.channel, self._publish_cmd, self._dm_ttl, mode, quota or ""]
-        calls: list[Call] = [(keys.dms, ("EVALSHA", self._dm_script.sha, 1, keys.dms, *args))]
+        script_keys = [keys.dms] if send is None else [keys.dms, rs.dm_cid_key(user_id, send)]
+        args += [SEND_RECORD_TTL, dm.get("ts", 0)]
+        call = ("EVALSHA", self._dm_script.sha, len(script_keys), *script_keys, *args)
+        calls: list[Call] = [(keys.dms, call)]
         if wait and not live_only:  # same pipeline, same connection: WAIT covers this very write
             calls.append((keys.dms, ("WAIT", wait, self._link._wait_timeout_ms)))
         try:
@@ -185,7 +192,9 @@ class RedisInbox(RedisPart, Inbox):
             self._kick(res, keys.dms)
             await self._free([quota] if quota else [])
             raise BrokerUnavailable(str(res)) from res
-        await self._free(res[2])  # the DMs the recipient's cap pushed out
+        await self._free(res[2])  # the DMs the recipient's cap pushed out (or a repeat's token)
+        if len(res) > 3:  # this send was stored before (a retry): its first receipt
+            return DmReceipt(res[0].decode(), int(res[1]) > 0, ts=int(res[3]))
         if live_only:
             if int(res[1]) == 0:  # nobody listens: nothing was kept or sent
                 raise sender_quota_full(self._dm_per_sender)

@@ -76,6 +76,12 @@ def user_keys(user_id: str) -> UserKeys:
     return UserKeys(dms=f"{base}:dm", channel=f"{base}:ch", blocks=f"{base}:blocks", dm_quota=f"{base}:dmq")
 
 
+def dm_cid_key(user_id: str, send: str) -> str:
+    """The record of one send (`send`: sender and cid, idempotency.dm_send) to this recipient, on
+    the recipient's slot so SEND_DM writes it with the DM, atomically (see SEND_DM)."""
+    return f"{user_keys(user_id).dms}:sent:{send}"
+
+
 # -- abuse (server/abuse): sanctions, join nonces, rate-limit usage ---------------------------
 
 SANCTION_KINDS = ("ban", "kick", "mute")  # the order sanctions are reported in at join
@@ -490,6 +496,10 @@ end
 # per recipient), is published and kept nowhere. Returns {id, receivers, quotas pushed out}.
 # Published as `<field><id>,<prev>|<payload>` (`prev`: the newest DM kept before it, '0-0' for
 # none), or `f|<frame>` for a frame that gets no id.
+# KEYS[2] (a DM sent with a `cid`, dm_cid_key): the send's record on the recipient's slot, ARGV[9]
+# its ttl (s), ARGV[10] the DM's ts. A send already recorded stores nothing and returns {its id,
+# its receivers, {the new quota token, to free}, its ts}: whatever was lost on the sender's side
+# (its node, its claim), a retry never stores a second copy; the record is replicated with the DM.
 SEND_DM = (
     _QUOTAS_OF
     + r"""
@@ -498,6 +508,19 @@ if ARGV[7] == '1' then
   local n = redis.call(ARGV[5], ARGV[4], 'f|' .. payload)
   if n > 0 then return {'', n, {}} end
 end
+local sent = KEYS[2]
+local function record(key, id, n)
+  redis.call('HSET', key, 'id', id, 'n', n, 'ts', ARGV[10])
+  redis.call('EXPIRE', key, ARGV[9])
+end
+if sent then
+  local known = redis.call('HMGET', sent, 'id', 'n', 'ts')
+  if known[1] then
+    local freed = {}
+    if ARGV[8] ~= '' then freed[1] = ARGV[8] end
+    return {known[1], tonumber(known[2]), freed, known[3]}
+  end
+end
 -- the newest DM kept before this one: a node that did not deliver it missed a message
 local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local prev = last[1] and last[1][1] or '0-0'
@@ -505,7 +528,9 @@ if ARGV[7] == '2' then
   local id = redis.call('XADD', stream, '*', field, '')
   redis.call('XDEL', stream, id)
   redis.call('EXPIRE', stream, ARGV[6], 'NX')  -- a new, empty stream keeps its last id a while
-  return {id, redis.call(ARGV[5], ARGV[4], field .. id .. ',' .. prev .. '|' .. payload), {}}
+  local n = redis.call(ARGV[5], ARGV[4], field .. id .. ',' .. prev .. '|' .. payload)
+  if sent and n > 0 then record(sent, id, n) end  -- 0: refused, nothing sent
+  return {id, n, {}}
 end
 local out = {}
 local over = redis.call('XLEN', stream) - keep + 1
@@ -519,6 +544,7 @@ end
 redis.call('EXPIRE', stream, ARGV[6])
 local n = 0
 if ARGV[7] ~= '1' then n = redis.call(ARGV[5], ARGV[4], field .. id .. ',' .. prev .. '|' .. payload) end
+if sent then record(sent, id, n) end
 return {id, n, out}
 """
 )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, Publish
-from server.broker.idempotency import Claimed, SendInProgress, SendLog
+from server.broker.idempotency import Claimed, SendInProgress, SendLog, dm_send
 from server.room.state import Room, system_event
 from server.wire import protocol
 from server.wire.protocol import ErrorCode, ProtocolError
@@ -214,19 +214,15 @@ class Node:
         if message.cid is not None:
             claimed = await self._claim(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
             if claimed.answer is None and claimed.orphan:  # its node died mid-send: stored or not?
+                # the store below tells: it records each send with its DM (Inbox.store_dm)
                 uncertain = True
                 now = dm["ts"] = claimed.orphan.get("ts", now)  # every attempt stores the same ts
-                found = await self._find_orphan(who.uid, message, claimed.orphan)
-                if found is None:  # the backlog cannot be read now: do not store a second copy
-                    await self.sends.abandon(who.uid, "dm", message.cid, {"to": message.to, "ts": now})
-                    client.send(protocol.error_frame(ErrorCode.BROKER_UNAVAILABLE, _MAYBE, message.cid, 1.0))
-                    return
-                claimed, uncertain = found, False  # checked: stored (its ack) or not at all
             if claimed.answer is not None:
                 client.send(claimed.answer)  # a retry: the original dm_ack, the DM is not stored twice
                 return
-        try:
-            receipt = await self.broker.store_dm(message.to, dm)  # acked only once stored
+        send = None if message.cid is None else dm_send(who.uid, message.cid)
+        try:  # acked only once stored; a send stored before gets its first receipt back
+            receipt = await self.broker.store_dm(message.to, dm, send)
         except ProtocolError as error:  # 4502: a full store or sender quota, nothing stored or sent
             if message.cid is not None and not uncertain:
                 await self.sends.release(who.uid, "dm", message.cid)  # the retry stores it
@@ -247,6 +243,8 @@ class Node:
             )
             return
         delivered = receipt.delivered
+        if receipt.ts is not None:  # stored before by this send: the first copy's ack
+            now = receipt.ts
         self.analytics.direct_message(
             who.room, who.uid, message.to in getattr(self.hub.rooms.get(who.room), "hosts", ())
         )
@@ -260,22 +258,6 @@ class Node:
         if message.cid is not None:
             await self.sends.answer(who.uid, "dm", message.cid, frame)
         client.send(frame)
-
-    async def _find_orphan(self, uid: str, message: protocol.DirectMessage, note: dict) -> Claimed | None:
-        """A DM whose first send was cut off (its node died, or Redis mid-store): its ack if it
-        was stored, an empty claim if not, None when the backlog cannot be read to tell."""
-        try:
-            kept = await self.broker.dm_backlog(message.to)
-        except BrokerUnavailable:
-            return None
-        for frame in kept:
-            dm = protocol.unpack(frame)
-            if dm.get("from") == uid and dm.get("ts") == note.get("ts") and note.get("to") == message.to:
-                ack = {"t": "dm_ack", "id": dm["id"], "to": message.to, "ts": dm["ts"], "delivered": False}
-                frame = protocol.pack({**ack, "cid": message.cid})
-                await self.sends.answer(uid, "dm", message.cid, frame)
-                return Claimed(answer=frame)
-        return Claimed()
 
     async def _claim(self, uid: str, kind: str, cid: str | int, note: dict | None = None) -> Claimed:
         """The first answer to this (sender, cid), or a claim on it (see idempotency.py)."""
