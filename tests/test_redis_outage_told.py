@@ -78,3 +78,51 @@ async def test_viewer_is_told_even_when_the_room_closed_where_it_was_numbered_al
 
     got, code, _ = await _until_closed(quiet, 0)
     assert "numbered alone" not in got and code == 1012, (got, code)
+
+
+async def test_a_room_numbered_alone_with_nothing_numbered_goes_on_without_a_reset(
+    redis_server: RedisServer,
+) -> None:
+    """A room whose tick Redis did not take is numbered alone, but a tick with no event (a count
+    unchanged, a held room's turn) numbers nothing: no client saw the local epoch. Once Redis
+    serves again the room goes on from the Redis seq it left, with what it missed replayed, not
+    reset (a reset closes every viewer with 1012: a 5,000-connection soak saw a room reset this
+    way again and again). A room that did number events alone is still reset (tests above)."""
+    from server.broker.base import Publish
+    from server.broker.redis import RedisBroker
+    from server.wire import protocol
+
+    a, b = RedisBroker(redis_server.url, "qa"), RedisBroker(redis_server.url, "qb")
+    got: list[tuple[str, int, str]] = []
+    resets: list[str] = []
+    try:
+        await a.start()
+        await b.start()
+        b.on_room_reset = lambda room_id, _state: resets.append(room_id)
+        await a.subscribe("q", lambda *_: None)
+        await b.subscribe(
+            "q",
+            lambda _r, epoch, _f, events: got.extend((epoch, e["seq"], e.get("text", "")) for e in events),
+        )
+        danmaku = {"t": "danmaku", "uid": "u", "name": "u", "text": "one", "ts": 1}
+        await a.publish_many([Publish("q", [danmaku], 0, None, protocol.now_ms())])
+        await apoll(lambda: got, what="the first danmaku on B")
+        epoch, seq, _ = got[0]
+
+        real, broken = b.stream._publish_call, [True]
+
+        def failing(room_id, *args):  # B's next tick reaches Redis malformed: refused, nothing stored
+            key, call = real(room_id, *args)
+            return (key, call[:4]) if broken and broken.pop() else (key, call)
+
+        b.stream._publish_call = failing
+        await b.publish_many([Publish("q", [], 0, None, protocol.now_ms())])  # nothing to number
+        assert b.stream._rooms["q"].local  # numbered alone, but nothing numbered
+        await apoll(lambda: b.ready, what="B serving again")
+        await a.publish_many([Publish("q", [{**danmaku, "text": "two"}], 0, None, protocol.now_ms())])
+        await apoll(lambda: len(got) >= 2, what="the second danmaku on B")
+        assert got[1] == (epoch, seq + 1, "two"), got
+        assert resets == [] and not b.stream._rooms["q"].local
+    finally:
+        await a.close()
+        await b.close()

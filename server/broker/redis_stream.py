@@ -7,7 +7,8 @@ frame; every subscribed node decodes it once (for Room.apply) and writes the sam
 its viewers. A batch that does not follow the last one seen (a gap, a new epoch) makes the
 node re-read the room from history instead of guessing. While Redis is unreachable the node
 numbers its rooms alone under a local epoch every batch names; on reconnect rooms that never
-went local and whose history covers the gap continue, the others are reset.
+went local (or numbered nothing while local) and whose history covers the gap continue, the
+others are reset.
 """
 
 from __future__ import annotations
@@ -536,8 +537,13 @@ class RedisRoomStream(RedisPart, RoomStream):
         """Re-read a room after a gap or a reconnect: replay what was missed, or reset it."""
         if sub.pending is None:
             sub.pending = []
+        # numbered alone but nothing numbered: no client saw the local epoch (the hub learns an
+        # epoch from batches), so the room goes on from the Redis seq it left, like any gap
+        quiet = sub.local and not sub.local_events and sub.redis_seen is not None
         try:
             since = None if sub.local else sub.view.seq
+            if quiet and sub.redis_seen is not None:
+                since = sub.redis_seen[1]
             retire = ""
             if sub.local and sub.local_events:  # others never saw them: retire the Redis epoch
                 retire = sub.redis_seen[0] if sub.redis_seen is not None else "*"
@@ -548,6 +554,15 @@ class RedisRoomStream(RedisPart, RoomStream):
             return
         if self._rooms.get(room_id) is not sub:
             return
+        if (  # still nothing numbered alone, and Redis' stream is the one left: back on it
+            quiet
+            and sub.local
+            and not sub.local_events
+            and sub.redis_seen is not None
+            and missed is not None
+            and view.epoch == sub.redis_seen[0]
+        ):
+            sub.view.epoch, sub.local, sub.stream, sub.redis_seen = view.epoch, False, None, None
         if not sub.local and missed is not None and view.epoch == sub.view.epoch:
             metrics.broker_resyncs.labels(outcome="recovered").inc()
             if missed:
