@@ -61,14 +61,9 @@ from load_tests.bench_media import (
 )
 from server.media import use_loopback_candidates
 from server.media.forward import EncodedFrame, install_receiver_tap
+from tests.ports import free_port
 
 NODE_ENV = {"LIVEROOM_RATE_LIMITS": "off", "LIVEROOM_REPEAT_MAX": "0", "LIVEROOM_CONTACT_FILTER": "off"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from load_tests.bench import percentiles, raise_nofile
+from tests.ports import free_port
 
 BACKGROUND_ROOM = "background"
 # what the started server relaxes for a background load: all its connections share one IP
@@ -220,14 +221,6 @@ def start_rtmp_encoder(port: int, http_port: int, rtmp_port: int, room: str) -> 
         encoder.stop()
         raise SystemExit("the RTMP encoder did not start")
     return encoder
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,17 +36,12 @@ from load_tests.bench_media import ClipTrack, encode_clip, only_codec
 from server.config import DEFAULT_SECRET
 from server.media import use_loopback_candidates
 from server.wire import auth
+from tests.ports import free_port
 
 NOTICE = b"live_notice"
 FOLLOW_ACK = b"follow_ack"
 ERROR = b"\xa1t\xa5error"  # msgpack of "t": "error"
 FOLLOWS_PER_S = 2000  # follows are clicks spread over time, not one burst of 10,000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wall_ms() -> float:

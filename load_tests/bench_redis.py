@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,20 +40,15 @@ from websockets.exceptions import ConnectionClosed
 from load_tests.bench import BENCH_SERVER_ENV, sample_server, stop_process
 from server.config import DEFAULT_SECRET
 from server.wire import auth
+from tests.ports import free_port
 
 # the abuse limits off: this measures fan-out, not the guard (the profile of load_tests/bench.py)
 NODE_ENV = BENCH_SERVER_ENV
 ROOM = "bench"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),

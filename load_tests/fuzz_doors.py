@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from collections import Counter
 from load_tests.bench import stop_process
 from server.config import DEFAULT_SECRET
 from server.wire import auth
+from tests.ports import free_port
 
 ADMIN = "admin-token-for-the-door-fuzz"
 SEGMENTS = ["whip", "whep", "api", "rooms", "admin", "users", "r1", "r2", "bob", "stats", "sanction",
@@ -43,12 +43,6 @@ DOORS = [("POST", "/whip/r1"), ("POST", "/whep/r1"), ("DELETE", "/whip/r1/x"), (
          ("POST", "/api/admin/rooms/r1/close")]  # fmt: skip
 WS_GETS = ["/", "/healthz", "/readyz", "/metrics", "/api/dev/token?room=r1&user=u&name=%ed%a0%bd",
            "/room/r1", "/live.js", "/ws", "/" + "n" * 300, "/x/" + "y" * 256 + ".js"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tokens(admin: str) -> list[str]:
@@ -161,7 +155,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     env = {
         **os.environ,
         "LIVEROOM_ADMIN_TOKEN": ADMIN,
