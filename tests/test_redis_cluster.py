@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import signal
 
+import pytest
 import redis
 from redis.exceptions import RedisClusterException
 from websockets.exceptions import ConnectionClosed
@@ -523,3 +524,35 @@ async def test_a_connection_opened_while_its_users_shard_is_down_gets_the_backlo
     redis_cluster.restart(victim)  # back as the new primary's replica: its DMs are stored again
     await _acked_dm(alice, user, "live")
     assert (await fresh.recv_until(lambda f: f["t"] == "dm"))["text"] == "live"
+
+
+async def test_a_primary_whose_cluster_is_not_ok_is_not_serving_yet(tmp_path) -> None:
+    """Right after every node of a cluster restarts, a primary answers CLUSTERDOWN until the
+    cluster has formed: the broker must not count it as serving yet (it did, then lost it at the
+    first CLUSTERDOWN and reset every room a second time). A lone cluster node owning no slot
+    says `cluster_state:fail`; once it owns every slot it says ok, and only then does it pass."""
+    from redis.asyncio import Redis
+
+    from server.broker.shards import _cluster_ok
+
+    node = RedisClusterServer(tmp_path, masters=1, replicas=0)
+    port = node.ports[0]
+    node._spawn(port)
+    client = Redis(port=port)
+    try:
+        await apoll(lambda: node._ping(port), what="the lone cluster node to answer")
+        with pytest.raises(ConnectionError, match="cluster_state fail"):
+            await _cluster_ok("lone", client)
+        await client.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+
+        async def ok() -> bool:
+            try:
+                await _cluster_ok("lone", client)
+            except ConnectionError:
+                return False
+            return True
+
+        await apoll(ok, what="cluster_state ok once every slot is owned")
+    finally:
+        await client.aclose()
+        node.stop()

@@ -126,6 +126,8 @@ class Shards:
             elif name not in keep:
                 await client.connection_pool.disconnect()
             await client.ping()
+            if name not in keep:
+                await _cluster_ok(name, client)
             await self._load_scripts(client)
         self._slots = table
 
@@ -198,3 +200,14 @@ def _host(raw: Any) -> str:
 
 def _address(node: Sequence[Any]) -> str:
     return f"{_host(node[0])}:{int(node[1])}"
+
+
+async def _cluster_ok(name: str, client: Redis) -> None:
+    """A primary that says its cluster is not ok (every node just restarted and the cluster is
+    still forming) answers CLUSTERDOWN for a few seconds: that is not serving yet. Taken for
+    serving, its rooms were re-read, lost again at the first CLUSTERDOWN, and reset a second
+    time, each reset a reconnect storm (a 5,000-connection soak's Redis restarts)."""
+    info = await client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
+    state = info.get("cluster_state") if isinstance(info, dict) else None
+    if state != "ok":
+        raise ConnectionError(f"redis shard {name}: cluster_state {state}, not serving yet")
