@@ -104,7 +104,12 @@ conn.on("pong", (rtt) => {
   if (conn.state === "live") showConnState($("#conn"), "live", "", ` · ${Math.round(rtt)} ms`);
 });
 
-conn.on("snapshot", (snap, { resumed, recovered, since }) => {
+conn.on("snapshot", (snap, { resumed, recovered, since, reset }) => {
+  if (reset) {
+    // the room's stream restarted (docs/PROTOCOL.md, `snapshot`): its chat is the snapshot's
+    document.querySelectorAll("#chat-list li.msg, #chat-list li.reply").forEach((li) => li.remove());
+    sysLine("The room was refreshed.");
+  }
   setIceServers(snap.ice_servers);
   state.me = snap.you;
   state.hosts = new Map((snap.hosts || []).map((h) => [h.uid, h.name]));

@@ -29,6 +29,9 @@ export class LiveConnection {
     this.seq = 0;
     this.attempt = 0;
     this.connects = 0; // successful joins, so the first is 1
+    this.resets = 0; // in-band snapshots: the room's stream restarted under a live connection
+    this._joinedOn = null; // the socket whose join snapshot came (a later snapshot is in-band)
+    this._media = null; // the last snapshot's media fields: an in-band one redoes media only if they changed
     this.rtt = null;
     this.handlers = new Map();
     this.stopReason = null; // set when the server told us not to come back
@@ -213,6 +216,9 @@ export class LiveConnection {
   }
 
   _snapshot(snap) {
+    if (snap.reset === true && this._joinedOn === this.ws && this.ws) return this._resetSnapshot(snap);
+    this._joinedOn = this.ws;
+    this._media = mediaOf(snap);
     this._booting = false;
     const resumed = this.connects > 0;
     const recovered = snap.recovered === true;
@@ -234,6 +240,20 @@ export class LiveConnection {
     clearInterval(this._ping);
     this._ping = setInterval(() => this.send({ t: "ping", ts: performance.now() }), PING_EVERY_MS);
     this.send({ t: "ping", ts: performance.now() });
+  }
+
+  /** The room's stream restarted under the node (docs/PROTOCOL.md, `snapshot`, `reset`): a fresh
+   * snapshot on this same connection replaces the room's state, and our position is its
+   * (epoch, seq). Handlers redraw from it (`reset: true`, `since: 0`); media is redone only when
+   * its fields changed (`mediaChanged`). No reconnect. */
+  _resetSnapshot(snap) {
+    const media = mediaOf(snap);
+    const mediaChanged = media !== this._media;
+    this._media = media;
+    this.epoch = snap.epoch;
+    this.seq = snap.seq;
+    this.resets += 1;
+    this.emit("snapshot", snap, { resumed: false, recovered: false, since: 0, reset: true, mediaChanged });
   }
 
   /** A batch names its epoch: a new one on a live connection continues our stream only when its
@@ -278,6 +298,11 @@ export class LiveConnection {
     }
     if (fresh.length) this.emit("events", fresh);
   }
+}
+
+/** Where a snapshot says the room's media is: what an in-band snapshot compares. */
+function mediaOf(snap) {
+  return JSON.stringify([snap.media_node ?? null, snap.media_url ?? null, snap.media_codec ?? null]);
 }
 
 /** Read the room id from /room/<id>, ?room=, or fall back to "demo". */

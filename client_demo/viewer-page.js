@@ -154,7 +154,13 @@ conn.on("state", (s, detail) => {
   }
 });
 
-conn.on("snapshot", (snap, { resumed, recovered, since }) => {
+conn.on("snapshot", (snap, { resumed, recovered, since, reset, mediaChanged }) => {
+  if (reset) {
+    // the room's stream restarted (docs/PROTOCOL.md, `snapshot`): its chat is the snapshot's
+    document.querySelectorAll("#chat-list li.msg:not(.pending)").forEach((li) => li.remove());
+    sysLine("The room was refreshed.", "reset-note");
+    document.body.dataset.resets = String(conn.resets);
+  }
   state.me = snap.you;
   state.limits = { ...(snap.limits || {}), slow_mode: snap.slow_mode || 0 };
   renderSlowMode();
@@ -174,13 +180,14 @@ conn.on("snapshot", (snap, { resumed, recovered, since }) => {
     for (const ev of snap.recent || []) if (!(ev.seq <= since)) chatLine(ev);
   }
   // Re-send danmaku that never made it before the connection dropped (after the replayed
-  // events, which follow this handler, have confirmed the ones that did).
-  setTimeout(() => {
+  // events, which follow this handler, have confirmed the ones that did). An in-band reset
+  // dropped nothing: what is in flight on this connection still gets its echo.
+  if (!reset) setTimeout(() => {
     for (const [cid, li] of state.pending) conn.send({ t: "danmaku", text: li.dataset.text, cid });
     // DMs not acknowledged before the drop: the same cid, so one already stored is not stored twice
     for (const c of state.convs.values()) for (const i of c.items) if (i.mine && i.status === "sending") sendDm(c.uid, i);
   }, 0);
-  media.onSnapshot(snap, resumed);
+  media.onSnapshot(snap, resumed || Boolean(reset && mediaChanged)); // media kept unless it moved
   hls.onSnapshot(snap);
   if (resumed && cohost.stream) cohost.onReconnected();
 });

@@ -9,7 +9,8 @@ With `--redis-cluster` Redis is a 3+3 Redis Cluster (AOF fsynced always, cluster
 SIGKILLs the primary of one room's shard (each in turn), waits for its replica to take over and
 restarts it (it rejoins as a replica); `primary_stop` SIGSTOPs it instead (a hung host: the
 nodes' connections stay open and nothing answers) and kills it once the replica took over. Per round it also counts, from the clients' side, what
-the *other* shards cost: `other_resets` (closes of their viewers), `other_refused` (4501 to DMs
+the *other* shards cost: `other_resets` (closes of their viewers), `other_inband` (in-band reset
+snapshots they got; `hit_resets`, `hit_inband`: the failed shard's), `other_refused` (4501 to DMs
 whose recipient is on another shard) and the longest stall between two events of a room
 (`stall_hit_ms` for the failed shard's room, `stall_other_ms` for the others').
 
@@ -18,7 +19,8 @@ node's log goes to DIR/<node id>.log); Redis is `redis-server` with an
 AOF fsynced on every write (what "never loses an acked DM" relies on). The client is written
 from docs/PROTOCOL.md alone: it joins with `resume`, tracks `(epoch, seq)` (a batch's epoch
 included: "Stream identity"), reconnects to
-another node after any close, resyncs on a seq jump or `dropped`, and retries every DM with its
+another node after any close, resyncs on a seq jump or `dropped`, takes an in-band `snapshot` (a
+room reset, `recovered: false`) as being told and carries on from it, and retries every DM with its
 `cid` until it gets a `dm_ack`. Nobody sends `dm_seen`, so every connection a recipient opens
 must show every acknowledged DM. What is counted (all must be 0):
 
@@ -347,6 +349,7 @@ class Ledger(Truth):
     visible_gaps: int = 0  # seq jumps the client saw (and resynced)
     reconnects: int = 0
     not_recovered: int = 0  # resumes answered with recovered: false (fresh snapshot)
+    inband_resets: int = 0  # fresh snapshots on a live connection (a room reset): told, no reconnect
     epoch_adopted: int = 0  # batches under a new epoch that continued the stream
     epoch_resyncs: int = 0  # batches under a new epoch that did not: resumed
 
@@ -360,7 +363,8 @@ class Conn:
         self.uid = uid
         self.prefer = prefer
         self.room = room
-        self.closes: list[int | None] = []  # close codes the server sent (1012: a reset)
+        self.closes: list[int | None] = []  # close codes the server sent (1012: a restart)
+        self.inband = 0  # in-band snapshots (a room reset, told on the live connection)
         self.last_event = 0.0  # monotonic time of the last event shown
         self.stall = 0.0  # longest wait between two events while `timing`
         self.timing = False
@@ -429,6 +433,11 @@ class Conn:
 
     def _on_frame(self, frame: dict[str, Any]) -> bool:
         kind = frame.get("t")
+        if kind == "snapshot":  # the room's stream reset (PROTOCOL.md): a fresh start, told
+            self.inband += 1
+            self.ledger.inband_resets += 1
+            self._on_snapshot(frame, resumed=False)
+            return True
         if kind == "batch":
             events = frame["events"]
             epoch = frame.get("epoch")  # PROTOCOL.md, "Stream identity"
@@ -770,6 +779,8 @@ def shard_costs(traffic: Traffic, fault: dict[str, Any], fault_at: float = 0.0) 
         "other_resets": sum(len(c.closes) for c in other),
         "other_refused": sum(cluster.ledger.dm_errors_to.get(u, 0) for u in other_users),
         "hit_resets": sum(len(c.closes) for c in hit),
+        "other_inband": sum(c.inband for c in other),
+        "hit_inband": sum(c.inband for c in hit),
         **_summary("hit", _timed(hit, fault_at)),
         **_summary("other", _timed(other, fault_at)),
     }
@@ -828,6 +839,7 @@ async def run_round(
             "visible_gaps_resynced": ledger.visible_gaps,
             "reconnects": ledger.reconnects,
             "resumes_not_recovered": ledger.not_recovered,
+            "inband_resets": ledger.inband_resets,
             "epoch_adopted": ledger.epoch_adopted,
             "epoch_resyncs": ledger.epoch_resyncs,
         }
@@ -894,6 +906,7 @@ async def chaos(
             "visible_gaps_resynced",
             "reconnects",
             "resumes_not_recovered",
+            "inband_resets",
             "epoch_adopted",
             "epoch_resyncs",
         ]
@@ -905,7 +918,10 @@ async def chaos(
             "settle_s_max": max((r["settle_s"] for r in rounds), default=0.0),
             "wall_s": round(time.monotonic() - started, 1),
             **{k: max((r.get(k, 0) for r in rounds), default=0) for k in _STALL_KEYS},
-            **{k: sum(r.get(k, 0) for r in rounds) for k in ("other_resets", "other_refused", "hit_resets")},
+            **{
+                k: sum(r.get(k, 0) for r in rounds)
+                for k in ("other_resets", "other_refused", "hit_resets", "other_inband", "hit_inband")
+            },
             "rounds": rounds,
         }
 
@@ -960,7 +976,8 @@ def main() -> None:
     for r in result["rounds"]:
         if "shard" in r:
             print(
-                f"  shard {r['shard']}: other_resets {r['other_resets']} other_refused {r['other_refused']} "
+                f"  shard {r['shard']}: other_resets {r['other_resets']} other_inband {r['other_inband']} "
+                f"hit_resets {r['hit_resets']} hit_inband {r['hit_inband']} other_refused {r['other_refused']} "
                 f"stall_hit_ms {r['stall_hit_ms']} stall_other_ms {r['stall_other_ms']} "
                 f"(no fault: {r['stall_other_quiet_ms']}) late_other_ms {r['late_other_ms']} "
                 f"p99 {r['late_other_p99_ms']} (no fault: {r['late_other_quiet_ms']} "

@@ -27,7 +27,9 @@ a replica), `redis_restart` (SIGKILL all six Redis processes, restart them 2 s l
 The client follows docs/PROTOCOL.md alone: it joins with `resume` after any close, tracks
 `(epoch, seq)` (a batch naming another epoch that continues its seq is taken over, as
 PROTOCOL.md "Stream identity" says; any other jump is resumed), and takes a snapshot without
-`recovered: true` as being told it may have missed events. What is counted:
+`recovered: true` as being told it may have missed events, the join's or one arriving on the
+live connection (a room reset, `reset: true`: it carries on from it, no reconnect). What is
+counted:
 
 - `dm_lost`: acked DMs the recipient never got: no connection showed them, nor a fresh
   connection's backlog at the end; `dm_not_shown_live`: acked DMs no connection showed (they
@@ -111,6 +113,7 @@ class RoomPlan:
 class Ledger(chaos.Truth):
     visible_gaps: int = 0
     not_recovered: int = 0
+    inband_resets: int = 0  # snapshots on a live connection (a room reset): told, no reconnect
     epoch_adopted: int = 0
     reconnects: int = 0
     refused_joins: int = 0
@@ -146,16 +149,17 @@ class Viewer:
         self.last_event = 0.0
         self.gap = 0.0  # longest wait between two events since the window began
         self.reconnects = 0  # since the window began
+        self.inband = 0  # in-band reset snapshots since the window began
 
     # -- the window a fault is measured over -----------------------------------------------
 
-    def window(self) -> tuple[float, int]:
-        """(longest wait between two events, reconnects) since the last call; a wait still
-        running counts as it stands."""
+    def window(self) -> tuple[float, int, int]:
+        """(longest wait between two events, reconnects, in-band reset snapshots) since the last
+        call; a wait still running counts as it stands."""
         now = time.monotonic()
         gap = max(self.gap, now - self.last_event) if self.last_event else self.gap
-        out = (gap, self.reconnects)
-        self.gap, self.reconnects = 0.0, 0
+        out = (gap, self.reconnects, self.inband)
+        self.gap, self.reconnects, self.inband = 0.0, 0, 0
         return out
 
     # -- the connection --------------------------------------------------------------------
@@ -232,6 +236,10 @@ class Viewer:
 
     def _on_frame(self, frame: dict[str, Any]) -> bool:
         kind = frame.get("t")
+        if kind == "snapshot":  # the room's stream reset (PROTOCOL.md): told, a fresh start
+            self.ledger.inband_resets += 1
+            self.inband += 1
+            return self._on_snapshot(frame, resumed=False)
         if kind == "batch":
             events = frame["events"]
             epoch = frame.get("epoch")
@@ -473,7 +481,7 @@ async def inject(soak: Soak, kind: str, turn: int) -> dict[str, Any]:
     return out
 
 
-def _stalls(who: str, viewers: list[Viewer], gaps: dict[Viewer, tuple[float, int]]) -> dict[str, Any]:
+def _stalls(who: str, viewers: list[Viewer], gaps: dict[Viewer, tuple[float, int, int]]) -> dict[str, Any]:
     probe = [gaps[v][0] for v in viewers if v.room.probe]
     bulk = [gaps[v][0] for v in viewers if not v.room.probe]
     return {
@@ -481,6 +489,7 @@ def _stalls(who: str, viewers: list[Viewer], gaps: dict[Viewer, tuple[float, int
         f"stall_{who}_bulk_max_ms": round(max(bulk, default=0) * 1000),
         f"stall_{who}_bulk_p50_ms": round(statistics.median(bulk) * 1000) if bulk else 0,
         f"reconnects_{who}": sum(gaps[v][1] for v in viewers),
+        f"inband_{who}": sum(gaps[v][2] for v in viewers),
     }
 
 
@@ -618,6 +627,7 @@ def verdict(soak: Soak, backlog: dict[str, dict[str, str]] | None = None) -> dic
         "shown_twice": 0,
         "visible_gaps_resynced": ledger.visible_gaps,
         "resumes_not_recovered": ledger.not_recovered,
+        "inband_resets": ledger.inband_resets,
         "epoch_adopted": ledger.epoch_adopted,
         "reconnects": ledger.reconnects,
         "joins_refused_busy": ledger.refused_joins,
@@ -757,7 +767,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"{'fault':<14} {'at s':>6} {'took s':>6} {'hit':>5} {'stall hit probe/bulk ms':>24} "
-        f"{'stall other probe/bulk ms':>26} {'quiet probe/bulk':>17} {'reconn other':>12} {'4501 other':>10}"
+        f"{'stall other probe/bulk ms':>26} {'quiet probe/bulk':>17} {'reconn other':>12} {'4501 other':>10} {'reconn/in-band hit':>18}"
     ]
     for r in result["rounds"]:
         what = r["kind"] + (f" {r['shard']}" if "shard" in r else f" {r['node']}" if "node" in r else "")
@@ -766,7 +776,8 @@ def table(result: dict[str, Any]) -> str:
             f"{r['stall_hit_probe_ms']:>11}/{r['stall_hit_bulk_max_ms']:<12} "
             f"{r['stall_other_probe_ms']:>12}/{r['stall_other_bulk_max_ms']:<13} "
             f"{r['quiet_stall_other_probe_ms']:>8}/{r['quiet_stall_other_bulk_max_ms']:<8} "
-            f"{r['reconnects_other']:>12} {r['dm_4501_other']:>10}"
+            f"{r['reconnects_other']:>12} {r['dm_4501_other']:>10} "
+            f"{r['reconnects_hit']:>9}/{r['inband_hit']:<8}"
         )
     keys = (
         "dm_acked",

@@ -165,6 +165,11 @@ broker_disconnects = Counter("liveroom_broker_disconnects_total", "Times the bro
 broker_resyncs = Counter(
     "liveroom_broker_resyncs_total", "Room streams re-read after a gap or reconnect", ["outcome"]
 )
+room_resets = Counter(
+    "liveroom_room_resets_total",
+    "Rooms whose stream restarted under the node, by how their connections were told",
+    ["told"],  # snapshot: in-band on the live connection; reconnect: closed with 1012
+)
 broker_local_batches = Counter(
     "liveroom_broker_local_batches_total", "Batches sequenced locally while the broker was unreachable"
 )

@@ -90,6 +90,7 @@ def test_cluster_primary_kill_costs_only_its_shard(cluster_round: dict[str, Any]
     r = cluster_round
     assert r["dm_acked"] > 0, r
     assert r["other_resets"] == 0 and r["other_refused"] == 0, r
+    assert r["other_inband"] == 0, r  # not even an in-band resync: their streams went on
     for key in (
         "dm_lost",
         "dm_missing_on_connection",
@@ -137,6 +138,7 @@ def test_the_soak_loses_nothing_silently(soaked: dict[str, Any]) -> None:
 def test_the_soak_primary_kill_costs_the_other_shards_no_reset(soaked: dict[str, Any]) -> None:
     (kill,) = [f for f in soaked["rounds"] if f["kind"] == "primary_kill"]
     assert kill["reconnects_other"] == 0, kill  # the other shards' viewers were not reset
+    assert kill["inband_other"] == 0, kill  # not even resynced in-band
     # Their users' DMs refused (4501) is reported, not asserted. The ones seen were "a send with
     # this cid is in progress": a sender whose own room was on the failed shard, reset, retrying
     # on a new connection while its first try still ran; the soak now counts those as hit. The

@@ -289,3 +289,19 @@ def test_the_live_notice_bench_tells_every_follower_on_both_nodes() -> None:
     assert_percentiles(run["live_to_notice_ms"])
     for node in ("n0", "n1"):  # followers on the host's node and on the other one
         assert_percentiles(run["by_follower_node"][node])
+
+
+def test_the_resync_bench_checks_every_frame_against_a_join_snapshot() -> None:
+    """bench_resync at tiny scale: every member's in-band frame decodes to its join snapshot
+    plus the marker (the bench asserts it), and both costs are measured."""
+    out = subprocess.run(
+        [sys.executable, "-m", "load_tests.bench_resync", "--members", "60", "--repeat", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (record,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert record["members"] == 60 and record["resync_ms"] > 0 and record["snapshots_ms"] > 0
+    assert record["frame_bytes"] > 0 and "us/member" in out.stdout

@@ -1,13 +1,13 @@
 """No silent loss after a Redis outage (#23): node A numbers a room's danmaku alone under a
-local epoch while Redis is down; a viewer on node B, which saw no local event, must be told
-(1012, then `recovered: false` with a fresh snapshot) once Redis is back, not continue on the
-old epoch as if nothing had happened. Real nodes, a real redis-server restarted with its AOF."""
+local epoch while Redis is down; once Redis is back its viewers and node B's must be told (a
+fresh snapshot, `recovered: false`, `reset: true`, on the live connection: no reconnect), not
+continue on the old stream as if nothing had happened; and a client that ignores that snapshot
+is still told by the next batch (PROTOCOL.md, *Stream identity*). Real nodes, a real
+redis-server restarted with its AOF."""
 
 from __future__ import annotations
 
 import asyncio
-
-from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import WsClient
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
@@ -16,17 +16,27 @@ from tests.redis_fixtures import WAIT, RedisServer, apoll, requires_redis
 pytestmark = requires_redis
 
 
-async def _until_closed(viewer: WsClient, seq: int) -> tuple[list[str], int | None, int]:
-    """The danmaku texts a viewer gets until its connection closes, the close code, its last seq."""
+async def _until_reset(viewer: WsClient, epoch: str, seq: int) -> tuple[list[str], dict, str, int]:
+    """The danmaku texts a viewer gets until its in-band snapshot, that snapshot, and the
+    (epoch, seq) of the last batch before it (where a client ignoring the snapshot stands)."""
     got: list[str] = []
-    try:
-        while True:
-            frame = await viewer.recv(WAIT)
-            if frame["t"] == "batch":
-                got += [e.get("text", "") for e in frame["events"] if e["t"] == "danmaku"]
-                seq = frame["events"][-1]["seq"]
-    except ConnectionClosed as exc:
-        return got, exc.rcvd.code if exc.rcvd is not None else None, seq
+    while True:
+        frame = await viewer.recv(WAIT)
+        if frame["t"] == "snapshot":
+            return got, frame, epoch, seq
+        if frame["t"] == "batch":
+            got += [e.get("text", "") for e in frame["events"] if e["t"] == "danmaku"]
+            epoch, seq = frame.get("epoch", epoch), frame["events"][-1]["seq"]
+
+
+async def _first_batch(viewer: WsClient) -> dict:
+    return await viewer.recv_until(lambda f: f["t"] == "batch" and bool(f["events"]), WAIT)
+
+
+def _told_by(batch: dict, epoch: str, seq: int) -> bool:
+    """PROTOCOL.md's rules make a client at (epoch, seq) resume on this batch."""
+    first = batch["events"][0]["seq"]
+    return first != seq + 1 if batch["epoch"] != epoch else first > seq + 1
 
 
 async def test_viewer_on_a_quiet_node_is_told_of_events_numbered_alone(
@@ -42,14 +52,28 @@ async def test_viewer_on_a_quiet_node_is_told_of_events_numbered_alone(
     persistent_redis.stop()
     await asyncio.gather(a.wait_ready(False), b.wait_ready(False))
     await talker.send(t="danmaku", text="numbered alone")  # under A's local epoch
-    await talker.events(lambda e: e.get("text") == "numbered alone", 1)
+    alone = await talker.recv_until(
+        lambda f: f["t"] == "batch" and any(e.get("text") == "numbered alone" for e in f["events"])
+    )
     persistent_redis.start()
     await asyncio.gather(a.wait_ready(True), b.wait_ready(True))
 
-    # B's viewer either gets the event or is told: here, told (the event was never in Redis)
-    got, code, seq = await _until_closed(quiet, seq)
-    assert "numbered alone" not in got and code == 1012, (got, code)
-    again = await open_client(b, "quiet", resume={"epoch": epoch, "seq": seq})
+    # B's viewer is told on its connection (the event was never in Redis), and stays
+    got, snap, last_epoch, seq = await _until_reset(quiet, epoch, seq)
+    assert "numbered alone" not in got, got
+    assert snap["reset"] is True and snap["recovered"] is False and snap["epoch"] != epoch, snap
+    assert snap["you"]["uid"] == "quiet"
+    # A's viewer saw the events numbered alone: it is told too, and had it ignored the snapshot,
+    # the next batch would tell it (a new epoch not continuing its local seqs)
+    _, talker_snap, talker_epoch, talker_seq = await _until_reset(
+        talker, alone["epoch"], alone["events"][-1]["seq"]
+    )
+    assert talker_snap["reset"] is True and talker_epoch.startswith("local-"), talker_epoch
+    await talker.send(t="danmaku", text="after")
+    assert _told_by(await _first_batch(talker), talker_epoch, talker_seq)
+    await quiet.events(lambda e: e.get("text") == "after", 1)  # same connection, no rejoin
+    assert b.metric("liveroom_room_resets_total") >= 1 and a.metric("liveroom_room_resets_total") >= 1
+    again = await open_client(b, "quiet2", resume={"epoch": last_epoch, "seq": seq})
     assert again.snapshot["recovered"] is False and again.snapshot["epoch"] != epoch, again.snapshot
 
 
@@ -76,8 +100,8 @@ async def test_viewer_is_told_even_when_the_room_closed_where_it_was_numbered_al
     persistent_redis.start()
     await asyncio.gather(a.wait_ready(True), b.wait_ready(True))
 
-    got, code, _ = await _until_closed(quiet, 0)
-    assert "numbered alone" not in got and code == 1012, (got, code)
+    got, snap, _, _ = await _until_reset(quiet, "", 0)
+    assert "numbered alone" not in got and snap["reset"] is True, (got, snap)
 
 
 async def test_a_room_numbered_alone_with_nothing_numbered_goes_on_without_a_reset(
@@ -126,3 +150,39 @@ async def test_a_room_numbered_alone_with_nothing_numbered_goes_on_without_a_res
     finally:
         await a.close()
         await b.close()
+
+
+async def test_redis_that_lost_the_room_resets_it_in_band_on_every_node(
+    redis_server: RedisServer, start_nodes, open_client
+) -> None:
+    """Redis restarts empty (no persistence): the room's stream starts over under a new epoch.
+    Viewers on both nodes get the in-band snapshot and stay; had they ignored it, the first
+    batch after it tells them (a new epoch whose first seq does not follow theirs)."""
+    a, b = start_nodes(redis_server.url, 2)
+    talker = await open_client(a, "talker")
+    viewers = {"a": await open_client(a, "va"), "b": await open_client(b, "vb")}
+    for i in range(3):
+        await talker.send(t="danmaku", text=f"before {i}")
+    where = {}
+    for name, viewer in viewers.items():
+        got = await viewer.recv_until(
+            lambda f: f["t"] == "batch" and any(e.get("text") == "before 2" for e in f["events"])
+        )
+        where[name] = (got["epoch"], got["events"][-1]["seq"])
+
+    redis_server.stop()
+    await asyncio.gather(a.wait_ready(False), b.wait_ready(False))
+    redis_server.start()  # empty: the room is gone
+    await asyncio.gather(a.wait_ready(True), b.wait_ready(True))
+
+    for name, viewer in viewers.items():
+        _, snap, last_epoch, last_seq = await _until_reset(viewer, *where[name])
+        assert snap["reset"] is True and snap["recovered"] is False, snap
+        assert snap["epoch"] not in (where[name][0], last_epoch), (snap, last_epoch)
+        where[name] = (last_epoch, last_seq)
+    await talker.send(t="danmaku", text="after")
+    for name, viewer in viewers.items():
+        first = await _first_batch(viewer)
+        assert _told_by(first, *where[name]), (first, where[name])
+        if not any(e.get("text") == "after" for e in first["events"]):
+            await viewer.events(lambda e: e.get("text") == "after", 1)  # same connection

@@ -26,8 +26,10 @@ BatchHandler = Callable[[str, str, bytes, list[Event]], None]
 # Called with (user_id, encoded dm frame).
 UserHandler = Callable[[str, bytes], None]
 # Called when a room's shared stream restarted under this node's feet (Redis lost it, or
-# this node sequenced locally during an outage): local viewers must resync (see node.py).
-RoomResetHandler = Callable[[str, "RoomState"], None]
+# this node sequenced locally during an outage), with (room, its new state, retired): local
+# viewers must resync (server.delivery.hub). `retired`: `<old>><new>` when the new stream's
+# epoch came from retiring epoch `old` (the same events seq for seq, renamed), else ''.
+RoomResetHandler = Callable[[str, "RoomState", str], None]
 
 
 @dataclass(slots=True)

@@ -435,21 +435,24 @@ return {epoch, seq, n}
 #       6/7 the newest epoch/seq this node delivered ('' / -1: none; rule 1 as in PUBLISH),
 #       8 the epoch to retire ('' none, '*' whichever is current), 9 channel, 10 publish command
 # Returns {epoch, seq, likes, online, unique, recent events, sticky events, history entries,
-#          qa events}.
+#          qa events, `<retired epoch>><epoch>` if the epoch came from a retirement else ''}.
 #
 # Retiring: a node that numbered events alone during an outage (a local epoch) comes back; the
 # other nodes' viewers never saw those events, so the stream gets a new epoch (same seqs, state
 # kept) and every node holding the room hears `<new epoch>|` on its channel: it re-reads the room
-# and resets it, so its viewers are told (1012, then recovered: false) instead of missing them.
+# and resets it, so its viewers are told (an in-band snapshot) instead of missing them. Meta `r`
+# names the retirement (`old>new`): a node still at `old` knows the new stream is the old one's
+# events seq for seq, not a restart that merely reached the same seq (server.delivery.hub).
 LOAD = r"""
 local meta, hist, recent, sticky = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local m = redis.call('HMGET', meta, 'e', 's', 'l', 'o', 'u')
+local m = redis.call('HMGET', meta, 'e', 's', 'l', 'o', 'u', 'r')
 if m[1] and m[1] == ARGV[6] and tonumber(m[2] or '0') < tonumber(ARGV[7]) then
   m[1] = false  -- behind what this node delivered: Redis came back from an older copy
 end
 if m[1] and ARGV[8] ~= '' and (ARGV[8] == '*' or m[1] == ARGV[8]) then
+  m[6] = m[1] .. '>' .. ARGV[1]
   m[1] = ARGV[1]
-  redis.call('HSET', meta, 'e', m[1])
+  redis.call('HSET', meta, 'e', m[1], 'r', m[6])
   redis.call(ARGV[10], ARGV[9], m[1] .. '|')
 end
 if not m[1] then
@@ -460,7 +463,7 @@ if not m[1] then
   redis.call('EXPIRE', meta, ARGV[5])
   m = {ARGV[1], '0', false, false, false}
 end
-local res = {m[1], m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '0', {}, {}, {}, {}}
+local res = {m[1], m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '0', {}, {}, {}, {}, m[6] or ''}
 if ARGV[4] == '1' then
   res[6] = redis.call('LRANGE', recent, 0, -1)
   res[7] = redis.call('HVALS', sticky)

@@ -401,7 +401,7 @@ class RedisRoomStream(RedisPart, RoomStream):
         if not self._serving(meta):
             return None
         try:
-            view, missed = await self._load(room_id, since=seq, want_state=False)
+            view, missed, _ = await self._load(room_id, since=seq, want_state=False)
         except _DOWN as exc:
             self._kick(exc, meta)
             return None
@@ -414,8 +414,9 @@ class RedisRoomStream(RedisPart, RoomStream):
         want_state: bool = True,
         seen: tuple[str, int] | None = None,
         retire: str = "",
-    ) -> tuple[Room[None], list[Event] | None]:
-        """The room's state (one round trip) and, with `since`, the events after it or None.
+    ) -> tuple[Room[None], list[Event] | None, str]:
+        """The room's state (one round trip), with `since` the events after it or None, and
+        `<retired>><epoch>` when the room's epoch came from retiring another (else '').
 
         `seen`: the newest (epoch, seq) this node delivered; a Redis behind it (restored from an
         older copy) starts the room over under a new epoch rather than number those seqs again.
@@ -450,7 +451,7 @@ class RedisRoomStream(RedisPart, RoomStream):
 
     def _loaded(
         self, room_id: str, res: list[Any], since: int | None, want_state: bool
-    ) -> tuple[Room[None], list[Event] | None]:
+    ) -> tuple[Room[None], list[Event] | None, str]:
         """The LOAD script's reply as a view of the room (and the events after `since`)."""
         epoch = res[0].decode()
         top = int(res[1])
@@ -463,7 +464,8 @@ class RedisRoomStream(RedisPart, RoomStream):
         view.epoch, view.seq = epoch, top
         view.likes_total, view.online, view.unique = int(res[2]), int(res[3]), int(res[4])
         missed = None if since is None else self._contiguous(since, top, res[7])
-        return view, missed
+        retired = res[9].decode() if len(res) > 9 and res[9] else ""
+        return view, missed, retired
 
     def _contiguous(self, since: int, top: int, entries: list[Any]) -> list[Event] | None:
         """Every event after `since` up to `top`, or None when some are no longer kept
@@ -547,7 +549,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             retire = ""
             if sub.local and sub.local_events:  # others never saw them: retire the Redis epoch
                 retire = sub.redis_seen[0] if sub.redis_seen is not None else "*"
-            view, missed = await self._load(room_id, since=since, seen=_seen(sub), retire=retire)
+            view, missed, retired = await self._load(room_id, since=since, seen=_seen(sub), retire=retire)
         except _DOWN as exc:
             self._kick(exc, rs.room_keys(room_id).meta)
             sub.pending = None  # re-read again once reconnected
@@ -581,7 +583,7 @@ class RedisRoomStream(RedisPart, RoomStream):
             sub.view, sub.local, sub.stream, sub.redis_seen = view, False, None, None
             sub.local_events = False
             if self.on_room_reset is not None:
-                self.on_room_reset(room_id, _state_of(view))
+                self.on_room_reset(room_id, _state_of(view), retired)
         self._flush(room_id, sub)
 
     async def _heartbeat_once(self, interval: float) -> None:

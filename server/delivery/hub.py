@@ -102,6 +102,8 @@ class Hub:
         self._tiers = config.frame_tier_list()
         self.frames = RoomFrames(config.tick_ms / 1000, self._send_frame, pace=self._room_period)
         self.budget = Budget(config.sample_above, config.frame_danmaku)
+        # a reset room's members get a fresh snapshot on their connection (set by the node)
+        self.on_reset: Callable[[Room[Peer]], None] | None = None
         broker.on_room_reset = self._on_room_reset
 
     # -- rooms -------------------------------------------------------------------------
@@ -331,19 +333,47 @@ class Hub:
                 own.update(dict.fromkeys(peers, framed))
         self.fanout.write(room.members, frame, own)
 
-    def _on_room_reset(self, room_id: str, state: RoomState) -> None:
-        """The room's stream restarted (Redis lost it, or this node sequenced alone through an
-        outage): viewers' seqs no longer mean anything, so reload the view and have them rejoin."""
+    def _on_room_reset(self, room_id: str, state: RoomState, retired: str = "") -> None:
+        """The room's stream restarted (Redis lost it, this node sequenced alone through an
+        outage, or the shared history no longer reaches this node's seq): viewers' seqs no
+        longer mean anything, so reload the view and resync them on their live connections
+        (`on_reset`: a fresh snapshot each, server.node.node.Node.resync), not a reconnect storm.
+
+        A client that ignores that snapshot must still be told by the next batch (PROTOCOL.md,
+        *Stream identity*): a new epoch whose first seq is not its last + 1, or a seq jump. So
+        what the room held for its next frame goes out first (every viewer not skipped for a
+        full socket then stands at the view's seq; a skipped one is told `dropped`), and when
+        the new stream starts right after that seq under another epoch without being the same
+        events renamed (`retired` names the epoch the viewers followed: another node retired
+        it), the next batch would pass for a continuation: the room's connections are closed
+        with 1012 then, as before (a stream this node numbered alone, a restart that reached
+        the same seq by chance)."""
         room = self.rooms.get(room_id)
         if room is None:
             return
-        self.frames.drop(room_id)  # held events belong to the old stream
+        self.frames.flush(room_id)  # the old stream's last events, before its snapshot
+        renamed = retired == f"{room.epoch}>{state.epoch}"
+        looks_contiguous = state.epoch != room.epoch and state.seq == room.seq and not renamed
+        self.frames.drop(room_id)
         self.budget.forget(room_id)
         room.recent.clear()
         room.forget_lost_live()
         load(room, state)
-        for client in list(room.members):
-            client.close(1012, "room stream reset, rejoin")
+        metrics.room_resets.labels(told="reconnect" if looks_contiguous else "snapshot").inc()
+        if looks_contiguous or self.on_reset is None:
+            if looks_contiguous:
+                log.info(
+                    "room %s reset to %s at seq %d: its next batch would pass for a continuation, "
+                    "%d connections closed (1012)",
+                    room_id,
+                    state.epoch,
+                    state.seq,
+                    len(room.members),
+                )
+            for client in list(room.members):
+                client.close(1012, "room stream reset, rejoin")
+            return
+        self.on_reset(room)
 
     def _on_user_frame(self, user_id: str, frame: bytes) -> None:
         # DMs are rare and must not be skipped like danmaku batches: write them directly.

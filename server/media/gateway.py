@@ -131,10 +131,18 @@ class MediaGateway:
 
     def describe(self, room_id: str, snapshot: dict[str, Any]) -> None:
         """Tell a joiner where the room's media is: the live node, else this node."""
+        self.locate(snapshot)
+        snapshot["ice_servers"] = self.ice_servers(snapshot["you"]["uid"])
+
+    def locate(self, snapshot: dict[str, Any]) -> None:
+        """A snapshot's media node and URL: the live node's, else this node's (any viewer's)."""
         if snapshot.get("media_node") is None:
             snapshot["media_node"] = self.node_id
             snapshot["media_url"] = self.site.url
-        snapshot["ice_servers"] = self.ice.for_client(snapshot["you"]["uid"])
+
+    def ice_servers(self, uid: str) -> list[dict[str, Any]]:
+        """A snapshot's `ice_servers` for one user (its TURN credential is its own)."""
+        return self.ice.for_client(uid)
 
     async def handle(self, client: Peer, message: protocol.ClientMessage) -> None:
         await self.signaling.handle(client, message)

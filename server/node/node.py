@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, Publish
 from server.broker.idempotency import Claimed, SendInProgress, SendLog, dm_send
-from server.room.state import Room, system_event
+from server.room.state import Room, system_event, you_of
 from server.wire import protocol
 from server.wire.protocol import ErrorCode, ProtocolError
 
@@ -66,6 +66,7 @@ class Node:
         self.on_live: list[Callable[[str, Event], None]] = []
         # awaited with (room, likes) before a tick's likes are published (PK scores count them)
         self.on_likes: list[Callable[[str, int], Awaitable[None]]] = []
+        hub.on_reset = self.resync
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -124,6 +125,30 @@ class Node:
         self.hub.add_member(room, client, who, now)
         self.analytics.joined(client, room.room_id, who.uid, who.role)
         await self.hub.add_user(client)
+
+    def resync(self, room: Room[Peer]) -> None:
+        """The room's stream restarted under this node (server.delivery.hub): every member gets a
+        fresh snapshot on its live connection (`reset: true`, `recovered: false`) instead of a
+        1012 and a rejoin each. The room's part is encoded once; per connection only `you`, its
+        `ice_servers` and, for the staff, `qa`/`products` are added (PROTOCOL.md, `snapshot`)."""
+        shared = room.shared_snapshot(self.node_id, self.hub.frame_ms(room.room_id), self.limits)
+        self.media.locate(shared)
+        shared["gifts"] = self.gift_catalogue
+        shared["recovered"] = False
+        shared["reset"] = True
+        fields = protocol.SharedFields(shared)
+        staff: dict[str, object] | None = None
+        for client, who in room.members.items():
+            if client.closing:
+                continue
+            own = {"you": you_of(who), "ice_servers": self.media.ice_servers(who.uid)}
+            if who.can_answer:
+                staff = staff if staff is not None else room.staff_snapshot()
+                client.send(fields.pack(own, staff))
+            else:
+                client.send(fields.pack(own))
+            # a connection skipped for a full socket keeps its count of `dropped` batches: it is
+            # told once it catches up, so a client that ignores this snapshot still resumes
 
     async def _missed(self, room: Room[Peer], epoch: str, seq: int) -> list[Event] | None:
         """Events after seq up to what this node's viewers have been sent (room.seq), or None.

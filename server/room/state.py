@@ -285,14 +285,22 @@ class Room(Generic[Member]):
         The staff (host, moderators, the assistant) also get the question board, the recent
         replies and the product edits in force, so their tools come back intact after a reload.
         """
-        snapshot: Event = {
+        snapshot = self.shared_snapshot(node, tick_ms, limits)
+        snapshot["you"] = you_of(you)
+        if you.can_answer:
+            snapshot.update(self.staff_snapshot())
+        return snapshot
+
+    def shared_snapshot(self, node: str, tick_ms: int, limits: dict[str, int]) -> Event:
+        """A snapshot's fields that are the same for every connection of the room (a reset's
+        snapshots are built from it once: server.node.node.Node.resync)."""
+        return {
             "t": "snapshot",
             "v": PROTOCOL_VERSION,
             "node": node,
             "room": self.room_id,
             "epoch": self.epoch,
             "seq": self.seq,
-            "you": {"uid": you.uid, "name": you.name, "role": you.role},
             "recent": list(self.recent),
             "likes": self.likes_total,
             "online": self.online,
@@ -313,10 +321,15 @@ class Room(Generic[Member]):
             "pk_penalty": self.pk_penalty,
             "schedules": list(self.schedules.values()),
         }
-        if you.can_answer:
-            snapshot["qa"] = list(self.qa)
-            snapshot["products"] = list(self.products.values())
-        return snapshot
+
+    def staff_snapshot(self) -> Event:
+        """The snapshot fields only the staff get (Identity.can_answer)."""
+        return {"qa": list(self.qa), "products": list(self.products.values())}
+
+
+def you_of(who: Identity) -> dict[str, str]:
+    """A snapshot's `you`: the connection's own identity."""
+    return {"uid": who.uid, "name": who.name, "role": who.role}
 
 
 _BOARD_SLOT = "\0board"  # the outbox index of this tick's `board` (combo ids are never empty)

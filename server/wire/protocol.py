@@ -953,6 +953,42 @@ def pack(obj: dict[str, Any]) -> bytes:
     return _packer.pack(obj)
 
 
+class SharedFields:
+    """A frame's fields encoded once, completed per connection by a few fields of its own.
+
+    A room reset sends every member a snapshot (Node.resync) that differs only in `you` and
+    the like: the room's part (recent danmaku, pins, ...) is packed once, and each frame is
+    that map's entries with the connection's own appended under one map header (msgpack maps
+    are a count followed by key/value pairs), so the cost per member is its few fields.
+    """
+
+    __slots__ = ("_body", "_count")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._count = len(fields)
+        self._body = _map_body(_packer.pack(fields), self._count)
+
+    def pack(self, *extra: dict[str, Any]) -> bytes:
+        """The shared fields plus `extra`'s (keys the shared part does not have) as one map."""
+        count = self._count + sum(len(e) for e in extra)
+        parts = [_map_header(count), self._body]
+        parts.extend(_map_body(_packer.pack(e), len(e)) for e in extra)
+        return b"".join(parts)
+
+
+def _map_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 1 << 16:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
+def _map_body(packed: bytes, count: int) -> bytes:
+    """A packed map's key/value pairs, without its header."""
+    return packed[len(_map_header(count)) :]
+
+
 def encodable(obj: Any) -> bool:
     """Whether `obj` packs into a frame (checked where a value enters or an encode failed)."""
     try:
