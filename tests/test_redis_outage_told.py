@@ -98,7 +98,7 @@ async def test_a_room_numbered_alone_with_nothing_numbered_goes_on_without_a_res
     try:
         await a.start()
         await b.start()
-        b.on_room_reset = lambda room_id, _state: resets.append(room_id)
+        b.on_room_reset = lambda room_id, *_: resets.append(room_id)
         await a.subscribe("q", lambda *_: None)
         await b.subscribe(
             "q",
