@@ -64,8 +64,8 @@ _METRIC = re.compile(r'^liveroom_hls_requests_total\{kind="(\w+)"\} ([0-9.e+]+)$
 
 
 async def follow(http: aiohttp.ClientSession, url: str, tally: Tally, stop: asyncio.Event) -> None:
-    """One LL-HLS viewer at the live edge until `stop`, on aiohttp (`--generator aiohttp`; the
-    default generator is load_tests/hlsraw.py's `Viewer`, which does the same ~15x cheaper)."""
+    """One LL-HLS viewer at the live edge until `stop`, on aiohttp (`--generators aiohttp`; the
+    default generator is load_tests/hlsraw.py's `Viewer`, which does the same ~6x cheaper)."""
     directory = url.rsplit("/", 1)[0]
     hint: str | None = None
     while not stop.is_set():
