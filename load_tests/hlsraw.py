@@ -209,9 +209,10 @@ class Viewer:
         self._pending = 0
         self._reload: tuple[int, bytes] = (0, b"")
         self._part = 0
+        self._connecting: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     def start(self) -> None:
-        self.loop.create_task(self._connect_then(self._plain))
+        self._connecting = self.loop.create_task(self._connect_then(self._plain))
 
     def stop(self) -> None:
         self.stopped = True
@@ -226,6 +227,9 @@ class Viewer:
                     fresh = RawHttp(conn.host)
                     await self.loop.create_connection(lambda f=fresh: f, self.host, self.port)
                     self.conns[i] = fresh
+                    if self.stopped:  # stopped meanwhile: the worker lives on to the next level
+                        fresh.abort()
+                        return
         except OSError:
             self.tally.errors += 1
             self._retry()
@@ -239,7 +243,7 @@ class Viewer:
         if self.conns[0].alive and self.conns[1].alive:
             step()
         else:
-            self.loop.create_task(self._connect_then(step))
+            self._connecting = self.loop.create_task(self._connect_then(step))
 
     def _retry(self) -> None:
         if not self.stopped:
