@@ -91,12 +91,7 @@ async def follow(http: aiohttp.ClientSession, url: str, tally: Tally, stop: asyn
                 tally.errors += 1
                 hint = None
                 continue
-            if status == 200:
-                tally.parts += 1
-            elif status == 404:
-                tally.missing += 1
-            else:
-                tally.errors += 1
+            tally.part(status)
             match = _HINT.search(text)
             hint = match[1] if match else None
         except (aiohttp.ClientError, TimeoutError):

@@ -193,6 +193,15 @@ class Tally:
     errors: int = 0
     requests: int = 0  # answered requests, playlists and parts (what the generator's CPU is per)
 
+    def part(self, status: int) -> None:
+        """A hinted part's answer: got (200), never made (404), or failed."""
+        if status == 200:
+            self.parts += 1
+        elif status == 404:
+            self.missing += 1
+        else:
+            self.errors += 1
+
 
 class Viewer:
     """One LL-HLS viewer at the live edge, as hls.js: a blocking reload for the hinted part and
@@ -289,12 +298,7 @@ class Viewer:
         self._reload = (0, b"")
         part = self._part
         tally.requests += (status != 0) + (part != 0)
-        if part == 200:
-            tally.parts += 1
-        elif part == 404:
-            tally.missing += 1
-        else:
-            tally.errors += 1
+        tally.part(part)
         if status == 0:  # the connection failed: wait a little, as follow() does
             tally.errors += 1
             self._retry()
