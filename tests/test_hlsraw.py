@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from load_tests.hlsraw import Hints, RawHttp
+from tests.local_http import serving
 
 BIG = bytes(range(256)) * 800  # 200 KiB: arrives in many reads
 
@@ -43,15 +44,8 @@ async def server() -> AsyncIterator[tuple[str, int]]:
     app.router.add_get("/len", _length)
     app.router.add_get("/chunked", _chunked)
     app.router.add_get("/close", _close)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield "127.0.0.1", port
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield "127.0.0.1", int(base.rsplit(":", 1)[1])
 
 
 async def fetch(conn: RawHttp, target: bytes) -> tuple[int, bytes]:
