@@ -12,7 +12,8 @@ nodes' connections stay open and nothing answers) and kills it once the replica 
 the *other* shards cost: `other_resets` (closes of their viewers), `other_inband` (in-band reset
 snapshots they got; `hit_resets`, `hit_inband`: the failed shard's), `other_refused` (4501 to DMs
 whose recipient is on another shard) and the longest stall between two events of a room
-(`stall_hit_ms` for the failed shard's room, `stall_other_ms` for the others').
+(`stall_hit_ms` for the failed shard's room, `stall_other_ms` for the others'), and
+`redis_spikes`: what Redis' own latency monitor logged (>= 100 ms: an fsync, a fork) meanwhile.
 
 Nodes are `python -m server serve --redis URL` subprocesses (with `CHAOS_LOGS=DIR`, each
 node's log goes to DIR/<node id>.log); Redis is `redis-server` with an
@@ -128,6 +129,9 @@ class Redis:
                 self.proc.kill()
 
 
+SPIKE_MS = 100  # Redis' latency monitor threshold in the cluster runs
+
+
 class RedisCluster:
     """3 primaries + 3 replicas on loopback (redis-cli --cluster create), AOF fsynced always.
 
@@ -147,6 +151,7 @@ class RedisCluster:
         args += ["--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000"]
         args += ["--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"]
         args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(home)]
+        args += ["--latency-monitor-threshold", str(SPIKE_MS)]  # see spikes_since
         self.procs[port] = subprocess.Popen(
             ["redis-server", *args, "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
@@ -177,6 +182,22 @@ class RedisCluster:
         create += ["--cluster-replicas", "1", "--cluster-yes"]
         await asyncio.to_thread(subprocess.run, create, check=True, capture_output=True, timeout=60)
         await self._until(self.healthy, "the cluster")
+
+    def spikes_since(self, since: float) -> list[tuple[int, str, int]]:
+        """(port, event, ms) of the latency spikes (>= SPIKE_MS) each live Redis logged since
+        `since` (unix time; its latest one per event, LATENCY LATEST): a stall every room sees
+        at once may be Redis' own (an fsync of the always-fsynced AOF), not the nodes'."""
+        out = []
+        for port in list(self.procs):
+            try:
+                with self._client(port) as c:
+                    latest = c.execute_command("LATENCY LATEST")
+            except (redis.RedisError, OSError):
+                continue
+            for event, at, ms, *_ in latest:
+                if int(at) >= since:
+                    out.append((port, event.decode() if isinstance(event, bytes) else str(event), int(ms)))
+        return out
 
     def slots(self) -> list[tuple[int, int, int, int]]:
         """(first slot, last slot, primary port, replicas) per shard, from any live node."""
@@ -820,10 +841,14 @@ async def run_round(
         await asyncio.sleep(before)
         for c in traffic.all:
             c.timing, c.closes = True, []
+        control_wall = time.time()
         await asyncio.sleep(before)  # the control: as long again with the timing on, no fault
         fault_at = time.monotonic()
         fault = await inject(cluster, kind)
         await asyncio.sleep(after)
+        if cluster.shards is not None:
+            spikes = await asyncio.to_thread(cluster.shards.spikes_since, control_wall)
+            fault["redis_spikes"] = [f"{port} {event} {ms} ms" for port, event, ms in spikes]
         for c in traffic.all:
             c.timing = False
         talk_stop.set()
@@ -981,7 +1006,7 @@ def main() -> None:
                 f"stall_hit_ms {r['stall_hit_ms']} stall_other_ms {r['stall_other_ms']} "
                 f"(no fault: {r['stall_other_quiet_ms']}) late_other_ms {r['late_other_ms']} "
                 f"p99 {r['late_other_p99_ms']} (no fault: {r['late_other_quiet_ms']} "
-                f"p99 {r['late_other_quiet_p99_ms']})"
+                f"p99 {r['late_other_quiet_p99_ms']}) redis spikes {r.get('redis_spikes') or 'none'}"
             )
         print(
             f"{r['kind']:<11} {r['seconds']:>5} {r['settle_s']:>6} {r['dm_acked']:>6} {r['dm_lost']:>4} "

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from server.assistant.llm import LlmConfig, Phraser, endpoint
+from tests.local_http import serving
 from tests.test_assistant import running_assistant
 
 
@@ -40,16 +41,11 @@ async def model() -> AsyncIterator[tuple[FakeModel, str]]:
     fake = FakeModel()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        fake.release.set()
-        await runner.cleanup()
+    async with serving(app) as base:
+        try:
+            yield fake, base
+        finally:
+            fake.release.set()
 
 
 def test_endpoint_paths() -> None:

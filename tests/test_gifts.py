@@ -24,6 +24,7 @@ from server.webhooks.sender import SIGNATURE_HEADER
 from server.wire.auth import Identity
 from server.wire.protocol import ErrorCode
 from tests.conftest import TIMEOUT, WsClient, token
+from tests.local_http import serving
 
 SECRET = "gift-secret-for-tests"
 Join = Callable[..., Awaitable[WsClient]]
@@ -210,14 +211,11 @@ async def platform() -> AsyncIterator[tuple[Platform, str]]:
     app = web.Application()
     app.router.add_post("/auth", rx.authorize)
     app.router.add_post("/hook", rx.hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield rx, f"http://127.0.0.1:{port}"
-    rx.never.set()
-    await runner.cleanup()
+    async with serving(app) as base:
+        try:
+            yield rx, base
+        finally:
+            rx.never.set()  # a callback still held open answers, so the server can stop
 
 
 async def test_the_callback_authorises_refuses_or_times_out(

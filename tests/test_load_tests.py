@@ -231,6 +231,9 @@ def test_the_hls_cache_bench_with_a_real_chromium_viewer() -> None:
     (row,) = [r for r in records if "run" in r]
     assert row["viewers"] == 3 and row["origin_rps"] > 0 and row["viewer_parts_per_s"] > 0
     assert 0 < row["origin_parts_per_s"] < row["origin_rps"]  # parts and the reloads for them
+    # the bare generator's viewers answered requests; its CPU and everyone's are reported
+    assert row["generator"] == "raw" and row["clients_requests_per_s"] > 0
+    assert set(row["cpu_pct_by"]) == {"node", "nginx", "workers", "bench", "browsers", "machine"}
     (page,) = row["browsers"]
     assert page["frames"] > 0 and page["seconds"] > 0  # the page kept presenting frames in the window
     assert page["decoded"] > 0 and 0 <= page["dropped"] <= page["decoded"]  # the media pipeline counted too

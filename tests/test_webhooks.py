@@ -17,6 +17,7 @@ from server.app import App
 from server.config import Config
 from server.webhooks.sender import SIGNATURE_HEADER
 from tests.conftest import TIMEOUT, WsClient
+from tests.local_http import serving
 
 SECRET = "webhook-secret-for-tests"
 
@@ -56,13 +57,8 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     rx = Receiver()
     app = web.Application()
     app.router.add_post("/hook", rx.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield rx, f"http://127.0.0.1:{port}/hook"
-    await runner.cleanup()
+    async with serving(app) as base:
+        yield rx, f"{base}/hook"
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ class RedisBroker(Broker):
                 raise
             except Exception as exc:
                 if self._connected or self._up.is_set():
-                    log.warning("redis connection lost: %s", exc or type(exc).__name__)
+                    log.warning("redis connection lost: %s", _named(exc))
                 else:
                     log.debug("redis unreachable: %s", exc)
             if self._up.is_set():  # was connected (the session's teardown cleared _connected)
@@ -293,7 +293,7 @@ class RedisBroker(Broker):
                 self._spawn(self._probe(exc))
             return
         if self._connected:
-            log.warning("redis command failed: %s", exc or type(exc).__name__)
+            log.warning("redis command failed: %s", _named(exc))
         self._connected = False
         self._broken.set()
 
@@ -367,7 +367,7 @@ class RedisBroker(Broker):
         log.warning(
             "redis shard %s lost (%s): its rooms run locally, its users' DMs get 4501; %d of %d shards serve",
             name,
-            exc or type(exc).__name__,
+            _named(exc),
             len(self._shards.names) - len(self._down),
             len(self._shards.names),
         )
@@ -733,3 +733,9 @@ def _by_slot(channels: list[bytes]) -> list[list[bytes]]:
     for channel in channels:
         groups.setdefault(key_slot(channel), []).append(channel)
     return list(groups.values())
+
+
+def _named(exc: BaseException) -> str:
+    """An error for a log line, with its class: a timeout's text is empty, and `lost ()` is what
+    a soak's looping shard said, 287 times, with no clue what failed."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

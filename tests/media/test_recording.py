@@ -36,6 +36,7 @@ from server.media.hls.recording import (
     valid_recording_id,
 )
 from server.wire.auth import Identity
+from tests.local_http import serving
 from tests.media.test_hls import TIMEOUT, base, get, hls_url, publishing
 from tests.redis_fixtures import apoll
 from tests.test_webhooks import SECRET, Receiver
@@ -54,13 +55,8 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     rx = Receiver(fail=0)
     hook = web.Application()
     hook.router.add_post("/hook", rx.handle)
-    runner = web.AppRunner(hook, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield rx, f"http://127.0.0.1:{port}/hook"
-    await runner.cleanup()
+    async with serving(hook) as base:
+        yield rx, f"{base}/hook"
 
 
 @pytest.fixture
