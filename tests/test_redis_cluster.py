@@ -14,7 +14,9 @@ import redis
 from redis.exceptions import RedisClusterException
 from websockets.exceptions import ConnectionClosed
 
+from server.broker import redis as redis_broker
 from server.broker.redis import RedisBroker
+from server.logs import Throttle
 from server.metrics import broker_disconnects
 from tests import prom
 from tests.conftest import WsClient
@@ -564,3 +566,32 @@ async def test_a_primary_whose_cluster_is_not_ok_is_not_serving_yet(tmp_path) ->
     finally:
         await client.aclose()
         node.stop()
+
+
+async def test_a_full_client_pool_is_not_a_lost_shard(
+    shared_cluster: RedisClusterServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume storm (a node killed, 1,667 viewers rejoining with `resume`) reads history
+    through redis-py's cluster client, which refuses a command past its per-node connection
+    limit (MaxConnectionsError). That is this node being busy, not the shard being gone: taken
+    for a lost shard it numbered the shard's rooms alone, reset them and sent more rejoins into
+    the same pool (an in-band soak lost a shard 89 times in a minute). Here the limit is 1 and
+    twenty reads go at once: some are refused, no shard is lost, and the node stays ready."""
+    shared_cluster.flush()
+    broker = RedisBroker(shared_cluster.url, "pool", cluster=True)
+    await broker.start()
+    try:
+        assert broker.ready
+        for node in broker._redis.nodes_manager.nodes_cache.values():
+            node.max_connections = 1
+        monkeypatch.setattr(redis_broker, "_POOL_FULL", Throttle())  # its own log budget
+        lost_before = broker_disconnects._value.get()
+        answers = await asyncio.gather(
+            *(broker.stream.history_since(f"room{i}", "e", 0) for i in range(20)), return_exceptions=True
+        )
+        assert all(a is None for a in answers), answers  # refused or not there: never an exception
+        assert "redis client pool full" in caplog.text  # some reads were refused by the pool
+        assert broker_disconnects._value.get() == lost_before and not broker._down
+        assert broker.ready
+    finally:
+        await broker.close()

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import MaxConnectionsError, NoScriptError
 
 from server import metrics
 from server.broker import redis_scripts as rs
@@ -40,6 +41,7 @@ from server.broker.redis_sanctions import RedisSanctions
 from server.broker.redis_stream import RedisRoomStream
 from server.broker.redis_sturdy import SturdyRedisCluster
 from server.broker.shards import MAIN, Call, Shards
+from server.logs import Throttle
 
 log = logging.getLogger("liveroom.broker.redis")
 HEARTBEAT_SLICES = 10  # the presence heartbeat runs this often per interval, each time on the rooms due
@@ -284,7 +286,9 @@ class RedisBroker(Broker):
     def _kick(self, exc: BaseException, key: str | bytes | None = None) -> None:
         """A command failed: treat the connection as lost (the supervisor reconnects). On a
         cluster only the shard of `key` is lost (or, with no key, the shards that do not answer
-        a PING): the others keep serving."""
+        a PING): the others keep serving. A client pool that is full is not a lost shard."""
+        if _exhausted(exc):
+            return
         if self._cluster and self._connected and len(self._shards.names) > 1:
             if key is not None:
                 self._shard_lost(self._shards.name_of(key), exc)
@@ -302,6 +306,8 @@ class RedisBroker(Broker):
         connection). By the name it was sent to, not by its key: a failover may have handed the
         key's slot to the promoted replica meanwhile, which an old primary's error must not lose
         (a soak saw it: the healthy new primary lost, then the whole session reset)."""
+        if _exhausted(exc):
+            return
         if self._cluster and self._connected and len(self._shards.names) > 1:
             self._shard_lost(name, exc)  # a name no longer serving (replaced) is ignored there
         else:
@@ -739,3 +745,21 @@ def _named(exc: BaseException) -> str:
     """An error for a log line, with its class: a timeout's text is empty, and `lost ()` is what
     a soak's looping shard said, 287 times, with no clue what failed."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+_POOL_FULL = Throttle(rate=1.0, burst=5.0)
+
+
+def _exhausted(exc: BaseException) -> bool:
+    """redis-py refused a command because this node's own pool to a shard was full (its cluster
+    client's per-node limit: MaxConnectionsError): the shard is fine, the node is busy. The
+    command fails like any (a DM gets 4501, an abuse check fails open) but no shard is lost:
+    taking it for lost numbered its rooms alone and reset them, which sent more rejoins into the
+    same pool (an in-band soak lost a shard that way 89 times in a minute, on a resume storm)."""
+    if not isinstance(exc, MaxConnectionsError):
+        return False
+    if _POOL_FULL.allow(time.monotonic()):
+        dropped, _POOL_FULL.dropped = _POOL_FULL.dropped, 0
+        more = f" ({dropped} more not logged)" if dropped else ""
+        log.warning("redis client pool full: a command was refused, its shard still serves%s", more)
+    return True
