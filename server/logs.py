@@ -101,6 +101,14 @@ class Throttle:
         self._tokens -= 1
         return True
 
+    def admit(self, now: float) -> int | None:
+        """allow(), and when it does, how many lines were dropped before this one (the count
+        starts over); None when this line is dropped too."""
+        if not self.allow(now):
+            return None
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
 
 _refusals = Throttle()  # a flood of bad joins must not cost a log line each
 
@@ -110,10 +118,11 @@ def connection_event(event: str, ws: ServerConnection, level: int, **fields: Any
     Refusals are throttled (5 a second after a burst of 20, with the count dropped)."""
     if conn_log.isEnabledFor(level):
         if event == "refused":
-            if not _refusals.allow(time.monotonic()):
+            dropped = _refusals.admit(time.monotonic())
+            if dropped is None:
                 return
-            if _refusals.dropped:
-                fields["dropped"], _refusals.dropped = _refusals.dropped, 0
+            if dropped:
+                fields["dropped"] = dropped
         conn_log.log(level, event, extra={"fields": {"event": event, "request_id": request_id(ws), **fields}})
 
 

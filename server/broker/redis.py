@@ -36,6 +36,7 @@ from server.broker import redis_scripts as rs
 from server.broker.base import Broker
 from server.broker.redis_inbox import RedisInbox
 from server.broker.redis_link import DOWN as _DOWN
+from server.broker.redis_link import named
 from server.broker.redis_resp3 import Resp3Connection, open_resp3
 from server.broker.redis_sanctions import RedisSanctions
 from server.broker.redis_stream import RedisRoomStream
@@ -212,7 +213,7 @@ class RedisBroker(Broker):
                 raise
             except Exception as exc:
                 if self._connected or self._up.is_set():
-                    log.warning("redis connection lost: %s", _named(exc))
+                    log.warning("redis connection lost: %s", named(exc))
                 else:
                     log.debug("redis unreachable: %s", exc)
             if self._up.is_set():  # was connected (the session's teardown cleared _connected)
@@ -297,7 +298,7 @@ class RedisBroker(Broker):
                 self._spawn(self._probe(exc))
             return
         if self._connected:
-            log.warning("redis command failed: %s", _named(exc))
+            log.warning("redis command failed: %s", named(exc))
         self._connected = False
         self._broken.set()
 
@@ -373,7 +374,7 @@ class RedisBroker(Broker):
         log.warning(
             "redis shard %s lost (%s): its rooms run locally, its users' DMs get 4501; %d of %d shards serve",
             name,
-            _named(exc),
+            named(exc),
             len(self._shards.names) - len(self._down),
             len(self._shards.names),
         )
@@ -741,12 +742,6 @@ def _by_slot(channels: list[bytes]) -> list[list[bytes]]:
     return list(groups.values())
 
 
-def _named(exc: BaseException) -> str:
-    """An error for a log line, with its class: a timeout's text is empty, and `lost ()` is what
-    a soak's looping shard said, 287 times, with no clue what failed."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 _POOL_FULL = Throttle(rate=1.0, burst=5.0)
 
 
@@ -758,8 +753,8 @@ def _exhausted(exc: BaseException) -> bool:
     same pool (an in-band soak lost a shard that way 89 times in a minute, on a resume storm)."""
     if not isinstance(exc, MaxConnectionsError):
         return False
-    if _POOL_FULL.allow(time.monotonic()):
-        dropped, _POOL_FULL.dropped = _POOL_FULL.dropped, 0
+    dropped = _POOL_FULL.admit(time.monotonic())
+    if dropped is not None:
         more = f" ({dropped} more not logged)" if dropped else ""
         log.warning("redis client pool full: a command was refused, its shard still serves%s", more)
     return True

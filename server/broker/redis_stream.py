@@ -30,7 +30,7 @@ from server.broker import redis_scripts as rs
 from server.broker.base import BatchHandler, Event, Publish, RoomState, RoomStream
 from server.broker.idempotency import DanmakuCids
 from server.broker.redis_link import DOWN as _DOWN
-from server.broker.redis_link import Link, RedisPart
+from server.broker.redis_link import Link, RedisPart, named
 from server.broker.shards import Call
 from server.broker.unencodable import encodable_only, sequence_and_encode
 from server.logs import Throttle
@@ -696,11 +696,11 @@ def _alone(room_id: str, what: str, exc: BaseException) -> None:
     """One line (throttled) each time Redis failed a room and the node serves it alone: a later
     re-read resets the room, so a failure while its shard still serves (no "shard lost" line)
     must leave a trace of why (a 5,000-connection soak reset rooms in a loop with none)."""
-    if not _ALONE.allow(time.monotonic()):
+    dropped = _ALONE.admit(time.monotonic())
+    if dropped is None:
         return
-    dropped, _ALONE.dropped = _ALONE.dropped, 0
     more = f" ({dropped} more not logged)" if dropped else ""
-    log.warning("room %s %s (%s: %s): numbered here alone%s", room_id, what, type(exc).__name__, exc, more)
+    log.warning("room %s %s (%s): numbered here alone%s", room_id, what, named(exc), more)
 
 
 _EPOCH_PREFIX = secrets.token_hex(4)  # this process's; the counter below makes each epoch unique
