@@ -33,6 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from client_demo.common import DEFAULT_SERVER, Backoff, get_token, pack, unpack, ws_url
+from server.deadline import within
 from server.wire.protocol import NO_RETRY_CODES, ErrorCode
 
 VIDEO_RATE = 90000
@@ -376,7 +377,7 @@ async def publish_session(args: argparse.Namespace, backoff: Backoff) -> None:
     )
     async with connect(ws_url(args.server), open_timeout=15, max_size=2**20, compression=None) as ws:
         await ws.send(pack({"t": "join", "v": 1, "token": token, "room": args.room}))
-        snap = unpack(await asyncio.wait_for(ws.recv(), 15))
+        snap = unpack(await within(ws.recv(), 15))
         if snap.get("t") == "error":
             code = int(snap.get("code", 0))
             if code in FATAL_CODES:

@@ -46,6 +46,7 @@ import msgpack
 
 from load_tests import wsraw
 from server.config import DEFAULT_SECRET
+from server.deadline import within
 from server.wire import auth
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -365,7 +366,7 @@ async def pace(count: int, rate: float, t0: float, send: Callable[[int], None], 
 async def wait_until(event: asyncio.Event, deadline: float) -> bool:
     """Wait for the event or the wall-clock deadline; a late run reports its loss, not a hang."""
     try:
-        await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
+        await within(event.wait(), max(0.0, deadline - time.time()))
     except TimeoutError:
         return False
     return True

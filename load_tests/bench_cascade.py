@@ -59,6 +59,7 @@ from load_tests.bench_media import (
     whep_view,
     whip_publish,
 )
+from server.deadline import within
 from server.media import use_loopback_candidates
 from server.media.forward import EncodedFrame, install_receiver_tap
 from tests.ports import free_port
@@ -370,7 +371,7 @@ async def failover(cluster: Cluster, rounds: int) -> list[float]:
 
             answering = asyncio.ensure_future(answer_offers())
             try:
-                await asyncio.wait_for(frames.get(), STEP_TIMEOUT)
+                await within(frames.get(), STEP_TIMEOUT)
                 for _ in range(rounds):
                     await asyncio.sleep(1.0)  # let the stream settle after the previous round
                     while not frames.empty():
@@ -378,7 +379,7 @@ async def failover(cluster: Cluster, rounds: int) -> list[float]:
                     killed_at = time.perf_counter()
                     origin.kill()
                     while True:  # frames already in flight before the kill do not count
-                        t = await asyncio.wait_for(frames.get(), STEP_TIMEOUT)
+                        t = await within(frames.get(), STEP_TIMEOUT)
                         if t - killed_at > 0.3:
                             break
                     times.append(t - killed_at)

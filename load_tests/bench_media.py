@@ -49,6 +49,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from load_tests.bench import stop_process
 from server.config import DEFAULT_SECRET
+from server.deadline import within
 from server.media import use_loopback_candidates
 from server.media.forward import EncodedFrame, install_receiver_tap
 from server.wire import auth
@@ -219,7 +220,7 @@ async def relay_server() -> None:
         return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp")
 
     async def whep(request: web.Request) -> web.Response:
-        await asyncio.wait_for(got_track.wait(), STEP_TIMEOUT)
+        await within(got_track.wait(), STEP_TIMEOUT)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pcs.add(pc)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
@@ -367,9 +368,7 @@ async def ttff_run(joins: int, codec: str = "VP8") -> list[float]:
             video.setCodecPreferences(only_codec("video", codec))
             await publisher.setLocalDescription(await publisher.createOffer())
             await host.send(msgpack.packb({"t": "publish", "sdp": publisher.localDescription.sdp}))
-            while (frame := msgpack.unpackb(await asyncio.wait_for(host.recv(), STEP_TIMEOUT)))[
-                "t"
-            ] != "answer":
+            while (frame := msgpack.unpackb(await within(host.recv(), STEP_TIMEOUT)))["t"] != "answer":
                 pass
             await publisher.setRemoteDescription(RTCSessionDescription(sdp=frame["sdp"], type="answer"))
             async with asyncio.timeout(STEP_TIMEOUT):  # joiners' snapshots must say live

@@ -42,6 +42,7 @@ import msgpack
 from load_tests import wsraw
 from load_tests.bench import LOOPBACK, percentiles, raise_nofile, start_server
 from server.config import DEFAULT_SECRET
+from server.deadline import within
 from server.wire import auth
 
 ROOMS = ("pkA", "pkB")
@@ -225,10 +226,10 @@ async def measure(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
     hosts[a].send({"t": "link", "action": "invite", "room": b, "cid": "i"})
     await asyncio.sleep(0.5)  # the invitation is in pkB's stream before the accept
     hosts[b].send({"t": "link", "action": "accept", "room": a, "cid": "a"})
-    await asyncio.wait_for(sides[b].link_on.wait(), 30)
+    await within(sides[b].link_on.wait(), 30)
     seconds = max(30, int(args.duration + SETTLE_S + 150))  # ended by `end` before it runs out
     hosts[a].send({"t": "link", "action": "pk", "seconds": seconds, "cid": "p"})
-    await asyncio.gather(*(asyncio.wait_for(sides[r].round_on.wait(), 30) for r in ROOMS))
+    await asyncio.gather(*(within(sides[r].round_on.wait(), 30) for r in ROOMS))
 
     t0 = now()
     gifts_total = int(args.gift_rate * args.duration)
@@ -262,7 +263,7 @@ async def measure(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
     caught_up_s = now() - t0 - send_s
     await asyncio.sleep(SETTLE_S)
     hosts[a].send({"t": "link", "action": "end", "cid": "e"})
-    await asyncio.gather(*(asyncio.wait_for(sides[r].result_in.wait(), 30) for r in ROOMS))
+    await asyncio.gather(*(within(sides[r].result_in.wait(), 30) for r in ROOMS))
     with contextlib.suppress(TimeoutError):  # the last gift events (already in the score) land
         async with asyncio.timeout(10):
             while any(len(s.seen) < len(s.acked) for s in sides.values()):

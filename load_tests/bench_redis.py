@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 
 from load_tests.bench import BENCH_SERVER_ENV, sample_server, stop_process
 from server.config import DEFAULT_SECRET
+from server.deadline import within
 from server.wire import auth
 from tests.ports import free_port
 
@@ -138,7 +139,7 @@ def _commands(port: int) -> int:
 async def _join(port: int, user: str) -> ClientConnection:
     token = auth.mint(DEFAULT_SECRET, room=ROOM, user=user, role="viewer")
     ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token}", max_size=None, compression=None)
-    snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
+    snapshot = msgpack.unpackb(await within(ws.recv(), 30))
     assert snapshot["t"] == "snapshot"
     return ws
 
@@ -149,7 +150,7 @@ async def _viewer(
     got = 0
     while got < expected and not stop.is_set():
         try:
-            data = await asyncio.wait_for(ws.recv(), 0.5)
+            data = await within(ws.recv(), 0.5)
         except TimeoutError:
             continue
         except ConnectionClosed:
@@ -247,7 +248,7 @@ async def _run_once(nodes: int, viewers: int, rate: float, duration: float, clus
 async def _discard(ws: ClientConnection, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
-            await asyncio.wait_for(ws.recv(), 0.5)
+            await within(ws.recv(), 0.5)
         except TimeoutError:
             continue
         except ConnectionClosed:

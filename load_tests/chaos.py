@@ -63,6 +63,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from load_tests.bench import raise_nofile
 from server.config import DEFAULT_SECRET
+from server.deadline import within
 from server.wire import auth
 from tests.ports import cluster_ports, free_port
 
@@ -427,7 +428,7 @@ class Conn:
             if self.epoch is not None:
                 join["resume"] = {"epoch": self.epoch, "seq": self.seq}
             await ws.send(msgpack.packb(join))
-            snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 15))
+            snapshot = msgpack.unpackb(await within(ws.recv(), 15))
             if snapshot.get("t") != "snapshot":
                 await asyncio.sleep(float(snapshot.get("retry_after") or 0.5))
                 return
@@ -515,7 +516,7 @@ class Conn:
             fut = self.waiting[cid] = asyncio.get_running_loop().create_future()
             try:
                 await ws.send(msgpack.packb({"t": "dm", "to": to, "text": cid, "cid": cid}))
-                answer = await asyncio.wait_for(fut, 20)
+                answer = await within(fut, 20)
             except (ConnectionClosed, TimeoutError):
                 await asyncio.sleep(0.05)  # a closed socket raises at once: let the reader see it
                 continue
@@ -853,7 +854,7 @@ async def run_round(
             c.timing = False
         talk_stop.set()
         with contextlib.suppress(TimeoutError):  # the last DMs being retried get their acks
-            await asyncio.wait_for(talker, 30)
+            await within(talker, 30)
         talker.cancel()
         fault["settle_s"] = round(await settle(traffic, tag), 2)
         ledger = cluster.ledger

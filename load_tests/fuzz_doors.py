@@ -29,6 +29,7 @@ from collections import Counter
 
 from load_tests.bench import stop_process
 from server.config import DEFAULT_SECRET
+from server.deadline import within
 from server.wire import auth
 from tests.ports import free_port
 
@@ -120,7 +121,7 @@ async def _send(port: int, data: bytes) -> int:
     try:
         writer.write(data)
         await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 30)
+        answer = await within(reader.read(), 30)
     except (ConnectionError, TimeoutError):
         return 0
     finally:

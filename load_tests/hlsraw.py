@@ -33,6 +33,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
 
+from server.deadline import within
+
 Done = Callable[[int, bytes], None]  # (status, body); status 0: the connection failed
 
 HINT_TAG = b'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="'
@@ -319,7 +321,7 @@ async def _sweep(viewers: list[Viewer], stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 2.0)
+            await within(stop.wait(), 2.0)
         late = loop.time() - REQUEST_TIMEOUT
         for viewer in viewers:
             for conn in viewer.conns:

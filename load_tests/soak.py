@@ -76,6 +76,7 @@ import msgpack
 
 from load_tests import bench, chaos, wsraw
 from server.config import DEFAULT_SECRET
+from server.deadline import within
 from server.wire import auth
 
 FAULTS = ("node_kill", "primary_kill", "redis_restart")
@@ -311,7 +312,7 @@ class Viewer:
             fut = self.waiting[cid] = asyncio.get_running_loop().create_future()
             try:
                 ws.send({"t": "dm", "to": to, "text": cid, "cid": cid})
-                answer = await asyncio.wait_for(fut, 20)
+                answer = await within(fut, 20)
             except TimeoutError:
                 continue
             finally:
@@ -411,7 +412,7 @@ class Soak:
         for viewer in self.viewers:
             await gate.acquire()
             tasks.append(asyncio.create_task(viewer.run(stop)))
-            joined = asyncio.create_task(asyncio.wait_for(viewer.ready.wait(), 30))
+            joined = asyncio.create_task(within(viewer.ready.wait(), 30))
             joined.add_done_callback(lambda done: (gate.release(), done.cancelled() or done.exception()))
         async with asyncio.timeout(300):
             for viewer in self.viewers:
@@ -731,7 +732,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, t0 + args.seconds - time.monotonic()))
             talk_stop.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(talker, 90)
+                await within(talker, 90)
             sampler.cancel()
             settle_s = await settle(run)
             backlog = await backlogs(run)

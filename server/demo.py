@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.config import Config
+from server.deadline import within
 
 DEMO_ROOM = "demo"
 PK_ROOM = "demo2"  # the second demo room: its host accepts links, for a PK with DEMO_ROOM
@@ -34,7 +35,7 @@ class DemoHost:
             if proc.returncode is None:
                 proc.terminate()
                 try:
-                    await asyncio.wait_for(proc.wait(), 10)
+                    await within(proc.wait(), 10)
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from server import metrics
 from server.app import App
 from server.config import DEFAULT_SECRET, Config
+from server.deadline import within
 from server.wire import auth
 
 SECRET = DEFAULT_SECRET
@@ -47,7 +48,7 @@ class WsClient:
         await self.ws.send(msgpack.packb(frame))
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        return msgpack.unpackb(await asyncio.wait_for(self.ws.recv(), timeout))
+        return msgpack.unpackb(await within(self.ws.recv(), timeout))
 
     async def recv_until(
         self, pred: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.abuse.content import WordList
 from server.app import App
+from server.deadline import within
 from server.wire import auth
 from server.wire.protocol import ErrorCode
 from tests.conftest import TIMEOUT, WsClient, token
@@ -293,7 +294,7 @@ async def test_handshake_timeout_closes_silent_sockets(app: App, config) -> None
     viewer = await join_as(app, "viewer")
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
     writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # never finishes the handshake
-    answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # read() returns at EOF: the server hung up
+    answer = await within(reader.read(), TIMEOUT)  # read() returns at EOF: the server hung up
     assert reader.at_eof() and b"101" not in answer  # and never switched protocols
     writer.close()
     # a socket that finishes the handshake but never joins is closed too (AUTH_TIMEOUT)

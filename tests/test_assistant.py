@@ -17,6 +17,7 @@ import pytest
 from server.assistant.catalogue import CatalogueError, load, parse
 from server.assistant.core import Assistant, Understanding
 from server.config import Config
+from server.deadline import within
 
 CATALOGUE = Path(__file__).resolve().parent.parent / "client_demo" / "catalogue.yaml"
 
@@ -284,7 +285,7 @@ async def running_assistant(port: int, *args: str) -> AsyncIterator[tuple[subpro
     )
     assert proc.stdout is not None
     try:
-        yield proc, await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        yield proc, await within(asyncio.to_thread(proc.stdout.readline), 60)
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 10)

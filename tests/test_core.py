@@ -11,6 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import App
+from server.deadline import within
 from server.wire import auth
 from server.wire.protocol import ErrorCode
 from tests.conftest import SECRET, WsClient, token
@@ -36,7 +37,7 @@ async def test_snapshot_contents(join) -> None:
 async def test_join_with_first_frame(url) -> None:
     async with connect(url) as ws:
         await ws.send(msgpack.packb({"t": "join", "token": token(user="bob")}))
-        snap = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        snap = msgpack.unpackb(await within(ws.recv(), 10))
         assert snap["t"] == "snapshot" and snap["you"]["uid"] == "bob"
 
 
@@ -210,39 +211,39 @@ async def test_oversized_frame_closes_1009(join, config) -> None:
 async def test_bad_tokens_rejected_with_close_code(url, make_token, code) -> None:
     async with connect(url) as ws:
         await ws.send(msgpack.packb({"t": "join", "token": make_token(), "room": "r1"}))
-        err = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        err = msgpack.unpackb(await within(ws.recv(), 10))
         assert err["t"] == "error" and err["code"] == code
         with pytest.raises(ConnectionClosed) as info:
-            await asyncio.wait_for(ws.recv(), 10)
+            await within(ws.recv(), 10)
         assert info.value.rcvd.code == code
 
 
 async def test_wrong_room_in_query_string(url) -> None:
     async with connect(f"{url}?token={token(room='r2')}&room=r1") as ws:
-        err = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        err = msgpack.unpackb(await within(ws.recv(), 10))
         assert err["code"] == ErrorCode.WRONG_ROOM
 
 
 async def test_first_frame_not_join(url) -> None:
     async with connect(url) as ws:
         await ws.send(msgpack.packb({"t": "danmaku", "text": "hi"}))
-        err = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        err = msgpack.unpackb(await within(ws.recv(), 10))
         assert err["code"] == ErrorCode.AUTH_REQUIRED
 
 
 async def test_join_with_unsupported_version_closes(url) -> None:
     async with connect(url) as ws:
         await ws.send(msgpack.packb({"t": "join", "token": token(), "v": 2}))
-        err = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        err = msgpack.unpackb(await within(ws.recv(), 10))
         assert err["code"] == ErrorCode.UNSUPPORTED_VERSION
         with pytest.raises(ConnectionClosed) as info:
-            await asyncio.wait_for(ws.recv(), 10)
+            await within(ws.recv(), 10)
         assert info.value.rcvd.code == ErrorCode.UNSUPPORTED_VERSION
 
 
 async def test_join_timeout(url) -> None:
     async with connect(url) as ws:
-        err = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 20))
+        err = msgpack.unpackb(await within(ws.recv(), 20))
         assert err["code"] == ErrorCode.AUTH_TIMEOUT
 
 
@@ -250,7 +251,7 @@ async def _resume(url: str, epoch: str, seq: int) -> dict:
     async with connect(url) as ws:
         resume = {"epoch": epoch, "seq": seq}
         await ws.send(msgpack.packb({"t": "join", "token": token(user="b"), "resume": resume}))
-        return msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        return msgpack.unpackb(await within(ws.recv(), 10))
 
 
 async def test_resume_replays_missed_events(url, join) -> None:

@@ -30,6 +30,7 @@ from server.app import App
 from server.broker.base import Sanction
 from server.broker.memory import MemoryBroker
 from server.config import DEFAULT_SECRET, Config
+from server.deadline import within
 from server.media import loopback_candidates
 from server.wire import auth, protocol
 from server.wire.protocol import ErrorCode, ProtocolError
@@ -266,7 +267,7 @@ class Door:
         except InvalidStatus as exc:
             return exc.response.status_code, json.loads(exc.response.body)["code"]
         async with ws:
-            frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            frame = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
             if frame["t"] == "error":
                 return 101, frame["code"]
             assert frame["t"] == "snapshot", frame
@@ -274,7 +275,7 @@ class Door:
                 return ACCEPTED
             await ws.send(garbage)
             while True:  # a batch (presence, the join's own) may come before the refusal
-                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                frame = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
                 if frame["t"] == "error":
                     return 101, frame["code"]
 
@@ -406,7 +407,7 @@ async def test_ws_replay_closes_with_4306() -> None:
             async with connect(f"ws://127.0.0.1:{app.port}/ws?token={credential}") as again:
                 with pytest.raises(ConnectionClosed) as info:
                     while True:
-                        await asyncio.wait_for(again.recv(), TIMEOUT)
+                        await within(again.recv(), TIMEOUT)
                 assert info.value.rcvd is not None and info.value.rcvd.code == H.TOKEN_REPLAYED
     finally:
         await app.stop()
@@ -470,7 +471,7 @@ async def test_media_port_closes_slow_header_connections() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /api/admin/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
             await writer.drain()
-            await asyncio.wait_for(reader.read(), TIMEOUT)  # EOF: closed (aiohttp's default: 75 s)
+            await within(reader.read(), TIMEOUT)  # EOF: closed (aiohttp's default: 75 s)
             writer.close()
     finally:
         await app.stop()
@@ -483,7 +484,7 @@ async def _raw_answer(port: int, data: bytes, trickle: bytes = b"") -> tuple[int
     try:
         writer.write(data + trickle)
         await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # EOF: the server closed it
+        answer = await within(reader.read(), TIMEOUT)  # EOF: the server closed it
     finally:
         writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -567,7 +568,7 @@ async def test_bytes_after_the_request_head_are_answered_without_a_traceback(ser
                 reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
                 try:
                     writer.write(head + after)  # one write: websockets reads both at once
-                    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+                    answer = await within(reader.read(), TIMEOUT)
                 finally:
                     writer.close()
                 assert answer.startswith(f"HTTP/1.1 {status} ".encode()), (path, after[:20], answer[:80])
@@ -591,11 +592,11 @@ async def test_a_websocket_client_that_does_not_wait_for_the_101_is_still_read(s
         reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
         try:
             writer.write(head.encode() + ping)
-            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            answer = await within(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
             assert answer.startswith(b"HTTP/1.1 101 "), answer
             frames = []
             while not frames or frames[-1]["t"] != "pong":
-                frames.append(await asyncio.wait_for(_server_frame(reader), TIMEOUT))
+                frames.append(await within(_server_frame(reader), TIMEOUT))
             assert frames[0]["t"] == "snapshot" and frames[-1]["ts"] == 7, frames
         finally:
             writer.close()
@@ -707,13 +708,13 @@ async def test_a_full_store_delivers_live_over_the_socket() -> None:
                 assert msgpack.unpackb(await sock.recv())["t"] == "snapshot"
             for i, to in enumerate(("offline1", "bob")):  # offline1 fills the store
                 await ws.send(msgpack.packb({"t": "dm", "to": to, "text": f"hi {i}", "cid": i}))
-                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                frame = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
                 while frame["t"] not in ("dm_ack", "error"):
-                    frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                    frame = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
                 assert frame["t"] == "dm_ack" and frame["delivered"] is (to == "bob"), frame
-            got = msgpack.unpackb(await asyncio.wait_for(bob.recv(), TIMEOUT))
+            got = msgpack.unpackb(await within(bob.recv(), TIMEOUT))
             while got["t"] != "dm":
-                got = msgpack.unpackb(await asyncio.wait_for(bob.recv(), TIMEOUT))
+                got = msgpack.unpackb(await within(bob.recv(), TIMEOUT))
             assert got["text"] == "hi 1"
     finally:
         await app.stop()
@@ -729,9 +730,9 @@ async def test_dm_refused_with_4502_when_the_store_is_full() -> None:
             assert msgpack.unpackb(await ws.recv())["t"] == "snapshot"
             for i, to in enumerate(("offline1", "offline2")):
                 await ws.send(msgpack.packb({"t": "dm", "to": to, "text": "hi", "cid": i}))
-                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                frame = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
                 while frame["t"] not in ("dm_ack", "error"):
-                    frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                    frame = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
                 if i == 0:
                     assert frame["t"] == "dm_ack" and frame["cid"] == 0, frame
                 else:

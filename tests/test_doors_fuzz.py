@@ -18,6 +18,7 @@ from yarl import URL
 
 from server.app import App
 from server.config import Config
+from server.deadline import within
 from server.media import loopback_candidates
 from tests.conftest import TIMEOUT, token
 from tests.test_doors import ADMIN_TOKEN, offer
@@ -183,7 +184,7 @@ async def test_fuzz_http_doors(app: App, server_faults: None) -> None:
             async with http.post(f"{base}/whip/r1", data=sdp, headers=publish) as response:
                 assert response.status == 201  # WHEP offers then reach the SFU's offer handling
             for request in examples:
-                await asyncio.wait_for(_send(http, base, request, sdp), TIMEOUT)
+                await within(_send(http, base, request, sdp), TIMEOUT)
 
 
 async def test_an_offer_missing_its_video_m_line_is_refused_not_a_500(app: App) -> None:
@@ -238,7 +239,7 @@ async def _raw(port: int, data: bytes) -> bytes:
     try:
         writer.write(data)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(65536), TIMEOUT)
+        return await within(reader.read(65536), TIMEOUT)
     finally:
         writer.close()
 
@@ -302,7 +303,7 @@ async def test_client_gone_mid_body_is_no_fault(app: App, server_faults: None) -
         await writer.wait_closed()
     reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)  # the port still answers
     writer.write(b"GET /api/admin/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    assert (await asyncio.wait_for(reader.read(), TIMEOUT)).startswith(b"HTTP/1.1 401")
+    assert (await within(reader.read(), TIMEOUT)).startswith(b"HTTP/1.1 401")
     writer.close()
 
 

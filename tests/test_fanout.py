@@ -12,6 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from server.config import Config
+from server.deadline import within
 from server.delivery.fanout import RoomFanout
 from server.edge.client import WsWriter
 
@@ -53,7 +54,7 @@ async def _server(
     async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
         port = server.sockets[0].getsockname()[1]
         conns = [await connect(f"ws://127.0.0.1:{port}", compression=compression) for _ in range(clients)]
-        await asyncio.wait_for(opened.wait(), 10)
+        await within(opened.wait(), 10)
         try:
             yield peers, conns
         finally:
@@ -74,7 +75,7 @@ async def test_every_viewer_gets_the_same_frame_with_and_without_deflate() -> No
             for frame in frames:  # small, 2-byte and 8-byte length headers
                 fanout.write(peers, frame)
             for conn in conns:
-                got = [await asyncio.wait_for(conn.recv(), 10) for _ in frames]
+                got = [await within(conn.recv(), 10) for _ in frames]
                 assert got == frames
 
 
@@ -85,5 +86,5 @@ async def test_a_closing_connection_gets_nothing_more() -> None:
         fanout.write(peers, b"one")
         peers[0].closed_with = None
         fanout.write(peers, b"two")
-        assert await asyncio.wait_for(conns[1].recv(), 10) == b"one"
-        assert await asyncio.wait_for(conns[0].recv(), 10) == b"two"  # "one" skipped it
+        assert await within(conns[1].recv(), 10) == b"one"
+        assert await within(conns[0].recv(), 10) == b"two"  # "one" skipped it

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import App
 from server.config import Config
+from server.deadline import within
 from server.edge.connection import Admit, AwaitJoin, Close, Connection, Dispatch, Refused
 from server.media import loopback_candidates
 from server.wire import auth, protocol
@@ -86,8 +87,8 @@ async def test_join_frame_with_subscribe_gets_offer_after_snapshot_and_video(app
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
             await ws.send(msgpack.packb({"t": "answer", "sdp": pc.localDescription.sdp, "cid": "m0"}))
-            track = await asyncio.wait_for(got, TIMEOUT)
-            frame = await asyncio.wait_for(track.recv(), TIMEOUT)
+            track = await within(got, TIMEOUT)
+            frame = await within(track.recv(), TIMEOUT)
             assert isinstance(frame, av.VideoFrame)
     finally:
         await host.close()

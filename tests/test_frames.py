@@ -6,6 +6,7 @@ import asyncio
 
 import msgpack
 
+from server.deadline import within
 from server.delivery.frames import RoomFrames
 
 
@@ -27,7 +28,7 @@ async def test_batches_within_a_tick_leave_as_one_frame_in_order() -> None:
     for seq in (1, 2, 3):  # three nodes' batches in the same tick
         frames.offer("r", "e1", *_batch("r", seq))
     assert [f["events"][0]["seq"] for _, f in sent] == [1]  # the first at once, as it came
-    await asyncio.wait_for(flushed.wait(), 10)
+    await within(flushed.wait(), 10)
     assert len(sent) == 2 and frames.merged == 1
     assert [e["seq"] for e in sent[1][1]["events"]] == [2, 3]  # one frame, encoded once
     assert sent[1][1]["epoch"] == "e1"  # the merged frame names its stream

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from load_tests.hlsraw import Hints, RawHttp
+from server.deadline import within
 from tests.local_http import serving
 
 BIG = bytes(range(256)) * 800  # 200 KiB: arrives in many reads
@@ -52,7 +53,7 @@ async def fetch(conn: RawHttp, target: bytes) -> tuple[int, bytes]:
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[tuple[int, bytes]] = loop.create_future()
     conn.get(target, lambda status, body: answer.set_result((status, body)), loop.time())
-    return await asyncio.wait_for(answer, 30)
+    return await within(answer, 30)
 
 
 async def test_bodies_by_length_and_chunked_on_one_keep_alive_connection(server: tuple[str, int]) -> None:
@@ -87,7 +88,7 @@ async def test_a_request_on_a_connection_that_drops_completes_with_status_0(serv
     answer: asyncio.Future[tuple[int, bytes]] = loop.create_future()
     conn.get(b"/len", lambda status, body: answer.set_result((status, body)), loop.time())
     conn.abort()
-    assert await asyncio.wait_for(answer, 30) == (0, b"")
+    assert await within(answer, 30) == (0, b"")
 
 
 def test_the_next_hint_is_read_once_per_playlist_body() -> None:

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import App
+from server.deadline import within
 from tests import prom
 from tests.conftest import start_server_process, token
 
@@ -64,7 +65,7 @@ async def test_dev_token_endpoint(app: App) -> None:
     assert status == 200
     tok = json.loads(body)["token"]
     async with connect(f"ws://127.0.0.1:{app.port}/ws?token={tok}") as ws:
-        snap = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))
+        snap = msgpack.unpackb(await within(ws.recv(), 10))
         assert snap["you"] == {"uid": "zoe", "name": "Zoe", "role": "viewer"}
     assert (await get(app.port, "/api/dev/token?room=bad%20room&user=z"))[0] == 400
     app.config.dev_tokens = False
@@ -75,11 +76,11 @@ async def test_sigterm_closes_clients_with_1012() -> None:
     proc, port = await asyncio.to_thread(start_server_process)
     try:
         async with connect(f"ws://127.0.0.1:{port}/ws?token={token()}") as ws:
-            assert msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))["t"] == "snapshot"
+            assert msgpack.unpackb(await within(ws.recv(), 10))["t"] == "snapshot"
             proc.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as info:
                 while True:
-                    await asyncio.wait_for(ws.recv(), 20)
+                    await within(ws.recv(), 20)
             assert info.value.rcvd.code == 1012
         assert await asyncio.to_thread(proc.wait, 20) == 0
     finally:

@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import App
+from server.deadline import within
 from server.logs import JsonFormatter, conn_log
 from tests.conftest import TIMEOUT, WsClient
 
@@ -67,7 +68,7 @@ async def test_connection_events(app: App, join: Callable[..., Awaitable[WsClien
 async def test_refused_join_logged(app: App, lines: Lines) -> None:
     async with connect(f"ws://127.0.0.1:{app.port}/ws?token=junk") as ws:
         with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), TIMEOUT)
-            await asyncio.wait_for(ws.recv(), TIMEOUT)
+            await within(ws.recv(), TIMEOUT)
+            await within(ws.recv(), TIMEOUT)
     refused = [e for e in lines.events() if e["event"] == "refused"]
     assert refused and refused[0]["level"] == "info" and refused[0]["code"] == 4101

@@ -20,6 +20,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 
 from server.app import App
 from server.config import Config
+from server.deadline import within
 from server.media import COUNTERS
 from server.wire import auth
 from server.wire.protocol import ErrorCode
@@ -299,7 +300,7 @@ async def test_whep_viewer_arriving_while_the_edge_pulls_gets_the_track(
 
             async def held_origin(*args: Any, **kw: Any) -> Any:
                 if kw.get("relay"):
-                    await asyncio.wait_for(viewer_arrived.wait(), TIMEOUT)
+                    await within(viewer_arrived.wait(), TIMEOUT)
                 return await origin_whep(*args, **kw)
 
             async def edge(*args: Any, **kw: Any) -> Any:

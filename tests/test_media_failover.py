@@ -19,6 +19,7 @@ import msgpack
 import pytest
 from websockets.asyncio.client import connect
 
+from server.deadline import within
 from tests.conftest import token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
 from tests.redis_fixtures import (
@@ -50,7 +51,7 @@ def host_process(three_nodes: dict[str, NodeProc]) -> Iterator[subprocess.Popen[
 @pytest.fixture
 async def viewer(three_nodes: dict[str, NodeProc]) -> AsyncIterator[Conn]:
     ws = await connect(f"{three_nodes['b'].ws_url}?token={token('r1', 'vic', 'viewer')}")
-    snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    snapshot = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
     conn = Conn(ws, snapshot)
     try:
         yield conn

@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 
 from server.app import App
 from server.config import Config, ConfigError
+from server.deadline import within
 from server.media.ice import IceServers, turn_credential
 from tests.conftest import token
 from tests.media.pattern import PatternTrack
@@ -83,7 +84,7 @@ async def test_snapshot_links_public_address_and_port_range(app: App) -> None:
     ws = await connect(f"ws://127.0.0.1:{app.port}/ws?token={token('r1', 'hana', 'host')}")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
-        snapshot: dict[str, Any] = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        snapshot: dict[str, Any] = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
         (turn,) = snapshot["ice_servers"]
         assert turn["urls"] == ["turn:127.0.0.1:3478?transport=udp"] and turn["username"].endswith(":hana")
 

@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from server.app import App
 from server.broker.base import Sanction
 from server.config import Config
+from server.deadline import within
 from server.edge.rtmp import MAX_KEY
 from server.media.codecs import H264, answered_video_codec
 from server.wire import publish_key
@@ -143,7 +144,7 @@ async def test_rtmp_ban_ends_the_stream(app: App, member, encoders) -> None:  # 
     await watcher.event(is_live("studio", False))
     # nginx's next on_update is answered 403: it drops the encoder, whose process then ends
     assert encoder.proc is not None
-    assert await asyncio.wait_for(asyncio.to_thread(encoder.proc.wait), TIMEOUT) is not None
+    assert await within(asyncio.to_thread(encoder.proc.wait), TIMEOUT) is not None
     # and a new publish with the banned user's token is refused at the door
     again = rtmp_encoder(app.rtmp_port, "r1", token("r1", "studio", "host"), width=WIDTH, height=HEIGHT)
     encoders.append(again.start())

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import App
 from server.config import Config
+from server.deadline import within
 from server.media import COUNTERS, loopback_candidates
 from server.media.forward import tap_of
 from server.wire.protocol import ErrorCode
@@ -83,7 +84,7 @@ class Conn:
         await self.ws.send(msgpack.packb(frame))
 
     async def next(self, kind: str) -> dict[str, Any]:
-        return await asyncio.wait_for(self.frames[kind].get(), TIMEOUT)
+        return await within(self.frames[kind].get(), TIMEOUT)
 
     async def error(self) -> int:
         return (await self.next("error"))["code"]
@@ -143,7 +144,7 @@ class Conn:
 async def join(port: int, user: str, role: str = "viewer", room: str = "r1") -> Conn:
     """A member's WebSocket on the node at `port`, after its snapshot."""
     ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token(room, user, role)}")  # type: ignore[arg-type]
-    snapshot = msgpack.unpackb(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    snapshot = msgpack.unpackb(await within(ws.recv(), TIMEOUT))
     assert snapshot["t"] == "snapshot", snapshot
     return Conn(ws, snapshot)
 
@@ -163,7 +164,7 @@ async def member(app: App) -> AsyncIterator[Callable[..., Any]]:
 
 
 async def decoded(track: MediaStreamTrack) -> av.VideoFrame | av.AudioFrame:
-    frame = await asyncio.wait_for(track.recv(), TIMEOUT)
+    frame = await within(track.recv(), TIMEOUT)
     assert isinstance(frame, av.VideoFrame | av.AudioFrame)
     return frame
 
@@ -171,7 +172,7 @@ async def decoded(track: MediaStreamTrack) -> av.VideoFrame | av.AudioFrame:
 async def ended(track: MediaStreamTrack) -> None:
     with pytest.raises(MediaStreamError):
         while True:
-            await asyncio.wait_for(track.recv(), TIMEOUT)
+            await within(track.recv(), TIMEOUT)
 
 
 def is_live(uid: str, on: bool) -> Callable[[dict[str, Any]], bool]:

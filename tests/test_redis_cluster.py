@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.broker import redis as redis_broker
 from server.broker.redis import RedisBroker
+from server.deadline import within
 from server.logs import Throttle
 from server.metrics import broker_disconnects
 from tests import prom
@@ -144,7 +145,7 @@ async def test_primary_killed_under_traffic(
         after = len(acked)
         await apoll(lambda: len(acked) >= after + 10, what="DMs acknowledged after the failover")
         stop.set()
-        await asyncio.wait_for(asyncio.gather(tasks[0], tasks[2]), WAIT)
+        await within(asyncio.gather(tasks[0], tasks[2]), WAIT)
         await apoll(lambda: set(acked.values()) <= received, what="every acknowledged DM at bob")
         assert n0.metric("liveroom_broker_disconnects_total") >= 1  # the node did lose the shard
     finally:
@@ -264,7 +265,7 @@ async def test_a_primary_failover_costs_only_its_shard(
         except TimeoutError:
             raise AssertionError(f"DMs stuck after {answers[-3:]}") from None
         stop.set()
-        await asyncio.wait_for(asyncio.gather(tasks[0], tasks[2], tasks[3]), WAIT)
+        await within(asyncio.gather(tasks[0], tasks[2], tasks[3]), WAIT)
         acked = {a["id"] for a in answers if a["t"] == "dm_ack"}
         await apoll(lambda: acked <= received, what="every acknowledged DM at the recipient")
     finally:
@@ -315,10 +316,10 @@ async def test_a_hung_primary_holds_only_its_own_rooms(
     try:
         await hit_talker.send(t="danmaku", text="h1")  # a pipeline to the hung primary
         await calm_talker.send(t="danmaku", text="c1")
-        await asyncio.wait_for(want("c1"), WAIT)
+        await within(want("c1"), WAIT)
         await hit_talker.send(t="danmaku", text="h2")
         await calm_talker.send(t="danmaku", text="c2")
-        await asyncio.wait_for(want("c2"), WAIT)
+        await within(want("c2"), WAIT)
         metrics = (await asyncio.to_thread(n0.http, "/metrics"))[1]
         assert prom.total(metrics, "liveroom_broker_disconnects_total") == 0  # not waited out
     finally:
@@ -353,7 +354,7 @@ async def test_the_promoted_replica_is_not_lost_again_while_its_connections_open
                 if answer == 0:  # only a live primary answers: the promoted replica
                     return
 
-        await asyncio.wait_for(until_served(), WAIT * 2)
+        await within(until_served(), WAIT * 2)
         lost = broker_disconnects._value.get() - lost_before
     finally:
         await broker.close()

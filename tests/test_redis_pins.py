@@ -12,6 +12,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from server.deadline import within
 from server.wire import protocol
 from tests.conftest import WsClient, token
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
@@ -69,7 +70,7 @@ async def test_assistant_on_one_node_answers_a_viewer_on_another(
     assert bot.stdout is not None
     viewer = None
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(bot.stdout.readline), 60)
+        line = await within(asyncio.to_thread(bot.stdout.readline), 60)
         assert "answering" in line, line
         viewer = await _join(b, "vic")
         await viewer.send(t="danmaku", text="牛仔裤多少钱")

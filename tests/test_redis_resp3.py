@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from server.broker.base import Publish
 from server.broker.redis import RedisBroker
 from server.broker.redis_resp3 import Resp3Connection, open_resp3
 from server.broker.shards import MAIN, Shards
+from server.deadline import within
 from tests.conftest import TIMEOUT
 from tests.redis_fixtures import *  # noqa: F403 - the fixtures
 from tests.redis_fixtures import RedisServer, RedisTarget, apoll, requires_redis
@@ -52,7 +52,7 @@ async def test_a_command_after_a_subscription_answers_in_order_and_messages_are_
     other = redis_server.client()
     other.xadd("s", {"f": "v"}, id="1-0")
     [reply] = conn.send([("SUBSCRIBE", "a", "b")], [("XRANGE", "s", "-", "+")])
-    entries = await asyncio.wait_for(reply, TIMEOUT)
+    entries = await within(reply, TIMEOUT)
     assert entries == [[b"1-0", [b"f", b"v"]]]  # the read's reply, not a push
     assert rec.pushes == [(b"subscribe", b"a", 1), (b"subscribe", b"b", 2)]  # confirmed before it
     assert other.publish("a", "hello") == 1
@@ -74,10 +74,10 @@ async def test_error_replies_fail_their_command_only(redis_server: RedisServer) 
         [], [("EVALSHA", "0" * 40, 0), ("XRANGE", "s", "not-an-id", "+"), ("XRANGE", "s", "-", "+")]
     )
     with pytest.raises(NoScriptError):  # the stream script path reloads the script on this
-        await asyncio.wait_for(missing, TIMEOUT)
+        await within(missing, TIMEOUT)
     with pytest.raises(ResponseError):
-        await asyncio.wait_for(wrong, TIMEOUT)
-    assert await asyncio.wait_for(fine, TIMEOUT) == []
+        await within(wrong, TIMEOUT)
+    assert await within(fine, TIMEOUT) == []
     conn.close()
 
 
@@ -90,7 +90,7 @@ async def test_an_error_on_a_subscribing_connection_ends_it(redis_server: RedisS
     )
     for fut in (first, second):
         with pytest.raises(ConnectionError):
-            await asyncio.wait_for(fut, TIMEOUT)
+            await within(fut, TIMEOUT)
     assert len(rec.lost) == 1 and conn.closed
 
 
@@ -102,7 +102,7 @@ async def test_a_dead_server_fails_waiting_commands_and_reports_once(tmp_path: P
     [blocked] = conn.send([], [("BLPOP", "nothing", 0)])  # waits until the server goes away
     server.stop()
     with pytest.raises(ConnectionError):
-        await asyncio.wait_for(blocked, TIMEOUT)
+        await within(blocked, TIMEOUT)
     await apoll(lambda: rec.lost, what="the loss report")
     assert len(rec.lost) == 1 and conn.closed
     with pytest.raises(ConnectionError):
@@ -116,7 +116,7 @@ async def test_password_and_db_from_the_url(locked_redis: RedisServer) -> None:
     rec = Recorder()
     conn = await rec.open(locked_redis.url.removesuffix("/0") + "/3")
     [reply] = conn.send([("SUBSCRIBE", "u")], [("XRANGE", "dms", "-", "+")])
-    assert await asyncio.wait_for(reply, TIMEOUT) == [[b"5-0", [b"b", b"x"]]]
+    assert await within(reply, TIMEOUT) == [[b"5-0", [b"b", b"x"]]]
     conn.close()
     client.close()
     with pytest.raises(ResponseError):  # a wrong password is refused at HELLO

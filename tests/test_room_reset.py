@@ -7,7 +7,6 @@ tests/test_redis_outage_told.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import msgpack
@@ -17,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from server.app import App
 from server.broker.base import RoomState
 from server.broker.redis_stream import _state_of as state_of_view
+from server.deadline import within
 from server.wire import protocol
 from tests.conftest import TIMEOUT
 
@@ -109,7 +109,7 @@ async def test_a_member_closing_gets_no_snapshot(app: App, join) -> None:
     peers = {w.uid: p for p, w in app.hub.rooms["r1"].members.items()}
     peers["a"].close(4403, "kicked")
     app.broker.on_room_reset("r1", _state_of(app, "r1"), "")
-    snap = await asyncio.wait_for(second.recv_until(lambda f: f["t"] == "snapshot"), TIMEOUT)
+    snap = await within(second.recv_until(lambda f: f["t"] == "snapshot"), TIMEOUT)
     assert snap["you"]["uid"] == "b"
     with pytest.raises(ConnectionClosed):
         await first.recv_until(lambda f: f["t"] == "snapshot")

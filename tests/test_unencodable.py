@@ -24,6 +24,7 @@ from server.app import App
 from server.broker.base import Broker, Publish
 from server.broker.memory import MemoryBroker
 from server.config import Config
+from server.deadline import within
 from server.delivery.frames import RoomFrames
 from server.wire import protocol
 from server.wire.protocol import ErrorCode
@@ -196,7 +197,7 @@ async def _through_every_door(app: App, text: str, http: aiohttp.ClientSession, 
     claimed = json.loads(json.dumps(name))
     try:
         async with connect(f"ws://127.0.0.1:{app.port}/ws?token={name_token}") as ws:
-            first = protocol.unpack(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            first = protocol.unpack(await within(ws.recv(), TIMEOUT))
             assert first["t"] in ("snapshot", "error"), first
             if first["t"] == "snapshot":
                 assert protocol.valid_unicode(claimed)

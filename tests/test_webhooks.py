@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from server.app import App
 from server.config import Config
+from server.deadline import within
 from server.webhooks.sender import SIGNATURE_HEADER
 from tests.conftest import TIMEOUT, WsClient
 from tests.local_http import serving
@@ -86,7 +87,7 @@ async def test_signed_retried_delivered_once(
     assert rx.attempts[0]["id"] == rx.attempts[1]["id"]  # the first failed, then the same event again
     assert rx.accepted[2]["data"] == {"room": "r1", "joined": ["alice", "bob"], "left": []}
     await host.close()
-    await asyncio.wait_for(_until(lambda: app.analytics.open_sessions == 2), TIMEOUT)
+    await within(_until(lambda: app.analytics.open_sessions == 2), TIMEOUT)
     await app.analytics.flush()
     await rx.wait(lambda: len(rx.accepted) == 4)
     assert rx.accepted[3]["type"] == "host.offline"
@@ -96,7 +97,7 @@ async def test_signed_retried_delivered_once(
     assert [e["type"] for e in rx.accepted[4:]] == ["sentinel"]
     ids = [e["id"] for e in rx.accepted]
     assert len(set(ids)) == len(ids)  # each delivered once
-    await asyncio.wait_for(_until(lambda: hooks.delivered == 5), TIMEOUT)  # the sender saw each 2xx
+    await within(_until(lambda: hooks.delivered == 5), TIMEOUT)  # the sender saw each 2xx
     retries = REGISTRY.get_sample_value("liveroom_webhook_deliveries_total", {"result": "retry"})
     assert retries is not None and retries >= 1
 

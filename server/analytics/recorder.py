@@ -34,6 +34,7 @@ from server.analytics.records import (
     day_of,
 )
 from server.analytics.store import AnalyticsStore, MemoryStore
+from server.deadline import within
 
 if TYPE_CHECKING:
     from server.analytics.redis_store import Pipeline
@@ -172,7 +173,7 @@ class Analytics:
 
     async def _store(self, batch: list[Record]) -> None:
         try:
-            await asyncio.wait_for(self.store.append(batch), FLUSH_TIMEOUT)
+            await within(self.store.append(batch), FLUSH_TIMEOUT)
         except Exception as exc:  # the store is down (Redis outage): keep, retry next flush
             self._unstored = batch[-MAX_UNSTORED:]
             lost = len(batch) - len(self._unstored)

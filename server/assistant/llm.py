@@ -7,13 +7,14 @@ template, so the assistant never waits on the model for long nor stays silent be
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from server.deadline import within
 
 log = logging.getLogger("liveroom.assistant.llm")
 
@@ -61,7 +62,7 @@ class Phraser:
     async def phrase(self, question: str, entries: list[dict[str, Any]], template: str) -> str:
         """The model's wording, or the template when the model fails, is slow or answers oddly."""
         try:
-            text = await asyncio.wait_for(self._ask(question, entries, template), self.config.timeout)
+            text = await within(self._ask(question, entries, template), self.config.timeout)
         except Exception as exc:  # timeouts, HTTP and JSON errors: all mean "use the template"
             self.fallbacks += 1
             log.info("llm phrasing failed (%s): template answer used", type(exc).__name__)

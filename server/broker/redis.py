@@ -42,6 +42,7 @@ from server.broker.redis_sanctions import RedisSanctions
 from server.broker.redis_stream import RedisRoomStream
 from server.broker.redis_sturdy import SturdyRedisCluster
 from server.broker.shards import MAIN, Call, Shards
+from server.deadline import within
 from server.logs import Throttle
 
 log = logging.getLogger("liveroom.broker.redis")
@@ -163,7 +164,7 @@ class RedisBroker(Broker):
         if self._wait_replicas:
             self._replica_watch = loop.create_task(self._watch_replicas())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), self._connect_timeout)
+            await within(self._up.wait(), self._connect_timeout)
 
     async def close(self) -> None:
         """Stop the background tasks and wait for them. Each loop also checks `_closed`: on

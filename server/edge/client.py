@@ -22,6 +22,7 @@ from websockets.protocol import State
 from server import logs, metrics
 from server.broker.redis_link import DOWN as BROKER_DOWN
 from server.broker.redis_sturdy import closed_under_us
+from server.deadline import within
 from server.edge.connection import (
     Admit,
     AwaitJoin,
@@ -190,7 +191,7 @@ class Client:
         while request is not None:
             if type(request) is AwaitJoin:
                 try:
-                    first = await asyncio.wait_for(self.ws.recv(), request.timeout)
+                    first = await within(self.ws.recv(), request.timeout)
                 except TimeoutError:
                     request = self._perform(conn.timed_out())
                 else:

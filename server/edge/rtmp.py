@@ -39,6 +39,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from server import metrics
 from server.abuse.doors import RTMP, http_error
 from server.broker.base import BrokerUnavailable
+from server.deadline import within
 from server.logs import RefusalLog
 from server.media.rtmp_pull import RtmpPull
 from server.wire import protocol, publish_key
@@ -177,7 +178,7 @@ class RtmpIngest:
         if self._process is not None and self._process.returncode is None:
             self._process.terminate()
             try:
-                await asyncio.wait_for(self._process.wait(), 10)
+                await within(self._process.wait(), 10)
             except TimeoutError:
                 self._process.kill()
                 await self._process.wait()

@@ -13,6 +13,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from server.abuse.admission import ConcurrencyCap
+from server.deadline import within
 from server.media import MediaError, Publication, handle_subscribe_offer
 from server.media.candidates import advertise_address
 from server.media.edges import Edges
@@ -215,7 +216,7 @@ class HttpSessions:
         pc.on("iceconnectionstatechange", check)
         try:
             check()
-            await asyncio.wait_for(connected.wait(), self.ice_timeout)
+            await within(connected.wait(), self.ice_timeout)
         except TimeoutError:
             if self.site.resources.get(rid) is res:
                 log.info("media: %s session %s of %s did not connect ICE in time", res.kind, rid[:6], res.uid)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from server import metrics
 from server.broker.base import Broker, BrokerUnavailable, Event, Publish
 from server.broker.idempotency import Claimed, SendInProgress, SendLog, dm_send
+from server.deadline import within
 from server.room.state import Room, system_event, you_of
 from server.wire import protocol
 from server.wire.protocol import ErrorCode, ProtocolError
@@ -81,7 +82,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         try:  # the last batches; a hung Redis must not keep clients from their 1012
-            await asyncio.wait_for(self.tick(), 3.0)
+            await within(self.tick(), 3.0)
         except TimeoutError:
             log.warning("last tick did not finish within 3 s: its events are not published")
         self.hub.flush_all()

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from server.analytics.recorder import HOST_JOIN, HOST_LEAVE
 from server.analytics.records import JOIN, LEAVE, Record
+from server.deadline import within
 from server.webhooks import metrics as webhook_metrics
 from server.webhooks.claim import LocalClaims
 
@@ -102,7 +103,7 @@ class Webhooks:
         """Send what is queued for up to `grace` seconds, then stop."""
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), grace)
+                await within(self._queue.join(), grace)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

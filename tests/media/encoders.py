@@ -23,6 +23,8 @@ from typing import Any
 
 import av
 
+from server.deadline import within
+
 FPS = 30
 SAMPLE_RATE = 48000
 
@@ -110,7 +112,7 @@ class Encoder:
     async def sending(self, timeout: float) -> None:
         """Wait until the encoder sent its first frame; raise with its stderr if it failed."""
         assert self.proc is not None and self.proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout)
+        line = await within(asyncio.to_thread(self.proc.stdout.readline), timeout)
         if line.strip() != "sending":
             self.proc.wait(10)
             raise RuntimeError(f"encoder failed: {self.proc.stderr.read() if self.proc.stderr else ''}")

@@ -25,6 +25,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamT
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from server.deadline import within
 from server.media import (
     COUNTERS,
     AiortcCompatibilityError,
@@ -130,7 +131,7 @@ async def harness() -> AsyncIterator[Harness]:
 
 
 async def decoded(track: MediaStreamTrack) -> av.VideoFrame | av.AudioFrame:
-    frame = await asyncio.wait_for(track.recv(), TIMEOUT)
+    frame = await within(track.recv(), TIMEOUT)
     assert isinstance(frame, av.VideoFrame | av.AudioFrame)
     return frame
 
@@ -138,7 +139,7 @@ async def decoded(track: MediaStreamTrack) -> av.VideoFrame | av.AudioFrame:
 async def drain_until_ended(track: MediaStreamTrack) -> None:
     with pytest.raises(MediaStreamError):
         while True:
-            await asyncio.wait_for(track.recv(), TIMEOUT)
+            await within(track.recv(), TIMEOUT)
 
 
 def assert_never_decoded(room: MediaRoom) -> None:
@@ -216,11 +217,11 @@ async def test_viewer_queue_gated_on_keyframe_and_flushed_on_overflow() -> None:
     assert track.queued == 0 and track.waiting_for_keyframe
     assert track.stats.overflows == 1 and track.stats.dropped_overflow == 4
     fanout.on_frame(vp8_frame(True, 15000))
-    packet = await asyncio.wait_for(track.recv(), TIMEOUT)
+    packet = await within(track.recv(), TIMEOUT)
     assert packet.pts == 15000 and track.stats.frames_forwarded == 1
     fanout.end()  # publisher gone: the viewer's sender gets MediaStreamError
     with pytest.raises(MediaStreamError):
-        await asyncio.wait_for(track.recv(), TIMEOUT)
+        await within(track.recv(), TIMEOUT)
 
 
 @pytest.mark.asyncio
@@ -229,7 +230,7 @@ async def test_audio_queue_drops_oldest_and_gop_cache_starts_new_viewer() -> Non
     for ts in (0, 960, 1920):
         audio.deliver(EncodedFrame(OPUS, b"\xfc", to_packet(OPUS, JitterFrame(b"\xfc", ts))), True)
     assert audio.queued == 2 and audio.stats.dropped_overflow == 1
-    assert (await asyncio.wait_for(audio.recv(), TIMEOUT)).pts == 960
+    assert (await within(audio.recv(), TIMEOUT)).pts == 960
 
     requests: list[int] = []
     fanout = Fanout("video", request_keyframe=lambda: requests.append(1), gop_cache_frames=10)
@@ -247,7 +248,7 @@ async def test_a_cached_frame_keeps_when_it_came_in() -> None:
     for i, key in enumerate([True, False]):
         fanout.on_frame(dataclasses.replace(vp8_frame(key, 3000 * i), arrived=100.0 + i))
     late = fanout.add_track()
-    arrivals = [(await asyncio.wait_for(late.recv_arrived(), TIMEOUT))[1] for _ in range(2)]
+    arrivals = [(await within(late.recv_arrived(), TIMEOUT))[1] for _ in range(2)]
     assert arrivals == [100.0, 101.0]
 
 
@@ -261,9 +262,9 @@ async def test_keyframe_requests_coalesced_not_lost() -> None:
     requester = KeyframeRequester(send, interval=0.05)
     for _ in range(5):
         requester.request()
-    await asyncio.wait_for(sent.get(), TIMEOUT)  # the first goes out at once
-    await asyncio.wait_for(sent.get(), TIMEOUT)  # the other four become one, later
-    await asyncio.wait_for(requester.flush(), TIMEOUT)
+    await within(sent.get(), TIMEOUT)  # the first goes out at once
+    await within(sent.get(), TIMEOUT)  # the other four become one, later
+    await within(requester.flush(), TIMEOUT)
     assert (requester.requests, requester.sent) == (5, 2)
     assert requester.coalesced == 3
     assert sent.empty()
@@ -304,7 +305,7 @@ async def test_late_viewer_decodes_thanks_to_upstream_pli(harness: Harness) -> N
     pub = room.publications["alice"]
     video = pub.fanouts["video"]
     keyframes_before, requests_before = video.stats.keyframes_in, pub.keyframes.requests
-    await asyncio.wait_for(pub.keyframes.flush(), TIMEOUT)
+    await within(pub.keyframes.flush(), TIMEOUT)
     plis_before = pub.keyframes.sent
 
     late = await harness.view(room, "late")
@@ -312,7 +313,7 @@ async def test_late_viewer_decodes_thanks_to_upstream_pli(harness: Harness) -> N
     frame = await decoded(late.of_kind("video")[0])
 
     assert (frame.width, frame.height) == (WIDTH, HEIGHT)
-    await asyncio.wait_for(pub.keyframes.flush(), TIMEOUT)  # it may have been deferred
+    await within(pub.keyframes.flush(), TIMEOUT)  # it may have been deferred
     assert pub.keyframes.sent > plis_before  # a PLI went upstream...
     assert video.stats.keyframes_in > keyframes_before  # ...and the publisher answered it
     assert_never_decoded(room)
@@ -379,7 +380,7 @@ async def test_viewer_pli_is_routed_to_publisher(harness: Harness) -> None:
     pub = room.publications["alice"]
     forwarded = room.subscriptions["v"].tracks[0].track
     sender = room.subscriptions["v"].tracks[0].transceiver.sender
-    await asyncio.wait_for(pub.keyframes.flush(), TIMEOUT)
+    await within(pub.keyframes.flush(), TIMEOUT)
     requests_before, sent_before = forwarded.stats.keyframe_requests, pub.keyframes.sent
 
     keyframe = pub.fanouts["video"].next_keyframe()  # the publisher only makes one on request
@@ -392,28 +393,34 @@ async def test_viewer_pli_is_routed_to_publisher(harness: Harness) -> None:
         while forwarded.stats.keyframe_requests == requests_before:
             await decoded(video_track)  # media keeps flowing while the PLI travels
 
-    await asyncio.wait_for(until_routed(), TIMEOUT)
-    await asyncio.wait_for(pub.keyframes.flush(), TIMEOUT)
+    await within(until_routed(), TIMEOUT)
+    await within(pub.keyframes.flush(), TIMEOUT)
     assert pub.keyframes.sent > sent_before  # forwarded upstream as a PLI
-    await asyncio.wait_for(keyframe, TIMEOUT)  # and a keyframe came back
+    await within(keyframe, TIMEOUT)  # and a keyframe came back
 
 
 @pytest.mark.asyncio
 async def test_publisher_leaving_ends_viewer_tracks(harness: Harness) -> None:
     room = harness.room()
     events: list[tuple[str, str]] = []
-    room.listeners.append(lambda event, publisher_id: events.append((event, publisher_id)))
+    unpublished = asyncio.Event()  # told after the publication's connection is closed
+
+    def listen(event: str, publisher_id: str) -> None:
+        events.append((event, publisher_id))
+        if event == "unpublished":
+            unpublished.set()
+
+    room.listeners.append(listen)
     publisher = await harness.publish(room, "alice")
     viewer = await harness.view(room, "v")
     for track in viewer.tracks:
         await decoded(track)
-    pub = room.publications["alice"]
 
     await publisher.close()
 
     for track in viewer.tracks:
         await drain_until_ended(track)
-    await asyncio.wait_for(pub.ended.wait(), TIMEOUT)
+    await within(unpublished.wait(), TIMEOUT)
     assert "alice" not in room.publications
     assert all(not t.active for t in room.subscriptions["v"].tracks)
     assert events == [("published", "alice"), ("unpublished", "alice")]
@@ -537,7 +544,7 @@ async def test_a_late_run_of_old_packets_is_not_forwarded_as_a_frame(harness: Ha
     receiver._handle_rtp_packet = record  # type: ignore[method-assign]
     puller = asyncio.ensure_future(pull())
     try:
-        await asyncio.wait_for(enough.wait(), TIMEOUT)
+        await within(enough.wait(), TIMEOUT)
     finally:
         puller.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from server.app import App
 from server.broker.base import Sanction
 from server.config import Config
+from server.deadline import within
 from server.media import loopback_candidates
 from server.wire.protocol import ErrorCode
 from tests.conftest import token
@@ -139,7 +140,7 @@ async def test_standard_hls_client_decodes_the_live_room(live: App, http: aiohtt
     for tag in ("#EXT-X-VERSION:9", "#EXT-X-PART-INF:", "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES"):
         assert tag in text
 
-    codecs, frames, width = await asyncio.wait_for(asyncio.to_thread(decode, url), TIMEOUT * 2)
+    codecs, frames, width = await within(asyncio.to_thread(decode, url), TIMEOUT * 2)
     assert codecs == ["aac", "h264"]  # VP8 transcoded once for the room, Opus -> AAC
     assert frames == 30 and width == 160
     (stream,) = live.hls.streams.values()

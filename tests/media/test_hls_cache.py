@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from server.app import App
+from server.deadline import within
 from tests.conftest import token
 from tests.media.test_hls import TIMEOUT, config, decode, get, http, live, loopback, preload_hint  # noqa: F401 (fixtures)
 from tests.nginx_fixtures import NginxCache, requires_nginx
@@ -84,7 +85,7 @@ async def test_origin_answers_each_part_about_once_whatever_the_crowd(
 ) -> None:
     urls = [await cached_url(cache, http, f"v{i}") for i in range(viewers)]
     assert len(set(urls)) == viewers  # every viewer its own token: the cache key leaves it out
-    played = await asyncio.wait_for(asyncio.gather(*(follow(http, u, PARTS) for u in urls)), TIMEOUT * 2)
+    played = await within(asyncio.gather(*(follow(http, u, PARTS) for u in urls)), TIMEOUT * 2)
     stream = live.hls.streams["r1"]
     parts = {name for names in played for name in names}
     per_part = {name: stream.served[name] for name in sorted(parts)}
@@ -103,7 +104,7 @@ async def test_standard_hls_client_decodes_through_the_cache(
     http: aiohttp.ClientSession,  # noqa: F811
 ) -> None:
     url = await cached_url(cache, http, "vera")
-    codecs, frames, width = await asyncio.wait_for(asyncio.to_thread(decode, url), TIMEOUT * 2)
+    codecs, frames, width = await within(asyncio.to_thread(decode, url), TIMEOUT * 2)
     assert codecs == ["aac", "h264"] and frames == 30 and width == 160
     # the files FFmpeg read came through nginx: the cache stored them (HIT or MISS logged)
     statuses = cache.cache_statuses()

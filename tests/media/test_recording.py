@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from server.app import App
 from server.broker.base import Sanction
 from server.config import Config
+from server.deadline import within
 from server.media import loopback_candidates
 from server.media.hls.archive import Archive
 from server.media.hls.playlist import VodSegment, render_vod
@@ -162,9 +163,7 @@ async def test_a_live_room_is_recorded_and_replays_with_its_danmaku(
     assert headers["Cache-Control"] == "public, max-age=86400, immutable"
 
     # a standard HLS client plays the whole recording
-    codecs, frames, last = await asyncio.wait_for(
-        asyncio.to_thread(decode_all, f"{replay}/index.m3u8"), TIMEOUT * 2
-    )
+    codecs, frames, last = await within(asyncio.to_thread(decode_all, f"{replay}/index.m3u8"), TIMEOUT * 2)
     assert codecs == ["aac", "h264"]
     assert frames >= 30 and last > 0
 

@@ -19,6 +19,7 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
+from server.deadline import within
 from server.media import use_loopback_candidates
 from tests.media.pattern import PatternTrack
 
@@ -55,10 +56,10 @@ async def publish(base: str, room: str, token: str, codec: str, seconds: float) 
                     return 1
                 answer, location = await resp.text(), resp.headers["Location"]
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-            await asyncio.wait_for(connected.wait(), 60)
+            await within(connected.wait(), 60)
             print("live", flush=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), seconds)
+                await within(stop.wait(), seconds)
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.delete(f"{base}{location}", headers=headers):
                     pass  # the session ends: the host goes off like an encoder that stops

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 from aiortc.mediastreams import MediaStreamError
 
+from server.deadline import within
+
 from ..fanout import Fanout, ForwardedTrack
 from ..keyframes import is_keyframe
 from .playlist import LivePlaylist, PlaylistConfig, Segment, part_uri, segment_uri
@@ -158,7 +160,7 @@ class HlsStream:
                 return False
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                await within(changed.wait(), remaining)
         return True
 
     def stats(self) -> dict[str, object]:
