@@ -126,7 +126,8 @@ def test_the_soak_loses_nothing_silently(soaked: dict[str, Any]) -> None:
     assert r["dm_lost"] == 0, r  # every acked DM shown live, or in the backlog of a new connection
     # Live on every connection of the recipient: 0 in every run alone since this session's fixes,
     # but 74 in one of six fresh-clone runs with three suites side by side (load ~21), cause not
-    # found (#23 stays open on it). Reported, with when and where each such connection joined.
+    # found. #23's contract is "delivered live or kept" (dm_lost above), so this is reported, with
+    # when and where each such connection joined, not asserted.
     print("dm_missing_on_connection", r["dm_missing_on_connection"], r.get("dm_missing_detail"))
     assert r["dm_refused_but_delivered"] == 0, r  # a final 4501 is the truth
     assert r["dm_stored_twice"] == 0, r

@@ -747,11 +747,12 @@ _POOL_FULL = Throttle(rate=1.0, burst=5.0)
 
 
 def _exhausted(exc: BaseException) -> bool:
-    """redis-py refused a command because this node's own pool to a shard was full (its cluster
-    client's per-node limit: MaxConnectionsError): the shard is fine, the node is busy. The
-    command fails like any (a DM gets 4501, an abuse check fails open) but no shard is lost:
-    taking it for lost numbered its rooms alone and reset them, which sent more rejoins into the
-    same pool (an in-band soak lost a shard that way 89 times in a minute, on a resume storm)."""
+    """redis-py refused a command because this node's own pool to a shard stayed full (its
+    cluster client's per-node limit: MaxConnectionsError, after redis_sturdy's wait for a free
+    connection): the shard is fine, the node is busy. The command fails like any (a DM gets
+    4501, an abuse check fails open) but no shard is lost: taking it for lost numbered its rooms
+    alone and reset them, which sent more rejoins into the same pool (an in-band soak lost a
+    shard that way 89 times in a minute, on a resume storm)."""
     if not isinstance(exc, MaxConnectionsError):
         return False
     dropped = _POOL_FULL.admit(time.monotonic())

@@ -7,14 +7,21 @@ room's batches stayed held on that node for good (a soak's three Redis restarts:
 stalled for the rest of the run). These clients raise ConnectionError instead, once redis-py is
 done with the command: inside, redis-py keeps its own handling (turning them into
 ConnectionError there made its cluster client re-read the topology in a storm).
+
+The cluster client also waits for a free connection when its pool to a node is full, as the
+single-Redis client's BlockingConnectionPool does, instead of failing the command at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
+
+POOL_WAIT_S = 2.0  # how long a command waits for a free connection (the client's connect timeout)
 
 
 class _Sturdy:
@@ -32,7 +39,24 @@ class SturdyRedis(_Sturdy, Redis):
 
 
 class SturdyRedisCluster(_Sturdy, RedisCluster):
-    pass
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """redis-py's cluster client has no waiting pool: past its per-node limit a command fails
+        at once with MaxConnectionsError, before anything is written. A resume storm (a node
+        killed, ~1,667 viewers rejoining) did that to hundreds of history reads, and each of those
+        viewers got `recovered: false` where a read a few ms later had served it. So a refused
+        command is tried again, backing off, for up to POOL_WAIT_S; then it fails as before. The
+        wait is per command, so a full pool to one shard delays nothing on the others."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + POOL_WAIT_S
+        delay = 0.005
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except MaxConnectionsError:
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _converted(exc: RuntimeError | AttributeError) -> BaseException:
