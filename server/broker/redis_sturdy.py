@@ -41,11 +41,11 @@ class SturdyRedis(_Sturdy, Redis):
 class SturdyRedisCluster(_Sturdy, RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """redis-py's cluster client has no waiting pool: past its per-node limit a command fails
-        at once with MaxConnectionsError, before anything is written. A resume storm (a node
-        killed, ~1,667 viewers rejoining) did that to hundreds of history reads, and each of those
-        viewers got `recovered: false` where a read a few ms later had served it. So a refused
-        command is tried again, backing off, for up to POOL_WAIT_S; then it fails as before. The
-        wait is per command, so a full pool to one shard delays nothing on the others."""
+        at once with MaxConnectionsError, before anything is written. In a resume storm (an
+        in-band soak filled a node's pool) each refused history read answered a rejoining viewer
+        `recovered: false` where a read a few ms later would have served it. So a refused command
+        is tried again, backing off, for up to POOL_WAIT_S; then it fails as before. The wait is
+        per command, so a full pool to one shard delays nothing on the others."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + POOL_WAIT_S
         delay = 0.005
