@@ -11,7 +11,10 @@ from tests.test_imports import import_graph
 
 # lowest first; docs/ARCHITECTURE.md opens with the same list
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["server", "server.config", "server.logs", "server.metrics", "server.wire"]),
+    (
+        "foundation",
+        ["server", "server.config", "server.deadline", "server.logs", "server.metrics", "server.wire"],
+    ),
     ("room core", ["server.room"]),
     ("participant", ["server.assistant"]),
     ("shared state", ["server.broker"]),
