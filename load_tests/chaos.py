@@ -162,6 +162,14 @@ class RedisCluster:
     def _client(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
 
+    def _ask(self, port: int, *command: Any) -> Any:
+        """One Redis process's answer to `command`, or None when it is down or will not say."""
+        try:
+            with self._client(port) as c:
+                return c.execute_command(*command)
+        except (redis.RedisError, OSError):
+            return None
+
     def _ok(self, port: int) -> bool:
         try:
             with self._client(port) as c:
@@ -190,12 +198,7 @@ class RedisCluster:
         at once may be Redis' own (an fsync of the always-fsynced AOF), not the nodes'."""
         out = []
         for port in list(self.procs):
-            try:
-                with self._client(port) as c:
-                    latest = c.execute_command("LATENCY LATEST")
-            except (redis.RedisError, OSError):
-                continue
-            for event, at, ms, *_ in latest:
+            for event, at, ms, *_ in self._ask(port, "LATENCY LATEST") or ():
                 if int(at) >= since:
                     out.append((port, event.decode() if isinstance(event, bytes) else str(event), int(ms)))
         return out
@@ -203,10 +206,8 @@ class RedisCluster:
     def slots(self) -> list[tuple[int, int, int, int]]:
         """(first slot, last slot, primary port, replicas) per shard, from any live node."""
         for port in list(self.procs):
-            try:
-                with self._client(port) as c:
-                    raw = c.execute_command("CLUSTER SLOTS")
-            except (redis.RedisError, OSError):
+            raw = self._ask(port, "CLUSTER SLOTS")
+            if raw is None:
                 continue
             out = []
             for entry in raw:
@@ -223,10 +224,8 @@ class RedisCluster:
         if covered != 16384:
             return False
         for _, _, port, _ in table:
-            try:
-                with self._client(port) as c:
-                    info = c.info("replication")
-            except (redis.RedisError, OSError):
+            info = self._ask(port, "INFO", "replication")
+            if info is None:
                 return False
             if not any(isinstance(v, dict) and v.get("state") == "online" for v in info.values()):
                 return False
